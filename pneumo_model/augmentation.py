@@ -1,0 +1,89 @@
+"""Training-time augmentation, applied to whole batches inside the tf.data pipeline.
+
+It lives here and not in the saved model, so the shipped model is a plain graph. One affine
+warp per image does rotation, zoom, shift and the lower crop (keeping the top part of the
+image and stretching it back to full height, exactly what a diaphragm crop followed by
+``preprocess`` produces); then brightness, contrast and gamma. No left-right flip: the heart
+is on the left and a flipped chest is not a real radiograph.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random changes (uniformly drawn per image).
+
+    Attributes:
+        max_rotation_deg: rotation in [-max, +max] degrees.
+        zoom: scale factor range; above 1 zooms in.
+        max_shift: shift as a fraction of the image side, each axis.
+        lower_crop_probability: share of images whose lower part is cut off.
+        lower_crop_keep: range of the kept top fraction when cropping.
+        brightness: added offset range.
+        contrast: contrast factor range around the image mean.
+        gamma: gamma range.
+    """
+
+    max_rotation_deg: float = 10.0
+    zoom: tuple[float, float] = (0.9, 1.15)
+    max_shift: float = 0.06
+    lower_crop_probability: float = 0.3
+    lower_crop_keep: tuple[float, float] = (0.7, 0.95)
+    brightness: tuple[float, float] = (-0.08, 0.08)
+    contrast: tuple[float, float] = (0.8, 1.25)
+    gamma: tuple[float, float] = (0.8, 1.25)
+
+
+def _uniform(n, bounds):
+    return tf.random.uniform((n,), bounds[0], bounds[1])
+
+
+def augment_batch(images: tf.Tensor, config: AugmentConfig = AugmentConfig()) -> tf.Tensor:
+    """Randomly transforms a batch.
+
+    Args:
+        images: (batch, size, size, 1) float32 in [0, 1].
+        config: augmentation ranges.
+
+    Returns:
+        (batch, size, size, 1) float32 in [0, 1].
+    """
+    n = tf.shape(images)[0]
+    size = tf.cast(tf.shape(images)[1], tf.float32)
+    centre = size / 2.0
+    angle = _uniform(n, (-config.max_rotation_deg, config.max_rotation_deg)) * (math.pi / 180.0)
+    inverse_zoom = 1.0 / _uniform(n, config.zoom)
+    shift_x = _uniform(n, (-config.max_shift, config.max_shift)) * size
+    shift_y = _uniform(n, (-config.max_shift, config.max_shift)) * size
+    crop = tf.random.uniform((n,)) < config.lower_crop_probability
+    keep = tf.where(crop, _uniform(n, config.lower_crop_keep), tf.ones((n,)))
+    # Output pixel (x, y) samples input u = c + R Z (out - c) + shift, then y is scaled by `keep`
+    # so the output's full height covers only the top `keep` share of the input.
+    cos, sin = tf.cos(angle) * inverse_zoom, tf.sin(angle) * inverse_zoom
+    a0, a1 = cos, -sin
+    a2 = centre - a0 * centre - a1 * centre + shift_x
+    b0, b1 = sin, cos
+    b2 = centre - b0 * centre - b1 * centre + shift_y
+    transforms = tf.stack(
+        [a0, a1, a2, b0 * keep, b1 * keep, b2 * keep, tf.zeros((n,)), tf.zeros((n,))], axis=1
+    )  # (batch, 8)
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )  # (batch, size, size, 1)
+    mean = tf.reduce_mean(warped, axis=[1, 2, 3], keepdims=True)
+    contrast = tf.reshape(_uniform(n, config.contrast), (-1, 1, 1, 1))
+    brightness = tf.reshape(_uniform(n, config.brightness), (-1, 1, 1, 1))
+    adjusted = tf.clip_by_value((warped - mean) * contrast + mean + brightness, 0.0, 1.0)
+    gamma = tf.reshape(_uniform(n, config.gamma), (-1, 1, 1, 1))
+    return tf.clip_by_value(tf.pow(adjusted + 1e-6, gamma), 0.0, 1.0)

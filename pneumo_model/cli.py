@@ -1,0 +1,172 @@
+"""Command line: ``python -m pneumo_model COMMAND``.
+
+Commands: ``train``, ``evaluate``, ``compare``, ``predict``. Exit codes: 0 success, 1 a usage
+or model error, 2 (``predict``) when any file was rejected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import PneumoError
+
+EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 2
+
+
+def _command_line(argv: list[str]) -> str:
+    return "python -m pneumo_model " + shlex.join(argv)
+
+
+def _add_data_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="chest_xray_224 folder (default: $PNEUMO_DATA, else ../shared/data/chest_xray_224)",
+    )
+
+
+def _add_model_flag(parser: argparse.ArgumentParser) -> None:
+    from .artifacts import DEFAULT_MODEL_PATH
+
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="model .keras file (metadata beside it)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .training import IMBALANCE_METHODS, PROTOCOLS, TrainConfig
+
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m pneumo_model", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="score images; one JSON object per line and file")
+    predict.add_argument("images", nargs="+", help="image files (PNG or JPEG)")
+    _add_model_flag(predict)
+
+    train = commands.add_parser("train", help="train, calibrate on validation, write model + metadata")
+    _add_data_flag(train)
+    _add_model_flag(train)
+    train.add_argument("--architecture", default=defaults.architecture)
+    train.add_argument("--input-size", type=int, default=defaults.input_size)
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    train.add_argument("--imbalance", choices=IMBALANCE_METHODS, default=defaults.imbalance)
+    train.add_argument("--patience", type=int, default=defaults.patience)
+    train.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    train.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol)
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--time-budget", type=float, default=None, help="seconds; stop after the epoch past it")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument(
+        "--target-sensitivity", type=float, default=defaults.operating.target_sensitivity,
+        help="validation sensitivity the threshold is set for",
+    )
+
+    evaluate = commands.add_parser("evaluate", help="write the evaluation report for a model")
+    _add_data_flag(evaluate)
+    _add_model_flag(evaluate)
+    evaluate.add_argument("--reports", type=Path, default=None, help="report folder (default: reports/)")
+    evaluate.add_argument("--split", choices=("test", "validation"), default="test")
+
+    compare = commands.add_parser("compare", help="train and evaluate every registered architecture")
+    _add_data_flag(compare)
+    compare.add_argument("--input-size", type=int, default=96)
+    compare.add_argument("--time-budget", type=float, default=600.0, help="seconds per architecture")
+    compare.add_argument("--epochs", type=int, default=30)
+    compare.add_argument("--architectures", nargs="*", default=None)
+    compare.add_argument("--reports", type=Path, default=None)
+    compare.add_argument("--work", type=Path, default=Path("runs/compare"), help="folder for the trained models")
+    return parser
+
+
+def _predict(args) -> int:
+    from .errors import InvalidImageError
+    from .prediction import Predictor
+
+    predictor = Predictor.from_file(args.model)
+    status = EXIT_OK
+    for image in args.images:
+        try:
+            record = predictor.predict_source(image).to_record(image)
+        except InvalidImageError as error:
+            record = {"schema_version": 1, "file": image, "error": str(error)}
+            status = EXIT_REJECTED
+        print(json.dumps(record), flush=True)
+    return status
+
+
+def _train(args, argv) -> int:
+    from .calibration import OperatingPointConfig
+    from .data import resolve_data_dir
+    from .training import TrainConfig, train
+
+    config = TrainConfig(
+        architecture=args.architecture,
+        input_size=args.input_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        label_smoothing=args.label_smoothing,
+        imbalance=args.imbalance,
+        patience=args.patience,
+        val_fraction=args.val_fraction,
+        protocol=args.protocol,
+        seed=args.seed,
+        time_budget_s=args.time_budget,
+        augment=not args.no_augment,
+        operating=OperatingPointConfig(target_sensitivity=args.target_sensitivity),
+    )
+    metadata = train(config, resolve_data_dir(args.data), args.model, command=_command_line(argv))
+    summary = {k: metadata.to_dict()[k] for k in ("model_sha256", "temperature", "threshold", "grey_zone", "training_seconds")}
+    summary["validation_auc"] = metadata.validation["roc_auc"]
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
+def _evaluate(args) -> int:
+    from .data import resolve_data_dir
+    from .evaluation import DEFAULT_REPORTS_DIR, evaluate
+
+    report = evaluate(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, split=args.split)
+    print(json.dumps({k: report["image"][k] for k in ("accuracy", "sensitivity", "specificity", "roc_auc")}))
+    return EXIT_OK
+
+
+def _compare(args, argv) -> int:
+    from .comparison import compare
+    from .data import resolve_data_dir
+    from .evaluation import DEFAULT_REPORTS_DIR
+
+    compare(
+        resolve_data_dir(args.data),
+        args.reports or DEFAULT_REPORTS_DIR,
+        args.work,
+        input_size=args.input_size,
+        time_budget_s=args.time_budget,
+        epochs=args.epochs,
+        architectures=args.architectures,
+        command=_command_line(argv),
+    )
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "train":
+            return _train(args, argv)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        return _compare(args, argv)
+    except PneumoError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,204 @@
+"""The data set: where it is, which patient each file belongs to, and patient-grouped splits.
+
+File names carry the patient: ``IM-0115-0001.jpeg`` and ``NORMAL2-IM-1427-0001.jpeg`` are
+normal patients ``IM-0115`` and ``NORMAL2-IM-1427``; ``person100_bacteria_475.jpeg`` is
+pneumonia patient ``person100`` (bacterial and viral images of one person are one patient).
+Splits are made by group, never by image: a group is a patient, merged with every other
+patient that shares a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import DataError
+from .preprocessing import load_and_preprocess
+
+DATA_ENV_VAR = "PNEUMO_DATA"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "chest_xray_224"
+CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
+OFFICIAL_SPLITS = ("train", "test")
+
+_NORMAL_PATIENT = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+")
+_PNEUMONIA_PATIENT = re.compile(r"^(person\d+)_(bacteria|virus)_\d+")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image file of the data set.
+
+    Attributes:
+        path: absolute path of the file.
+        split: official split it comes from ("train" or "test").
+        label: 0 for NORMAL, 1 for PNEUMONIA.
+        patient: patient id, prefixed with the split for "test" (its own namespace: the same
+            number in train and test need not be the same child).
+        subtype: "bacteria", "virus" or None for normal images.
+    """
+
+    path: Path
+    split: str
+    label: int
+    patient: str
+    subtype: str | None
+
+
+def resolve_data_dir(flag: str | os.PathLike | None = None) -> Path:
+    """Returns the data folder: the flag if given, else ``$PNEUMO_DATA``, else the default."""
+    chosen = flag or os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().resolve()
+
+
+def parse_name(file_name: str) -> tuple[str, str | None]:
+    """Returns ``(patient, subtype)`` from an official file name.
+
+    Raises:
+        DataError: the name follows neither naming rule.
+    """
+    match = _PNEUMONIA_PATIENT.match(file_name)
+    if match:
+        return match.group(1), match.group(2)
+    match = _NORMAL_PATIENT.match(file_name)
+    if match:
+        return match.group(1), None
+    raise DataError(
+        f"Cannot tell the patient from the file name '{file_name}'. "
+        "Expected names like IM-0115-0001.jpeg or person100_bacteria_475.jpeg."
+    )
+
+
+def scan_split(data_dir: Path, split: str) -> list[Sample]:
+    """Lists the images of one official split, sorted by path.
+
+    Raises:
+        DataError: the folder or a class folder is missing or empty.
+    """
+    samples = []
+    for label, class_name in enumerate(CLASSES):
+        folder = Path(data_dir) / split / class_name
+        if not folder.is_dir():
+            raise DataError(
+                f"The data folder '{folder}' does not exist. Point --data or ${DATA_ENV_VAR} at the "
+                "chest_xray_224 folder (with train/ and test/ inside)."
+            )
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in (".jpeg", ".jpg", ".png"):
+                continue
+            patient, subtype = parse_name(path.name)
+            if label == 1 and subtype is None or label == 0 and subtype is not None:
+                raise DataError(f"The file '{path}' is named like the other class; check the data folder.")
+            if split != "train":
+                patient = f"{split}:{patient}"
+            samples.append(Sample(path.resolve(), split, label, patient, subtype))
+    if not samples:
+        raise DataError(f"No images found under '{Path(data_dir) / split}'.")
+    return samples
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def group_ids(samples: Sequence[Sample], hashes: Sequence[str] | None = None) -> list[str]:
+    """Returns one group id per sample: its patient, merged across byte-identical files.
+
+    Args:
+        samples: the images.
+        hashes: SHA-256 of each file, in the same order; computed when not given.
+    """
+    hashes = list(hashes) if hashes is not None else [file_sha256(s.path) for s in samples]
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    def union(a: str, b: str) -> None:
+        root_a, root_b = find(a), find(b)
+        if root_a != root_b:
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+
+    for sample, digest in zip(samples, hashes):
+        union("patient:" + sample.patient, "sha:" + digest)
+    return [find("patient:" + s.patient).removeprefix("patient:") for s in samples]
+
+
+def split_groups(
+    labels: Sequence[int], groups: Sequence[str], fractions: Sequence[float], seed: int
+) -> list[np.ndarray]:
+    """Splits images into parts by group, stratified by class, with a fixed seed.
+
+    Groups of each class (a group's class is its majority label) are shuffled and dealt out in
+    turn to the part furthest below its target share of that class's images, so every part
+    gets close to its fraction of each class and no group is ever in two parts.
+    (scikit-learn's StratifiedGroupKFold only makes equal folds, not 70/15/15.)
+
+    Args:
+        labels: class of each image (0 or 1).
+        groups: group id of each image.
+        fractions: target share of each part; must sum to 1.
+        seed: seed of the shuffle.
+
+    Returns:
+        One sorted array of image indices per part.
+    """
+    fractions = np.asarray(fractions, dtype=float)
+    if np.any(fractions <= 0) or not np.isclose(fractions.sum(), 1.0):
+        raise DataError(f"Split fractions must be positive and sum to 1; got {list(fractions)}.")
+    labels = np.asarray(labels)
+    groups = np.asarray(groups)
+    unique_groups, group_index = np.unique(groups, return_inverse=True)
+    group_size = np.bincount(group_index)
+    group_label = (np.bincount(group_index, weights=labels) / group_size >= 0.5).astype(int)
+    rng = np.random.default_rng(seed)
+    part_of_group = np.empty(len(unique_groups), dtype=int)
+    for label in (0, 1):
+        members = np.flatnonzero(group_label == label)
+        members = members[rng.permutation(len(members))]
+        filled = np.zeros(len(fractions))
+        targets = fractions * group_size[members].sum()
+        for group in members:
+            part = int(np.argmax(targets - filled))
+            part_of_group[group] = part
+            filled[part] += group_size[group]
+    image_part = part_of_group[group_index]
+    return [np.flatnonzero(image_part == part) for part in range(len(fractions))]
+
+
+def data_fingerprint(samples: Sequence[Sample], hashes: Sequence[str], root: Path) -> str:
+    """SHA-256 over the sorted (relative path, file SHA-256) pairs: names the exact data used."""
+    digest = hashlib.sha256()
+    for sample, file_hash in sorted(zip(samples, hashes), key=lambda pair: str(pair[0].path)):
+        relative = os.path.relpath(sample.path, root)
+        digest.update(f"{relative}\t{file_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def load_model_inputs(
+    samples: Sequence[Sample],
+    size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Decodes and preprocesses every image once, kept as uint8 to save memory.
+
+    Returns:
+        uint8 array (n, size, size, 1): ``round(preprocess(load_image(path)) * 255)``.
+    """
+    images = np.empty((len(samples), size, size, 1), dtype=np.uint8)
+    for index, sample in enumerate(samples):
+        model_input, _ = load_and_preprocess(sample.path, size)
+        images[index] = np.round(model_input * 255.0).astype(np.uint8)
+        if progress is not None:
+            progress(index + 1, len(samples))
+    return images

@@ -1,0 +1,25 @@
+"""The package's exceptions: one base class, one subclass per kind of failure.
+
+Every message is a plain sentence that says what is wrong and what to do, so that the CLI
+and the app can show it to a user as it is.
+"""
+
+
+class PneumoError(Exception):
+    """Base class of every error raised on purpose by ``pneumo_model``."""
+
+
+class InvalidImageError(PneumoError):
+    """The input cannot be used as a chest X-ray image (unreadable, empty, wrong kind)."""
+
+
+class ModelFileError(PneumoError):
+    """The model file or its metadata is missing, altered or incompatible."""
+
+
+class DataError(PneumoError):
+    """The data set is missing or does not look like the expected folder layout."""
+
+
+class ConfigError(PneumoError):
+    """A setting has a value that cannot work."""

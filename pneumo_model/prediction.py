@@ -1,0 +1,130 @@
+"""Scoring images with a trained model: logits, calibrated probabilities, the call and the grey zone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .artifacts import DEFAULT_MODEL_PATH, ModelMetadata, load_model
+from .calibration import GreyZone, sigmoid
+from .preprocessing import ImageInfo, ImageLimits, load_and_preprocess
+
+PREDICTION_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's output for one image.
+
+    Attributes:
+        probability: calibrated probability of pneumonia.
+        label: "pneumonia" if probability >= threshold, else "normal".
+        grey_zone: True when the probability falls in the band that needs a careful read.
+        threshold: the operating threshold used.
+        model_sha: SHA-256 of the model file.
+        info: facts about the decoded image, including its warnings.
+    """
+
+    probability: float
+    label: str
+    grey_zone: bool
+    threshold: float
+    model_sha: str
+    info: ImageInfo
+
+    def to_record(self, file: str) -> dict:
+        """The ``predict`` command's JSON object (schema version 1)."""
+        return {
+            "schema_version": PREDICTION_SCHEMA_VERSION,
+            "file": file,
+            "probability": round(self.probability, 6),
+            "label": self.label,
+            "grey_zone": self.grey_zone,
+            "threshold": round(self.threshold, 6),
+            "model_sha": self.model_sha,
+            "warnings": list(self.info.warnings),
+            "ood": None,
+        }
+
+
+class Predictor:
+    """A loaded model with its metadata; read-only, safe to share between users.
+
+    Args:
+        model: a Keras model mapping (batch, size, size, 1) images to (batch, 1) logits.
+        metadata: the model's metadata (input size, temperature, threshold, grey zone).
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, model: keras.Model, metadata: ModelMetadata, batch_size: int = 256):
+        self.model = model
+        self.metadata = metadata
+        self.batch_size = batch_size
+        self.grey_zone = GreyZone(*metadata.grey_zone)
+        size = metadata.input_size
+        # One traced graph for every batch size: far faster than model.predict on small batches.
+        self._forward = tf.function(
+            lambda images: self.model(images, training=False),
+            input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)],
+        )
+
+    @classmethod
+    def from_file(cls, model_path: Path = DEFAULT_MODEL_PATH, batch_size: int = 256) -> "Predictor":
+        model, metadata = load_model(model_path)
+        return cls(model, metadata, batch_size)
+
+    @property
+    def input_size(self) -> int:
+        return self.metadata.input_size
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Raw logits for a batch of model inputs.
+
+        Args:
+            images: (n, size, size, 1) float32 in [0, 1] (as ``preprocess`` returns) or uint8.
+
+        Returns:
+            (n,) float64 logits.
+        """
+        images = np.asarray(images)
+        if images.dtype == np.uint8:
+            images = images.astype(np.float32) / 255.0
+        outputs = [
+            self._forward(tf.constant(images[start : start + self.batch_size], dtype=tf.float32)).numpy()
+            for start in range(0, len(images), self.batch_size)
+        ]
+        if not outputs:
+            return np.empty(0, dtype=np.float64)
+        return np.concatenate(outputs).reshape(-1).astype(np.float64)  # (n,)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of pneumonia, shape (n,)."""
+        return sigmoid(self.logits(images), self.metadata.temperature)
+
+    def label_for(self, probability: float) -> str:
+        return "pneumonia" if probability >= self.metadata.threshold else "normal"
+
+    def predict_input(self, model_input: np.ndarray, info: ImageInfo) -> Prediction:
+        """Scores one preprocessed image (size, size, 1)."""
+        probability = float(self.probabilities(model_input[np.newaxis])[0])
+        return Prediction(
+            probability=probability,
+            label=self.label_for(probability),
+            grey_zone=bool(self.grey_zone.contains(probability)),
+            threshold=self.metadata.threshold,
+            model_sha=self.metadata.model_sha256,
+            info=info,
+        )
+
+    def predict_source(self, source: str | Path | bytes, limits: ImageLimits = ImageLimits()) -> Prediction:
+        """Decodes, preprocesses and scores one image file or its bytes.
+
+        Raises:
+            InvalidImageError: the image cannot be used (see ``load_image``).
+        """
+        model_input, info = load_and_preprocess(source, self.input_size, limits)
+        return self.predict_input(model_input, info)

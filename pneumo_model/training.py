@@ -1,0 +1,280 @@
+"""Training: patient-grouped split, in-memory data, augmentation, early stopping, calibration on validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .artifacts import ModelMetadata, save_model
+from .augmentation import AugmentConfig, augment_batch
+from .calibration import OperatingPointConfig, fit_grey_zone, fit_temperature, sigmoid, threshold_for_sensitivity
+from .data import (
+    Sample,
+    data_fingerprint,
+    file_sha256,
+    group_ids,
+    load_model_inputs,
+    scan_split,
+    split_groups,
+)
+from .errors import ConfigError
+from .metrics import binary_metrics, expected_calibration_error
+from .models import get_architecture
+from .prediction import Predictor
+
+PROTOCOLS = ("official", "pooled")
+IMBALANCE_METHODS = ("class_weight", "oversample", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of one training run.
+
+    Attributes:
+        architecture: registry name of the network.
+        input_size: side of the square input.
+        epochs: most epochs to train.
+        batch_size: images per step.
+        learning_rate: peak learning rate (cosine decay after one warm-up epoch).
+        weight_decay: AdamW weight decay.
+        label_smoothing: binary label smoothing.
+        imbalance: "class_weight", "oversample" or "none".
+        patience: epochs without a better validation AUC before stopping.
+        val_fraction: share of official train (by patient) held out for validation.
+        protocol: "official" or "pooled" (70/15/15 of everything, never scored on official test).
+        seed: seed of the split, the weights and the augmentation.
+        time_budget_s: stop after the epoch that passes this many seconds (None: no limit).
+        augment: whether to augment.
+        augmentation: augmentation ranges.
+        operating: targets for threshold and grey zone.
+    """
+
+    architecture: str = "pneumonet"
+    input_size: int = 128
+    epochs: int = 45
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05
+    imbalance: str = "class_weight"
+    patience: int = 15
+    val_fraction: float = 0.15
+    protocol: str = "official"
+    seed: int = 20261123
+    time_budget_s: float | None = None
+    augment: bool = True
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    operating: OperatingPointConfig = field(default_factory=OperatingPointConfig)
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"Unknown protocol '{self.protocol}'; choose one of {PROTOCOLS}.")
+        if self.imbalance not in IMBALANCE_METHODS:
+            raise ConfigError(f"Unknown imbalance method '{self.imbalance}'; choose one of {IMBALANCE_METHODS}.")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"val_fraction must lie in (0, 0.5); got {self.val_fraction}.")
+        get_architecture(self.architecture)
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """Samples of one protocol, divided into parts, with their group ids."""
+
+    train: list[Sample]
+    validation: list[Sample]
+    test: list[Sample]
+    groups: dict[Path, str]
+    fingerprint: str
+
+
+def make_split(data_dir: Path, protocol: str, val_fraction: float, seed: int) -> DataSplit:
+    """Builds the protocol's split from the data folder, deterministically.
+
+    "official": validation is ``val_fraction`` of official train by patient group; test is the
+    official test split. "pooled": train and test images pooled and re-split 70/15/15 by group.
+    """
+    train_samples = scan_split(data_dir, "train")
+    test_samples = scan_split(data_dir, "test")
+    everything = train_samples + test_samples
+    hashes = [file_sha256(s.path) for s in everything]
+    groups = group_ids(everything, hashes)
+    group_of = {s.path: g for s, g in zip(everything, groups)}
+    if protocol == "official":
+        pool = train_samples
+        fractions = (1.0 - val_fraction, val_fraction)
+    else:
+        pool = everything
+        fractions = (0.70, 0.15, 0.15)
+    parts = split_groups([s.label for s in pool], [group_of[s.path] for s in pool], fractions, seed)
+    chosen = [[pool[i] for i in part] for part in parts]
+    test = test_samples if protocol == "official" else chosen[2]
+    hash_of = {s.path: h for s, h in zip(everything, hashes)}
+    fingerprint = data_fingerprint(pool, [hash_of[s.path] for s in pool], Path(data_dir))
+    return DataSplit(chosen[0], chosen[1], test, group_of, fingerprint)
+
+
+def _dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> tf.data.Dataset:
+    """Batches of (float32 images in [0, 1], labels), shuffled, augmented, oversampled if asked."""
+
+    def by_class(label: int) -> tf.data.Dataset:
+        rows = np.flatnonzero(labels == label)
+        ds = tf.data.Dataset.from_tensor_slices((images[rows], labels[rows].astype(np.float32)))
+        return ds.shuffle(len(rows), seed=config.seed + label, reshuffle_each_iteration=True).repeat()
+
+    if config.imbalance == "oversample":
+        ds = tf.data.Dataset.sample_from_datasets([by_class(0), by_class(1)], weights=[0.5, 0.5], seed=config.seed)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
+        ds = ds.shuffle(len(labels), seed=config.seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(config.batch_size, drop_remainder=True)
+
+    def prepare(batch_images, batch_labels):
+        batch = tf.cast(batch_images, tf.float32) / 255.0  # (batch, size, size, 1)
+        if config.augment:
+            batch = augment_batch(batch, config.augmentation)
+        return batch, tf.reshape(batch_labels, (-1, 1))
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+class _TimeBudget(keras.callbacks.Callback):
+    def __init__(self, budget_s: float | None):
+        super().__init__()
+        self.budget_s = budget_s
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.budget_s is not None and time.monotonic() - self.start > self.budget_s:
+            print(f"Time budget of {self.budget_s:.0f} s reached after epoch {epoch + 1}; stopping.", flush=True)
+            self.model.stop_training = True
+
+
+def _print_progress(done: int, total: int) -> None:
+    if done == total or done % 500 == 0:
+        print(f"  decoded {done}/{total} images", file=sys.stderr, flush=True)
+
+
+def train(
+    config: TrainConfig,
+    data_dir: Path,
+    model_path: Path,
+    command: str = "",
+    progress: Callable[[int, int], None] | None = _print_progress,
+    verbose: int = 2,
+) -> ModelMetadata:
+    """Trains, calibrates on validation, and writes the model and its metadata.
+
+    Args:
+        config: the run's settings.
+        data_dir: the chest_xray_224 folder.
+        model_path: where to write the ``.keras`` file (metadata goes beside it as ``.json``).
+        command: the command line, stored in the metadata.
+        progress: called as images are decoded.
+        verbose: Keras fit verbosity.
+
+    Returns:
+        The written metadata.
+    """
+    started = time.monotonic()
+    keras.utils.set_random_seed(config.seed)
+    split = make_split(Path(data_dir), config.protocol, config.val_fraction, config.seed)
+    x_train = load_model_inputs(split.train, config.input_size, progress)
+    x_val = load_model_inputs(split.validation, config.input_size, progress)
+    y_train = np.array([s.label for s in split.train])
+    y_val = np.array([s.label for s in split.validation])
+    print(
+        f"train {len(y_train)} images ({y_train.sum()} pneumonia), validation {len(y_val)} ({y_val.sum()} pneumonia)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    architecture = get_architecture(config.architecture)
+    model = architecture.build(config.input_size)
+    steps_per_epoch = max(1, len(y_train) // config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate * 0.1,
+        decay_steps=steps_per_epoch * max(1, config.epochs - 1),
+        warmup_target=config.learning_rate,
+        warmup_steps=steps_per_epoch,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
+    )
+    class_weight = None
+    if config.imbalance == "class_weight":
+        counts = np.bincount(y_train, minlength=2)
+        class_weight = {label: float(len(y_train) / (2 * counts[label])) for label in (0, 1)}
+    val_data = (x_val.astype(np.float32) / 255.0, y_val.reshape(-1, 1).astype(np.float32))
+    history = model.fit(
+        _dataset(x_train, y_train, config),
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=val_data,
+        class_weight=class_weight,
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_auc", mode="max", patience=config.patience, restore_best_weights=True
+            ),
+            _TimeBudget(config.time_budget_s),
+        ],
+        verbose=verbose,
+    )
+    val_auc = history.history["val_auc"]
+    best_epoch = int(np.argmax(val_auc)) + 1
+
+    # Calibration, threshold and grey zone: validation only.
+    provisional = ModelMetadata(
+        architecture=config.architecture,
+        input_size=config.input_size,
+        gradcam_layer=architecture.gradcam_layer,
+        temperature=1.0,
+        threshold=0.5,
+        grey_zone=(0.5, 0.5),
+        protocol=config.protocol,
+        keras_version=keras.__version__,
+        tensorflow_version=tf.__version__,
+        model_sha256="",
+        data_fingerprint=split.fingerprint,
+        seed=config.seed,
+        training_seconds=0.0,
+    )
+    val_logits = Predictor(model, provisional).logits(x_val)
+    temperature = fit_temperature(val_logits, y_val)
+    val_probabilities = sigmoid(val_logits, temperature)
+    threshold = threshold_for_sensitivity(val_probabilities, y_val, config.operating.target_sensitivity)
+    zone = fit_grey_zone(val_probabilities, y_val, threshold, config.operating)
+    validation = binary_metrics(y_val, val_probabilities, threshold)
+    validation["ece"] = expected_calibration_error(y_val, val_probabilities)
+    validation["grey_zone_fraction"] = float(zone.contains(val_probabilities).mean())
+    validation["epochs_trained"] = len(val_auc)
+    validation["best_epoch"] = best_epoch
+    validation["val_auc_history"] = [round(float(v), 5) for v in val_auc]
+
+    metadata = dataclasses.replace(
+        provisional,
+        temperature=temperature,
+        threshold=threshold,
+        grey_zone=(zone.low, zone.high),
+        training_seconds=round(time.monotonic() - started, 1),
+        train_config=_config_dict(config),
+        validation=validation,
+        created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        command=command,
+    )
+    return save_model(model, metadata, Path(model_path))
+
+
+def _config_dict(config: TrainConfig) -> dict:
+    data = dataclasses.asdict(config)
+    return {key: (list(value) if isinstance(value, tuple) else value) for key, value in data.items()}
