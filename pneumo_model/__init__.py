@@ -1,0 +1,53 @@
+"""pneumo_model: a paediatric chest X-ray pneumonia classifier, its training pipeline and tools.
+
+Decision support for trained readers; not a medical device and not for diagnosis.
+Importing the package does no work: no model loading, no TensorFlow set-up. The names below
+are loaded lazily on first use, so ``import pneumo_model`` stays fast and light.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "PneumoError": "errors",
+    "InvalidImageError": "errors",
+    "ModelFileError": "errors",
+    "DataError": "errors",
+    "ConfigError": "errors",
+    "ImageInfo": "preprocessing",
+    "ImageLimits": "preprocessing",
+    "load_image": "preprocessing",
+    "preprocess": "preprocessing",
+    "load_and_preprocess": "preprocessing",
+    "Sample": "data",
+    "resolve_data_dir": "data",
+    "scan_split": "data",
+    "group_ids": "data",
+    "split_groups": "data",
+    "ARCHITECTURES": "models",
+    "get_architecture": "models",
+    "OperatingPointConfig": "calibration",
+    "GreyZone": "calibration",
+    "fit_temperature": "calibration",
+    "threshold_for_sensitivity": "calibration",
+    "fit_grey_zone": "calibration",
+    "ModelMetadata": "artifacts",
+    "DEFAULT_MODEL_PATH": "artifacts",
+    "load_model": "artifacts",
+    "save_model": "artifacts",
+    "Prediction": "prediction",
+    "Predictor": "prediction",
+    "TrainConfig": "training",
+    "train": "training",
+    "evaluate": "evaluation",
+    "compare": "comparison",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'pneumo_model' has no attribute '{name}'")

@@ -100,12 +100,13 @@ def file_sha256(path: Path) -> str:
 def save_model(model: keras.Model, metadata: ModelMetadata, model_path: Path) -> ModelMetadata:
     """Writes an inference-only copy of ``model`` and its metadata; returns the final metadata.
 
-    The model passed in is not changed: a fresh uncompiled clone carries the weights, so no
-    optimizer state is stored. The metadata's ``model_sha256`` is filled in from the written file.
+    The model passed in is not changed: a fresh, never-compiled copy built from its config
+    carries the weights, so no optimizer state or compile config is stored (Keras 3's
+    ``clone_model`` would copy both). The metadata's ``model_sha256`` is filled in from the written file.
     """
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    inference = keras.models.clone_model(model)
+    inference = model.__class__.from_config(model.get_config())
     inference.set_weights(model.get_weights())
     inference.save(model_path)
     final = dataclasses.replace(metadata, model_sha256=file_sha256(model_path))

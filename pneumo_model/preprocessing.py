@@ -174,6 +174,8 @@ def load_image(source: str | Path | bytes, limits: ImageLimits = ImageLimits()) 
         raise InvalidImageError(
             "The file is not a readable image. Upload a PNG or JPEG chest X-ray."
         ) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InvalidImageError(f"The image file is damaged or incomplete ({error}). Upload the image again.") from None
     if image.format not in SUPPORTED_FORMATS:
         raise InvalidImageError(
             f"{image.format} files are not supported yet. Convert the image to PNG or JPEG."

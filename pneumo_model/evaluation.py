@@ -1,0 +1,171 @@
+"""Evaluation report of a trained model: metrics with confidence intervals, figures, and a test-use log.
+
+The official test split is only ever scored here, to report; every evaluation of it is
+appended to ``test_evaluations.jsonl`` so the report can say how often the test split was looked at.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import REPO_ROOT
+from .data import load_model_inputs
+from .errors import DataError
+from .metrics import binary_metrics, bootstrap_intervals, calibration_bins, expected_calibration_error
+from .plots import confusion_figure, gallery_figure, reliability_figure, roc_figure
+from .prediction import Predictor
+from .training import make_split
+
+DEFAULT_REPORTS_DIR = REPO_ROOT / "reports"
+TEST_LOG_NAME = "test_evaluations.jsonl"
+REPORT_SCHEMA_VERSION = 1
+
+
+def json_safe(value):
+    """Replaces NaN and infinities (not valid JSON) with None, recursively."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def report_name(split: str) -> str:
+    return "evaluation.json" if split == "test" else f"evaluation_{split}.json"
+
+
+def _patient_level(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray, threshold: float) -> dict:
+    """Metrics with one case per patient group: its mean probability, its majority label."""
+    unique, index = np.unique(groups, return_inverse=True)
+    counts = np.bincount(index)
+    mean_probability = np.bincount(index, weights=probabilities) / counts
+    label = (np.bincount(index, weights=labels) / counts >= 0.5).astype(int)
+    return binary_metrics(label, mean_probability, threshold)
+
+
+def record_test_use(reports_dir: Path, model_sha: str, split: str) -> int:
+    """Appends this evaluation to the log; returns how many official-test evaluations it holds."""
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    log = reports_dir / TEST_LOG_NAME
+    entry = {"utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model_sha": model_sha, "split": split}
+    with open(log, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    return sum(1 for line in log.read_text().splitlines() if json.loads(line)["split"] == "test")
+
+
+def evaluate(
+    model_path: Path,
+    data_dir: Path,
+    reports_dir: Path = DEFAULT_REPORTS_DIR,
+    split: str = "test",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """Scores one split with the model at its fixed operating point and writes the report.
+
+    Args:
+        model_path: the ``.keras`` file.
+        data_dir: the chest_xray_224 folder.
+        reports_dir: where the JSON, CSV and figures go.
+        split: "test" (the protocol's test part: the official test split for "official" models)
+            or "validation".
+        n_resamples: bootstrap resamples of patient groups.
+        seed: bootstrap seed.
+
+    Returns:
+        The report as written to ``reports_dir / report_name(split)``.
+
+    Raises:
+        DataError: the training data no longer matches the model's data fingerprint.
+    """
+    predictor = Predictor.from_file(model_path)
+    metadata = predictor.metadata
+    config = metadata.train_config
+    data_split = make_split(Path(data_dir), metadata.protocol, config.get("val_fraction", 0.15), metadata.seed)
+    if data_split.fingerprint != metadata.data_fingerprint:
+        raise DataError(
+            "The data folder differs from the data this model was trained on (fingerprint mismatch); "
+            "the validation/test parts cannot be rebuilt faithfully."
+        )
+    samples = data_split.test if split == "test" else data_split.validation
+    images = load_model_inputs(samples, metadata.input_size)
+    probabilities = predictor.probabilities(images)
+    labels = np.array([s.label for s in samples])
+    groups = np.array([data_split.groups[s.path] for s in samples])
+    threshold = metadata.threshold
+    zone = predictor.grey_zone
+
+    image_metrics = binary_metrics(labels, probabilities, threshold)
+    image_metrics["ece"] = expected_calibration_error(labels, probabilities)
+    bins = calibration_bins(labels, probabilities)
+    in_zone = zone.contains(probabilities)
+    outside = ~in_zone
+    subtypes = {}
+    for subtype in ("bacteria", "virus"):
+        rows = np.array([s.subtype == subtype for s in samples])
+        if rows.any():
+            subtypes[subtype] = {
+                "n": int(rows.sum()),
+                "sensitivity": float((probabilities[rows] >= threshold).mean()),
+            }
+
+    reports_dir = Path(reports_dir)
+    figures = reports_dir / "figures"
+    suffix = "" if split == "test" else f"_{split}"
+    roc_figure(labels, probabilities, threshold, figures / f"roc{suffix}.png")
+    reliability_figure(bins, image_metrics["ece"], figures / f"reliability{suffix}.png")
+    confusion_figure(image_metrics["confusion"], figures / f"confusion{suffix}.png")
+    errors = np.flatnonzero((probabilities >= threshold) != labels.astype(bool))
+    worst = errors[np.argsort(-np.abs(probabilities[errors] - threshold))][:12]
+    gallery_figure(
+        [images[i] / 255.0 for i in worst],
+        [f"{samples[i].path.name}\nlabel {'P' if labels[i] else 'N'}, p={probabilities[i]:.3f}" for i in worst],
+        f"Worst errors ({split}, {len(errors)} errors in all)",
+        figures / f"worst_errors{suffix}.png",
+    )
+    with open(reports_dir / f"predictions_{split}.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", "subtype", "group", "probability", "call", "grey_zone"])
+        for sample, group, p, flag in zip(samples, groups, probabilities, in_zone):
+            writer.writerow([sample.path.name, sample.label, sample.subtype or "", group, f"{p:.6f}", int(p >= threshold), int(flag)])
+
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "model_sha256": metadata.model_sha256,
+        "architecture": metadata.architecture,
+        "protocol": metadata.protocol,
+        "split": split,
+        "split_description": (
+            "official Kermany 2018 test split (624 images)"
+            if split == "test" and metadata.protocol == "official"
+            else f"{split} part of the '{metadata.protocol}' protocol"
+        ),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "threshold": threshold,
+        "temperature": metadata.temperature,
+        "grey_zone": list(metadata.grey_zone),
+        "image": image_metrics,
+        "image_ci95": bootstrap_intervals(labels, probabilities, groups, threshold, n_resamples, seed),
+        "bootstrap": {"resamples": n_resamples, "seed": seed, "unit": "patient group"},
+        "patient": _patient_level(labels, probabilities, groups, threshold),
+        "subtype_sensitivity": subtypes,
+        "grey_zone_fraction": float(in_zone.mean()),
+        "outside_grey_zone": binary_metrics(labels[outside], probabilities[outside], threshold) if outside.any() else None,
+        "calibration_bins": bins,
+        "figures": {
+            name: str((figures / f"{name}{suffix}.png").relative_to(reports_dir))
+            for name in ("roc", "reliability", "confusion", "worst_errors")
+        },
+    }
+    if split == "test":
+        report["test_evaluations_so_far"] = record_test_use(reports_dir, metadata.model_sha256, split)
+    report = json_safe(report)
+    (reports_dir / report_name(split)).write_text(json.dumps(report, indent=2) + "\n")
+    return report

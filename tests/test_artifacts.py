@@ -1,0 +1,83 @@
+"""Saving and loading the model with its metadata, and refusing altered files."""
+
+import dataclasses
+import io
+import json
+import zipfile
+
+import h5py
+
+import keras
+import numpy as np
+import pytest
+
+from pneumo_model.artifacts import ModelMetadata, load_model, metadata_path, read_metadata, save_model
+from pneumo_model.errors import ModelFileError
+from pneumo_model.models import get_architecture
+
+
+def _metadata():
+    return ModelMetadata(
+        architecture="cnn_small", input_size=32, gradcam_layer="conv2", temperature=1.3, threshold=0.4,
+        grey_zone=(0.3, 0.6), protocol="official", keras_version=keras.__version__, tensorflow_version="x",
+        model_sha256="", data_fingerprint="f" * 64, seed=1, training_seconds=1.0,
+    )
+
+
+def _stored_groups(path):
+    with zipfile.ZipFile(path) as archive:
+        weights = io.BytesIO(archive.read("model.weights.h5"))
+    with h5py.File(weights, "r") as handle:
+        return {key for key in handle.keys() if len(handle[key]) or key != "vars"}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = get_architecture("cnn_small").build(32)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.zeros((4, 32, 32, 1)), np.zeros((4, 1)), verbose=0)  # builds optimizer state
+    path = tmp_path / "m.keras"
+    metadata = save_model(model, _metadata(), path)
+    return model, metadata, path
+
+
+def test_round_trip_keeps_weights_and_metadata(saved):
+    model, metadata, path = saved
+    loaded, loaded_metadata = load_model(path)
+    assert loaded_metadata == metadata
+    assert len(metadata.model_sha256) == 64
+    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-5)
+    assert _stored_groups(path) == {"layers"}  # inference-only: no optimizer variables
+    assert model.optimizer is not None and model.optimizer.iterations.numpy() == 1  # caller's model untouched
+
+
+def test_an_altered_model_file_is_refused(saved):
+    _, _, path = saved
+    path.write_bytes(path.read_bytes() + b"tampered")
+    with pytest.raises(ModelFileError, match="does not match its metadata"):
+        load_model(path)
+
+
+def test_another_keras_major_version_is_refused(saved):
+    _, metadata, path = saved
+    changed = dataclasses.replace(metadata, keras_version="2.15.0")
+    metadata_path(path).write_text(json.dumps(changed.to_dict()))
+    with pytest.raises(ModelFileError, match="Keras 2.15.0"):
+        load_model(path)
+
+
+def test_missing_files_say_what_to_do(saved, tmp_path):
+    with pytest.raises(ModelFileError, match="is missing"):
+        load_model(tmp_path / "nothing.keras")
+    _, _, path = saved
+    metadata_path(path).unlink()
+    with pytest.raises(ModelFileError, match="metadata .* is missing"):
+        read_metadata(path)
+
+
+def test_unknown_metadata_fields_are_refused(saved):
+    _, metadata, path = saved
+    metadata_path(path).write_text(json.dumps({**metadata.to_dict(), "surprise": 1}))
+    with pytest.raises(ModelFileError, match="unknown fields"):
+        read_metadata(path)

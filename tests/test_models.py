@@ -1,0 +1,66 @@
+"""Architecture registry and augmentation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pneumo_model.augmentation import AugmentConfig, augment_batch
+from pneumo_model.errors import ConfigError
+from pneumo_model.models import ARCHITECTURES, get_architecture
+
+PUBLISHED_FAMILIES = {"dense", "dense_dropout", "cnn_small", "cnn_deep", "pneumonet"}
+
+
+def test_registry_holds_the_published_families_and_ours():
+    assert PUBLISHED_FAMILIES <= set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_every_architecture_maps_images_to_one_logit(name):
+    architecture = get_architecture(name)
+    model = architecture.build(64)
+    out = model(np.random.default_rng(0).random((3, 64, 64, 1), dtype=np.float32), training=False)
+    assert tuple(out.shape) == (3, 1)
+    if architecture.gradcam_layer:
+        assert len(model.get_layer(architecture.gradcam_layer).output.shape) == 4  # (batch, h, w, c)
+
+
+def test_production_network_is_small_with_an_8x8_gradcam_map_at_128px():
+    model = get_architecture("pneumonet").build(128)
+    assert model.count_params() < 300_000
+    assert tuple(model.get_layer("features").output.shape[1:3]) == (8, 8)
+
+
+def test_unknown_architecture_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="pneumonet"):
+        get_architecture("resnet9000")
+
+
+def _identity_config(**changes):
+    base = dict(
+        max_rotation_deg=0.0, zoom=(1.0, 1.0), max_shift=0.0, lower_crop_probability=0.0,
+        brightness=(0.0, 0.0), contrast=(1.0, 1.0), gamma=(1.0, 1.0),
+    )
+    base.update(changes)
+    return AugmentConfig(**base)
+
+
+def test_augmentation_keeps_shape_and_range():
+    images = tf.random.uniform((6, 32, 32, 1))
+    out = augment_batch(images).numpy()
+    assert out.shape == (6, 32, 32, 1) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_augmentation_with_no_ranges_is_the_identity():
+    images = tf.random.uniform((4, 32, 32, 1))
+    np.testing.assert_allclose(augment_batch(images, _identity_config()).numpy(), images.numpy(), atol=1e-4)
+
+
+def test_lower_crop_keeps_the_top_and_stretches_it_to_full_height():
+    images = np.zeros((2, 40, 40, 1), np.float32)
+    images[:, :20] = 1.0  # top half bright, bottom half dark
+    config = _identity_config(lower_crop_probability=1.0, lower_crop_keep=(0.5, 0.5))
+    out = augment_batch(tf.constant(images), config).numpy()
+    # Keeping the top half means the whole output comes from the bright part.
+    assert out[:, :38].min() > 0.95

@@ -1,0 +1,101 @@
+"""Training, evaluation and comparison end to end on a small synthetic data set (seconds, no real data)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from pneumo_model.artifacts import load_model
+from pneumo_model.comparison import compare
+from pneumo_model.errors import ConfigError
+from pneumo_model.evaluation import TEST_LOG_NAME, evaluate
+from pneumo_model.prediction import Predictor
+from pneumo_model.training import TrainConfig, make_split
+
+
+def test_training_writes_a_calibrated_model_with_complete_metadata(tiny_model, synthetic_data):
+    model, metadata = load_model(tiny_model)
+    assert metadata.architecture == "cnn_small" and metadata.input_size == 32
+    assert metadata.keras_version == keras.__version__
+    assert metadata.protocol == "official"
+    assert 0.05 <= metadata.temperature <= 20
+    assert 0.0 < metadata.threshold < 1.0
+    low, high = metadata.grey_zone
+    assert low <= metadata.threshold <= high
+    assert metadata.data_fingerprint == make_split(synthetic_data, "official", 0.25, metadata.seed).fingerprint
+    assert metadata.train_config["val_fraction"] == 0.25
+    assert metadata.command == "pytest"
+    assert {"roc_auc", "sensitivity", "ece", "best_epoch"} <= set(metadata.validation)
+    # The validation sensitivity reaches the target the threshold was set for.
+    assert metadata.validation["sensitivity"] >= 0.97
+
+
+def test_training_learns_the_synthetic_signal(tiny_model, synthetic_data):
+    predictor = Predictor.from_file(tiny_model)
+    split = make_split(synthetic_data, "official", 0.25, predictor.metadata.seed)
+    probabilities = [predictor.predict_source(s.path).probability for s in split.test]
+    labels = [s.label for s in split.test]
+    assert np.mean(np.array(probabilities)[np.array(labels) == 1]) > np.mean(np.array(probabilities)[np.array(labels) == 0])
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="protocol"):
+        TrainConfig(protocol="random")
+    with pytest.raises(ConfigError, match="imbalance"):
+        TrainConfig(imbalance="magic")
+    with pytest.raises(ConfigError, match="Unknown architecture"):
+        TrainConfig(architecture="nope")
+
+
+def test_evaluate_writes_the_report_figures_and_counts_test_use(tiny_model, synthetic_data, tmp_path):
+    report = evaluate(tiny_model, synthetic_data, tmp_path, n_resamples=50)
+    written = json.loads((tmp_path / "evaluation.json").read_text())
+    assert written == report
+    assert report["model_sha256"] == load_model(tiny_model)[1].model_sha256
+    assert report["image"]["n"] == 24
+    for key in ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc", "ece", "confusion"):
+        assert key in report["image"]
+    assert set(report["image_ci95"]) >= {"accuracy", "sensitivity", "specificity", "roc_auc"}
+    assert set(report["subtype_sensitivity"]) == {"bacteria", "virus"}
+    assert report["patient"]["n"] < report["image"]["n"]  # some patients have two images
+    assert 0.0 <= report["grey_zone_fraction"] <= 1.0
+    for figure in report["figures"].values():
+        assert (tmp_path / figure).stat().st_size > 1000
+    assert report["test_evaluations_so_far"] == 1
+    evaluate(tiny_model, synthetic_data, tmp_path, n_resamples=10, split="validation")
+    again = evaluate(tiny_model, synthetic_data, tmp_path, n_resamples=10)
+    assert again["test_evaluations_so_far"] == 2  # the validation evaluation is not counted
+    assert len((tmp_path / TEST_LOG_NAME).read_text().splitlines()) == 2
+    rows = (tmp_path / "predictions_test.csv").read_text().splitlines()
+    assert len(rows) == 25 and rows[0].startswith("file,label")
+
+
+def test_pooled_protocol_model_is_scored_on_its_own_test_part(synthetic_data, tmp_path):
+    from pneumo_model.training import train
+
+    config = TrainConfig(architecture="dense", input_size=32, epochs=1, batch_size=8, protocol="pooled", patience=1)
+    path = tmp_path / "pooled.keras"
+    train(config, synthetic_data, path, progress=None, verbose=0)
+    report = evaluate(path, synthetic_data, tmp_path / "reports", n_resamples=10)
+    assert report["protocol"] == "pooled"
+    assert "official" not in report["split_description"]
+    files = (tmp_path / "reports" / "predictions_test.csv").read_text()
+    split = make_split(synthetic_data, "pooled", 0.15, config.seed)
+    assert {s.split for s in split.test} == {"train", "test"}
+    assert len(files.splitlines()) == len(split.test) + 1
+
+
+def test_compare_trains_each_family_and_ranks_on_validation(synthetic_data, tmp_path):
+    rows = compare(
+        synthetic_data, tmp_path / "reports", tmp_path / "work", input_size=32, time_budget_s=30, epochs=1,
+        architectures=["dense", "cnn_small"], base_config=TrainConfig(batch_size=8, val_fraction=0.25),
+        command="pytest",
+    )
+    assert {row["architecture"] for row in rows} == {"dense", "cnn_small"}
+    aucs = [row["validation"]["roc_auc"] for row in rows]
+    assert aucs == sorted(aucs, reverse=True)
+    assert all(row["forward_images_per_s"] > 0 and row["parameters"] > 0 for row in rows)
+    table = (tmp_path / "reports" / "model_comparison.md").read_text()
+    assert "| 1 |" in table and "| 2 |" in table
+    assert json.loads((tmp_path / "reports" / "model_comparison.json").read_text())["rows"][0]["architecture"] == rows[0]["architecture"]
