@@ -74,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--reports", type=Path, default=None, help="report folder (default: reports/)")
     evaluate.add_argument("--split", choices=("test", "validation"), default="test")
 
-    compare = commands.add_parser("compare", help="train and evaluate every registered architecture")
+    compare = commands.add_parser(
+        "compare", help="train and score variants: the architecture families, or the class-imbalance methods"
+    )
+    compare.add_argument(
+        "--study", choices=("families", "imbalance"), default="families",
+        help="families: every architecture, test reported; imbalance: production network per method, validation only",
+    )
     _add_data_flag(compare)
     compare.add_argument("--input-size", type=int, default=96)
     compare.add_argument("--time-budget", type=float, default=600.0, help="seconds per architecture")
@@ -139,13 +145,19 @@ def _evaluate(args) -> int:
 
 
 def _compare(args, argv) -> int:
-    from .comparison import compare
+    from .comparison import compare, imbalance_study
     from .data import resolve_data_dir
     from .evaluation import DEFAULT_REPORTS_DIR
+    from .training import TrainConfig
 
+    data_dir, reports = resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR
+    if args.study == "imbalance":
+        base = TrainConfig(input_size=args.input_size, epochs=args.epochs, time_budget_s=args.time_budget)
+        imbalance_study(data_dir, reports, args.work, base, command=_command_line(argv))
+        return EXIT_OK
     compare(
-        resolve_data_dir(args.data),
-        args.reports or DEFAULT_REPORTS_DIR,
+        data_dir,
+        reports,
         args.work,
         input_size=args.input_size,
         time_budget_s=args.time_budget,

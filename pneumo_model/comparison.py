@@ -1,37 +1,75 @@
-"""Model comparison: every registered architecture trained and scored the same way.
+"""Comparisons of training variants, each trained and scored the same way.
 
-Models are ranked by validation AUC; test figures are reported next to them, never used to choose.
+Two studies: the architecture families (``compare``), ranked by validation AUC with test
+figures reported next to them, never used to choose; and the class-imbalance method
+(``imbalance_study``), which touches validation only because its result is a choice.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .data import load_model_inputs
-from .evaluation import record_test_use, json_safe
+from .evaluation import json_safe, record_test_use
 from .metrics import binary_metrics
 from .models import ARCHITECTURES
-from .prediction import Predictor
-from .training import TrainConfig, make_split, train
+from .prediction import Predictor, forward_throughput
+from .training import IMBALANCE_METHODS, TrainConfig, make_split, train
+
+SUMMARY_KEYS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 
-def forward_throughput(predictor: Predictor, n_images: int = 512, repeats: int = 3) -> float:
-    """Batched forward passes per second on random inputs, warm-up excluded (best of ``repeats``)."""
-    size = predictor.input_size
-    images = np.random.default_rng(0).random((n_images, size, size, 1), dtype=np.float32)
-    predictor.logits(images[: predictor.batch_size])  # warm-up: trace and allocate
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predictor.logits(images)
-        best = min(best, time.perf_counter() - start)
-    return float(n_images / best)
+def _run_variants(
+    variants: dict[str, TrainConfig],
+    data_dir: Path,
+    reports_dir: Path,
+    work_dir: Path,
+    score_test: bool,
+    command: str,
+) -> list[dict]:
+    """Trains every variant; returns rows ranked by validation AUC (best first)."""
+    test_images = test_labels = None
+    rows = []
+    for name, config in variants.items():
+        if score_test and test_images is None:
+            split = make_split(Path(data_dir), "official", config.val_fraction, config.seed)
+            test_images = load_model_inputs(split.test, config.input_size)
+            test_labels = np.array([s.label for s in split.test])
+        model_path = Path(work_dir) / f"{name}.keras"
+        metadata = train(config, Path(data_dir), model_path, command=command, progress=None, verbose=0)
+        predictor = Predictor.from_file(model_path)
+        row = {
+            "variant": name,
+            "architecture": config.architecture,
+            "imbalance": config.imbalance,
+            "description": ARCHITECTURES[config.architecture].description,
+            "parameters": int(predictor.model.count_params()),
+            "training_seconds": metadata.training_seconds,
+            "epochs_trained": metadata.validation["epochs_trained"],
+            "forward_images_per_s": round(forward_throughput(predictor), 1),
+            "threshold": metadata.threshold,
+            "validation": {k: metadata.validation[k] for k in SUMMARY_KEYS + ("ece",)},
+        }
+        if score_test:
+            test = binary_metrics(test_labels, predictor.probabilities(test_images), metadata.threshold)
+            record_test_use(Path(reports_dir), metadata.model_sha256, "test")
+            row["test"] = {k: test[k] for k in SUMMARY_KEYS}
+        rows.append(row)
+        print(json.dumps(json_safe(row)), flush=True)
+    rows.sort(key=lambda row: -np.nan_to_num(row["validation"]["roc_auc"], nan=-1.0))
+    return rows
+
+
+def _write(report: dict, reports_dir: Path, stem: str, markdown: str) -> None:
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    (reports_dir / f"{stem}.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    (reports_dir / f"{stem}.md").write_text(markdown)
 
 
 def compare(
@@ -61,37 +99,15 @@ def compare(
     Returns:
         One row per architecture, ranked by validation AUC.
     """
-    names = list(architectures or ARCHITECTURES)
     base = base_config or TrainConfig()
-    split = make_split(Path(data_dir), "official", base.val_fraction, base.seed)
-    test_images = load_model_inputs(split.test, input_size)
-    test_labels = np.array([s.label for s in split.test])
-    rows = []
-    for name in names:
-        config = dataclasses.replace(
+    variants = {
+        name: dataclasses.replace(
             base, architecture=name, input_size=input_size, epochs=epochs, time_budget_s=time_budget_s,
             patience=min(base.patience, 8),
         )
-        model_path = Path(work_dir) / f"{name}.keras"
-        metadata = train(config, Path(data_dir), model_path, command=command, verbose=0)
-        predictor = Predictor.from_file(model_path)
-        test = binary_metrics(test_labels, predictor.probabilities(test_images), metadata.threshold)
-        record_test_use(Path(reports_dir), metadata.model_sha256, "test")
-        rows.append(
-            {
-                "architecture": name,
-                "description": ARCHITECTURES[name].description,
-                "parameters": int(predictor.model.count_params()),
-                "training_seconds": metadata.training_seconds,
-                "epochs_trained": metadata.validation["epochs_trained"],
-                "forward_images_per_s": round(forward_throughput(predictor), 1),
-                "threshold": metadata.threshold,
-                "validation": {k: metadata.validation[k] for k in ("accuracy", "sensitivity", "specificity", "roc_auc")},
-                "test": {k: test[k] for k in ("accuracy", "sensitivity", "specificity", "roc_auc")},
-            }
-        )
-        print(json.dumps(json_safe(rows[-1])), flush=True)
-    rows.sort(key=lambda row: -row["validation"]["roc_auc"] if np.isfinite(row["validation"]["roc_auc"]) else np.inf)
+        for name in (architectures or ARCHITECTURES)
+    }
+    rows = _run_variants(variants, data_dir, reports_dir, work_dir, score_test=True, command=command)
     report = {
         "input_size": input_size,
         "time_budget_s_per_model": time_budget_s,
@@ -100,30 +116,59 @@ def compare(
         "command": command,
         "rows": rows,
     }
-    reports_dir = Path(reports_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    (reports_dir / "model_comparison.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
-    (reports_dir / "model_comparison.md").write_text(comparison_markdown(report))
-    return rows
-
-
-def comparison_markdown(report: dict) -> str:
     lines = [
         "# Model comparison",
         "",
-        f"Input {report['input_size']} px, at most {report['max_epochs']} epochs and "
-        f"{report['time_budget_s_per_model']:.0f} s of training per model, official protocol, threshold set on "
-        "validation for the same target sensitivity. Ranked by validation AUC; test figures are reported only.",
+        f"Input {input_size} px, at most {epochs} epochs and {time_budget_s:.0f} s of training per model, official "
+        "protocol, threshold set on validation for the same target sensitivity. Ranked by validation AUC; "
+        "test figures (official test split) are reported only.",
         "",
         "| rank | architecture | params | train s | fwd img/s | val AUC | test acc | test sens | test spec | test AUC |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for rank, row in enumerate(report["rows"], start=1):
+    for rank, row in enumerate(rows, start=1):
         v, t = row["validation"], row["test"]
         lines.append(
             f"| {rank} | {row['architecture']} | {row['parameters']:,} | {row['training_seconds']:.0f} | "
             f"{row['forward_images_per_s']:.0f} | {v['roc_auc']:.3f} | {t['accuracy']:.3f} | {t['sensitivity']:.3f} | "
             f"{t['specificity']:.3f} | {t['roc_auc']:.3f} |"
         )
-    lines += ["", f"Command: `{report['command']}`", ""]
-    return "\n".join(lines)
+    lines += ["", f"Command: `{command}`", ""]
+    _write(report, reports_dir, "model_comparison", "\n".join(lines))
+    return rows
+
+
+def imbalance_study(
+    data_dir: Path,
+    reports_dir: Path,
+    work_dir: Path,
+    base_config: TrainConfig,
+    methods: Sequence[str] = IMBALANCE_METHODS,
+    command: str = "",
+) -> list[dict]:
+    """Trains ``base_config`` once per class-imbalance method and ranks them on validation only.
+
+    Writes ``imbalance_study.{md,json}``; the first row is the choice.
+    """
+    variants = {method: dataclasses.replace(base_config, imbalance=method) for method in methods}
+    rows = _run_variants(variants, data_dir, reports_dir, work_dir, score_test=False, command=command)
+    report = {"base_config": dataclasses.asdict(base_config), "ranked_by": "validation ROC AUC", "command": command, "rows": rows}
+    lines = [
+        "# Class-imbalance method, chosen on validation",
+        "",
+        f"{base_config.architecture} at {base_config.input_size} px, at most {base_config.epochs} epochs, official "
+        "protocol; only the validation split is scored. Sensitivity and specificity at the threshold set for "
+        f"validation sensitivity {base_config.operating.target_sensitivity}.",
+        "",
+        "| rank | method | val AUC | val sens | val spec | val ECE | epochs | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rank, row in enumerate(rows, start=1):
+        v = row["validation"]
+        lines.append(
+            f"| {rank} | {row['imbalance']} | {v['roc_auc']:.4f} | {v['sensitivity']:.3f} | {v['specificity']:.3f} | "
+            f"{v['ece']:.3f} | {row['epochs_trained']} | {row['training_seconds']:.0f} |"
+        )
+    lines += ["", f"Choice: **{rows[0]['imbalance']}**. Command: `{command}`", ""]
+    _write(report, reports_dir, "imbalance_study", "\n".join(lines))
+    return rows

@@ -18,7 +18,7 @@ from .data import load_model_inputs
 from .errors import DataError
 from .metrics import binary_metrics, bootstrap_intervals, calibration_bins, expected_calibration_error
 from .plots import confusion_figure, gallery_figure, reliability_figure, roc_figure
-from .prediction import Predictor
+from .prediction import Predictor, forward_throughput
 from .training import make_split
 
 DEFAULT_REPORTS_DIR = REPO_ROOT / "reports"
@@ -157,6 +157,7 @@ def evaluate(
         "patient": _patient_level(labels, probabilities, groups, threshold),
         "subtype_sensitivity": subtypes,
         "grey_zone_fraction": float(in_zone.mean()),
+        "forward_images_per_s": round(forward_throughput(predictor), 1),
         "outside_grey_zone": binary_metrics(labels[outside], probabilities[outside], threshold) if outside.any() else None,
         "calibration_bins": bins,
         "figures": {
@@ -168,4 +169,51 @@ def evaluate(
         report["test_evaluations_so_far"] = record_test_use(reports_dir, metadata.model_sha256, split)
     report = json_safe(report)
     (reports_dir / report_name(split)).write_text(json.dumps(report, indent=2) + "\n")
+    (reports_dir / report_name(split).replace(".json", ".md")).write_text(report_markdown(report))
     return report
+
+
+# Published reference on the official test split (Kermany et al., Cell 2018), quoted for comparison.
+KERMANY_2018 = {"accuracy": 0.928, "sensitivity": 0.932, "specificity": 0.901, "roc_auc": 0.968}
+
+
+def _cell(report: dict, key: str) -> str:
+    value = report["image"][key]
+    low, high = report["image_ci95"].get(key, (None, None))
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} ({low:.3f}-{high:.3f})" if low is not None else f"{value:.3f}"
+
+
+def report_markdown(report: dict) -> str:
+    """The headline table of a report, as Markdown (copied into the README between markers)."""
+    official = report["split"] == "test" and report["protocol"] == "official"
+    lines = [
+        f"Model `{report['model_sha256'][:12]}` ({report['architecture']}), {report['split_description']}, "
+        f"{report['image']['n']} images; operating threshold {report['threshold']:.3f} fixed on validation. "
+        "95 % confidence intervals from a patient-grouped bootstrap.",
+        "",
+        "| metric | this model | Kermany 2018 |" if official else "| metric | this model |",
+        "|---|---|---|" if official else "|---|---|",
+    ]
+    for key, name in (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("roc_auc", "ROC AUC")):
+        row = f"| {name} | {_cell(report, key)} |"
+        lines.append(row + (f" {KERMANY_2018[key]:.3f} |" if official else ""))
+    extra = (("f1", "F1"), ("precision", "precision"), ("pr_auc", "PR AUC"), ("ece", "ECE (15 bins)"))
+    for key, name in extra:
+        lines.append(f"| {name} | {_cell(report, key)} |" + (" |" if official else ""))
+    zone = report["grey_zone"]
+    outside = report["outside_grey_zone"]
+    lines += [
+        "",
+        f"Grey zone [{zone[0]:.3f}, {zone[1]:.3f}): {report['grey_zone_fraction']:.1%} of images fall in it; "
+        + (f"accuracy outside it {outside['accuracy']:.3f}." if outside else "no image falls outside it."),
+        "Sensitivity by subtype: "
+        + ", ".join(f"{k} {v['sensitivity']:.3f} (n={v['n']})" for k, v in report["subtype_sensitivity"].items())
+        + ".",
+        f"Per patient ({report['patient']['n']} patients): accuracy {report['patient']['accuracy']:.3f}, "
+        f"sensitivity {report['patient']['sensitivity']:.3f}, specificity {report['patient']['specificity']:.3f}.",
+    ]
+    if "test_evaluations_so_far" in report:
+        lines.append(f"The test split has been evaluated {report['test_evaluations_so_far']} time(s) in this repository's log.")
+    return "\n".join(lines) + "\n"

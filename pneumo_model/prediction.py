@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,3 +129,16 @@ class Predictor:
         """
         model_input, info = load_and_preprocess(source, self.input_size, limits)
         return self.predict_input(model_input, info)
+
+
+def forward_throughput(predictor: Predictor, n_images: int = 512, repeats: int = 3) -> float:
+    """Batched forward passes per second on random inputs, warm-up excluded (best of ``repeats``)."""
+    size = predictor.input_size
+    images = np.random.default_rng(0).random((n_images, size, size, 1), dtype=np.float32)
+    predictor.logits(images[: predictor.batch_size])  # warm-up: trace and allocate
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predictor.logits(images)
+        best = min(best, time.perf_counter() - start)
+    return float(n_images / best)

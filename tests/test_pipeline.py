@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pneumo_model.artifacts import load_model
-from pneumo_model.comparison import compare
+from pneumo_model.comparison import compare, imbalance_study
 from pneumo_model.errors import ConfigError
 from pneumo_model.evaluation import TEST_LOG_NAME, evaluate
 from pneumo_model.prediction import Predictor
@@ -99,3 +99,12 @@ def test_compare_trains_each_family_and_ranks_on_validation(synthetic_data, tmp_
     table = (tmp_path / "reports" / "model_comparison.md").read_text()
     assert "| 1 |" in table and "| 2 |" in table
     assert json.loads((tmp_path / "reports" / "model_comparison.json").read_text())["rows"][0]["architecture"] == rows[0]["architecture"]
+
+
+def test_imbalance_study_ranks_methods_on_validation_without_touching_test(synthetic_data, tmp_path):
+    base = TrainConfig(architecture="cnn_small", input_size=32, epochs=1, batch_size=8, val_fraction=0.25)
+    rows = imbalance_study(synthetic_data, tmp_path / "reports", tmp_path / "work", base, command="pytest")
+    assert {row["imbalance"] for row in rows} == {"class_weight", "oversample", "none"}
+    assert all("test" not in row for row in rows)
+    assert not (tmp_path / "reports" / TEST_LOG_NAME).exists()
+    assert f"Choice: **{rows[0]['imbalance']}**" in (tmp_path / "reports" / "imbalance_study.md").read_text()

@@ -1,0 +1,53 @@
+"""The committed model on the real data: full-size uploads agree with the data set's copies, and the
+committed evaluation report is what the committed model gives."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FULLRES_DIR
+from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT, file_sha256
+from pneumo_model.data import DEFAULT_DATA_DIR, load_model_inputs, scan_split
+from pneumo_model.metrics import binary_metrics
+from pneumo_model.prediction import Predictor
+
+pytestmark = [pytest.mark.data, pytest.mark.shipped_model]
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.from_file(DEFAULT_MODEL_PATH)
+
+
+def test_full_size_originals_score_like_their_224px_copies(predictor):
+    originals = sorted(FULLRES_DIR.glob("train/*/*.jpeg"))
+    assert len(originals) == 48
+    differences = []
+    for original in originals:
+        copy = DEFAULT_DATA_DIR / "train" / original.parent.name / original.name
+        full = predictor.predict_source(original)
+        small = predictor.predict_source(copy)
+        assert (full.info.width, full.info.height) != (224, 224)
+        differences.append(abs(full.probability - small.probability))
+    assert np.median(differences) <= 0.02, f"median |dp| = {np.median(differences):.4f}"
+
+
+def test_committed_report_matches_the_committed_model(predictor):
+    report = json.loads((REPO_ROOT / "reports" / "evaluation.json").read_text())
+    assert report["model_sha256"] == file_sha256(DEFAULT_MODEL_PATH) == predictor.metadata.model_sha256
+    assert report["threshold"] == predictor.metadata.threshold
+    samples = scan_split(DEFAULT_DATA_DIR, "test")
+    labels = np.array([s.label for s in samples])
+    probabilities = predictor.probabilities(load_model_inputs(samples, predictor.input_size))
+    recomputed = binary_metrics(labels, probabilities, predictor.metadata.threshold)
+    assert recomputed["confusion"] == report["image"]["confusion"]
+    for key in ("accuracy", "sensitivity", "specificity"):
+        assert recomputed[key] == pytest.approx(report["image"][key], abs=1e-12)
+    assert recomputed["roc_auc"] == pytest.approx(report["image"]["roc_auc"], abs=1e-4)
+
+
+def test_readme_results_are_the_generated_report():
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split("<!-- evaluation:start -->\n", 1)[1].split("<!-- evaluation:end -->", 1)[0]
+    assert block == (REPO_ROOT / "reports" / "evaluation.md").read_text()
