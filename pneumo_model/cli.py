@@ -1,6 +1,6 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
-Commands: ``train``, ``evaluate``, ``compare``, ``predict``. Exit codes: 0 success, 1 a usage
+Commands: ``train``, ``evaluate``, ``compare``, ``predict``, ``card``. Exit codes: 0 success, 1 a usage
 or model error, 2 (``predict``) when any file was rejected.
 """
 
@@ -88,7 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--architectures", nargs="*", default=None)
     compare.add_argument("--reports", type=Path, default=None)
     compare.add_argument("--work", type=Path, default=Path("runs/compare"), help="folder for the trained models")
+    card = commands.add_parser("card", help="write the model card facts to reports/model_card.json")
+    card.add_argument("--fullres", type=Path, default=None, help="folder of original files (default: beside the data)")
+    _add_data_flag(card)
+    card.add_argument("--reports", type=Path, default=None)
     return parser
+
+
+def _card(args) -> int:
+    from .data import resolve_data_dir
+    from .evaluation import DEFAULT_REPORTS_DIR
+    from .model_card import write_model_card
+
+    fullres = args.fullres or resolve_data_dir(args.data).parent / "chest_xray_fullres_sample"
+    facts = write_model_card(args.reports or DEFAULT_REPORTS_DIR, fullres)
+    print(json.dumps(facts["shortcut_geometry"]))
+    return EXIT_OK
 
 
 def _predict(args) -> int:
@@ -178,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, argv)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "card":
+            return _card(args)
         return _compare(args, argv)
     except PneumoError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -108,3 +108,21 @@ def test_imbalance_study_ranks_methods_on_validation_without_touching_test(synth
     assert all("test" not in row for row in rows)
     assert not (tmp_path / "reports" / TEST_LOG_NAME).exists()
     assert f"Choice: **{rows[0]['imbalance']}**" in (tmp_path / "reports" / "imbalance_study.md").read_text()
+
+
+def test_model_card_measures_geometry_per_class_from_file_headers(tmp_path):
+    from PIL import Image
+
+    from pneumo_model.model_card import write_model_card
+
+    for class_name, size in (("NORMAL", (120, 100)), ("PNEUMONIA", (150, 100))):
+        folder = tmp_path / "full" / "train" / class_name
+        folder.mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", size).save(folder / f"x{i}.jpeg")
+    facts = write_model_card(tmp_path / "reports", tmp_path / "full")
+    geometry = facts["shortcut_geometry"]["per_class"]
+    assert geometry["NORMAL"]["mean_aspect"] == 1.2 and geometry["PNEUMONIA"]["mean_aspect"] == 1.5
+    assert geometry["NORMAL"]["n"] == 2
+    assert json.loads((tmp_path / "reports" / "model_card.json").read_text()) == facts
+    assert "not a medical device" in facts["intended_use"].lower()

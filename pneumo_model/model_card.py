@@ -1,0 +1,97 @@
+"""Model card facts, kept as data in ``reports/model_card.json`` for the README and the app.
+
+The text facts (population, caveats) are statements about the data set; the only figures here
+(the shortcut geometry) are measured by ``measure_original_geometry`` from original files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .data import CLASSES
+
+CITATION = (
+    "Kermany D, Zhang K, Goldbaum M (2018). Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
+    "Images for Classification. Mendeley Data, v2, doi:10.17632/rscbjbr9sj.2. Kermany DS et al. (2018). "
+    "Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep Learning. Cell 172(5):1122-1131."
+)
+
+
+def measure_original_geometry(folder: Path) -> dict:
+    """Width, height and width/height of original files per class, read from the file headers.
+
+    Args:
+        folder: a folder with NORMAL/ and PNEUMONIA/ inside (searched recursively).
+
+    Returns:
+        ``{class: {"n", "mean_width", "mean_height", "mean_aspect", "median_aspect"}}``.
+    """
+    result = {}
+    for class_name in CLASSES:
+        sizes = []
+        for path in sorted(Path(folder).rglob(f"{class_name}/*")):
+            if path.suffix.lower() in (".jpeg", ".jpg", ".png"):
+                with Image.open(path) as image:
+                    sizes.append(image.size)
+        if not sizes:
+            continue
+        widths, heights = np.array(sizes, dtype=float).T
+        aspects = widths / heights
+        result[class_name] = {
+            "n": len(sizes),
+            "mean_width": round(float(widths.mean()), 1),
+            "mean_height": round(float(heights.mean()), 1),
+            "mean_aspect": round(float(aspects.mean()), 3),
+            "median_aspect": round(float(np.median(aspects)), 3),
+        }
+    return result
+
+
+def model_card_facts(fullres_dir: Path | None) -> dict:
+    """The model card's facts; geometry is measured when ``fullres_dir`` exists."""
+    geometry = measure_original_geometry(fullres_dir) if fullres_dir and Path(fullres_dir).is_dir() else {}
+    return {
+        "intended_use": (
+            "Decision support for trained readers reviewing paediatric frontal chest X-rays for pneumonia. "
+            "Not a medical device and not for diagnosis: every output is to be checked by a qualified reader."
+        ),
+        "population": (
+            "Paediatric patients aged 1 to 5 years, anterior-posterior chest radiographs, one hospital "
+            "(Guangzhou Women and Children's Medical Center, China), routine clinical care. Performance on adults, "
+            "other hospitals, other devices, lateral views or other pathologies is unknown."
+        ),
+        "data": "Kermany 2018 chest X-ray set (5,216 train / 624 test images), CC BY 4.0.",
+        "citation": CITATION,
+        "caveats": [
+            "The official test split is its own patient namespace: its patient ids may reuse numbers seen in "
+            "train, and nothing says whether they are the same children, so train/test patient overlap cannot "
+            "be excluded.",
+            "Labels carry known noise: they come from the original graders' reading of the images, without "
+            "microbiological confirmation, and later reviews of this data set found mislabelled and ambiguous "
+            "images. Bacterial versus viral subtype labels are noisier still.",
+            "The validation split (made from official train) is much easier than the official test split; "
+            "the test figures are the honest ones.",
+        ],
+        "shortcut_warning": (
+            "In the original files NORMAL and PNEUMONIA images differ in shape and size. Every image is squashed "
+            "to a square for the model, so the squashing distortion itself correlates with the class: a model can "
+            "partly tell the class from geometry rather than from the lungs. Expect the model to be less reliable "
+            "on images whose shape differs from this data set's, and read heat maps with that in mind. "
+            "Bright burned-in markers and the diaphragm region are other known shortcuts."
+        ),
+        "shortcut_geometry": {
+            "source": "chest_xray_fullres_sample (original train files), measured from file headers",
+            "per_class": geometry,
+        },
+    }
+
+
+def write_model_card(reports_dir: Path, fullres_dir: Path | None) -> dict:
+    facts = model_card_facts(fullres_dir)
+    Path(reports_dir).mkdir(parents=True, exist_ok=True)
+    (Path(reports_dir) / "model_card.json").write_text(json.dumps(facts, indent=2) + "\n")
+    return facts
