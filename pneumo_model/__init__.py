@@ -42,6 +42,8 @@ _EXPORTS = {
     "train": "training",
     "evaluate": "evaluation",
     "compare": "comparison",
+    "StressConfig": "stress",
+    "stress_metrics": "stress",
 }
 
 __all__ = sorted(_EXPORTS)

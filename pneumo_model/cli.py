@@ -1,6 +1,6 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
-Commands: ``train``, ``evaluate``, ``compare``, ``predict``, ``card``. Exit codes: 0 success, 1 a usage
+Commands: ``train``, ``evaluate``, ``compare``, ``stress``, ``predict``, ``card``. Exit codes: 0 success, 1 a usage
 or model error, 2 (``predict``) when any file was rejected.
 """
 
@@ -88,11 +88,31 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--architectures", nargs="*", default=None)
     compare.add_argument("--reports", type=Path, default=None)
     compare.add_argument("--work", type=Path, default=Path("runs/compare"), help="folder for the trained models")
+
+    stress = commands.add_parser(
+        "stress", help="score models' validation split under deliberate shifts; name the preferred one"
+    )
+    stress.add_argument("models", nargs="+", type=Path, help="candidate .keras files (metadata beside each)")
+    _add_data_flag(stress)
+    stress.add_argument("--reports", type=Path, default=None)
+
     card = commands.add_parser("card", help="write the model card facts to reports/model_card.json")
     card.add_argument("--fullres", type=Path, default=None, help="folder of original files (default: beside the data)")
     _add_data_flag(card)
     card.add_argument("--reports", type=Path, default=None)
     return parser
+
+
+def _stress(args) -> int:
+    from .data import resolve_data_dir
+    from .evaluation import DEFAULT_REPORTS_DIR
+    from .stress import stress_report
+
+    report = stress_report(args.models, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR)
+    for name, per_stress in report["results"].items():
+        print(json.dumps({"model": name, **{k: round(v["roc_auc"], 4) for k, v in per_stress.items()}}))
+    print(json.dumps({"preferred": report["preferred"]}))
+    return EXIT_OK
 
 
 def _card(args) -> int:
@@ -195,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "card":
             return _card(args)
+        if args.command == "stress":
+            return _stress(args)
         return _compare(args, argv)
     except PneumoError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -39,7 +39,8 @@ def test_unknown_architecture_lists_the_known_ones():
 def _identity_config(**changes):
     base = dict(
         max_rotation_deg=0.0, zoom=(1.0, 1.0), max_shift=0.0, lower_crop_probability=0.0,
-        brightness=(0.0, 0.0), contrast=(1.0, 1.0), gamma=(1.0, 1.0),
+        brightness=(0.0, 0.0), contrast=(1.0, 1.0), gamma=(1.0, 1.0), max_aspect=1.0,
+        blur_probability=0.0,
     )
     base.update(changes)
     return AugmentConfig(**base)
@@ -64,3 +65,26 @@ def test_lower_crop_keeps_the_top_and_stretches_it_to_full_height():
     out = augment_batch(tf.constant(images), config).numpy()
     # Keeping the top half means the whole output comes from the bright part.
     assert out[:, :38].min() > 0.95
+
+
+def test_aspect_change_narrows_or_widens_a_centred_bar_and_keeps_its_height():
+    images = np.zeros((64, 41, 41, 1), np.float32)
+    images[:, 5:36, 15:26] = 1.0  # a vertical bar 11 px wide, 31 px tall, centred
+    config = _identity_config(max_aspect=1.5)
+    out = augment_batch(tf.constant(images), config).numpy()
+    widths = (out[:, 20, :, 0] > 0.5).sum(axis=1)
+    heights = (out[:, :, 20, 0] > 0.5).sum(axis=1)
+    # Horizontal / vertical scale ratio in [1/1.5, 1.5]: the bar's width changes in both
+    # directions across the batch, its height by at most sqrt(1.5).
+    assert widths.min() < 10 and widths.max() > 12
+    assert np.all(widths >= 11 / 1.5 - 1) and np.all(widths <= 11 * 1.5 + 1)
+    assert np.all(heights >= 31 / 1.5**0.5 - 1) and np.all(heights <= 31 * 1.5**0.5 + 1)
+
+
+def test_lower_resolution_blurs_edges_of_chosen_images_only():
+    images = np.zeros((2, 32, 32, 1), np.float32)
+    images[:, :, ::2] = 1.0  # one-pixel stripes: gone at half resolution
+    blurred = augment_batch(tf.constant(images), _identity_config(blur_probability=1.0)).numpy()
+    assert np.abs(blurred - images).mean() > 0.2
+    kept = augment_batch(tf.constant(images), _identity_config(blur_probability=0.0)).numpy()
+    np.testing.assert_allclose(kept, images, atol=1e-4)

@@ -1,0 +1,77 @@
+"""Validation stress perturbations and the rule that chooses between candidate models."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pneumo_model.stress import STRESS_NAMES, change_aspect, keep_top, perturb, preferred, stress_metrics
+
+
+def _boxes(shapes: list[tuple[int, int]], size: int = 40) -> np.ndarray:
+    """(n, size, size, 1) float32: a centred bright rectangle of each (width, height)."""
+    images = np.zeros((len(shapes), size, size, 1), np.float32)
+    for image, (width, height) in zip(images, shapes):
+        left, top = (size - width) // 2, (size - height) // 2
+        image[top : top + height, left : left + width] = 1.0
+    return images
+
+
+def _aspect(image: np.ndarray) -> float:
+    """Width / height of the bright region."""
+    bright = image[..., 0] > 0.5
+    return bright.any(axis=0).sum() / bright.any(axis=1).sum()
+
+
+def test_change_aspect_narrows_and_widens_content_without_changing_the_input():
+    image = _boxes([(20, 20)])[0]
+    before = image.copy()
+    assert _aspect(change_aspect(image, 0.8)) == pytest.approx(0.8, abs=0.06)
+    assert _aspect(change_aspect(image, 1.25)) == pytest.approx(1.25, abs=0.06)
+    np.testing.assert_array_equal(image, before)
+    with pytest.raises(ValueError, match="positive"):
+        change_aspect(image, 0.0)
+
+
+def test_keep_top_stretches_the_upper_part_to_full_height():
+    image = np.zeros((40, 40, 1), np.float32)
+    image[:20] = 1.0
+    out = keep_top(image, 0.5)
+    assert out.shape == image.shape and out[:38].min() > 0.95
+
+
+def test_swapped_narrows_normals_and_widens_pneumonias():
+    images = _boxes([(20, 20), (20, 20)])
+    out = perturb(images, np.array([0, 1]), "swapped")
+    assert _aspect(out[0]) < 0.9 and _aspect(out[1]) > 1.1
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        perturb(images, np.array([0, 1]), "mirror")
+
+
+class _WidthModel:
+    """Stub predictor: 'pneumonia' when the box is taller than wide (the shortcut), or when the centre
+    is dark (the real sign)."""
+
+    def __init__(self, uses_shortcut: bool):
+        self.uses_shortcut = uses_shortcut
+        self.metadata = SimpleNamespace(threshold=0.5)
+
+    def probabilities(self, images):
+        if self.uses_shortcut:
+            ratios = np.array([_aspect(image) for image in images])
+            return 1.0 / (1.0 + np.exp(20.0 * (ratios - 1.0)))  # narrower than tall -> pneumonia
+        return (images[:, 20, 20, 0] < 0.5).astype(float) * 0.9 + 0.05
+
+
+def test_a_model_that_uses_the_width_cue_fails_swapped_and_loses_to_one_that_does_not():
+    labels = np.array([0] * 20 + [1] * 20)
+    shapes = [(28, 24)] * 20 + [(24, 28)] * 20  # normals wide, pneumonias narrow: this data's cue
+    images = _boxes(shapes)
+    images[20:, 14:27, 14:27, 0] = 0.0  # the real sign of pneumonia in this toy: a central hole
+    shortcut = stress_metrics(_WidthModel(True), images, labels)
+    robust = stress_metrics(_WidthModel(False), images, labels)
+    assert set(shortcut) == set(STRESS_NAMES)
+    assert shortcut["plain"]["roc_auc"] == 1.0 and robust["plain"]["roc_auc"] == 1.0
+    assert shortcut["swapped"]["roc_auc"] < 0.6
+    assert shortcut["narrow"]["specificity"] < 0.5 and robust["narrow"]["specificity"] == 1.0
+    assert preferred({"shortcut": shortcut, "robust": robust}) == "robust"
