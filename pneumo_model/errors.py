@@ -23,3 +23,7 @@ class DataError(PneumoError):
 
 class ConfigError(PneumoError):
     """A setting has a value that cannot work."""
+
+
+class ExplanationError(PneumoError, ValueError):
+    """An explanation or overlay was asked for with inputs it cannot use (also a ValueError)."""

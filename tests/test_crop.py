@@ -1,0 +1,392 @@
+"""The diaphragm crop: detection on synthetic and real chests, fail-soft, box checks, rescoring, markers."""
+
+import csv
+import time
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import FULLRES_DIR
+from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT
+from pneumo_model.calibration import GreyZone
+from pneumo_model.crop import (
+    CropLimits,
+    DiaphragmSettings,
+    MarkerSettings,
+    apply_crop,
+    find_diaphragm,
+    find_markers,
+    rescore,
+    validate_box,
+)
+from pneumo_model.data import DEFAULT_DATA_DIR
+from pneumo_model.errors import ConfigError, InvalidImageError
+from pneumo_model.preprocessing import load_image, preprocess
+
+ANNOTATIONS = REPO_ROOT / "assets" / "annotations" / "diaphragm.csv"
+DATA_ROOT = DEFAULT_DATA_DIR.parent
+
+
+def synthetic_chest(height: int, width: int, dome: float = 0.7, seed: int = 0) -> np.ndarray:
+    """A uint8 chest: dark air, a trunk with ribs, a bright mediastinum and abdomen, and two dark
+    lungs whose lower edges rise from the costophrenic angles to dome tops at row ``dome * height``
+    next to the mediastinum (as the right hemidiaphragm does)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    y, x = (y + 0.5) / height, (x + 0.5) / width
+    image = np.full((height, width), 0.08)
+    trunk = np.abs(x - 0.5) < 0.42
+    image[trunk] = 0.6
+    image[trunk & (y > dome)] = 0.7
+    lateral = (np.abs(x - 0.5) - 0.08) / 0.26  # 0 at the mediastinum, 1 at the chest wall
+    lungs = (lateral > 0) & (lateral < 1) & (y > 0.15) & (y < dome + 0.12 * lateral**2)
+    image[lungs] = 0.2
+    image[trunk & (np.mod(y, 0.08) < 0.02) & (y < dome)] += 0.15  # ribs
+    image[np.abs(x - 0.5) < 0.08] = 0.8
+    image += rng.normal(0.0, 0.02, image.shape)
+    return (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- detection, synthetic
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (1200, 1500), (700, 500)])
+def test_finds_the_dome_of_a_synthetic_chest_in_image_pixels(shape):
+    height, width = shape
+    pixels = synthetic_chest(height, width, dome=0.7)
+    result = find_diaphragm(pixels)
+    assert result.found, result.reason
+    assert (result.width, result.height, result.lung_count) == (width, height, 2)
+    assert abs(result.diaphragm_y / height - 0.7) <= 0.03, result.diaphragm_y
+    margin_rows = round(DiaphragmSettings().margin * height)
+    assert result.box == (0, 0, width, min(height, result.diaphragm_y + 1 + margin_rows))
+    for x0, y0, x1, y1 in (result.box, *result.lung_boxes):
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    left, right = sorted(result.lung_boxes)
+    assert left[2] <= width / 2 <= right[0]  # one lung on each side of the midline
+
+
+def test_the_dome_moves_with_the_diaphragm():
+    high = find_diaphragm(synthetic_chest(224, 224, dome=0.6))
+    low = find_diaphragm(synthetic_chest(224, 224, dome=0.78))
+    assert high.found and low.found
+    assert low.diaphragm_y - high.diaphragm_y == pytest.approx(0.18 * 224, abs=0.04 * 224)
+
+
+def test_uint16_and_channel_axis_inputs_give_the_same_line():
+    pixels = synthetic_chest(400, 480)
+    reference = find_diaphragm(pixels)
+    as_uint16 = find_diaphragm(pixels.astype(np.uint16) * 257)
+    with_channel = find_diaphragm(pixels[:, :, np.newaxis])
+    assert reference.found and as_uint16.found and with_channel.found
+    assert abs(as_uint16.diaphragm_y - reference.diaphragm_y) <= 2
+    assert with_channel == reference
+
+
+def test_margin_setting_moves_only_the_box_edge():
+    pixels = synthetic_chest(500, 500)
+    tight = find_diaphragm(pixels, DiaphragmSettings(margin=0.0))
+    loose = find_diaphragm(pixels, DiaphragmSettings(margin=0.1))
+    assert tight.diaphragm_y == loose.diaphragm_y
+    assert tight.box[3] == tight.diaphragm_y + 1
+    assert loose.box[3] == tight.diaphragm_y + 1 + 50
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        np.full((224, 224), 128, dtype=np.uint8),
+        np.zeros((300, 400), dtype=np.uint8),
+        np.full((256, 256), 40000, dtype=np.uint16),
+        np.random.default_rng(0).integers(0, 256, (224, 224), dtype=np.uint8),
+        np.random.default_rng(1).integers(0, 65536, (640, 512), dtype=np.uint16),
+        np.random.default_rng(2).random((64, 80)),
+    ],
+    ids=["grey", "black", "grey16", "noise", "noise16", "noise-float"],
+)
+def test_fails_soft_when_there_is_no_chest(pixels):
+    result = find_diaphragm(pixels)
+    assert not result.found
+    assert result.box is None and result.diaphragm_y is None
+    assert result.reason.endswith(".") and "by hand" in result.reason
+
+
+def test_refuses_a_line_too_high_to_be_a_diaphragm():
+    result = find_diaphragm(synthetic_chest(300, 300, dome=0.7), DiaphragmSettings(dome_rows=(0.8, 0.97)))
+    assert not result.found and result.box is None
+    assert "too high" in result.reason
+    assert result.lung_count == 2 and len(result.lung_boxes) == 2  # still shown, for drawing
+
+
+def test_detection_does_not_change_its_input():
+    pixels = synthetic_chest(300, 360)
+    before = pixels.copy()
+    find_diaphragm(pixels)
+    np.testing.assert_array_equal(pixels, before)
+
+
+def test_not_an_image_is_refused():
+    with pytest.raises(InvalidImageError):
+        find_diaphragm(np.zeros((10, 10, 3), dtype=np.uint8))
+    with pytest.raises(InvalidImageError):
+        find_diaphragm([[0, 1], [1, 0]])
+    with pytest.raises(InvalidImageError):
+        find_diaphragm(np.full((100, 100), 2.0))  # float outside [0, 1]
+
+
+def test_settings_refuse_values_that_cannot_work():
+    with pytest.raises(ConfigError, match="margin"):
+        DiaphragmSettings(margin=-0.1)
+    with pytest.raises(ConfigError, match="work_size"):
+        DiaphragmSettings(work_size=16)
+    with pytest.raises(ConfigError, match="min_area_fraction"):
+        CropLimits(min_area_fraction=0.0)
+
+
+# ----------------------------------------------------------------------------- apply_crop and boxes
+
+
+def test_apply_crop_returns_a_new_array_with_the_box():
+    pixels = np.arange(200 * 300, dtype=np.uint16).reshape(200, 300)
+    before = pixels.copy()
+    cropped = apply_crop(pixels, (10, 0, 300, 150))
+    np.testing.assert_array_equal(cropped, pixels[0:150, 10:300])
+    assert cropped.dtype == np.uint16 and cropped.shape == (150, 290)
+    cropped[:] = 0
+    np.testing.assert_array_equal(pixels, before)
+    assert apply_crop(pixels[:, :, np.newaxis], (0, 0, 300, 150)).shape == (150, 300, 1)
+
+
+def test_box_accepts_numpy_and_whole_float_numbers():
+    assert validate_box(np.array([0, 0, 100, 80]), 100, 100) == (0, 0, 100, 80)
+    assert validate_box([0.0, 10.0, 90.0, 100.0], 100, 100) == (0, 10, 90, 100)
+
+
+@pytest.mark.parametrize(
+    "box, words",
+    [
+        ((0, 0, 301, 150), "does not fit inside the 300 x 200 image"),
+        ((-1, 0, 300, 150), "does not fit"),
+        ((100, 0, 100, 150), "does not fit"),
+        ((0, 150, 300, 100), "does not fit"),
+        ((0, 0, 300, 20), "each side needs at least 32 pixels"),
+        ((0, 0, 100, 100), "keep at least 25 %"),
+        ((0, 0, 300), "four numbers"),
+        ((0, 0, 300.5, 150), "whole numbers"),
+        ((0, 0, float("nan"), 150), "whole numbers"),
+        ((0, 0, True, 150), "whole numbers"),
+        ("0,0,300,150", "four numbers"),
+    ],
+)
+def test_bad_boxes_are_refused_with_a_reason(box, words):
+    pixels = np.zeros((200, 300), dtype=np.uint8)
+    with pytest.raises(ConfigError, match=words):
+        apply_crop(pixels, box)
+
+
+def test_limits_are_settings():
+    pixels = np.zeros((200, 300), dtype=np.uint8)
+    assert apply_crop(pixels, (0, 0, 100, 100), CropLimits(min_area_fraction=0.1)).shape == (100, 100)
+    with pytest.raises(ConfigError, match="at least 120 pixels"):
+        apply_crop(pixels, (0, 0, 300, 100), CropLimits(min_side=120))
+
+
+def test_the_suggested_box_is_accepted_by_apply_crop():
+    pixels = synthetic_chest(360, 420)
+    result = find_diaphragm(pixels)
+    cropped = apply_crop(pixels, result.box)
+    assert cropped.shape == (result.box[3], 420)
+
+
+# ----------------------------------------------------------------------------- rescore
+
+
+class MeanBrightnessPredictor:
+    """Stands in for Predictor: the 'probability' is the model input's mean brightness."""
+
+    input_size = 32
+    grey_zone = GreyZone(0.4, 0.6)
+    metadata = SimpleNamespace(threshold=0.45)
+
+    def __init__(self):
+        self.seen = []
+
+    def probabilities(self, images):
+        self.seen.append(images.copy())
+        return images.reshape(len(images), -1).mean(axis=1).astype(np.float64)
+
+    def label_for(self, probability):
+        return "pneumonia" if probability >= self.metadata.threshold else "normal"
+
+
+def test_rescore_scores_the_whole_image_and_the_crop_the_same_way():
+    pixels = np.zeros((200, 100), dtype=np.uint8)
+    pixels[100:] = 255  # bright 'abdomen' in the lower half
+    before = pixels.copy()
+    predictor = MeanBrightnessPredictor()
+    result = rescore(predictor, pixels, (0, 0, 100, 100))
+    np.testing.assert_array_equal(pixels, before)
+    assert result.probability_before == pytest.approx(0.5, abs=0.01)
+    assert result.probability_after == pytest.approx(0.0)
+    assert result.delta == result.probability_after - result.probability_before
+    assert (result.label_before, result.label_after, result.label_changed) == ("pneumonia", "normal", True)
+    assert (result.grey_zone_before, result.grey_zone_after) == (True, False)
+    assert result.box == (0, 0, 100, 100) and result.threshold == 0.45
+    np.testing.assert_array_equal(predictor.seen[0][0], preprocess(pixels, 32))
+    np.testing.assert_array_equal(predictor.seen[1][0], preprocess(pixels[:100], 32))
+    assert result.to_dict()["box"] == [0, 0, 100, 100]
+
+
+def test_rescore_refuses_a_bad_box_before_scoring():
+    predictor = MeanBrightnessPredictor()
+    with pytest.raises(ConfigError):
+        rescore(predictor, np.zeros((200, 100), dtype=np.uint8), (0, 0, 100, 10))
+    assert predictor.seen == []
+
+
+@pytest.mark.shipped_model
+def test_rescore_with_the_shipped_model_on_a_sample():
+    from pneumo_model.prediction import Predictor
+
+    predictor = Predictor.from_file(DEFAULT_MODEL_PATH)
+    sample = REPO_ROOT / "assets" / "samples" / "person100_bacteria_475.jpeg"
+    pixels, _ = load_image(sample)
+    before = pixels.copy()
+    found = find_diaphragm(pixels)
+    box = found.box if found.found else (0, 0, pixels.shape[1], int(0.75 * pixels.shape[0]))
+    result = rescore(predictor, pixels, box)
+    np.testing.assert_array_equal(pixels, before)
+    assert np.isfinite([result.probability_before, result.probability_after]).all()
+    assert 0.0 <= result.probability_before <= 1.0 and 0.0 <= result.probability_after <= 1.0
+    assert result.delta == result.probability_after - result.probability_before
+    assert result.probability_before == pytest.approx(predictor.predict_source(sample).probability, abs=1e-6)
+    assert result.label_after == predictor.label_for(result.probability_after)
+
+
+# ----------------------------------------------------------------------------- markers
+
+
+def smooth_background(height: int = 256, width: int = 256, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    image = 0.35 + 0.2 * y / height + 0.05 * np.sin(x / 40.0) + rng.normal(0.0, 0.01, (height, width))
+    return (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def draw_letter(image: np.ndarray, value: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draws an 'R' near the top-left corner; returns the new image and the letter's mask."""
+    letter = np.zeros(image.shape, dtype=np.uint8)
+    cv2.putText(letter, "R", (20, 45), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 255, 3)
+    drawn = image.copy()
+    drawn[letter > 0] = value
+    return drawn, letter > 0
+
+
+def test_a_burned_in_letter_is_found_and_painted_out():
+    image, letter = draw_letter(smooth_background(), 255)
+    before = image.copy()
+    result = find_markers(image)
+    np.testing.assert_array_equal(image, before)
+    assert result.count == 1
+    assert result.mask[letter].mean() >= 0.95  # the letter is covered
+    assert result.mask.mean() <= 0.02  # and little else
+    assert result.masked.dtype == np.uint8 and result.masked.shape == image.shape
+    assert result.masked[letter].max() < 200  # no saturated pixel left where the letter was
+    assert result.masked.max() < 250
+    np.testing.assert_array_equal(result.masked[~result.mask], image[~result.mask])
+    x0, y0, x1, y1 = result.boxes[0]
+    rows, cols = np.nonzero(letter)
+    assert x0 <= cols.min() and cols.max() < x1 and y0 <= rows.min() and rows.max() < y1
+
+
+def test_a_letter_in_a_16_bit_image_is_painted_out_in_16_bits():
+    image, letter = draw_letter(smooth_background().astype(np.uint16) * 200, 65535)
+    result = find_markers(image)
+    assert result.count == 1 and result.masked.dtype == np.uint16
+    assert result.masked[letter].max() < 40000
+
+
+@pytest.mark.parametrize(
+    "image",
+    [smooth_background(), synthetic_chest(300, 300), np.full((128, 128), 255, dtype=np.uint8)],
+    ids=["smooth", "chest", "white"],
+)
+def test_no_markers_no_mask(image):
+    result = find_markers(image)
+    assert result.count == 0 and not result.mask.any()
+    np.testing.assert_array_equal(result.masked, image)
+    assert result.masked is not image
+
+
+def test_a_grey_letter_is_left_alone():
+    image, _ = draw_letter(smooth_background(), 170)  # not near-saturated: could be anatomy
+    assert find_markers(image).count == 0
+
+
+def test_marker_settings_refuse_values_that_cannot_work():
+    with pytest.raises(ConfigError, match="max_size"):
+        MarkerSettings(max_size=0.0)
+
+
+# ----------------------------------------------------------------------------- real images
+
+
+def read_annotations():
+    with ANNOTATIONS.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_annotation_file_is_well_formed():
+    rows = read_annotations()
+    assert len(rows) >= 20
+    assert set(rows[0]) == {"file", "width", "height", "diaphragm_y", "note"}
+    files = [row["file"] for row in rows]
+    assert len(set(files)) == len(files)
+    assert sum(f.startswith("chest_xray_fullres_sample/") for f in files) >= 10
+    assert sum(f.startswith("chest_xray_224/test/") for f in files) >= 12
+    for row in rows:
+        assert 0 < int(row["diaphragm_y"]) < int(row["height"])
+
+
+@pytest.mark.data
+def test_detector_agrees_with_the_annotations():
+    errors, missed = [], []
+    for row in read_annotations():
+        pixels, info = load_image(DATA_ROOT / row["file"])
+        assert (info.width, info.height) == (int(row["width"]), int(row["height"])), row["file"]
+        result = find_diaphragm(pixels)
+        if not result.found:
+            missed.append(row["file"])
+            continue
+        assert 0 <= result.box[1] < result.box[3] <= info.height
+        errors.append(abs(result.diaphragm_y - int(row["diaphragm_y"])) / info.height)
+    rows = len(errors) + len(missed)
+    assert len(errors) >= 0.8 * rows, f"found on {len(errors)} of {rows}; missed {missed}"
+    median = float(np.median(errors))
+    assert median <= 0.05, f"median |error| {100 * median:.1f} % of the height (max {100 * max(errors):.1f} %)"
+
+
+@pytest.mark.data
+def test_full_size_originals_and_their_224px_copies_give_the_same_line():
+    originals = sorted(FULLRES_DIR.glob("train/*/*.jpeg"))
+    assert len(originals) == 48
+    differences, times = [], []
+    for original in originals:
+        full, _ = load_image(original)
+        small, _ = load_image(DEFAULT_DATA_DIR / "train" / original.parent.name / original.name)
+        start = time.perf_counter()
+        on_full = find_diaphragm(full)
+        times.append(time.perf_counter() - start)
+        on_small = find_diaphragm(small)
+        if on_full.found:
+            x0, y0, x1, y1 = on_full.box
+            assert (x0, y0, x1) == (0, 0, full.shape[1]) and 0 < y1 <= full.shape[0]
+        if on_full.found and on_small.found:
+            differences.append(abs(on_full.diaphragm_y / full.shape[0] - on_small.diaphragm_y / small.shape[0]))
+    assert len(differences) >= 0.9 * len(originals)
+    assert np.median(differences) <= 0.02
+    assert np.mean(np.array(differences) <= 0.05) >= 0.9
+    # The target is 200 ms per image; the bound leaves room for a busy shared machine.
+    assert np.median(times) <= 1.0, f"median {1000 * np.median(times):.0f} ms per full-size image"
