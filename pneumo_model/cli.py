@@ -1,6 +1,7 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
-Commands: ``train``, ``evaluate``, ``compare``, ``stress``, ``predict``, ``card``. Exit codes: 0 success, 1 a usage
+Commands: ``predict``, ``explain``, ``crop``, ``train``, ``evaluate``, ``compare``, ``stress``,
+``card``, ``bench``. Exit codes: 0 success, 1 a usage
 or model error, 2 (``predict``) when any file was rejected.
 """
 
@@ -73,6 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flag(evaluate)
     evaluate.add_argument("--reports", type=Path, default=None, help="report folder (default: reports/)")
     evaluate.add_argument("--split", choices=("test", "validation"), default="test")
+    evaluate.add_argument(
+        "--crop", choices=("none", "auto"), default="none",
+        help="auto: score with and without the automatic diaphragm crop (crop_evaluation report)",
+    )
+
+    explain = commands.add_parser("explain", help="write a Grad-CAM or LIME overlay at the image's own size")
+    explain.add_argument("image")
+    explain.add_argument("--method", choices=("gradcam", "lime"), default="gradcam")
+    explain.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    explain.add_argument("--alpha", type=float, default=0.4, help="heat-map opacity (gradcam)")
+    explain.add_argument("--samples", type=int, default=1000, help="LIME perturbation samples")
+    explain.add_argument("--segments", type=int, default=50, help="LIME superpixels (SLIC)")
+    explain.add_argument("--seed", type=int, default=0, help="LIME seed")
+    _add_model_flag(explain)
+
+    crop = commands.add_parser("crop", help="crop the diaphragm (automatic or --box) and rescore; JSON out")
+    crop.add_argument("image")
+    crop.add_argument("--box", default=None, help="x0,y0,x1,y1 in the image's pixels (default: detected)")
+    crop.add_argument("--out", type=Path, default=None, help="PNG of the image with the kept box outlined")
+    _add_model_flag(crop)
 
     compare = commands.add_parser(
         "compare", help="train and score variants: the architecture families, or the class-imbalance methods"
@@ -112,6 +133,89 @@ def _stress(args) -> int:
     for name, per_stress in report["results"].items():
         print(json.dumps({"model": name, **{k: round(v["roc_auc"], 4) for k, v in per_stress.items()}}))
     print(json.dumps({"preferred": report["preferred"]}))
+    return EXIT_OK
+
+
+def _explain(args) -> int:
+    from PIL import Image
+
+    from .explain import GradCam, LimeConfig, explain_lime, overlay_heatmap
+    from .preprocessing import load_image, preprocess
+    from .prediction import Predictor
+
+    predictor = Predictor.from_file(args.model)
+    pixels, info = load_image(args.image)
+    model_input = preprocess(pixels, predictor.input_size)  # (size, size, 1)
+    prediction = predictor.predict_input(model_input, info)
+    record = prediction.to_record(args.image) | {"method": args.method, "out": str(args.out)}
+    if args.method == "gradcam":
+        heatmap = GradCam(predictor.model, predictor.metadata.gradcam_layer)(model_input)  # (size, size)
+        picture = overlay_heatmap(pixels, heatmap, alpha=args.alpha)
+    else:
+        config = LimeConfig(num_samples=args.samples, n_segments=args.segments, seed=args.seed)
+        explanation = explain_lime(model_input, predictor, config)
+        picture = explanation.overlay(pixels)
+        record |= {"towards_pneumonia": list(explanation.positive), "away_from_pneumonia": list(explanation.negative)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture).save(args.out)
+    print(json.dumps(record))
+    return EXIT_OK
+
+
+def _one_image(command, args) -> int:
+    """Runs a one-image command; an unusable image is that file's ``error``, exit 2 (as ``predict``)."""
+    from .errors import InvalidImageError
+
+    try:
+        return command(args)
+    except InvalidImageError as error:
+        print(json.dumps({"schema_version": 1, "file": args.image, "error": str(error)}))
+        return EXIT_REJECTED
+
+
+def _parse_box(text: str) -> tuple[int, int, int, int]:
+    from .errors import ConfigError
+
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ConfigError(f"--box must be four whole numbers x0,y0,x1,y1 in pixels; got '{text}'.")
+    return values
+
+
+def _crop(args) -> int:
+    from PIL import Image, ImageDraw
+
+    from .crop import find_diaphragm, rescore
+    from .preprocessing import load_image, to_unit_range
+    from .prediction import Predictor
+
+    predictor = Predictor.from_file(args.model)
+    pixels, _ = load_image(args.image)
+    record = {"file": args.image}
+    if args.box is not None:
+        box, source, reason = _parse_box(args.box), "given", None
+    else:
+        detection = find_diaphragm(pixels)
+        box, source, reason = detection.box, "automatic", detection.reason
+    if box is None:
+        before = predictor.predict_source(args.image).probability
+        record |= {"box": None, "box_source": source, "reason": reason, "probability_before": round(before, 6),
+                   "probability_after": None, "delta": None}
+    else:
+        result = rescore(predictor, pixels, box)
+        record |= result.to_dict() | {"box_source": source, "reason": reason}
+        record["box"] = list(result.box)
+    if args.out is not None and box is not None:
+        grey = Image.fromarray((to_unit_range(pixels) * 255).round().astype("uint8")).convert("RGB")
+        draw = ImageDraw.Draw(grey)
+        draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(0, 114, 178), width=max(2, grey.width // 200))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        grey.save(args.out)
+        record["out"] = str(args.out)
+    print(json.dumps(record))
     return EXIT_OK
 
 
@@ -174,6 +278,13 @@ def _evaluate(args) -> int:
     from .data import resolve_data_dir
     from .evaluation import DEFAULT_REPORTS_DIR, evaluate
 
+    if args.crop == "auto":
+        from .evaluation import evaluate_crop
+
+        report = evaluate_crop(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, split=args.split)
+        keys = ("accuracy", "sensitivity", "specificity", "roc_auc")
+        print(json.dumps({column: {k: report["metrics"][column][k] for k in keys} for column in report["metrics"]}))
+        return EXIT_OK
     report = evaluate(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, split=args.split)
     print(json.dumps({k: report["image"][k] for k in ("accuracy", "sensitivity", "specificity", "roc_auc")}))
     return EXIT_OK
@@ -217,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             return _card(args)
         if args.command == "stress":
             return _stress(args)
+        if args.command in ("explain", "crop"):
+            return _one_image(_explain if args.command == "explain" else _crop, args)
         return _compare(args, argv)
     except PneumoError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,7 +5,8 @@ input (the whole upload squashed to a square, see ``preprocess``); the overlays 
 onto the original grey image, so it is drawn at the upload's own size and aspect ratio.
 
 Nothing here changes the model it is given: the app shares one model between all its users.
-Bad arguments (wrong shapes, values outside [0, 1]) raise ``ValueError``: they are mistakes in
+Bad arguments (wrong shapes, values outside [0, 1]) raise ``ExplanationError`` (a ``ValueError``
+and a ``PneumoError``): they are mistakes in
 the calling code, not in the user's upload, which ``load_image`` has already checked.
 """
 

@@ -84,3 +84,62 @@ def test_module_entry_point_scores_the_bundled_samples_with_the_shipped_model():
     # Sample names carry their label: the shipped model should call most of them right.
     right = [(r["label"] == "pneumonia") == ("person" in Path(r["file"]).name) for r in records]
     assert np.mean(right) >= 0.75
+
+
+def test_explain_writes_overlays_at_the_uploads_own_size(tiny_model, tmp_path, rng, capsys):
+    image = tmp_path / "wide.png"
+    image.write_bytes(encode(synthetic_xray(rng, 96)[:, :80]))  # 80 wide, 96 tall
+    from PIL import Image
+
+    for method in ("gradcam", "lime"):
+        out = tmp_path / f"{method}.png"
+        argv = ["explain", str(image), "--method", method, "--out", str(out), "--model", str(tiny_model)]
+        code, records, _ = _run(capsys, argv + (["--samples", "64", "--segments", "12"] if method == "lime" else []))
+        assert code == 0 and records[0]["method"] == method and 0.0 <= records[0]["probability"] <= 1.0
+        with Image.open(out) as written:
+            assert written.size == (80, 96) and written.mode == "RGB"
+    assert records[0]["towards_pneumonia"] or records[0]["away_from_pneumonia"]
+
+
+def test_crop_with_a_given_box_prints_before_after_and_delta(tiny_model, files, tmp_path, capsys):
+    good, bad = files
+    out = tmp_path / "crop.png"
+    argv = ["crop", str(good), "--box", "0,0,96,72", "--out", str(out), "--model", str(tiny_model)]
+    code, records, _ = _run(capsys, argv)
+    record = records[0]
+    assert code == 0 and record["box"] == [0, 0, 96, 72] and record["box_source"] == "given"
+    assert record["delta"] == pytest.approx(record["probability_after"] - record["probability_before"])
+    assert out.is_file()
+    code, records, _ = _run(capsys, ["crop", str(bad), "--model", str(tiny_model)])
+    assert code == 2 and "not a readable image" in records[0]["error"]
+
+
+@pytest.mark.parametrize("box, reason", [("0,0,96", "four whole numbers"), ("0,0,500,72", "")])
+def test_crop_rejects_an_unusable_box_with_a_plain_message(tiny_model, files, capsys, box, reason):
+    good, _ = files
+    code = main(["crop", str(good), "--box", box, "--model", str(tiny_model)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and reason in err and "Traceback" not in err
+
+
+def test_crop_without_a_diaphragm_suggests_no_crop_and_says_why(tiny_model, tmp_path, capsys):
+    flat = tmp_path / "flat.png"
+    flat.write_bytes(encode(np.full((96, 96), 128, np.uint8)))
+    code, records, _ = _run(capsys, ["crop", str(flat), "--model", str(tiny_model)])
+    record = records[0]
+    assert code == 0 and record["box"] is None and record["probability_after"] is None and record["reason"]
+
+
+def test_evaluate_with_auto_crop_reports_both_columns_on_the_same_images(tiny_model, synthetic_data, tmp_path, capsys):
+    argv = ["evaluate", "--crop", "auto", "--split", "validation", "--data", str(synthetic_data),
+            "--model", str(tiny_model), "--reports", str(tmp_path)]
+    code = main(argv)
+    capsys.readouterr()
+    report = json.loads((tmp_path / "crop_evaluation_validation.json").read_text())
+    assert code == 0 and report["split"] == "validation" and report["images"] > 0
+    without, with_crop = report["metrics"]["without_crop"], report["metrics"]["with_auto_crop"]
+    assert sum(without["confusion"].values()) == sum(with_crop["confusion"].values()) == report["images"]
+    if report["crop_found_fraction"] == 0:  # nothing cropped: both columns must be the same figures
+        assert without == with_crop and report["calls_changed"] == 0
+    assert "Answer: the automatic crop" in (tmp_path / "crop_evaluation_validation.md").read_text()
+    assert not (tmp_path / "test_evaluations.jsonl").exists()  # validation is not a test use
