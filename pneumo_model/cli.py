@@ -117,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flag(stress)
     stress.add_argument("--reports", type=Path, default=None)
 
+    bench = commands.add_parser("bench", help="time every step against its target; writes reports/bench.json")
+    _add_data_flag(bench)
+    _add_model_flag(bench)
+    bench.add_argument("--fullres", type=Path, default=None, help="folder of full-size originals (default: beside the data)")
+    bench.add_argument("--lime-images", type=int, default=20)
+    bench.add_argument("--naive-images", type=int, default=3)
+    bench.add_argument("--samples", type=int, default=1000, help="LIME samples, both ways")
+    bench.add_argument("--reports", type=Path, default=None)
+
     card = commands.add_parser("card", help="write the model card facts to reports/model_card.json")
     card.add_argument("--fullres", type=Path, default=None, help="folder of original files (default: beside the data)")
     _add_data_flag(card)
@@ -216,6 +225,18 @@ def _crop(args) -> int:
         grey.save(args.out)
         record["out"] = str(args.out)
     print(json.dumps(record))
+    return EXIT_OK
+
+
+def _bench(args) -> int:
+    from .bench import BenchConfig, run_bench
+    from .data import resolve_data_dir
+    from .evaluation import DEFAULT_REPORTS_DIR
+
+    data_dir = resolve_data_dir(args.data)
+    config = BenchConfig(lime_images=args.lime_images, naive_images=args.naive_images, lime_samples=args.samples)
+    fullres = args.fullres or data_dir.parent / "chest_xray_fullres_sample"
+    run_bench(args.model, data_dir, fullres, args.reports or DEFAULT_REPORTS_DIR, config, log=lambda line: print(line, flush=True))
     return EXIT_OK
 
 
@@ -328,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             return _card(args)
         if args.command == "stress":
             return _stress(args)
+        if args.command == "bench":
+            return _bench(args)
         if args.command in ("explain", "crop"):
             return _one_image(_explain if args.command == "explain" else _crop, args)
         return _compare(args, argv)

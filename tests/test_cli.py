@@ -143,3 +143,16 @@ def test_evaluate_with_auto_crop_reports_both_columns_on_the_same_images(tiny_mo
         assert without == with_crop and report["calls_changed"] == 0
     assert "Answer: the automatic crop" in (tmp_path / "crop_evaluation_validation.md").read_text()
     assert not (tmp_path / "test_evaluations.jsonl").exists()  # validation is not a test use
+
+
+def test_bench_times_every_step_and_compares_lime_with_the_naive_way(tiny_model, synthetic_data, tmp_path, capsys):
+    argv = ["bench", "--data", str(synthetic_data), "--model", str(tiny_model), "--reports", str(tmp_path),
+            "--lime-images", "2", "--naive-images", "1", "--samples", "40"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "bench.json").read_text())
+    for step in ("decode_preprocess_fullres", "predict_one", "gradcam", "diaphragm", "lime", "lime_naive"):
+        assert report["results"][step]["median_s"] > 0 and report["results"][step]["p95_s"] >= report["results"][step]["median_s"]
+    assert report["results"]["lime"]["n"] == 2 and report["results"]["lime_naive"]["n"] == 1
+    assert set(report["targets"]) == {"predict_one_s", "gradcam_s", "lime_s", "diaphragm_s", "batch_images_per_s", "lime_speedup_vs_naive"}
+    assert "faster on the same images" in printed and "images/s" in printed
