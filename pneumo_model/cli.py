@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--time-budget", type=float, default=None, help="seconds; stop after the epoch past it")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument(
+        "--max-aspect", type=float, default=defaults.augmentation.max_aspect,
+        help="augmentation: largest change of width/height scale ratio, either way",
+    )
+    train.add_argument(
         "--target-sensitivity", type=float, default=defaults.operating.target_sensitivity,
         help="validation sensitivity the threshold is set for",
     )
@@ -272,6 +276,7 @@ def _train(args, argv) -> int:
     from .data import resolve_data_dir
     from .training import TrainConfig, train
 
+    defaults = TrainConfig()
     config = TrainConfig(
         architecture=args.architecture,
         input_size=args.input_size,
@@ -286,6 +291,7 @@ def _train(args, argv) -> int:
         seed=args.seed,
         time_budget_s=args.time_budget,
         augment=not args.no_augment,
+        augmentation=dataclasses.replace(defaults.augmentation, max_aspect=args.max_aspect),
         operating=OperatingPointConfig(target_sensitivity=args.target_sensitivity),
     )
     metadata = train(config, resolve_data_dir(args.data), args.model, command=_command_line(argv))
