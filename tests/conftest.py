@@ -23,6 +23,7 @@ FULLRES_DIR = DEFAULT_DATA_DIR.parent / "chest_xray_fullres_sample"
 def pytest_configure(config):
     config.addinivalue_line("markers", "data: needs ../shared/data (set REQUIRE_DATA=1 to fail instead of skip)")
     config.addinivalue_line("markers", "shipped_model: needs the committed model in assets/model")
+    config.addinivalue_line("markers", "browser: drives Chromium (set REQUIRE_BROWSER=1 to fail instead of skip)")
 
 
 def _require(available: bool, what: str) -> None:

@@ -1,0 +1,25 @@
+"""Streamlit entry point: ``streamlit run app.py``.
+
+The frame every page shares (intended-use banner, model SHA, sidebar with the demo images)
+and the navigation. The page scripts are in ``app_pages/``: a folder named ``pages/`` would make
+Streamlit run a fresh server's first request as an old-style multipage app, which can show a
+page without this frame. All model work is in ``pneumo_model``.
+"""
+
+import streamlit as st
+
+from ui import frame
+
+st.set_page_config(page_title="Pneumonia X-ray review", page_icon=":material/radiology:", layout="wide")
+
+page = st.navigation(
+    [
+        st.Page("app_pages/review.py", title="Review", icon=":material/radiology:", default=True),
+        st.Page("app_pages/explain.py", title="Explain", icon=":material/visibility:"),
+        st.Page("app_pages/crop.py", title="Crop & rescore", icon=":material/crop:"),
+        st.Page("app_pages/worklist.py", title="Worklist", icon=":material/format_list_numbered:"),
+        st.Page("app_pages/model_card.py", title="Model card", icon=":material/description:"),
+    ]
+)
+frame.render()
+page.run()

@@ -1,0 +1,83 @@
+"""Crop & rescore: the suggested diaphragm crop, adjustable, and the call before and after it."""
+
+import streamlit as st
+
+from pneumo_model.errors import PneumoError
+from pneumo_model.explain import overlay_heatmap
+from ui import drawing, frame, resources
+
+image = frame.require_image()
+try:
+    pixels, _ = resources.decoded(image.data)
+    suggestion = resources.diaphragm(image.data)
+except PneumoError as error:
+    frame.show_error(error, image.name)
+    st.stop()
+
+height, width = pixels.shape
+suggested = suggestion.box if suggestion.found else (0, 0, width, height)
+if suggestion.found:
+    st.caption(f"**Suggested crop.** {suggestion.reason} Adjust it with the sliders.")
+else:
+    st.warning(f"No crop suggested. {suggestion.reason}", icon=":material/crop_free:")
+
+# Keys per image, so that another image starts from its own suggestion.
+rows_key, columns_key = f"crop_rows_{image.digest[:16]}", f"crop_columns_{image.digest[:16]}"
+
+
+def use_suggestion() -> None:
+    st.session_state[rows_key] = (suggested[1], suggested[3])
+    st.session_state[columns_key] = (suggested[0], suggested[2])
+
+
+if rows_key not in st.session_state or columns_key not in st.session_state:
+    use_suggestion()
+controls = st.columns([3, 3, 1.2], vertical_alignment="bottom")
+top, bottom = controls[0].slider("Rows kept (pixels from the top)", 0, height, key=rows_key)
+left, right = controls[1].slider("Columns kept (pixels from the left)", 0, width, key=columns_key)
+controls[2].button(
+    "Suggested", on_click=use_suggestion, icon=":material/restart_alt:", width="stretch",
+    help="Back to the suggested crop", disabled=not suggestion.found,
+)
+box = (left, top, right, bottom)
+
+try:
+    result = resources.rescored(image.data, box)
+    cropped, heatmap = resources.cropped_gradcam(image.data, box)
+except PneumoError as error:
+    frame.show_error(error)
+    st.stop()
+
+drawn, explained, numbers = st.columns([4, 4, 3], gap="medium")
+drawn.image(
+    drawing.draw_crop(resources.display_pixels(image.data), box, pixels.shape),
+    caption=f"{image.name}: the box is kept, the dimmed part is removed before rescoring.",
+    width="stretch",
+)
+explained.image(
+    overlay_heatmap(cropped, heatmap, alpha=0.4),
+    caption=f"Grad-CAM of the cropped image: {frame.HEATMAP_CAVEAT}.",
+    width="stretch",
+)
+with numbers:
+    st.metric("Probability before the crop", f"{result.probability_before:.3f}")
+    st.metric(
+        "Probability after the crop",
+        f"{result.probability_after:.3f}",
+        delta=f"{result.delta:+.3f}",
+        delta_color="off",
+    )
+    st.markdown(
+        f"Call: **{result.label_before}** → **{result.label_after}** "
+        f"(threshold {result.threshold:.3f})"
+    )
+    if result.grey_zone_before or result.grey_zone_after:
+        which = " and ".join(
+            name for name, flag in (("before", result.grey_zone_before), ("after", result.grey_zone_after)) if flag
+        )
+        st.warning(f"Indeterminate {which} the crop: needs a careful read.", icon=":material/help:")
+    if result.label_changed:
+        st.warning(
+            "The call changes with the crop: the removed region swayed the model. Read the image carefully.",
+            icon=":material/warning:",
+        )

@@ -1,0 +1,61 @@
+"""Review one image: the call, the calibrated probability, the operating point and the grey-zone flag."""
+
+import streamlit as st
+
+from pneumo_model.errors import PneumoError
+from ui import frame, resources, state
+
+model = resources.predictor()
+metadata = model.metadata
+
+result_column, image_column = st.columns([2, 3], gap="large")
+with result_column:
+    st.file_uploader(
+        f"Upload one chest X-ray ({state.UPLOAD_FORMATS}), or pick a demo image in the sidebar",
+        type=state.UPLOAD_TYPES,
+        key="review_upload",
+        on_change=state.choose_upload,
+        args=("review_upload",),
+    )
+    image = state.chosen()
+    if image is None:
+        st.info("No image chosen yet.", icon=":material/image:")
+        st.stop()
+    try:
+        result = resources.prediction(image.data)
+    except PneumoError as error:
+        frame.show_error(error, image.name)
+        st.stop()
+
+    call = "Pneumonia" if result.label == "pneumonia" else "Normal"
+    st.markdown(f"#### Call: **{call}**")
+    st.metric(
+        "Probability of pneumonia (calibrated)",
+        f"{result.probability:.3f}",
+        help="Temperature-scaled on validation data.",
+    )
+    low, high = metadata.grey_zone
+    if result.grey_zone:
+        st.warning(
+            f"**Indeterminate: needs a careful read.** The probability lies in the grey zone "
+            f"[{low:.3f}, {high:.3f}), where the model's call is not trusted.",
+            icon=":material/help:",
+        )
+    else:
+        st.success(f"Outside the grey zone [{low:.3f}, {high:.3f}).", icon=":material/check_circle:")
+    target = metadata.train_config.get("operating", {}).get("target_sensitivity")
+    st.caption(
+        f"Operating point: pneumonia at probability ≥ {result.threshold:.3f}"
+        + (f" (set for validation sensitivity {target:.2f})." if target is not None else ".")
+    )
+    for warning in result.info.warnings:
+        st.info(warning, icon=":material/info:")
+
+with image_column:
+    source = "demo image" if image.source == "sample" else "upload"
+    st.image(
+        resources.display_pixels(image.data),
+        caption=f"{image.name} ({source}, {result.info.width} x {result.info.height} px, "
+        f"{result.info.bit_depth}-bit {result.info.format})",
+        width=440,
+    )

@@ -1,0 +1,282 @@
+"""The Streamlit app run headless with AppTest: every page loads, demo images and uploads are
+scored, bad uploads give a plain error, and nothing slow runs twice."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from pneumo_model.artifacts import REPO_ROOT
+from pneumo_model.data import DEFAULT_DATA_DIR
+from pneumo_model.preprocessing import preprocess
+from conftest import encode, synthetic_xray
+from ui import frame, resources, state, worklist
+
+pytestmark = pytest.mark.shipped_model
+
+APP = REPO_ROOT / "app.py"
+PAGES = [
+    "app_pages/review.py",
+    "app_pages/explain.py",
+    "app_pages/crop.py",
+    "app_pages/worklist.py",
+    "app_pages/model_card.py",
+]
+SAMPLE = "IM-0003-0001.jpeg"  # in the grey zone with the shipped model
+TIMEOUT = 180
+
+
+def sample_bytes(name: str = SAMPLE) -> bytes:
+    return (state.SAMPLES_DIR / name).read_bytes()
+
+
+def bad_files() -> dict[str, bytes]:
+    jpeg = sample_bytes()
+    return {
+        "empty.png": b"",
+        "notes.png": b"these are notes, not an image",
+        "truncated.jpeg": jpeg[: len(jpeg) // 3],
+        "thumbnail.png": encode(np.zeros((16, 16), np.uint8)),
+    }
+
+
+def start() -> AppTest:
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not app.exception, app.exception
+    return app
+
+
+def open_page(app: AppTest, page: str) -> AppTest:
+    app.switch_page(page).run()
+    assert not app.exception, app.exception
+    return app
+
+
+def pick_sample(app: AppTest, name: str = SAMPLE) -> AppTest:
+    app.button(key=f"sample-{name}").click().run()
+    assert not app.exception, app.exception
+    return app
+
+
+def texts(elements) -> str:
+    return "\n".join(str(element.value) for element in elements)
+
+
+def image_captions(app: AppTest) -> list[str]:
+    return [caption for image in app.image for caption in image.captions]
+
+
+def shows(app: AppTest, caption_start: str) -> bool:
+    return any(caption.startswith(caption_start) for caption in image_captions(app))
+
+
+def probability_shown(app: AppTest) -> str:
+    (metric,) = [m for m in app.metric if m.label.startswith("Probability of pneumonia")]
+    return metric.value
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_loads_with_disclaimer_and_model_sha(page):
+    app = open_page(start(), page)
+    banner = texts(app.warning)
+    assert frame.DISCLAIMER in banner
+    assert resources.predictor().metadata.short_sha in banner
+    assert not app.error
+
+
+@pytest.mark.parametrize("page", ["app_pages/explain.py", "app_pages/crop.py"])
+def test_pages_needing_an_image_say_so(page):
+    app = open_page(start(), page)
+    assert "No image chosen" in texts(app.info)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_loads_with_a_sample_chosen(page):
+    app = open_page(pick_sample(start()), page)
+    assert not app.error, texts(app.error)
+
+
+def test_sample_shows_the_probability_the_package_computes():
+    app = pick_sample(start())
+    expected = resources.predictor().predict_source(sample_bytes())
+    assert probability_shown(app) == f"{expected.probability:.3f}"
+    assert f"Call: **{expected.label.capitalize()}**" in texts(app.markdown)
+    assert ("Indeterminate: needs a careful read" in texts(app.warning)) == expected.grey_zone
+
+
+def test_grey_zone_flag_is_shown_exactly_for_the_demo_images_in_the_band():
+    names = sorted(path.name for path in state.SAMPLES_DIR.glob("*.jpeg"))
+    flags = {}
+    for name in names:
+        app = pick_sample(start(), name)
+        flags[name] = resources.predictor().predict_source(sample_bytes(name)).grey_zone
+        assert ("Indeterminate: needs a careful read" in texts(app.warning)) == flags[name], name
+    # The demo set is meant to include a borderline case, so the flag is seen in a demo.
+    assert any(flags.values()), f"no demo image falls in the grey zone: {flags}"
+
+
+def test_uploaded_image_stays_chosen_across_pages():
+    app = start()
+    upload = ("upload.jpeg", sample_bytes("person10_virus_35.jpeg"), "image/jpeg")
+    app.file_uploader(key="review_upload").set_value(upload)
+    app.run()
+    shown = probability_shown(app)
+    open_page(app, "app_pages/explain.py")
+    assert "upload.jpeg" in texts(app.markdown)
+    assert shows(app, "Original: upload.jpeg") and shows(app, "Grad-CAM")
+    open_page(app, "app_pages/review.py")
+    assert probability_shown(app) == shown
+
+
+@pytest.mark.data
+def test_a_full_size_original_works_on_every_page():
+    path = sorted((DEFAULT_DATA_DIR.parent / "chest_xray_fullres_sample" / "train" / "PNEUMONIA").glob("*.jpeg"))[0]
+    app = start()
+    app.file_uploader(key="review_upload").set_value((path.name, path.read_bytes(), "image/jpeg"))
+    app.run()
+    assert probability_shown(app) == f"{resources.predictor().predict_source(path).probability:.3f}"
+    for page in ("app_pages/explain.py", "app_pages/crop.py"):
+        open_page(app, page)
+        assert not app.error, texts(app.error)
+        assert shows(app, "Grad-CAM")
+    display = resources.display_pixels(path.read_bytes())
+    assert max(display.shape) == 1024 < max(resources.decoded(path.read_bytes())[0].shape)
+
+
+@pytest.mark.parametrize("name", sorted(bad_files()))
+def test_bad_upload_shows_a_plain_error(name):
+    app = start()
+    app.file_uploader(key="review_upload").set_value((name, bad_files()[name], "image/png"))
+    app.run()
+    assert not app.exception
+    message = texts(app.error)
+    assert name in message and "cannot be used" in message
+    assert "Traceback" not in message
+    assert not [m for m in app.metric if m.label.startswith("Probability")]
+    for page in ("app_pages/explain.py", "app_pages/crop.py"):
+        open_page(app, page)
+        assert name in texts(app.error)
+
+
+def metric_values(app: AppTest) -> dict[str, str]:
+    return {metric.label: metric.value for metric in app.metric}
+
+
+def test_crop_page_rescores_the_suggested_and_the_adjusted_crop():
+    app = pick_sample(start(), "person100_bacteria_475.jpeg")
+    on_review = probability_shown(app)
+    open_page(app, "app_pages/crop.py")
+    values = metric_values(app)
+    assert values["Probability before the crop"] == on_review
+    assert "Probability after the crop" in values
+    assert shows(app, "Grad-CAM of the cropped image")
+    [rows] = [slider for slider in app.slider if slider.label.startswith("Rows kept")]
+    suggested = rows.value
+    pixels, _ = resources.decoded(sample_bytes("person100_bacteria_475.jpeg"))
+    assert suggested[1] < pixels.shape[0]  # the suggestion removes the bottom of the image
+
+    rows.set_value((0, pixels.shape[0] // 2)).run()
+    assert not app.exception and not app.error
+    expected = resources.predictor().probabilities(
+        preprocess(pixels[: pixels.shape[0] // 2], resources.predictor().input_size)[np.newaxis]
+    )[0]
+    assert metric_values(app)["Probability after the crop"] == f"{expected:.3f}"
+
+    rows.set_value((0, 20)).run()  # keeps too little of the image
+    assert not app.exception
+    assert "crop box" in texts(app.error)
+
+    app.button(key=[b.key for b in app.button if b.label == "Suggested"][0]).click().run()
+    assert [s for s in app.slider if s.label.startswith("Rows kept")][0].value == suggested
+
+
+def test_worklist_scores_readable_files_and_lists_the_rest():
+    good = {f"good{i}.jpeg": sample_bytes(sample.path.name) for i, sample in enumerate(state.samples()[:3])}
+    uploads = [(name, data, "image/jpeg") for name, data in {**good, **bad_files()}.items()]
+    app = open_page(start(), "app_pages/worklist.py")
+    app.file_uploader(key="worklist_upload").set_value(uploads)
+    app.run()
+    assert not app.exception, app.exception
+    table = app.dataframe[0].value
+    assert len(table) == len(uploads)
+    assert (table["error"] == "").sum() == len(good)
+    scored = table["probability"].dropna()
+    assert list(scored) == sorted(scored, reverse=True)
+    errors = texts(app.error)
+    assert all(name in errors for name in bad_files())
+    assert dict((m.label, m.value) for m in app.metric)["Unreadable"] == str(len(bad_files()))
+
+
+def test_worklist_table_and_csv_have_one_row_per_file():
+    files = [(f"x{i}.png", encode(synthetic_xray(np.random.default_rng(i), size=96))) for i in range(5)]
+    files.append(("bad.png", b"nope"))
+    table = worklist.score_files(files, resources.predictor())
+    assert len(table) == 6 and table["error"].notna().sum() == 1
+    assert table.iloc[-1]["file"] == "bad.png"  # unreadable files sort last
+    assert table["thumbnail"].dropna().str.startswith("data:image/png;base64,").all()
+    csv = pd.read_csv(io.BytesIO(worklist.to_csv(table, "abc")))
+    assert len(csv) == 6 and "thumbnail" not in csv.columns and set(csv["model_sha"]) == {"abc"}
+
+
+def run_lime(app: AppTest, samples: int = 200, segments: int = 20) -> AppTest:
+    app.slider(key="lime_samples").set_value(samples)
+    app.slider(key="lime_segments").set_value(segments)
+    [submit] = [button for button in app.button if button.label == "Run LIME"]
+    submit.click().run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_slow_work_runs_once_across_reruns_pages_and_sessions():
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    resources.RUNS.clear()
+    app = pick_sample(start())
+    weights = [w.copy() for w in resources.predictor().model.get_weights()]
+    open_page(app, "app_pages/explain.py")
+    run_lime(app)
+    assert shows(app, "Grad-CAM") and shows(app, "LIME (200 samples, 20 superpixels)")
+    app.slider(key="overlay_opacity").set_value(0.7).run()
+    app.run()
+    open_page(app, "app_pages/review.py")
+    open_page(app, "app_pages/crop.py")
+    app.run()
+    open_page(app, "app_pages/explain.py")
+    assert shows(app, "LIME (200 samples, 20 superpixels)")  # the request and its cached result remain
+    other_session = open_page(pick_sample(start()), "app_pages/explain.py")
+    run_lime(other_session)
+    assert not other_session.exception
+    assert resources.RUNS == {
+        "model_load": 1, "prediction": 1, "gradcam": 1, "lime": 1, "rescore": 1, "crop_gradcam": 1,
+    }
+    for before, after in zip(weights, resources.predictor().model.get_weights()):
+        np.testing.assert_array_equal(before, after)  # the shared model was not changed
+
+
+def test_only_one_lime_runs_at_a_time():
+    app = open_page(pick_sample(start(), "NORMAL2-IM-0007-0001.jpeg"), "app_pages/explain.py")
+    app.slider(key="lime_samples").set_value(200)
+    app.slider(key="lime_segments").set_value(30)
+    [submit] = [button for button in app.button if button.label == "Run LIME"]
+    submit.click()
+    before = resources.RUNS["lime"]
+    lock = resources.lime_lock()
+    lock.acquire()
+    try:
+        runner = threading.Thread(target=app.run)
+        runner.start()
+        time.sleep(3)
+        assert resources.RUNS["lime"] == before  # waiting for the lock, not running
+    finally:
+        lock.release()
+    runner.join(TIMEOUT)
+    assert not runner.is_alive()
+    assert resources.RUNS["lime"] == before + 1
+    assert shows(app, "LIME (200 samples, 30 superpixels)")

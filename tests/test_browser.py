@@ -1,0 +1,183 @@
+"""End to end in a real browser: `streamlit run app.py` driven by Debian's Chromium through Playwright.
+
+Skipped when /usr/bin/chromium or the playwright package is missing, except where
+REQUIRE_BROWSER=1 (CI), where they fail instead. Playwright's own browser downloads are never used.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import encode
+from pneumo_model.data import DEFAULT_DATA_DIR
+from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, streamlit_app
+
+pytestmark = [pytest.mark.shipped_model, pytest.mark.browser]
+
+SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
+GREY_ZONE_SAMPLE = SAMPLES_DIR / "IM-0003-0001.jpeg"  # a test-split image the shipped model puts in the grey zone
+SLOW_MS = 180_000  # generous: a loaded 2-core machine decodes, scores and renders 100 files
+
+
+def _missing_browser() -> str | None:
+    if not CHROMIUM.is_file():
+        return f"Chromium at {CHROMIUM} (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package (pip install -r requirements.txt)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    missing = _missing_browser()
+    if missing:
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{missing} is missing and REQUIRE_BROWSER=1")
+        pytest.skip(f"{missing} is missing")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=SLOW_MS)  # the first run loads TensorFlow and the model
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(browser, tmp_path_factory):
+    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
+    with streamlit_app(log) as url:
+        yield url
+
+
+@pytest.fixture
+def page(browser, app_url):
+    """A new browser context: a new Streamlit session at the app's start page."""
+    context = browser.new_context(viewport=WINDOW, accept_downloads=True)
+    tab = context.new_page()
+    tab.set_default_timeout(SLOW_MS)
+    tab.goto(app_url)
+    yield tab
+    context.close()
+
+
+def open_page(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+
+
+def cli_prediction(path: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "pneumo_model", "predict", str(path)],
+        capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, check=True,
+    )
+    return json.loads(result.stdout.splitlines()[0])
+
+
+def assert_in_first_screen(locator) -> None:
+    box = locator.bounding_box()
+    assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= WINDOW["height"], box
+
+
+def first_test_pneumonia_image() -> Path:
+    return sorted((DEFAULT_DATA_DIR / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        pytest.param(lambda: GREY_ZONE_SAMPLE, id="grey-zone-sample"),
+        pytest.param(first_test_pneumonia_image, id="data-test-split", marks=pytest.mark.data),
+    ],
+)
+def test_review_shows_the_cli_probability_then_explain_shows_an_overlay(page, image):
+    from playwright.sync_api import expect
+
+    path = image()
+    expected = cli_prediction(path)
+    page.locator("input[type=file]").first.set_input_files(str(path))
+
+    metric = page.get_by_test_id("stMetric").filter(has_text="Probability of pneumonia")
+    expect(metric).to_be_visible()
+    assert metric.get_by_test_id("stMetricValue").inner_text().strip() == f"{expected['probability']:.3f}"
+    call = page.get_by_role("heading", name=f"Call: {expected['label'].capitalize()}")
+    expect(call).to_be_visible()
+    shown = [call, metric]
+    if expected["grey_zone"]:
+        flag = page.get_by_text("Indeterminate: needs a careful read")
+        expect(flag).to_be_visible()
+        shown.append(flag)
+    for locator in shown:  # at 1366 x 768, without scrolling
+        assert_in_first_screen(locator)
+
+    open_page(page, "Explain")
+    overlay = page.get_by_test_id("stImage").filter(has_text="Grad-CAM").locator("img")
+    expect(overlay).to_be_visible()
+    assert overlay.evaluate("image => image.complete && image.naturalWidth > 0")
+    expect(page.get_by_text(path.name).first).to_be_visible()  # the uploaded image stayed chosen
+
+
+def worklist_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """95 readable images (copies of the samples, some re-encoded as 8- and 16-bit PNG) and 5 bad files."""
+    samples = sorted(SAMPLES_DIR.glob("*.jpeg"))
+    files = []
+    for index in range(95):
+        sample = samples[index % len(samples)]
+        if index % 10 == 3:
+            pixels = np.asarray(Image.open(sample).convert("L"))
+            path = folder / f"case{index:03d}_{sample.stem}.png"
+            path.write_bytes(encode(pixels.astype(np.uint16) * 257 if index % 20 == 3 else pixels))
+        else:
+            path = folder / f"case{index:03d}_{sample.name}"
+            shutil.copy(sample, path)
+        files.append(path)
+    jpeg = samples[0].read_bytes()
+    bad = {
+        "bad_empty.png": b"",
+        "bad_text.png": b"a text file with an image's name",
+        "bad_truncated.jpeg": jpeg[: len(jpeg) // 3],
+        "bad_thumbnail.png": encode(np.zeros((16, 16), np.uint8)),
+        "bad_random.jpg": np.random.default_rng(0).bytes(4096),
+    }
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+        files.append(folder / name)
+    return files, sorted(bad)
+
+
+def test_worklist_scores_100_files_and_lists_the_bad_ones(page, tmp_path):
+    from playwright.sync_api import expect
+
+    files, bad = worklist_files(tmp_path)
+    assert len(files) == 100
+    open_page(page, "Worklist")
+    page.locator("input[type=file]").set_input_files([str(path) for path in files])
+
+    expect(page.get_by_text("Download CSV")).to_be_visible()
+    for label, count in (("Scored", "95"), ("Unreadable", "5")):
+        metric = page.get_by_test_id("stMetric").filter(has_text=label)
+        expect(metric.get_by_test_id("stMetricValue")).to_have_text(count)
+    errors = page.get_by_test_id("stAlertContentError").inner_text()
+    assert all(name in errors for name in bad), errors
+    # The data grid's accessible table counts the header row too.
+    expect(page.locator("[data-testid=stDataFrame] table[role=grid]")).to_have_attribute("aria-rowcount", "101")
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert len(rows) == 100
+    assert sorted(row["file"] for row in rows if row["error"]) == bad
+    probabilities = [float(row["probability"]) for row in rows if not row["error"]]
+    assert probabilities == sorted(probabilities, reverse=True)

@@ -1,0 +1,1 @@
+"""Developer tools around the app (not part of the product)."""

@@ -1,0 +1,81 @@
+"""Screenshots of every app page at 1366 x 768 into docs/screenshots/ (needs /usr/bin/chromium and playwright).
+
+Usage: ``.venv/bin/python -m tools.screenshots``. It starts the app on a free port, loads a demo
+image, runs LIME once, fills the worklist with the demo images and one unreadable file, and
+saves one PNG per page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, streamlit_app
+
+SCREENSHOTS_DIR = REPO_ROOT / "docs" / "screenshots"
+SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
+SLOW_MS = 180_000
+
+
+def open_page(page: Page, title: str) -> None:
+    """Clicks a page in the sidebar navigation (a full reload would start a new session)."""
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+
+
+def wait_until_idle(page: Page) -> None:
+    """Waits for the script run to finish (the 'running' status widget disappears)."""
+    page.wait_for_timeout(300)
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=SLOW_MS)
+
+
+def take(page: Page, name: str, folder: Path) -> None:
+    wait_until_idle(page)
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(2500)  # let images and the data grid finish drawing
+    page.screenshot(path=str(folder / f"{name}.png"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=SCREENSHOTS_DIR)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        bad_file = scratch / "not-an-xray.png"
+        bad_file.write_text("this is a text file, not an image")
+        worklist_files = [*sorted(SAMPLES_DIR.glob("*.jpeg")), bad_file]
+        with streamlit_app(scratch / "streamlit.log") as url, sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=WINDOW)
+            page.goto(url)
+            page.get_by_role("button", name="Normal: IM-0003-0001").click()
+            expect(page.get_by_text("Probability of pneumonia")).to_be_visible(timeout=SLOW_MS)
+            take(page, "review", args.out)
+
+            open_page(page, "Explain")
+            expect(page.get_by_text("Grad-CAM:")).to_be_visible(timeout=SLOW_MS)
+            page.get_by_role("button", name="Run LIME").click()
+            expect(page.get_by_text("LIME (1000 samples")).to_be_visible(timeout=SLOW_MS)
+            take(page, "explain", args.out)
+
+            open_page(page, "Crop & rescore")
+            take(page, "crop", args.out)
+
+            open_page(page, "Worklist")
+            page.locator("input[type=file]").set_input_files([str(path) for path in worklist_files])
+            expect(page.get_by_text("could not be read")).to_be_visible(timeout=SLOW_MS)
+            take(page, "worklist", args.out)
+
+            open_page(page, "Model card")
+            expect(page.get_by_text("Intended use and population")).to_be_visible(timeout=SLOW_MS)
+            take(page, "model_card", args.out)
+            browser.close()
+    print(f"Screenshots in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

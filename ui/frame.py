@@ -1,0 +1,69 @@
+"""The frame every page shares: the intended-use banner, the model's short SHA, the sidebar."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pneumo_model.errors import PneumoError
+from pneumo_model.prediction import Predictor
+
+from . import resources, state
+
+DISCLAIMER = "Decision support for trained readers — not a medical device, not a diagnosis."
+HEATMAP_CAVEAT = "shows where the model looked, not where the lesion is"
+
+
+def show_error(error: PneumoError, file_name: str | None = None) -> None:
+    """A package error as a plain message (its text already says what to do), never a traceback."""
+    prefix = f"**{file_name}** cannot be used. " if file_name else ""
+    st.error(prefix + str(error), icon=":material/error:")
+
+
+def render() -> Predictor:
+    """Draws the banner and the sidebar; stops the page with a plain error when the model cannot load."""
+    try:
+        model = resources.predictor()
+    except PneumoError as error:
+        st.warning(DISCLAIMER, icon=":material/medical_information:")
+        show_error(error)
+        st.stop()
+    st.warning(
+        f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.architecture}).",
+        icon=":material/medical_information:",
+    )
+    _sidebar(model)
+    return model
+
+
+def _sidebar(model: Predictor) -> None:
+    with st.sidebar:
+        image = state.chosen()
+        if image is None:
+            st.caption("No image chosen yet.")
+        else:
+            source = "demo image" if image.source == "sample" else "uploaded"
+            st.caption(f"Chosen image: **{image.name}** ({source})")
+        with st.expander("Demo images (one click loads)", expanded=image is None):
+            for sample in state.samples():
+                st.button(
+                    sample.title,
+                    key=f"sample-{sample.path.name}",
+                    on_click=state.choose_sample,
+                    args=(sample.path,),
+                    width="stretch",
+                )
+            st.caption("From the Kermany 2018 test split, CC BY 4.0 (see the Model card).")
+        st.caption(f"{DISCLAIMER}  \nModel `{model.metadata.short_sha}`")
+
+
+def require_image() -> state.ChosenImage:
+    """The chosen image, or an explanation and a stop when there is none."""
+    image = state.chosen()
+    if image is None:
+        st.info(
+            "No image chosen. Upload one on the Review page, or pick a demo image in the sidebar.",
+            icon=":material/image:",
+        )
+        st.page_link("app_pages/review.py", label="Go to Review", icon=":material/radiology:")
+        st.stop()
+    return image
