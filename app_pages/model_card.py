@@ -99,11 +99,20 @@ if stress is None:
 else:
     st.markdown(stress)
 
+st.subheader("Does cropping the diaphragm help?")
+crop_report = reports.read_markdown("crop_evaluation")
+if crop_report is None:
+    not_generated("The crop evaluation is", "python -m pneumo_model evaluate --crop auto")
+else:
+    st.markdown(crop_report)
+
 st.subheader("Known limitations and shortcuts")
 if card is not None:
     for caveat in card["caveats"]:
         st.markdown(f"- {caveat}")
     st.markdown(f"**Shortcuts.** {card['shortcut_warning']}")
+    for name, measured in card.get("shortcut_measured", {}).items():
+        st.markdown(f"- `{name}`: {measured['summary']}")
     geometry = card.get("shortcut_geometry", {})
     if geometry.get("per_class"):
         st.dataframe(

@@ -29,7 +29,7 @@ PAGES = [
     "app_pages/worklist.py",
     "app_pages/model_card.py",
 ]
-SAMPLE = "IM-0003-0001.jpeg"  # in the grey zone with the shipped model
+SAMPLE = "IM-0003-0001.jpeg"
 TIMEOUT = 180
 
 
@@ -280,3 +280,23 @@ def test_only_one_lime_runs_at_a_time():
     assert not runner.is_alive()
     assert resources.RUNS["lime"] == before + 1
     assert shows(app, "LIME (200 samples, 30 superpixels)")
+
+
+def test_model_card_shows_the_committed_reports_and_no_stale_warning():
+    import json
+
+    app = open_page(start(), "app_pages/model_card.py")
+    shown = texts(app.markdown)
+    evaluation = json.loads((REPO_ROOT / "reports" / "evaluation.json").read_text())
+    assert evaluation["model_sha256"] == resources.predictor().metadata.model_sha256
+    assert "The reports describe model" not in texts(app.warning)  # reports match the loaded model
+    assert (REPO_ROOT / "reports" / "evaluation.md").read_text().strip().splitlines()[0] in shown
+    assert f"{evaluation['image']['roc_auc']:.3f}" in shown
+    card = json.loads((REPO_ROOT / "reports" / "model_card.json").read_text())
+    assert card["shortcut_warning"] in shown
+    for measured in card.get("shortcut_measured", {}).values():
+        assert measured["summary"] in shown
+    for optional in ("crop_evaluation", "validation_stress", "model_comparison"):
+        path = REPO_ROOT / "reports" / f"{optional}.md"
+        if path.is_file():
+            assert path.read_text().strip().splitlines()[-1] in shown, optional
