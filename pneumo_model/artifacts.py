@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,18 +98,36 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _strip_save_time(model_path: Path) -> None:
+    """Rewrites a ``.keras`` archive without its save time: Keras stamps ``date_saved`` into
+    ``metadata.json`` and the zip entries' times, so two saves of the same weights differ."""
+    with zipfile.ZipFile(model_path) as archive:
+        entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    with zipfile.ZipFile(model_path, "w") as archive:
+        for info, content in entries:
+            if info.filename == "metadata.json":
+                facts = json.loads(content)
+                facts.pop("date_saved", None)
+                content = json.dumps(facts).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = info.compress_type
+            archive.writestr(fixed, content)
+
+
 def save_model(model: keras.Model, metadata: ModelMetadata, model_path: Path) -> ModelMetadata:
     """Writes an inference-only copy of ``model`` and its metadata; returns the final metadata.
 
     The model passed in is not changed: a fresh, never-compiled copy built from its config
     carries the weights, so no optimizer state or compile config is stored (Keras 3's
     ``clone_model`` would copy both). The metadata's ``model_sha256`` is filled in from the written file.
+    The archive is written reproducibly (see ``_strip_save_time``), so equal weights give an equal SHA.
     """
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     inference = model.__class__.from_config(model.get_config())
     inference.set_weights(model.get_weights())
     inference.save(model_path)
+    _strip_save_time(model_path)
     final = dataclasses.replace(metadata, model_sha256=file_sha256(model_path))
     metadata_path(model_path).write_text(json.dumps(final.to_dict(), indent=2) + "\n")
     return final

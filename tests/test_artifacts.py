@@ -81,3 +81,16 @@ def test_unknown_metadata_fields_are_refused(saved):
     metadata_path(path).write_text(json.dumps({**metadata.to_dict(), "surprise": 1}))
     with pytest.raises(ModelFileError, match="unknown fields"):
         read_metadata(path)
+
+
+def test_saving_the_same_weights_twice_gives_the_same_file(saved, tmp_path):
+    import time
+
+    model, metadata, path = saved
+    time.sleep(1.1)  # Keras stamps the save time to the second
+    again = save_model(model, _metadata(), tmp_path / "again.keras")
+    assert again.model_sha256 == metadata.model_sha256
+    with zipfile.ZipFile(path) as archive:
+        assert "date_saved" not in json.loads(archive.read("metadata.json"))
+    reloaded, _ = load_model(path)
+    np.testing.assert_array_equal(reloaded.get_weights()[0], model.get_weights()[0])
