@@ -16,6 +16,7 @@ _EXPORTS = {
     "DataError": "errors",
     "ConfigError": "errors",
     "ExplanationError": "errors",
+    "UnsupportedDicomError": "errors",
     "ImageInfo": "preprocessing",
     "ImageLimits": "preprocessing",
     "load_image": "preprocessing",

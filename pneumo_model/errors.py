@@ -13,6 +13,11 @@ class InvalidImageError(PneumoError):
     """The input cannot be used as a chest X-ray image (unreadable, empty, wrong kind)."""
 
 
+class UnsupportedDicomError(InvalidImageError):
+    """A readable DICOM file that holds no usable radiograph (no pixel data, a compression,
+    bit depth or colour model this package cannot use)."""
+
+
 class ModelFileError(PneumoError):
     """The model file or its metadata is missing, altered or incompatible."""
 

@@ -8,26 +8,45 @@ or resizes an image for the model, so what the model saw in training is what it 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+import struct
+import zlib
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import dicom
+from .dicom import DicomTags
 from .errors import InvalidImageError
 
 DEFAULT_INPUT_SIZE = 128
-SUPPORTED_FORMATS = ("PNG", "JPEG")
+SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "DICOM")
+_FORMAT_NAMES = "PNG, JPEG, BMP, TIFF or DICOM"
+# Pillow names a JPEG with a multi-picture extension (phone and camera photos) "MPO".
+_PILLOW_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "BMP": "BMP", "TIFF": "TIFF"}
+# What Pillow raises on a damaged or malicious file, besides its own UnidentifiedImageError.
+_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error)
+# EXIF Orientation (0x0112): 1 is upright; 2-8 ask for a flip and/or a rotation.
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
 class ImageLimits:
     """What an input may be before it is refused.
 
+    The defaults: 50 MB (2**20 bytes each, Streamlit's unit: ``server.maxUploadSize`` in
+    ``.streamlit/config.toml`` is set to match) holds an uncompressed 16-bit 4300 x 3500
+    detector image (30 MB); 60 million pixels is four times the largest radiograph detector
+    and still decodes in a few hundred MB; 64 pixels per side refuses icons and thumbnails;
+    4:1 refuses strips and banners (chest radiographs are between about 3:4 and 4:3).
+
     Attributes:
         max_bytes: largest file accepted, in bytes.
-        max_pixels: largest width x height accepted (guards against decompression bombs).
+        max_pixels: largest width x height accepted, checked from the header before any
+            pixel is decoded (guards against decompression bombs). Pillow refuses images over
+            twice its own ``Image.MAX_IMAGE_PIXELS`` whatever this says.
         min_side: smallest width or height accepted, in pixels.
         max_aspect: largest ratio of the long side to the short side.
     """
@@ -46,8 +65,11 @@ class ImageInfo:
         width: original width in pixels (after EXIF rotation).
         height: original height in pixels (after EXIF rotation).
         bit_depth: 8 or 16, the depth of the returned grey array.
-        format: the container format as Pillow names it ("PNG", "JPEG").
+        format: the file format, one of ``SUPPORTED_FORMATS`` ("PNG", "JPEG", "BMP", "TIFF",
+            "DICOM").
         warnings: plain sentences about anything that was changed or looks unusual.
+        dicom: for a DICOM file, its non-identifying header facts (modality, body part, view,
+            photometric interpretation, transfer syntax); None for other formats.
     """
 
     width: int
@@ -55,6 +77,7 @@ class ImageInfo:
     bit_depth: int
     format: str
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    dicom: DicomTags | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -63,6 +86,7 @@ class ImageInfo:
             "bit_depth": self.bit_depth,
             "format": self.format,
             "warnings": list(self.warnings),
+            "dicom": asdict(self.dicom) if self.dicom is not None else None,
         }
 
 
@@ -86,27 +110,35 @@ def _read_bytes(source: str | Path | bytes, limits: ImageLimits) -> bytes:
 
 
 def _too_big_message(size: int, limits: ImageLimits) -> str:
+    # MB as Streamlit counts them (2**20 bytes), so the limit reads the same in both places.
     return (
-        f"The file is {size / 1e6:.1f} MB, larger than the {limits.max_bytes / 1e6:.0f} MB limit. "
-        "Export the image at a smaller size or as a compressed PNG/JPEG."
+        f"The file is {size / 2**20:.1f} MB, larger than the {limits.max_bytes / 2**20:.0f} MB limit. "
+        "Export the image at a smaller size or with compression (PNG, JPEG, or a compressed DICOM)."
+    )
+
+
+def _too_many_pixels_message(limits: ImageLimits, width: int | None = None, height: int | None = None) -> str:
+    size = f"{width} x {height} pixels" if width is not None else "larger than any radiograph"
+    return (
+        f"The image is {size}, more than the {limits.max_pixels:,} pixel limit. "
+        "Export it at a lower resolution."
     )
 
 
 def _check_geometry(width: int, height: int, limits: ImageLimits) -> None:
+    """Refuses a size no radiograph has; called with the header's size, before decoding pixels."""
     if width * height > limits.max_pixels:
+        raise InvalidImageError(_too_many_pixels_message(limits, width, height))
+    # Shape before size: a 5 x 60000 strip is refused as a strip, not as a thumbnail.
+    if min(width, height) > 0 and max(width, height) / min(width, height) > limits.max_aspect:
         raise InvalidImageError(
-            f"The image is {width} x {height} pixels, more than the {limits.max_pixels:,} pixel limit. "
-            "Export it at a lower resolution."
+            f"The image is {width} x {height} pixels, a shape no chest radiograph has "
+            f"(sides differ by more than {limits.max_aspect:g} times). Upload the whole radiograph."
         )
     if min(width, height) < limits.min_side:
         raise InvalidImageError(
             f"The image is only {width} x {height} pixels; at least {limits.min_side} pixels per side "
             "are needed. Upload the original radiograph, not a thumbnail."
-        )
-    if max(width, height) / min(width, height) > limits.max_aspect:
-        raise InvalidImageError(
-            f"The image is {width} x {height} pixels, a shape no chest radiograph has "
-            f"(sides differ by more than {limits.max_aspect:g} times). Upload the whole radiograph."
         )
 
 
@@ -125,35 +157,54 @@ def _to_grey(image: Image.Image, warnings: list[str]) -> np.ndarray:
     if mode == "F":
         raise InvalidImageError("Floating-point images are not supported. Export the image as an 8- or 16-bit PNG.")
     if mode == "P":
+        mode = "RGBA" if "transparency" in image.info else "RGB"
+        image = image.convert(mode)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         image = image.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA"):
-        # X-rays have a dark background, so transparent pixels become black.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba).convert("RGB")
-        warnings.append("The image had transparency; transparent parts were filled with black.")
+        low, high = image.getchannel("A").getextrema()
+        if low < 255 and high > 0:
+            # X-rays have a dark background (air, collimation), so transparent pixels become black.
+            background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+            image = Image.alpha_composite(background, image)
+            warnings.append("The image had transparency; transparent parts were filled with black.")
+        elif high == 0:
+            # Some BMP and TIFF writers store an unused, all-zero alpha channel.
+            warnings.append("The image's transparency channel was empty (all transparent) and was ignored.")
+        image = image.convert("RGB")
         mode = "RGB"
-    if mode == "CMYK":
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
         image = image.convert("RGB")
         mode = "RGB"
     if mode == "RGB":
-        rgb = np.asarray(image, dtype=np.int16)
-        spread = np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean()
+        rgb = np.asarray(image)
+        step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6)))  # about a million pixels suffice
+        sample = rgb[::step, ::step].astype(np.int16)
+        spread = np.abs(sample - sample.mean(axis=2, keepdims=True)).mean()
         if spread > 2.0:
             warnings.append("The image is in colour; it was converted to grey. X-rays are normally grey.")
         return np.asarray(image.convert("L"), dtype=np.uint8).copy()
     if mode in ("L", "1"):
         return np.asarray(image.convert("L"), dtype=np.uint8).copy()
-    raise InvalidImageError(f"Images of pixel type '{mode}' are not supported. Export the image as PNG or JPEG.")
+    raise InvalidImageError(
+        f"Images of pixel type '{mode}' are not supported. Export the image as an 8- or 16-bit grey PNG."
+    )
 
 
 def load_image(source: str | Path | bytes, limits: ImageLimits = ImageLimits()) -> tuple[np.ndarray, ImageInfo]:
-    """Decodes a PNG or JPEG chest X-ray into a grey pixel array.
+    """Decodes a chest X-ray file (PNG, JPEG, BMP, TIFF or DICOM) into a grey pixel array.
 
-    Colour images are converted to grey with the ITU-R 601 luma weights (the data set's
-    images are grey stored as three equal channels, which this leaves unchanged), EXIF
-    rotation is applied, and transparency is composited on black.
+    The size is checked against ``limits`` from the header, before any pixel is decoded.
+
+    * PNG, JPEG, BMP, TIFF (through Pillow): 8-bit grey as it is; 16-bit grey as uint16;
+      colour (RGB, CMYK, palette) converted to grey with the ITU-R 601 luma weights (the data
+      set's images are grey stored as three equal channels, which this leaves unchanged);
+      transparency composited on black, X-rays' background; EXIF orientation applied. A
+      multi-page TIFF (or animated PNG, multi-picture JPEG) gives its first page, with a warning.
+    * DICOM (through pydicom, with the decoders in requirements.txt for JPEG, JPEG-LS,
+      JPEG 2000 and RLE): the first frame; modality LUT, then VOI LUT or window, MONOCHROME1
+      inverted (see ``dicom.decode_pixels`` for how the values map to uint8 / uint16). The
+      non-identifying header tags go to ``info.dicom``, and warnings are added when they say
+      this is not a frontal chest radiograph or not the trained (paediatric) population.
 
     Args:
         source: a file path or the file's bytes.
@@ -161,43 +212,81 @@ def load_image(source: str | Path | bytes, limits: ImageLimits = ImageLimits()) 
 
     Returns:
         ``(pixels, info)``: ``pixels`` is a new 2-D array of shape (height, width), dtype
-        uint8 for 8-bit sources or uint16 for 16-bit sources; ``info`` is an ``ImageInfo``.
+        uint8 for 8-bit sources or uint16 for deeper ones; ``info`` is an ``ImageInfo``.
 
     Raises:
-        InvalidImageError: the source is missing, empty, too large, not a PNG/JPEG, damaged,
-            or has a size or shape no radiograph has.
+        InvalidImageError: the source is missing, empty, too large, not a supported format,
+            damaged, or has a size or shape no radiograph has; its message says what to do.
+            ``UnsupportedDicomError`` (a subclass) for a readable DICOM without a usable image.
     """
     data = _read_bytes(source, limits)
+    if dicom.is_dicom(data):
+        return _load_dicom(data, limits)
+    return _load_with_pillow(data, limits)
+
+
+def _load_with_pillow(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, ImageInfo]:
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # reads the header only
     except UnidentifiedImageError:
         raise InvalidImageError(
-            "The file is not a readable image. Upload a PNG or JPEG chest X-ray."
+            f"The file is not a readable image. Upload a {_FORMAT_NAMES} chest X-ray."
         ) from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except Image.DecompressionBombError:
+        raise InvalidImageError(_too_many_pixels_message(limits)) from None
+    except _PILLOW_ERRORS as error:
         raise InvalidImageError(f"The image file is damaged or incomplete ({error}). Upload the image again.") from None
-    if image.format not in SUPPORTED_FORMATS:
+    fmt = _PILLOW_FORMATS.get(image.format)
+    if fmt is None:
         raise InvalidImageError(
-            f"{image.format} files are not supported yet. Convert the image to PNG or JPEG."
+            f"{image.format} files are not supported. Convert the image to {_FORMAT_NAMES}."
         )
     _check_geometry(image.width, image.height, limits)
     warnings: list[str] = []
     try:
+        frames = getattr(image, "n_frames", 1)
         image.load()
-        rotated = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError) as error:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        upright = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError:
+        raise InvalidImageError(_too_many_pixels_message(limits)) from None
+    except _PILLOW_ERRORS as error:
         raise InvalidImageError(
-            f"The {image.format} file is damaged or incomplete ({error}). Upload the image again."
+            f"The {fmt} file is damaged or incomplete ({error}). Upload the image again."
         ) from None
-    if rotated.size != image.size:
-        warnings.append("The image was rotated as its EXIF orientation tag asks.")
-    pixels = _to_grey(rotated, warnings)
+    if frames > 1:
+        kind = "pages" if fmt == "TIFF" else "frames" if fmt == "PNG" else "pictures"
+        warnings.append(f"The {fmt} file holds {frames} {kind}; only the first was used.")
+    if orientation in range(2, 9):
+        warnings.append("The image was turned upright as its EXIF orientation tag asks.")
+    pixels = _to_grey(upright, warnings)
     info = ImageInfo(
         width=pixels.shape[1],
         height=pixels.shape[0],
         bit_depth=16 if pixels.dtype == np.uint16 else 8,
-        format=image.format,
+        format=fmt,
         warnings=tuple(warnings),
+    )
+    return pixels, info
+
+
+def _load_dicom(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, ImageInfo]:
+    # A deflated data set may unpack to the largest allowed image (16-bit RGB: 6 bytes a pixel) and its header.
+    ds = dicom.read_dataset(data, max_unpacked_bytes=6 * limits.max_pixels + 2**20)
+    width, height = dicom.image_size(ds)
+    _check_geometry(width, height, limits)
+    warnings: list[str] = []
+    tags = dicom.header_facts(ds, warnings)
+    pixels = dicom.decode_pixels(ds, warnings)
+    if pixels.ndim == 3:
+        pixels = _to_grey(Image.fromarray(pixels), warnings)  # (rows, columns, 3) uint8: RGB
+    info = ImageInfo(
+        width=pixels.shape[1],
+        height=pixels.shape[0],
+        bit_depth=16 if pixels.dtype == np.uint16 else 8,
+        format="DICOM",
+        warnings=tuple(warnings),
+        dicom=tags,
     )
     return pixels, info
 

@@ -36,4 +36,4 @@ def test_samples_are_labelled_from_their_file_names():
         assert sample.label == expected[key], sample.path.name
     assert sorted(sample.label for sample in samples) == ["Bacterial"] * 3 + ["Normal"] * 4 + ["Viral"] * 2
     assert all(sample.path.is_file() for sample in samples)
-    assert state.UPLOAD_TYPES == ["png", "jpg", "jpeg"]
+    assert state.UPLOAD_TYPES == ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]

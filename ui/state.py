@@ -21,9 +21,15 @@ SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
 _CHOSEN_KEY = "chosen_image"
 
 # File name endings the uploaders accept: the usual ones of each format the package decodes.
-_EXTENSIONS = {"PNG": ("png",), "JPEG": ("jpg", "jpeg")}
+_EXTENSIONS = {
+    "PNG": ("png",),
+    "JPEG": ("jpg", "jpeg"),
+    "BMP": ("bmp",),
+    "TIFF": ("tif", "tiff"),
+    "DICOM": ("dcm", "dicom"),
+}
 UPLOAD_TYPES = [extension for fmt in SUPPORTED_FORMATS for extension in _EXTENSIONS.get(fmt, (fmt.lower(),))]
-UPLOAD_FORMATS = " or ".join(SUPPORTED_FORMATS)
+UPLOAD_FORMATS = ", ".join(SUPPORTED_FORMATS[:-1]) + " or " + SUPPORTED_FORMATS[-1]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,470 @@
+"""Reading a DICOM file into the package's grey pixel array, and the header facts that matter.
+
+``preprocessing.load_image`` calls these in the same order it reads any other format: read the
+header, check the size against the limits, then decode the pixels. pydicom does the work
+(transfer syntaxes through the decoder plugins in requirements.txt, the modality LUT, the VOI
+LUT or window); this module only chooses what to apply and how to map it to uint8 / uint16.
+
+Privacy: only the non-identifying tags in ``DicomTags`` are kept. The patient's age is read to
+warn about a population the model was not trained on, and is then dropped: it never appears in
+a warning, an error, the returned facts or a log. No error message quotes pydicom's own text,
+which could echo header values.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidImageError, UnsupportedDicomError
+
+DICOM_MAGIC_OFFSET = 128
+DICOM_MAGIC = b"DICM"
+# The trained population: children aged 1 to 5 years; older than this gets a warning.
+TRAINED_MAX_AGE_YEARS = 10.0
+
+_RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG", "OT"}  # OT: secondary captures, often of film
+_MODALITY_NAMES = {
+    "CT": "computed tomography",
+    "MR": "magnetic resonance",
+    "US": "ultrasound",
+    "NM": "nuclear medicine",
+    "PT": "PET",
+    "MG": "mammography",
+    "XA": "angiography",
+    "RF": "fluoroscopy",
+    "SEG": "a segmentation",
+    "SR": "a structured report",
+}
+_CHEST_BODY_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS"}
+_FRONTAL_VIEWS = {"AP", "PA"}
+_LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
+_AGE_UNITS_PER_YEAR = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}
+# The only elements read from a file: what decoding needs, and the facts we warn on. Names, IDs,
+# dates and the rest are skipped unparsed, so they cannot reach memory we keep or a log.
+_READ_TAGS = [
+    "SpecificCharacterSet",
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PatientAge",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "RescaleType",
+    "ModalityLUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "VOILUTSequence",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+    "PixelData",
+]
+
+
+@dataclass(frozen=True)
+class DicomTags:
+    """Non-identifying header facts of a DICOM image (``None`` where the tag is absent).
+
+    Attributes:
+        modality: (0008,0060), e.g. "DX", "CR", "CT".
+        body_part: (0018,0015) Body Part Examined, e.g. "CHEST".
+        view_position: (0018,5101), e.g. "AP", "PA", "LL".
+        photometric_interpretation: (0028,0004), e.g. "MONOCHROME1".
+        transfer_syntax: the transfer syntax's name, e.g. "JPEG 2000 Image Compression".
+    """
+
+    modality: str | None
+    body_part: str | None
+    view_position: str | None
+    photometric_interpretation: str | None
+    transfer_syntax: str | None
+
+
+def is_dicom(data: bytes) -> bool:
+    """True when ``data`` is a DICOM Part 10 file (128-byte preamble, then ``DICM``)."""
+    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC
+
+
+def read_dataset(data: bytes, max_unpacked_bytes: int):
+    """Parses the DICOM header (pixel data stays encoded).
+
+    Args:
+        data: the whole file.
+        max_unpacked_bytes: largest size a deflated data set may unpack to (a zip bomb guard;
+            pydicom inflates the whole data set in memory).
+
+    Returns:
+        The ``pydicom`` data set.
+
+    Raises:
+        InvalidImageError: the file is damaged, truncated, or unpacks to more than allowed.
+    """
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info  # the public twin only takes a path
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    # pydicom raises many exception types on malformed input; any of them means a damaged file.
+    try:
+        stream = io.BytesIO(data)
+        stream.seek(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC))
+        syntax = _read_file_meta_info(stream).get("TransferSyntaxUID")
+        if syntax == DeflatedExplicitVRLittleEndian:
+            _check_inflated_size(data[stream.tell() :], max_unpacked_bytes)
+        # Every DICOM file says how it is encoded; without that, reading the rest is guesswork.
+        dataset = pydicom.dcmread(io.BytesIO(data), specific_tags=_READ_TAGS) if syntax else None
+    except InvalidImageError:
+        raise
+    except Exception:
+        dataset = None
+    if dataset is None:
+        raise InvalidImageError(
+            "The DICOM file is damaged or incomplete and cannot be read. Export the image again from the PACS."
+        )
+    return dataset
+
+
+def _check_inflated_size(deflated: bytes, max_unpacked_bytes: int) -> None:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflater.decompress(deflated, max_unpacked_bytes)
+    if inflater.unconsumed_tail:
+        raise InvalidImageError(
+            f"The DICOM file unpacks to more than {max_unpacked_bytes / 2**20:.0f} MB, more than any "
+            "radiograph needs. Export it uncompressed or with image compression (JPEG, JPEG 2000, RLE)."
+        )
+
+
+def image_size(ds) -> tuple[int, int]:
+    """``(width, height)`` of the image from the header, before any pixel is decoded.
+
+    Raises:
+        UnsupportedDicomError: the file holds no image, or one this package cannot use.
+    """
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise UnsupportedDicomError(
+                "The DICOM file holds floating-point pixel data (a parametric map), not a radiograph. "
+                "Export the chest radiograph itself."
+            )
+        raise UnsupportedDicomError(
+            "The DICOM file holds no image (no pixel data); it may be a report or a study record. "
+            "Export the chest radiograph image itself."
+        )
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        bits_allocated = int(ds.BitsAllocated)
+        bits_stored = int(ds.get("BitsStored", bits_allocated))
+        photometric = str(ds.PhotometricInterpretation).strip().upper()
+    except Exception:
+        raise UnsupportedDicomError(
+            "The DICOM file lacks the tags that describe its image (rows, columns, bit depth, "
+            "photometric interpretation). Export the image again from the PACS."
+        ) from None
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        if samples != 1 or bits_allocated not in (8, 16) or not 2 <= bits_stored <= 16:
+            raise UnsupportedDicomError(
+                f"The DICOM image stores {bits_stored}-bit pixels in {bits_allocated}-bit words; "
+                "only 8- to 16-bit grey radiographs are supported. Export it as an 8-, 12- or 16-bit image."
+            )
+    elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
+        if samples != 3 or bits_allocated != 8:
+            raise UnsupportedDicomError(
+                f"The DICOM image is {bits_allocated}-bit colour ({photometric}); only 8-bit colour is "
+                "supported and radiographs are normally grey. Export it as a grey (MONOCHROME2) image."
+            )
+    else:
+        raise UnsupportedDicomError(
+            f"DICOM images with photometric interpretation '{photometric}' are not supported. "
+            "Export the radiograph as a grey (MONOCHROME1 or MONOCHROME2) image."
+        )
+    return columns, rows
+
+
+def decode_pixels(ds, warnings: list[str]) -> np.ndarray:
+    """Decodes the first frame and maps it to the package's grey array.
+
+    The mapping, in the order DICOM displays an image:
+
+    * 8-bit unsigned grey with no rescale, window or VOI LUT: the stored values are returned
+      as uint8, as an 8-bit PNG would be (MONOCHROME1: ``255 - value``).
+    * Everything else: the modality LUT (Rescale Slope / Intercept or the Modality LUT
+      Sequence), then the VOI LUT (the VOI LUT Sequence if present, else the first Window
+      Center / Width), through ``pydicom.pixels.apply_modality_lut`` / ``apply_voi_lut``. The
+      VOI output range (the window's output range as pydicom defines it, or the LUT's nominal
+      depth) is mapped linearly onto 0..65535; with no VOI, the values' own minimum to maximum
+      is. MONOCHROME1 is then inverted (``65535 - value``). The result is uint16, which
+      ``to_unit_range`` stretches from its own minimum to its own maximum like any 16-bit image.
+
+    Colour (RGB / YBR) images are converted by the caller like other colour images.
+
+    Args:
+        ds: a data set that passed ``image_size``.
+        warnings: list that plain-sentence warnings are appended to.
+
+    Returns:
+        New 2-D uint8 or uint16 array (rows, columns), or (rows, columns, 3) uint8 for colour.
+
+    Raises:
+        UnsupportedDicomError: no decoder for the transfer syntax is installed.
+        InvalidImageError: the pixel data is damaged or does not match the header.
+    """
+    from pydicom.pixels import pixel_array
+    from pydicom.pixels.decoders.base import get_decoder
+
+    syntax = ds.file_meta.TransferSyntaxUID  # read_dataset made sure it is there
+    try:
+        available = get_decoder(syntax).is_available
+    except Exception:  # NotImplementedError for syntaxes pydicom has no decoder for (video, private)
+        available = False
+    if not available:
+        raise UnsupportedDicomError(
+            f"The DICOM image is encoded as '{syntax.name}', which this installation cannot decode. "
+            "Export it uncompressed or as JPEG, JPEG 2000, JPEG-LS or RLE."
+        )
+    frames = _number_of_frames(ds)
+    damaged = InvalidImageError(
+        f"The DICOM pixel data ({syntax.name}) is damaged or does not match its header. "
+        "Export the image again from the PACS."
+    )
+    if syntax.is_encapsulated and not _first_frame_matches(ds, frames):
+        raise damaged
+    try:
+        stored = pixel_array(ds, index=0 if frames > 1 else None)
+    except Exception:
+        raise damaged from None
+    if frames > 1:
+        warnings.append(f"The DICOM file holds {frames} frames; only the first was used.")
+    if stored.ndim == 3:  # colour, converted to RGB by pydicom
+        return np.ascontiguousarray(stored, dtype=np.uint8)
+    inverted = str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1"
+    if inverted:
+        warnings.append("The DICOM image is MONOCHROME1 (bright background); it was inverted so that bone is bright.")
+    try:
+        if _is_plain_8_bit(ds):
+            grey = stored.astype(np.uint8)
+            return (255 - grey) if inverted else grey.copy()
+        unit = _grey_levels(stored, ds, warnings)  # (rows, columns) float64 in [0, 1]
+    except Exception:  # a malformed rescale value or modality LUT, in whatever form pydicom meets it
+        raise UnsupportedDicomError(
+            "The DICOM header's rescale or modality LUT settings are invalid, so the pixel values cannot "
+            "be interpreted. Export the image again from the PACS."
+        ) from None
+    if inverted:
+        unit = 1.0 - unit
+    return np.rint(unit * 65535.0).astype(np.uint16)
+
+
+def _first_frame_matches(ds, frames: int) -> bool:
+    """Whether the first compressed frame declares the header's size.
+
+    The decoders allocate what the codestream declares, not what the header (already checked
+    against the limits) says: a 224 x 224 header over a JPEG declaring 30000 x 30000 would
+    take gigabytes and most of a minute before failing.
+    """
+    from pydicom.encaps import get_frame
+    from pydicom.uid import RLELossless
+
+    if ds.file_meta.TransferSyntaxUID == RLELossless:
+        return True  # RLE is decoded into the size the header gives
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
+    except Exception:
+        return False
+    # Every other syntax pydicom decodes is a JPEG, JPEG-LS or JPEG 2000 codestream; one whose
+    # size cannot be found is refused, as its decoder might still find one (libjpeg skips junk).
+    declared = _codestream_size(frame)
+    if declared is None:
+        return False
+    width, height = declared
+    return width == int(ds.Columns) and height in (int(ds.Rows), 0)  # JPEG may defer the height (DNL)
+
+
+# JPEG start-of-frame markers SOF0-SOF15 (less DHT, JPG, DAC) and JPEG-LS's SOF55.
+_SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` that a JPEG, JPEG-LS or JPEG 2000 codestream declares, else None."""
+    if frame[:2] == b"\xff\xd8":  # JPEG / JPEG-LS: walk the marker segments to the start of frame
+        offset = 2
+        while offset + 9 <= len(frame) and frame[offset] == 0xFF:
+            marker = frame[offset + 1]
+            if marker == 0xFF:  # fill byte
+                offset += 1
+            elif marker in _SOF_MARKERS:
+                height, width = struct.unpack(">HH", frame[offset + 5 : offset + 9])
+                return width, height
+            else:
+                offset += 2 + struct.unpack(">H", frame[offset + 2 : offset + 4])[0]
+        return None
+    if frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24:  # JPEG 2000: SOC, then SIZ
+        right, bottom, left, top = struct.unpack(">IIII", frame[8:24])
+        return right - left, bottom - top
+    header = frame.find(b"ihdr", 0, 256)  # JPEG 2000 in a JP2 file: the image header box
+    if frame[4:8] == b"jP  " and header > 0 and len(frame) >= header + 12:
+        height, width = struct.unpack(">II", frame[header + 4 : header + 12])
+        return width, height
+    return None
+
+
+def _number_of_frames(ds) -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _is_plain_8_bit(ds) -> bool:
+    slope, intercept = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
+    return (
+        int(ds.BitsAllocated) == 8
+        and int(ds.get("BitsStored", 8)) == 8
+        and int(ds.get("PixelRepresentation", 0)) == 0
+        and float(slope) == 1.0
+        and float(intercept) == 0.0
+        and not ds.get("ModalityLUTSequence")
+        and not _has_voi(ds)
+    )
+
+
+def _has_voi(ds) -> bool:
+    return bool(ds.get("VOILUTSequence")) or ("WindowCenter" in ds and "WindowWidth" in ds)
+
+
+def _grey_levels(stored: np.ndarray, ds, warnings: list[str]) -> np.ndarray:
+    """Modality LUT, then VOI LUT or window; returns float64 in [0, 1] (0: lowest VOI output)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(stored, ds)
+    low, high = float(values.min()), float(values.max())
+    if _has_voi(ds):
+        try:
+            if ds.get("VOILUTSequence"):
+                item = ds.VOILUTSequence[0]
+                entries, first_mapped, depth = (int(value) for value in item.LUTDescriptor)
+                if depth == 8:
+                    # pydicom 3.0.2 puts the input values in the LUT's own dtype before indexing,
+                    # so an 8-bit LUT with more than 256 entries wraps around; read as 16-bit
+                    # (the entries are the same numbers), it indexes correctly.
+                    item.LUTDescriptor = [entries, first_mapped, 16]
+                voi = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0)
+                voi_low, voi_high = 0.0, float(2**depth - 1)
+            else:
+                voi = apply_voi_lut(values, ds, index=0)
+                voi_low, voi_high = _window_output_range(ds)
+            values, low, high = voi, voi_low, voi_high
+        except Exception:
+            warnings.append("The DICOM window / VOI LUT settings are invalid; the full range of values was used.")
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.float64)
+    return np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+
+
+def _window_output_range(ds) -> tuple[float, float]:
+    """The range ``apply_windowing`` maps a window onto: the modality output's nominal range."""
+    bits = int(ds.BitsStored)
+    if ds.get("ModalityLUTSequence"):
+        low, high = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    elif int(ds.get("PixelRepresentation", 0)) == 0:
+        low, high = 0.0, float(2**bits - 1)
+    else:
+        low, high = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        low, high = sorted((low * slope + intercept, high * slope + intercept))
+    return low, high
+
+
+def header_facts(ds, warnings: list[str], max_age_years: float = TRAINED_MAX_AGE_YEARS) -> DicomTags:
+    """The non-identifying tags, and warnings when they say this is not what the model was trained on.
+
+    Warns for a modality other than a radiograph (CT, MR, US...), a body part other than the
+    chest, a view other than frontal (AP/PA), and a patient older than ``max_age_years``. The
+    age itself is not returned or quoted.
+
+    Args:
+        ds: the data set.
+        warnings: list that plain-sentence warnings are appended to.
+        max_age_years: oldest age of the trained population, in years.
+    """
+    tags = DicomTags(
+        modality=_code(ds, "Modality"),
+        body_part=_code(ds, "BodyPartExamined"),
+        view_position=_code(ds, "ViewPosition"),
+        photometric_interpretation=_code(ds, "PhotometricInterpretation"),
+        transfer_syntax=_syntax_name(ds),
+    )
+    if tags.modality and tags.modality not in _RADIOGRAPH_MODALITIES:
+        name = _MODALITY_NAMES.get(tags.modality)
+        described = f"{tags.modality} ({name})" if name else tags.modality
+        warnings.append(
+            f"The DICOM header says the modality is {described}, not a radiograph; the model was trained "
+            "on chest radiographs only, so its output does not apply."
+        )
+    if tags.body_part and tags.body_part not in _CHEST_BODY_PARTS:
+        warnings.append(
+            f"The DICOM header says the body part is {tags.body_part}, not the chest; the model was "
+            "trained on chest radiographs only, so its output does not apply."
+        )
+    if tags.view_position and tags.view_position not in _FRONTAL_VIEWS:
+        kind = "a lateral view" if tags.view_position in _LATERAL_VIEWS else "not a frontal view"
+        warnings.append(
+            f"The DICOM header says the view is {tags.view_position} ({kind}); the model was trained on "
+            "frontal (AP or PA) chest radiographs only."
+        )
+    if _older_than(ds, max_age_years):
+        warnings.append(
+            f"The DICOM header gives a patient age over {max_age_years:g} years; the model was trained on "
+            "children aged 1 to 5, so its output may be less reliable."
+        )
+    return tags
+
+
+def _raw_text(ds, keyword: str) -> str:
+    """A short text element's value, read raw: converting it may run pydicom's validation,
+    which (depending on pydicom's settings) warns quoting the value, and that may be the age."""
+    try:
+        element = ds.get_item(keyword)
+    except Exception:
+        return ""
+    value = getattr(element, "value", None)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("ascii", errors="ignore")
+    return "" if value is None else str(value)
+
+
+def _code(ds, keyword: str) -> str | None:
+    """A code-string tag, upper-case, printable, at most 16 characters (the CS limit), or None."""
+    text = re.sub(r"[^0-9A-Z _-]", "", _raw_text(ds, keyword).strip().upper())[:16].strip()
+    return text or None
+
+
+def _syntax_name(ds) -> str | None:
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    return getattr(syntax, "name", None) if syntax else None
+
+
+def _older_than(ds, max_age_years: float) -> bool:
+    """Whether Patient's Age (AS, e.g. "012Y") exceeds the limit; False when absent or malformed."""
+    match = re.fullmatch(r"(\d{1,3})([DWMY])", _raw_text(ds, "PatientAge").strip(" \x00").upper())
+    if match is None:
+        return False
+    return int(match.group(1)) / _AGE_UNITS_PER_YEAR[match.group(2)] > max_age_years
