@@ -70,6 +70,9 @@ class ImageInfo:
         warnings: plain sentences about anything that was changed or looks unusual.
         dicom: for a DICOM file, its non-identifying header facts (modality, body part, view,
             photometric interpretation, transfer syntax); None for other formats.
+        colour_spread: how far a colour image is from grey: the mean absolute difference between
+            each channel and the pixel's channel mean, in 8-bit grey levels (0 for a grey file or
+            a colour file whose channels are equal). The out-of-distribution gate uses it.
     """
 
     width: int
@@ -78,6 +81,7 @@ class ImageInfo:
     format: str
     warnings: tuple[str, ...] = field(default_factory=tuple)
     dicom: DicomTags | None = None
+    colour_spread: float = 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -87,6 +91,7 @@ class ImageInfo:
             "format": self.format,
             "warnings": list(self.warnings),
             "dicom": asdict(self.dicom) if self.dicom is not None else None,
+            "colour_spread": round(self.colour_spread, 3),
         }
 
 
@@ -142,18 +147,19 @@ def _check_geometry(width: int, height: int, limits: ImageLimits) -> None:
         )
 
 
-def _to_grey(image: Image.Image, warnings: list[str]) -> np.ndarray:
-    """Returns a 2-D uint8 or uint16 array from any Pillow mode we accept."""
+def _to_grey(image: Image.Image, warnings: list[str]) -> tuple[np.ndarray, float]:
+    """Returns a 2-D uint8 or uint16 array from any Pillow mode we accept, and its colour spread
+    (``ImageInfo.colour_spread``)."""
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(image, dtype=np.uint16).copy()
+        return np.asarray(image, dtype=np.uint16).copy(), 0.0
     if mode == "I":
         values = np.asarray(image)
         if values.min() < 0 or values.max() > 65535:
             raise InvalidImageError(
                 "The image holds pixel values outside the 16-bit range. Export it as an 8- or 16-bit PNG."
             )
-        return values.astype(np.uint16)
+        return values.astype(np.uint16), 0.0
     if mode == "F":
         raise InvalidImageError("Floating-point images are not supported. Export the image as an 8- or 16-bit PNG.")
     if mode == "P":
@@ -179,12 +185,12 @@ def _to_grey(image: Image.Image, warnings: list[str]) -> np.ndarray:
         rgb = np.asarray(image)
         step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6)))  # about a million pixels suffice
         sample = rgb[::step, ::step].astype(np.int16)
-        spread = np.abs(sample - sample.mean(axis=2, keepdims=True)).mean()
+        spread = float(np.abs(sample - sample.mean(axis=2, keepdims=True)).mean())
         if spread > 2.0:
             warnings.append("The image is in colour; it was converted to grey. X-rays are normally grey.")
-        return np.asarray(image.convert("L"), dtype=np.uint8).copy()
+        return np.asarray(image.convert("L"), dtype=np.uint8).copy(), spread
     if mode in ("L", "1"):
-        return np.asarray(image.convert("L"), dtype=np.uint8).copy()
+        return np.asarray(image.convert("L"), dtype=np.uint8).copy(), 0.0
     raise InvalidImageError(
         f"Images of pixel type '{mode}' are not supported. Export the image as an 8- or 16-bit grey PNG."
     )
@@ -259,13 +265,14 @@ def _load_with_pillow(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, Ima
         warnings.append(f"The {fmt} file holds {frames} {kind}; only the first was used.")
     if orientation in range(2, 9):
         warnings.append("The image was turned upright as its EXIF orientation tag asks.")
-    pixels = _to_grey(upright, warnings)
+    pixels, colour_spread = _to_grey(upright, warnings)
     info = ImageInfo(
         width=pixels.shape[1],
         height=pixels.shape[0],
         bit_depth=16 if pixels.dtype == np.uint16 else 8,
         format=fmt,
         warnings=tuple(warnings),
+        colour_spread=colour_spread,
     )
     return pixels, info
 
@@ -278,8 +285,9 @@ def _load_dicom(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, ImageInfo
     warnings: list[str] = []
     tags = dicom.header_facts(ds, warnings)
     pixels = dicom.decode_pixels(ds, warnings)
+    colour_spread = 0.0
     if pixels.ndim == 3:
-        pixels = _to_grey(Image.fromarray(pixels), warnings)  # (rows, columns, 3) uint8: RGB
+        pixels, colour_spread = _to_grey(Image.fromarray(pixels), warnings)  # (rows, columns, 3) uint8: RGB
     info = ImageInfo(
         width=pixels.shape[1],
         height=pixels.shape[0],
@@ -287,6 +295,7 @@ def _load_dicom(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, ImageInfo
         format="DICOM",
         warnings=tuple(warnings),
         dicom=tags,
+        colour_spread=colour_spread,
     )
     return pixels, info
 

@@ -1,0 +1,289 @@
+"""The audit trail: an append-only SQLite record of every result shown and every reviewer verdict.
+
+One row in ``results`` per result first shown (app) or printed (CLI), one row in ``verdicts``
+per reviewer verdict, pointing at its result. Rows are never changed or deleted: triggers refuse
+UPDATE and DELETE. What is stored is what a later review needs and nothing that identifies a
+patient: the SHA-256 of the image bytes (not the pixels, not the file name, which in this data
+set carries a patient number, and no DICOM tag), the model's SHA-256, the operating threshold,
+the calibrated probability, the grey-zone and out-of-distribution flags and the crop box.
+
+Durability: WAL journal with ``synchronous=FULL``, one short transaction per record, so a
+record whose ``record_*`` call returned survives a killed process or an app restart. Each call
+opens its own connection: Streamlit runs sessions on several threads, and SQLite connections
+must not be shared between them. Concurrent writers wait up to ``busy_timeout_s`` for the lock.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import PneumoError
+
+if TYPE_CHECKING:
+    from .prediction import Prediction
+
+AUDIT_DB_ENV = "PNEUMO_AUDIT_DB"
+SCHEMA_VERSION = 1
+SOURCES = ("app", "cli")
+VERDICTS = ("agree", "disagree", "unsure")
+MAX_NOTE_CHARS = 2000
+MAX_REVIEWER_CHARS = 100
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recorded_utc TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('app', 'cli')),
+    image_sha256 TEXT NOT NULL CHECK (length(image_sha256) = 64),
+    model_sha256 TEXT NOT NULL CHECK (length(model_sha256) = 64),
+    threshold REAL NOT NULL,
+    probability REAL NOT NULL CHECK (probability BETWEEN 0.0 AND 1.0),
+    label TEXT NOT NULL CHECK (label IN ('pneumonia', 'normal')),
+    grey_zone INTEGER NOT NULL CHECK (grey_zone IN (0, 1)),
+    ood INTEGER CHECK (ood IN (0, 1)),
+    ood_score REAL,
+    crop_box TEXT
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recorded_utc TEXT NOT NULL,
+    result_id INTEGER NOT NULL REFERENCES results(id),
+    verdict TEXT NOT NULL CHECK (verdict IN ('agree', 'disagree', 'unsure')),
+    note TEXT NOT NULL DEFAULT '',
+    reviewer TEXT NOT NULL DEFAULT ''
+);
+CREATE TRIGGER IF NOT EXISTS results_append_only_update BEFORE UPDATE ON results
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS results_append_only_delete BEFORE DELETE ON results
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS verdicts_append_only_update BEFORE UPDATE ON verdicts
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS verdicts_append_only_delete BEFORE DELETE ON verdicts
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+"""
+
+# The trail as people read it: each result, then each verdict on it (a result without a
+# verdict appears once with empty verdict columns).
+TRAIL_COLUMNS = (
+    "result_id",
+    "recorded_utc",
+    "source",
+    "image_sha256",
+    "model_sha256",
+    "threshold",
+    "probability",
+    "label",
+    "grey_zone",
+    "ood",
+    "ood_score",
+    "crop_box",
+    "verdict_id",
+    "verdict_utc",
+    "verdict",
+    "note",
+    "reviewer",
+)
+_TRAIL_QUERY = """
+SELECT r.id, r.recorded_utc, r.source, r.image_sha256, r.model_sha256, r.threshold, r.probability,
+       r.label, r.grey_zone, r.ood, r.ood_score, r.crop_box,
+       v.id, v.recorded_utc, v.verdict, v.note, v.reviewer
+FROM results AS r LEFT JOIN verdicts AS v ON v.result_id = r.id
+ORDER BY r.id, v.id
+"""
+
+
+class AuditError(PneumoError):
+    """The audit trail cannot be opened or written, or a record is not acceptable."""
+
+
+def default_audit_path() -> Path:
+    """``$PNEUMO_AUDIT_DB`` if set, else ``audit/audit.sqlite3`` in the working directory."""
+    return Path(os.environ.get(AUDIT_DB_ENV) or Path("audit") / "audit.sqlite3")
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _box_text(box: Sequence[int] | None) -> str | None:
+    if box is None:
+        return None
+    values = [int(value) for value in box]
+    if len(values) != 4:
+        raise AuditError(f"A crop box has 4 numbers (x0, y0, x1, y1); got {len(values)}.")
+    return "[" + ", ".join(str(value) for value in values) + "]"
+
+
+@dataclass(frozen=True)
+class AuditTrail:
+    """An audit database at ``path`` (created with its folder on first use).
+
+    Args:
+        path: the SQLite file.
+        busy_timeout_s: how long a writer waits for another writer's lock before failing.
+    """
+
+    path: Path
+    busy_timeout_s: float = 30.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+        if self.path.is_dir():
+            raise AuditError(f"The audit trail path {self.path} is a folder; give a file name such as audit.sqlite3.")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connection() as connection:
+                connection.executescript(_SCHEMA)
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except OSError as error:
+            raise AuditError(f"The audit trail folder {self.path.parent} cannot be created: {error.strerror}.") from None
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            connection = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        except sqlite3.Error as error:
+            raise AuditError(f"The audit trail {self.path} cannot be opened ({error}).") from None
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA foreign_keys = ON")
+            yield connection
+        except sqlite3.IntegrityError:
+            raise  # a refused value: the caller says which
+        except sqlite3.DatabaseError as error:
+            raise AuditError(
+                f"The audit trail {self.path} cannot be used ({error}). Nothing was recorded; "
+                "check that the file is a readable, writable audit database."
+            ) from None
+        finally:
+            connection.close()
+
+    def _insert(self, sql: str, values: tuple) -> int:
+        with self._connection() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = connection.execute(sql, values)
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            return int(cursor.lastrowid)
+
+    def record_result(
+        self,
+        *,
+        image_sha256: str,
+        model_sha256: str,
+        threshold: float,
+        probability: float,
+        label: str,
+        grey_zone: bool,
+        source: str,
+        ood: bool | None = None,
+        ood_score: float | None = None,
+        crop_box: Sequence[int] | None = None,
+    ) -> int:
+        """Appends one shown result; returns its id once it is committed to disk.
+
+        Raises:
+            AuditError: a value is not acceptable, or the database cannot be written.
+        """
+        if source not in SOURCES:
+            raise AuditError(f"Unknown result source '{source}'; one of {SOURCES}.")
+        values = (
+            _utc_now(),
+            source,
+            image_sha256,
+            model_sha256,
+            float(threshold),
+            float(probability),
+            label,
+            int(bool(grey_zone)),
+            None if ood is None else int(bool(ood)),
+            None if ood_score is None else float(ood_score),
+            _box_text(crop_box),
+        )
+        try:
+            return self._insert(
+                "INSERT INTO results (recorded_utc, source, image_sha256, model_sha256, threshold, probability, "
+                "label, grey_zone, ood, ood_score, crop_box) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+        except sqlite3.IntegrityError as error:
+            raise AuditError(f"The result was not recorded: a value is not acceptable ({error}).") from None
+
+    def record_verdict(self, result_id: int, verdict: str, note: str = "", reviewer: str = "") -> int:
+        """Appends a reviewer's verdict on a recorded result; returns the verdict's id.
+
+        Raises:
+            AuditError: an unknown verdict or result, a note or name that is too long, or the
+                database cannot be written.
+        """
+        if verdict not in VERDICTS:
+            raise AuditError(f"A verdict is one of {', '.join(VERDICTS)}; got '{verdict}'.")
+        note, reviewer = note.strip(), reviewer.strip()
+        if len(note) > MAX_NOTE_CHARS:
+            raise AuditError(f"The note has {len(note)} characters; at most {MAX_NOTE_CHARS} are kept. Shorten it.")
+        if len(reviewer) > MAX_REVIEWER_CHARS:
+            raise AuditError(f"The reviewer name has more than {MAX_REVIEWER_CHARS} characters. Shorten it.")
+        try:
+            return self._insert(
+                "INSERT INTO verdicts (recorded_utc, result_id, verdict, note, reviewer) VALUES (?, ?, ?, ?, ?)",
+                (_utc_now(), int(result_id), verdict, note, reviewer),
+            )
+        except sqlite3.IntegrityError:
+            raise AuditError(f"There is no recorded result {result_id} to attach the verdict to.") from None
+
+    def trail(self) -> list[dict]:
+        """Every result with its verdicts, oldest first, as dicts keyed by ``TRAIL_COLUMNS``."""
+        with self._connection() as connection:
+            rows = connection.execute(_TRAIL_QUERY).fetchall()
+        return [dict(zip(TRAIL_COLUMNS, row)) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Number of results and verdicts recorded."""
+        with self._connection() as connection:
+            results = connection.execute("SELECT count(*) FROM results").fetchone()[0]
+            verdicts = connection.execute("SELECT count(*) FROM verdicts").fetchone()[0]
+        return {"results": int(results), "verdicts": int(verdicts)}
+
+    def to_csv(self) -> str:
+        """The whole trail as CSV text (header ``TRAIL_COLUMNS``)."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=TRAIL_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.trail())
+        return buffer.getvalue()
+
+    def integrity_ok(self) -> bool:
+        """``PRAGMA integrity_check`` returns ok."""
+        with self._connection() as connection:
+            return connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def record_prediction(
+    trail: AuditTrail, prediction: "Prediction", image_sha256: str, source: str, crop_box: Sequence[int] | None = None
+) -> int:
+    """Records a ``Prediction`` shown to a user (of the whole image, or of the crop ``crop_box``)."""
+    return trail.record_result(
+        image_sha256=image_sha256,
+        model_sha256=prediction.model_sha,
+        threshold=prediction.threshold,
+        probability=prediction.probability,
+        label=prediction.label,
+        grey_zone=prediction.grey_zone,
+        source=source,
+        ood=prediction.ood,
+        ood_score=prediction.ood_score,
+        crop_box=crop_box,
+    )

@@ -1,0 +1,208 @@
+"""The audit trail: append-only, durable across restarts, concurrent writers and a killed writer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pneumo_model.artifacts import REPO_ROOT
+from pneumo_model.audit import TRAIL_COLUMNS, AuditError, AuditTrail
+
+IMAGE_SHA = "a" * 64
+MODEL_SHA = "b" * 64
+
+
+def record(trail: AuditTrail, **changes) -> int:
+    values = dict(
+        image_sha256=IMAGE_SHA,
+        model_sha256=MODEL_SHA,
+        threshold=0.23,
+        probability=0.81,
+        label="pneumonia",
+        grey_zone=False,
+        source="app",
+        ood=False,
+        ood_score=0.4,
+    )
+    return trail.record_result(**{**values, **changes})
+
+
+def test_results_and_verdicts_are_read_back_joined(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    first = record(trail, crop_box=(0, 0, 200, 150))
+    second = record(trail, probability=0.1, label="normal", grey_zone=True, ood=None, ood_score=None)
+    verdict = trail.record_verdict(first, "disagree", note="  looks normal to me ", reviewer="Dr A")
+    rows = trail.trail()
+    assert [row["result_id"] for row in rows] == [first, second]
+    assert rows[0]["verdict_id"] == verdict and rows[0]["verdict"] == "disagree"
+    assert rows[0]["note"] == "looks normal to me" and rows[0]["reviewer"] == "Dr A"
+    assert rows[0]["crop_box"] == "[0, 0, 200, 150]"
+    assert rows[1]["verdict"] is None and rows[1]["grey_zone"] == 1 and rows[1]["ood"] is None
+    assert rows[1]["probability"] == pytest.approx(0.1) and rows[1]["label"] == "normal"
+    assert rows[0]["recorded_utc"].endswith("+00:00")
+    assert trail.counts() == {"results": 2, "verdicts": 1}
+
+
+def test_several_verdicts_on_one_result_are_all_kept(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    result = record(trail)
+    for verdict in ("agree", "unsure", "disagree"):
+        trail.record_verdict(result, verdict)
+    assert [row["verdict"] for row in trail.trail()] == ["agree", "unsure", "disagree"]
+
+
+def test_csv_export_has_the_header_and_one_line_per_row(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    result = record(trail)
+    trail.record_verdict(result, "agree", note='a "quoted", note\non two lines')
+    rows = list(csv.DictReader(io.StringIO(trail.to_csv())))
+    assert list(rows[0]) == list(TRAIL_COLUMNS)
+    assert len(rows) == 1 and rows[0]["note"] == 'a "quoted", note\non two lines'
+    assert rows[0]["image_sha256"] == IMAGE_SHA
+
+
+def test_records_are_append_only(tmp_path):
+    path = tmp_path / "audit.sqlite3"
+    trail = AuditTrail(path)
+    result = record(trail)
+    trail.record_verdict(result, "agree")
+    connection = sqlite3.connect(path)
+    for statement in (
+        "UPDATE results SET probability = 0.5",
+        "DELETE FROM results",
+        "UPDATE verdicts SET verdict = 'disagree'",
+        "DELETE FROM verdicts",
+    ):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            connection.execute(statement)
+    connection.close()
+    assert trail.trail()[0]["probability"] == pytest.approx(0.81)
+    assert trail.counts() == {"results": 1, "verdicts": 1}
+
+
+def test_database_uses_wal_and_survives_a_reopen(tmp_path):
+    path = tmp_path / "sub" / "audit.sqlite3"
+    ids = [record(AuditTrail(path)) for _ in range(3)]
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    connection.close()
+    reopened = AuditTrail(path)
+    assert [row["result_id"] for row in reopened.trail()] == ids
+    assert reopened.integrity_ok()
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"source": "web"}, "Unknown result source"),
+        ({"label": "maybe"}, "not acceptable"),
+        ({"probability": 1.5}, "not acceptable"),
+        ({"image_sha256": "abc"}, "not acceptable"),
+        ({"crop_box": (1, 2, 3)}, "4 numbers"),
+    ],
+)
+def test_bad_result_values_are_refused_and_nothing_is_written(tmp_path, changes, reason):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    with pytest.raises(AuditError, match=reason):
+        record(trail, **changes)
+    assert trail.counts()["results"] == 0
+
+
+def test_bad_verdicts_are_refused(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    result = record(trail)
+    with pytest.raises(AuditError, match="agree, disagree, unsure"):
+        trail.record_verdict(result, "yes")
+    with pytest.raises(AuditError, match="no recorded result 99"):
+        trail.record_verdict(99, "agree")
+    with pytest.raises(AuditError, match="at most 2000"):
+        trail.record_verdict(result, "agree", note="x" * 2001)
+    with pytest.raises(AuditError, match="reviewer name"):
+        trail.record_verdict(result, "agree", reviewer="x" * 101)
+    assert trail.counts()["verdicts"] == 0
+
+
+def test_unusable_paths_give_a_plain_error(tmp_path):
+    with pytest.raises(AuditError, match="is a folder"):
+        AuditTrail(tmp_path)
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(os.urandom(4096))
+    with pytest.raises(AuditError, match="cannot be used"):
+        AuditTrail(garbage)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(AuditError, match="cannot be created"):
+        AuditTrail(blocker / "audit.sqlite3")
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from pneumo_model.audit import AuditTrail
+    trail = AuditTrail(sys.argv[1])
+    count = int(sys.argv[2])
+    index = 0
+    while count < 0 or index < count:
+        result = trail.record_result(
+            image_sha256=f"{index:064x}", model_sha256="b" * 64, threshold=0.2, probability=0.5,
+            label="normal", grey_zone=False, source="cli",
+        )
+        print(result, flush=True)
+        index += 1
+    """
+)
+
+
+def _writer(tmp_path: Path, db: Path, count: int) -> subprocess.Popen:
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(db), str(count)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_eight_concurrent_writers_lose_nothing(tmp_path):
+    db = tmp_path / "audit.sqlite3"
+    AuditTrail(db)
+    writers = [_writer(tmp_path, db, 100) for _ in range(8)]
+    printed = []
+    for writer in writers:
+        out, _ = writer.communicate(timeout=300)
+        assert writer.returncode == 0
+        printed += [int(line) for line in out.split()]
+    trail = AuditTrail(db)
+    stored = [row["result_id"] for row in trail.trail()]
+    assert len(printed) == 800 and sorted(stored) == sorted(printed)
+    assert trail.integrity_ok()
+
+
+def test_a_writer_killed_mid_run_loses_no_committed_record(tmp_path):
+    db = tmp_path / "audit.sqlite3"
+    AuditTrail(db)
+    writer = _writer(tmp_path, db, -1)  # writes until killed
+    printed = []
+    deadline = time.monotonic() + 120
+    while len(printed) < 200 and time.monotonic() < deadline:
+        printed.append(int(writer.stdout.readline()))
+    os.kill(writer.pid, signal.SIGKILL)
+    rest, _ = writer.communicate(timeout=60)
+    printed += [int(line) for line in rest.split()]
+    assert writer.returncode == -signal.SIGKILL and len(printed) >= 200
+    trail = AuditTrail(db)
+    stored = {row["result_id"] for row in trail.trail()}
+    assert set(printed) <= stored
+    assert trail.integrity_ok()
