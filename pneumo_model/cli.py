@@ -1,7 +1,7 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
 Commands: ``predict``, ``explain``, ``crop``, ``train``, ``evaluate``, ``compare``, ``stress``,
-``card``, ``bench``. Exit codes: 0 success, 1 a usage
+``card``, ``bench``, ``ood``. Exit codes: 0 success, 1 a usage
 or model error, 2 (``predict``) when any file was rejected.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import shlex
 import sys
@@ -45,8 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser("predict", help="score images; one JSON object per line and file")
-    predict.add_argument("images", nargs="+", help="image files (PNG or JPEG)")
+    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, TIFF or DICOM)")
     _add_model_flag(predict)
+    predict.add_argument(
+        "--audit", type=Path, default=None, metavar="DB",
+        help="also append each result to this audit trail (SQLite; created if missing)",
+    )
 
     train = commands.add_parser("train", help="train, calibrate on validation, write model + metadata")
     _add_data_flag(train)
@@ -129,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--naive-images", type=int, default=3)
     bench.add_argument("--samples", type=int, default=1000, help="LIME samples, both ways")
     bench.add_argument("--reports", type=Path, default=None)
+
+    ood = commands.add_parser("ood", help="fit the out-of-distribution gate, or measure it into reports/ood.json")
+    ood.add_argument("action", choices=("fit", "evaluate"))
+    _add_data_flag(ood)
+    _add_model_flag(ood)
+    ood.add_argument("--reports", type=Path, default=None)
 
     card = commands.add_parser("card", help="write the model card facts to reports/model_card.json")
     card.add_argument("--fullres", type=Path, default=None, help="folder of original files (default: beside the data)")
@@ -260,13 +271,24 @@ def _predict(args) -> int:
     from .prediction import Predictor
 
     predictor = Predictor.from_file(args.model)
+    trail = None
+    if args.audit is not None:
+        from .audit import AuditTrail, record_prediction
+
+        trail = AuditTrail(args.audit)
     status = EXIT_OK
     for image in args.images:
         try:
-            record = predictor.predict_source(image).to_record(image)
+            prediction = predictor.predict_source(image)
         except InvalidImageError as error:
-            record = {"schema_version": 1, "file": image, "error": str(error)}
+            print(json.dumps({"schema_version": 1, "file": image, "error": str(error)}), flush=True)
             status = EXIT_REJECTED
+            continue
+        record = prediction.to_record(image)
+        if trail is not None:
+            # Only the image's SHA-256 goes in: file names can carry patient identifiers.
+            digest = hashlib.sha256(Path(image).read_bytes()).hexdigest()
+            record["audit_id"] = record_prediction(trail, prediction, digest, source="cli")
         print(json.dumps(record), flush=True)
     return status
 
@@ -297,6 +319,22 @@ def _train(args, argv) -> int:
     metadata = train(config, resolve_data_dir(args.data), args.model, command=_command_line(argv))
     summary = {k: metadata.to_dict()[k] for k in ("model_sha256", "temperature", "threshold", "grey_zone", "training_seconds")}
     summary["validation_auc"] = metadata.validation["roc_auc"]
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
+def _ood(args) -> int:
+    from .data import resolve_data_dir
+    from .evaluation import DEFAULT_REPORTS_DIR
+    from .ood import fit_for_model, gate_path, ood_report
+
+    if args.action == "fit":
+        gate = fit_for_model(args.model, resolve_data_dir(args.data))
+        print(json.dumps({"gate": str(gate_path(args.model)), "threshold": gate.threshold, **gate.facts}))
+        return EXIT_OK
+    report = ood_report(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR)
+    summary = {"test_pass_rate": report["test_split"]["pass_rate"]}
+    summary |= {name: category["detection_rate"] for name, category in report["categories"].items()}
     print(json.dumps(summary))
     return EXIT_OK
 
@@ -357,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             return _stress(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "ood":
+            return _ood(args)
         if args.command in ("explain", "crop"):
             return _one_image(_explain if args.command == "explain" else _crop, args)
         return _compare(args, argv)

@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from .artifacts import DEFAULT_MODEL_PATH, ModelMetadata, load_model
 from .calibration import GreyZone, sigmoid
+from .errors import ModelFileError
+from .ood import ActivationSummaries, OodGate, gate_path
 from .preprocessing import ImageInfo, ImageLimits, load_and_preprocess
 
 PREDICTION_SCHEMA_VERSION = 1
@@ -28,6 +30,9 @@ class Prediction:
         threshold: the operating threshold used.
         model_sha: SHA-256 of the model file.
         info: facts about the decoded image, including its warnings.
+        ood: True when the out-of-distribution gate says the image does not look like the
+            training X-rays (the call is then not meaningful); None when no gate is loaded.
+        ood_score: the gate's score (above 1: out of distribution); None without a gate.
     """
 
     probability: float
@@ -36,6 +41,8 @@ class Prediction:
     threshold: float
     model_sha: str
     info: ImageInfo
+    ood: bool | None = None
+    ood_score: float | None = None
 
     def to_record(self, file: str) -> dict:
         """The ``predict`` command's JSON object (schema version 1)."""
@@ -48,7 +55,8 @@ class Prediction:
             "threshold": round(self.threshold, 6),
             "model_sha": self.model_sha,
             "warnings": list(self.info.warnings),
-            "ood": None,
+            "ood": self.ood,
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
         }
 
 
@@ -59,12 +67,22 @@ class Predictor:
         model: a Keras model mapping (batch, size, size, 1) images to (batch, 1) logits.
         metadata: the model's metadata (input size, temperature, threshold, grey zone).
         batch_size: images per forward pass.
+        gate: the model's out-of-distribution gate, or None to score without one.
+
+    Raises:
+        ModelFileError: the gate was fitted for another model.
     """
 
-    def __init__(self, model: keras.Model, metadata: ModelMetadata, batch_size: int = 256):
+    def __init__(self, model: keras.Model, metadata: ModelMetadata, batch_size: int = 256, gate: OodGate | None = None):
+        if gate is not None and gate.model_sha256 != metadata.model_sha256:
+            raise ModelFileError(
+                f"The out-of-distribution gate was fitted for model {gate.model_sha256[:12]}, not for "
+                f"{metadata.model_sha256[:12]}. Fit it again with `python -m pneumo_model ood fit`."
+            )
         self.model = model
         self.metadata = metadata
         self.batch_size = batch_size
+        self.gate = gate
         self.grey_zone = GreyZone(*metadata.grey_zone)
         size = metadata.input_size
         # One traced graph for every batch size: far faster than model.predict on small batches.
@@ -72,11 +90,16 @@ class Predictor:
             lambda images: self.model(images, training=False),
             input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)],
         )
+        # Single images go through one pass that also returns what the gate needs.
+        self._with_summaries = None if gate is None else ActivationSummaries(model, gate.layers, batch_size)
 
     @classmethod
     def from_file(cls, model_path: Path = DEFAULT_MODEL_PATH, batch_size: int = 256) -> "Predictor":
+        """Loads the model, its metadata and, when ``<model>.ood.npz`` is beside it, its gate."""
         model, metadata = load_model(model_path)
-        return cls(model, metadata, batch_size)
+        path = gate_path(model_path)
+        gate = OodGate.load(path) if path.is_file() else None
+        return cls(model, metadata, batch_size, gate)
 
     @property
     def input_size(self) -> int:
@@ -110,8 +133,15 @@ class Predictor:
         return "pneumonia" if probability >= self.metadata.threshold else "normal"
 
     def predict_input(self, model_input: np.ndarray, info: ImageInfo) -> Prediction:
-        """Scores one preprocessed image (size, size, 1)."""
-        probability = float(self.probabilities(model_input[np.newaxis])[0])
+        """Scores one preprocessed image (size, size, 1), and asks the gate whether it is in distribution."""
+        batch = model_input[np.newaxis]  # (1, size, size, 1)
+        ood_score = None
+        if self.gate is None:
+            logits = self.logits(batch)
+        else:
+            logits, summaries = self._with_summaries(batch)
+            ood_score = float(self.gate.scores(batch, summaries, np.array([info.colour_spread]))[0])
+        probability = float(sigmoid(logits, self.metadata.temperature)[0])
         return Prediction(
             probability=probability,
             label=self.label_for(probability),
@@ -119,6 +149,8 @@ class Predictor:
             threshold=self.metadata.threshold,
             model_sha=self.metadata.model_sha256,
             info=info,
+            ood=None if ood_score is None else bool(ood_score > 1.0),
+            ood_score=ood_score,
         )
 
     def predict_source(self, source: str | Path | bytes, limits: ImageLimits = ImageLimits()) -> Prediction:

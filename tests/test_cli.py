@@ -1,5 +1,6 @@
 """The command line: predict's JSON lines and exit codes on good and bad files."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -37,11 +38,30 @@ def test_predict_prints_schema_v1_and_exits_0_when_all_are_scored(tiny_model, fi
     code, records, _ = _run(capsys, ["predict", str(good), str(good), "--model", str(tiny_model)])
     assert code == 0 and len(records) == 2
     record = records[0]
-    assert set(record) == {"schema_version", "file", "probability", "label", "grey_zone", "threshold", "model_sha", "warnings", "ood"}
+    assert set(record) == {"schema_version", "file", "probability", "label", "grey_zone", "threshold", "model_sha", "warnings", "ood", "ood_score"}
     assert record["schema_version"] == 1 and record["file"] == str(good)
     assert 0.0 <= record["probability"] <= 1.0
     assert record["label"] == ("pneumonia" if record["probability"] >= record["threshold"] else "normal")
-    assert record["ood"] is None and record["warnings"] == []
+    assert record["ood"] is None and record["ood_score"] is None and record["warnings"] == []
+
+
+def test_predict_with_audit_records_each_scored_file_and_no_file_name(tiny_model, files, capsys, tmp_path):
+    from pneumo_model.audit import AuditTrail
+
+    good, bad = files
+    db = tmp_path / "trail" / "audit.sqlite3"
+    argv = ["predict", str(good), str(bad), str(good), "--model", str(tiny_model), "--audit", str(db)]
+    code, records, _ = _run(capsys, argv)
+    assert code == 2
+    rows = AuditTrail(db).trail()
+    assert [row["result_id"] for row in rows] == [records[0]["audit_id"], records[2]["audit_id"]]
+    assert "audit_id" not in records[1]
+    digest = hashlib.sha256(good.read_bytes()).hexdigest()
+    for row, record in zip(rows, (records[0], records[2])):
+        assert row["image_sha256"] == digest and row["source"] == "cli"
+        assert row["probability"] == pytest.approx(record["probability"], abs=1e-6)
+        assert row["model_sha256"] == record["model_sha"] and row["label"] == record["label"]
+    assert b"good.png" not in db.read_bytes()
 
 
 def test_a_bad_file_is_reported_and_does_not_stop_the_others(tiny_model, files, capsys, tmp_path):

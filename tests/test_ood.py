@@ -1,0 +1,186 @@
+"""The out-of-distribution gate: fitting, saving, wiring into the Predictor, and the shipped gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import encode, synthetic_xray
+from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT, load_model, read_metadata
+from pneumo_model.crop import apply_crop, find_diaphragm
+from pneumo_model.errors import ModelFileError
+from pneumo_model.ood import ActivationSummaries, OodConfig, OodGate, fit_gate, gate_path
+from pneumo_model.prediction import Predictor
+from pneumo_model.preprocessing import load_image, preprocess
+
+TINY_CONFIG = OodConfig(layers=("conv1", "conv2"), thumbnail=8)
+SAMPLES = sorted((REPO_ROOT / "assets" / "samples").glob("*.jpeg"))
+
+
+def synthetic_inputs(seed: int, count: int, size: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    images = [cv2.resize(synthetic_xray(rng, 64, lesion=bool(i % 2)), (size, size), interpolation=cv2.INTER_AREA) for i in range(count)]
+    return np.stack(images)[..., np.newaxis]  # (count, size, size, 1) uint8
+
+
+@pytest.fixture(scope="module")
+def tiny_gate(tiny_model, tmp_path_factory):
+    """The tiny model copied to a fresh folder with a gate fitted beside it."""
+    folder = tmp_path_factory.mktemp("gated")
+    model_path = folder / "tiny.keras"
+    shutil.copy(tiny_model, model_path)
+    shutil.copy(tiny_model.with_suffix(".json"), folder / "tiny.json")
+    model, metadata = load_model(model_path)
+    gate = fit_gate(model, metadata.model_sha256, synthetic_inputs(1, 200), synthetic_inputs(2, 200), TINY_CONFIG)
+    gate.save(gate_path(model_path))
+    return model_path, gate
+
+
+def test_threshold_lets_the_set_share_of_validation_images_pass(tiny_gate):
+    model_path, gate = tiny_gate
+    assert gate.facts["validation_pass_rate"] >= 0.99
+    assert gate.facts["validation_cropped_pass_rate"] >= 0.98
+    assert gate.detectors == ("activations:conv1", "activations:conv2", "layout", "sharpness", "colour")
+    predictor = Predictor.from_file(model_path)
+    validation = synthetic_inputs(2, 200)
+    scores = [predictor.predict_input(image.astype(np.float32) / 255, _grey_info()).ood_score for image in validation]
+    assert np.mean(np.array(scores) <= 1.0) >= 0.99
+
+
+def _grey_info(colour_spread: float = 0.0):
+    from pneumo_model.preprocessing import ImageInfo
+
+    return ImageInfo(width=32, height=32, bit_depth=8, format="PNG", colour_spread=colour_spread)
+
+
+def test_noise_and_colour_are_flagged_and_fresh_xrays_pass(tiny_gate):
+    model_path, _ = tiny_gate
+    predictor = Predictor.from_file(model_path)
+    noise = np.random.default_rng(5).random((32, 32, 1), dtype=np.float32)
+    assert predictor.predict_input(noise, _grey_info()).ood is True
+    fresh = synthetic_inputs(9, 1)[0].astype(np.float32) / 255
+    assert predictor.predict_input(fresh, _grey_info()).ood is False
+    tinted = predictor.predict_input(fresh, _grey_info(colour_spread=40.0))
+    assert tinted.ood is True and tinted.ood_score > 1.0
+
+
+def test_saved_gate_loads_with_the_same_scores_and_without_pickle(tiny_gate):
+    model_path, gate = tiny_gate
+    loaded = OodGate.load(gate_path(model_path))
+    with np.load(gate_path(model_path), allow_pickle=False) as data:
+        assert all(data[name].dtype != object for name in data.files)
+    model, _ = load_model(model_path)
+    images = synthetic_inputs(3, 20)
+    summaries = ActivationSummaries(model, gate.layers)(images)[1]
+    colour = np.zeros(len(images))
+    np.testing.assert_allclose(loaded.scores(images, summaries, colour), gate.scores(images, summaries, colour), rtol=1e-5)
+    assert loaded.threshold == gate.threshold and loaded.model_sha256 == gate.model_sha256
+
+
+def test_predict_record_carries_ood_flag_and_score(tiny_gate, tmp_path):
+    model_path, _ = tiny_gate
+    path = tmp_path / "x.png"
+    path.write_bytes(encode(synthetic_xray(np.random.default_rng(4), 64)))
+    record = Predictor.from_file(model_path).predict_source(path).to_record(str(path))
+    assert isinstance(record["ood"], bool) and record["ood_score"] > 0
+    assert record["ood"] == (record["ood_score"] > 1.0)
+
+
+def test_a_gate_of_another_model_or_a_damaged_gate_is_refused(tiny_gate, tmp_path):
+    model_path, gate = tiny_gate
+    model, metadata = load_model(model_path)
+    other = OodGate(**{**gate.__dict__, "model_sha256": "f" * 64})
+    with pytest.raises(ModelFileError, match="fitted for model ffffffffffff"):
+        Predictor(model, metadata, gate=other)
+    damaged = tmp_path / "damaged.ood.npz"
+    damaged.write_bytes(gate_path(model_path).read_bytes()[:500])
+    with pytest.raises(ModelFileError, match="cannot be read"):
+        OodGate.load(damaged)
+    with pytest.raises(ModelFileError, match="no layer nope"):
+        ActivationSummaries(model, ("conv1", "nope"))
+
+
+def test_a_model_without_a_gate_scores_with_ood_unknown(tiny_model, tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(encode(synthetic_xray(np.random.default_rng(4), 64)))
+    prediction = Predictor.from_file(tiny_model).predict_source(path)
+    assert prediction.ood is None and prediction.ood_score is None
+
+
+# --- The shipped gate -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Predictor.from_file(DEFAULT_MODEL_PATH)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    return encode(np.ascontiguousarray(pixels))
+
+
+@pytest.mark.shipped_model
+def test_shipped_gate_belongs_to_the_shipped_model(shipped):
+    assert shipped.gate is not None
+    assert shipped.gate.model_sha256 == read_metadata(DEFAULT_MODEL_PATH).model_sha256
+    assert shipped.gate.facts["validation_pass_rate"] >= 0.99
+
+
+@pytest.mark.shipped_model
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda path: path.name)
+def test_demo_images_pass_whole_and_diaphragm_cropped(shipped, sample):
+    pixels, info = load_image(sample)
+    assert shipped.predict_source(sample).ood is False
+    found = find_diaphragm(pixels)
+    assert found.found
+    cropped = preprocess(apply_crop(pixels, found.box), shipped.input_size)
+    assert shipped.predict_input(cropped, info).ood is False
+
+
+@pytest.mark.shipped_model
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda pixels: 255 - pixels,
+        lambda pixels: cv2.rotate(pixels, cv2.ROTATE_90_CLOCKWISE),
+        lambda pixels: cv2.resize(pixels[40:110, 60:130], (400, 400), interpolation=cv2.INTER_CUBIC),
+        lambda pixels: np.random.default_rng(0).integers(0, 256, pixels.shape, dtype=np.uint8),
+    ],
+    ids=["inverted", "rotated", "tight_crop", "noise"],
+)
+def test_changed_demo_images_are_flagged(shipped, change):
+    for sample in SAMPLES[:3]:
+        pixels, _ = load_image(sample)
+        prediction = shipped.predict_source(_png(change(pixels)))
+        assert prediction.ood is True, f"{sample.name}: ood_score {prediction.ood_score:.2f}"
+
+
+@pytest.mark.shipped_model
+def test_a_colour_photo_of_a_demo_image_is_flagged(shipped):
+    pixels, _ = load_image(SAMPLES[0])
+    tinted = np.stack([pixels * 0.7, pixels * 0.85, pixels], axis=-1).astype(np.uint8)  # bluish cast
+    prediction = shipped.predict_source(encode(tinted, "JPEG"))
+    assert prediction.info.colour_spread > 6 and prediction.ood is True
+
+
+@pytest.mark.data
+@pytest.mark.shipped_model
+def test_committed_ood_report_matches_the_shipped_gate_and_meets_the_targets(shipped):
+    from pneumo_model.data import DEFAULT_DATA_DIR, scan_split
+
+    report = json.loads((REPO_ROOT / "reports" / "ood.json").read_text())
+    assert report["model_sha256"] == shipped.metadata.model_sha256
+    assert report["gate"]["threshold"] == pytest.approx(shipped.gate.threshold, rel=1e-9)
+    assert report["test_split"]["pass_rate"] >= 0.98
+    assert report["test_split"]["diaphragm_cropped_pass_rate"] >= 0.98
+    for name, category in report["categories"].items():
+        assert category["images"] >= 10, name
+        assert category["detection_rate"] >= 0.95, name
+    samples = scan_split(DEFAULT_DATA_DIR, "test")
+    flagged = sorted(s.path.name for s in samples if shipped.predict_source(s.path).ood)
+    assert flagged == sorted(f["file"] for f in report["test_split"]["flagged_files"])
+    assert 1 - len(flagged) / len(samples) == pytest.approx(report["test_split"]["pass_rate"])
