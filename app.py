@@ -18,6 +18,7 @@ page = st.navigation(
         st.Page("app_pages/explain.py", title="Explain", icon=":material/visibility:"),
         st.Page("app_pages/crop.py", title="Crop & rescore", icon=":material/crop:"),
         st.Page("app_pages/worklist.py", title="Worklist", icon=":material/format_list_numbered:"),
+        st.Page("app_pages/trail.py", title="Audit trail", icon=":material/history:"),
         st.Page("app_pages/model_card.py", title="Model card", icon=":material/description:"),
     ]
 )

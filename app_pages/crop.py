@@ -4,14 +4,20 @@ import streamlit as st
 
 from pneumo_model.errors import PneumoError
 from pneumo_model.explain import overlay_heatmap
-from ui import drawing, frame, resources
+from ui import audit, drawing, frame, resources
 
 image = frame.require_image()
 try:
     pixels, _ = resources.decoded(image.data)
+    whole = resources.prediction(image.data)
     suggestion = resources.diaphragm(image.data)
 except PneumoError as error:
     frame.show_error(error, image.name)
+    st.stop()
+
+audit.record_shown(image.digest, whole)
+if not frame.ood_gate(whole, f"crop_{image.digest[:16]}"):
+    st.image(resources.display_pixels(image.data), caption=image.name, width=440)
     st.stop()
 
 height, width = pixels.shape
@@ -43,10 +49,12 @@ box = (left, top, right, bottom)
 
 try:
     result = resources.rescored(image.data, box)
+    after = resources.cropped_prediction(image.data, box)
     cropped, heatmap = resources.cropped_gradcam(image.data, box)
 except PneumoError as error:
     frame.show_error(error)
     st.stop()
+audit.record_shown(image.digest, after, crop_box=box)
 
 drawn, explained, numbers = st.columns([4, 4, 3], gap="medium")
 drawn.image(
@@ -76,6 +84,12 @@ with numbers:
             name for name, flag in (("before", result.grey_zone_before), ("after", result.grey_zone_after)) if flag
         )
         st.warning(f"Indeterminate {which} the crop: needs a careful read.", icon=":material/help:")
+    if after.ood:
+        st.error(
+            f"The cropped image does not look like a frontal chest X-ray (out-of-distribution score "
+            f"{after.ood_score:.2f}); the score after the crop is not meaningful. Keep more of the image.",
+            icon=":material/block:",
+        )
     if result.label_changed:
         st.warning(
             "The call changes with the crop: the removed region swayed the model. Read the image carefully.",

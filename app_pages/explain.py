@@ -4,7 +4,7 @@ import streamlit as st
 
 from pneumo_model.errors import PneumoError
 from pneumo_model.explain import overlay_heatmap
-from ui import frame, resources
+from ui import audit, frame, resources
 
 image = frame.require_image()
 try:
@@ -14,6 +14,10 @@ except PneumoError as error:
     frame.show_error(error, image.name)
     st.stop()
 
+audit.record_shown(image.digest, result)
+if not frame.ood_gate(result, f"explain_{image.digest[:16]}"):
+    st.image(display, caption=f"Original: {image.name}", width=440)
+    st.stop()
 st.markdown(
     f"**{image.name}**: call **{result.label}**, probability of pneumonia **{result.probability:.3f}**"
     + (" — *indeterminate: needs a careful read*" if result.grey_zone else "")

@@ -106,6 +106,13 @@ if crop_report is None:
 else:
     st.markdown(crop_report)
 
+st.subheader("Out-of-distribution check")
+ood_report = reports.read_markdown("ood")
+if ood_report is None:
+    not_generated("The out-of-distribution report is", "python -m pneumo_model ood evaluate")
+else:
+    st.markdown(ood_report)
+
 st.subheader("Known limitations and shortcuts")
 if card is not None:
     for caveat in card["caveats"]:

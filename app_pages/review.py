@@ -1,9 +1,10 @@
-"""Review one image: the call, the calibrated probability, the operating point and the grey-zone flag."""
+"""Review one image: the call, the calibrated probability, the operating point, the grey-zone and
+out-of-distribution flags, and the reviewer's verdict for the audit trail."""
 
 import streamlit as st
 
 from pneumo_model.errors import PneumoError
-from ui import frame, resources, state
+from ui import audit, frame, resources, state
 
 model = resources.predictor()
 metadata = model.metadata
@@ -27,29 +28,32 @@ with result_column:
         frame.show_error(error, image.name)
         st.stop()
 
-    call = "Pneumonia" if result.label == "pneumonia" else "Normal"
-    st.markdown(f"#### Call: **{call}**")
-    st.metric(
-        "Probability of pneumonia (calibrated)",
-        f"{result.probability:.3f}",
-        help="Temperature-scaled on validation data.",
-    )
-    low, high = metadata.grey_zone
-    if result.grey_zone:
-        st.warning(
-            f"**Indeterminate: needs a careful read.** The probability lies in the grey zone "
-            f"[{low:.3f}, {high:.3f}), where the model's call is not trusted.",
-            icon=":material/help:",
+    result_id = audit.record_shown(image.digest, result)
+    if frame.ood_gate(result, f"review_{image.digest[:16]}"):
+        call = "Pneumonia" if result.label == "pneumonia" else "Normal"
+        st.markdown(f"#### Call: **{call}**")
+        st.metric(
+            "Probability of pneumonia (calibrated)",
+            f"{result.probability:.3f}",
+            help="Temperature-scaled on validation data.",
         )
-    else:
-        st.success(f"Outside the grey zone [{low:.3f}, {high:.3f}).", icon=":material/check_circle:")
-    target = metadata.train_config.get("operating", {}).get("target_sensitivity")
-    st.caption(
-        f"Operating point: pneumonia at probability ≥ {result.threshold:.3f}"
-        + (f" (set for validation sensitivity {target:.2f})." if target is not None else ".")
-    )
+        low, high = metadata.grey_zone
+        if result.grey_zone:
+            st.warning(
+                f"**Indeterminate: needs a careful read.** The probability lies in the grey zone "
+                f"[{low:.3f}, {high:.3f}), where the model's call is not trusted.",
+                icon=":material/help:",
+            )
+        else:
+            st.success(f"Outside the grey zone [{low:.3f}, {high:.3f}).", icon=":material/check_circle:")
+        target = metadata.train_config.get("operating", {}).get("target_sensitivity")
+        st.caption(
+            f"Operating point: pneumonia at probability ≥ {result.threshold:.3f}"
+            + (f" (set for validation sensitivity {target:.2f})." if target is not None else ".")
+        )
     for warning in result.info.warnings:
         st.info(warning, icon=":material/info:")
+    audit.verdict_form(result_id, "review_verdict")
 
 with image_column:
     source = "demo image" if image.source == "sample" else "upload"

@@ -132,26 +132,42 @@ class Predictor:
     def label_for(self, probability: float) -> str:
         return "pneumonia" if probability >= self.metadata.threshold else "normal"
 
+    def predict_inputs(self, model_inputs: np.ndarray, infos: list[ImageInfo]) -> list[Prediction]:
+        """Scores a batch of preprocessed images (n, size, size, 1), and asks the gate about each.
+
+        Args:
+            model_inputs: as ``preprocess`` returns them, stacked.
+            infos: the ``ImageInfo`` of each (its colour spread feeds the gate).
+        """
+        if len(model_inputs) != len(infos):
+            raise ValueError(f"{len(model_inputs)} images but {len(infos)} infos")
+        if len(infos) == 0:
+            return []
+        ood_scores = [None] * len(infos)
+        if self.gate is None:
+            logits = self.logits(model_inputs)
+        else:
+            logits, summaries = self._with_summaries(model_inputs)
+            colour = np.array([info.colour_spread for info in infos])
+            ood_scores = [float(score) for score in self.gate.scores(model_inputs, summaries, colour)]
+        probabilities = sigmoid(logits, self.metadata.temperature)  # (n,)
+        return [
+            Prediction(
+                probability=float(probability),
+                label=self.label_for(float(probability)),
+                grey_zone=bool(self.grey_zone.contains(float(probability))),
+                threshold=self.metadata.threshold,
+                model_sha=self.metadata.model_sha256,
+                info=info,
+                ood=None if score is None else bool(score > 1.0),
+                ood_score=score,
+            )
+            for probability, info, score in zip(probabilities, infos, ood_scores)
+        ]
+
     def predict_input(self, model_input: np.ndarray, info: ImageInfo) -> Prediction:
         """Scores one preprocessed image (size, size, 1), and asks the gate whether it is in distribution."""
-        batch = model_input[np.newaxis]  # (1, size, size, 1)
-        ood_score = None
-        if self.gate is None:
-            logits = self.logits(batch)
-        else:
-            logits, summaries = self._with_summaries(batch)
-            ood_score = float(self.gate.scores(batch, summaries, np.array([info.colour_spread]))[0])
-        probability = float(sigmoid(logits, self.metadata.temperature)[0])
-        return Prediction(
-            probability=probability,
-            label=self.label_for(probability),
-            grey_zone=bool(self.grey_zone.contains(probability)),
-            threshold=self.metadata.threshold,
-            model_sha=self.metadata.model_sha256,
-            info=info,
-            ood=None if ood_score is None else bool(ood_score > 1.0),
-            ood_score=ood_score,
-        )
+        return self.predict_inputs(model_input[np.newaxis], [info])[0]
 
     def predict_source(self, source: str | Path | bytes, limits: ImageLimits = ImageLimits()) -> Prediction:
         """Decodes, preprocesses and scores one image file or its bytes.

@@ -59,6 +59,14 @@ def encode(pixels: np.ndarray, fmt: str = "PNG", mode: str | None = None, **save
     return buffer.getvalue()
 
 
+@pytest.fixture(autouse=True)
+def audit_db(tmp_path, monkeypatch) -> Path:
+    """Every test writes its own audit trail, never the working copy's ``audit/``."""
+    path = tmp_path / "audit" / "audit.sqlite3"
+    monkeypatch.setenv("PNEUMO_AUDIT_DB", str(path))
+    return path
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

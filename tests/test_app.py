@@ -27,6 +27,7 @@ PAGES = [
     "app_pages/explain.py",
     "app_pages/crop.py",
     "app_pages/worklist.py",
+    "app_pages/trail.py",
     "app_pages/model_card.py",
 ]
 SAMPLE = "IM-0003-0001.jpeg"
@@ -300,3 +301,147 @@ def test_model_card_shows_the_committed_reports_and_no_stale_warning():
         path = REPO_ROOT / "reports" / f"{optional}.md"
         if path.is_file():
             assert path.read_text().strip().splitlines()[-1] in shown, optional
+
+
+# --- Out-of-distribution gate and audit trail ------------------------------------------------
+
+
+def inverted_sample() -> bytes:
+    from PIL import Image
+
+    grey = np.asarray(Image.open(state.SAMPLES_DIR / SAMPLE).convert("L"))
+    return encode(255 - grey)
+
+
+def upload(app: AppTest, name: str, data: bytes, mime: str = "image/png") -> AppTest:
+    app.file_uploader(key="review_upload").set_value((name, data, mime))
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_an_out_of_distribution_upload_hides_the_call_until_asked():
+    app = upload(start(), "inverted.png", inverted_sample())
+    assert "does not look like a frontal chest X-ray" in texts(app.error)
+    assert not [m for m in app.metric if m.label.startswith("Probability of pneumonia")]
+    assert "Call:" not in texts(app.markdown)
+    (box,) = [c for c in app.checkbox if c.label == "Show the model's output anyway"]
+    box.check().run()
+    expected = resources.predictor().predict_source(inverted_sample())
+    assert expected.ood is True
+    assert probability_shown(app) == f"{expected.probability:.3f}"
+    assert "does not look like a frontal chest X-ray" in texts(app.error)  # the warning stays
+
+
+def test_demo_images_are_not_flagged():
+    for name in sorted(path.name for path in state.SAMPLES_DIR.glob("*.jpeg")):
+        app = pick_sample(start(), name)
+        assert "does not look like a frontal chest X-ray" not in texts(app.error), name
+
+
+def trail_rows(audit_db) -> list[dict]:
+    from pneumo_model.audit import AuditTrail
+
+    return AuditTrail(audit_db).trail()
+
+
+def test_a_result_is_recorded_once_per_session_and_verdicts_point_at_it(audit_db):
+    app = pick_sample(start())
+    for page in ("app_pages/explain.py", "app_pages/review.py", "app_pages/review.py"):
+        open_page(app, page)
+    app.run()
+    rows = trail_rows(audit_db)
+    expected = resources.predictor().predict_source(sample_bytes())
+    assert len(rows) == 1
+    (row,) = rows
+    assert row["image_sha256"] == state.ChosenImage(SAMPLE, sample_bytes(), "sample").digest
+    assert row["probability"] == pytest.approx(expected.probability, abs=1e-9)
+    assert row["model_sha256"] == expected.model_sha and row["source"] == "app"
+    assert row["ood"] == 0 and row["ood_score"] == pytest.approx(expected.ood_score)
+
+    app.radio(key="review_verdict_verdict").set_value("disagree")
+    app.text_area(key="review_verdict_note").input("lower lobe looks clear")
+    app.text_input(key="review_verdict_reviewer").input("Dr Test")
+    app.button(key="review_verdict_submit").click().run()
+    assert "Verdict **disagree** recorded" in texts(app.success)
+    rows = trail_rows(audit_db)
+    assert len(rows) == 1 and rows[0]["verdict"] == "disagree"
+    assert rows[0]["note"] == "lower lobe looks clear" and rows[0]["reviewer"] == "Dr Test"
+
+    pick_sample(start())  # a new session shows the result again: a second record
+    assert [row["result_id"] for row in trail_rows(audit_db)] == [1, 1 + 1]
+
+
+def test_a_verdict_needs_a_choice(audit_db):
+    app = pick_sample(start())
+    app.button(key="review_verdict_submit").click().run()
+    assert "Choose agree, disagree or unsure" in texts(app.warning)
+    assert trail_rows(audit_db)[0]["verdict"] is None
+
+
+def test_crop_results_are_recorded_with_their_box(audit_db):
+    app = open_page(pick_sample(start()), "app_pages/crop.py")
+    rows = trail_rows(audit_db)
+    suggestion = resources.diaphragm(sample_bytes())
+    assert [row["crop_box"] for row in rows] == [None, "[" + ", ".join(str(v) for v in suggestion.box) + "]"]
+    after = resources.rescored(sample_bytes(), suggestion.box).probability_after
+    assert rows[1]["probability"] == pytest.approx(after, abs=1e-9)
+
+
+def test_trail_page_lists_the_records_and_exports_them(audit_db):
+    app = open_page(pick_sample(start()), "app_pages/trail.py")
+    (table,) = app.dataframe
+    assert len(table.value) == 1
+    assert [m.value for m in app.metric][:2] == ["1", "0"]
+    (download,) = [b for b in app.get("download_button")]
+    assert "Download CSV" in str(download.proto)
+
+
+def test_worklist_hides_calls_of_flagged_images_and_records_every_scored_file(audit_db):
+    app = open_page(start(), "app_pages/worklist.py")
+    uploads = [("normal.jpeg", sample_bytes(), "image/jpeg"), ("inverted.png", inverted_sample(), "image/png")]
+    app.file_uploader(key="worklist_upload").set_value(uploads)
+    app.run()
+    assert not app.exception, app.exception
+    assert "do not look like frontal chest X-rays" in texts(app.error) and "inverted.png" in texts(app.error)
+    table = app.dataframe[0].value.set_index("file")
+    assert table.loc["inverted.png", "call"] == "hidden: not like a chest X-ray"
+    assert np.isnan(table.loc["inverted.png", "probability"])
+    assert table.loc["normal.jpeg", "call"] in ("normal", "pneumonia")
+    assert len(trail_rows(audit_db)) == 2
+    app.checkbox(key="worklist_show_ood").check().run()
+    table = app.dataframe[0].value.set_index("file")
+    assert table.loc["inverted.png", "call"] in ("normal", "pneumonia")
+
+
+SENTINELS = ("ZZSENTINEL^PATIENT", "ZZSENTINEL-ID-4711", "ZZSENT-ACC-0815", "19990101")
+
+
+def test_dicom_identifiers_reach_neither_the_audit_trail_nor_the_logs(audit_db, caplog, capfd):
+    import logging
+
+    from test_inputs import dicom_file
+
+    caplog.set_level(logging.DEBUG)
+    data = dicom_file(
+        PatientName=SENTINELS[0], PatientID=SENTINELS[1], AccessionNumber=SENTINELS[2], PatientBirthDate=SENTINELS[3]
+    )
+    app = upload(start(), "study.dcm", data, "application/dicom")
+    assert probability_shown(app)
+    app.radio(key="review_verdict_verdict").set_value("agree")
+    app.button(key="review_verdict_submit").click().run()
+    for page in ("app_pages/explain.py", "app_pages/crop.py", "app_pages/trail.py"):
+        open_page(app, page)
+    worklist_app = open_page(start(), "app_pages/worklist.py")
+    worklist_app.file_uploader(key="worklist_upload").set_value([("study.dcm", data, "application/dicom")])
+    worklist_app.run()
+    rows = trail_rows(audit_db)
+    assert len(rows) >= 3 and any(row["verdict"] == "agree" for row in rows)
+    stored = b"".join(path.read_bytes() for path in audit_db.parent.iterdir())
+    captured = capfd.readouterr()
+    logs = caplog.text + captured.out + captured.err
+    for sentinel in SENTINELS:
+        assert sentinel.encode() in data  # the probe is really in the file
+        assert sentinel.encode() not in stored
+        assert sentinel not in logs
+    assert b"study.dcm" not in stored

@@ -57,9 +57,14 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def app_url(browser, tmp_path_factory):
-    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    with streamlit_app(log) as url:
+def server_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("streamlit")
+    return {"log": folder / "streamlit.log", "audit": folder / "audit.sqlite3"}
+
+
+@pytest.fixture(scope="module")
+def app_url(browser, server_files):
+    with streamlit_app(server_files["log"], audit_db=server_files["audit"]) as url:
         yield url
 
 
@@ -181,3 +186,33 @@ def test_worklist_scores_100_files_and_lists_the_bad_ones(page, tmp_path):
     assert sorted(row["file"] for row in rows if row["error"]) == bad
     probabilities = [float(row["probability"]) for row in rows if not row["error"]]
     assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_a_dicom_goes_through_review_verdict_and_trail_without_leaking_identifiers(page, tmp_path, server_files):
+    from playwright.sync_api import expect
+
+    from test_inputs import dicom_file
+
+    sentinels = ("ZZBROWSER^SENTINEL", "ZZBROWSER-ID-1234")
+    path = tmp_path / "ZZBROWSER-ID-1234.dcm"  # some PACS exports name files by patient id
+    path.write_bytes(dicom_file(PatientName=sentinels[0], PatientID=sentinels[1]))
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    expect(page.get_by_test_id("stMetric").filter(has_text="Probability of pneumonia")).to_be_visible()
+
+    page.get_by_text("disagree", exact=True).click()
+    page.get_by_label("Note (optional)").fill("second read: clear")
+    page.get_by_role("button", name="Record verdict").click()
+    expect(page.get_by_text("Verdict disagree recorded")).to_be_visible()
+
+    open_page(page, "Audit trail")
+    expect(page.get_by_text("Download CSV")).to_be_visible()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    mine = [row for row in rows if row["verdict"] == "disagree" and row["note"] == "second read: clear"]
+    assert len(mine) == 1 and mine[0]["source"] == "app" and len(mine[0]["image_sha256"]) == 64
+
+    stored = b"".join(p.read_bytes() for p in server_files["audit"].parent.glob("audit.sqlite3*"))
+    log = server_files["log"].read_bytes()
+    for sentinel in sentinels:
+        assert sentinel.encode() not in stored and sentinel.encode() not in log

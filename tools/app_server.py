@@ -34,11 +34,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_app(log_path: Path, startup_timeout: float = 120.0) -> Iterator[str]:
+def streamlit_app(log_path: Path, audit_db: Path | None = None, startup_timeout: float = 120.0) -> Iterator[str]:
     """Runs the app on a free port until the block ends; yields its URL.
 
     Args:
         log_path: the server's stdout and stderr go here (read it when a test fails).
+        audit_db: the audit trail the app writes (``$PNEUMO_AUDIT_DB``); None keeps the caller's setting.
         startup_timeout: seconds to wait for the health endpoint.
 
     Raises:
@@ -52,6 +53,8 @@ def streamlit_app(log_path: Path, startup_timeout: float = 120.0) -> Iterator[st
         "--browser.gatherUsageStats", "false",
     ]
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if audit_db is not None:
+        environment["PNEUMO_AUDIT_DB"] = str(audit_db)
     with open(log_path, "wb") as log:
         server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
         try:

@@ -48,7 +48,7 @@ def main() -> None:
         bad_file = scratch / "not-an-xray.png"
         bad_file.write_text("this is a text file, not an image")
         worklist_files = [*sorted(SAMPLES_DIR.glob("*.jpeg")), bad_file]
-        with streamlit_app(scratch / "streamlit.log") as url, sync_playwright() as playwright:
+        with streamlit_app(scratch / "streamlit.log", audit_db=scratch / "audit.sqlite3") as url, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport=WINDOW)
             page.goto(url)

@@ -5,18 +5,38 @@ from __future__ import annotations
 import streamlit as st
 
 from pneumo_model.errors import PneumoError
-from pneumo_model.prediction import Predictor
+from pneumo_model.prediction import Prediction, Predictor
 
 from . import resources, state
 
 DISCLAIMER = "Decision support for trained readers — not a medical device, not a diagnosis."
 HEATMAP_CAVEAT = "shows where the model looked, not where the lesion is"
+OOD_MESSAGE = (
+    "**This does not look like a frontal chest X-ray; the model's output is not meaningful.** "
+    "It is unlike the paediatric chest films the model was trained on (a photo, another body part "
+    "or modality, a rotated, inverted or tightly cropped film...)."
+)
 
 
 def show_error(error: PneumoError, file_name: str | None = None) -> None:
     """A package error as a plain message (its text already says what to do), never a traceback."""
     prefix = f"**{file_name}** cannot be used. " if file_name else ""
     st.error(prefix + str(error), icon=":material/error:")
+
+
+def ood_gate(prediction: Prediction, key: str) -> bool:
+    """Shows the out-of-distribution verdict; returns whether the model's output may be shown.
+
+    An image the gate flags gets a plain message, and its call stays hidden unless the user
+    ticks the box (``key`` makes the box per page and image).
+    """
+    if prediction.ood is None:
+        st.caption("This model has no out-of-distribution check; make sure the image is a frontal chest X-ray.")
+        return True
+    if not prediction.ood:
+        return True
+    st.error(f"{OOD_MESSAGE} (Out-of-distribution score {prediction.ood_score:.2f}; above 1 is flagged.)", icon=":material/block:")
+    return st.checkbox("Show the model's output anyway", key=f"show_ood_{key}", value=False)
 
 
 def render() -> Predictor:

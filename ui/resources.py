@@ -131,6 +131,17 @@ def rescored(image_bytes: bytes, box: tuple[int, int, int, int]) -> RescoreResul
     return rescore(predictor(), pixels, box)
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def cropped_prediction(image_bytes: bytes, box: tuple[int, int, int, int]) -> Prediction:
+    """The model's call, with the out-of-distribution check, on the image cropped to ``box``.
+
+    Raises:
+        ConfigError: the box does not fit the image or keeps too little of it.
+    """
+    pixels, info = decoded(image_bytes)
+    return predictor().predict_input(preprocess(apply_crop(pixels, box), predictor().input_size), info)
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def cropped_gradcam(image_bytes: bytes, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The display copy of the cropped image and the Grad-CAM heat map of its model input.

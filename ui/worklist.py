@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from collections.abc import Callable, Sequence
 
@@ -16,7 +17,7 @@ from pneumo_model.preprocessing import load_image, preprocess
 
 from .drawing import display_copy
 
-COLUMNS = ["file", "probability", "call", "grey_zone", "error", "thumbnail"]
+COLUMNS = ["file", "probability", "call", "grey_zone", "ood", "ood_score", "error", "sha256", "thumbnail"]
 THUMBNAIL_SIDE = 96
 
 
@@ -43,27 +44,34 @@ def score_files(
 
     Returns:
         One row per file, columns ``COLUMNS``, sorted by probability (highest first) with
-        unreadable files last.
+        unreadable files last. ``ood`` is None when the model has no gate; ``sha256`` is the
+        file's digest (the audit trail's key).
     """
-    rows, inputs = [], []
+    rows, inputs, infos = [], [], []
     for index, (name, data) in enumerate(files):
+        row = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
         try:
-            pixels, _ = load_image(data)
+            pixels, info = load_image(data)
             inputs.append(preprocess(pixels, predictor.input_size))  # (size, size, 1)
-            rows.append({"file": name, "error": None, "thumbnail": _thumbnail(pixels)})
+            infos.append(info)
+            rows.append(row | {"error": None, "thumbnail": _thumbnail(pixels)})
         except PneumoError as error:
-            rows.append({"file": name, "error": str(error), "thumbnail": None})
+            rows.append(row | {"error": str(error), "thumbnail": None})
         if progress is not None:
             progress(index + 1, len(files))
-    probabilities = iter(predictor.probabilities(np.stack(inputs)) if inputs else [])  # (n readable,)
+    predictions = iter(predictor.predict_inputs(np.stack(inputs), infos) if inputs else [])
     for row in rows:
         if row["error"] is None:
-            probability = float(next(probabilities))
-            row["probability"] = probability
-            row["call"] = predictor.label_for(probability)
-            row["grey_zone"] = bool(predictor.grey_zone.contains(probability))
+            prediction = next(predictions)
+            row.update(
+                probability=prediction.probability,
+                call=prediction.label,
+                grey_zone=prediction.grey_zone,
+                ood=prediction.ood,
+                ood_score=prediction.ood_score,
+            )
         else:
-            row.update(probability=np.nan, call=None, grey_zone=None)
+            row.update(probability=np.nan, call=None, grey_zone=None, ood=None, ood_score=np.nan)
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.sort_values("probability", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 

@@ -1,0 +1,62 @@
+"""Audit trail: every result shown and every verdict recorded, newest first, with a CSV export."""
+
+import pandas as pd
+import streamlit as st
+
+from pneumo_model.audit import TRAIL_COLUMNS, AuditError
+from ui import audit
+
+try:
+    trail = audit.trail()
+    rows = trail.trail()
+except AuditError as error:
+    st.error(f"The audit trail cannot be read. {error}", icon=":material/database:")
+    st.stop()
+
+st.markdown("#### Audit trail")
+st.caption(
+    f"Append-only record at `{trail.path}`: a result when it is first shown in a session, and each "
+    "reviewer verdict. Images are identified by the SHA-256 of their bytes; no pixels, file names or "
+    "patient identifiers are stored. Times are UTC."
+)
+table = pd.DataFrame(rows, columns=TRAIL_COLUMNS)
+results = table.drop_duplicates("result_id")
+counts = st.columns([1, 1, 1, 1.3], vertical_alignment="center")
+counts[0].metric("Results recorded", len(results))
+counts[1].metric("Verdicts recorded", int(table["verdict_id"].notna().sum()))
+counts[2].metric("Disagreements", int((table["verdict"] == "disagree").sum()))
+counts[3].download_button(
+    "Download CSV",
+    trail.to_csv().encode("utf-8"),
+    file_name="audit_trail.csv",
+    mime="text/csv",
+    on_click="ignore",
+    icon=":material/download:",
+    width="stretch",
+    disabled=table.empty,
+)
+if table.empty:
+    st.info("Nothing recorded yet. Results are recorded when they are shown on the other pages.", icon=":material/history:")
+    st.stop()
+shown = table.sort_values(["result_id", "verdict_id"], ascending=False, na_position="last")
+shown = shown.assign(image=shown["image_sha256"].str[:12], model=shown["model_sha256"].str[:12])
+st.dataframe(
+    shown,
+    hide_index=True,
+    column_order=[
+        "result_id", "recorded_utc", "source", "image", "model", "probability", "label", "grey_zone", "ood",
+        "ood_score", "crop_box", "verdict", "note", "reviewer", "verdict_utc",
+    ],
+    column_config={
+        "result_id": st.column_config.NumberColumn("result", format="%d"),
+        "recorded_utc": st.column_config.TextColumn("shown (UTC)"),
+        "image": st.column_config.TextColumn("image SHA-256", help="First 12 hex digits; the CSV has all 64"),
+        "model": st.column_config.TextColumn("model", help="First 12 hex digits of the model's SHA-256"),
+        "probability": st.column_config.NumberColumn("probability", format="%.3f"),
+        "grey_zone": st.column_config.CheckboxColumn("indeterminate"),
+        "ood": st.column_config.CheckboxColumn("not X-ray-like"),
+        "ood_score": st.column_config.NumberColumn("OOD score", format="%.2f"),
+        "verdict_utc": st.column_config.TextColumn("verdict (UTC)"),
+    },
+    height=560,
+)
