@@ -200,7 +200,7 @@ def test_a_dicom_goes_through_review_verdict_and_trail_without_leaking_identifie
     expect(page.get_by_test_id("stMetric").filter(has_text="Probability of pneumonia")).to_be_visible()
 
     page.get_by_text("disagree", exact=True).click()
-    page.get_by_label("Note (optional)").fill("second read: clear")
+    page.locator("textarea").first.fill("second read: clear")
     page.get_by_role("button", name="Record verdict").click()
     expect(page.get_by_text("Verdict disagree recorded")).to_be_visible()
 
