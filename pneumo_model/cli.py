@@ -293,13 +293,13 @@ def _predict(args) -> int:
     return status
 
 
-def _train(args, argv) -> int:
+def train_config_from_args(args) -> "TrainConfig":
+    """The ``TrainConfig`` that ``train`` runs with for parsed command-line ``args``."""
     from .calibration import OperatingPointConfig
-    from .data import resolve_data_dir
-    from .training import TrainConfig, train
+    from .training import TrainConfig
 
     defaults = TrainConfig()
-    config = TrainConfig(
+    return TrainConfig(
         architecture=args.architecture,
         input_size=args.input_size,
         epochs=args.epochs,
@@ -316,6 +316,13 @@ def _train(args, argv) -> int:
         augmentation=dataclasses.replace(defaults.augmentation, max_aspect=args.max_aspect),
         operating=OperatingPointConfig(target_sensitivity=args.target_sensitivity),
     )
+
+
+def _train(args, argv) -> int:
+    from .data import resolve_data_dir
+    from .training import train
+
+    config = train_config_from_args(args)
     metadata = train(config, resolve_data_dir(args.data), args.model, command=_command_line(argv))
     summary = {k: metadata.to_dict()[k] for k in ("model_sha256", "temperature", "threshold", "grey_zone", "training_seconds")}
     summary["validation_auc"] = metadata.validation["roc_auc"]

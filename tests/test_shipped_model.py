@@ -51,3 +51,20 @@ def test_readme_results_are_the_generated_report():
     readme = (REPO_ROOT / "README.md").read_text()
     block = readme.split("<!-- evaluation:start -->\n", 1)[1].split("<!-- evaluation:end -->", 1)[0]
     assert block == (REPO_ROOT / "reports" / "evaluation.md").read_text()
+
+
+@pytest.mark.shipped_model
+def test_readme_training_command_reproduces_the_shipped_settings():
+    """The README's command, parsed by the CLI, gives exactly the settings the shipped model was trained with."""
+    import shlex
+
+    from pneumo_model.artifacts import read_metadata
+    from pneumo_model.cli import build_parser, train_config_from_args
+    from pneumo_model.training import _config_dict
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split("The shipped model was produced by:", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    (line,) = [line for line in block.splitlines() if line.startswith("python -m pneumo_model train ")]
+    argv = shlex.split(line.split("#", 1)[0])[3:]
+    config = train_config_from_args(build_parser().parse_args(argv))
+    assert json.loads(json.dumps(_config_dict(config))) == read_metadata(DEFAULT_MODEL_PATH).train_config

@@ -1,15 +1,20 @@
 """Screenshots of every app page at 1366 x 768 into docs/screenshots/ (needs /usr/bin/chromium and playwright).
 
 Usage: ``.venv/bin/python -m tools.screenshots``. It starts the app on a free port, loads a demo
-image, runs LIME once, fills the worklist with the demo images and one unreadable file, and
-saves one PNG per page.
+image, runs LIME once, records a verdict, uploads an inverted X-ray (the out-of-distribution
+message), fills the worklist with the demo images, that inverted X-ray and one unreadable file,
+and saves one PNG per page.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import tempfile
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from playwright.sync_api import Page, expect, sync_playwright
 
@@ -47,13 +52,21 @@ def main() -> None:
         scratch = Path(scratch)
         bad_file = scratch / "not-an-xray.png"
         bad_file.write_text("this is a text file, not an image")
-        worklist_files = [*sorted(SAMPLES_DIR.glob("*.jpeg")), bad_file]
+        inverted = scratch / "inverted-film.png"
+        grey = np.asarray(Image.open(SAMPLES_DIR / "IM-0001-0001.jpeg").convert("L"))
+        buffer = io.BytesIO()
+        Image.fromarray(255 - grey).save(buffer, format="PNG")
+        inverted.write_bytes(buffer.getvalue())
+        worklist_files = [*sorted(SAMPLES_DIR.glob("*.jpeg")), inverted, bad_file]
         with streamlit_app(scratch / "streamlit.log", audit_db=scratch / "audit.sqlite3") as url, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport=WINDOW)
             page.goto(url)
             page.get_by_role("button", name="Normal: IM-0003-0001").click()
             expect(page.get_by_text("Probability of pneumonia")).to_be_visible(timeout=SLOW_MS)
+            page.get_by_text("agree", exact=True).click()
+            page.get_by_role("button", name="Record verdict").click()
+            expect(page.get_by_text("Verdict agree recorded")).to_be_visible(timeout=SLOW_MS)
             take(page, "review", args.out)
 
             open_page(page, "Explain")
@@ -65,10 +78,19 @@ def main() -> None:
             open_page(page, "Crop & rescore")
             take(page, "crop", args.out)
 
+            open_page(page, "Review")
+            page.locator("input[type=file]").first.set_input_files(str(inverted))
+            expect(page.get_by_text("does not look like a frontal chest X-ray")).to_be_visible(timeout=SLOW_MS)
+            take(page, "review_ood", args.out)
+
             open_page(page, "Worklist")
             page.locator("input[type=file]").set_input_files([str(path) for path in worklist_files])
             expect(page.get_by_text("could not be read")).to_be_visible(timeout=SLOW_MS)
             take(page, "worklist", args.out)
+
+            open_page(page, "Audit trail")
+            expect(page.get_by_text("Results recorded")).to_be_visible(timeout=SLOW_MS)
+            take(page, "trail", args.out)
 
             open_page(page, "Model card")
             expect(page.get_by_text("Intended use and population")).to_be_visible(timeout=SLOW_MS)
