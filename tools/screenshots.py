@@ -64,10 +64,10 @@ def main() -> None:
             page.goto(url)
             page.get_by_role("button", name="Normal: IM-0003-0001").click()
             expect(page.get_by_text("Probability of pneumonia")).to_be_visible(timeout=SLOW_MS)
+            take(page, "review", args.out)
             page.get_by_text("agree", exact=True).click()
             page.get_by_role("button", name="Record verdict").click()
             expect(page.get_by_text("Verdict agree recorded")).to_be_visible(timeout=SLOW_MS)
-            take(page, "review", args.out)
 
             open_page(page, "Explain")
             expect(page.get_by_text("Grad-CAM:")).to_be_visible(timeout=SLOW_MS)
@@ -84,7 +84,7 @@ def main() -> None:
             take(page, "review_ood", args.out)
 
             open_page(page, "Worklist")
-            page.locator("input[type=file]").set_input_files([str(path) for path in worklist_files])
+            page.locator("input[type=file][multiple]").set_input_files([str(path) for path in worklist_files])
             expect(page.get_by_text("could not be read")).to_be_visible(timeout=SLOW_MS)
             take(page, "worklist", args.out)
 
