@@ -69,29 +69,28 @@ explained.image(
 )
 with numbers:
     st.metric("Probability before the crop", f"{result.probability_before:.3f}")
-    st.metric(
-        "Probability after the crop",
-        f"{result.probability_after:.3f}",
-        delta=f"{result.delta:+.3f}",
-        delta_color="off",
+    crop_message = (
+        "**The cropped image does not look like a frontal chest X-ray; the score after the crop is not "
+        "meaningful.** Keep more of the image."
     )
-    st.markdown(
-        f"Call: **{result.label_before}** → **{result.label_after}** "
-        f"(threshold {result.threshold:.3f})"
-    )
-    if result.grey_zone_before or result.grey_zone_after:
-        which = " and ".join(
-            name for name, flag in (("before", result.grey_zone_before), ("after", result.grey_zone_after)) if flag
+    if frame.ood_gate(after, f"crop_after_{image.digest[:16]}_{'_'.join(map(str, box))}", crop_message):
+        st.metric(
+            "Probability after the crop",
+            f"{result.probability_after:.3f}",
+            delta=f"{result.delta:+.3f}",
+            delta_color="off",
         )
-        st.warning(f"Indeterminate {which} the crop: needs a careful read.", icon=":material/help:")
-    if after.ood:
-        st.error(
-            f"The cropped image does not look like a frontal chest X-ray (out-of-distribution score "
-            f"{after.ood_score:.2f}); the score after the crop is not meaningful. Keep more of the image.",
-            icon=":material/block:",
+        st.markdown(
+            f"Call: **{result.label_before}** → **{result.label_after}** "
+            f"(threshold {result.threshold:.3f})"
         )
-    if result.label_changed:
-        st.warning(
-            "The call changes with the crop: the removed region swayed the model. Read the image carefully.",
-            icon=":material/warning:",
-        )
+        if result.grey_zone_before or result.grey_zone_after:
+            which = " and ".join(
+                name for name, flag in (("before", result.grey_zone_before), ("after", result.grey_zone_after)) if flag
+            )
+            st.warning(f"Indeterminate {which} the crop: needs a careful read.", icon=":material/help:")
+        if result.label_changed:
+            st.warning(
+                "The call changes with the crop: the removed region swayed the model. Read the image carefully.",
+                icon=":material/warning:",
+            )

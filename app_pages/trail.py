@@ -1,14 +1,14 @@
 """Audit trail: every result shown and every verdict recorded, newest first, with a CSV export."""
 
-import pandas as pd
 import streamlit as st
 
-from pneumo_model.audit import TRAIL_COLUMNS, AuditError
+from pneumo_model.audit import AuditError
 from ui import audit
 
 try:
     trail = audit.trail()
-    rows = trail.trail()
+    table, counts = audit.trail_table(trail.trail())
+    csv_text = trail.to_csv()
 except AuditError as error:
     st.error(f"The audit trail cannot be read. {error}", icon=":material/database:")
     st.stop()
@@ -19,15 +19,13 @@ st.caption(
     "reviewer verdict. Images are identified by the SHA-256 of their bytes; no pixels, file names or "
     "patient identifiers are stored. Times are UTC."
 )
-table = pd.DataFrame(rows, columns=TRAIL_COLUMNS)
-results = table.drop_duplicates("result_id")
-counts = st.columns([1, 1, 1, 1.3], vertical_alignment="center")
-counts[0].metric("Results recorded", len(results))
-counts[1].metric("Verdicts recorded", int(table["verdict_id"].notna().sum()))
-counts[2].metric("Disagreements", int((table["verdict"] == "disagree").sum()))
-counts[3].download_button(
+columns = st.columns([1, 1, 1, 1.3], vertical_alignment="center")
+columns[0].metric("Results recorded", counts["results"])
+columns[1].metric("Verdicts recorded", counts["verdicts"])
+columns[2].metric("Disagreements", counts["disagreements"])
+columns[3].download_button(
     "Download CSV",
-    trail.to_csv().encode("utf-8"),
+    csv_text.encode("utf-8"),
     file_name="audit_trail.csv",
     mime="text/csv",
     on_click="ignore",
@@ -38,10 +36,8 @@ counts[3].download_button(
 if table.empty:
     st.info("Nothing recorded yet. Results are recorded when they are shown on the other pages.", icon=":material/history:")
     st.stop()
-shown = table.sort_values(["result_id", "verdict_id"], ascending=False, na_position="last")
-shown = shown.assign(image=shown["image_sha256"].str[:12], model=shown["model_sha256"].str[:12])
 st.dataframe(
-    shown,
+    table,
     hide_index=True,
     column_order=[
         "result_id", "recorded_utc", "source", "image", "model", "probability", "label", "grey_zone", "ood",

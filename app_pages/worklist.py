@@ -1,4 +1,5 @@
-"""Worklist: score many images at once, sorted by probability, with grey-zone and error flags."""
+"""Worklist: score many images at once, sorted by probability, with grey-zone, out-of-distribution
+and error flags."""
 
 import streamlit as st
 
@@ -29,25 +30,9 @@ if st.session_state.get("worklist_ids") != upload_ids:
     st.session_state["worklist_table"] = table
     st.session_state["worklist_ids"] = upload_ids
 table = st.session_state["worklist_table"]
-audit.record_worklist(table, model.metadata.model_sha256, model.metadata.threshold)
+audit.record_worklist(worklist.audit_records(table, model.metadata))
 
-errors = table[table["error"].notna()]
-scored = table[table["error"].isna()]
-counts = st.columns([1, 1, 1, 1, 1.2], vertical_alignment="center")
-counts[0].metric("Scored", len(scored))
-counts[1].metric("Called pneumonia", int(((scored["call"] == "pneumonia") & ~scored["ood"].eq(True)).sum()))
-counts[2].metric("Indeterminate (grey zone)", int(scored["grey_zone"].astype(bool).sum()))
-counts[3].metric("Unreadable", len(errors))
-counts[4].download_button(
-    "Download CSV",
-    worklist.to_csv(table, model.metadata.model_sha256),
-    file_name="worklist.csv",
-    mime="text/csv",
-    on_click="ignore",
-    icon=":material/download:",
-    width="stretch",
-)
-flagged = scored[scored["ood"].eq(True)]
+flagged = table[table["ood"].eq(True)]
 show_flagged = False
 if len(flagged):
     st.error(
@@ -56,6 +41,24 @@ if len(flagged):
         icon=":material/block:",
     )
     show_flagged = st.checkbox("Show the model's output for them anyway", key="worklist_show_ood")
+shown = worklist.masked(table, show_flagged)
+numbers = worklist.counts(shown)
+
+metrics = st.columns([1, 1, 1, 1, 1.2], vertical_alignment="center")
+metrics[0].metric("Scored", numbers["scored"])
+metrics[1].metric("Called pneumonia", numbers["pneumonia"])
+metrics[2].metric("Indeterminate (grey zone)", numbers["grey_zone"])
+metrics[3].metric("Unreadable", numbers["unreadable"])
+metrics[4].download_button(
+    "Download CSV",
+    worklist.to_csv(shown, model.metadata.model_sha256),
+    file_name="worklist.csv",
+    mime="text/csv",
+    on_click="ignore",
+    icon=":material/download:",
+    width="stretch",
+)
+errors = shown[shown["error"].notna()]
 if len(errors):
     st.error(
         f"{len(errors)} file(s) could not be read; the others were scored.  \n"
@@ -63,12 +66,6 @@ if len(errors):
         icon=":material/error:",
     )
 
-shown = table.astype({"grey_zone": object, "call": object})
-if not show_flagged:
-    hidden = shown["ood"].eq(True)
-    shown.loc[hidden, "probability"] = float("nan")
-    shown.loc[hidden, "call"] = "hidden: not like a chest X-ray"
-    shown.loc[hidden, "grey_zone"] = None
 st.dataframe(
     shown.fillna({"error": ""}),
     hide_index=True,

@@ -61,6 +61,14 @@ _EXPORTS = {
     "evaluate": "evaluation",
     "compare": "comparison",
     "StressConfig": "stress",
+    "OodConfig": "ood",
+    "OodGate": "ood",
+    "fit_gate": "ood",
+    "evaluate_ood": "evaluation",
+    "AuditTrail": "audit",
+    "AuditError": "audit",
+    "ResultRecord": "audit",
+    "read_image_bytes": "preprocessing",
     "stress_metrics": "stress",
 }
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +30,6 @@ from .errors import PneumoError
 if TYPE_CHECKING:
     from .prediction import Prediction
 
-AUDIT_DB_ENV = "PNEUMO_AUDIT_DB"
 SCHEMA_VERSION = 1
 SOURCES = ("app", "cli")
 VERDICTS = ("agree", "disagree", "unsure")
@@ -105,9 +103,10 @@ class AuditError(PneumoError):
     """The audit trail cannot be opened or written, or a record is not acceptable."""
 
 
-def default_audit_path() -> Path:
-    """``$PNEUMO_AUDIT_DB`` if set, else ``audit/audit.sqlite3`` in the working directory."""
-    return Path(os.environ.get(AUDIT_DB_ENV) or Path("audit") / "audit.sqlite3")
+def _spreadsheet_safe(value):
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _utc_now() -> str:
@@ -121,6 +120,66 @@ def _box_text(box: Sequence[int] | None) -> str | None:
     if len(values) != 4:
         raise AuditError(f"A crop box has 4 numbers (x0, y0, x1, y1); got {len(values)}.")
     return "[" + ", ".join(str(value) for value in values) + "]"
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One result as shown to a user (see the module's docstring for what is and is not kept).
+
+    Attributes:
+        source: "app" or "cli".
+        ood: None when the model had no out-of-distribution gate.
+        crop_box: ``(x0, y0, x1, y1)`` when the result is of a cropped image, else None.
+    """
+
+    image_sha256: str
+    model_sha256: str
+    threshold: float
+    probability: float
+    label: str
+    grey_zone: bool
+    source: str
+    ood: bool | None = None
+    ood_score: float | None = None
+    crop_box: Sequence[int] | None = None
+
+    def row(self) -> tuple:
+        """The values of an INSERT into ``results``, stamped with the current UTC time.
+
+        Raises:
+            AuditError: an unknown source or a crop box that is not four numbers.
+        """
+        if self.source not in SOURCES:
+            raise AuditError(f"Unknown result source '{self.source}'; one of {SOURCES}.")
+        return (
+            _utc_now(),
+            self.source,
+            self.image_sha256,
+            self.model_sha256,
+            float(self.threshold),
+            float(self.probability),
+            self.label,
+            int(bool(self.grey_zone)),
+            None if self.ood is None else int(bool(self.ood)),
+            None if self.ood_score is None else float(self.ood_score),
+            _box_text(self.crop_box),
+        )
+
+    @classmethod
+    def of(cls, prediction: "Prediction", image_sha256: str, source: str, crop_box: Sequence[int] | None = None) -> "ResultRecord":
+        """The record of a ``Prediction`` (of the whole image, or of the crop ``crop_box``)."""
+        return cls(
+            image_sha256=image_sha256,
+            model_sha256=prediction.model_sha,
+            threshold=prediction.threshold,
+            probability=prediction.probability,
+            label=prediction.label,
+            grey_zone=prediction.grey_zone,
+            source=source,
+            ood=prediction.ood,
+            ood_score=prediction.ood_score,
+            crop_box=None if crop_box is None else tuple(int(value) for value in crop_box),
+        )
 
 
 @dataclass(frozen=True)
@@ -168,59 +227,40 @@ class AuditTrail:
         finally:
             connection.close()
 
-    def _insert(self, sql: str, values: tuple) -> int:
+    def _insert(self, sql: str, rows: list[tuple]) -> list[int]:
+        """Inserts ``rows`` in one transaction; returns their ids once committed."""
         with self._connection() as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                cursor = connection.execute(sql, values)
+                ids = [int(connection.execute(sql, values).lastrowid) for values in rows]
                 connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
-            return int(cursor.lastrowid)
+            return ids
 
-    def record_result(
-        self,
-        *,
-        image_sha256: str,
-        model_sha256: str,
-        threshold: float,
-        probability: float,
-        label: str,
-        grey_zone: bool,
-        source: str,
-        ood: bool | None = None,
-        ood_score: float | None = None,
-        crop_box: Sequence[int] | None = None,
-    ) -> int:
-        """Appends one shown result; returns its id once it is committed to disk.
+    def record_results(self, records: Sequence["ResultRecord"]) -> list[int]:
+        """Appends shown results in one transaction (all or none); returns their ids once committed.
 
         Raises:
             AuditError: a value is not acceptable, or the database cannot be written.
         """
-        if source not in SOURCES:
-            raise AuditError(f"Unknown result source '{source}'; one of {SOURCES}.")
-        values = (
-            _utc_now(),
-            source,
-            image_sha256,
-            model_sha256,
-            float(threshold),
-            float(probability),
-            label,
-            int(bool(grey_zone)),
-            None if ood is None else int(bool(ood)),
-            None if ood_score is None else float(ood_score),
-            _box_text(crop_box),
-        )
+        rows = [record.row() for record in records]
+        if not rows:
+            return []
         try:
             return self._insert(
                 "INSERT INTO results (recorded_utc, source, image_sha256, model_sha256, threshold, probability, "
                 "label, grey_zone, ood, ood_score, crop_box) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
+                rows,
             )
         except sqlite3.IntegrityError as error:
             raise AuditError(f"The result was not recorded: a value is not acceptable ({error}).") from None
+
+    def record_result(self, **fields) -> int:
+        """Appends one shown result (``ResultRecord``'s fields as keywords); returns its id once committed."""
+        return self.record_results([ResultRecord(**fields)])[0]
 
     def record_verdict(self, result_id: int, verdict: str, note: str = "", reviewer: str = "") -> int:
         """Appends a reviewer's verdict on a recorded result; returns the verdict's id.
@@ -239,8 +279,8 @@ class AuditTrail:
         try:
             return self._insert(
                 "INSERT INTO verdicts (recorded_utc, result_id, verdict, note, reviewer) VALUES (?, ?, ?, ?, ?)",
-                (_utc_now(), int(result_id), verdict, note, reviewer),
-            )
+                [(_utc_now(), int(result_id), verdict, note, reviewer)],
+            )[0]
         except sqlite3.IntegrityError:
             raise AuditError(f"There is no recorded result {result_id} to attach the verdict to.") from None
 
@@ -258,32 +298,19 @@ class AuditTrail:
         return {"results": int(results), "verdicts": int(verdicts)}
 
     def to_csv(self) -> str:
-        """The whole trail as CSV text (header ``TRAIL_COLUMNS``)."""
+        """The whole trail as CSV text (header ``TRAIL_COLUMNS``).
+
+        Free text that a spreadsheet would run as a formula (starting with =, +, -, @, tab or
+        carriage return) is prefixed with an apostrophe.
+        """
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=TRAIL_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(self.trail())
+        for row in self.trail():
+            writer.writerow({key: _spreadsheet_safe(value) for key, value in row.items()})
         return buffer.getvalue()
 
     def integrity_ok(self) -> bool:
         """``PRAGMA integrity_check`` returns ok."""
         with self._connection() as connection:
             return connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-
-
-def record_prediction(
-    trail: AuditTrail, prediction: "Prediction", image_sha256: str, source: str, crop_box: Sequence[int] | None = None
-) -> int:
-    """Records a ``Prediction`` shown to a user (of the whole image, or of the crop ``crop_box``)."""
-    return trail.record_result(
-        image_sha256=image_sha256,
-        model_sha256=prediction.model_sha,
-        threshold=prediction.threshold,
-        probability=prediction.probability,
-        label=prediction.label,
-        grey_zone=prediction.grey_zone,
-        source=source,
-        ood=prediction.ood,
-        ood_score=prediction.ood_score,
-        crop_box=crop_box,
-    )

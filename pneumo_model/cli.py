@@ -273,13 +273,14 @@ def _predict(args) -> int:
     predictor = Predictor.from_file(args.model)
     trail = None
     if args.audit is not None:
-        from .audit import AuditTrail, record_prediction
+        from .audit import AuditTrail, ResultRecord
 
         trail = AuditTrail(args.audit)
     status = EXIT_OK
     for image in args.images:
         try:
-            prediction = predictor.predict_source(image)
+            data = _read_image_file(image)
+            prediction = predictor.predict_source(data)
         except InvalidImageError as error:
             print(json.dumps({"schema_version": 1, "file": image, "error": str(error)}), flush=True)
             status = EXIT_REJECTED
@@ -287,10 +288,21 @@ def _predict(args) -> int:
         record = prediction.to_record(image)
         if trail is not None:
             # Only the image's SHA-256 goes in: file names can carry patient identifiers.
-            digest = hashlib.sha256(Path(image).read_bytes()).hexdigest()
-            record["audit_id"] = record_prediction(trail, prediction, digest, source="cli")
+            digest = hashlib.sha256(data).hexdigest()
+            (record["audit_id"],) = trail.record_results([ResultRecord.of(prediction, digest, "cli")])
         print(json.dumps(record), flush=True)
     return status
+
+
+def _read_image_file(path: str) -> bytes:
+    """The file's bytes, read once (scored and hashed from the same bytes), within the size limit.
+
+    Raises:
+        InvalidImageError: missing, a folder, unreadable or too large (``load_image``'s messages).
+    """
+    from .preprocessing import read_image_bytes
+
+    return read_image_bytes(path)
 
 
 def train_config_from_args(args) -> "TrainConfig":
@@ -332,14 +344,14 @@ def _train(args, argv) -> int:
 
 def _ood(args) -> int:
     from .data import resolve_data_dir
-    from .evaluation import DEFAULT_REPORTS_DIR
-    from .ood import fit_for_model, gate_path, ood_report
+    from .evaluation import DEFAULT_REPORTS_DIR, evaluate_ood
+    from .ood import fit_for_model, gate_path
 
     if args.action == "fit":
         gate = fit_for_model(args.model, resolve_data_dir(args.data))
         print(json.dumps({"gate": str(gate_path(args.model)), "threshold": gate.threshold, **gate.facts}))
         return EXIT_OK
-    report = ood_report(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR)
+    report = evaluate_ood(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR)
     summary = {"test_pass_rate": report["test_split"]["pass_rate"]}
     summary |= {name: category["detection_rate"] for name, category in report["categories"].items()}
     print(json.dumps(summary))

@@ -319,3 +319,136 @@ def crop_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# --- The out-of-distribution gate ------------------------------------------------------------
+
+
+def _validation_xrays(data_dir: Path, settings: dict, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` validation X-rays (half of each class), grey uint8, for the corpus."""
+    from .preprocessing import load_image
+
+    split = make_split(Path(data_dir), settings["protocol"], settings["val_fraction"], settings["seed"])
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in (0, 1):
+        paths = sorted(s.path for s in split.validation if s.label == label)
+        chosen += [paths[i] for i in rng.choice(len(paths), count // 2, replace=False)]
+    xrays = []
+    for path in chosen:
+        pixels, _ = load_image(path)
+        xrays.append(pixels if pixels.dtype == np.uint8 else (pixels // 257).astype(np.uint8))
+    return xrays
+
+
+def _shown_path(path: Path) -> str:
+    """The path relative to the repository when it lies inside it (reports should not name a home folder)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def evaluate_ood(model_path: Path, data_dir: Path, reports_dir: Path, corpus_xrays: int = 20, seed: int = 20261123) -> dict:
+    """Measures the gate: pass rate of the official test split's X-rays (whole and with the
+    automatic diaphragm crop) and detection rate per category of ``ood_corpus``. Writes
+    ``reports_dir/ood.json`` and returns the report. The test split is only scored, never used to fit."""
+    from .crop import apply_crop, find_diaphragm
+    from .data import scan_split
+    from .errors import InvalidImageError, ModelFileError
+    from .ood_corpus import build_corpus
+    from .preprocessing import load_image, preprocess
+
+    predictor = Predictor.from_file(Path(model_path))
+    if predictor.gate is None:
+        raise ModelFileError(f"No out-of-distribution gate beside {model_path}; run `python -m pneumo_model ood fit` first.")
+    test = scan_split(Path(data_dir), "test")
+    whole, cropped, failed = [], [], []
+    for sample in test:
+        pixels, info = load_image(sample.path)
+        whole.append(predictor.predict_input(preprocess(pixels, predictor.input_size), info).ood_score)
+        found = find_diaphragm(pixels)
+        if found.found:
+            crop_input = preprocess(apply_crop(pixels, found.box), predictor.input_size)
+            cropped.append(predictor.predict_input(crop_input, info).ood_score)
+        if whole[-1] > 1.0:
+            failed.append({"file": sample.path.name, "ood_score": whole[-1]})
+    whole, cropped = np.array(whole), np.array(cropped)
+    labels = np.array([s.label for s in test])
+
+    corpus = build_corpus(_validation_xrays(data_dir, predictor.metadata.train_config, corpus_xrays, seed), seed)
+    categories = {}
+    for category, files in corpus.items():
+        results = []
+        for name, data in files:
+            try:
+                prediction = predictor.predict_source(data)
+                results.append({"file": name, "outcome": "flagged" if prediction.ood else "passed", "ood_score": prediction.ood_score})
+            except InvalidImageError as error:
+                results.append({"file": name, "outcome": "rejected", "reason": str(error)})
+        outcomes = [r["outcome"] for r in results]
+        categories[category] = {
+            "images": len(results),
+            "flagged": outcomes.count("flagged"),
+            "rejected_by_decoder": outcomes.count("rejected"),
+            "passed": outcomes.count("passed"),
+            "detection_rate": 1.0 - outcomes.count("passed") / len(results),
+            "files": results,
+        }
+    report = {
+        "model_sha256": predictor.metadata.model_sha256,
+        "gate": predictor.gate.facts | {"threshold": predictor.gate.threshold, "detectors": list(predictor.gate.detectors)},
+        "test_split": {
+            "images": int(len(whole)),
+            "pass_rate": float(np.mean(whole <= 1.0)),
+            "pass_rate_normal": float(np.mean(whole[labels == 0] <= 1.0)),
+            "pass_rate_pneumonia": float(np.mean(whole[labels == 1] <= 1.0)),
+            "diaphragm_cropped_images": int(len(cropped)),
+            "diaphragm_cropped_pass_rate": float(np.mean(cropped <= 1.0)) if len(cropped) else None,
+            "ood_score_quantiles": {q: float(np.quantile(whole, float(q))) for q in ("0.5", "0.9", "0.99")},
+            "flagged_files": failed,
+        },
+        "categories": categories,
+        "targets": {"test_pass_rate": 0.98, "category_detection_rate": 0.95},
+        "corpus": f"pneumo_model/ood_corpus.py; X-ray based categories made from {corpus_xrays} validation X-rays, seed {seed}",
+        "command": f"python -m pneumo_model ood evaluate --model {_shown_path(model_path)}",
+    }
+    report["targets_met"] = bool(
+        report["test_split"]["pass_rate"] >= 0.98 and all(c["detection_rate"] >= 0.95 for c in categories.values())
+    )
+    record_test_use(Path(reports_dir), predictor.metadata.model_sha256, "test-ood")
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    (reports_dir / "ood.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    (reports_dir / "ood.md").write_text(ood_markdown(report))
+    return report
+
+
+def ood_markdown(report: dict) -> str:
+    """The report's headline table (pasted in the README between the ``ood`` markers)."""
+    test = report["test_split"]
+    gate = report["gate"]
+    lines = [
+        f"Gate of model `{report['model_sha256'][:12]}`: validation X-rays passing "
+        f"{gate['validation_pass_rate']:.1%} whole, {gate['validation_cropped_pass_rate']:.1%} with the lower part cropped.",
+        "",
+        "| images | n | passed | flagged | rejected by the decoder | target |",
+        "|---|---|---|---|---|---|",
+        f"| official test split X-rays | {test['images']} | {test['pass_rate']:.1%} | "
+        f"{1 - test['pass_rate']:.1%} | 0 | ≥ 98 % pass |",
+    ]
+    if test["diaphragm_cropped_pass_rate"] is not None:
+        lines.append(
+            f"| the same, diaphragm crop suggested by `find_diaphragm` | {test['diaphragm_cropped_images']} | "
+            f"{test['diaphragm_cropped_pass_rate']:.1%} | {1 - test['diaphragm_cropped_pass_rate']:.1%} | 0 | pass |"
+        )
+    for name, category in report["categories"].items():
+        n = category["images"]
+        lines.append(
+            f"| {name.replace('_', ' ')} | {n} | {category['passed'] / n:.1%} | {category['flagged'] / n:.1%} | "
+            f"{category['rejected_by_decoder']} | ≥ 95 % flagged or rejected |"
+        )
+    rejected = sum(category["rejected_by_decoder"] for category in report["categories"].values())
+    if rejected:
+        lines += ["", f"{rejected} file(s) were refused by the decoder (with a reason) and so never scored; they count as detected."]
+    verdict = "All targets met." if report["targets_met"] else "Not every target is met."
+    lines += ["", f"{verdict} Generated by `{report['command']}`.", ""]
+    return "\n".join(lines)

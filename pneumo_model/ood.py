@@ -19,7 +19,7 @@ Each detector's value is divided by its 99th percentile on validation X-rays; an
 percentile of that largest ratio on validation X-rays (whole, and with the lower part cropped
 off so that a diaphragm crop passes). An image is out of distribution when ``ood_score > 1``.
 Fitted on the training split, thresholded on the validation split; the test split is only
-scored (``ood_report``).
+scored (``evaluation.evaluate_ood``).
 
 The gate belongs to one model (its activations): it is saved beside the model as
 ``<model>.ood.npz`` (no pickle) and carries the model's SHA-256.
@@ -115,8 +115,15 @@ class ActivationSummaries:
                 f"The model has no layer {', '.join(missing)} that its out-of-distribution gate needs; "
                 "fit the gate again for this model."
             )
+        odd = [name for name in layers if any(side % 2 for side in model.get_layer(name).output.shape[1:3])]
+        if odd:
+            raise ModelFileError(
+                f"The layer(s) {', '.join(odd)} have an odd height or width, which the gate's 2 x 2 summary "
+                "cannot split; fit the gate on other layers."
+            )
         network = keras.Model(model.inputs, [model.outputs[0], *[model.get_layer(name).output for name in layers]])
         size = model.inputs[0].shape[1]
+        self.layers = tuple(layers)
         self.batch_size = batch_size
 
         def summarise(images):
@@ -137,6 +144,8 @@ class ActivationSummaries:
         import tensorflow as tf
 
         floats = _planes(images)[..., np.newaxis]
+        if len(floats) == 0:
+            raise ValueError("no images to summarise")
         logits, parts = [], []
         for start in range(0, len(floats), self.batch_size):
             logit, summaries = self._run(tf.constant(floats[start : start + self.batch_size]))
@@ -342,144 +351,16 @@ def fit_gate(model, model_sha256: str, train_images: np.ndarray, validation_imag
 def fit_for_model(model_path: Path, data_dir: Path, config: OodConfig = OodConfig()) -> OodGate:
     """Fits the gate of the model at ``model_path`` on that model's own training and validation
     split and saves it beside the model (``gate_path``)."""
+    from .artifacts import load_model
     from .data import load_model_inputs
-    from .prediction import Predictor
     from .training import make_split
 
-    predictor = Predictor.from_file(Path(model_path))
-    settings = predictor.metadata.train_config
+    # Not through Predictor: a stale gate beside the model (of a replaced model) must not stop its refit.
+    model, metadata = load_model(Path(model_path))
+    settings = metadata.train_config
     split = make_split(Path(data_dir), settings["protocol"], settings["val_fraction"], settings["seed"])
-    train = load_model_inputs(split.train, predictor.input_size)
-    validation = load_model_inputs(split.validation, predictor.input_size)
-    gate = fit_gate(predictor.model, predictor.metadata.model_sha256, train, validation, config)
+    train = load_model_inputs(split.train, metadata.input_size)
+    validation = load_model_inputs(split.validation, metadata.input_size)
+    gate = fit_gate(model, metadata.model_sha256, train, validation, config)
     gate.save(gate_path(model_path))
     return gate
-
-
-def _validation_xrays(data_dir: Path, settings: dict, count: int, seed: int) -> list[np.ndarray]:
-    """``count`` validation X-rays (half of each class), grey uint8, for the corpus."""
-    from .preprocessing import load_image
-    from .training import make_split
-
-    split = make_split(Path(data_dir), settings["protocol"], settings["val_fraction"], settings["seed"])
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in (0, 1):
-        paths = sorted(s.path for s in split.validation if s.label == label)
-        chosen += [paths[i] for i in rng.choice(len(paths), count // 2, replace=False)]
-    xrays = []
-    for path in chosen:
-        pixels, _ = load_image(path)
-        xrays.append(pixels if pixels.dtype == np.uint8 else (pixels // 257).astype(np.uint8))
-    return xrays
-
-
-def _shown_path(path: Path) -> str:
-    """The path relative to the repository when it lies inside it (reports should not name a home folder)."""
-    from .artifacts import REPO_ROOT
-
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
-def ood_report(model_path: Path, data_dir: Path, reports_dir: Path, corpus_xrays: int = 20, seed: int = 20261123) -> dict:
-    """Measures the gate: pass rate of the official test split's X-rays (whole and with the
-    automatic diaphragm crop) and detection rate per category of ``ood_corpus``. Writes
-    ``reports_dir/ood.json`` and returns the report. The test split is only scored, never used to fit."""
-    from .crop import apply_crop, find_diaphragm
-    from .data import scan_split
-    from .errors import InvalidImageError
-    from .evaluation import json_safe, record_test_use
-    from .ood_corpus import build_corpus
-    from .prediction import Predictor
-    from .preprocessing import load_image, preprocess
-
-    predictor = Predictor.from_file(Path(model_path))
-    if predictor.gate is None:
-        raise ModelFileError(f"No out-of-distribution gate beside {model_path}; run `python -m pneumo_model ood fit` first.")
-    test = scan_split(Path(data_dir), "test")
-    whole, cropped, failed = [], [], []
-    for sample in test:
-        pixels, info = load_image(sample.path)
-        whole.append(predictor.predict_input(preprocess(pixels, predictor.input_size), info).ood_score)
-        found = find_diaphragm(pixels)
-        if found.found:
-            crop_input = preprocess(apply_crop(pixels, found.box), predictor.input_size)
-            cropped.append(predictor.predict_input(crop_input, info).ood_score)
-        if whole[-1] > 1.0:
-            failed.append({"file": sample.path.name, "ood_score": whole[-1]})
-    whole, cropped = np.array(whole), np.array(cropped)
-    labels = np.array([s.label for s in test])
-
-    corpus = build_corpus(_validation_xrays(data_dir, predictor.metadata.train_config, corpus_xrays, seed), seed)
-    categories = {}
-    for category, files in corpus.items():
-        results = []
-        for name, data in files:
-            try:
-                prediction = predictor.predict_source(data)
-                results.append({"file": name, "outcome": "flagged" if prediction.ood else "passed", "ood_score": prediction.ood_score})
-            except InvalidImageError as error:
-                results.append({"file": name, "outcome": "rejected", "reason": str(error)})
-        outcomes = [r["outcome"] for r in results]
-        categories[category] = {
-            "images": len(results),
-            "flagged": outcomes.count("flagged"),
-            "rejected_by_decoder": outcomes.count("rejected"),
-            "passed": outcomes.count("passed"),
-            "detection_rate": 1.0 - outcomes.count("passed") / len(results),
-            "files": results,
-        }
-    report = {
-        "model_sha256": predictor.metadata.model_sha256,
-        "gate": predictor.gate.facts | {"threshold": predictor.gate.threshold, "detectors": list(predictor.gate.detectors)},
-        "test_split": {
-            "images": int(len(whole)),
-            "pass_rate": float(np.mean(whole <= 1.0)),
-            "pass_rate_normal": float(np.mean(whole[labels == 0] <= 1.0)),
-            "pass_rate_pneumonia": float(np.mean(whole[labels == 1] <= 1.0)),
-            "diaphragm_cropped_images": int(len(cropped)),
-            "diaphragm_cropped_pass_rate": float(np.mean(cropped <= 1.0)) if len(cropped) else None,
-            "ood_score_quantiles": {q: float(np.quantile(whole, float(q))) for q in ("0.5", "0.9", "0.99")},
-            "flagged_files": failed,
-        },
-        "categories": categories,
-        "targets": {"test_pass_rate": 0.98, "category_detection_rate": 0.95},
-        "corpus": f"pneumo_model/ood_corpus.py; X-ray based categories made from {corpus_xrays} validation X-rays, seed {seed}",
-        "command": f"python -m pneumo_model ood evaluate --model {_shown_path(model_path)}",
-    }
-    report["targets_met"] = bool(
-        report["test_split"]["pass_rate"] >= 0.98 and all(c["detection_rate"] >= 0.95 for c in categories.values())
-    )
-    record_test_use(Path(reports_dir), predictor.metadata.model_sha256, "test-ood")
-    reports_dir = Path(reports_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    (reports_dir / "ood.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
-    (reports_dir / "ood.md").write_text(ood_markdown(report))
-    return report
-
-
-def ood_markdown(report: dict) -> str:
-    """The report's headline table (pasted in the README between the ``ood`` markers)."""
-    test = report["test_split"]
-    gate = report["gate"]
-    lines = [
-        f"Gate of model `{report['model_sha256'][:12]}`: validation X-rays passing "
-        f"{gate['validation_pass_rate']:.1%} whole, {gate['validation_cropped_pass_rate']:.1%} with the lower part cropped.",
-        "",
-        "| images | n | passed | flagged | rejected by the decoder | target |",
-        "|---|---|---|---|---|---|",
-        f"| official test split X-rays | {test['images']} | {test['pass_rate']:.1%} | "
-        f"{1 - test['pass_rate']:.1%} | 0 | ≥ 98 % pass |",
-        f"| the same, diaphragm crop suggested by `find_diaphragm` | {test['diaphragm_cropped_images']} | "
-        f"{test['diaphragm_cropped_pass_rate']:.1%} | {1 - test['diaphragm_cropped_pass_rate']:.1%} | 0 | pass |",
-    ]
-    for name, category in report["categories"].items():
-        n = category["images"]
-        lines.append(
-            f"| {name.replace('_', ' ')} | {n} | {category['passed'] / n:.1%} | {category['flagged'] / n:.1%} | "
-            f"{category['rejected_by_decoder']} | ≥ 95 % flagged or rejected |"
-        )
-    verdict = "All targets met." if report["targets_met"] else "Not every target is met."
-    lines += ["", f"{verdict} Generated by `{report['command']}`.", ""]
-    return "\n".join(lines)

@@ -159,7 +159,7 @@ class Predictor:
                 threshold=self.metadata.threshold,
                 model_sha=self.metadata.model_sha256,
                 info=info,
-                ood=None if score is None else bool(score > 1.0),
+                ood=None if score is None else not score <= 1.0,  # a NaN score is flagged
                 ood_score=score,
             )
             for probability, info, score in zip(probabilities, infos, ood_scores)

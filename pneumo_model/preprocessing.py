@@ -95,7 +95,13 @@ class ImageInfo:
         }
 
 
-def _read_bytes(source: str | Path | bytes, limits: ImageLimits) -> bytes:
+def read_image_bytes(source: str | Path | bytes, limits: ImageLimits = ImageLimits()) -> bytes:
+    """The bytes of an image file (or the bytes given), checked to exist, be a file, be non-empty
+    and within ``limits.max_bytes``.
+
+    Raises:
+        InvalidImageError: with the reason.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     else:
@@ -225,7 +231,7 @@ def load_image(source: str | Path | bytes, limits: ImageLimits = ImageLimits()) 
             damaged, or has a size or shape no radiograph has; its message says what to do.
             ``UnsupportedDicomError`` (a subclass) for a readable DICOM without a usable image.
     """
-    data = _read_bytes(source, limits)
+    data = read_image_bytes(source, limits)
     if dicom.is_dicom(data):
         return _load_dicom(data, limits)
     return _load_with_pillow(data, limits)

@@ -274,7 +274,12 @@ def train(
         created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         command=command,
     )
-    return save_model(model, metadata, Path(model_path))
+    saved = save_model(model, metadata, Path(model_path))
+    # A gate beside the file belongs to the model just replaced; it would refuse the new one.
+    from .ood import gate_path
+
+    gate_path(Path(model_path)).unlink(missing_ok=True)
+    return saved
 
 
 def _config_dict(config: TrainConfig) -> dict:

@@ -404,17 +404,22 @@ def test_worklist_hides_calls_of_flagged_images_and_records_every_scored_file(au
     app.run()
     assert not app.exception, app.exception
     assert "do not look like frontal chest X-rays" in texts(app.error) and "inverted.png" in texts(app.error)
-    table = app.dataframe[0].value.set_index("file")
-    assert table.loc["inverted.png", "call"] == "hidden: not like a chest X-ray"
+    shown = app.dataframe[0].value
+    assert list(shown["file"]) == ["normal.jpeg", "inverted.png"]  # hidden rows go last: no rank to read
+    table = shown.set_index("file")
+    assert table.loc["inverted.png", "call"] == worklist.HIDDEN_CALL
     assert np.isnan(table.loc["inverted.png", "probability"])
     assert table.loc["normal.jpeg", "call"] in ("normal", "pneumonia")
-    assert len(trail_rows(audit_db)) == 2
+    csv = pd.read_csv(io.BytesIO(worklist.to_csv(worklist.masked(worklist.score_files([(n, d) for n, d, _ in uploads], resources.predictor()), False), "abc")))
+    assert csv.set_index("file").loc["inverted.png", "call"] == worklist.HIDDEN_CALL
+    rows = trail_rows(audit_db)
+    assert len(rows) == 2 and {row["ood"] for row in rows} == {0, 1}  # the trail keeps the real result
     app.checkbox(key="worklist_show_ood").check().run()
     table = app.dataframe[0].value.set_index("file")
     assert table.loc["inverted.png", "call"] in ("normal", "pneumonia")
 
 
-SENTINELS = ("ZZSENTINEL^PATIENT", "ZZSENTINEL-ID-4711", "ZZSENT-ACC-0815", "19990101")
+SENTINELS = ("ZZSENTINEL^PATIENT", "ZZSENTINEL-ID-4711", "ZZSENT-ACC-0815", "19990101", "087Y")
 
 
 def test_dicom_identifiers_reach_neither_the_audit_trail_nor_the_logs(audit_db, caplog, capfd):
@@ -424,10 +429,15 @@ def test_dicom_identifiers_reach_neither_the_audit_trail_nor_the_logs(audit_db, 
 
     caplog.set_level(logging.DEBUG)
     data = dicom_file(
-        PatientName=SENTINELS[0], PatientID=SENTINELS[1], AccessionNumber=SENTINELS[2], PatientBirthDate=SENTINELS[3]
+        PatientName=SENTINELS[0],
+        PatientID=SENTINELS[1],
+        AccessionNumber=SENTINELS[2],
+        PatientBirthDate=SENTINELS[3],
+        PatientAge=SENTINELS[4],
     )
     app = upload(start(), "study.dcm", data, "application/dicom")
     assert probability_shown(app)
+    assert "over 10 years" in texts(app.info)  # the age was read, for a warning that does not quote it
     app.radio(key="review_verdict_verdict").set_value("agree")
     app.button(key="review_verdict_submit").click().run()
     for page in ("app_pages/explain.py", "app_pages/crop.py", "app_pages/trail.py"):
@@ -445,3 +455,23 @@ def test_dicom_identifiers_reach_neither_the_audit_trail_nor_the_logs(audit_db, 
         assert sentinel.encode() not in stored
         assert sentinel not in logs
     assert b"study.dcm" not in stored
+
+
+def test_records_survive_a_restart_of_the_app(audit_db):
+    pick_sample(start())
+    st.cache_resource.clear()  # what a server restart loses: the model and the open trail
+    st.cache_data.clear()
+    app = open_page(start(), "app_pages/trail.py")
+    assert [m.value for m in app.metric][:1] == ["1"]
+    assert len(app.dataframe[0].value) == 1
+
+
+def test_an_unusable_audit_trail_is_said_and_the_result_still_shown(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMO_AUDIT_DB", str(tmp_path))  # a folder
+    app = pick_sample(start())
+    assert probability_shown(app)
+    (error,) = [e for e in app.error]
+    assert "not recorded in the audit trail" in error.value and "is a folder" in error.value
+    assert not [button for button in app.button if button.key == "review_verdict_submit"]
+    trail_page = open_page(app, "app_pages/trail.py")
+    assert "cannot be read" in texts(trail_page.error)

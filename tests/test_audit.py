@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pneumo_model.artifacts import REPO_ROOT
-from pneumo_model.audit import TRAIL_COLUMNS, AuditError, AuditTrail
+from pneumo_model.audit import TRAIL_COLUMNS, AuditError, AuditTrail, ResultRecord
 
 IMAGE_SHA = "a" * 64
 MODEL_SHA = "b" * 64
@@ -69,6 +69,27 @@ def test_csv_export_has_the_header_and_one_line_per_row(tmp_path):
     assert list(rows[0]) == list(TRAIL_COLUMNS)
     assert len(rows) == 1 and rows[0]["note"] == 'a "quoted", note\non two lines'
     assert rows[0]["image_sha256"] == IMAGE_SHA
+
+
+def test_csv_export_defuses_spreadsheet_formulas(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    result = record(trail)
+    trail.record_verdict(result, "unsure", note="=HYPERLINK(\"http://x\")", reviewer="@admin")
+    (row,) = csv.DictReader(io.StringIO(trail.to_csv()))
+    assert row["note"] == "'=HYPERLINK(\"http://x\")" and row["reviewer"] == "'@admin"
+    assert trail.trail()[0]["note"] == "=HYPERLINK(\"http://x\")"  # stored as typed
+
+
+def test_a_batch_is_recorded_whole_or_not_at_all(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    good = ResultRecord(IMAGE_SHA, MODEL_SHA, 0.2, 0.5, "normal", False, "app")
+    ids = trail.record_results([good, good])
+    assert ids == [1, 2]
+    bad = ResultRecord(IMAGE_SHA, MODEL_SHA, 0.2, 7.0, "normal", False, "app")  # probability out of range
+    with pytest.raises(AuditError, match="not acceptable"):
+        trail.record_results([good, bad])
+    assert trail.counts()["results"] == 2
+    assert trail.record_results([]) == []
 
 
 def test_records_are_append_only(tmp_path):

@@ -48,7 +48,9 @@ def test_predict_prints_schema_v1_and_exits_0_when_all_are_scored(tiny_model, fi
 def test_predict_with_audit_records_each_scored_file_and_no_file_name(tiny_model, files, capsys, tmp_path):
     from pneumo_model.audit import AuditTrail
 
-    good, bad = files
+    _, bad = files
+    good = tmp_path / "Doe_Jane_PID8675309.png"  # names like this are what a PACS export may give
+    good.write_bytes(files[0].read_bytes())
     db = tmp_path / "trail" / "audit.sqlite3"
     argv = ["predict", str(good), str(bad), str(good), "--model", str(tiny_model), "--audit", str(db)]
     code, records, _ = _run(capsys, argv)
@@ -61,7 +63,8 @@ def test_predict_with_audit_records_each_scored_file_and_no_file_name(tiny_model
         assert row["image_sha256"] == digest and row["source"] == "cli"
         assert row["probability"] == pytest.approx(record["probability"], abs=1e-6)
         assert row["model_sha256"] == record["model_sha"] and row["label"] == record["label"]
-    assert b"good.png" not in db.read_bytes()
+    stored = b"".join(path.read_bytes() for path in db.parent.iterdir())
+    assert b"Doe_Jane" not in stored and b"PID8675309" not in stored
 
 
 def test_a_bad_file_is_reported_and_does_not_stop_the_others(tiny_model, files, capsys, tmp_path):

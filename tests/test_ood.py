@@ -104,6 +104,60 @@ def test_a_gate_of_another_model_or_a_damaged_gate_is_refused(tiny_gate, tmp_pat
         ActivationSummaries(model, ("conv1", "nope"))
 
 
+def test_fitting_and_scoring_change_neither_the_model_nor_the_images(tiny_gate):
+    model_path, gate = tiny_gate
+    model, metadata = load_model(model_path)
+    weights = [w.copy() for w in model.get_weights()]
+    train, validation = synthetic_inputs(1, 40), synthetic_inputs(2, 40)
+    before = (train.copy(), validation.copy())
+    fit_gate(model, metadata.model_sha256, train, validation, TINY_CONFIG)
+    Predictor(model, metadata, gate=gate).predict_inputs(validation.astype(np.float32) / 255, [_grey_info()] * 40)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+    assert np.array_equal(train, before[0]) and np.array_equal(validation, before[1])
+
+
+def test_a_nan_score_counts_as_out_of_distribution(tiny_gate):
+    model_path, gate = tiny_gate
+    model, metadata = load_model(model_path)
+    broken = OodGate(**{**gate.__dict__, "scales": np.full_like(gate.scales, np.nan)})
+    prediction = Predictor(model, metadata, gate=broken).predict_input(synthetic_inputs(9, 1)[0].astype(np.float32) / 255, _grey_info())
+    assert np.isnan(prediction.ood_score) and prediction.ood is True
+
+
+def test_training_over_a_model_removes_its_stale_gate(tiny_gate, synthetic_data, tmp_path):
+    from pneumo_model.training import TrainConfig, train
+
+    model_path = tmp_path / "m.keras"
+    gate_path(model_path).write_bytes(gate_path(tiny_gate[0]).read_bytes())
+    config = TrainConfig(architecture="cnn_small", input_size=32, epochs=1, batch_size=8, val_fraction=0.25, patience=1)
+    train(config, synthetic_data, model_path, command="pytest", progress=None, verbose=0)
+    assert not gate_path(model_path).exists()
+    Predictor.from_file(model_path)  # loads: no gate of another model in the way
+
+
+def test_odd_sized_layers_and_empty_batches_are_refused_plainly(tiny_gate):
+    model, _ = load_model(tiny_gate[0])
+    summaries = ActivationSummaries(model, ("conv1",))
+    with pytest.raises(ValueError, match="no images"):
+        summaries(np.empty((0, 32, 32, 1), np.float32))
+    import keras
+
+    odd = keras.Sequential([keras.Input((31, 31, 1)), keras.layers.Conv2D(2, 3, name="c"), keras.layers.Flatten(), keras.layers.Dense(1)])
+    with pytest.raises(ModelFileError, match="odd height or width"):
+        ActivationSummaries(odd, ("c",))
+
+
+def test_the_corpus_has_every_category_with_at_least_ten_files():
+    from pneumo_model.ood_corpus import CATEGORIES, build_corpus
+
+    xrays = [load_image(path)[0] for path in SAMPLES]
+    corpus = build_corpus([*xrays, np.ascontiguousarray(xrays[0][:, ::-1])][:10])
+    assert tuple(corpus) == CATEGORIES
+    for name, files in corpus.items():
+        assert len(files) >= 10, name
+        assert len({data for _, data in files}) == len(files), f"{name} has duplicate files"
+
+
 def test_a_model_without_a_gate_scores_with_ood_unknown(tiny_model, tmp_path):
     path = tmp_path / "x.png"
     path.write_bytes(encode(synthetic_xray(np.random.default_rng(4), 64)))

@@ -8,81 +8,74 @@ not look as if it were), and the result itself is still shown.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
-from pneumo_model.audit import VERDICTS, AuditError, AuditTrail, default_audit_path
+from pneumo_model.artifacts import REPO_ROOT
+from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, AuditTrail, ResultRecord
 from pneumo_model.prediction import Prediction
 
-_RECORDED_KEY = "audit_recorded"
+AUDIT_DB_ENV = "PNEUMO_AUDIT_DB"
+DEFAULT_AUDIT_DB = REPO_ROOT / "audit" / "audit.sqlite3"
+# A busy database makes a page wait at most this long before saying the record failed.
+BUSY_TIMEOUT_S = 5.0
 NOTE_HELP = "Do not type patient names, ids or dates: the note is stored as written."
+_RECORDED_KEY = "audit_recorded"
+
+
+def audit_path() -> Path:
+    """``$PNEUMO_AUDIT_DB`` if set, else ``audit/audit.sqlite3`` in the repository."""
+    return Path(os.environ.get(AUDIT_DB_ENV) or DEFAULT_AUDIT_DB).resolve()
 
 
 @st.cache_resource(show_spinner=False)
 def _open(path: str) -> AuditTrail:
-    return AuditTrail(Path(path))
+    return AuditTrail(Path(path), busy_timeout_s=BUSY_TIMEOUT_S)
 
 
 def trail() -> AuditTrail:
-    """The audit trail at ``$PNEUMO_AUDIT_DB`` (default ``audit/audit.sqlite3``).
+    """The app's audit trail (``audit_path``).
 
     Raises:
         AuditError: it cannot be opened.
     """
-    return _open(str(default_audit_path().resolve()))
+    return _open(str(audit_path()))
 
 
-def _record_once(key: tuple, fields: dict) -> int | None:
-    recorded = st.session_state.setdefault(_RECORDED_KEY, {})
-    if key in recorded:
-        return recorded[key]
-    try:
-        result_id = trail().record_result(source="app", **fields)
-    except AuditError as error:
-        st.error(f"This result was not recorded in the audit trail. {error}", icon=":material/database:")
-        return None
-    recorded[key] = result_id
-    return result_id
+def _not_recorded(error: AuditError, what: str = "This result was") -> None:
+    st.error(f"{what} not recorded in the audit trail. {error}", icon=":material/database:")
 
 
 def record_shown(image_sha256: str, prediction: Prediction, crop_box: tuple[int, ...] | None = None) -> int | None:
     """Records ``prediction`` unless this session already did; returns the record's id (None on failure)."""
-    key = (image_sha256, prediction.model_sha, None if crop_box is None else tuple(int(v) for v in crop_box))
-    return _record_once(
-        key,
-        dict(
-            image_sha256=image_sha256,
-            model_sha256=prediction.model_sha,
-            threshold=prediction.threshold,
-            probability=prediction.probability,
-            label=prediction.label,
-            grey_zone=prediction.grey_zone,
-            ood=prediction.ood,
-            ood_score=prediction.ood_score,
-            crop_box=crop_box,
-        ),
-    )
+    record = ResultRecord.of(prediction, image_sha256, "app", crop_box)
+    key = (record.image_sha256, record.model_sha256, record.crop_box)
+    recorded = st.session_state.setdefault(_RECORDED_KEY, {})
+    if key not in recorded:
+        try:
+            (recorded[key],) = trail().record_results([record])
+        except AuditError as error:
+            _not_recorded(error)
+            return None
+    return recorded[key]
 
 
-def record_worklist(table, model_sha256: str, threshold: float) -> int:
-    """Records every scored row of a worklist table (``ui.worklist.score_files``) not yet recorded
-    in this session; returns how many rows are on the record."""
-    recorded = 0
-    for row in table[table["error"].isna()].itertuples():
-        fields = dict(
-            image_sha256=row.sha256,
-            model_sha256=model_sha256,
-            threshold=threshold,
-            probability=float(row.probability),
-            label=row.call,
-            grey_zone=bool(row.grey_zone),
-            ood=None if row.ood is None else bool(row.ood),
-            ood_score=None if row.ood is None else float(row.ood_score),
-        )
-        if _record_once((row.sha256, model_sha256, None), fields) is not None:
-            recorded += 1
-    return recorded
+def record_worklist(records: list[ResultRecord]) -> None:
+    """Records the worklist's results not yet recorded in this session, in one transaction."""
+    recorded = st.session_state.setdefault(_RECORDED_KEY, {})
+    keys = [(record.image_sha256, record.model_sha256, record.crop_box) for record in records]
+    new = {key: record for key, record in zip(keys, records) if key not in recorded}
+    if not new:
+        return
+    try:
+        ids = trail().record_results(list(new.values()))
+    except AuditError as error:
+        _not_recorded(error, f"{len(new)} worklist result(s) were")
+        return
+    recorded.update(zip(new, ids))
 
 
 def verdict_form(result_id: int | None, form_key: str) -> None:
@@ -104,6 +97,19 @@ def verdict_form(result_id: int | None, form_key: str) -> None:
     try:
         verdict_id = trail().record_verdict(result_id, verdict, note=note, reviewer=reviewer)
     except AuditError as error:
-        st.error(f"The verdict was not recorded. {error}", icon=":material/database:")
+        _not_recorded(error, "The verdict was")
         return
     st.success(f"Verdict **{verdict}** recorded (record {verdict_id}, on result {result_id}).", icon=":material/task_alt:")
+
+
+def trail_table(rows: list[dict]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The trail for the screen, newest result first (with short SHAs), and its counts."""
+    table = pd.DataFrame(rows, columns=TRAIL_COLUMNS)
+    counts = {
+        "results": int(table["result_id"].nunique()),
+        "verdicts": int(table["verdict_id"].notna().sum()),
+        "disagreements": int((table["verdict"] == "disagree").sum()),
+    }
+    shown = table.sort_values(["result_id", "verdict_id"], ascending=False, na_position="last")
+    shown = shown.assign(image=shown["image_sha256"].str[:12], model=shown["model_sha256"].str[:12])
+    return shown, counts

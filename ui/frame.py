@@ -24,7 +24,7 @@ def show_error(error: PneumoError, file_name: str | None = None) -> None:
     st.error(prefix + str(error), icon=":material/error:")
 
 
-def ood_gate(prediction: Prediction, key: str) -> bool:
+def ood_gate(prediction: Prediction, key: str, message: str = OOD_MESSAGE) -> bool:
     """Shows the out-of-distribution verdict; returns whether the model's output may be shown.
 
     An image the gate flags gets a plain message, and its call stays hidden unless the user
@@ -35,7 +35,7 @@ def ood_gate(prediction: Prediction, key: str) -> bool:
         return True
     if not prediction.ood:
         return True
-    st.error(f"{OOD_MESSAGE} (Out-of-distribution score {prediction.ood_score:.2f}; above 1 is flagged.)", icon=":material/block:")
+    st.error(f"{message} (Out-of-distribution score {prediction.ood_score:.2f}; above 1 is flagged.)", icon=":material/block:")
     return st.checkbox("Show the model's output anyway", key=f"show_ood_{key}", value=False)
 
 

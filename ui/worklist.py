@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pneumo_model.audit import ResultRecord
 from pneumo_model.errors import PneumoError
 from pneumo_model.prediction import Predictor
 from pneumo_model.preprocessing import load_image, preprocess
@@ -76,7 +77,55 @@ def score_files(
     return table.sort_values("probability", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 
 
+HIDDEN_CALL = "hidden: not like a chest X-ray"
+
+
+def masked(table: pd.DataFrame, show_flagged: bool) -> pd.DataFrame:
+    """The table as shown: unless ``show_flagged``, images flagged by the out-of-distribution gate
+    lose their probability, call and grey-zone flag and move after the scored ones (their place in
+    the order would give their probability away). A new table; ``table`` is not changed."""
+    shown = table.astype({"grey_zone": object, "call": object, "probability": float})
+    if show_flagged:
+        return shown
+    hidden = shown["ood"].eq(True)
+    shown.loc[hidden, "probability"] = np.nan
+    shown.loc[hidden, "call"] = HIDDEN_CALL
+    shown.loc[hidden, "grey_zone"] = None
+    order = np.select([shown["error"].notna(), hidden], [2, 1], 0)
+    return shown.assign(_order=order).sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def counts(shown: pd.DataFrame) -> dict[str, int]:
+    """What the metrics above the table say, from the table as shown."""
+    scored = shown[shown["error"].isna()]
+    return {
+        "scored": len(scored),
+        "pneumonia": int((scored["call"] == "pneumonia").sum()),
+        "grey_zone": int(scored["grey_zone"].eq(True).sum()),
+        "flagged": int(scored["ood"].eq(True).sum()),
+        "unreadable": int(shown["error"].notna().sum()),
+    }
+
+
+def audit_records(table: pd.DataFrame, metadata) -> list[ResultRecord]:
+    """One audit record per scored row (the real result, whatever the screen hides)."""
+    return [
+        ResultRecord(
+            image_sha256=row.sha256,
+            model_sha256=metadata.model_sha256,
+            threshold=metadata.threshold,
+            probability=float(row.probability),
+            label=row.call,
+            grey_zone=bool(row.grey_zone),
+            source="app",
+            ood=None if row.ood is None else bool(row.ood),
+            ood_score=None if row.ood is None else float(row.ood_score),
+        )
+        for row in table[table["error"].isna()].itertuples()
+    ]
+
+
 def to_csv(table: pd.DataFrame, model_sha: str) -> bytes:
-    """The worklist as CSV, without thumbnails, with the model that scored it."""
+    """The worklist as CSV (pass the table as shown), without thumbnails, with the model that scored it."""
     export = table.drop(columns=["thumbnail"]).assign(model_sha=model_sha)
     return export.to_csv(index=False, float_format="%.6f").encode("utf-8")
