@@ -118,6 +118,17 @@ def run_bench(
         [_timed(lambda x=x: predictor.predict_input(x, info)) for x in inputs for _ in range(config.repeats)]
     )
     log(f"one prediction: {results['predict_one']}")
+    if predictor.gate is not None:
+        # The same images in the same run without the out-of-distribution gate: what the gate costs.
+        ungated = Predictor(predictor.model, predictor.metadata, predictor.batch_size, gate=None)
+        ungated.predict_input(inputs[0], info)
+        results["predict_one_without_gate"] = _summary(
+            [_timed(lambda x=x: ungated.predict_input(x, info)) for x in inputs for _ in range(config.repeats)]
+        )
+        results["predict_one"]["gate_overhead_ratio"] = (
+            results["predict_one"]["median_s"] / results["predict_one_without_gate"]["median_s"]
+        )
+        log(f"one prediction without the gate: {results['predict_one_without_gate']}")
 
     gradcam = GradCam(predictor.model, predictor.metadata.gradcam_layer)
     gradcam(inputs[0])
