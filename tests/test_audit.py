@@ -186,12 +186,14 @@ _WRITER = textwrap.dedent(
 
 def _writer(tmp_path: Path, db: Path, count: int) -> subprocess.Popen:
     script = tmp_path / "writer.py"
-    script.write_text(_WRITER)
+    if not script.exists():  # rewriting it while an earlier writer starts would hand that one an empty script
+        script.write_text(_WRITER)
     return subprocess.Popen(
         [sys.executable, str(script), str(db), str(count)],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
 
@@ -202,9 +204,11 @@ def test_eight_concurrent_writers_lose_nothing(tmp_path):
     writers = [_writer(tmp_path, db, 100) for _ in range(8)]
     printed = []
     for writer in writers:
-        out, _ = writer.communicate(timeout=300)
-        assert writer.returncode == 0
-        printed += [int(line) for line in out.split()]
+        out, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err
+        ids = [int(line) for line in out.split()]
+        assert len(ids) == 100, err
+        printed += ids
     trail = AuditTrail(db)
     stored = [row["result_id"] for row in trail.trail()]
     assert len(printed) == 800 and sorted(stored) == sorted(printed)
@@ -220,7 +224,7 @@ def test_a_writer_killed_mid_run_loses_no_committed_record(tmp_path):
     while len(printed) < 200 and time.monotonic() < deadline:
         printed.append(int(writer.stdout.readline()))
     os.kill(writer.pid, signal.SIGKILL)
-    rest, _ = writer.communicate(timeout=60)
+    rest, _ = writer.communicate(timeout=60)  # stderr: the kill's leftovers, not checked
     printed += [int(line) for line in rest.split()]
     assert writer.returncode == -signal.SIGKILL and len(printed) >= 200
     trail = AuditTrail(db)
