@@ -104,7 +104,7 @@ class ActivationSummaries:
         ModelFileError: a layer is missing from the model.
     """
 
-    def __init__(self, model, layers: tuple[str, ...], batch_size: int = 256):
+    def __init__(self, model, layers: tuple[str, ...], batch_size: int = 32):
         import keras
         import tensorflow as tf
 

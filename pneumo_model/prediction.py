@@ -17,6 +17,9 @@ from .ood import ActivationSummaries, OodGate, gate_path
 from .preprocessing import ImageInfo, ImageLimits, load_and_preprocess
 
 PREDICTION_SCHEMA_VERSION = 1
+# Images per forward pass. On the 2-core CPU, pneumonet at 128 px ran at about 930 images/s in
+# batches of 32 against 420 in batches of 256 (the activations of a small batch stay in cache).
+DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class Predictor:
         ModelFileError: the gate was fitted for another model.
     """
 
-    def __init__(self, model: keras.Model, metadata: ModelMetadata, batch_size: int = 256, gate: OodGate | None = None):
+    def __init__(self, model: keras.Model, metadata: ModelMetadata, batch_size: int = DEFAULT_BATCH_SIZE, gate: OodGate | None = None):
         if gate is not None and gate.model_sha256 != metadata.model_sha256:
             raise ModelFileError(
                 f"The out-of-distribution gate was fitted for model {gate.model_sha256[:12]}, not for "
@@ -94,7 +97,7 @@ class Predictor:
         self._with_summaries = None if gate is None else ActivationSummaries(model, gate.layers, batch_size)
 
     @classmethod
-    def from_file(cls, model_path: Path = DEFAULT_MODEL_PATH, batch_size: int = 256) -> "Predictor":
+    def from_file(cls, model_path: Path = DEFAULT_MODEL_PATH, batch_size: int = DEFAULT_BATCH_SIZE) -> "Predictor":
         """Loads the model, its metadata and, when ``<model>.ood.npz`` is beside it, its gate."""
         model, metadata = load_model(model_path)
         path = gate_path(model_path)
