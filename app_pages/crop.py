@@ -15,10 +15,12 @@ except PneumoError as error:
     frame.show_error(error, image.name)
     st.stop()
 
-audit.record_shown(image.digest, whole)
+whole_id = audit.record_shown(image.digest, whole)
 if not frame.ood_gate(whole, f"crop_{image.digest[:16]}"):
     st.image(resources.display_pixels(image.data), caption=image.name, width=440)
     st.stop()
+if whole.ood:
+    audit.note_reveal(whole_id)
 
 height, width = pixels.shape
 suggested = suggestion.box if suggestion.found else (0, 0, width, height)
@@ -54,7 +56,7 @@ try:
 except PneumoError as error:
     frame.show_error(error)
     st.stop()
-audit.record_shown(image.digest, after, crop_box=box)
+after_id = audit.record_shown(image.digest, after, crop_box=box)
 
 drawn, explained, numbers = st.columns([4, 4, 3], gap="medium")
 drawn.image(
@@ -74,6 +76,8 @@ with numbers:
         "meaningful.** Keep more of the image."
     )
     if frame.ood_gate(after, f"crop_after_{image.digest[:16]}_{'_'.join(map(str, box))}", crop_message):
+        if after.ood:
+            audit.note_reveal(after_id)
         st.metric(
             "Probability after the crop",
             f"{result.probability_after:.3f}",

@@ -14,10 +14,12 @@ except PneumoError as error:
     frame.show_error(error, image.name)
     st.stop()
 
-audit.record_shown(image.digest, result)
+result_id = audit.record_shown(image.digest, result)
 if not frame.ood_gate(result, f"explain_{image.digest[:16]}"):
     st.image(display, caption=f"Original: {image.name}", width=440)
     st.stop()
+if result.ood:
+    audit.note_reveal(result_id)
 st.markdown(
     f"**{image.name}**: call **{result.label}**, probability of pneumonia **{result.probability:.3f}**"
     + (" — *indeterminate: needs a careful read*" if result.grey_zone else "")

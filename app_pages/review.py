@@ -30,6 +30,8 @@ with result_column:
 
     result_id = audit.record_shown(image.digest, result)
     if frame.ood_gate(result, f"review_{image.digest[:16]}"):
+        if result.ood:
+            audit.note_reveal(result_id)
         call = "Pneumonia" if result.label == "pneumonia" else "Normal"
         st.markdown(f"#### Call: **{call}**")
         st.metric(

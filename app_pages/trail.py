@@ -41,7 +41,7 @@ st.dataframe(
     hide_index=True,
     column_order=[
         "result_id", "recorded_utc", "source", "image", "model", "probability", "label", "grey_zone", "ood",
-        "ood_score", "crop_box", "verdict", "note", "reviewer", "verdict_utc",
+        "ood_score", "revealed_utc", "crop_box", "verdict", "note", "reviewer", "verdict_utc",
     ],
     column_config={
         "result_id": st.column_config.NumberColumn("result", format="%d"),
@@ -53,6 +53,9 @@ st.dataframe(
         "ood": st.column_config.CheckboxColumn("not X-ray-like"),
         "ood_score": st.column_config.NumberColumn("OOD score", format="%.2f"),
         "verdict_utc": st.column_config.TextColumn("verdict (UTC)"),
+        "revealed_utc": st.column_config.TextColumn(
+            "hidden call shown (UTC)", help="When a user first asked to see a call the out-of-distribution check hid"
+        ),
     },
     height=560,
 )

@@ -41,6 +41,9 @@ if len(flagged):
         icon=":material/block:",
     )
     show_flagged = st.checkbox("Show the model's output for them anyway", key="worklist_show_ood")
+    if show_flagged:
+        for sha in flagged["sha256"]:
+            audit.note_reveal(audit.recorded_id(sha, model.metadata.model_sha256))
 shown = worklist.masked(table, show_flagged)
 numbers = worklist.counts(shown)
 

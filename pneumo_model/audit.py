@@ -1,7 +1,8 @@
 """The audit trail: an append-only SQLite record of every result shown and every reviewer verdict.
 
 One row in ``results`` per result first shown (app) or printed (CLI), one row in ``verdicts``
-per reviewer verdict, pointing at its result. Rows are never changed or deleted: triggers refuse
+per reviewer verdict, and one in ``reveals`` each time a user asks to see a call that the
+out-of-distribution gate hid; both point at their result. Rows are never changed or deleted: triggers refuse
 UPDATE and DELETE. What is stored is what a later review needs and nothing that identifies a
 patient: the SHA-256 of the image bytes (not the pixels, not the file name, which in this data
 set carries a patient number, and no DICOM tag), the model's SHA-256, the operating threshold,
@@ -30,7 +31,7 @@ from .errors import PneumoError
 if TYPE_CHECKING:
     from .prediction import Prediction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the reveals table
 SOURCES = ("app", "cli")
 VERDICTS = ("agree", "disagree", "unsure")
 MAX_NOTE_CHARS = 2000
@@ -59,6 +60,15 @@ CREATE TABLE IF NOT EXISTS verdicts (
     note TEXT NOT NULL DEFAULT '',
     reviewer TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS reveals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recorded_utc TEXT NOT NULL,
+    result_id INTEGER NOT NULL REFERENCES results(id)
+);
+CREATE TRIGGER IF NOT EXISTS reveals_append_only_update BEFORE UPDATE ON reveals
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS reveals_append_only_delete BEFORE DELETE ON reveals
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS results_append_only_update BEFORE UPDATE ON results
     BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS results_append_only_delete BEFORE DELETE ON results
@@ -84,6 +94,7 @@ TRAIL_COLUMNS = (
     "ood",
     "ood_score",
     "crop_box",
+    "revealed_utc",
     "verdict_id",
     "verdict_utc",
     "verdict",
@@ -93,6 +104,7 @@ TRAIL_COLUMNS = (
 _TRAIL_QUERY = """
 SELECT r.id, r.recorded_utc, r.source, r.image_sha256, r.model_sha256, r.threshold, r.probability,
        r.label, r.grey_zone, r.ood, r.ood_score, r.crop_box,
+       (SELECT min(x.recorded_utc) FROM reveals AS x WHERE x.result_id = r.id),
        v.id, v.recorded_utc, v.verdict, v.note, v.reviewer
 FROM results AS r LEFT JOIN verdicts AS v ON v.result_id = r.id
 ORDER BY r.id, v.id
@@ -284,6 +296,18 @@ class AuditTrail:
         except sqlite3.IntegrityError:
             raise AuditError(f"There is no recorded result {result_id} to attach the verdict to.") from None
 
+    def record_reveal(self, result_id: int) -> int:
+        """Appends that a user asked to see the call of a result the out-of-distribution gate
+        flagged (the app hides it until then); returns the record's id.
+
+        Raises:
+            AuditError: an unknown result, or the database cannot be written.
+        """
+        try:
+            return self._insert("INSERT INTO reveals (recorded_utc, result_id) VALUES (?, ?)", [(_utc_now(), int(result_id))])[0]
+        except sqlite3.IntegrityError:
+            raise AuditError(f"There is no recorded result {result_id} to note the reveal on.") from None
+
     def trail(self) -> list[dict]:
         """Every result with its verdicts, oldest first, as dicts keyed by ``TRAIL_COLUMNS``."""
         with self._connection() as connection:
@@ -291,11 +315,12 @@ class AuditTrail:
         return [dict(zip(TRAIL_COLUMNS, row)) for row in rows]
 
     def counts(self) -> dict[str, int]:
-        """Number of results and verdicts recorded."""
+        """Number of results, verdicts and reveals recorded."""
         with self._connection() as connection:
-            results = connection.execute("SELECT count(*) FROM results").fetchone()[0]
-            verdicts = connection.execute("SELECT count(*) FROM verdicts").fetchone()[0]
-        return {"results": int(results), "verdicts": int(verdicts)}
+            return {
+                table: int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+                for table in ("results", "verdicts", "reveals")
+            }
 
     def to_csv(self) -> str:
         """The whole trail as CSV text (header ``TRAIL_COLUMNS``).

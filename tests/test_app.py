@@ -320,7 +320,9 @@ def upload(app: AppTest, name: str, data: bytes, mime: str = "image/png") -> App
     return app
 
 
-def test_an_out_of_distribution_upload_hides_the_call_until_asked():
+def test_an_out_of_distribution_upload_hides_the_call_until_asked(audit_db):
+    from pneumo_model.audit import AuditTrail
+
     app = upload(start(), "inverted.png", inverted_sample())
     assert "does not look like a frontal chest X-ray" in texts(app.error)
     assert not [m for m in app.metric if m.label.startswith("Probability of pneumonia")]
@@ -331,6 +333,10 @@ def test_an_out_of_distribution_upload_hides_the_call_until_asked():
     assert expected.ood is True
     assert probability_shown(app) == f"{expected.probability:.3f}"
     assert "does not look like a frontal chest X-ray" in texts(app.error)  # the warning stays
+    app.run()
+    (row,) = AuditTrail(audit_db).trail()
+    assert row["ood"] == 1 and row["revealed_utc"] is not None  # asking to see it is on the record, once
+    assert AuditTrail(audit_db).counts()["reveals"] == 1
 
 
 def test_demo_images_are_not_flagged():
@@ -414,9 +420,12 @@ def test_worklist_hides_calls_of_flagged_images_and_records_every_scored_file(au
     assert csv.set_index("file").loc["inverted.png", "call"] == worklist.HIDDEN_CALL
     rows = trail_rows(audit_db)
     assert len(rows) == 2 and {row["ood"] for row in rows} == {0, 1}  # the trail keeps the real result
+    assert all(row["revealed_utc"] is None for row in rows)
     app.checkbox(key="worklist_show_ood").check().run()
     table = app.dataframe[0].value.set_index("file")
     assert table.loc["inverted.png", "call"] in ("normal", "pneumonia")
+    revealed = [row["ood"] for row in trail_rows(audit_db) if row["revealed_utc"] is not None]
+    assert revealed == [1]
 
 
 SENTINELS = ("ZZSENTINEL^PATIENT", "ZZSENTINEL-ID-4711", "ZZSENT-ACC-0815", "19990101", "087Y")

@@ -50,7 +50,19 @@ def test_results_and_verdicts_are_read_back_joined(tmp_path):
     assert rows[1]["verdict"] is None and rows[1]["grey_zone"] == 1 and rows[1]["ood"] is None
     assert rows[1]["probability"] == pytest.approx(0.1) and rows[1]["label"] == "normal"
     assert rows[0]["recorded_utc"].endswith("+00:00")
-    assert trail.counts() == {"results": 2, "verdicts": 1}
+    assert trail.counts() == {"results": 2, "verdicts": 1, "reveals": 0}
+
+
+def test_a_reveal_is_kept_and_shown_with_its_result(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    hidden, other = record(trail, ood=True, ood_score=1.7), record(trail)
+    trail.record_reveal(hidden)
+    trail.record_reveal(hidden)  # asked twice: both kept, the first time shown
+    rows = {row["result_id"]: row for row in trail.trail()}
+    assert rows[hidden]["revealed_utc"] is not None and rows[other]["revealed_utc"] is None
+    assert trail.counts()["reveals"] == 2
+    with pytest.raises(AuditError, match="no recorded result 42"):
+        trail.record_reveal(42)
 
 
 def test_several_verdicts_on_one_result_are_all_kept(tmp_path):
@@ -97,8 +109,11 @@ def test_records_are_append_only(tmp_path):
     trail = AuditTrail(path)
     result = record(trail)
     trail.record_verdict(result, "agree")
+    trail.record_reveal(result)
     connection = sqlite3.connect(path)
     for statement in (
+        "UPDATE reveals SET result_id = 2",
+        "DELETE FROM reveals",
         "UPDATE results SET probability = 0.5",
         "DELETE FROM results",
         "UPDATE verdicts SET verdict = 'disagree'",
@@ -108,7 +123,7 @@ def test_records_are_append_only(tmp_path):
             connection.execute(statement)
     connection.close()
     assert trail.trail()[0]["probability"] == pytest.approx(0.81)
-    assert trail.counts() == {"results": 1, "verdicts": 1}
+    assert trail.counts() == {"results": 1, "verdicts": 1, "reveals": 1}
 
 
 def test_database_uses_wal_and_survives_a_reopen(tmp_path):

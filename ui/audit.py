@@ -24,6 +24,7 @@ DEFAULT_AUDIT_DB = REPO_ROOT / "audit" / "audit.sqlite3"
 BUSY_TIMEOUT_S = 5.0
 NOTE_HELP = "Do not type patient names, ids or dates: the note is stored as written."
 _RECORDED_KEY = "audit_recorded"
+_REVEALED_KEY = "audit_revealed"
 
 
 def audit_path() -> Path:
@@ -76,6 +77,26 @@ def record_worklist(records: list[ResultRecord]) -> None:
         _not_recorded(error, f"{len(new)} worklist result(s) were")
         return
     recorded.update(zip(new, ids))
+
+
+def note_reveal(result_id: int | None) -> None:
+    """Records, once per session, that the user asked to see a call the out-of-distribution gate hid."""
+    if result_id is None:
+        return
+    revealed = st.session_state.setdefault(_REVEALED_KEY, set())
+    if result_id in revealed:
+        return
+    try:
+        trail().record_reveal(result_id)
+    except AuditError as error:
+        _not_recorded(error, "Showing this hidden call was")
+        return
+    revealed.add(result_id)
+
+
+def recorded_id(image_sha256: str, model_sha256: str, crop_box: tuple[int, ...] | None = None) -> int | None:
+    """The id this session recorded for a result, or None."""
+    return st.session_state.get(_RECORDED_KEY, {}).get((image_sha256, model_sha256, crop_box))
 
 
 def verdict_form(result_id: int | None, form_key: str) -> None:
