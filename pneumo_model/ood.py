@@ -27,6 +27,7 @@ The gate belongs to one model (its activations): it is saved beside the model as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from dataclasses import dataclass, field
@@ -334,18 +335,7 @@ def fit_gate(model, model_sha256: str, train_images: np.ndarray, validation_imag
         "validation_cropped_pass_rate": float(np.mean(largest[whole:] <= threshold)),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()},
     }
-    return OodGate(
-        model_sha256=model_sha256,
-        layers=provisional.layers,
-        activations=provisional.activations,
-        layout=provisional.layout,
-        thumbnail=config.thumbnail,
-        sharpness_mean=provisional.sharpness_mean,
-        sharpness_std=provisional.sharpness_std,
-        scales=scales,
-        threshold=threshold,
-        facts=facts,
-    )
+    return dataclasses.replace(provisional, scales=scales, threshold=threshold, facts=facts)
 
 
 def fit_for_model(model_path: Path, data_dir: Path, config: OodConfig = OodConfig()) -> OodGate:
