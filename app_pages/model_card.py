@@ -85,33 +85,19 @@ if evaluation is not None:
     )
     st.markdown(rule)
 
-st.subheader("Model comparison")
-comparison = reports.read_markdown("model_comparison")
-if comparison is None:
-    not_generated("The model comparison is", "python -m pneumo_model compare")
-else:
-    st.markdown(comparison)
-
-st.subheader("Validation under shift")
-stress = reports.read_markdown("validation_stress")
-if stress is None:
-    not_generated("The validation stress report is", "python -m pneumo_model stress MODEL.keras ...")
-else:
-    st.markdown(stress)
-
-st.subheader("Does cropping the diaphragm help?")
-crop_report = reports.read_markdown("crop_evaluation")
-if crop_report is None:
-    not_generated("The crop evaluation is", "python -m pneumo_model evaluate --crop auto")
-else:
-    st.markdown(crop_report)
-
-st.subheader("Out-of-distribution check")
-ood_report = reports.read_markdown("ood")
-if ood_report is None:
-    not_generated("The out-of-distribution report is", "python -m pneumo_model ood evaluate")
-else:
-    st.markdown(ood_report)
+# The generated reports shown as they are: (heading, reports/<name>.md, the command that writes it).
+for heading, name, command in (
+    ("Model comparison", "model_comparison", "python -m pneumo_model compare"),
+    ("Validation under shift", "validation_stress", "python -m pneumo_model stress MODEL.keras ..."),
+    ("Does cropping the diaphragm help?", "crop_evaluation", "python -m pneumo_model evaluate --crop auto"),
+    ("Out-of-distribution check", "ood", "python -m pneumo_model ood evaluate"),
+):
+    st.subheader(heading)
+    text = reports.read_markdown(name)
+    if text is None:
+        not_generated(f"`reports/{name}.md` is", command)
+    else:
+        st.markdown(text)
 
 st.subheader("Known limitations and shortcuts")
 if card is not None:

@@ -2,13 +2,14 @@
 
 import streamlit as st
 
-from pneumo_model.audit import AuditError
+from pneumo_model.audit import AuditError, trail_csv
 from ui import audit
 
 try:
     trail = audit.trail()
-    table, counts = audit.trail_table(trail.trail())
-    csv_text = trail.to_csv()
+    rows = trail.trail()  # one read of the database per run of the page
+    table, counts = audit.trail_table(rows)
+    csv_text = trail_csv(rows)
 except AuditError as error:
     st.error(f"The audit trail cannot be read. {error}", icon=":material/database:")
     st.stop()

@@ -323,19 +323,24 @@ class AuditTrail:
             }
 
     def to_csv(self) -> str:
-        """The whole trail as CSV text (header ``TRAIL_COLUMNS``).
-
-        Free text that a spreadsheet would run as a formula (starting with =, +, -, @, tab or
-        carriage return) is prefixed with an apostrophe.
-        """
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=TRAIL_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in self.trail():
-            writer.writerow({key: _spreadsheet_safe(value) for key, value in row.items()})
-        return buffer.getvalue()
+        """The whole trail as CSV text (see ``trail_csv``)."""
+        return trail_csv(self.trail())
 
     def integrity_ok(self) -> bool:
         """``PRAGMA integrity_check`` returns ok."""
         with self._connection() as connection:
             return connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def trail_csv(rows: list[dict]) -> str:
+    """Trail rows (as ``AuditTrail.trail`` returns them) as CSV text, header ``TRAIL_COLUMNS``.
+
+    Free text that a spreadsheet would run as a formula (starting with =, +, -, @, tab or
+    carriage return) is prefixed with an apostrophe.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TRAIL_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _spreadsheet_safe(value) for key, value in row.items()})
+    return buffer.getvalue()
