@@ -31,7 +31,8 @@ class ModelMetadata:
     Attributes:
         architecture: registry name (``models.ARCHITECTURES``).
         input_size: side of the square input, in pixels.
-        gradcam_layer: name of the Grad-CAM target layer, or None.
+        gradcam_layer: name of the Grad-CAM target layer, a tuple of names (one per member of an
+            ensemble, whose maps are combined), or None.
         temperature: logits are divided by this before the sigmoid.
         threshold: calibrated probability at or above which the call is pneumonia.
         grey_zone: ``[low, high)`` band of calibrated probability that needs a careful read.
@@ -49,7 +50,7 @@ class ModelMetadata:
 
     architecture: str
     input_size: int
-    gradcam_layer: str | None
+    gradcam_layer: str | tuple[str, ...] | None
     temperature: float
     threshold: float
     grey_zone: tuple[float, float]
@@ -83,6 +84,8 @@ class ModelMetadata:
             raise ModelFileError(f"The model metadata has unknown fields {unknown}; it was written by a newer version.")
         values = dict(data)
         values["grey_zone"] = tuple(values["grey_zone"])
+        if isinstance(values.get("gradcam_layer"), list):
+            values["gradcam_layer"] = tuple(values["gradcam_layer"])
         return cls(**values)
 
 

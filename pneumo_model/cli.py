@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     train.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol)
     train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument(
+        "--members", type=int, default=defaults.members,
+        help="networks averaged into one deep ensemble (same split; member k seeded seed+k)",
+    )
     train.add_argument("--time-budget", type=float, default=None, help="seconds; stop after the epoch past it")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument(
@@ -323,6 +327,7 @@ def train_config_from_args(args) -> "TrainConfig":
         val_fraction=args.val_fraction,
         protocol=args.protocol,
         seed=args.seed,
+        members=args.members,
         time_budget_s=args.time_budget,
         augment=not args.no_augment,
         augmentation=dataclasses.replace(defaults.augmentation, max_aspect=args.max_aspect),

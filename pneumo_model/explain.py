@@ -13,7 +13,7 @@ the calling code, not in the user's upload, which ``load_image`` has already che
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import cv2
 import keras
@@ -102,34 +102,48 @@ class GradCam:
     """Grad-CAM heat maps for the pneumonia logit of a flat functional Keras model.
 
     The constructor builds one sub-model sharing the model's layers and weights, returning the
-    target layer's activations and the logit, and traces one graph for any batch size; build it
+    target layers' activations and the logit, and traces one graph for any batch size; build it
     once per model and reuse it (it is read-only and safe to share). Subclasses may override
     ``channel_weights`` to implement another CAM method.
 
+    An ensemble names one target layer per member (``ModelMetadata.gradcam_layer`` is then a
+    tuple). The members' weighted activations are summed before the ReLU, which is Grad-CAM on
+    the members' feature maps stacked into one layer: each member contributes in proportion to
+    its share of the ensemble's logit.
+
     Args:
         model: maps (batch, H, W, 1) float32 images in [0, 1] to (batch, 1) logits. Not changed.
-        layer_name: the target layer, a spatial (batch, h, w, channels) activation; take it from
-            the model's metadata (``ModelMetadata.gradcam_layer``).
+        layer_name: the target layer, or several of the same height and width; a spatial
+            (batch, h, w, channels) activation. Take it from the model's metadata.
         epsilon: maps are divided by max(peak, epsilon), so an all-zero map stays zero, never NaN.
 
     Raises:
-        ValueError: the model has no such layer, or its output is not spatial.
+        ExplanationError: the model has no such layer, or its output is not spatial, or the
+            layers differ in height and width.
     """
 
-    def __init__(self, model: keras.Model, layer_name: str, epsilon: float = 1e-7):
-        try:
-            layer = model.get_layer(layer_name)
-        except ValueError:
-            raise ExplanationError(f"The model has no layer named '{layer_name}' to use for Grad-CAM.") from None
-        if len(layer.output.shape) != 4:
-            raise ExplanationError(
-                f"Grad-CAM needs a spatial layer with (batch, height, width, channels) output; "
-                f"'{layer_name}' has shape {layer.output.shape}."
-            )
+    def __init__(self, model: keras.Model, layer_name: str | Sequence[str], epsilon: float = 1e-7):
+        names = (layer_name,) if isinstance(layer_name, str) else tuple(layer_name)
+        if not names:
+            raise ExplanationError("Grad-CAM needs at least one target layer.")
+        targets = []
+        for name in names:
+            try:
+                layer = model.get_layer(name)
+            except ValueError:
+                raise ExplanationError(f"The model has no layer named '{name}' to use for Grad-CAM.") from None
+            if len(layer.output.shape) != 4:
+                raise ExplanationError(
+                    f"Grad-CAM needs a spatial layer with (batch, height, width, channels) output; "
+                    f"'{name}' has shape {layer.output.shape}."
+                )
+            targets.append(layer.output)
+        if len({tuple(target.shape[1:3]) for target in targets}) != 1:
+            raise ExplanationError(f"Grad-CAM's target layers {', '.join(names)} differ in height and width.")
         self.layer_name = layer_name
         self.epsilon = epsilon
         self.input_shape = tuple(model.inputs[0].shape[1:])  # (H, W, 1)
-        self._grad_model = keras.Model(model.inputs, [layer.output, model.output])
+        self._grad_model = keras.Model(model.inputs, [*targets, model.output])
         self._heatmaps = tf.function(
             self._compute, input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)]
         )
@@ -140,12 +154,14 @@ class GradCam:
 
     def _compute(self, images: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            activations, logits = self._grad_model(images, training=False)  # (batch, h, w, c), (batch, 1)
+            *activations, logits = self._grad_model(images, training=False)  # k x (batch, h, w, c), (batch, 1)
             pneumonia = logits[:, 0]  # (batch,)
         # Each logit depends on its own image only, so the gradient of the sum is per image.
-        gradients = tape.gradient(pneumonia, activations)  # (batch, h, w, c)
-        weights = self.channel_weights(activations, gradients)  # (batch, c)
-        cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", activations, weights))  # (batch, h, w)
+        gradients = tape.gradient(pneumonia, activations)  # k x (batch, h, w, c)
+        weighted = [
+            tf.einsum("bhwc,bc->bhw", a, self.channel_weights(a, g)) for a, g in zip(activations, gradients)
+        ]  # k x (batch, h, w)
+        cam = tf.nn.relu(tf.add_n(weighted))  # (batch, h, w)
         cam = tf.image.resize(cam[..., tf.newaxis], self.input_shape[:2], method="bilinear")[..., 0]  # (batch, H, W)
         peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)  # (batch, 1, 1)
         # Zero gradients give a zero map: divide by max(peak, eps), never by zero.

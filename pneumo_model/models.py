@@ -126,6 +126,45 @@ def build_pneumonet(size: int, widths: tuple[int, ...] = PNEUMONET_WIDTHS, dropo
     return keras.Model(inputs, logit, name="pneumonet")
 
 
+def member_layer_name(name: str, member: int) -> str:
+    """The name of a member network's layer inside an ensemble: the first keeps its names."""
+    return f"m{member}_{name}" if member else name
+
+
+def average_logits(networks: list[keras.Model]) -> keras.Model:
+    """One flat functional graph whose logit is the mean of the networks' logits (a deep ensemble).
+
+    Every layer of every network is copied, with its weights, onto one shared input, so the
+    result has no nested models (Grad-CAM and the out-of-distribution gate read inner layers by
+    name). The first network keeps its layer names; network k's are prefixed ``m{k}_``
+    (``member_layer_name``). The networks passed in are not changed.
+
+    Args:
+        networks: two or more models with the same input shape, each mapping (batch, H, W, 1)
+            to (batch, 1) logits.
+
+    Returns:
+        A model mapping (batch, H, W, 1) to (batch, 1) mean logits, output layer ``ensemble_logit``.
+    """
+    if len(networks) < 2:
+        raise ValueError("An ensemble needs at least two networks.")
+    shapes = {tuple(network.inputs[0].shape[1:]) for network in networks}
+    if len(shapes) != 1:
+        raise ValueError(f"The networks of an ensemble must share one input shape; got {sorted(shapes)}.")
+    inputs = keras.Input(shape=shapes.pop(), name="image")
+    logits = []
+    for member, network in enumerate(networks):
+
+        def renamed(layer, member=member):
+            return layer.__class__.from_config({**layer.get_config(), "name": member_layer_name(layer.name, member)})
+
+        copy = keras.models.clone_model(network, input_tensors=inputs, clone_function=renamed)
+        copy.set_weights(network.get_weights())
+        logits.append(copy.outputs[0])
+    mean = layers.Average(name="ensemble_logit")(logits)  # (batch, 1)
+    return keras.Model(inputs, mean, name=f"ensemble_of_{len(networks)}")
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     spec.name: spec
     for spec in (

@@ -28,7 +28,7 @@ from .data import (
 )
 from .errors import ConfigError
 from .metrics import binary_metrics, expected_calibration_error
-from .models import get_architecture
+from .models import average_logits, get_architecture, member_layer_name
 from .prediction import Predictor
 
 PROTOCOLS = ("official", "pooled")
@@ -53,7 +53,11 @@ class TrainConfig:
         patience: epochs without a better validation AUC before stopping.
         val_fraction: share of official train (by patient) held out for validation.
         protocol: "official" or "pooled" (70/15/15 of everything, never scored on official test).
-        seed: seed of the split, the weights and the augmentation.
+        seed: seed of the split, the weights and the augmentation (member k of an ensemble
+            uses ``seed + k`` for its weights and augmentation; the split is the same for all).
+        members: networks trained one after another on the same split and averaged (mean
+            logit) into one flat graph, a deep ensemble; 1 is a single network. Epochs, patience
+            and the time budget apply to each member.
         time_budget_s: stop after the epoch that passes this many seconds (None: no limit).
         augment: whether to augment.
         augmentation: augmentation ranges.
@@ -72,6 +76,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     protocol: str = "official"
     seed: int = 20261123
+    members: int = 1
     time_budget_s: float | None = None
     augment: bool = True
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
@@ -82,6 +87,8 @@ class TrainConfig:
             raise ConfigError(f"Unknown protocol '{self.protocol}'; choose one of {PROTOCOLS}.")
         if self.imbalance not in IMBALANCE_METHODS:
             raise ConfigError(f"Unknown imbalance method '{self.imbalance}'; choose one of {IMBALANCE_METHODS}.")
+        if self.members < 1:
+            raise ConfigError(f"An ensemble needs at least one member; got members={self.members}.")
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"val_fraction must lie in (0, 0.5); got {self.val_fraction}.")
         get_architecture(self.architecture)
@@ -165,6 +172,41 @@ def _print_progress(done: int, total: int) -> None:
         print(f"  decoded {done}/{total} images", file=sys.stderr, flush=True)
 
 
+def _fit_one(model, x_train, y_train, val_data, config: TrainConfig, verbose: int):
+    """Compiles and fits one network; returns it (best validation-AUC weights) and its history."""
+    steps_per_epoch = max(1, len(y_train) // config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate * 0.1,
+        decay_steps=steps_per_epoch * max(1, config.epochs - 1),
+        warmup_target=config.learning_rate,
+        warmup_steps=steps_per_epoch,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
+    )
+    class_weight = None
+    if config.imbalance == "class_weight":
+        counts = np.bincount(y_train, minlength=2)
+        class_weight = {label: float(len(y_train) / (2 * counts[label])) for label in (0, 1)}
+    history = model.fit(
+        _dataset(x_train, y_train, config),
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=val_data,
+        class_weight=class_weight,
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_auc", mode="max", patience=config.patience, restore_best_weights=True
+            ),
+            _TimeBudget(config.time_budget_s),
+        ],
+        verbose=verbose,
+    )
+    return model, history.history
+
+
 def train(
     config: TrainConfig,
     data_dir: Path,
@@ -200,46 +242,29 @@ def train(
     )
 
     architecture = get_architecture(config.architecture)
-    model = architecture.build(config.input_size)
-    steps_per_epoch = max(1, len(y_train) // config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=config.learning_rate * 0.1,
-        decay_steps=steps_per_epoch * max(1, config.epochs - 1),
-        warmup_target=config.learning_rate,
-        warmup_steps=steps_per_epoch,
-    )
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
-    )
-    class_weight = None
-    if config.imbalance == "class_weight":
-        counts = np.bincount(y_train, minlength=2)
-        class_weight = {label: float(len(y_train) / (2 * counts[label])) for label in (0, 1)}
     val_data = (x_val.astype(np.float32) / 255.0, y_val.reshape(-1, 1).astype(np.float32))
-    history = model.fit(
-        _dataset(x_train, y_train, config),
-        epochs=config.epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=val_data,
-        class_weight=class_weight,
-        callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor="val_auc", mode="max", patience=config.patience, restore_best_weights=True
-            ),
-            _TimeBudget(config.time_budget_s),
-        ],
-        verbose=verbose,
-    )
-    val_auc = history.history["val_auc"]
+    networks, histories = [], []
+    for member in range(config.members):
+        if config.members > 1:
+            print(f"member {member + 1} of {config.members}", file=sys.stderr, flush=True)
+        member_config = dataclasses.replace(config, seed=config.seed + member)
+        if member:  # the first member draws from the run's seed, exactly as a single network does
+            keras.utils.set_random_seed(member_config.seed)
+        network, history = _fit_one(architecture.build(config.input_size), x_train, y_train, val_data, member_config, verbose)
+        networks.append(network)
+        histories.append(history)
+    model = networks[0] if len(networks) == 1 else average_logits(networks)
+    val_auc = histories[0]["val_auc"]
     best_epoch = int(np.argmax(val_auc)) + 1
+    gradcam_layer = architecture.gradcam_layer
+    if len(networks) > 1 and gradcam_layer is not None:
+        gradcam_layer = tuple(member_layer_name(gradcam_layer, k) for k in range(len(networks)))
 
     # Calibration, threshold and grey zone: validation only.
     provisional = ModelMetadata(
         architecture=config.architecture,
         input_size=config.input_size,
-        gradcam_layer=architecture.gradcam_layer,
+        gradcam_layer=gradcam_layer,
         temperature=1.0,
         threshold=0.5,
         grey_zone=(0.5, 0.5),
@@ -262,6 +287,18 @@ def train(
     validation["epochs_trained"] = len(val_auc)
     validation["best_epoch"] = best_epoch
     validation["val_auc_history"] = [round(float(v), 5) for v in val_auc]
+    if len(networks) > 1:
+        # The figures above are the ensemble's, except the epochs (the first member's); each member's own:
+        validation["members"] = [
+            {
+                "seed": config.seed + k,
+                "roc_auc": binary_metrics(y_val, sigmoid(Predictor(network, provisional).logits(x_val), 1.0), 0.5)["roc_auc"],
+                "epochs_trained": len(history["val_auc"]),
+                "best_epoch": int(np.argmax(history["val_auc"])) + 1,
+                "val_auc_history": [round(float(v), 5) for v in history["val_auc"]],
+            }
+            for k, (network, history) in enumerate(zip(networks, histories))
+        ]
 
     metadata = dataclasses.replace(
         provisional,

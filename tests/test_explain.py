@@ -19,6 +19,7 @@ from pneumo_model.explain import (
     overlay_heatmap,
     slic_segments,
 )
+from pneumo_model.models import average_logits
 from pneumo_model.prediction import Predictor
 from pneumo_model.preprocessing import load_image, preprocess
 
@@ -147,6 +148,33 @@ def test_gradcam_refuses_bad_layers_and_inputs(blob_task):
         cam(images[0] * 3.0)
     with pytest.raises(ValueError, match="shape"):
         cam.heatmaps(images[0])
+
+
+def test_gradcam_of_an_ensemble_combines_its_members(blob_task):
+    model, images, labels = blob_task
+    positives = images[labels == 1]
+    own = GradCam(model, "target").heatmaps(positives)
+    # Two copies of one network: each gets half the gradient, the sum is the network's own map.
+    twice = average_logits([model, model])
+    np.testing.assert_allclose(GradCam(twice, ("target", "m1_target")).heatmaps(positives), own, atol=1e-5)
+    # A second member that reads the same features with the opposite sign cancels the first: the
+    # ensemble's logit is constant, so its map is zero. Averaging the members' own maps would
+    # show heat on the blob; summing their weighted features before the ReLU does not.
+    opposite = keras.models.clone_model(model)
+    opposite.set_weights(model.get_weights())
+    head = opposite.layers[-1]
+    head.set_weights([-w for w in head.get_weights()])
+    cancelled = GradCam(average_logits([model, opposite]), ("target", "m1_target")).heatmaps(positives)
+    assert np.all(cancelled == 0.0)
+
+
+def test_gradcam_refuses_target_layers_of_different_sizes(blob_task):
+    model, _, _ = blob_task
+    early = next(layer.name for layer in model.layers if isinstance(layer, layers.Conv2D) and layer.name != "target")
+    with pytest.raises(ValueError, match="differ in height and width"):
+        GradCam(model, (early, "target"))
+    with pytest.raises(ValueError, match="at least one"):
+        GradCam(model, ())
 
 
 @pytest.mark.shipped_model

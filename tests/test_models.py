@@ -1,12 +1,13 @@
 """Architecture registry and augmentation."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pneumo_model.augmentation import AugmentConfig, augment_batch
 from pneumo_model.errors import ConfigError
-from pneumo_model.models import ARCHITECTURES, get_architecture
+from pneumo_model.models import ARCHITECTURES, average_logits, get_architecture, member_layer_name
 
 PUBLISHED_FAMILIES = {"dense", "dense_dropout", "cnn_small", "cnn_deep", "pneumonet"}
 
@@ -88,3 +89,49 @@ def test_lower_resolution_blurs_edges_of_chosen_images_only():
     assert np.abs(blurred - images).mean() > 0.2
     kept = augment_batch(tf.constant(images), _identity_config(blur_probability=0.0)).numpy()
     np.testing.assert_allclose(kept, images, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# Deep ensemble
+
+
+def _trained_like(name: str, seed: int) -> keras.Model:
+    """A registered network with its own random weights (biases and BN statistics perturbed too)."""
+    keras.utils.set_random_seed(seed)
+    model = get_architecture(name).build(32)
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + 0.05 * rng.standard_normal(w.shape).astype(np.float32) * (w != 1.0) for w in model.get_weights()])
+    return model
+
+
+def test_ensemble_is_one_flat_graph_whose_logit_is_the_members_mean(tmp_path):
+    networks = [_trained_like("cnn_small", seed) for seed in (1, 2, 3)]
+    before = [[w.copy() for w in n.get_weights()] for n in networks]
+    names_before = [[layer.name for layer in n.layers] for n in networks]
+    ensemble = average_logits(networks)
+
+    images = np.random.default_rng(0).random((5, 32, 32, 1), dtype=np.float32)
+    members = np.stack([n(images, training=False).numpy() for n in networks])  # (3, 5, 1)
+    assert np.ptp(members, axis=0).max() > 1e-3  # the members really differ
+    np.testing.assert_allclose(ensemble(images, training=False).numpy(), members.mean(axis=0), rtol=1e-5, atol=1e-5)
+    # Flat: no nested model; member 0 keeps its names, the others are prefixed.
+    assert not any(isinstance(layer, keras.Model) for layer in ensemble.layers)
+    names = {layer.name for layer in ensemble.layers}
+    assert {"conv2", "m1_conv2", "m2_conv2", "ensemble_logit"} <= names
+    assert member_layer_name("conv2", 0) == "conv2" and member_layer_name("conv2", 2) == "m2_conv2"
+    # The networks passed in are unchanged.
+    for network, weights, layer_names in zip(networks, before, names_before):
+        assert all(np.array_equal(a, b) for a, b in zip(network.get_weights(), weights, strict=True))
+        assert [layer.name for layer in network.layers] == layer_names
+    # It survives a save and a safe-mode load.
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.models.load_model(tmp_path / "ensemble.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded(images, training=False).numpy(), members.mean(axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_ensemble_refuses_one_network_and_mismatched_inputs():
+    with pytest.raises(ValueError, match="at least two"):
+        average_logits([_trained_like("cnn_small", 1)])
+    other = get_architecture("cnn_small").build(48)
+    with pytest.raises(ValueError, match="input shape"):
+        average_logits([_trained_like("cnn_small", 1), other])

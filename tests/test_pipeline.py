@@ -11,7 +11,9 @@ from pneumo_model.comparison import compare, imbalance_study
 from pneumo_model.errors import ConfigError
 from pneumo_model.evaluation import TEST_LOG_NAME, evaluate
 from pneumo_model.prediction import Predictor
-from pneumo_model.training import TrainConfig, make_split
+from pneumo_model.explain import GradCam
+from pneumo_model.metrics import binary_metrics
+from pneumo_model.training import TrainConfig, load_model_inputs, make_split, train
 
 
 def test_training_writes_a_calibrated_model_with_complete_metadata(tiny_model, synthetic_data):
@@ -39,6 +41,33 @@ def test_training_learns_the_synthetic_signal(tiny_model, synthetic_data):
     assert np.mean(np.array(probabilities)[np.array(labels) == 1]) > np.mean(np.array(probabilities)[np.array(labels) == 0])
 
 
+def test_training_several_members_ships_one_calibrated_ensemble(synthetic_data, tmp_path):
+    config = TrainConfig(
+        architecture="cnn_small", input_size=32, epochs=2, batch_size=8, val_fraction=0.25, patience=3,
+        learning_rate=3e-3, members=2,
+    )
+    metadata = train(config, synthetic_data, tmp_path / "ensemble.keras", command="pytest", progress=None, verbose=0)
+    model, loaded = load_model(tmp_path / "ensemble.keras")
+    assert loaded.model_sha256 == metadata.model_sha256 and loaded.gradcam_layer == metadata.gradcam_layer
+    assert metadata.gradcam_layer == ("conv2", "m1_conv2")
+    assert metadata.train_config["members"] == 2
+    members = metadata.validation["members"]
+    assert [m["seed"] for m in members] == [config.seed, config.seed + 1]
+    assert all(0.0 <= m["roc_auc"] <= 1.0 and m["epochs_trained"] <= 2 for m in members)
+    assert {"ensemble_logit", "conv2", "m1_conv2"} <= {layer.name for layer in model.layers}
+    # The threshold was set on the ensemble's own validation probabilities.
+    split = make_split(synthetic_data, "official", 0.25, config.seed)
+    predictor = Predictor.from_file(tmp_path / "ensemble.keras")
+    # Exactly the inputs training calibrated on: the threshold is one of their probabilities.
+    images = load_model_inputs(split.validation, 32, None).astype(np.float32) / 255.0
+    labels = np.array([s.label for s in split.validation])
+    probabilities = predictor.probabilities(images)
+    assert binary_metrics(labels, probabilities, metadata.threshold)["sensitivity"] == pytest.approx(
+        metadata.validation["sensitivity"]
+    )
+    assert GradCam(predictor.model, metadata.gradcam_layer)(images[0]).shape == (32, 32)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match="protocol"):
         TrainConfig(protocol="random")
@@ -46,6 +75,8 @@ def test_bad_settings_are_refused():
         TrainConfig(imbalance="magic")
     with pytest.raises(ConfigError, match="Unknown architecture"):
         TrainConfig(architecture="nope")
+    with pytest.raises(ConfigError, match="at least one member"):
+        TrainConfig(members=0)
 
 
 def test_evaluate_writes_the_report_figures_and_counts_test_use(tiny_model, synthetic_data, tmp_path):
