@@ -71,6 +71,16 @@ class ModelMetadata:
     def short_sha(self) -> str:
         return self.model_sha256[:12]
 
+    @property
+    def members(self) -> int:
+        """How many networks the model averages (1: a single network)."""
+        return int(self.train_config.get("members", 1))
+
+    @property
+    def description(self) -> str:
+        """The architecture in words: ``pneumonet`` or ``pneumonet, ensemble of 3``."""
+        return self.architecture if self.members == 1 else f"{self.architecture}, ensemble of {self.members}"
+
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["grey_zone"] = list(self.grey_zone)

@@ -140,7 +140,7 @@ def evaluate(
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "model_sha256": metadata.model_sha256,
-        "architecture": metadata.architecture,
+        "architecture": metadata.description,
         "protocol": metadata.protocol,
         "split": split,
         "split_description": (

@@ -50,7 +50,8 @@ def test_training_several_members_ships_one_calibrated_ensemble(synthetic_data, 
     model, loaded = load_model(tmp_path / "ensemble.keras")
     assert loaded.model_sha256 == metadata.model_sha256 and loaded.gradcam_layer == metadata.gradcam_layer
     assert metadata.gradcam_layer == ("conv2", "m1_conv2")
-    assert metadata.train_config["members"] == 2
+    assert metadata.train_config["members"] == 2 and metadata.members == 2
+    assert metadata.description == "cnn_small, ensemble of 2"
     members = metadata.validation["members"]
     assert [m["seed"] for m in members] == [config.seed, config.seed + 1]
     assert all(0.0 <= m["roc_auc"] <= 1.0 and m["epochs_trained"] <= 2 for m in members)

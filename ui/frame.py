@@ -48,7 +48,7 @@ def render() -> Predictor:
         show_error(error)
         st.stop()
     st.warning(
-        f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.architecture}).",
+        f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.description}).",
         icon=":material/medical_information:",
     )
     _sidebar(model)
