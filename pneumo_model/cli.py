@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="augmentation: largest change of width/height scale ratio, either way",
     )
     train.add_argument(
+        "--class-aspect", type=float, default=defaults.augmentation.class_aspect,
+        help="augmentation: widen pneumonia and narrow normal anatomy by this ratio on average "
+        "(1.25 cancels the data set's class-correlated squash; 1 = off)",
+    )
+    train.add_argument(
         "--target-sensitivity", type=float, default=defaults.operating.target_sensitivity,
         help="validation sensitivity the threshold is set for",
     )
@@ -330,7 +335,9 @@ def train_config_from_args(args) -> "TrainConfig":
         members=args.members,
         time_budget_s=args.time_budget,
         augment=not args.no_augment,
-        augmentation=dataclasses.replace(defaults.augmentation, max_aspect=args.max_aspect),
+        augmentation=dataclasses.replace(
+            defaults.augmentation, max_aspect=args.max_aspect, class_aspect=args.class_aspect
+        ),
         operating=OperatingPointConfig(target_sensitivity=args.target_sensitivity),
     )
 

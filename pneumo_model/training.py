@@ -149,7 +149,7 @@ def _dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> tf.
     def prepare(batch_images, batch_labels):
         batch = tf.cast(batch_images, tf.float32) / 255.0  # (batch, size, size, 1)
         if config.augment:
-            batch = augment_batch(batch, config.augmentation)
+            batch = augment_batch(batch, config.augmentation, batch_labels)
         return batch, tf.reshape(batch_labels, (-1, 1))
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

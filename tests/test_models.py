@@ -135,3 +135,18 @@ def test_ensemble_refuses_one_network_and_mismatched_inputs():
     other = get_architecture("cnn_small").build(48)
     with pytest.raises(ValueError, match="input shape"):
         average_logits([_trained_like("cnn_small", 1), other])
+
+
+def test_class_aspect_widens_pneumonia_and_narrows_normal_anatomy():
+    images = np.zeros((8, 41, 41, 1), np.float32)
+    images[:, 5:36, 15:26] = 1.0  # a vertical bar 11 px wide, centred
+    labels = tf.constant([0, 1] * 4, tf.float32)
+    config = _identity_config(class_aspect=1.5)
+    out = augment_batch(tf.constant(images), config, labels).numpy()
+    widths = (out[:, 20, :, 0] > 0.5).sum(axis=1)
+    # Normals narrowed by sqrt(1.5) (11 -> 9 px), pneumonias widened by it (11 -> 13.5 px), give
+    # or take the one pixel the sampling grid decides.
+    assert set(widths[0::2]) <= {9, 10} and set(widths[1::2]) <= {13, 14}
+    # Without labels (or with the default ratio 1) nothing changes.
+    np.testing.assert_allclose(augment_batch(tf.constant(images), config).numpy(), images, atol=1e-4)
+    np.testing.assert_allclose(augment_batch(tf.constant(images), _identity_config(), labels).numpy(), images, atol=1e-4)
