@@ -262,7 +262,7 @@ def test_slow_work_runs_once_across_reruns_pages_and_sessions():
 
 
 def test_only_one_lime_runs_at_a_time():
-    app = open_page(pick_sample(start(), "NORMAL2-IM-0007-0001.jpeg"), "app_pages/explain.py")
+    app = open_page(pick_sample(start(), "NORMAL2-IM-0012-0001.jpeg"), "app_pages/explain.py")
     app.slider(key="lime_samples").set_value(200)
     app.slider(key="lime_segments").set_value(30)
     [submit] = [button for button in app.button if button.label == "Run LIME"]
