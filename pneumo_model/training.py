@@ -89,6 +89,8 @@ class TrainConfig:
             raise ConfigError(f"Unknown imbalance method '{self.imbalance}'; choose one of {IMBALANCE_METHODS}.")
         if self.members < 1:
             raise ConfigError(f"An ensemble needs at least one member; got members={self.members}.")
+        if not self.augmentation.class_aspect > 0:
+            raise ConfigError(f"class_aspect is a ratio and must be positive; got {self.augmentation.class_aspect}.")
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"val_fraction must lie in (0, 0.5); got {self.val_fraction}.")
         get_architecture(self.architecture)

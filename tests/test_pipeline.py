@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pneumo_model.artifacts import load_model
+from pneumo_model.augmentation import AugmentConfig
 from pneumo_model.comparison import compare, imbalance_study
 from pneumo_model.errors import ConfigError
 from pneumo_model.evaluation import TEST_LOG_NAME, evaluate
@@ -78,6 +79,8 @@ def test_bad_settings_are_refused():
         TrainConfig(architecture="nope")
     with pytest.raises(ConfigError, match="at least one member"):
         TrainConfig(members=0)
+    with pytest.raises(ConfigError, match="class_aspect"):
+        TrainConfig(augmentation=AugmentConfig(class_aspect=0.0))
 
 
 def test_evaluate_writes_the_report_figures_and_counts_test_use(tiny_model, synthetic_data, tmp_path):
