@@ -15,14 +15,18 @@ the known shortcuts of this data set and measures how much the model's calls mov
 - ``low_resolution``: downsampled to half the side and back (NORMAL originals are also larger).
 
 Only the validation split is used; the test split is never touched. ``stress_report`` compares
-candidate models and names the one preferred by a stated rule.
+candidate models and names the one preferred by a stated rule, and breaks the plain validation
+calls down by acquisition group (``acquisition_groups``): file family, subtype and thirds of
+patient number, a drift that exists inside official train.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -155,6 +159,56 @@ def stress_metrics(predictor, images: np.ndarray, labels: np.ndarray, config: St
     return results
 
 
+def acquisition_groups(names: Sequence[str], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Masks of the images by acquisition group, from the official file names.
+
+    Normals by file family (``IM-`` and ``NORMAL2-IM-``), pneumonias by subtype, and each class
+    by thirds of its patient numbers (lowest third first). Patient numbers were presumably given
+    in order of arrival, so a trend across the thirds is drift over time inside train.
+
+    Args:
+        names: file names, e.g. ``NORMAL2-IM-1427-0001.jpeg`` or ``person10_virus_35.jpeg``.
+        labels: (n,) 0 normal, 1 pneumonia.
+
+    Returns:
+        {group name: (n,) bool mask}, groups in a fixed order; empty groups are left out.
+    """
+    labels = np.asarray(labels)
+    names = list(names)
+    numbers = np.array([int(re.search(r"\d+", name.removeprefix("NORMAL2-")).group()) for name in names])
+    groups = {
+        "normal, IM- files": (labels == 0) & np.array([name.startswith("IM-") for name in names], dtype=bool),
+        "normal, NORMAL2- files": (labels == 0) & np.array([name.startswith("NORMAL2-") for name in names], dtype=bool),
+        "pneumonia, bacterial": (labels == 1) & np.array(["_bacteria_" in name for name in names], dtype=bool),
+        "pneumonia, viral": (labels == 1) & np.array(["_virus_" in name for name in names], dtype=bool),
+    }
+    for label, class_name in ((0, "normal"), (1, "pneumonia")):
+        members = np.flatnonzero(labels == label)
+        ordered = members[np.argsort(numbers[members], kind="stable")]
+        for third, part in enumerate(np.array_split(ordered, 3), start=1):
+            if part.size:
+                mask = np.zeros(labels.shape, dtype=bool)
+                mask[part] = True
+                groups[f"{class_name}, patient numbers {numbers[part].min()}-{numbers[part].max()} (third {third})"] = mask
+    return {name: mask for name, mask in groups.items() if mask.any()}
+
+
+def drift_metrics(probabilities: np.ndarray, labels: np.ndarray, names: Sequence[str], threshold: float) -> dict:
+    """Share of correct calls at ``threshold`` in each acquisition group.
+
+    Returns:
+        {group: {"n", "correct", "rate"}}: the rate is the specificity of a normal group and the
+        sensitivity of a pneumonia group.
+    """
+    called = np.asarray(probabilities) >= threshold
+    labels = np.asarray(labels)
+    rows = {}
+    for group, mask in acquisition_groups(names, labels).items():
+        correct = int((called[mask] == (labels[mask] == 1)).sum())
+        rows[group] = {"n": int(mask.sum()), "correct": correct, "rate": correct / int(mask.sum())}
+    return rows
+
+
 def preferred(results: dict[str, dict]) -> str:
     """The rule for choosing between candidates on validation alone.
 
@@ -177,7 +231,7 @@ def stress_report(model_paths: list[Path], data_dir: Path, reports_dir: Path, co
     from .prediction import Predictor
     from .training import make_split
 
-    results, details, inputs = {}, {}, {}
+    results, details, inputs, drift = {}, {}, {}, {}
     for path in model_paths:
         predictor = Predictor.from_file(Path(path))
         train_config = predictor.metadata.train_config
@@ -187,12 +241,21 @@ def stress_report(model_paths: list[Path], data_dir: Path, reports_dir: Path, co
             inputs[key] = (
                 load_model_inputs(split.validation, predictor.input_size),
                 np.array([s.label for s in split.validation]),
+                [s.path.name for s in split.validation],
             )
-        images, labels = inputs[key]
+        images, labels, names = inputs[key]
         name = f"{Path(path).stem}@{predictor.metadata.model_sha256[:12]}"
         results[name] = stress_metrics(predictor, images, labels, config)
+        threshold = predictor.metadata.threshold
+        drift[name] = drift_metrics(predictor.probabilities(images), labels, names, threshold)
         details[name] = {"path": str(path), "validation_images": int(len(labels)), "threshold": predictor.metadata.threshold}
-    report = {"config": asdict(config), "models": details, "results": results, "preferred": preferred(results)}
+    report = {
+        "config": asdict(config),
+        "models": details,
+        "results": results,
+        "preferred": preferred(results),
+        "acquisition_drift": drift,
+    }
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     (reports_dir / "validation_stress.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -216,4 +279,20 @@ def stress_markdown(report: dict) -> str:
                 f"| {m['mean_shift_normal']:+.3f} | {m['mean_shift_pneumonia']:+.3f} |"
             )
     lines += ["", f"Preferred by the rule (highest worst-case AUC): `{report['preferred']}`.", ""]
+    drift = report.get("acquisition_drift")
+    if drift:
+        lines += [
+            "## Drift inside official train",
+            "",
+            "Plain validation images by acquisition group, at each model's threshold: specificity for the",
+            "normal groups, sensitivity for the pneumonia groups (correct / images). Patient numbers were",
+            "presumably given in order of arrival; a trend across the thirds is drift over time.",
+            "",
+            "| model | group | correct | rate |",
+            "|---|---|---|---|",
+        ]
+        for name, groups in drift.items():
+            for group, row in groups.items():
+                lines.append(f"| {name} | {group} | {row['correct']}/{row['n']} | {row['rate']:.3f} |")
+        lines.append("")
     return "\n".join(lines)

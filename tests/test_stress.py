@@ -5,7 +5,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pneumo_model.stress import STRESS_NAMES, change_aspect, keep_top, perturb, preferred, stress_metrics
+from pneumo_model.stress import (
+    STRESS_NAMES,
+    acquisition_groups,
+    change_aspect,
+    drift_metrics,
+    keep_top,
+    perturb,
+    preferred,
+    stress_metrics,
+)
 
 
 def _boxes(shapes: list[tuple[int, int]], size: int = 40) -> np.ndarray:
@@ -75,3 +84,28 @@ def test_a_model_that_uses_the_width_cue_fails_swapped_and_loses_to_one_that_doe
     assert shortcut["swapped"]["roc_auc"] < 0.6
     assert shortcut["narrow"]["specificity"] < 0.5 and robust["narrow"]["specificity"] == 1.0
     assert preferred({"shortcut": shortcut, "robust": robust}) == "robust"
+
+
+def test_acquisition_groups_split_families_subtypes_and_thirds_of_patient_numbers():
+    names = [
+        "IM-0115-0001.jpeg", "IM-0500-0001.jpeg", "NORMAL2-IM-0300-0001.jpeg",
+        "NORMAL2-IM-1400-0001.jpeg", "NORMAL2-IM-0900-0001.jpeg", "IM-0700-0001.jpeg",
+        "person1_bacteria_1.jpeg", "person900_virus_1500.jpeg", "person40_bacteria_200.jpeg",
+    ]
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1])
+    groups = acquisition_groups(names, labels)
+    assert groups["normal, IM- files"].tolist() == [True, True, False, False, False, True, False, False, False]
+    assert groups["normal, NORMAL2- files"].sum() == 3 and groups["pneumonia, viral"].tolist()[7]
+    # Normals by number: 115 300 | 500 700 | 900 1400 (NORMAL2- prefix ignored for the number).
+    assert groups["normal, patient numbers 115-300 (third 1)"].tolist()[:6] == [True, False, True, False, False, False]
+    assert groups["normal, patient numbers 900-1400 (third 3)"].tolist()[:6] == [False, False, False, True, True, False]
+    assert groups["pneumonia, patient numbers 900-900 (third 3)"].tolist() == [False] * 7 + [True, False]
+
+    # A model that calls the last third of the normals pneumonia shows the drift there only.
+    probabilities = np.array([0.1, 0.1, 0.1, 0.9, 0.9, 0.1, 0.9, 0.2, 0.9])
+    rows = drift_metrics(probabilities, labels, names, threshold=0.5)
+    assert rows["normal, patient numbers 900-1400 (third 3)"] == {"n": 2, "correct": 0, "rate": 0.0}
+    assert rows["normal, patient numbers 115-300 (third 1)"]["rate"] == 1.0
+    assert rows["normal, NORMAL2- files"] == {"n": 3, "correct": 1, "rate": 1 / 3}
+    assert rows["pneumonia, viral"] == {"n": 1, "correct": 0, "rate": 0.0}
+    assert rows["pneumonia, bacterial"]["rate"] == 1.0
