@@ -10,7 +10,7 @@ from pneumo_model.artifacts import load_model
 from pneumo_model.augmentation import AugmentConfig
 from pneumo_model.comparison import compare, imbalance_study
 from pneumo_model.errors import ConfigError
-from pneumo_model.evaluation import TEST_LOG_NAME, evaluate
+from pneumo_model.evaluation import GOAL, MUST_BAR, TEST_LOG_NAME, evaluate, report_markdown, targets_met
 from pneumo_model.prediction import Predictor
 from pneumo_model.explain import GradCam
 from pneumo_model.metrics import binary_metrics
@@ -104,6 +104,28 @@ def test_evaluate_writes_the_report_figures_and_counts_test_use(tiny_model, synt
     assert len((tmp_path / TEST_LOG_NAME).read_text().splitlines()) == 2
     rows = (tmp_path / "predictions_test.csv").read_text().splitlines()
     assert len(rows) == 25 and rows[0].startswith("file,label")
+
+
+def test_bar_and_goal_are_judged_from_the_figures():
+    figures = {"roc_auc": 0.987, "sensitivity": 0.992, "specificity": 0.825, "ece": 0.03}
+    bar = {row["metric"]: row for row in targets_met(figures, MUST_BAR)}
+    assert bar["roc_auc"]["met"] and bar["sensitivity"]["met"] and bar["roc_auc"]["gap"] == 0.0
+    assert not bar["specificity"]["met"] and bar["specificity"]["gap"] == pytest.approx(0.025)
+    goal = {row["metric"]: row for row in targets_met({**figures, "ece": 0.06}, GOAL)}
+    assert not goal["ece"]["met"] and goal["ece"]["gap"] == pytest.approx(0.01)  # at most 0.05
+    assert targets_met({"specificity": 0.85}, (("specificity", ">=", 0.85),))[0]["met"]  # the bound counts
+    assert not targets_met({}, (("roc_auc", ">=", 0.96),))[0]["met"]  # a missing figure is not met
+
+
+def test_official_report_shows_references_bar_and_goal(tiny_model, synthetic_data, tmp_path):
+    report = evaluate(tiny_model, synthetic_data, tmp_path, n_resamples=10)
+    text = report_markdown(report)
+    assert "| metric | this model | Kermany 2018 | best notebook CNN |" in text
+    assert "| specificity |" in text and " 0.901 | 0.850 |" in text
+    expected = "met:" if all(row["met"] for row in targets_met(report["image"], MUST_BAR)) else "**not met**:"
+    assert f"Must-reach bar {expected}" in text and "Goal " in text
+    validation = report_markdown(evaluate(tiny_model, synthetic_data, tmp_path, n_resamples=10, split="validation"))
+    assert "Kermany" not in validation and "Must-reach bar" not in validation  # only the official test split
 
 
 def test_pooled_protocol_model_is_scored_on_its_own_test_part(synthetic_data, tmp_path):

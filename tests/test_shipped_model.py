@@ -9,6 +9,7 @@ import pytest
 from conftest import FULLRES_DIR
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT, file_sha256
 from pneumo_model.data import DEFAULT_DATA_DIR, load_model_inputs, scan_split
+from pneumo_model.evaluation import report_markdown
 from pneumo_model.metrics import binary_metrics
 from pneumo_model.prediction import Predictor
 
@@ -51,6 +52,8 @@ def test_readme_results_are_the_generated_report():
     readme = (REPO_ROOT / "README.md").read_text()
     block = readme.split("<!-- evaluation:start -->\n", 1)[1].split("<!-- evaluation:end -->", 1)[0]
     assert block == (REPO_ROOT / "reports" / "evaluation.md").read_text()
+    # The Markdown (with its bar and goal verdicts) is what the code makes of the committed figures.
+    assert block == report_markdown(json.loads((REPO_ROOT / "reports" / "evaluation.json").read_text()))
 
 
 @pytest.mark.shipped_model
