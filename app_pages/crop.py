@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from pneumo_model.crop import RescoreResult
 from pneumo_model.errors import PneumoError
 from pneumo_model.explain import overlay_heatmap
 from ui import audit, drawing, frame, resources
@@ -50,13 +51,13 @@ controls[2].button(
 box = (left, top, right, bottom)
 
 try:
-    result = resources.rescored(image.data, box)
     after = resources.cropped_prediction(image.data, box)
     cropped, heatmap = resources.cropped_gradcam(image.data, box)
 except PneumoError as error:
     frame.show_error(error)
     st.stop()
 after_id = audit.record_shown(image.digest, after, crop_box=box)
+result = RescoreResult.from_calls(whole, after, box)  # the very calls shown and recorded
 
 drawn, explained, numbers = st.columns([4, 4, 3], gap="medium")
 drawn.image(

@@ -176,6 +176,21 @@ class RescoreResult:
     def label_changed(self) -> bool:
         return self.label_before != self.label_after
 
+    @classmethod
+    def from_calls(cls, before, after, box: Sequence) -> "RescoreResult":
+        """The comparison of two calls already made: ``Prediction``s of the whole image and of its crop."""
+        return cls(
+            probability_before=before.probability,
+            probability_after=after.probability,
+            delta=after.probability - before.probability,
+            box=tuple(int(v) for v in box),
+            label_before=before.label,
+            label_after=after.label,
+            grey_zone_before=before.grey_zone,
+            grey_zone_after=after.grey_zone,
+            threshold=before.threshold,
+        )
+
     def to_dict(self) -> dict:
         return {
             "probability_before": self.probability_before,

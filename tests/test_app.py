@@ -14,6 +14,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from pneumo_model.artifacts import REPO_ROOT
+from pneumo_model.crop import rescore
 from pneumo_model.data import DEFAULT_DATA_DIR
 from pneumo_model.preprocessing import preprocess
 from conftest import encode, synthetic_xray
@@ -390,8 +391,12 @@ def test_crop_results_are_recorded_with_their_box(audit_db):
     rows = trail_rows(audit_db)
     suggestion = resources.diaphragm(sample_bytes())
     assert [row["crop_box"] for row in rows] == [None, "[" + ", ".join(str(v) for v in suggestion.box) + "]"]
-    after = resources.rescored(sample_bytes(), suggestion.box).probability_after
-    assert rows[1]["probability"] == pytest.approx(after, abs=1e-9)
+    # What the page showed and recorded is what the crop command computes on its own.
+    pixels, _ = resources.decoded(sample_bytes())
+    expected = rescore(resources.predictor(), pixels, suggestion.box)
+    assert rows[0]["probability"] == pytest.approx(expected.probability_before, abs=1e-9)
+    assert rows[1]["probability"] == pytest.approx(expected.probability_after, abs=1e-9)
+    assert f"{expected.probability_after:.3f}" in [m.value for m in app.metric]
 
 
 def test_trail_page_lists_the_records_and_exports_them(audit_db):

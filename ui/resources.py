@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 import streamlit as st
 
-from pneumo_model.crop import DiaphragmResult, RescoreResult, apply_crop, find_diaphragm, rescore
+from pneumo_model.crop import DiaphragmResult, apply_crop, find_diaphragm
 from pneumo_model.explain import GradCam, LimeConfig, LimeExplanation, explain_lime
 from pneumo_model.prediction import Prediction, Predictor
 from pneumo_model.preprocessing import ImageInfo, load_and_preprocess, load_image, preprocess
@@ -117,18 +117,6 @@ def diaphragm(image_bytes: bytes) -> DiaphragmResult:
     """The suggested diaphragm crop of one image (``found`` is False, with a reason, when there is none)."""
     pixels, _ = decoded(image_bytes)
     return find_diaphragm(pixels)
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def rescored(image_bytes: bytes, box: tuple[int, int, int, int]) -> RescoreResult:
-    """The probability before and after cropping to ``box``.
-
-    Raises:
-        ConfigError: the box does not fit the image or keeps too little of it (the message says which).
-    """
-    RUNS["rescore"] += 1
-    pixels, _ = decoded(image_bytes)
-    return rescore(predictor(), pixels, box)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
