@@ -256,7 +256,7 @@ def test_slow_work_runs_once_across_reruns_pages_and_sessions():
     run_lime(other_session)
     assert not other_session.exception
     assert resources.RUNS == {
-        "model_load": 1, "prediction": 1, "gradcam": 1, "lime": 1, "rescore": 1, "crop_gradcam": 1,
+        "model_load": 1, "prediction": 1, "gradcam": 1, "lime": 1, "crop_prediction": 1, "crop_gradcam": 1,
     }
     for before, after in zip(weights, resources.predictor().model.get_weights()):
         np.testing.assert_array_equal(before, after)  # the shared model was not changed

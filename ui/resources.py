@@ -126,6 +126,7 @@ def cropped_prediction(image_bytes: bytes, box: tuple[int, int, int, int]) -> Pr
     Raises:
         ConfigError: the box does not fit the image or keeps too little of it.
     """
+    RUNS["crop_prediction"] += 1
     pixels, info = decoded(image_bytes)
     return predictor().predict_input(preprocess(apply_crop(pixels, box), predictor().input_size), info)
 
