@@ -149,6 +149,16 @@ class DiaphragmResult:
 
 
 @dataclass(frozen=True)
+class _Call:
+    """What ``RescoreResult.from_calls`` reads of a ``Prediction``."""
+
+    probability: float
+    label: str
+    grey_zone: bool
+    threshold: float
+
+
+@dataclass(frozen=True)
 class RescoreResult:
     """The model's call on an image before and after a crop.
 
@@ -567,19 +577,18 @@ def rescore(
     box = validate_box(box, grey.shape[1], grey.shape[0], limits)
     cropped = apply_crop(grey, box, limits)
     size = predictor.input_size
-    before = float(predictor.probabilities(preprocess(grey, size)[np.newaxis])[0])  # (1, size, size, 1) in
-    after = float(predictor.probabilities(preprocess(cropped, size)[np.newaxis])[0])
-    return RescoreResult(
-        probability_before=before,
-        probability_after=after,
-        delta=after - before,
-        box=box,
-        label_before=predictor.label_for(before),
-        label_after=predictor.label_for(after),
-        grey_zone_before=bool(predictor.grey_zone.contains(before)),
-        grey_zone_after=bool(predictor.grey_zone.contains(after)),
-        threshold=float(predictor.metadata.threshold),
-    )
+    calls = []
+    for image in (grey, cropped):
+        probability = float(predictor.probabilities(preprocess(image, size)[np.newaxis])[0])  # (1, size, size, 1) in
+        calls.append(
+            _Call(
+                probability,
+                predictor.label_for(probability),
+                bool(predictor.grey_zone.contains(probability)),
+                float(predictor.metadata.threshold),
+            )
+        )
+    return RescoreResult.from_calls(*calls, box)
 
 
 # ----------------------------------------------------------------------------- burned-in markers

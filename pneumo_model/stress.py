@@ -126,13 +126,16 @@ def perturb(images: np.ndarray, labels: np.ndarray, name: str, config: StressCon
     return np.stack([transform(image) for image in images])
 
 
-def stress_metrics(predictor, images: np.ndarray, labels: np.ndarray, config: StressConfig = StressConfig()) -> dict:
+def stress_metrics(
+    predictor, images: np.ndarray, labels: np.ndarray, config: StressConfig = StressConfig(), plain: np.ndarray | None = None
+) -> dict:
     """AUC, and sensitivity / specificity at the model's own threshold, under every perturbation.
 
     Args:
         predictor: a ``Predictor`` (its calibrated probabilities and threshold are used).
         images: (n, size, size, 1) validation inputs, float32 in [0, 1] or uint8.
         labels: (n,) 0 / 1.
+        plain: the predictor's probabilities on the unperturbed images, if already computed.
 
     Returns:
         {name: {"roc_auc", "sensitivity", "specificity", "mean_shift_normal", "mean_shift_pneumonia"}};
@@ -143,7 +146,7 @@ def stress_metrics(predictor, images: np.ndarray, labels: np.ndarray, config: St
         images = images.astype(np.float32) / 255.0
     labels = np.asarray(labels)
     threshold = predictor.metadata.threshold
-    plain = predictor.probabilities(images)
+    plain = predictor.probabilities(images) if plain is None else np.asarray(plain)
     results = {}
     for name in STRESS_NAMES:
         probabilities = plain if name == "plain" else predictor.probabilities(perturb(images, labels, name, config))
@@ -245,9 +248,9 @@ def stress_report(model_paths: list[Path], data_dir: Path, reports_dir: Path, co
             )
         images, labels, names = inputs[key]
         name = f"{Path(path).stem}@{predictor.metadata.model_sha256[:12]}"
-        results[name] = stress_metrics(predictor, images, labels, config)
-        threshold = predictor.metadata.threshold
-        drift[name] = drift_metrics(predictor.probabilities(images), labels, names, threshold)
+        plain = predictor.probabilities(images)
+        results[name] = stress_metrics(predictor, images, labels, config, plain)
+        drift[name] = drift_metrics(plain, labels, names, predictor.metadata.threshold)
         details[name] = {"path": str(path), "validation_images": int(len(labels)), "threshold": predictor.metadata.threshold}
     report = {
         "config": asdict(config),
