@@ -6,19 +6,21 @@ from pneumo_model.crop import RescoreResult
 from pneumo_model.errors import PneumoError
 from pneumo_model.explain import overlay_heatmap
 from ui import audit, drawing, frame, resources
+from ui.markup import plain
 
 image = frame.require_image()
 try:
-    pixels, _ = resources.decoded(image.data)
-    whole = resources.prediction(image.data)
-    suggestion = resources.diaphragm(image.data)
+    pixels, _ = resources.decoded(image)
+    whole = resources.prediction(image)
+    suggestion = resources.diaphragm(image)
+    display = resources.display_pixels(image)
 except PneumoError as error:
     frame.show_error(error, image.name)
     st.stop()
 
 whole_id = audit.record_shown(image.digest, whole)
 if not frame.ood_gate(whole, f"crop_{image.digest[:16]}"):
-    st.image(resources.display_pixels(image.data), caption=image.name, width=440)
+    drawing.show(display, caption=plain(image.name), width=440)
     st.stop()
 if whole.ood:
     audit.note_reveal(whole_id)
@@ -51,8 +53,8 @@ controls[2].button(
 box = (left, top, right, bottom)
 
 try:
-    after = resources.cropped_prediction(image.data, box)
-    cropped, heatmap = resources.cropped_gradcam(image.data, box)
+    after = resources.cropped_prediction(image, box)
+    cropped, heatmap = resources.cropped_gradcam(image, box)
 except PneumoError as error:
     frame.show_error(error)
     st.stop()
@@ -60,15 +62,15 @@ after_id = audit.record_shown(image.digest, after, crop_box=box)
 result = RescoreResult.from_calls(whole, after, box)  # the very calls shown and recorded
 
 drawn, explained, numbers = st.columns([4, 4, 3], gap="medium")
-drawn.image(
-    drawing.draw_crop(resources.display_pixels(image.data), box, pixels.shape),
-    caption=f"{image.name}: the box is kept, the dimmed part is removed before rescoring.",
-    width="stretch",
+drawing.show(
+    drawing.draw_crop(display, box, pixels.shape),
+    caption=f"{plain(image.name)}: the box is kept, the dimmed part is removed before rescoring.",
+    where=drawn,
 )
-explained.image(
+drawing.show(
     overlay_heatmap(cropped, heatmap, alpha=0.4),
     caption=f"Grad-CAM of the cropped image: {frame.HEATMAP_CAVEAT}.",
-    width="stretch",
+    where=explained,
 )
 with numbers:
     st.metric("Probability before the crop", f"{result.probability_before:.3f}")

@@ -4,24 +4,25 @@ import streamlit as st
 
 from pneumo_model.errors import PneumoError
 from pneumo_model.explain import overlay_heatmap
-from ui import audit, frame, resources
+from ui import audit, drawing, frame, resources
+from ui.markup import plain
 
 image = frame.require_image()
 try:
-    result = resources.prediction(image.data)
-    display = resources.display_pixels(image.data)
+    result = resources.prediction(image)
+    display = resources.display_pixels(image)
 except PneumoError as error:
     frame.show_error(error, image.name)
     st.stop()
 
 result_id = audit.record_shown(image.digest, result)
 if not frame.ood_gate(result, f"explain_{image.digest[:16]}"):
-    st.image(display, caption=f"Original: {image.name}", width=440)
+    drawing.show(display, caption=f"Original: {plain(image.name)}", width=440)
     st.stop()
 if result.ood:
     audit.note_reveal(result_id)
 st.markdown(
-    f"**{image.name}**: call **{result.label}**, probability of pneumonia **{result.probability:.3f}**"
+    f"**{plain(image.name)}**: call **{result.label}**, probability of pneumonia **{result.probability:.3f}**"
     + (" — *indeterminate: needs a careful read*" if result.grey_zone else "")
 )
 opacity = st.slider("Overlay opacity", min_value=0.0, max_value=1.0, value=0.4, step=0.05, key="overlay_opacity")
@@ -41,11 +42,11 @@ with st.form("lime_settings", border=False):
         st.session_state["lime_request"] = (image.digest, num_samples, n_segments)
 
 original, gradcam, lime = st.columns(3)
-original.image(display, caption=f"Original: {image.name}", width="stretch")
-gradcam.image(
-    overlay_heatmap(display, resources.gradcam_heatmap(image.data), alpha=opacity),
+drawing.show(display, caption=f"Original: {plain(image.name)}", where=original)
+drawing.show(
+    overlay_heatmap(display, resources.gradcam_heatmap(image), alpha=opacity),
     caption=f"Grad-CAM: {frame.HEATMAP_CAVEAT}. Yellow = raised the pneumonia score most.",
-    width="stretch",
+    where=gradcam,
 )
 request = st.session_state.get("lime_request")
 with lime:
@@ -57,10 +58,9 @@ with lime:
         )
     else:
         _, used_samples, used_segments = request
-        explanation = resources.lime_explanation(image.data, used_samples, used_segments)
-        st.image(
+        explanation = resources.lime_explanation(image, used_samples, used_segments)
+        drawing.show(
             explanation.overlay(display, fill_alpha=opacity),
             caption=f"LIME ({used_samples} samples, {used_segments} superpixels): {frame.HEATMAP_CAVEAT}. "
             "Orange regions pushed towards pneumonia, blue away from it.",
-            width="stretch",
         )

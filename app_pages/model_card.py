@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from ui import reports, resources
+from ui import drawing, reports, resources
 
 model = resources.predictor()
 metadata = model.metadata
@@ -55,7 +55,7 @@ if evaluation is not None:
         if path is None:
             column.info(f"{caption}: figure not generated.")
         else:
-            column.image(str(path), caption=caption, width="stretch")
+            drawing.show(path, caption=caption, where=column)
 
     st.subheader("Sensitivity by pneumonia subtype")
     st.dataframe(
@@ -118,4 +118,4 @@ if evaluation is not None and "worst_errors" in evaluation.get("figures", {}):
     path = reports.figure(evaluation["figures"]["worst_errors"])
     if path is not None:
         with st.expander("The test images the model got most wrong"):
-            st.image(str(path), width=640)
+            drawing.show(path, width=640)

@@ -4,7 +4,8 @@ out-of-distribution flags, and the reviewer's verdict for the audit trail."""
 import streamlit as st
 
 from pneumo_model.errors import PneumoError
-from ui import audit, frame, resources, state
+from ui import audit, drawing, frame, resources, state
+from ui.markup import plain
 
 model = resources.predictor()
 metadata = model.metadata
@@ -23,7 +24,8 @@ with result_column:
         st.info("No image chosen yet.", icon=":material/image:")
         st.stop()
     try:
-        result = resources.prediction(image.data)
+        result = resources.prediction(image)
+        display = resources.display_pixels(image)
     except PneumoError as error:
         frame.show_error(error, image.name)
         st.stop()
@@ -53,15 +55,14 @@ with result_column:
             f"Operating point: pneumonia at probability ≥ {result.threshold:.3f}"
             + (f" (set for validation sensitivity {target:.2f})." if target is not None else ".")
         )
-    for warning in result.info.warnings:
-        st.info(warning, icon=":material/info:")
+    frame.show_warnings(result.info.warnings)
     audit.verdict_form(result_id, "review_verdict")
 
 with image_column:
     source = "demo image" if image.source == "sample" else "upload"
-    st.image(
-        resources.display_pixels(image.data),
-        caption=f"{image.name} ({source}, {result.info.width} x {result.info.height} px, "
+    drawing.show(
+        display,
+        caption=f"{plain(image.name)} ({source}, {result.info.width} x {result.info.height} px, "
         f"{result.info.bit_depth}-bit {result.info.format})",
         width=440,
     )

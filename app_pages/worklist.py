@@ -4,6 +4,7 @@ and error flags."""
 import streamlit as st
 
 from ui import audit, resources, state, worklist
+from ui.markup import plain
 
 model = resources.predictor()
 
@@ -17,6 +18,7 @@ if not files:
     st.info("Upload images to build a worklist, sorted by probability of pneumonia.", icon=":material/upload:")
     st.stop()
 
+state.note_uploads()
 # Scored once per set of uploads; later reruns of this session reuse the table.
 upload_ids = tuple(file.file_id for file in files)
 if st.session_state.get("worklist_ids") != upload_ids:
@@ -25,6 +27,7 @@ if st.session_state.get("worklist_ids") != upload_ids:
         [(file.name, file.getvalue()) for file in files],
         model,
         progress=lambda done, total: bar.progress(done / total, text=f"Read {done} of {total} images"),
+        decode_slot=resources.decode_slot,
     )
     bar.empty()
     st.session_state["worklist_table"] = table
@@ -37,7 +40,7 @@ show_flagged = False
 if len(flagged):
     st.error(
         f"{len(flagged)} image(s) do not look like frontal chest X-rays; the model's output on them is not "
-        "meaningful, so their calls are hidden: " + ", ".join(f"**{name}**" for name in flagged["file"]),
+        "meaningful, so their calls are hidden: " + ", ".join(f"**{plain(name)}**" for name in flagged["file"]),
         icon=":material/block:",
     )
     show_flagged = st.checkbox("Show the model's output for them anyway", key="worklist_show_ood")
@@ -65,7 +68,7 @@ errors = shown[shown["error"].notna()]
 if len(errors):
     st.error(
         f"{len(errors)} file(s) could not be read; the others were scored.  \n"
-        + "  \n".join(f"**{row.file}**: {row.error}" for row in errors.itertuples()),
+        + "  \n".join(f"**{plain(row.file)}**: {plain(row.error)}" for row in errors.itertuples()),
         icon=":material/error:",
     )
 

@@ -16,8 +16,6 @@ must not be shared between them. Concurrent writers wait up to ``busy_timeout_s`
 
 from __future__ import annotations
 
-import csv
-import io
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .csv_export import write_csv
 from .errors import PneumoError
 
 if TYPE_CHECKING:
@@ -113,12 +112,6 @@ ORDER BY r.id, v.id
 
 class AuditError(PneumoError):
     """The audit trail cannot be opened or written, or a record is not acceptable."""
-
-
-def _spreadsheet_safe(value):
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 def _utc_now() -> str:
@@ -335,12 +328,6 @@ class AuditTrail:
 def trail_csv(rows: list[dict]) -> str:
     """Trail rows (as ``AuditTrail.trail`` returns them) as CSV text, header ``TRAIL_COLUMNS``.
 
-    Free text that a spreadsheet would run as a formula (starting with =, +, -, @, tab or
-    carriage return) is prefixed with an apostrophe.
+    Free text that a spreadsheet would run as a formula is written as text (``csv_export``).
     """
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TRAIL_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: _spreadsheet_safe(value) for key, value in row.items()})
-    return buffer.getvalue()
+    return write_csv(rows, TRAIL_COLUMNS)

@@ -80,7 +80,11 @@ def page(browser, app_url):
 
 
 def open_page(page, title: str) -> None:
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+    """Clicks the page's link and waits until the browser is on it (the old page's elements linger)."""
+    link = page.get_by_test_id("stSidebarNav").get_by_role("link", name=title)
+    target = link.get_attribute("href")
+    link.click()
+    page.wait_for_url(lambda url: url.rstrip("/").endswith(target.rstrip("/")))
 
 
 def cli_prediction(path: Path) -> dict:
@@ -168,7 +172,7 @@ def test_worklist_scores_100_files_and_lists_the_bad_ones(page, tmp_path):
     files, bad = worklist_files(tmp_path)
     assert len(files) == 100
     open_page(page, "Worklist")
-    page.locator("input[type=file]").set_input_files([str(path) for path in files])
+    page.locator("input[type=file][multiple]").set_input_files([str(path) for path in files])
 
     expect(page.get_by_text("Download CSV")).to_be_visible()
     for label, count in (("Scored", "95"), ("Unreadable", "5")):

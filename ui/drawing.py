@@ -1,41 +1,44 @@
-"""Display copies of an image and a crop box drawn on one; for the screen only, never for the model."""
+"""Pictures on the page: the crop box drawn on the screen copy, and the one way pages show a picture."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+import streamlit as st
 
 from pneumo_model.explain import VERMILLION
-from pneumo_model.preprocessing import to_unit_range
-
-DISPLAY_MAX_SIDE = 1024
 
 
-def display_copy(pixels: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
-    """The grey image for the screen: float32 (h, w) in [0, 1], its longer side at most ``max_side``.
+def show(picture: np.ndarray | Path, caption: str | None = None, width: int | str = "stretch", where=st) -> None:
+    """Shows a picture made by ``pneumo_model.display`` or an overlay: uint8 grey (h, w) or RGB (h, w, 3).
 
-    Full-size radiographs (3000 px and more) would make every overlay and every rerun slow to
-    draw and to send; the aspect ratio is kept, so overlays drawn on this copy stay in place.
+    8-bit pictures are in range by type, so ``st.image`` can never refuse one as out of [0, 1]
+    (a float picture from a resize, at 1.0000001, once failed whole pages). ``where`` is the
+    column or container to draw in; ``caption`` is Markdown, so user text in it goes through
+    ``ui.markup.plain`` first. A path is a committed report figure (a PNG file).
 
-    Args:
-        pixels: 2-D grey image as ``load_image`` returns it (intensities by ``to_unit_range``). Not modified.
-        max_side: longest side of the copy, in pixels.
+    Raises:
+        TypeError: anything else; that is a bug in the page, not a user error.
     """
-    unit = to_unit_range(pixels)  # (H, W) float32, a new array
-    scale = max_side / max(unit.shape)
-    if scale >= 1.0:
-        return unit
-    size = (max(1, round(unit.shape[1] * scale)), max(1, round(unit.shape[0] * scale)))  # (w, h) for OpenCV
-    return cv2.resize(unit, size, interpolation=cv2.INTER_AREA)
+    if isinstance(picture, np.ndarray):
+        if picture.dtype != np.uint8 or not (picture.ndim == 2 or (picture.ndim == 3 and picture.shape[2] == 3)):
+            raise TypeError(f"Pages show uint8 (h, w) or (h, w, 3) pictures; got {picture.dtype} {picture.shape}.")
+        where.image(picture, caption=caption, width=width)
+    elif isinstance(picture, Path):
+        where.image(str(picture), caption=caption, width=width)
+    else:
+        raise TypeError(f"Pages show numpy pictures or figure paths; got {type(picture).__name__}.")
 
 
 def draw_crop(
     display: np.ndarray, box: tuple[int, int, int, int], original_shape: tuple[int, int], dim: float = 0.35
 ) -> np.ndarray:
-    """The display copy with what the crop removes dimmed and the box outlined.
+    """The screen copy with what the crop removes dimmed and the box outlined.
 
     Args:
-        display: grey display copy (h, w), float in [0, 1] (``display_copy``). Not modified.
+        display: grey screen copy (h, w) uint8 (``pneumo_model.display.screen_grey``). Not modified.
         box: ``(x0, y0, x1, y1)`` in pixels of the original image, x1 and y1 exclusive.
         original_shape: (height, width) of the original image the box refers to.
         dim: brightness kept outside the box, in [0, 1].
@@ -43,13 +46,14 @@ def draw_crop(
     Returns:
         New (h, w, 3) uint8 RGB image.
     """
+    if display.dtype != np.uint8 or display.ndim != 2:
+        raise TypeError(f"draw_crop takes the uint8 (h, w) screen copy; got {display.dtype} {display.shape}.")
     height, width = display.shape
     scale_y, scale_x = height / original_shape[0], width / original_shape[1]
     x0, x1 = (min(width, round(x * scale_x)) for x in (box[0], box[2]))
     y0, y1 = (min(height, round(y * scale_y)) for y in (box[1], box[3]))
-    rgb = np.repeat(display[:, :, np.newaxis] * dim, 3, axis=2)  # (h, w, 3) float
+    rgb = np.repeat(np.rint(display * dim).astype(np.uint8)[:, :, np.newaxis], 3, axis=2)  # (h, w, 3) uint8
     rgb[y0:y1, x0:x1] = display[y0:y1, x0:x1, np.newaxis]
-    image = np.round(rgb * 255.0).astype(np.uint8)
     line = max(2, round(max(height, width) / 150))
-    cv2.rectangle(image, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), VERMILLION, thickness=line)
-    return image
+    cv2.rectangle(rgb, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), VERMILLION, thickness=line)
+    return rgb

@@ -8,6 +8,7 @@ from pneumo_model.errors import PneumoError
 from pneumo_model.prediction import Prediction, Predictor
 
 from . import resources, state
+from .markup import plain
 
 DISCLAIMER = "Decision support for trained readers — not a medical device, not a diagnosis."
 HEATMAP_CAVEAT = "shows where the model looked, not where the lesion is"
@@ -19,9 +20,19 @@ OOD_MESSAGE = (
 
 
 def show_error(error: PneumoError, file_name: str | None = None) -> None:
-    """A package error as a plain message (its text already says what to do), never a traceback."""
-    prefix = f"**{file_name}** cannot be used. " if file_name else ""
-    st.error(prefix + str(error), icon=":material/error:")
+    """A package error as a plain message (its text already says what to do), never a traceback.
+
+    The message may quote the file (a DICOM tag, a decoder's words) and the name is the user's,
+    so both are shown as text, never as Markdown.
+    """
+    prefix = f"**{plain(file_name)}** cannot be used. " if file_name else ""
+    st.error(prefix + plain(error), icon=":material/error:")
+
+
+def show_warnings(warnings) -> None:
+    """The decoder's notes on an image (they may quote the file's own tags), as plain text."""
+    for warning in warnings:
+        st.info(plain(warning), icon=":material/info:")
 
 
 def ood_gate(prediction: Prediction, key: str, message: str = OOD_MESSAGE) -> bool:
@@ -51,6 +62,9 @@ def render() -> Predictor:
         f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.description}).",
         icon=":material/medical_information:",
     )
+    lost = state.lost_uploads()
+    if lost is not None:
+        st.warning(lost, icon=":material/cloud_off:")
     _sidebar(model)
     return model
 
@@ -62,7 +76,7 @@ def _sidebar(model: Predictor) -> None:
             st.caption("No image chosen yet.")
         else:
             source = "demo image" if image.source == "sample" else "uploaded"
-            st.caption(f"Chosen image: **{image.name}** ({source})")
+            st.caption(f"Chosen image: **{plain(image.name)}** ({source})")
         with st.expander("Demo images (one click loads)", expanded=image is None):
             for sample in state.samples():
                 st.button(

@@ -1,29 +1,58 @@
 """Process-wide resources: the model, loaded once and shared read-only, and per-image results.
 
 The model is a ``st.cache_resource``: one ``Predictor`` per server process, used by every
-session and never changed. Per-image results are ``st.cache_data`` entries keyed on the
-image's bytes (and the LIME settings), so reruns, widget changes and page switches reuse them.
+session and never changed. Per-image results live in one ``ByteBudgetCache`` keyed on the
+image's SHA-256 (computed once, when the image is chosen) and the settings, so reruns, widget
+changes and page switches reuse them; the cache holds at most ``CACHE_BYTES`` whatever the images
+are. An upload is decoded once; every later step (the call, the screen copy, Grad-CAM, LIME, the
+crop) starts from that decoded image. At most ``MAX_DECODES`` decodes run at once in the process;
+a further one waits with a plain "busy, retrying" note instead of piling up memory.
+
 ``RUNS`` counts how often each slow step really ran in this process; the tests read it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import streamlit as st
 
 from pneumo_model.crop import DiaphragmResult, apply_crop, find_diaphragm
+from pneumo_model.display import screen_grey
+from pneumo_model.errors import PneumoError
 from pneumo_model.explain import GradCam, LimeConfig, LimeExplanation, explain_lime
 from pneumo_model.prediction import Prediction, Predictor
-from pneumo_model.preprocessing import ImageInfo, load_and_preprocess, load_image, preprocess
+from pneumo_model.preprocessing import ImageInfo, load_image, preprocess
 
-from . import drawing
+from .cache import ByteBudgetCache
 
 RUNS: Counter[str] = Counter()
 
 LIME_WAIT_MESSAGE = "Another explanation is running; yours starts when it finishes."
+BUSY_MESSAGE = "The server is busy reading other images; yours is next (retrying)..."
+# Two cores: more decodes at once only add memory, not speed.
+MAX_DECODES = 2
+# How long a decode waits for its turn before the page says to try again.
+DECODE_WAIT_S = 120.0
+# Everything the per-image cache may hold: about ten full-size 16-bit films (at most 32 MB each
+# after ``ImageLimits.max_working_pixels``) plus the small results of hundreds of images.
+CACHE_BYTES = 384 * 2**20
+
+
+class ServerBusyError(PneumoError):
+    """Too many images are being read at once; the user should try again shortly."""
+
+
+class Image(Protocol):
+    """What the functions here take: the chosen image's bytes and their SHA-256 (``state.ChosenImage``)."""
+
+    data: bytes
+    digest: str
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server start)...")
@@ -45,51 +74,103 @@ def lime_lock() -> threading.Lock:
     return threading.Lock()
 
 
-# Few entries for whole images: a full-size 16-bit radiograph takes tens of MB.
-@st.cache_data(show_spinner=False, max_entries=8)
-def decoded(image_bytes: bytes) -> tuple[np.ndarray, ImageInfo]:
-    """``load_image`` of the bytes: the 2-D grey pixels and the image facts.
+@st.cache_resource(show_spinner=False)
+def decode_slots() -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(MAX_DECODES)
+
+
+@st.cache_resource(show_spinner=False)
+def cache() -> ByteBudgetCache:
+    """The per-image results of every session (``st.cache_resource.clear()`` empties it too)."""
+    return ByteBudgetCache(CACHE_BYTES)
+
+
+@contextlib.contextmanager
+def decode_slot(wait_s: float = DECODE_WAIT_S) -> Iterator[None]:
+    """Holds one of the ``MAX_DECODES`` decode slots; shows a busy note while waiting for one.
+
+    Raises:
+        ServerBusyError: no slot came free within ``wait_s`` seconds.
+    """
+    slots = decode_slots()
+    if not slots.acquire(blocking=False):
+        note = st.info(BUSY_MESSAGE, icon=":material/hourglass_top:")
+        acquired = slots.acquire(timeout=wait_s)
+        note.empty()
+        if not acquired:
+            raise ServerBusyError(
+                "The server is too busy reading other images to read this one now. Try again in a minute."
+            )
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+def decoded(image: Image) -> tuple[np.ndarray, ImageInfo]:
+    """``load_image`` of the bytes, once per image: the 2-D grey pixels (read-only) and the image facts.
 
     Raises:
         InvalidImageError: the bytes are not a usable image (the message says why).
+        ServerBusyError: the server stayed busy too long.
     """
-    return load_image(image_bytes)
+
+    def decode() -> tuple[np.ndarray, ImageInfo]:
+        with decode_slot():
+            RUNS["decode"] += 1
+            return load_image(image.data)
+
+    return cache().get_or_compute(("decoded", image.digest), decode)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def display_pixels(image_bytes: bytes) -> np.ndarray:
-    """The grey image for the screen (``drawing.display_copy``): float32 in [0, 1], at most 1024 px a side."""
-    pixels, _ = decoded(image_bytes)
-    return drawing.display_copy(pixels)
+def model_input(image: Image) -> np.ndarray:
+    """The model's input for the image, (size, size, 1) float32 in [0, 1] (``preprocess``)."""
+    pixels, _ = decoded(image)
+    return cache().get_or_compute(("model_input", image.digest), lambda: preprocess(pixels, predictor().input_size))
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def prediction(image_bytes: bytes) -> Prediction:
-    """The model's call on one image.
+def display_pixels(image: Image) -> np.ndarray:
+    """The grey picture for the screen (``screen_grey``): uint8, at most 1024 px a side."""
+    pixels, _ = decoded(image)
+    return cache().get_or_compute(("screen", image.digest), lambda: screen_grey(pixels))
+
+
+def prediction(image: Image) -> Prediction:
+    """The model's call on one image, with the out-of-distribution check.
 
     Raises:
         InvalidImageError: the bytes are not a usable image.
     """
-    RUNS["prediction"] += 1
-    return predictor().predict_source(image_bytes)
+    _, info = decoded(image)
+    inputs = model_input(image)
+
+    def predict() -> Prediction:
+        RUNS["prediction"] += 1
+        return predictor().predict_input(inputs, info)
+
+    return cache().get_or_compute(("prediction", image.digest), predict)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def gradcam_heatmap(image_bytes: bytes) -> np.ndarray:
+def gradcam_heatmap(image: Image) -> np.ndarray:
     """Grad-CAM heat map on the model input, (size, size) float32 in [0, 1]."""
-    RUNS["gradcam"] += 1
-    model_input, _ = load_and_preprocess(image_bytes, predictor().input_size)
-    return gradcam()(model_input)
+    inputs = model_input(image)
+
+    def compute() -> np.ndarray:
+        RUNS["gradcam"] += 1
+        return gradcam()(inputs)
+
+    return cache().get_or_compute(("gradcam", image.digest), compute)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def lime_explanation(image_bytes: bytes, num_samples: int, n_segments: int) -> LimeExplanation:
-    """LIME explanation of one image, one run at a time across the whole process.
+def lime_explanation(image: Image, num_samples: int, n_segments: int) -> LimeExplanation:
+    """LIME explanation of one image, one run at a time across the whole process."""
+    inputs = model_input(image)
+    return cache().get_or_compute(
+        ("lime", image.digest, num_samples, n_segments), lambda: _run_lime(inputs, num_samples, n_segments)
+    )
 
-    The progress bar and the waiting note are drawn inside the cached function, as Streamlit
-    replays such elements on a cache hit; both are emptied before returning, so a hit shows
-    nothing. (A bar created outside could not be updated from here without breaking the replay.)
-    """
+
+def _run_lime(inputs: np.ndarray, num_samples: int, n_segments: int) -> LimeExplanation:
     lock = lime_lock()
     if not lock.acquire(blocking=False):
         waiting = st.info(LIME_WAIT_MESSAGE, icon=":material/hourglass_top:")
@@ -103,42 +184,45 @@ def lime_explanation(image_bytes: bytes, num_samples: int, n_segments: int) -> L
         def report(done: int, total: int) -> None:
             bar.progress(min(done / total, 1.0), text=f"LIME: {done} of {total} perturbed images scored")
 
-        model = predictor()
-        model_input, _ = load_and_preprocess(image_bytes, model.input_size)
-        explanation = explain_lime(model_input, model, config, progress=report)
+        explanation = explain_lime(inputs, predictor(), config, progress=report)
         bar.empty()
         return explanation
     finally:
         lock.release()
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def diaphragm(image_bytes: bytes) -> DiaphragmResult:
+def diaphragm(image: Image) -> DiaphragmResult:
     """The suggested diaphragm crop of one image (``found`` is False, with a reason, when there is none)."""
-    pixels, _ = decoded(image_bytes)
-    return find_diaphragm(pixels)
+    pixels, _ = decoded(image)
+    return cache().get_or_compute(("diaphragm", image.digest), lambda: find_diaphragm(pixels))
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def cropped_prediction(image_bytes: bytes, box: tuple[int, int, int, int]) -> Prediction:
+def cropped_prediction(image: Image, box: tuple[int, int, int, int]) -> Prediction:
     """The model's call, with the out-of-distribution check, on the image cropped to ``box``.
 
     Raises:
         ConfigError: the box does not fit the image or keeps too little of it.
     """
-    RUNS["crop_prediction"] += 1
-    pixels, info = decoded(image_bytes)
-    return predictor().predict_input(preprocess(apply_crop(pixels, box), predictor().input_size), info)
+    pixels, info = decoded(image)
+
+    def predict() -> Prediction:
+        RUNS["crop_prediction"] += 1
+        return predictor().predict_input(preprocess(apply_crop(pixels, box), predictor().input_size), info)
+
+    return cache().get_or_compute(("crop_prediction", image.digest, tuple(box)), predict)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def cropped_gradcam(image_bytes: bytes, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The display copy of the cropped image and the Grad-CAM heat map of its model input.
+def cropped_gradcam(image: Image, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The screen picture of the cropped image (uint8) and the Grad-CAM heat map of its model input.
 
     Raises:
         ConfigError: the box does not fit the image or keeps too little of it.
     """
-    RUNS["crop_gradcam"] += 1
-    pixels, _ = decoded(image_bytes)
-    cropped = apply_crop(pixels, box)
-    return drawing.display_copy(cropped), gradcam()(preprocess(cropped, predictor().input_size))
+    pixels, _ = decoded(image)
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        RUNS["crop_gradcam"] += 1
+        cropped = apply_crop(pixels, box)
+        return screen_grey(cropped), gradcam()(preprocess(cropped, predictor().input_size))
+
+    return cache().get_or_compute(("crop_gradcam", image.digest, tuple(box)), compute)

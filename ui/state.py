@@ -7,7 +7,8 @@ the user leaves the page), so it stays selected across pages until another image
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
@@ -45,10 +46,10 @@ class ChosenImage:
     name: str
     data: bytes
     source: str
+    digest: str = field(init=False, repr=False, compare=False)  # SHA-256 of ``data``, computed once
 
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+    def __post_init__(self):
+        object.__setattr__(self, "digest", hashlib.sha256(self.data).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,56 @@ def choose_upload(widget_key: str) -> None:
     uploaded = st.session_state.get(widget_key)
     if uploaded is not None:
         choose(ChosenImage(name=uploaded.name, data=uploaded.getvalue(), source="upload"))
+        note_uploads()
+
+
+# ----------------------------------------------------------------------------- lost uploads
+# Uploaded files live only in the server's memory, with the session. When the server restarts
+# (or the tab is reloaded), the browser reconnects to a new, empty session: the worklist's file
+# chips stay on screen in red and nothing else would say the files are gone. A tab that uploaded
+# something carries a mark in its URL (``?uploads=...``), which survives both; a new session that
+# finds a mark it did not set knows that its files were lost.
+UPLOADS_PARAM = "uploads"
+_MARK_KEY = "uploads_mark"
+_LOST_KEY = "uploads_lost"
+SERVER_RESTARTED = (
+    "**The server was restarted, so the files uploaded earlier in this tab are gone** (uploads are "
+    "kept only in the server's memory, never on disk). Upload them again."
+)
+TAB_RELOADED = (
+    "**This tab was reloaded, so the files uploaded earlier in it are gone.** Upload them again."
+)
+
+
+@st.cache_resource(show_spinner=False)
+def _marks_of_this_server() -> set[str]:
+    return set()
+
+
+def note_uploads() -> None:
+    """Marks this tab as holding uploads (call it whenever files are uploaded)."""
+    mark = st.session_state.get(_MARK_KEY)
+    if mark is None:
+        mark = secrets.token_urlsafe(9)
+        _marks_of_this_server().add(mark)
+        st.session_state[_MARK_KEY] = mark
+    st.session_state.pop(_LOST_KEY, None)
+    st.query_params[UPLOADS_PARAM] = mark
+
+
+def lost_uploads() -> str | None:
+    """What to tell the user when this tab's earlier uploads are gone, else None; keeps the URL mark.
+
+    Called once per run, before the page: a new session finding a mark it did not set learns that
+    its uploads were lost (to a restart when this server never issued the mark, else to a reload).
+    The message stays until something is uploaded again.
+    """
+    seen = st.query_params.get(UPLOADS_PARAM)
+    mark = st.session_state.get(_MARK_KEY)
+    if mark is None and seen is not None:
+        restarted = seen not in _marks_of_this_server()
+        st.session_state[_LOST_KEY] = SERVER_RESTARTED if restarted else TAB_RELOADED
+        del st.query_params[UPLOADS_PARAM]
+    elif mark is not None and seen != mark:
+        st.query_params[UPLOADS_PARAM] = mark  # a page switch dropped it
+    return st.session_state.get(_LOST_KEY)

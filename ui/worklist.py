@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 from collections.abc import Callable, Sequence
+from typing import ContextManager
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from pneumo_model.audit import ResultRecord
+from pneumo_model.csv_export import write_csv
+from pneumo_model.display import screen_grey
 from pneumo_model.errors import PneumoError
 from pneumo_model.prediction import Predictor
 from pneumo_model.preprocessing import load_image, preprocess
-
-from .drawing import display_copy
 
 COLUMNS = ["file", "probability", "call", "grey_zone", "ood", "ood_score", "error", "sha256", "thumbnail"]
 THUMBNAIL_SIDE = 96
@@ -24,8 +26,7 @@ THUMBNAIL_SIDE = 96
 
 def _thumbnail(pixels: np.ndarray) -> str:
     """A small PNG of the grey image as a data URL, for ``st.column_config.ImageColumn``."""
-    grey = np.round(display_copy(pixels, THUMBNAIL_SIDE) * 255.0).astype(np.uint8)  # (h, w)
-    image = Image.fromarray(grey)
+    image = Image.fromarray(screen_grey(pixels, THUMBNAIL_SIDE))  # (h, w) uint8
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -35,13 +36,18 @@ def score_files(
     files: Sequence[tuple[str, bytes]],
     predictor: Predictor,
     progress: Callable[[int, int], None] | None = None,
+    decode_slot: Callable[[], ContextManager] = contextlib.nullcontext,
 ) -> pd.DataFrame:
     """Scores every readable file; unreadable ones get a row with the reason instead.
+
+    Each file is decoded, reduced to its model input and thumbnail, and dropped before the next,
+    so a long list costs the memory of one image at a time.
 
     Args:
         files: ``(file name, bytes)`` pairs.
         predictor: the loaded model.
         progress: called as ``progress(done, total)`` after each file is decoded.
+        decode_slot: entered around each decode (the app's limit on decodes at once).
 
     Returns:
         One row per file, columns ``COLUMNS``, sorted by probability (highest first) with
@@ -52,7 +58,8 @@ def score_files(
     for index, (name, data) in enumerate(files):
         row = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
         try:
-            pixels, info = load_image(data)
+            with decode_slot():
+                pixels, info = load_image(data)
             inputs.append(preprocess(pixels, predictor.input_size))  # (size, size, 1)
             infos.append(info)
             rows.append(row | {"error": None, "thumbnail": _thumbnail(pixels)})
@@ -126,6 +133,11 @@ def audit_records(table: pd.DataFrame, metadata) -> list[ResultRecord]:
 
 
 def to_csv(table: pd.DataFrame, model_sha: str) -> bytes:
-    """The worklist as CSV (pass the table as shown), without thumbnails, with the model that scored it."""
+    """The worklist as CSV (pass the table as shown), without thumbnails, with the model that scored it.
+
+    Written by the same ``write_csv`` as the audit trail's export: a file named ``=1+1.png`` is
+    a text cell, never a formula.
+    """
     export = table.drop(columns=["thumbnail"]).assign(model_sha=model_sha)
-    return export.to_csv(index=False, float_format="%.6f").encode("utf-8")
+    rows = export.astype(object).where(export.notna(), None).to_dict("records")
+    return write_csv(rows, list(export.columns), float_digits=6).encode("utf-8")
