@@ -6,11 +6,16 @@ Streamlit run a fresh server's first request as an old-style multipage app, whic
 page without this frame. All model work is in ``pneumo_model``.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from ui import frame
 
-st.set_page_config(page_title="Pneumonia X-ray review", page_icon=":material/radiology:", layout="wide")
+# A local file: a ":material/...:" page icon makes every browser fetch it from fonts.gstatic.com,
+# and no request may leave the hospital's network.
+FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
+st.set_page_config(page_title="Pneumonia X-ray review", page_icon=str(FAVICON), layout="wide")
 
 page = st.navigation(
     [

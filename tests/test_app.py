@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
+from PIL import Image as PILImage
 from streamlit.testing.v1 import AppTest
 
 from pneumo_model.artifacts import REPO_ROOT
@@ -525,3 +526,90 @@ def test_every_full_size_original_shows_on_review_explain_and_crop(path):
         else:
             assert shows(app, caption), image_captions(app)
     assert len(FULLRES_FILES) == 48
+
+
+HOSTILE = "**ZZ** [link](https:evil.example) ![x](https:127.0.0.1:9) <b>b</b> :smile: $x$"
+
+
+def raw_texts(app: AppTest) -> str:
+    """Every Markdown string the app sent (the sidebar's too), as sent: escapes kept."""
+    parts = [str(element.value) for kind in ("markdown", "caption", "error", "info", "warning") for element in getattr(app, kind)]
+    parts += [str(element.value) for kind in ("markdown", "caption") for element in getattr(app.sidebar, kind)]
+    return "\n".join(parts + [caption for image in app.image for caption in image.captions])
+
+
+def assert_no_markup_from(name: str, sent: str) -> None:
+    assert name.split(".")[0][:6] in shown_text(sent)  # the name is shown...
+    for markup in ("**ZZ**", "[link]", "](https", "![x]", "<b>", ":smile:", "$x$"):
+        assert markup not in sent  # ...but none of its markup reaches Streamlit unescaped
+
+
+def test_file_names_are_shown_as_text_on_every_page():
+    name = HOSTILE + ".jpeg"
+    app = start()
+    app.file_uploader(key="review_upload").set_value((name, sample_bytes(), "image/jpeg"))
+    app.run()
+    assert not app.exception
+    assert name in shown_text(raw_texts(app))
+    assert_no_markup_from(name, raw_texts(app))
+    for page in ("app_pages/explain.py", "app_pages/crop.py"):
+        open_page(app, page)
+        assert name in shown_text(raw_texts(app))
+        assert_no_markup_from(name, raw_texts(app))
+    bad = HOSTILE + ".png"
+    other = start()
+    other.file_uploader(key="review_upload").set_value((bad, b"not an image", "image/png"))
+    other.run()
+    assert bad in texts(other.error)
+    assert_no_markup_from(bad, raw_texts(other))
+
+
+def test_worklist_lists_hostile_names_as_text_and_its_csv_escapes_formulas():
+    uploads = [("=1+1ZZ.jpeg", sample_bytes(), "image/jpeg"), (HOSTILE + ".png", b"nope", "image/png")]
+    app = open_page(start(), "app_pages/worklist.py")
+    app.file_uploader(key="worklist_upload").set_value(uploads)
+    app.run()
+    assert not app.exception, app.exception
+    assert HOSTILE + ".png" in texts(app.error)
+    assert_no_markup_from(HOSTILE, raw_texts(app))
+    table = app.session_state["worklist_table"]
+    exported = pd.read_csv(io.BytesIO(worklist.to_csv(worklist.masked(table, False), "m")))
+    assert "'=1+1ZZ.jpeg" in set(exported["file"])
+
+
+def test_a_tab_whose_uploads_were_lost_to_a_restart_is_told_so():
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    app.query_params[state.UPLOADS_PARAM] = "a-mark-this-server-never-issued"
+    app.run()
+    assert state.SERVER_RESTARTED.split("**")[1] in texts(app.warning)
+    app.run()  # the note stays until something is uploaded again...
+    assert state.SERVER_RESTARTED.split("**")[1] in texts(app.warning)
+    app.file_uploader(key="review_upload").set_value(("again.jpeg", sample_bytes(), "image/jpeg"))
+    app.run()
+    assert "server was restarted" not in texts(app.warning)  # ...and then goes
+    assert app.query_params[state.UPLOADS_PARAM]  # this tab's own mark is in its URL now
+    fresh = start()
+    assert "server was restarted" not in texts(fresh.warning)  # a tab that never uploaded hears nothing
+
+
+def test_decodes_beyond_the_limit_wait_and_then_say_the_server_is_busy(monkeypatch):
+    slots = resources.decode_slots()
+    held = [slots.acquire(blocking=False) for _ in range(resources.MAX_DECODES)]
+    assert all(held)
+    try:
+        with pytest.raises(resources.ServerBusyError):
+            with resources.decode_slot(wait_s=0.01):
+                pass
+        monkeypatch.setattr(resources, "DECODE_WAIT_S", 0.01)
+        before = resources.RUNS["decode"]
+        app = start()
+        data = encode(np.asarray(PILImage.open(io.BytesIO(sample_bytes())).convert("L")))  # a PNG no cache holds
+        app.file_uploader(key="review_upload").set_value(("busy.png", data, "image/png"))
+        app.run()
+        assert not app.exception
+        assert "too busy" in texts(app.error) and resources.RUNS["decode"] == before
+    finally:
+        for _ in held:
+            slots.release()
+    app.run()  # slots free again: the same upload is read and scored
+    assert resources.RUNS["decode"] == before + 1 and probability_shown(app)

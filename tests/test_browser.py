@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,17 +75,22 @@ def page(browser, app_url):
     context = browser.new_context(viewport=WINDOW, accept_downloads=True)
     tab = context.new_page()
     tab.set_default_timeout(SLOW_MS)
+    outside: list[str] = []
+    tab.on("request", lambda request: None if request.url.startswith(app_url) else outside.append(request.url))
     tab.goto(app_url)
     yield tab
     context.close()
+    assert outside == [], f"requests that left the app's localhost server: {outside}"
 
 
 def open_page(page, title: str) -> None:
     """Clicks the page's link and waits until the browser is on it (the old page's elements linger)."""
+    from playwright.sync_api import expect
+
     link = page.get_by_test_id("stSidebarNav").get_by_role("link", name=title)
-    target = link.get_attribute("href")
+    target = link.get_attribute("href").split("?")[0].rstrip("/")
     link.click()
-    page.wait_for_url(lambda url: url.rstrip("/").endswith(target.rstrip("/")))
+    expect(page).to_have_url(re.compile(re.escape(target) + r"/?(\?.*)?$"))  # a query may follow
 
 
 def cli_prediction(path: Path) -> dict:
@@ -220,3 +226,92 @@ def test_a_dicom_goes_through_review_verdict_and_trail_without_leaking_identifie
     log = server_files["log"].read_bytes()
     for sentinel in sentinels:
         assert sentinel.encode() not in stored and sentinel.encode() not in log
+
+
+HOSTILE_NAME = "**ZZ** [link](https:evil.example) ![x](https:127.0.0.1:9) www.evil.example"
+
+
+def shown(locator) -> str:
+    """The text a reader sees (``ui.markup.plain`` breaks bare links with invisible word joiners)."""
+    return locator.inner_text().replace("\u2060", "")
+
+
+def markup_from_names(page) -> list[str]:
+    """Links and images in the page that a file name could have made."""
+    links = page.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href') || '')")
+    images = page.locator("img").evaluate_all("images => images.map(i => i.getAttribute('src') || '')")
+    return [url for url in links + images if "evil" in url or "127.0.0.1:9" in url]
+
+
+def test_file_names_are_shown_as_text_and_make_no_link_image_or_request(page, tmp_path):
+    from playwright.sync_api import expect
+
+    good = tmp_path / (HOSTILE_NAME + ".jpeg")
+    shutil.copy(GREY_ZONE_SAMPLE, good)
+    page.locator("input[type=file]").first.set_input_files(str(good))
+    expect(page.get_by_test_id("stMetric").filter(has_text="Probability of pneumonia")).to_be_visible()
+    assert good.name in shown(page.get_by_test_id("stSidebar"))  # shown as typed
+    assert markup_from_names(page) == []
+    open_page(page, "Explain")
+    expect(page.get_by_test_id("stImage").filter(has_text="Grad-CAM").locator("img")).to_be_visible()
+    expect(page.get_by_test_id("stImage").filter(has_text="Original:")).to_be_visible()
+    assert f"Original: {good.name}" in shown(page.get_by_test_id("stMain"))
+    assert markup_from_names(page) == []
+
+    bad = tmp_path / (HOSTILE_NAME + ".png")
+    bad.write_bytes(b"not an image")
+    open_page(page, "Worklist")
+    page.locator("input[type=file][multiple]").set_input_files([str(good), str(bad)])
+    errors = page.get_by_test_id("stAlertContentError").filter(has_text="could not be read")
+    expect(errors).to_be_visible()
+    assert bad.name in shown(errors)
+    assert markup_from_names(page) == []  # and the page fixture checks that no request left localhost
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    "name", ["NORMAL/IM-0272-0001.jpeg", "NORMAL/IM-0523-0001-0002.jpeg", "PNEUMONIA/person940_virus_1605.jpeg"]
+)
+def test_full_size_films_that_once_crashed_the_display_show_on_every_page(page, name):
+    from playwright.sync_api import expect
+
+    path = DEFAULT_DATA_DIR.parent / "chest_xray_fullres_sample" / "train" / name
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    picture = page.get_by_test_id("stImage").filter(has_text=path.name).locator("img")
+    expect(picture).to_be_visible()
+    assert picture.evaluate("image => image.complete && image.naturalWidth > 0")
+    for title, caption in (("Explain", "Grad-CAM"), ("Crop & rescore", "Grad-CAM of the cropped image")):
+        open_page(page, title)
+        overlay = page.get_by_test_id("stImage").filter(has_text=caption).locator("img").first
+        expect(overlay).to_be_visible()
+        assert overlay.evaluate("image => image.complete && image.naturalWidth > 0")
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def test_a_restarted_server_tells_the_worklist_tab_its_files_are_gone(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    from tools.app_server import free_port, streamlit_app
+
+    port = free_port()
+    context = browser.new_context(viewport=WINDOW)
+    tab = context.new_page()
+    tab.set_default_timeout(SLOW_MS)
+    try:
+        with streamlit_app(tmp_path / "first.log", audit_db=tmp_path / "audit.sqlite3", port=port) as url:
+            tab.goto(url)
+            open_page(tab, "Worklist")
+            tab.locator("input[type=file][multiple]").set_input_files([str(GREY_ZONE_SAMPLE)])
+            expect(tab.get_by_text("Download CSV")).to_be_visible()
+            assert "uploads=" in tab.url
+        download = tab.get_by_role("button", name="Download CSV")
+        expect(download).to_be_disabled()  # the tab noticed that the server is gone
+        with streamlit_app(tmp_path / "second.log", audit_db=tmp_path / "audit.sqlite3", port=port):
+            # The tab reconnects by itself to a new session that holds none of its files; the old
+            # page stays on screen until the user does something, which reruns it.
+            expect(download).to_be_enabled()  # connected again
+            open_page(tab, "Worklist")
+            expect(tab.get_by_text("The server was restarted, so the files uploaded earlier in this tab are gone")).to_be_visible()
+            expect(tab.get_by_text("Download CSV")).to_have_count(0)
+    finally:
+        context.close()

@@ -34,18 +34,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_app(log_path: Path, audit_db: Path | None = None, startup_timeout: float = 120.0) -> Iterator[str]:
-    """Runs the app on a free port until the block ends; yields its URL.
+def streamlit_app(
+    log_path: Path, audit_db: Path | None = None, startup_timeout: float = 120.0, port: int | None = None
+) -> Iterator[str]:
+    """Runs the app on a free port (or ``port``) until the block ends; yields its URL.
 
     Args:
         log_path: the server's stdout and stderr go here (read it when a test fails).
         audit_db: the audit trail the app writes (``$PNEUMO_AUDIT_DB``); None keeps the caller's setting.
         startup_timeout: seconds to wait for the health endpoint.
+        port: the port to listen on (a restarted server keeps its port); None picks a free one.
 
     Raises:
         RuntimeError: the server exited or did not become healthy in time.
     """
-    port = free_port()
+    port = free_port() if port is None else port
     url = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py",
