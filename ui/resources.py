@@ -86,8 +86,11 @@ def cache() -> ByteBudgetCache:
 
 
 @contextlib.contextmanager
-def decode_slot(wait_s: float = DECODE_WAIT_S) -> Iterator[None]:
+def decode_slot(wait_s: float | None = None) -> Iterator[None]:
     """Holds one of the ``MAX_DECODES`` decode slots; shows a busy note while waiting for one.
+
+    Args:
+        wait_s: the longest wait for a slot; None: ``DECODE_WAIT_S``.
 
     Raises:
         ServerBusyError: no slot came free within ``wait_s`` seconds.
@@ -95,7 +98,7 @@ def decode_slot(wait_s: float = DECODE_WAIT_S) -> Iterator[None]:
     slots = decode_slots()
     if not slots.acquire(blocking=False):
         note = st.info(BUSY_MESSAGE, icon=":material/hourglass_top:")
-        acquired = slots.acquire(timeout=wait_s)
+        acquired = slots.acquire(timeout=DECODE_WAIT_S if wait_s is None else wait_s)
         note.empty()
         if not acquired:
             raise ServerBusyError(
