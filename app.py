@@ -1,31 +1,65 @@
-"""Streamlit entry point: ``streamlit run app.py``.
+"""Review one image: ``streamlit run app.py``.
 
-The frame every page shares (intended-use banner, model SHA, sidebar with the demo images)
-and the navigation. The page scripts are in ``app_pages/``: a folder named ``pages/`` would make
-Streamlit run a fresh server's first request as an old-style multipage app, which can show a
-page without this frame. All model work is in ``pneumo_model``.
+The call, the calibrated probability, the operating point, the grey-zone and out-of-distribution
+flags, and the reviewer's verdict for the audit trail. This script is also the app's home page;
+the other pages are in ``pages/`` (Streamlit's classic multipage app), and every page draws the
+shared frame first (``ui.frame.render``). All model work is in ``pneumo_model``.
 """
-
-from pathlib import Path
 
 import streamlit as st
 
-from ui import frame
+from ui import audit, drawing, frame, resources, state
+from ui.markup import plain
 
-# A local file: a ":material/...:" page icon makes every browser fetch it from fonts.gstatic.com,
-# and no request may leave the hospital's network.
-FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
-st.set_page_config(page_title="Pneumonia X-ray review", page_icon=str(FAVICON), layout="wide")
+model = frame.render("Review")
 
-page = st.navigation(
-    [
-        st.Page("app_pages/review.py", title="Review", icon=":material/radiology:", default=True),
-        st.Page("app_pages/explain.py", title="Explain", icon=":material/visibility:"),
-        st.Page("app_pages/crop.py", title="Crop & rescore", icon=":material/crop:"),
-        st.Page("app_pages/worklist.py", title="Worklist", icon=":material/format_list_numbered:"),
-        st.Page("app_pages/trail.py", title="Audit trail", icon=":material/history:"),
-        st.Page("app_pages/model_card.py", title="Model card", icon=":material/description:"),
-    ]
-)
-frame.render()
-page.run()
+result_column, image_column = st.columns([2, 3], gap="large")
+with result_column:
+    st.file_uploader(
+        f"Upload one chest X-ray ({state.UPLOAD_FORMATS}), or pick a demo image in the sidebar",
+        type=state.UPLOAD_TYPES,
+        key="review_upload",
+        on_change=state.choose_upload,
+        args=("review_upload",),
+    )
+    image = state.chosen()
+    if image is None:
+        st.info("No image chosen yet.", icon=":material/image:")
+        st.stop()
+    result = frame.computed(lambda: resources.prediction(image), image.name)
+    display = frame.computed(lambda: resources.display_pixels(image), image.name)
+
+    may_show, result_id = frame.shown_call(image, result, "review")
+    if may_show:
+        call = "Pneumonia" if result.label == "pneumonia" else "Normal"
+        st.markdown(f"#### Call: **{call}**")
+        st.metric(
+            "Probability of pneumonia (calibrated)",
+            f"{result.probability:.3f}",
+            help="Temperature-scaled on validation data.",
+        )
+        low, high = model.grey_zone.low, model.grey_zone.high
+        if result.grey_zone:
+            st.warning(
+                f"**Indeterminate: needs a careful read.** The probability lies in the grey zone "
+                f"[{low:.3f}, {high:.3f}), where the model's call is not trusted.",
+                icon=":material/help:",
+            )
+        else:
+            st.success(f"Outside the grey zone [{low:.3f}, {high:.3f}).", icon=":material/check_circle:")
+        target = model.metadata.train_config.get("operating", {}).get("target_sensitivity")
+        st.caption(
+            f"Operating point: pneumonia at probability ≥ {result.threshold:.3f}"
+            + (f" (set for validation sensitivity {target:.2f})." if target is not None else ".")
+        )
+    frame.show_warnings(result.info.warnings)
+    audit.verdict_form(result_id, "review_verdict")
+
+with image_column:
+    source = "demo image" if image.source == "sample" else "upload"
+    drawing.show(
+        display,
+        caption=f"{plain(image.name)} ({source}, {result.info.width} x {result.info.height} px, "
+        f"{result.info.bit_depth}-bit {result.info.format})",
+        width=440,
+    )

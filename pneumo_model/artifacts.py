@@ -9,7 +9,6 @@ model whose file does not match its SHA or whose Keras major version differs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field
@@ -18,10 +17,9 @@ from pathlib import Path
 import keras
 
 from .errors import ModelFileError
+from .paths import DEFAULT_MODEL_PATH, REPO_ROOT, file_sha256, metadata_path  # noqa: F401 (re-exported)
 
 METADATA_SCHEMA_VERSION = 1
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_PATH = REPO_ROOT / "assets" / "model" / "pneumonet.keras"
 
 
 @dataclass(frozen=True)
@@ -97,18 +95,6 @@ class ModelMetadata:
         if isinstance(values.get("gradcam_layer"), list):
             values["gradcam_layer"] = tuple(values["gradcam_layer"])
         return cls(**values)
-
-
-def metadata_path(model_path: Path) -> Path:
-    return Path(model_path).with_suffix(".json")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _strip_save_time(model_path: Path) -> None:

@@ -19,11 +19,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import DataError
+from .paths import DEFAULT_DATA_DIR, REPO_ROOT, file_sha256  # noqa: F401 (re-exported)
 from .preprocessing import load_and_preprocess
 
 DATA_ENV_VAR = "PNEUMO_DATA"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "chest_xray_224"
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
 OFFICIAL_SPLITS = ("train", "test")
 
@@ -101,10 +100,6 @@ def scan_split(data_dir: Path, split: str) -> list[Sample]:
     if not samples:
         raise DataError(f"No images found under '{Path(data_dir) / split}'.")
     return samples
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def group_ids(samples: Sequence[Sample], hashes: Sequence[str] | None = None) -> list[str]:

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from .errors import ModelFileError
+from .paths import gate_path  # noqa: F401 (re-exported)
 
 GATE_SCHEMA_VERSION = 2
 FIXED_DETECTORS = ("layout", "sharpness", "colour")
@@ -65,12 +66,6 @@ class OodConfig:
     colour_floor: float = 6.0
     lower_crop_keep: tuple[float, float] = (0.7, 0.95)
     seed: int = 20261123
-
-
-def gate_path(model_path: Path) -> Path:
-    """Where the gate of the model at ``model_path`` is kept: ``<stem>.ood.npz`` beside it."""
-    model_path = Path(model_path)
-    return model_path.with_name(model_path.stem + ".ood.npz")
 
 
 def _planes(images: np.ndarray) -> np.ndarray:

@@ -25,14 +25,7 @@ from ui import frame, resources, state, worklist
 pytestmark = pytest.mark.shipped_model
 
 APP = REPO_ROOT / "app.py"
-PAGES = [
-    "app_pages/review.py",
-    "app_pages/explain.py",
-    "app_pages/crop.py",
-    "app_pages/worklist.py",
-    "app_pages/trail.py",
-    "app_pages/model_card.py",
-]
+PAGES = [page.script for page in frame.PAGES]
 SAMPLE = "IM-0003-0001.jpeg"
 TIMEOUT = 180
 
@@ -104,9 +97,29 @@ def test_every_page_loads_with_disclaimer_and_model_sha(page):
     assert frame.DISCLAIMER in banner
     assert resources.predictor().metadata.short_sha in banner
     assert not app.error
+    assert [link.label for link in app.sidebar.get("page_link")] == [p.title for p in frame.PAGES]  # the menu
 
 
-@pytest.mark.parametrize("page", ["app_pages/explain.py", "app_pages/crop.py"])
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_run_alone_draws_the_frame_first(page):
+    # A deep link or a bookmark runs the page's script without app.py: the frame must be its own.
+    app = AppTest.from_file(str(REPO_ROOT / page), default_timeout=TIMEOUT).run()
+    assert not app.exception, app.exception
+    assert frame.DISCLAIMER in texts(app.warning)
+
+
+def test_the_pages_are_the_classic_multipage_layout_and_nothing_calls_st_navigation():
+    scripts = {"app.py", *(f"pages/{path.name}" for path in (REPO_ROOT / "pages").glob("*.py"))}
+    assert scripts == set(PAGES)
+    for path in [REPO_ROOT / "app.py", *(REPO_ROOT / "pages").glob("*.py"), *(REPO_ROOT / "ui").glob("*.py")]:
+        source = path.read_text()
+        assert "st.navigation" not in source and "st.Page(" not in source, path
+        if path.parent.name == "pages" or path.name == "app.py":
+            title = next(page.title for page in frame.PAGES if page.script.endswith(path.name))
+            assert f'frame.render("{title}")' in source, path
+
+
+@pytest.mark.parametrize("page", ["pages/explain.py", "pages/crop.py"])
 def test_pages_needing_an_image_say_so(page):
     app = open_page(start(), page)
     assert "No image chosen" in texts(app.info)
@@ -143,10 +156,10 @@ def test_uploaded_image_stays_chosen_across_pages():
     app.file_uploader(key="review_upload").set_value(upload)
     app.run()
     shown = probability_shown(app)
-    open_page(app, "app_pages/explain.py")
+    open_page(app, "pages/explain.py")
     assert "upload.jpeg" in texts(app.markdown)
     assert shows(app, "Original: upload.jpeg") and shows(app, "Grad-CAM")
-    open_page(app, "app_pages/review.py")
+    open_page(app, "app.py")
     assert probability_shown(app) == shown
 
 
@@ -157,7 +170,7 @@ def test_a_full_size_original_works_on_every_page():
     app.file_uploader(key="review_upload").set_value((path.name, path.read_bytes(), "image/jpeg"))
     app.run()
     assert probability_shown(app) == f"{resources.predictor().predict_source(path).probability:.3f}"
-    for page in ("app_pages/explain.py", "app_pages/crop.py"):
+    for page in ("pages/explain.py", "pages/crop.py"):
         open_page(app, page)
         assert not app.error, texts(app.error)
         assert shows(app, "Grad-CAM")
@@ -175,7 +188,7 @@ def test_bad_upload_shows_a_plain_error(name):
     assert name in message and "cannot be used" in message
     assert "Traceback" not in message
     assert not [m for m in app.metric if m.label.startswith("Probability")]
-    for page in ("app_pages/explain.py", "app_pages/crop.py"):
+    for page in ("pages/explain.py", "pages/crop.py"):
         open_page(app, page)
         assert name in texts(app.error)
 
@@ -187,7 +200,7 @@ def metric_values(app: AppTest) -> dict[str, str]:
 def test_crop_page_rescores_the_suggested_and_the_adjusted_crop():
     app = pick_sample(start(), "person100_bacteria_475.jpeg")
     on_review = probability_shown(app)
-    open_page(app, "app_pages/crop.py")
+    open_page(app, "pages/crop.py")
     values = metric_values(app)
     assert values["Probability before the crop"] == on_review
     assert "Probability after the crop" in values
@@ -215,7 +228,7 @@ def test_crop_page_rescores_the_suggested_and_the_adjusted_crop():
 def test_worklist_scores_readable_files_and_lists_the_rest():
     good = {f"good{i}.jpeg": sample_bytes(sample.path.name) for i, sample in enumerate(state.samples()[:3])}
     uploads = [(name, data, "image/jpeg") for name, data in {**good, **bad_files()}.items()]
-    app = open_page(start(), "app_pages/worklist.py")
+    app = open_page(start(), "pages/worklist.py")
     app.file_uploader(key="worklist_upload").set_value(uploads)
     app.run()
     assert not app.exception, app.exception
@@ -255,17 +268,17 @@ def test_slow_work_runs_once_across_reruns_pages_and_sessions():
     resources.RUNS.clear()
     app = pick_sample(start())
     weights = [w.copy() for w in resources.predictor().model.get_weights()]
-    open_page(app, "app_pages/explain.py")
+    open_page(app, "pages/explain.py")
     run_lime(app)
     assert shows(app, "Grad-CAM") and shows(app, "LIME (200 samples, 20 superpixels)")
     app.slider(key="overlay_opacity").set_value(0.7).run()
     app.run()
-    open_page(app, "app_pages/review.py")
-    open_page(app, "app_pages/crop.py")
+    open_page(app, "app.py")
+    open_page(app, "pages/crop.py")
     app.run()
-    open_page(app, "app_pages/explain.py")
+    open_page(app, "pages/explain.py")
     assert shows(app, "LIME (200 samples, 20 superpixels)")  # the request and its cached result remain
-    other_session = open_page(pick_sample(start()), "app_pages/explain.py")
+    other_session = open_page(pick_sample(start()), "pages/explain.py")
     run_lime(other_session)
     assert not other_session.exception
     assert resources.RUNS == {
@@ -277,7 +290,7 @@ def test_slow_work_runs_once_across_reruns_pages_and_sessions():
 
 
 def test_only_one_lime_runs_at_a_time():
-    app = open_page(pick_sample(start(), "NORMAL2-IM-0012-0001.jpeg"), "app_pages/explain.py")
+    app = open_page(pick_sample(start(), "NORMAL2-IM-0012-0001.jpeg"), "pages/explain.py")
     app.slider(key="lime_samples").set_value(200)
     app.slider(key="lime_segments").set_value(30)
     [submit] = [button for button in app.button if button.label == "Run LIME"]
@@ -301,7 +314,7 @@ def test_only_one_lime_runs_at_a_time():
 def test_model_card_shows_the_committed_reports_and_no_stale_warning():
     import json
 
-    app = open_page(start(), "app_pages/model_card.py")
+    app = open_page(start(), "pages/model_card.py")
     shown = texts(app.markdown)
     evaluation = json.loads((REPO_ROOT / "reports" / "evaluation.json").read_text())
     assert evaluation["model_sha256"] == resources.predictor().metadata.model_sha256
@@ -368,7 +381,7 @@ def trail_rows(audit_db) -> list[dict]:
 
 def test_a_result_is_recorded_once_per_session_and_verdicts_point_at_it(audit_db):
     app = pick_sample(start())
-    for page in ("app_pages/explain.py", "app_pages/review.py", "app_pages/review.py"):
+    for page in ("pages/explain.py", "app.py", "app.py"):
         open_page(app, page)
     app.run()
     rows = trail_rows(audit_db)
@@ -401,7 +414,7 @@ def test_a_verdict_needs_a_choice(audit_db):
 
 
 def test_crop_results_are_recorded_with_their_box(audit_db):
-    app = open_page(pick_sample(start()), "app_pages/crop.py")
+    app = open_page(pick_sample(start()), "pages/crop.py")
     rows = trail_rows(audit_db)
     suggestion = resources.diaphragm(chosen(sample_bytes()))
     assert [row["crop_box"] for row in rows] == [None, "[" + ", ".join(str(v) for v in suggestion.box) + "]"]
@@ -414,7 +427,7 @@ def test_crop_results_are_recorded_with_their_box(audit_db):
 
 
 def test_trail_page_lists_the_records_and_exports_them(audit_db):
-    app = open_page(pick_sample(start()), "app_pages/trail.py")
+    app = open_page(pick_sample(start()), "pages/trail.py")
     (table,) = app.dataframe
     assert len(table.value) == 1
     assert [m.value for m in app.metric][:2] == ["1", "0"]
@@ -423,7 +436,7 @@ def test_trail_page_lists_the_records_and_exports_them(audit_db):
 
 
 def test_worklist_hides_calls_of_flagged_images_and_records_every_scored_file(audit_db):
-    app = open_page(start(), "app_pages/worklist.py")
+    app = open_page(start(), "pages/worklist.py")
     uploads = [("normal.jpeg", sample_bytes(), "image/jpeg"), ("inverted.png", inverted_sample(), "image/png")]
     app.file_uploader(key="worklist_upload").set_value(uploads)
     app.run()
@@ -468,9 +481,9 @@ def test_dicom_identifiers_reach_neither_the_audit_trail_nor_the_logs(audit_db, 
     assert "over 10 years" in texts(app.info)  # the age was read, for a warning that does not quote it
     app.radio(key="review_verdict_verdict").set_value("agree")
     app.button(key="review_verdict_submit").click().run()
-    for page in ("app_pages/explain.py", "app_pages/crop.py", "app_pages/trail.py"):
+    for page in ("pages/explain.py", "pages/crop.py", "pages/trail.py"):
         open_page(app, page)
-    worklist_app = open_page(start(), "app_pages/worklist.py")
+    worklist_app = open_page(start(), "pages/worklist.py")
     worklist_app.file_uploader(key="worklist_upload").set_value([("study.dcm", data, "application/dicom")])
     worklist_app.run()
     rows = trail_rows(audit_db)
@@ -489,7 +502,7 @@ def test_records_survive_a_restart_of_the_app(audit_db):
     pick_sample(start())
     st.cache_resource.clear()  # what a server restart loses: the model and the open trail
     st.cache_data.clear()
-    app = open_page(start(), "app_pages/trail.py")
+    app = open_page(start(), "pages/trail.py")
     assert [m.value for m in app.metric][:1] == ["1"]
     assert len(app.dataframe[0].value) == 1
 
@@ -501,7 +514,7 @@ def test_an_unusable_audit_trail_is_said_and_the_result_still_shown(tmp_path, mo
     (error,) = [e for e in app.error]
     assert "not recorded in the audit trail" in error.value and "is a folder" in error.value
     assert not [button for button in app.button if button.key == "review_verdict_submit"]
-    trail_page = open_page(app, "app_pages/trail.py")
+    trail_page = open_page(app, "pages/trail.py")
     assert "cannot be read" in texts(trail_page.error)
 
 
@@ -519,7 +532,7 @@ def test_every_full_size_original_shows_on_review_explain_and_crop(path):
     assert not app.exception, app.exception
     assert shows(app, f"{path.name} (upload, ")
     flagged = "does not look like a frontal chest X-ray" in texts(app.error)
-    for page, caption in (("app_pages/explain.py", "Grad-CAM"), ("app_pages/crop.py", "Grad-CAM of the cropped image")):
+    for page, caption in (("pages/explain.py", "Grad-CAM"), ("pages/crop.py", "Grad-CAM of the cropped image")):
         open_page(app, page)
         if flagged:  # the gate hides the call; the picture is still shown
             assert shows(app, f"Original: {path.name}") or shows(app, path.name)
@@ -552,7 +565,7 @@ def test_file_names_are_shown_as_text_on_every_page():
     assert not app.exception
     assert name in shown_text(raw_texts(app))
     assert_no_markup_from(name, raw_texts(app))
-    for page in ("app_pages/explain.py", "app_pages/crop.py"):
+    for page in ("pages/explain.py", "pages/crop.py"):
         open_page(app, page)
         assert name in shown_text(raw_texts(app))
         assert_no_markup_from(name, raw_texts(app))
@@ -566,7 +579,7 @@ def test_file_names_are_shown_as_text_on_every_page():
 
 def test_worklist_lists_hostile_names_as_text_and_its_csv_escapes_formulas():
     uploads = [("=1+1ZZ.jpeg", sample_bytes(), "image/jpeg"), (HOSTILE + ".png", b"nope", "image/png")]
-    app = open_page(start(), "app_pages/worklist.py")
+    app = open_page(start(), "pages/worklist.py")
     app.file_uploader(key="worklist_upload").set_value(uploads)
     app.run()
     assert not app.exception, app.exception

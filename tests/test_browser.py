@@ -87,7 +87,7 @@ def open_page(page, title: str) -> None:
     """Clicks the page's link and waits until the browser is on it (the old page's elements linger)."""
     from playwright.sync_api import expect
 
-    link = page.get_by_test_id("stSidebarNav").get_by_role("link", name=title)
+    link = page.get_by_test_id("stSidebar").get_by_role("link", name=title, exact=True)
     target = link.get_attribute("href").split("?")[0].rstrip("/")
     link.click()
     expect(page).to_have_url(re.compile(re.escape(target) + r"/?(\?.*)?$"))  # a query may follow
@@ -308,10 +308,34 @@ def test_a_restarted_server_tells_the_worklist_tab_its_files_are_gone(browser, t
         expect(download).to_be_disabled()  # the tab noticed that the server is gone
         with streamlit_app(tmp_path / "second.log", audit_db=tmp_path / "audit.sqlite3", port=port):
             # The tab reconnects by itself to a new session that holds none of its files; the old
-            # page stays on screen until the user does something, which reruns it.
+            # page stays on screen until the user does something that reruns it in place: here,
+            # adding a file to the same list (a reload says the same).
             expect(download).to_be_enabled()  # connected again
-            open_page(tab, "Worklist")
+            tab.locator("input[type=file][multiple]").set_input_files([str(SAMPLES_DIR / "person100_bacteria_475.jpeg")])
             expect(tab.get_by_text("The server was restarted, so the files uploaded earlier in this tab are gone")).to_be_visible()
-            expect(tab.get_by_text("Download CSV")).to_have_count(0)
+            expect(tab.get_by_test_id("stMetric").filter(has_text="Scored").get_by_test_id("stMetricValue")).to_have_text("1")
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("script", ["app.py", "pages/explain.py", "pages/crop.py", "pages/worklist.py", "pages/trail.py", "pages/model_card.py"])
+def test_every_page_by_its_own_url_as_a_fresh_servers_first_request_shows_the_frame(browser, tmp_path, script):
+    # With st.navigation beside a pages/ folder, Streamlit once served such a first request without
+    # the frame, so a bookmarked deep link showed a page without the disclaimer.
+    from playwright.sync_api import expect
+
+    from ui.frame import DISCLAIMER, PAGES
+
+    path = "" if script == "app.py" else Path(script).stem
+    context = browser.new_context(viewport=WINDOW)
+    tab = context.new_page()
+    tab.set_default_timeout(SLOW_MS)
+    try:
+        with streamlit_app(tmp_path / "streamlit.log", audit_db=tmp_path / "audit.sqlite3") as url:
+            tab.goto(f"{url}/{path}")
+            expect(tab.get_by_text(DISCLAIMER).first).to_be_visible()
+            links = tab.get_by_test_id("stSidebar").get_by_role("link")
+            expect(links).to_have_count(len(PAGES))
+            assert [text.split("\n")[-1].strip() for text in links.all_inner_texts()] == [page.title for page in PAGES]  # after the icon
     finally:
         context.close()

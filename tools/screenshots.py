@@ -27,7 +27,7 @@ SLOW_MS = 180_000
 
 def open_page(page: Page, title: str) -> None:
     """Clicks a page in the sidebar navigation (a full reload would start a new session)."""
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+    page.get_by_test_id("stSidebar").get_by_role("link", name=title, exact=True).click()
 
 
 def wait_until_idle(page: Page) -> None:

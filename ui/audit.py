@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pneumo_model.artifacts import REPO_ROOT
+from pneumo_model.paths import REPO_ROOT
 from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, AuditTrail, ResultRecord
 from pneumo_model.prediction import Prediction
 

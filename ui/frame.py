@@ -1,14 +1,49 @@
-"""The frame every page shares: the intended-use banner, the model's short SHA, the sidebar."""
+"""The frame every page shares: the intended-use banner, the model's short SHA, the sidebar with
+the menu, the chosen image and the demo images; and the two steps every page repeats.
+
+Streamlit's classic multipage app: ``app.py`` (Review) and the scripts in ``pages/``, each of
+which calls ``render`` first, so every page, however it is reached (a deep link, a bookmark, the
+first request to a fresh server), shows the disclaimer. The menu is drawn here with
+``st.page_link`` (``client.showSidebarNavigation = false``), with titles and icons.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple, TypeVar
+
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
 from pneumo_model.errors import PneumoError
+from pneumo_model.paths import REPO_ROOT
 from pneumo_model.prediction import Prediction, Predictor
 
-from . import resources, state
+from . import audit, resources, state
 from .markup import plain
+
+T = TypeVar("T")
+APP_TITLE = "Pneumonia X-ray review"
+# A local file: a ":material/...:" page icon makes every browser fetch it from fonts.gstatic.com,
+# and no request may leave the hospital's network.
+FAVICON = REPO_ROOT / "assets" / "favicon.png"
+
+
+class Page(NamedTuple):
+    script: str  # relative to app.py's folder, as st.page_link and AppTest.switch_page take it
+    title: str
+    icon: str
+
+
+PAGES = (
+    Page("app.py", "Review", ":material/radiology:"),
+    Page("pages/explain.py", "Explain", ":material/visibility:"),
+    Page("pages/crop.py", "Crop & rescore", ":material/crop:"),
+    Page("pages/worklist.py", "Worklist", ":material/format_list_numbered:"),
+    Page("pages/trail.py", "Audit trail", ":material/history:"),
+    Page("pages/model_card.py", "Model card", ":material/description:"),
+)
 
 DISCLAIMER = "Decision support for trained readers — not a medical device, not a diagnosis."
 HEATMAP_CAVEAT = "shows where the model looked, not where the lesion is"
@@ -50,12 +85,18 @@ def ood_gate(prediction: Prediction, key: str, message: str = OOD_MESSAGE) -> bo
     return st.checkbox("Show the model's output anyway", key=f"show_ood_{key}", value=False)
 
 
-def render() -> Predictor:
-    """Draws the banner and the sidebar; stops the page with a plain error when the model cannot load."""
+def render(title: str) -> Predictor:
+    """Draws the frame of the page named ``title`` (one of ``PAGES``): page settings, banner, sidebar.
+
+    The first call of every page. Stops the page with a plain error when the model cannot load.
+    """
+    (page,) = [page for page in PAGES if page.title == title]
+    st.set_page_config(page_title=f"{page.title} · {APP_TITLE}", page_icon=str(FAVICON), layout="wide")
     try:
         model = resources.predictor()
     except PneumoError as error:
         st.warning(DISCLAIMER, icon=":material/medical_information:")
+        _menu()
         show_error(error)
         st.stop()
     st.warning(
@@ -69,7 +110,24 @@ def render() -> Predictor:
     return model
 
 
+def _link(page: Page, label: str | None = None) -> None:
+    try:
+        st.page_link(page.script, label=label or page.title, icon=page.icon)
+    except StreamlitPageNotFoundError:
+        # Only where a page script is run as the app itself (``AppTest.from_file`` on one page):
+        # links resolve against app.py, which is then not the entry point (served, it always is).
+        pass
+
+
+def _menu() -> None:
+    with st.sidebar:
+        for page in PAGES:
+            _link(page)
+        st.divider()
+
+
 def _sidebar(model: Predictor) -> None:
+    _menu()
     with st.sidebar:
         image = state.chosen()
         if image is None:
@@ -98,6 +156,45 @@ def require_image() -> state.ChosenImage:
             "No image chosen. Upload one on the Review page, or pick a demo image in the sidebar.",
             icon=":material/image:",
         )
-        st.page_link("app_pages/review.py", label="Go to Review", icon=":material/radiology:")
+        _link(PAGES[0], "Go to Review")
         st.stop()
     return image
+
+
+def computed(compute: Callable[[], T], file_name: str | None = None) -> T:
+    """``compute()``, or the package's plain error (naming ``file_name``) and a stop of the page."""
+    try:
+        return compute()
+    except PneumoError as error:
+        show_error(error, file_name)
+        st.stop()
+
+
+def shown_call(
+    image: state.ChosenImage,
+    prediction: Prediction,
+    key: str,
+    crop_box: tuple[int, ...] | None = None,
+    message: str = OOD_MESSAGE,
+) -> tuple[bool, int | None]:
+    """The audit rule for a call a page is about to show, in one place.
+
+    Records the result (once per session), applies the out-of-distribution gate, and records a
+    reveal when the user asks to see a call the gate hid.
+
+    Args:
+        image: the image the call is about.
+        prediction: the call.
+        key: what makes the gate's checkbox this page's and this image's (and this crop's).
+        crop_box: the crop the call was made on, None for the whole image.
+        message: what the gate says when it flags the image.
+
+    Returns:
+        ``(may_show, result_id)``: whether the call may be shown, and its audit record (None
+        when recording failed, which the page has then said).
+    """
+    result_id = audit.record_shown(image.digest, prediction, crop_box=crop_box)
+    may_show = ood_gate(prediction, f"{key}_{image.digest[:16]}", message)
+    if may_show and prediction.ood:
+        audit.note_reveal(result_id)
+    return may_show, result_id

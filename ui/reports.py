@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pneumo_model.artifacts import REPO_ROOT
-
-REPORTS_DIR = REPO_ROOT / "reports"
+from pneumo_model.paths import REPORTS_DIR
 
 
 def read_json(name: str, reports_dir: Path = REPORTS_DIR) -> dict | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pneumo_model.artifacts import REPO_ROOT
+from pneumo_model.paths import REPO_ROOT
 from pneumo_model.data import parse_name
 from pneumo_model.errors import DataError
 from pneumo_model.preprocessing import SUPPORTED_FORMATS

@@ -3,8 +3,9 @@
 import streamlit as st
 
 from pneumo_model.audit import AuditError, trail_csv
-from ui import audit
+from ui import audit, frame
 
+frame.render("Audit trail")
 try:
     trail = audit.trail()
     rows = trail.trail()  # one read of the database per run of the page

@@ -3,10 +3,10 @@ and error flags."""
 
 import streamlit as st
 
-from ui import audit, resources, state, worklist
+from ui import audit, frame, resources, state, worklist
 from ui.markup import plain
 
-model = resources.predictor()
+model = frame.render("Worklist")
 
 files = st.file_uploader(
     f"Upload chest X-rays ({state.UPLOAD_FORMATS}), as many as you like",

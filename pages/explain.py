@@ -2,25 +2,19 @@
 
 import streamlit as st
 
-from pneumo_model.errors import PneumoError
 from pneumo_model.explain import overlay_heatmap
-from ui import audit, drawing, frame, resources
+from ui import drawing, frame, resources
 from ui.markup import plain
 
+frame.render("Explain")
 image = frame.require_image()
-try:
-    result = resources.prediction(image)
-    display = resources.display_pixels(image)
-except PneumoError as error:
-    frame.show_error(error, image.name)
-    st.stop()
+result = frame.computed(lambda: resources.prediction(image), image.name)
+display = frame.computed(lambda: resources.display_pixels(image), image.name)
 
-result_id = audit.record_shown(image.digest, result)
-if not frame.ood_gate(result, f"explain_{image.digest[:16]}"):
+may_show, _ = frame.shown_call(image, result, "explain")
+if not may_show:
     drawing.show(display, caption=f"Original: {plain(image.name)}", width=440)
     st.stop()
-if result.ood:
-    audit.note_reveal(result_id)
 st.markdown(
     f"**{plain(image.name)}**: call **{result.label}**, probability of pneumonia **{result.probability:.3f}**"
     + (" — *indeterminate: needs a careful read*" if result.grey_zone else "")
@@ -44,7 +38,7 @@ with st.form("lime_settings", border=False):
 original, gradcam, lime = st.columns(3)
 drawing.show(display, caption=f"Original: {plain(image.name)}", where=original)
 drawing.show(
-    overlay_heatmap(display, resources.gradcam_heatmap(image), alpha=opacity),
+    overlay_heatmap(display, frame.computed(lambda: resources.gradcam_heatmap(image)), alpha=opacity),
     caption=f"Grad-CAM: {frame.HEATMAP_CAVEAT}. Yellow = raised the pneumonia score most.",
     where=gradcam,
 )

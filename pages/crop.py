@@ -3,27 +3,21 @@
 import streamlit as st
 
 from pneumo_model.crop import RescoreResult
-from pneumo_model.errors import PneumoError
 from pneumo_model.explain import overlay_heatmap
-from ui import audit, drawing, frame, resources
+from ui import drawing, frame, resources
 from ui.markup import plain
 
+frame.render("Crop & rescore")
 image = frame.require_image()
-try:
-    pixels, _ = resources.decoded(image)
-    whole = resources.prediction(image)
-    suggestion = resources.diaphragm(image)
-    display = resources.display_pixels(image)
-except PneumoError as error:
-    frame.show_error(error, image.name)
-    st.stop()
+pixels, _ = frame.computed(lambda: resources.decoded(image), image.name)
+whole = frame.computed(lambda: resources.prediction(image), image.name)
+suggestion = frame.computed(lambda: resources.diaphragm(image), image.name)
+display = frame.computed(lambda: resources.display_pixels(image), image.name)
 
-whole_id = audit.record_shown(image.digest, whole)
-if not frame.ood_gate(whole, f"crop_{image.digest[:16]}"):
+may_show, _ = frame.shown_call(image, whole, "crop")
+if not may_show:
     drawing.show(display, caption=plain(image.name), width=440)
     st.stop()
-if whole.ood:
-    audit.note_reveal(whole_id)
 
 height, width = pixels.shape
 suggested = suggestion.box if suggestion.found else (0, 0, width, height)
@@ -52,13 +46,8 @@ controls[2].button(
 )
 box = (left, top, right, bottom)
 
-try:
-    after = resources.cropped_prediction(image, box)
-    cropped, heatmap = resources.cropped_gradcam(image, box)
-except PneumoError as error:
-    frame.show_error(error)
-    st.stop()
-after_id = audit.record_shown(image.digest, after, crop_box=box)
+after = frame.computed(lambda: resources.cropped_prediction(image, box))
+cropped, heatmap = frame.computed(lambda: resources.cropped_gradcam(image, box))
 result = RescoreResult.from_calls(whole, after, box)  # the very calls shown and recorded
 
 drawn, explained, numbers = st.columns([4, 4, 3], gap="medium")
@@ -78,9 +67,8 @@ with numbers:
         "**The cropped image does not look like a frontal chest X-ray; the score after the crop is not "
         "meaningful.** Keep more of the image."
     )
-    if frame.ood_gate(after, f"crop_after_{image.digest[:16]}_{'_'.join(map(str, box))}", crop_message):
-        if after.ood:
-            audit.note_reveal(after_id)
+    may_show_after, _ = frame.shown_call(image, after, f"crop_after_{'_'.join(map(str, box))}", box, crop_message)
+    if may_show_after:
         st.metric(
             "Probability after the crop",
             f"{result.probability_after:.3f}",

@@ -3,9 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from ui import drawing, reports, resources
+from ui import drawing, frame, reports
 
-model = resources.predictor()
+model = frame.render("Model card")
 metadata = model.metadata
 card = reports.read_json("model_card")
 evaluation = reports.read_json("evaluation")

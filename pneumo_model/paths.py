@@ -1,0 +1,39 @@
+"""Where things are, and the hashes that name files: no heavy imports (no Keras, no NumPy).
+
+The app, the CLI and the lab side all import their paths from here, so a page that only needs
+the repository's root (the model card reading ``reports/``) does not pay for TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_PATH = REPO_ROOT / "assets" / "model" / "pneumonet.keras"
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "chest_xray_224"
+REPORTS_DIR = REPO_ROOT / "reports"
+
+
+def bytes_sha256(data: bytes) -> str:
+    """SHA-256 of bytes, as 64 hex digits (the audit trail's key for an image)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MB chunks (a model or a film of any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def metadata_path(model_path: str | Path) -> Path:
+    """The metadata JSON beside a ``.keras`` model."""
+    return Path(model_path).with_suffix(".json")
+
+
+def gate_path(model_path: str | Path) -> Path:
+    """The out-of-distribution gate beside a ``.keras`` model (``<model>.ood.npz``)."""
+    return Path(model_path).with_suffix(".ood.npz")
