@@ -135,13 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flag(stress)
     stress.add_argument("--reports", type=Path, default=None)
 
-    bench = commands.add_parser("bench", help="time every step against its target; writes reports/bench.json")
+    bench = commands.add_parser(
+        "bench", help="time every step against its target and measure one upload's peak memory; writes reports/bench.json"
+    )
     _add_data_flag(bench)
     _add_model_flag(bench)
     bench.add_argument("--fullres", type=Path, default=None, help="folder of full-size originals (default: beside the data)")
     bench.add_argument("--lime-images", type=int, default=20)
     bench.add_argument("--naive-images", type=int, default=3)
     bench.add_argument("--samples", type=int, default=1000, help="LIME samples, both ways")
+    bench.add_argument(
+        "--only", choices=("speed", "memory"), default=None,
+        help="measure one part and keep the other's figures in bench.json; memory: the peak of one upload "
+        "(decode to Grad-CAM and the screen copy) above the idle process, for each of the worst accepted "
+        "files, each in a fresh interpreter (a few minutes), and the worst one against the bound (300 MB)",
+    )
     bench.add_argument("--reports", type=Path, default=None)
 
     ood = commands.add_parser("ood", help="fit the out-of-distribution gate, or measure it into reports/ood.json")
@@ -253,12 +261,13 @@ def _crop(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import BenchConfig, run_bench
+    from .bench import BENCH_PARTS, BenchConfig, run_bench
     from .data import resolve_data_dir
     from .evaluation import DEFAULT_REPORTS_DIR
 
     data_dir = resolve_data_dir(args.data)
-    config = BenchConfig(lime_images=args.lime_images, naive_images=args.naive_images, lime_samples=args.samples)
+    parts = (args.only,) if args.only else BENCH_PARTS
+    config = BenchConfig(lime_images=args.lime_images, naive_images=args.naive_images, lime_samples=args.samples, parts=parts)
     fullres = args.fullres or data_dir.parent / "chest_xray_fullres_sample"
     run_bench(args.model, data_dir, fullres, args.reports or DEFAULT_REPORTS_DIR, config, log=lambda line: print(line, flush=True))
     return EXIT_OK

@@ -18,6 +18,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -130,6 +131,8 @@ def read_dataset(data: bytes, max_unpacked_bytes: int):
             _check_inflated_size(data[stream.tell() :], max_unpacked_bytes)
         # Every DICOM file says how it is encoded; without that, reading the rest is guesswork.
         dataset = pydicom.dcmread(io.BytesIO(data), specific_tags=_READ_TAGS) if syntax else None
+        if dataset is not None:
+            dataset.buffer = None  # pydicom keeps what it read from, for a deflated file the whole inflated copy
     except InvalidImageError:
         raise
     except Exception:
@@ -142,9 +145,15 @@ def read_dataset(data: bytes, max_unpacked_bytes: int):
 
 
 def _check_inflated_size(deflated: bytes, max_unpacked_bytes: int) -> None:
+    # Counted a megabyte at a time, so the check itself holds no inflated copy.
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    inflater.decompress(deflated, max_unpacked_bytes)
-    if inflater.unconsumed_tail:
+    unpacked = len(inflater.decompress(deflated, 2**20))
+    while unpacked <= max_unpacked_bytes:
+        chunk = inflater.decompress(inflater.unconsumed_tail, 2**20)
+        if not chunk:
+            break
+        unpacked += len(chunk)
+    if unpacked > max_unpacked_bytes:
         raise InvalidImageError(
             f"The DICOM file unpacks to more than {max_unpacked_bytes / 2**20:.0f} MB, more than any "
             "radiograph needs. Export it uncompressed or with image compression (JPEG, JPEG 2000, RLE)."
@@ -198,7 +207,36 @@ def image_size(ds) -> tuple[int, int]:
     return columns, rows
 
 
-def decode_pixels(ds, warnings: list[str]) -> np.ndarray:
+def decoded_bytes(ds) -> int:
+    """The memory, in bytes, that decoding the first frame takes at its peak, from the header alone.
+
+    Measured with pydicom 3.0 and the pylibjpeg decoders on 20 to 60 million pixel frames:
+
+    * uncompressed or deflated: twice the stored frame (the pixel data element and the array
+      pydicom copies it into);
+    * RLE: twice the stored frame (the decoded frame and the array it is copied into);
+    * JPEG, JPEG-LS, JPEG 2000: the stored frame plus 4 bytes a sample, as the codecs work in
+      32-bit integers (a 16-bit JPEG 2000 frame: 6 bytes a pixel);
+    * YBR_FULL and YBR_FULL_422 colour, which pydicom turns into RGB through float32: 4 more
+      bytes a sample.
+
+    ``decode_pixels`` then works in row strips, so what follows adds little.
+
+    Args:
+        ds: a data set that passed ``image_size``.
+    """
+    from pydicom.uid import RLELossless
+
+    samples = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+    stored = samples * (int(ds.BitsAllocated) // 8)
+    syntax = ds.file_meta.TransferSyntaxUID
+    needed = 2 * stored if not syntax.is_encapsulated or syntax == RLELossless else stored + 4 * samples
+    if str(ds.PhotometricInterpretation).strip().upper() in ("YBR_FULL", "YBR_FULL_422"):
+        needed += 4 * samples
+    return needed
+
+
+def decode_pixels(ds, warnings: list[str], reduction: int = 1) -> np.ndarray:
     """Decodes the first frame and maps it to the package's grey array.
 
     The mapping, in the order DICOM displays an image:
@@ -213,14 +251,23 @@ def decode_pixels(ds, warnings: list[str]) -> np.ndarray:
       is. MONOCHROME1 is then inverted (``65535 - value``). The result is uint16, which
       ``to_unit_range`` stretches from its own minimum to its own maximum like any 16-bit image.
 
+    The LUTs run in row strips of about a million pixels, so their float64 working copies stay
+    near 8 MB whatever the image's size (each value is mapped on its own, so the result is what
+    the whole array at once would give). With ``reduction`` k > 1, each strip's result is then
+    box averaged over k x k blocks (a partial block at the right or bottom edge is the mean of
+    the pixels it has, as ``PIL.Image.reduce`` does): the displayed values are averaged, as
+    for the other formats, and no full-size copy of the result is made.
+
     Colour (RGB / YBR) images are converted by the caller like other colour images.
 
     Args:
         ds: a data set that passed ``image_size``.
         warnings: list that plain-sentence warnings are appended to.
+        reduction: k, the reduction along each side (1: the full size).
 
     Returns:
-        New 2-D uint8 or uint16 array (rows, columns), or (rows, columns, 3) uint8 for colour.
+        New 2-D uint8 or uint16 array (rows, columns), or (rows, columns, 3) uint8 for colour;
+        ``ceil(rows / k)`` x ``ceil(columns / k)`` when reduced.
 
     Raises:
         UnsupportedDicomError: no decoder for the transfer syntax is installed.
@@ -253,23 +300,125 @@ def decode_pixels(ds, warnings: list[str]) -> np.ndarray:
     if frames > 1:
         warnings.append(f"The DICOM file holds {frames} frames; only the first was used.")
     if stored.ndim == 3:  # colour, converted to RGB by pydicom
-        return np.ascontiguousarray(stored, dtype=np.uint8)
+        return _reduced(_strips(stored, reduction, lambda strip: strip.astype(np.uint8)), stored.shape, reduction, np.uint8)
     inverted = str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1"
     if inverted:
         warnings.append("The DICOM image is MONOCHROME1 (bright background); it was inverted so that bone is bright.")
     try:
-        if _is_plain_8_bit(ds):
-            grey = stored.astype(np.uint8)
-            return (255 - grey) if inverted else grey.copy()
-        unit = _grey_levels(stored, ds, warnings)  # (rows, columns) float64 in [0, 1]
-    except Exception:  # a malformed rescale value or modality LUT, in whatever form pydicom meets it
-        raise UnsupportedDicomError(
-            "The DICOM header's rescale or modality LUT settings are invalid, so the pixel values cannot "
-            "be interpreted. Export the image again from the PACS."
-        ) from None
-    if inverted:
-        unit = 1.0 - unit
-    return np.rint(unit * 65535.0).astype(np.uint16)
+        plain = _is_plain_8_bit(ds)
+    except Exception:  # a malformed rescale value
+        raise _invalid_rescale() from None
+    if plain:
+        grey = _reduced(_strips(stored, reduction, lambda strip: strip.astype(np.uint8)), stored.shape, reduction, np.uint8)
+        return (255 - grey) if inverted else grey
+    return _grey_levels(stored, ds, warnings, inverted, reduction)
+
+
+def _invalid_rescale() -> UnsupportedDicomError:
+    return UnsupportedDicomError(
+        "The DICOM header's rescale or modality LUT settings are invalid, so the pixel values cannot "
+        "be interpreted. Export the image again from the PACS."
+    )
+
+
+_STRIP_PIXELS = 2**20  # a float64 strip takes 8 MB
+
+
+def _strips(stored: np.ndarray, reduction: int, convert: Callable[[np.ndarray], np.ndarray]) -> Iterator[np.ndarray]:
+    """``convert`` of each row strip of ``stored``; every strip but the last holds whole k x k blocks."""
+    rows = max(1, _STRIP_PIXELS // stored.shape[1] // reduction) * reduction
+    for top in range(0, stored.shape[0], rows):
+        yield convert(stored[top : top + rows])
+
+
+def _reduced(strips: Iterable[np.ndarray], shape: tuple[int, ...], reduction: int, dtype) -> np.ndarray:
+    """The strips put together, each box averaged ``reduction`` times along each side first."""
+    rows, columns = -(-shape[0] // reduction), -(-shape[1] // reduction)
+    result = np.empty((rows, columns, *shape[2:]), dtype=dtype)
+    top = 0
+    for strip in strips:
+        block = strip if reduction == 1 else _block_means(strip, reduction)
+        result[top : top + block.shape[0]] = block
+        top += block.shape[0]
+    return result
+
+
+def _block_means(values: np.ndarray, reduction: int) -> np.ndarray:
+    """Rounded means of the k x k blocks of an unsigned (rows, columns[, samples]) array, in its dtype."""
+    starts_y, starts_x = np.arange(0, values.shape[0], reduction), np.arange(0, values.shape[1], reduction)
+    sums = np.add.reduceat(np.add.reduceat(values, starts_y, axis=0, dtype=np.uint32), starts_x, axis=1)
+    heights = np.diff(np.append(starts_y, values.shape[0]))
+    widths = np.diff(np.append(starts_x, values.shape[1]))
+    counts = np.outer(heights, widths).astype(np.uint32).reshape(len(heights), len(widths), *([1] * (values.ndim - 2)))
+    return ((sums + counts // 2) // counts).astype(values.dtype)
+
+
+class _VoiFailed(Exception):
+    """The VOI LUT or window could not be applied to some strip."""
+
+
+def _grey_levels(stored: np.ndarray, ds, warnings: list[str], inverted: bool, reduction: int) -> np.ndarray:
+    """Modality LUT, then VOI LUT or window, mapped onto 0..65535 (MONOCHROME1 inverted), a row strip at a time.
+
+    Invalid VOI settings, found on whichever strip, fall back to the modality output's own range
+    for the whole image, with a warning.
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    def modality(strip: np.ndarray) -> np.ndarray:
+        try:
+            return apply_modality_lut(strip, ds)
+        except Exception:  # a malformed rescale value or modality LUT, in whatever form pydicom meets it
+            raise _invalid_rescale() from None
+
+    def mapped(values: np.ndarray, low: float, high: float) -> np.ndarray:  # (rows, columns) uint16
+        if high <= low:
+            unit = np.zeros(values.shape, dtype=np.float64)
+        else:
+            unit = np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+        if inverted:
+            unit = 1.0 - unit
+        return np.rint(unit * 65535.0).astype(np.uint16)
+
+    if _has_voi(ds):
+        try:
+            voi, low, high = _voi(ds)
+        except Exception:  # malformed VOI settings, in whatever form pydicom meets them
+            voi = None
+
+        def through_voi(strip: np.ndarray) -> np.ndarray:
+            values = modality(strip)
+            try:
+                values = voi(values)
+            except Exception:
+                raise _VoiFailed from None
+            return mapped(values, low, high)
+
+        if voi is not None:
+            try:
+                return _reduced(_strips(stored, reduction, through_voi), stored.shape, reduction, np.uint16)
+            except _VoiFailed:
+                pass
+        warnings.append("The DICOM window / VOI LUT settings are invalid; the full range of values was used.")
+    extremes = [(float(values.min()), float(values.max())) for values in _strips(stored, 1, modality)]
+    low, high = min(low for low, _ in extremes), max(high for _, high in extremes)
+    return _reduced(_strips(stored, reduction, lambda strip: mapped(modality(strip), low, high)), stored.shape, reduction, np.uint16)
+
+
+def _voi(ds) -> tuple[Callable[[np.ndarray], np.ndarray], float, float]:
+    """The VOI step (VOI LUT Sequence, else the first window) and its output range."""
+    from pydicom.pixels import apply_voi_lut
+
+    if ds.get("VOILUTSequence"):
+        item = ds.VOILUTSequence[0]
+        entries, first_mapped, depth = (int(value) for value in item.LUTDescriptor)
+        if depth == 8:
+            # pydicom 3.0.2 puts the input values in the LUT's own dtype before indexing,
+            # so an 8-bit LUT with more than 256 entries wraps around; read as 16-bit
+            # (the entries are the same numbers), it indexes correctly.
+            item.LUTDescriptor = [entries, first_mapped, 16]
+        return (lambda values: apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0)), 0.0, float(2**depth - 1)
+    return (lambda values: apply_voi_lut(values, ds, index=0)), *_window_output_range(ds)
 
 
 def _first_frame_matches(ds, frames: int) -> bool:
@@ -347,35 +496,6 @@ def _is_plain_8_bit(ds) -> bool:
 
 def _has_voi(ds) -> bool:
     return bool(ds.get("VOILUTSequence")) or ("WindowCenter" in ds and "WindowWidth" in ds)
-
-
-def _grey_levels(stored: np.ndarray, ds, warnings: list[str]) -> np.ndarray:
-    """Modality LUT, then VOI LUT or window; returns float64 in [0, 1] (0: lowest VOI output)."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    values = apply_modality_lut(stored, ds)
-    low, high = float(values.min()), float(values.max())
-    if _has_voi(ds):
-        try:
-            if ds.get("VOILUTSequence"):
-                item = ds.VOILUTSequence[0]
-                entries, first_mapped, depth = (int(value) for value in item.LUTDescriptor)
-                if depth == 8:
-                    # pydicom 3.0.2 puts the input values in the LUT's own dtype before indexing,
-                    # so an 8-bit LUT with more than 256 entries wraps around; read as 16-bit
-                    # (the entries are the same numbers), it indexes correctly.
-                    item.LUTDescriptor = [entries, first_mapped, 16]
-                voi = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0)
-                voi_low, voi_high = 0.0, float(2**depth - 1)
-            else:
-                voi = apply_voi_lut(values, ds, index=0)
-                voi_low, voi_high = _window_output_range(ds)
-            values, low, high = voi, voi_low, voi_high
-        except Exception:
-            warnings.append("The DICOM window / VOI LUT settings are invalid; the full range of values was used.")
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.float64)
-    return np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
 
 
 def _window_output_range(ds) -> tuple[float, float]:

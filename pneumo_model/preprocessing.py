@@ -11,11 +11,12 @@ import io
 import struct
 import zlib
 from dataclasses import asdict, dataclass, field
+from math import isqrt
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from . import dicom
 from .dicom import DicomTags
@@ -28,19 +29,65 @@ _FORMAT_NAMES = "PNG, JPEG, BMP, TIFF or DICOM"
 _PILLOW_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "BMP": "BMP", "TIFF": "TIFF"}
 # What Pillow raises on a damaged or malicious file, besides its own UnidentifiedImageError.
 _PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error)
-# EXIF Orientation (0x0112): 1 is upright; 2-8 ask for a flip and/or a rotation.
+# EXIF Orientation (0x0112): 1 is upright; 2-8 ask for a flip and/or a rotation, as ImageOps.exif_transpose does them.
 _EXIF_ORIENTATION = 0x0112
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Bytes a pixel takes in Pillow's own storage: one for 8-bit single-band modes, two for 16-bit grey,
+# four for every other mode (multi-band and 32-bit images are stored in 32-bit words).
+_PILLOW_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# The modes _to_grey accepts, each with the one Image.reduce averages it in: reduce refuses 1-bit,
+# palette and 16-bit grey, and would average a PA image's palette indices.
+_REDUCE_THROUGH = {"1": "L", "P": "RGB", "PA": "RGBA", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"} | {
+    mode: mode for mode in ("L", "I", "LA", "La", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")
+}
+_STRIP_PIXELS = 2**20  # a strip converted to 32 bits takes 4 MB
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What an input may be before it is refused.
+    """What an input may be before it is refused, and the size it is worked on at.
 
     The defaults: 50 MB (2**20 bytes each, Streamlit's unit: ``server.maxUploadSize`` in
     ``.streamlit/config.toml`` is set to match) holds an uncompressed 16-bit 4300 x 3500
-    detector image (30 MB); 60 million pixels is four times the largest radiograph detector
-    and still decodes in a few hundred MB; 64 pixels per side refuses icons and thumbnails;
-    4:1 refuses strips and banners (chest radiographs are between about 3:4 and 4:3).
+    detector image (30 MB); 60 million pixels is four times the largest radiograph detector;
+    64 pixels per side refuses icons and thumbnails; 4:1 refuses strips and banners (chest
+    radiographs are between about 3:4 and 4:3).
+
+    Memory is bounded by the last two, so that no accepted file can make one request take more
+    than about 300 MB above the idle process (``python -m pneumo_model bench --only memory``
+    measures the worst candidates). A file's size says little about its pixels: a 7740 x 7740
+    16-bit PNG of zeros is 116 kB on disk and 120 MB decoded.
+
+    * ``max_working_pixels``, 16 million: every real detector (4300 x 3500 is 15 million pixels)
+      and every full-size film we have (up to 2900 x 2600) stay as they are, so ordinary images
+      get exactly the pixels, and probabilities, they always got. A larger image is reduced by
+      the smallest integer factor k that brings it under the cap (k = 2 for anything up to the
+      pixel limit), as early as the format allows: a JPEG is decoded at 1/2, 1/4 or 1/8 scale
+      in the DCT domain (Pillow's ``draft``), the largest of those not past 1/k, then box
+      averaged for the rest if still over the cap (with a k that is no power of two, only
+      possible with a lower cap, the JPEG ends up reduced a little more than k); other Pillow
+      formats are box averaged (``Image.reduce``, a row strip at a time) right after decoding;
+      DICOM is mapped through its LUTs in row strips and each strip box averaged. The model sees
+      a 128 px square either way; the crop boxes and heat maps refer to the reduced image.
+    * ``max_decoded_bytes``, 160 MB: what the decoder itself must hold at full size, computed
+      from the header before any pixel is decoded (``decoded_bytes``): Pillow keeps 1 byte a
+      pixel for 8-bit grey and palette images, 2 for 16-bit grey, 4 for everything else (RGB,
+      RGBA, CMYK, 32-bit), at the JPEG's reduced decoding size, plus a progressive JPEG's
+      coefficients (2 bytes a sample at full size); DICOM decoders hold the stored frame and
+      what they need beside it (``dicom.decoded_bytes``). It admits a 16-bit grey PNG or TIFF
+      at the pixel limit (114 MB), a progressive 8-bit JPEG at the pixel limit (129 MB), and a
+      16-bit DICOM of up to 42 million pixels uncompressed, deflated or RLE, 28 million as
+      JPEG 2000 or JPEG lossless. It refuses a colour PNG, TIFF or BMP over 42 million pixels
+      (a 60 MP RGB PNG takes 229 MB in Pillow): no colour radiograph is that big, and a grey
+      export of the same image is accepted.
 
     Attributes:
         max_bytes: largest file accepted, in bytes.
@@ -49,12 +96,17 @@ class ImageLimits:
             twice its own ``Image.MAX_IMAGE_PIXELS`` whatever this says.
         min_side: smallest width or height accepted, in pixels.
         max_aspect: largest ratio of the long side to the short side.
+        max_working_pixels: largest width x height returned; larger images are reduced.
+        max_decoded_bytes: largest memory the decoder may need for one image, in bytes,
+            checked from the header before any pixel is decoded.
     """
 
     max_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 60_000_000
     min_side: int = 64
     max_aspect: float = 4.0
+    max_working_pixels: int = 16_000_000
+    max_decoded_bytes: int = 160 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,6 +125,11 @@ class ImageInfo:
         colour_spread: how far a colour image is from grey: the mean absolute difference between
             each channel and the pixel's channel mean, in 8-bit grey levels (0 for a grey file or
             a colour file whose channels are equal). The out-of-distribution gate uses it.
+        reduction: how many original pixels a returned pixel spans along each side: 1 when the
+            pixels are the original ones, k when an image over ``ImageLimits.max_working_pixels``
+            was reduced (the returned array is then about ``height / k`` x ``width / k``, while
+            ``width`` and ``height`` stay the original size). Coordinates on the returned array
+            (``crop.apply_crop``, ``crop.validate_box``) times ``reduction`` are original ones.
     """
 
     width: int
@@ -82,6 +139,7 @@ class ImageInfo:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     dicom: DicomTags | None = None
     colour_spread: float = 0.0
+    reduction: int = 1
 
     def to_dict(self) -> dict:
         return {
@@ -92,6 +150,7 @@ class ImageInfo:
             "warnings": list(self.warnings),
             "dicom": asdict(self.dicom) if self.dicom is not None else None,
             "colour_spread": round(self.colour_spread, 3),
+            "reduction": self.reduction,
         }
 
 
@@ -153,6 +212,108 @@ def _check_geometry(width: int, height: int, limits: ImageLimits) -> None:
         )
 
 
+def reduction_factor(width: int, height: int, max_working_pixels: int) -> int:
+    """The smallest integer k for which the image reduced k times (``ceil(width / k)`` x
+    ``ceil(height / k)``, as ``Image.reduce`` makes it) has at most ``max_working_pixels``."""
+    factor = max(1, isqrt(width * height // max(1, max_working_pixels)))  # every smaller k is too little
+    while -(-width // factor) * -(-height // factor) > max_working_pixels:
+        factor += 1
+    return factor
+
+
+def _over_budget_message(needed: int, limits: ImageLimits, width: int, height: int) -> str:
+    return (
+        f"The image is {width} x {height} pixels and would take {needed / 2**20:.0f} MB to decode, more than "
+        f"the {limits.max_decoded_bytes / 2**20:.0f} MB allowed for one image. Export it at a lower "
+        "resolution, or as 8- or 16-bit grey."
+    )
+
+
+def _reduced_warning(width: int, height: int, pixels: np.ndarray) -> str:
+    return (
+        f"The image is {width} x {height} pixels; it was reduced to {pixels.shape[1]} x {pixels.shape[0]} "
+        "for processing."
+    )
+
+
+def _pillow_decoded_bytes(image: Image.Image, full_size: tuple[int, int]) -> int:
+    """What Pillow holds to decode ``image`` at its (possibly drafted) size, from the header alone.
+
+    A progressive JPEG also keeps every DCT coefficient of the whole image, at full size whatever
+    the draft: 2 bytes a sample of each component at its own sampling.
+    """
+    needed = image.width * image.height * _PILLOW_PIXEL_BYTES.get(image.mode, 4)
+    layers = getattr(image, "layer", None)
+    if image.format in ("JPEG", "MPO") and image.info.get("progressive") and layers:
+        width, height = full_size
+        most_h, most_v = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
+        for _, horizontal, vertical, _ in layers:
+            blocks_x = -(-(-(-width * horizontal // most_h)) // 8)
+            blocks_y = -(-(-(-height * vertical // most_v)) // 8)
+            needed += blocks_x * blocks_y * 64 * 2
+    return needed
+
+
+def _draft_scale(factor: int) -> int:
+    """The largest JPEG DCT scale (1, 2, 4 or 8) that reduces no more than ``factor``."""
+    return next(scale for scale in (8, 4, 2, 1) if scale <= factor)
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+    """``image`` box averaged ``factor`` times along each side (``Image.reduce``; a partial block at
+    the right or bottom edge is the mean of the pixels it has).
+
+    Done a row strip at a time, each strip holding whole blocks, so the result is what reducing
+    the whole image gives, without the full-size copy ``reduce`` makes of an LA or RGBA image
+    (it averages them premultiplied) or that converting 1-bit, palette or 16-bit grey to a mode
+    it takes would make. 16-bit grey stays 16-bit; a palette becomes RGB (RGBA with a transparent
+    entry). A mode ``_to_grey`` refuses is returned as it is, to be refused there.
+    """
+    through = _REDUCE_THROUGH.get(image.mode)
+    if factor == 1 or through is None:
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        through = "RGBA"
+    result_mode = "I;16" if image.mode.startswith("I;16") else through
+    width, height = image.size
+    rows = max(1, _STRIP_PIXELS // width // factor) * factor  # whole blocks in every strip but the last
+    reduced = Image.new(result_mode, (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows))).convert(through).reduce(factor)
+        reduced.paste(strip.convert(result_mode) if result_mode != through else strip, (0, top // factor))
+    return reduced
+
+
+def _colour_spread(image: Image.Image) -> float:
+    """``ImageInfo.colour_spread`` of an RGB image (its numpy copy is freed on return)."""
+    rgb = np.asarray(image)  # (H, W, 3) uint8
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6)))  # about a million pixels suffice
+    sample = rgb[::step, ::step].astype(np.int16)
+    return float(np.abs(sample - sample.mean(axis=2, keepdims=True)).mean())
+
+
+def _on_black(image: Image.Image, warnings: list[str]) -> Image.Image:
+    """An image with an alpha channel (or a palette with a transparent entry) as RGB, transparent
+    parts composited on black, X-rays' background; a row strip at a time, so no full-size RGBA
+    copy is made beside the result."""
+    rows = max(1, _STRIP_PIXELS // image.width)
+    boxes = [(0, top, image.width, min(image.height, top + rows)) for top in range(0, image.height, rows)]
+    extremes = [image.crop(box).convert("RGBA").getchannel("A").getextrema() for box in boxes]
+    low, high = min(low for low, _ in extremes), max(high for _, high in extremes)
+    if low < 255 and high > 0:
+        warnings.append("The image had transparency; transparent parts were filled with black.")
+    elif high == 0:
+        # Some BMP and TIFF writers store an unused, all-zero alpha channel.
+        warnings.append("The image's transparency channel was empty (all transparent) and was ignored.")
+    rgb = Image.new("RGB", image.size)
+    for box in boxes:
+        strip = image.crop(box).convert("RGBA")
+        if low < 255 and high > 0:
+            strip = Image.alpha_composite(Image.new("RGBA", strip.size, (0, 0, 0, 255)), strip)
+        rgb.paste(strip.convert("RGB"), box[:2])
+    return rgb
+
+
 def _to_grey(image: Image.Image, warnings: list[str]) -> tuple[np.ndarray, float]:
     """Returns a 2-D uint8 or uint16 array from any Pillow mode we accept, and its colour spread
     (``ImageInfo.colour_spread``)."""
@@ -168,30 +329,17 @@ def _to_grey(image: Image.Image, warnings: list[str]) -> tuple[np.ndarray, float
         return values.astype(np.uint16), 0.0
     if mode == "F":
         raise InvalidImageError("Floating-point images are not supported. Export the image as an 8- or 16-bit PNG.")
-    if mode == "P":
-        mode = "RGBA" if "transparency" in image.info else "RGB"
-        image = image.convert(mode)
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        image = image.convert("RGBA")
-        low, high = image.getchannel("A").getextrema()
-        if low < 255 and high > 0:
-            # X-rays have a dark background (air, collimation), so transparent pixels become black.
-            background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-            image = Image.alpha_composite(background, image)
-            warnings.append("The image had transparency; transparent parts were filled with black.")
-        elif high == 0:
-            # Some BMP and TIFF writers store an unused, all-zero alpha channel.
-            warnings.append("The image's transparency channel was empty (all transparent) and was ignored.")
+    if mode == "P" and "transparency" not in image.info:
         image = image.convert("RGB")
+        mode = "RGB"
+    if mode in ("P", "RGBA", "LA", "PA", "RGBa", "La"):
+        image = _on_black(image, warnings)
         mode = "RGB"
     if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
         image = image.convert("RGB")
         mode = "RGB"
     if mode == "RGB":
-        rgb = np.asarray(image)
-        step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6)))  # about a million pixels suffice
-        sample = rgb[::step, ::step].astype(np.int16)
-        spread = float(np.abs(sample - sample.mean(axis=2, keepdims=True)).mean())
+        spread = _colour_spread(image)
         if spread > 2.0:
             warnings.append("The image is in colour; it was converted to grey. X-rays are normally grey.")
         return np.asarray(image.convert("L"), dtype=np.uint8).copy(), spread
@@ -205,7 +353,8 @@ def _to_grey(image: Image.Image, warnings: list[str]) -> tuple[np.ndarray, float
 def load_image(source: str | Path | bytes, limits: ImageLimits = ImageLimits()) -> tuple[np.ndarray, ImageInfo]:
     """Decodes a chest X-ray file (PNG, JPEG, BMP, TIFF or DICOM) into a grey pixel array.
 
-    The size is checked against ``limits`` from the header, before any pixel is decoded.
+    The size and the memory decoding needs (``limits.max_decoded_bytes``) are checked against
+    ``limits`` from the header, before any pixel is decoded.
 
     * PNG, JPEG, BMP, TIFF (through Pillow): 8-bit grey as it is; 16-bit grey as uint16;
       colour (RGB, CMYK, palette) converted to grey with the ITU-R 601 luma weights (the data
@@ -223,8 +372,10 @@ def load_image(source: str | Path | bytes, limits: ImageLimits = ImageLimits()) 
         limits: size limits; inputs outside them are refused.
 
     Returns:
-        ``(pixels, info)``: ``pixels`` is a new 2-D array of shape (height, width), dtype
-        uint8 for 8-bit sources or uint16 for deeper ones; ``info`` is an ``ImageInfo``.
+        ``(pixels, info)``: ``pixels`` is a new 2-D array of shape (height, width), or
+        (ceil(height / k), ceil(width / k)) for an image reduced k times to fit
+        ``limits.max_working_pixels`` (``info.reduction``; a warning says so), dtype uint8 for
+        8-bit sources or uint16 for deeper ones; ``info`` is an ``ImageInfo``.
 
     Raises:
         InvalidImageError: the source is missing, empty, too large, not a supported format,
@@ -254,12 +405,23 @@ def _load_with_pillow(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, Ima
             f"{image.format} files are not supported. Convert the image to {_FORMAT_NAMES}."
         )
     _check_geometry(image.width, image.height, limits)
+    width, height = image.size  # the header's, before any reduction
+    factor = reduction_factor(width, height, limits.max_working_pixels)
     warnings: list[str] = []
     try:
         frames = getattr(image, "n_frames", 1)
+        scale = _draft_scale(factor) if fmt == "JPEG" else 1
+        if scale > 1:
+            image.draft(image.mode, (width // scale, height // scale))  # decoded at 1/scale, in the DCT domain
+        needed = _pillow_decoded_bytes(image, (width, height))
+        if needed > limits.max_decoded_bytes:
+            raise InvalidImageError(_over_budget_message(needed, limits, width, height))
         image.load()
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        upright = ImageOps.exif_transpose(image)
+        step = reduction_factor(image.width, image.height, limits.max_working_pixels)  # what the draft left
+        image = _reduce(image, step)
+        if orientation in _UPRIGHT:
+            image = image.transpose(_UPRIGHT[orientation])  # as ImageOps.exif_transpose does, without its copy
     except Image.DecompressionBombError:
         raise InvalidImageError(_too_many_pixels_message(limits)) from None
     except _PILLOW_ERRORS as error:
@@ -271,37 +433,53 @@ def _load_with_pillow(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, Ima
         warnings.append(f"The {fmt} file holds {frames} {kind}; only the first was used.")
     if orientation in range(2, 9):
         warnings.append("The image was turned upright as its EXIF orientation tag asks.")
-    pixels, colour_spread = _to_grey(upright, warnings)
+    if orientation in (5, 6, 7, 8):  # a quarter turn: the upright image's sides are the header's swapped
+        width, height = height, width
+    pixels, colour_spread = _to_grey(image, warnings)
+    reduction = scale * step
+    if reduction > 1:
+        warnings.append(_reduced_warning(width, height, pixels))
     info = ImageInfo(
-        width=pixels.shape[1],
-        height=pixels.shape[0],
+        width=width,
+        height=height,
         bit_depth=16 if pixels.dtype == np.uint16 else 8,
         format=fmt,
         warnings=tuple(warnings),
         colour_spread=colour_spread,
+        reduction=reduction,
     )
     return pixels, info
 
 
 def _load_dicom(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, ImageInfo]:
-    # A deflated data set may unpack to the largest allowed image (16-bit RGB: 6 bytes a pixel) and its header.
-    ds = dicom.read_dataset(data, max_unpacked_bytes=6 * limits.max_pixels + 2**20)
+    # A deflated data set is held whole beside the frame decoded from it, so its pixel data may take
+    # half the decoding budget; and no more than the largest allowed image (16-bit RGB: 6 bytes a pixel).
+    unpacked = min(6 * limits.max_pixels, limits.max_decoded_bytes // 2) + 2**20  # and the header
+    ds = dicom.read_dataset(data, max_unpacked_bytes=unpacked)
     width, height = dicom.image_size(ds)
     _check_geometry(width, height, limits)
+    needed = dicom.decoded_bytes(ds)
+    if needed > limits.max_decoded_bytes:
+        raise InvalidImageError(_over_budget_message(needed, limits, width, height))
     warnings: list[str] = []
     tags = dicom.header_facts(ds, warnings)
-    pixels = dicom.decode_pixels(ds, warnings)
+    reduction = reduction_factor(width, height, limits.max_working_pixels)
+    pixels = dicom.decode_pixels(ds, warnings, reduction)
+    del ds  # its pixel data: the full-size encoded frame
     colour_spread = 0.0
     if pixels.ndim == 3:
         pixels, colour_spread = _to_grey(Image.fromarray(pixels), warnings)  # (rows, columns, 3) uint8: RGB
+    if reduction > 1:
+        warnings.append(_reduced_warning(width, height, pixels))
     info = ImageInfo(
-        width=pixels.shape[1],
-        height=pixels.shape[0],
+        width=width,
+        height=height,
         bit_depth=16 if pixels.dtype == np.uint16 else 8,
         format="DICOM",
         warnings=tuple(warnings),
         dicom=tags,
         colour_spread=colour_spread,
+        reduction=reduction,
     )
     return pixels, info
 
@@ -323,7 +501,10 @@ def to_unit_range(pixels: np.ndarray) -> np.ndarray:
         low, high = float(pixels.min()), float(pixels.max())
         if high <= low:
             return np.zeros(pixels.shape, dtype=np.float32)
-        return ((pixels.astype(np.float32) - low) / (high - low)).astype(np.float32)
+        unit = pixels.astype(np.float32)  # (H, W), the one full-size float copy
+        unit -= low
+        unit /= high - low
+        return unit
     if np.issubdtype(pixels.dtype, np.floating):
         if not np.all(np.isfinite(pixels)) or pixels.min() < 0.0 or pixels.max() > 1.0:
             raise InvalidImageError(
