@@ -9,7 +9,7 @@ from ui.markup import plain
 
 frame.render("Crop & rescore")
 image = frame.require_image()
-pixels, _ = frame.computed(lambda: resources.decoded(image), image.name)
+pixels = frame.computed(lambda: resources.decoded(image), image.name).pixels
 whole = frame.computed(lambda: resources.prediction(image), image.name)
 suggestion = frame.computed(lambda: resources.diaphragm(image), image.name)
 display = frame.computed(lambda: resources.display_pixels(image), image.name)

@@ -181,13 +181,13 @@ def _explain(args) -> int:
     from PIL import Image
 
     from .explain import GradCam, LimeConfig, explain_lime, overlay_heatmap
-    from .preprocessing import load_image, preprocess
+    from .pipeline import DecodedImage
     from .prediction import Predictor
 
     predictor = Predictor.from_file(args.model)
-    pixels, info = load_image(args.image)
-    model_input = preprocess(pixels, predictor.input_size)  # (size, size, 1)
-    prediction = predictor.predict_input(model_input, info)
+    image = DecodedImage.decode(args.image)
+    pixels, model_input = image.pixels, image.model_input(predictor.input_size)  # (size, size, 1)
+    prediction = predictor.call(image)
     record = prediction.to_record(args.image) | {"method": args.method, "out": str(args.out)}
     if args.method == "gradcam":
         heatmap = GradCam(predictor.model, predictor.metadata.gradcam_layer)(model_input)  # (size, size)
@@ -229,28 +229,31 @@ def _parse_box(text: str) -> tuple[int, int, int, int]:
 def _crop(args) -> int:
     from PIL import Image, ImageDraw
 
-    from .crop import find_diaphragm, rescore
-    from .preprocessing import load_image, to_unit_range
+    from .crop import find_diaphragm
+    from .display import screen_grey
+    from .pipeline import DecodedImage
     from .prediction import Predictor
 
     predictor = Predictor.from_file(args.model)
-    pixels, _ = load_image(args.image)
-    record = {"file": args.image}
+    image = DecodedImage.decode(args.image)
+    pixels = image.pixels
+    record = {"file": args.image, "warnings": list(image.info.warnings)}
     if args.box is not None:
         box, source, reason = _parse_box(args.box), "given", None
     else:
         detection = find_diaphragm(pixels)
         box, source, reason = detection.box, "automatic", detection.reason
     if box is None:
-        before = predictor.predict_source(args.image).probability
-        record |= {"box": None, "box_source": source, "reason": reason, "probability_before": round(before, 6),
-                   "probability_after": None, "delta": None}
+        before = predictor.call(image)
+        record |= {"box": None, "box_source": source, "reason": reason, "probability_before": round(before.probability, 6),
+                   "probability_after": None, "delta": None, "ood_before": before.ood,
+                   "ood_score_before": None if before.ood_score is None else round(before.ood_score, 4)}
     else:
-        result = rescore(predictor, pixels, box)
+        result = predictor.rescore(image, box)  # both calls through the gate, as predict's
         record |= result.to_dict() | {"box_source": source, "reason": reason}
         record["box"] = list(result.box)
     if args.out is not None and box is not None:
-        grey = Image.fromarray((to_unit_range(pixels) * 255).round().astype("uint8")).convert("RGB")
+        grey = Image.fromarray(screen_grey(pixels, max_side=max(pixels.shape))).convert("RGB")
         draw = ImageDraw.Draw(grey)
         draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(0, 114, 178), width=max(2, grey.width // 200))
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 Models trained on the Kermany paediatric data lean on the bright diaphragm and abdomen below the
 lungs. This module finds where the lungs end (``find_diaphragm``), crops an image to a box
-(``apply_crop``), scores an image before and after a crop (``rescore``), and finds and paints
+(``apply_crop``), compares the calls before and after a crop (``RescoreResult``, made by
+``Predictor.rescore``), and finds and paints
 out bright burned-in markers such as the letter R (``find_markers``).
 
 Coordinates: every box is ``(x0, y0, x1, y1)`` in pixels of the image passed in (the full
@@ -19,17 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 from scipy.ndimage import median_filter
 
 from .errors import ConfigError, InvalidImageError
-from .preprocessing import preprocess, to_unit_range
-
-if TYPE_CHECKING:  # only for annotations: importing prediction loads TensorFlow
-    from .prediction import Predictor
+from .preprocessing import to_unit_range
 
 Box = tuple[int, int, int, int]
 
@@ -149,16 +147,6 @@ class DiaphragmResult:
 
 
 @dataclass(frozen=True)
-class _Call:
-    """What ``RescoreResult.from_calls`` reads of a ``Prediction``."""
-
-    probability: float
-    label: str
-    grey_zone: bool
-    threshold: float
-
-
-@dataclass(frozen=True)
 class RescoreResult:
     """The model's call on an image before and after a crop.
 
@@ -170,6 +158,9 @@ class RescoreResult:
         label_before, label_after: "pneumonia" or "normal" at the model's threshold.
         grey_zone_before, grey_zone_after: True when the probability needs a careful read.
         threshold: the operating threshold used for the labels.
+        ood_before, ood_after: the out-of-distribution gate's verdict on the whole image and on
+            the crop (True: the call is not meaningful); None without a gate.
+        ood_score_before, ood_score_after: the gate's scores (above 1 is flagged); None without a gate.
     """
 
     probability_before: float
@@ -181,6 +172,10 @@ class RescoreResult:
     grey_zone_before: bool
     grey_zone_after: bool
     threshold: float
+    ood_before: bool | None = None
+    ood_after: bool | None = None
+    ood_score_before: float | None = None
+    ood_score_after: float | None = None
 
     @property
     def label_changed(self) -> bool:
@@ -199,6 +194,10 @@ class RescoreResult:
             grey_zone_before=before.grey_zone,
             grey_zone_after=after.grey_zone,
             threshold=before.threshold,
+            ood_before=before.ood,
+            ood_after=after.ood,
+            ood_score_before=before.ood_score,
+            ood_score_after=after.ood_score,
         )
 
     def to_dict(self) -> dict:
@@ -212,6 +211,10 @@ class RescoreResult:
             "grey_zone_before": self.grey_zone_before,
             "grey_zone_after": self.grey_zone_after,
             "threshold": self.threshold,
+            "ood_before": self.ood_before,
+            "ood_after": self.ood_after,
+            "ood_score_before": None if self.ood_score_before is None else round(self.ood_score_before, 4),
+            "ood_score_after": None if self.ood_score_after is None else round(self.ood_score_after, 4),
         }
 
 
@@ -551,44 +554,6 @@ def apply_crop(pixels: np.ndarray, box: Sequence, limits: CropLimits = CropLimit
     grey = _grey(pixels)
     x0, y0, x1, y1 = validate_box(box, grey.shape[1], grey.shape[0], limits)
     return pixels[y0:y1, x0:x1].copy()
-
-
-def rescore(
-    predictor: "Predictor", pixels: np.ndarray, box: Sequence, limits: CropLimits = CropLimits()
-) -> RescoreResult:
-    """Scores an image whole and cropped to ``box``, with the same preprocessing and calibration.
-
-    Both the whole image and the crop go through ``preprocess`` (which squashes the image to
-    the model's square input) and ``predictor.probabilities`` (temperature-scaled), one image
-    per forward pass, as ``Predictor.predict_source`` does.
-
-    Args:
-        predictor: a loaded ``Predictor`` (anything with ``input_size``, ``probabilities``,
-            ``label_for``, ``grey_zone.contains`` and ``metadata.threshold``). Not modified.
-        pixels: grey image as ``load_image`` returns it. Not modified.
-        box: ``(x0, y0, x1, y1)`` in pixels of ``pixels``, x1 and y1 exclusive.
-        limits: smallest side and smallest share of the image's area.
-
-    Raises:
-        InvalidImageError: ``pixels`` is not a usable grey image.
-        ConfigError: the box is not valid for this image.
-    """
-    grey = _grey(pixels)
-    box = validate_box(box, grey.shape[1], grey.shape[0], limits)
-    cropped = apply_crop(grey, box, limits)
-    size = predictor.input_size
-    calls = []
-    for image in (grey, cropped):
-        probability = float(predictor.probabilities(preprocess(image, size)[np.newaxis])[0])  # (1, size, size, 1) in
-        calls.append(
-            _Call(
-                probability,
-                predictor.label_for(probability),
-                bool(predictor.grey_zone.contains(probability)),
-                float(predictor.metadata.threshold),
-            )
-        )
-    return RescoreResult.from_calls(*calls, box)
 
 
 # ----------------------------------------------------------------------------- burned-in markers

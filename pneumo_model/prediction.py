@@ -14,7 +14,9 @@ from .artifacts import DEFAULT_MODEL_PATH, ModelMetadata, load_model
 from .calibration import GreyZone, sigmoid
 from .errors import ModelFileError
 from .ood import ActivationSummaries, OodGate, gate_path
-from .preprocessing import ImageInfo, ImageLimits, load_and_preprocess
+from .crop import CropLimits, RescoreResult, apply_crop
+from .pipeline import DecodedImage
+from .preprocessing import ImageInfo, ImageLimits, preprocess
 
 PREDICTION_SCHEMA_VERSION = 1
 # Images per forward pass. On the 2-core CPU, pneumonet at 128 px ran at about 930 images/s in
@@ -86,6 +88,9 @@ class Predictor:
         self.metadata = metadata
         self.batch_size = batch_size
         self.gate = gate
+        # The operating point: every call's label and grey-zone flag come from these, never from the
+        # metadata directly, so a caller can be handed another operating point.
+        self.threshold = float(metadata.threshold)
         self.grey_zone = GreyZone(*metadata.grey_zone)
         size = metadata.input_size
         # One traced graph for every batch size: far faster than model.predict on small batches.
@@ -133,7 +138,7 @@ class Predictor:
         return sigmoid(self.logits(images), self.metadata.temperature)
 
     def label_for(self, probability: float) -> str:
-        return "pneumonia" if probability >= self.metadata.threshold else "normal"
+        return "pneumonia" if probability >= self.threshold else "normal"
 
     def predict_inputs(self, model_inputs: np.ndarray, infos: list[ImageInfo]) -> list[Prediction]:
         """Scores a batch of preprocessed images (n, size, size, 1), and asks the gate about each.
@@ -159,7 +164,7 @@ class Predictor:
                 probability=float(probability),
                 label=self.label_for(float(probability)),
                 grey_zone=bool(self.grey_zone.contains(float(probability))),
-                threshold=self.metadata.threshold,
+                threshold=self.threshold,
                 model_sha=self.metadata.model_sha256,
                 info=info,
                 ood=None if score is None else not score <= 1.0,  # a NaN score is flagged
@@ -172,14 +177,41 @@ class Predictor:
         """Scores one preprocessed image (size, size, 1), and asks the gate whether it is in distribution."""
         return self.predict_inputs(model_input[np.newaxis], [info])[0]
 
+    def call(self, image: DecodedImage) -> Prediction:
+        """The model's call on a decoded image, with the out-of-distribution gate."""
+        return self.predict_input(image.model_input(self.input_size), image.info)
+
+    def calls(self, images: list[DecodedImage]) -> list[Prediction]:
+        """``call`` on many images, in batched forward passes (the same figures as one by one)."""
+        if not images:
+            return []
+        inputs = np.stack([image.model_input(self.input_size) for image in images])  # (n, size, size, 1)
+        return self.predict_inputs(inputs, [image.info for image in images])
+
+    def call_on_crop(self, image: DecodedImage, box, limits: CropLimits = CropLimits()) -> Prediction:
+        """The call, with the gate, on the image cropped to ``box`` (``crop.apply_crop``'s coordinates).
+
+        Raises:
+            ConfigError: the box does not fit the image or keeps too little of it.
+        """
+        cropped = apply_crop(image.pixels, box, limits)
+        return self.predict_input(preprocess(cropped, self.input_size), image.info)
+
+    def rescore(self, image: DecodedImage, box, limits: CropLimits = CropLimits()) -> RescoreResult:
+        """The whole image and its crop, both called with the gate, side by side.
+
+        Raises:
+            ConfigError: the box does not fit the image or keeps too little of it.
+        """
+        return RescoreResult.from_calls(self.call(image), self.call_on_crop(image, box, limits), box)
+
     def predict_source(self, source: str | Path | bytes, limits: ImageLimits = ImageLimits()) -> Prediction:
-        """Decodes, preprocesses and scores one image file or its bytes.
+        """Decodes a file or its bytes (``DecodedImage.decode``) and calls it.
 
         Raises:
             InvalidImageError: the image cannot be used (see ``load_image``).
         """
-        model_input, info = load_and_preprocess(source, self.input_size, limits)
-        return self.predict_input(model_input, info)
+        return self.call(DecodedImage.decode(source, limits))
 
 
 def forward_throughput(predictor: Predictor, n_images: int = 512, repeats: int = 3) -> float:

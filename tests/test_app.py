@@ -16,7 +16,6 @@ from PIL import Image as PILImage
 from streamlit.testing.v1 import AppTest
 
 from pneumo_model.artifacts import REPO_ROOT
-from pneumo_model.crop import rescore
 from pneumo_model.data import DEFAULT_DATA_DIR
 from pneumo_model.preprocessing import preprocess
 from conftest import encode, synthetic_xray
@@ -175,7 +174,7 @@ def test_a_full_size_original_works_on_every_page():
         assert not app.error, texts(app.error)
         assert shows(app, "Grad-CAM")
     display = resources.display_pixels(chosen(path.read_bytes()))
-    assert max(display.shape) == 1024 < max(resources.decoded(chosen(path.read_bytes()))[0].shape)
+    assert max(display.shape) == 1024 < max(resources.decoded(chosen(path.read_bytes())).pixels.shape)
 
 
 @pytest.mark.parametrize("name", sorted(bad_files()))
@@ -207,7 +206,7 @@ def test_crop_page_rescores_the_suggested_and_the_adjusted_crop():
     assert shows(app, "Grad-CAM of the cropped image")
     [rows] = [slider for slider in app.slider if slider.label.startswith("Rows kept")]
     suggested = rows.value
-    pixels, _ = resources.decoded(chosen(sample_bytes("person100_bacteria_475.jpeg")))
+    pixels = resources.decoded(chosen(sample_bytes("person100_bacteria_475.jpeg"))).pixels
     assert suggested[1] < pixels.shape[0]  # the suggestion removes the bottom of the image
 
     rows.set_value((0, pixels.shape[0] // 2)).run()
@@ -419,8 +418,7 @@ def test_crop_results_are_recorded_with_their_box(audit_db):
     suggestion = resources.diaphragm(chosen(sample_bytes()))
     assert [row["crop_box"] for row in rows] == [None, "[" + ", ".join(str(v) for v in suggestion.box) + "]"]
     # What the page showed and recorded is what the crop command computes on its own.
-    pixels, _ = resources.decoded(chosen(sample_bytes()))
-    expected = rescore(resources.predictor(), pixels, suggestion.box)
+    expected = resources.predictor().rescore(resources.decoded(chosen(sample_bytes())), suggestion.box)
     assert rows[0]["probability"] == pytest.approx(expected.probability_before, abs=1e-9)
     assert rows[1]["probability"] == pytest.approx(expected.probability_after, abs=1e-9)
     assert f"{expected.probability_after:.3f}" in [m.value for m in app.metric]

@@ -145,6 +145,23 @@ def test_crop_rejects_an_unusable_box_with_a_plain_message(tiny_model, files, ca
     assert code == 1 and err.startswith("error: ") and reason in err and "Traceback" not in err
 
 
+@pytest.mark.shipped_model
+def test_crop_on_a_photo_reports_the_gate_before_and_after_as_predict_does(tmp_path, capsys):
+    from skimage import data as photos
+
+    photo = tmp_path / "astronaut.png"
+    photo.write_bytes(encode(photos.astronaut()))  # (512, 512, 3): a colour photo, not an X-ray
+    code, records, _ = _run(capsys, ["crop", str(photo), "--box", "0,0,512,384"])
+    record = records[0]
+    assert code == 0 and record["box"] == [0, 0, 512, 384]
+    assert record["ood_before"] is True and record["ood_after"] is True  # the crop is a photo too
+    assert record["ood_score_before"] > 1 and record["ood_score_after"] > 1
+    assert any("colour" in warning for warning in record["warnings"])
+    code, predicted, _ = _run(capsys, ["predict", str(photo)])
+    assert predicted[0]["ood"] is True and predicted[0]["ood_score"] == record["ood_score_before"]
+    assert predicted[0]["probability"] == pytest.approx(record["probability_before"], abs=1e-6)
+
+
 def test_crop_without_a_diaphragm_suggests_no_crop_and_says_why(tiny_model, tmp_path, capsys):
     flat = tmp_path / "flat.png"
     flat.write_bytes(encode(np.full((96, 96), 128, np.uint8)))

@@ -2,15 +2,13 @@
 
 import csv
 import time
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import FULLRES_DIR
+from conftest import FULLRES_DIR, encode
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT
-from pneumo_model.calibration import GreyZone
 from pneumo_model.crop import (
     CropLimits,
     DiaphragmSettings,
@@ -18,7 +16,6 @@ from pneumo_model.crop import (
     apply_crop,
     find_diaphragm,
     find_markers,
-    rescore,
     validate_box,
 )
 from pneumo_model.data import DEFAULT_DATA_DIR
@@ -203,66 +200,53 @@ def test_the_suggested_box_is_accepted_by_apply_crop():
 # ----------------------------------------------------------------------------- rescore
 
 
-class MeanBrightnessPredictor:
-    """Stands in for Predictor: the 'probability' is the model input's mean brightness."""
+def test_rescore_calls_the_whole_image_and_the_crop_through_the_one_pipeline(tiny_model):
+    from pneumo_model.pipeline import DecodedImage
+    from pneumo_model.prediction import Predictor
 
-    input_size = 32
-    grey_zone = GreyZone(0.4, 0.6)
-    metadata = SimpleNamespace(threshold=0.45)
-
-    def __init__(self):
-        self.seen = []
-
-    def probabilities(self, images):
-        self.seen.append(images.copy())
-        return images.reshape(len(images), -1).mean(axis=1).astype(np.float64)
-
-    def label_for(self, probability):
-        return "pneumonia" if probability >= self.metadata.threshold else "normal"
-
-
-def test_rescore_scores_the_whole_image_and_the_crop_the_same_way():
     pixels = np.zeros((200, 100), dtype=np.uint8)
     pixels[100:] = 255  # bright 'abdomen' in the lower half
-    before = pixels.copy()
-    predictor = MeanBrightnessPredictor()
-    result = rescore(predictor, pixels, (0, 0, 100, 100))
-    np.testing.assert_array_equal(pixels, before)
-    assert result.probability_before == pytest.approx(0.5, abs=0.01)
-    assert result.probability_after == pytest.approx(0.0)
+    image = DecodedImage.decode(encode(pixels))
+    predictor = Predictor.from_file(tiny_model)
+    result = predictor.rescore(image, (0, 0, 100, 100))
+    np.testing.assert_array_equal(image.pixels, pixels)  # the decoded image is not changed
+    assert result.probability_before == predictor.call(image).probability
+    size = predictor.input_size
+    after = float(predictor.probabilities(preprocess(pixels[:100], size)[np.newaxis])[0])
+    assert result.probability_after == pytest.approx(after, abs=1e-6)
     assert result.delta == result.probability_after - result.probability_before
-    assert (result.label_before, result.label_after, result.label_changed) == ("pneumonia", "normal", True)
-    assert (result.grey_zone_before, result.grey_zone_after) == (True, False)
-    assert result.box == (0, 0, 100, 100) and result.threshold == 0.45
-    np.testing.assert_array_equal(predictor.seen[0][0], preprocess(pixels, 32))
-    np.testing.assert_array_equal(predictor.seen[1][0], preprocess(pixels[:100], 32))
+    assert result.label_after == predictor.label_for(result.probability_after)
+    assert result.grey_zone_after == bool(predictor.grey_zone.contains(result.probability_after))
+    assert result.box == (0, 0, 100, 100) and result.threshold == predictor.threshold
     assert result.to_dict()["box"] == [0, 0, 100, 100]
 
 
-def test_rescore_refuses_a_bad_box_before_scoring():
-    predictor = MeanBrightnessPredictor()
+def test_rescore_refuses_a_bad_box(tiny_model):
+    from pneumo_model.pipeline import DecodedImage
+    from pneumo_model.prediction import Predictor
+
+    image = DecodedImage.decode(encode(np.zeros((200, 100), dtype=np.uint8)))
     with pytest.raises(ConfigError):
-        rescore(predictor, np.zeros((200, 100), dtype=np.uint8), (0, 0, 100, 10))
-    assert predictor.seen == []
+        Predictor.from_file(tiny_model).rescore(image, (0, 0, 100, 10))
 
 
 @pytest.mark.shipped_model
 def test_rescore_with_the_shipped_model_on_a_sample():
+    from pneumo_model.pipeline import DecodedImage
     from pneumo_model.prediction import Predictor
 
     predictor = Predictor.from_file(DEFAULT_MODEL_PATH)
     sample = REPO_ROOT / "assets" / "samples" / "person100_bacteria_475.jpeg"
-    pixels, _ = load_image(sample)
-    before = pixels.copy()
-    found = find_diaphragm(pixels)
-    box = found.box if found.found else (0, 0, pixels.shape[1], int(0.75 * pixels.shape[0]))
-    result = rescore(predictor, pixels, box)
-    np.testing.assert_array_equal(pixels, before)
+    image = DecodedImage.decode(sample)
+    found = find_diaphragm(image.pixels)
+    box = found.box if found.found else (0, 0, image.pixels.shape[1], int(0.75 * image.pixels.shape[0]))
+    result = predictor.rescore(image, box)
     assert np.isfinite([result.probability_before, result.probability_after]).all()
     assert 0.0 <= result.probability_before <= 1.0 and 0.0 <= result.probability_after <= 1.0
     assert result.delta == result.probability_after - result.probability_before
-    assert result.probability_before == pytest.approx(predictor.predict_source(sample).probability, abs=1e-6)
+    assert result.probability_before == predictor.predict_source(sample).probability
     assert result.label_after == predictor.label_for(result.probability_after)
+    assert result.ood_before is False and result.ood_score_after is not None  # the gate on both calls
 
 
 # ----------------------------------------------------------------------------- markers

@@ -26,8 +26,9 @@ from pneumo_model.crop import DiaphragmResult, apply_crop, find_diaphragm
 from pneumo_model.display import screen_grey
 from pneumo_model.errors import PneumoError
 from pneumo_model.explain import GradCam, LimeConfig, LimeExplanation, explain_lime
+from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Prediction, Predictor
-from pneumo_model.preprocessing import ImageInfo, load_image, preprocess
+from pneumo_model.preprocessing import preprocess
 
 from .cache import ByteBudgetCache
 
@@ -110,48 +111,46 @@ def decode_slot(wait_s: float | None = None) -> Iterator[None]:
         slots.release()
 
 
-def decoded(image: Image) -> tuple[np.ndarray, ImageInfo]:
-    """``load_image`` of the bytes, once per image: the 2-D grey pixels (read-only) and the image facts.
+def decoded(image: Image) -> DecodedImage:
+    """The image decoded once (``DecodedImage.decode``): pixels (read-only), facts, model input.
 
     Raises:
         InvalidImageError: the bytes are not a usable image (the message says why).
         ServerBusyError: the server stayed busy too long.
     """
 
-    def decode() -> tuple[np.ndarray, ImageInfo]:
+    def decode() -> DecodedImage:
         with decode_slot():
             RUNS["decode"] += 1
-            return load_image(image.data)
+            return DecodedImage.decode(image.data)
 
     return cache().get_or_compute(("decoded", image.digest), decode)
 
 
 def model_input(image: Image) -> np.ndarray:
     """The model's input for the image, (size, size, 1) float32 in [0, 1] (``preprocess``)."""
-    pixels, _ = decoded(image)
-    return cache().get_or_compute(("model_input", image.digest), lambda: preprocess(pixels, predictor().input_size))
+    return decoded(image).model_input(predictor().input_size)
 
 
 def display_pixels(image: Image) -> np.ndarray:
     """The grey picture for the screen (``screen_grey``): uint8, at most 1024 px a side."""
-    pixels, _ = decoded(image)
+    pixels = decoded(image).pixels
     return cache().get_or_compute(("screen", image.digest), lambda: screen_grey(pixels))
 
 
 def prediction(image: Image) -> Prediction:
-    """The model's call on one image, with the out-of-distribution check.
+    """The model's call on one image, with the out-of-distribution gate (``Predictor.call``).
 
     Raises:
         InvalidImageError: the bytes are not a usable image.
     """
-    _, info = decoded(image)
-    inputs = model_input(image)
+    decoded_image = decoded(image)
 
-    def predict() -> Prediction:
+    def call() -> Prediction:
         RUNS["prediction"] += 1
-        return predictor().predict_input(inputs, info)
+        return predictor().call(decoded_image)
 
-    return cache().get_or_compute(("prediction", image.digest), predict)
+    return cache().get_or_compute(("prediction", image.digest), call)
 
 
 def gradcam_heatmap(image: Image) -> np.ndarray:
@@ -196,7 +195,7 @@ def _run_lime(inputs: np.ndarray, num_samples: int, n_segments: int) -> LimeExpl
 
 def diaphragm(image: Image) -> DiaphragmResult:
     """The suggested diaphragm crop of one image (``found`` is False, with a reason, when there is none)."""
-    pixels, _ = decoded(image)
+    pixels = decoded(image).pixels
     return cache().get_or_compute(("diaphragm", image.digest), lambda: find_diaphragm(pixels))
 
 
@@ -206,11 +205,11 @@ def cropped_prediction(image: Image, box: tuple[int, int, int, int]) -> Predicti
     Raises:
         ConfigError: the box does not fit the image or keeps too little of it.
     """
-    pixels, info = decoded(image)
+    decoded_image = decoded(image)
 
     def predict() -> Prediction:
         RUNS["crop_prediction"] += 1
-        return predictor().predict_input(preprocess(apply_crop(pixels, box), predictor().input_size), info)
+        return predictor().call_on_crop(decoded_image, box)
 
     return cache().get_or_compute(("crop_prediction", image.digest, tuple(box)), predict)
 
@@ -221,7 +220,7 @@ def cropped_gradcam(image: Image, box: tuple[int, int, int, int]) -> tuple[np.nd
     Raises:
         ConfigError: the box does not fit the image or keeps too little of it.
     """
-    pixels, _ = decoded(image)
+    pixels = decoded(image).pixels
 
     def compute() -> tuple[np.ndarray, np.ndarray]:
         RUNS["crop_gradcam"] += 1
