@@ -23,17 +23,18 @@ state.note_uploads()
 upload_ids = tuple(file.file_id for file in files)
 if st.session_state.get("worklist_ids") != upload_ids:
     bar = st.progress(0.0, text="Reading images...")
-    table = worklist.score_files(
+    scored = worklist.score_files(
         [(file.name, file.getvalue()) for file in files],
         model,
-        progress=lambda done, total: bar.progress(done / total, text=f"Read {done} of {total} images"),
+        progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"),
         decode_slot=resources.decode_slot,
     )
     bar.empty()
-    st.session_state["worklist_table"] = table
+    st.session_state["worklist"] = scored
     st.session_state["worklist_ids"] = upload_ids
-table = st.session_state["worklist_table"]
-audit.record_worklist(worklist.audit_records(table, model.metadata))
+scored = st.session_state["worklist"]
+table = scored.table
+audit.record_worklist(list(scored.records))
 
 flagged = table[table["ood"].eq(True)]
 show_flagged = False

@@ -3,10 +3,10 @@ scored, bad uploads give a plain error, and nothing slow runs twice."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -244,7 +244,14 @@ def test_worklist_scores_readable_files_and_lists_the_rest():
 def test_worklist_table_and_csv_have_one_row_per_file():
     files = [(f"x{i}.png", encode(synthetic_xray(np.random.default_rng(i), size=96))) for i in range(5)]
     files.append(("bad.png", b"nope"))
-    table = worklist.score_files(files, resources.predictor())
+    scored = worklist.score_files(files, resources.predictor())
+    table = scored.table
+    assert [record.image_sha256 for record in scored.records] == [
+        hashlib.sha256(data).hexdigest() for _, data in files[:5]
+    ]  # each scored file's own prediction, in upload order
+    for record in scored.records:
+        row = table[table["sha256"] == record.image_sha256].iloc[0]
+        assert record.probability == row["probability"] and record.label == row["call"]
     assert len(table) == 6 and table["error"].notna().sum() == 1
     assert table.iloc[-1]["file"] == "bad.png"  # unreadable files sort last
     assert table["thumbnail"].dropna().str.startswith("data:image/png;base64,").all()
@@ -288,20 +295,40 @@ def test_slow_work_runs_once_across_reruns_pages_and_sessions():
         np.testing.assert_array_equal(before, after)  # the shared model was not changed
 
 
-def test_only_one_lime_runs_at_a_time():
+class WatchedLock:
+    """A lock that says when someone starts waiting for it (no clock needed to know)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.waiting = threading.Event()
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        self.waiting.set()
+        return self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def test_only_one_lime_runs_at_a_time(monkeypatch):
+    lock = WatchedLock()
+    monkeypatch.setattr(resources, "lime_lock", lambda: lock)
     app = open_page(pick_sample(start(), "NORMAL2-IM-0012-0001.jpeg"), "pages/explain.py")
     app.slider(key="lime_samples").set_value(200)
     app.slider(key="lime_segments").set_value(30)
     [submit] = [button for button in app.button if button.label == "Run LIME"]
     submit.click()
     before = resources.RUNS["lime"]
-    lock = resources.lime_lock()
-    lock.acquire()
+    assert lock.acquire(blocking=False)  # another session's LIME holds it
     try:
         runner = threading.Thread(target=app.run)
         runner.start()
-        time.sleep(3)
-        assert resources.RUNS["lime"] == before  # waiting for the lock, not running
+        assert lock.waiting.wait(TIMEOUT)  # this run reached the lock and waits for it...
+        assert resources.RUNS["lime"] == before  # ...without running LIME
     finally:
         lock.release()
     runner.join(TIMEOUT)
@@ -446,7 +473,7 @@ def test_worklist_hides_calls_of_flagged_images_and_records_every_scored_file(au
     assert table.loc["inverted.png", "call"] == worklist.HIDDEN_CALL
     assert np.isnan(table.loc["inverted.png", "probability"])
     assert table.loc["normal.jpeg", "call"] in ("normal", "pneumonia")
-    csv = pd.read_csv(io.BytesIO(worklist.to_csv(worklist.masked(worklist.score_files([(n, d) for n, d, _ in uploads], resources.predictor()), False), "abc")))
+    csv = pd.read_csv(io.BytesIO(worklist.to_csv(worklist.masked(worklist.score_files([(n, d) for n, d, _ in uploads], resources.predictor()).table, False), "abc")))
     assert csv.set_index("file").loc["inverted.png", "call"] == worklist.HIDDEN_CALL
     rows = trail_rows(audit_db)
     assert len(rows) == 2 and {row["ood"] for row in rows} == {0, 1}  # the trail keeps the real result
@@ -583,7 +610,7 @@ def test_worklist_lists_hostile_names_as_text_and_its_csv_escapes_formulas():
     assert not app.exception, app.exception
     assert HOSTILE + ".png" in texts(app.error)
     assert_no_markup_from(HOSTILE, raw_texts(app))
-    table = app.session_state["worklist_table"]
+    table = app.session_state["worklist"].table
     exported = pd.read_csv(io.BytesIO(worklist.to_csv(worklist.masked(table, False), "m")))
     assert "'=1+1ZZ.jpeg" in set(exported["file"])
 

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import ContextManager
 
 import numpy as np
@@ -17,8 +18,8 @@ from pneumo_model.audit import ResultRecord
 from pneumo_model.csv_export import write_csv
 from pneumo_model.display import screen_grey
 from pneumo_model.errors import PneumoError
+from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Predictor
-from pneumo_model.preprocessing import load_image, preprocess
 
 COLUMNS = ["file", "probability", "call", "grey_zone", "ood", "ood_score", "error", "sha256", "thumbnail"]
 THUMBNAIL_SIDE = 96
@@ -32,56 +33,62 @@ def _thumbnail(pixels: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+@dataclass(frozen=True)
+class Worklist:
+    """A scored batch of uploads.
+
+    Attributes:
+        table: one row per file (``COLUMNS``), sorted by probability, highest first, unreadable
+            files last; ``ood`` is None when the model has no gate; ``sha256`` is the file's digest.
+        records: the audit record of each scored file, made from its ``Prediction`` (the real
+            result, whatever the screen hides).
+    """
+
+    table: pd.DataFrame
+    records: tuple[ResultRecord, ...]
+
+
 def score_files(
     files: Sequence[tuple[str, bytes]],
     predictor: Predictor,
     progress: Callable[[int, int], None] | None = None,
     decode_slot: Callable[[], ContextManager] = contextlib.nullcontext,
-) -> pd.DataFrame:
+) -> Worklist:
     """Scores every readable file; unreadable ones get a row with the reason instead.
 
-    Each file is decoded, reduced to its model input and thumbnail, and dropped before the next,
-    so a long list costs the memory of one image at a time.
+    Each file is decoded (``DecodedImage``), called (``Predictor.call``, as on Review) and reduced
+    to its thumbnail, and its full-size pixels are dropped before the next, so a long list costs the
+    memory of one image at a time.
 
     Args:
         files: ``(file name, bytes)`` pairs.
         predictor: the loaded model.
-        progress: called as ``progress(done, total)`` after each file is decoded.
+        progress: called as ``progress(done, total)`` after each file is scored.
         decode_slot: entered around each decode (the app's limit on decodes at once).
-
-    Returns:
-        One row per file, columns ``COLUMNS``, sorted by probability (highest first) with
-        unreadable files last. ``ood`` is None when the model has no gate; ``sha256`` is the
-        file's digest (the audit trail's key).
     """
-    rows, inputs, infos = [], [], []
+    rows, records = [], []
     for index, (name, data) in enumerate(files):
         row = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
         try:
             with decode_slot():
-                pixels, info = load_image(data)
-            inputs.append(preprocess(pixels, predictor.input_size))  # (size, size, 1)
-            infos.append(info)
-            rows.append(row | {"error": None, "thumbnail": _thumbnail(pixels)})
+                image = DecodedImage.decode(data)
+            prediction = predictor.call(image)
+            records.append(ResultRecord.of(prediction, row["sha256"], "app"))
+            row |= {
+                "error": None, "thumbnail": _thumbnail(image.pixels), "probability": prediction.probability,
+                "call": prediction.label, "grey_zone": prediction.grey_zone, "ood": prediction.ood,
+                "ood_score": prediction.ood_score,
+            }
+            del image
         except PneumoError as error:
-            rows.append(row | {"error": str(error), "thumbnail": None})
+            row |= {"error": str(error), "thumbnail": None, "probability": np.nan, "call": None, "grey_zone": None,
+                    "ood": None, "ood_score": np.nan}
+        rows.append(row)
         if progress is not None:
             progress(index + 1, len(files))
-    predictions = iter(predictor.predict_inputs(np.stack(inputs), infos) if inputs else [])
-    for row in rows:
-        if row["error"] is None:
-            prediction = next(predictions)
-            row.update(
-                probability=prediction.probability,
-                call=prediction.label,
-                grey_zone=prediction.grey_zone,
-                ood=prediction.ood,
-                ood_score=prediction.ood_score,
-            )
-        else:
-            row.update(probability=np.nan, call=None, grey_zone=None, ood=None, ood_score=np.nan)
     table = pd.DataFrame(rows, columns=COLUMNS)
-    return table.sort_values("probability", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    table = table.sort_values("probability", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    return Worklist(table, tuple(records))
 
 
 HIDDEN_CALL = "hidden: not like a chest X-ray"
@@ -112,24 +119,6 @@ def counts(shown: pd.DataFrame) -> dict[str, int]:
         "flagged": int(scored["ood"].eq(True).sum()),
         "unreadable": int(shown["error"].notna().sum()),
     }
-
-
-def audit_records(table: pd.DataFrame, metadata) -> list[ResultRecord]:
-    """One audit record per scored row (the real result, whatever the screen hides)."""
-    return [
-        ResultRecord(
-            image_sha256=row.sha256,
-            model_sha256=metadata.model_sha256,
-            threshold=metadata.threshold,
-            probability=float(row.probability),
-            label=row.call,
-            grey_zone=bool(row.grey_zone),
-            source="app",
-            ood=None if row.ood is None else bool(row.ood),
-            ood_score=None if row.ood is None else float(row.ood_score),
-        )
-        for row in table[table["error"].isna()].itertuples()
-    ]
 
 
 def to_csv(table: pd.DataFrame, model_sha: str) -> bytes:
