@@ -1,7 +1,8 @@
 """Peak memory of the real server for one upload: `python -m tools.server_memory [FILE...]`.
 
-Starts `streamlit run app.py` on a free localhost port, opens it in Debian's Chromium, warms it
-up with a demo image (TensorFlow, the model, the first pages), then for each file: resets the
+Starts `streamlit run app.py` on a free localhost port, opens it in Debian's Chromium (in
+``--at-once`` tabs, each its own session), warms it up with a demo image (TensorFlow, the model,
+the first pages), then for each file: resets the
 server process's high-water mark (``/proc/PID/clear_refs``), uploads the file on Review, opens
 Explain and Crop & rescore, and prints the peak resident memory above the idle server
 (``VmHWM`` minus ``VmRSS`` before) and what stayed held afterwards. Without FILE it writes and
@@ -64,7 +65,7 @@ def issue_file(folder: Path) -> Path:
     return path
 
 
-def measure(files: list[Path]) -> list[dict]:
+def measure(files: list[Path], at_once: int = 1) -> list[dict]:
     from playwright.sync_api import expect, sync_playwright
 
     port = free_port()
@@ -87,30 +88,36 @@ def measure(files: list[Path]) -> list[dict]:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             for path in files:
-                tab = browser.new_page(viewport=WINDOW)
-                tab.set_default_timeout(TIMEOUT_MS)
-                tab.goto(url)
-                tab.get_by_role("button", name="Normal: IM-0001-0001").click()  # warm-up: model, pages
-                expect(tab.get_by_test_id("stMetric").first).to_be_visible(timeout=TIMEOUT_MS)
+                tabs = [browser.new_page(viewport=WINDOW) for _ in range(at_once)]
+                for tab in tabs:
+                    tab.set_default_timeout(TIMEOUT_MS)
+                    tab.goto(url)
+                    tab.get_by_role("button", name="Normal: IM-0001-0001").click()  # warm-up: model, pages
+                    expect(tab.get_by_test_id("stMetric").first).to_be_visible(timeout=TIMEOUT_MS)
                 idle = _settle(server.pid)
                 Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
-                tab.locator("input[type=file]").first.set_input_files(str(path))
-                _wait_for_page(tab, path.name)
+                for tab in tabs:  # the uploads start together; the server reads them side by side
+                    tab.locator("input[type=file]").first.set_input_files(str(path))
+                for tab in tabs:
+                    _wait_for_page(tab, path.name)
                 review = _status_kb(server.pid, "VmHWM") - idle
                 for title in ("Explain", "Crop & rescore"):
-                    tab.get_by_test_id("stSidebar").get_by_role("link", name=title, exact=True).click()
-                    _wait_for_page(tab, path.name)
+                    for tab in tabs:
+                        tab.get_by_test_id("stSidebar").get_by_role("link", name=title, exact=True).click()
+                    for tab in tabs:
+                        _wait_for_page(tab, path.name)
                 every_page = _status_kb(server.pid, "VmHWM") - idle
-                tab.close()
+                for tab in tabs:
+                    tab.close()
                 held = _settle(server.pid) - idle
                 results.append({
-                    "file": path.name, "bytes": path.stat().st_size, "idle_mb": idle / 1024,
+                    "file": path.name, "bytes": path.stat().st_size, "sessions": at_once, "idle_mb": idle / 1024,
                     "peak_review_mb": review / 1024, "peak_all_pages_mb": every_page / 1024, "held_after_mb": held / 1024,
                 })
                 print(
-                    f"{path.name} ({path.stat().st_size / 1024:.0f} KB): idle server {idle / 1024:.0f} MB; peak above idle "
-                    f"{review / 1024:.0f} MB on Review, {every_page / 1024:.0f} MB with Explain and Crop; "
-                    f"{held / 1024:.0f} MB still held after",
+                    f"{path.name} ({path.stat().st_size / 1024:.0f} KB), {at_once} session(s) at once: idle server "
+                    f"{idle / 1024:.0f} MB; peak above idle {review / 1024:.0f} MB on Review, {every_page / 1024:.0f} MB "
+                    f"with Explain and Crop; {held / 1024:.0f} MB still held after",
                     flush=True,
                 )
             browser.close()
@@ -123,9 +130,10 @@ def measure(files: list[Path]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path, help="files to upload (default: the issue's 7740 x 7740 16-bit PNG)")
+    parser.add_argument("--at-once", type=int, default=1, help="sessions uploading the same file at the same time")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
-        measure(args.files or [issue_file(Path(folder))])
+        measure(args.files or [issue_file(Path(folder))], args.at_once)
     return 0
 
 
