@@ -3,21 +3,37 @@
 Commands: ``predict``, ``explain``, ``crop``, ``train``, ``evaluate``, ``compare``, ``stress``,
 ``card``, ``bench``, ``ood``. Exit codes: 0 success, 1 a usage
 or model error, 2 (``predict``) when any file was rejected.
+
+Each command is one function that adds its sub-parser, with ``set_defaults(handler=...)``, and
+the handler beside it; ``main`` calls the parsed command's handler. Building the parser imports
+no TensorFlow (``--help`` is instant): handlers import what they need when they run.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import shlex
 import sys
 from pathlib import Path
 
-from .errors import PneumoError
+from .errors import InvalidImageError, PneumoError
+from .paths import DEFAULT_MODEL_PATH
+from .schema import PREDICTION_SCHEMA_VERSION
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 2
+# training.PROTOCOLS and training.IMBALANCE_METHODS, copied so that building the parser does not
+# load TensorFlow through training (tests/test_cli.py keeps the copies equal).
+TRAIN_PROTOCOLS = ("official", "pooled")
+TRAIN_IMBALANCE_METHODS = ("class_weight", "oversample", "none")
+# TrainConfig fields that a train flag of the same name sets (the others are mapped by hand).
+_TRAIN_FIELDS = (
+    "architecture", "input_size", "epochs", "batch_size", "learning_rate", "label_smoothing",
+    "imbalance", "patience", "val_fraction", "protocol", "seed", "members",
+)
 
 
 def _command_line(argv: list[str]) -> str:
@@ -33,150 +49,204 @@ def _add_data_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_flag(parser: argparse.ArgumentParser) -> None:
-    from .artifacts import DEFAULT_MODEL_PATH
-
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="model .keras file (metadata beside it)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .training import IMBALANCE_METHODS, PROTOCOLS, TrainConfig
+def _rejected(file: str, error: InvalidImageError) -> dict:
+    """The JSON line of a file that could not be scored (``predict``'s schema)."""
+    return {"schema_version": PREDICTION_SCHEMA_VERSION, "file": file, "error": str(error)}
 
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m pneumo_model", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
 
-    predict = commands.add_parser("predict", help="score images; one JSON object per line and file")
-    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, TIFF or DICOM)")
-    _add_model_flag(predict)
-    predict.add_argument(
+def _one_image(command):
+    """A one-image command whose unusable image is that file's ``error`` line, exit 2 (as ``predict``)."""
+
+    @functools.wraps(command)
+    def run(args) -> int:
+        try:
+            return command(args)
+        except InvalidImageError as error:
+            print(json.dumps(_rejected(args.image, error)))
+            return EXIT_REJECTED
+
+    return run
+
+
+# --- predict -------------------------------------------------------------------------------
+
+
+def _add_predict(commands) -> None:
+    parser = commands.add_parser("predict", help="score images; one JSON object per line and file")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, TIFF or DICOM)")
+    _add_model_flag(parser)
+    parser.add_argument(
         "--audit", type=Path, default=None, metavar="DB",
         help="also append each result to this audit trail (SQLite; created if missing)",
     )
+    parser.set_defaults(handler=_predict)
 
-    train = commands.add_parser("train", help="train, calibrate on validation, write model + metadata")
-    _add_data_flag(train)
-    _add_model_flag(train)
-    train.add_argument("--architecture", default=defaults.architecture)
-    train.add_argument("--input-size", type=int, default=defaults.input_size)
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    train.add_argument("--imbalance", choices=IMBALANCE_METHODS, default=defaults.imbalance)
-    train.add_argument("--patience", type=int, default=defaults.patience)
-    train.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    train.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol)
-    train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument(
-        "--members", type=int, default=defaults.members,
+
+def _predict(args) -> int:
+    from .prediction import Predictor
+
+    predictor = Predictor.from_file(args.model)
+    trail = None
+    if args.audit is not None:
+        from .audit import AuditTrail, ResultRecord
+
+        trail = AuditTrail(args.audit)
+    status = EXIT_OK
+    for image in args.images:
+        try:
+            data = _read_image_file(image)
+            prediction = predictor.predict_source(data)
+        except InvalidImageError as error:
+            print(json.dumps(_rejected(image, error)), flush=True)
+            status = EXIT_REJECTED
+            continue
+        record = prediction.to_record(image)
+        if trail is not None:
+            # Only the image's SHA-256 goes in: file names can carry patient identifiers.
+            digest = hashlib.sha256(data).hexdigest()
+            (record["audit_id"],) = trail.record_results([ResultRecord.of(prediction, digest, "cli")])
+        print(json.dumps(record), flush=True)
+    return status
+
+
+def _read_image_file(path: str) -> bytes:
+    """The file's bytes, read once (scored and hashed from the same bytes), within the size limit.
+
+    Raises:
+        InvalidImageError: missing, a folder, unreadable or too large (``load_image``'s messages).
+    """
+    from .preprocessing import read_image_bytes
+
+    return read_image_bytes(path)
+
+
+# --- train ---------------------------------------------------------------------------------
+
+
+def _add_train(commands) -> None:
+    # The defaults are None: TrainConfig's own fill them in (train_config_from_args), so that
+    # building the parser does not import training, and with it TensorFlow.
+    parser = commands.add_parser("train", help="train, calibrate on validation, write model + metadata")
+    _add_data_flag(parser)
+    _add_model_flag(parser)
+    parser.add_argument("--architecture")
+    parser.add_argument("--input-size", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--label-smoothing", type=float)
+    parser.add_argument("--imbalance", choices=TRAIN_IMBALANCE_METHODS)
+    parser.add_argument("--patience", type=int)
+    parser.add_argument("--val-fraction", type=float)
+    parser.add_argument("--protocol", choices=TRAIN_PROTOCOLS)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--members", type=int,
         help="networks averaged into one deep ensemble (same split; member k seeded seed+k)",
     )
-    train.add_argument("--time-budget", type=float, default=None, help="seconds; stop after the epoch past it")
-    train.add_argument("--no-augment", action="store_true")
-    train.add_argument(
-        "--max-aspect", type=float, default=defaults.augmentation.max_aspect,
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds; stop after the epoch past it")
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument(
+        "--max-aspect", type=float,
         help="augmentation: largest change of width/height scale ratio, either way",
     )
-    train.add_argument(
-        "--class-aspect", type=float, default=defaults.augmentation.class_aspect,
+    parser.add_argument(
+        "--class-aspect", type=float,
         help="augmentation: widen pneumonia and narrow normal anatomy by this ratio on average "
         "(1.25 cancels the data set's class-correlated squash; 1 = off)",
     )
-    train.add_argument(
-        "--target-sensitivity", type=float, default=defaults.operating.target_sensitivity,
+    parser.add_argument(
+        "--target-sensitivity", type=float,
         help="validation sensitivity the threshold is set for",
     )
+    parser.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("evaluate", help="write the evaluation report for a model")
-    _add_data_flag(evaluate)
-    _add_model_flag(evaluate)
-    evaluate.add_argument("--reports", type=Path, default=None, help="report folder (default: reports/)")
-    evaluate.add_argument("--split", choices=("test", "validation"), default="test")
-    evaluate.add_argument(
-        "--crop", choices=("none", "auto"), default="none",
-        help="auto: score with and without the automatic diaphragm crop (crop_evaluation report)",
+
+def train_config_from_args(args) -> "TrainConfig":
+    """The ``TrainConfig`` that ``train`` runs with for parsed command-line ``args``.
+
+    A flag left out (None) keeps ``TrainConfig``'s default.
+    """
+    from .training import TrainConfig
+
+    defaults = TrainConfig()
+    given = {name: getattr(args, name) for name in _TRAIN_FIELDS if getattr(args, name) is not None}
+    aspects = {name: getattr(args, name) for name in ("max_aspect", "class_aspect") if getattr(args, name) is not None}
+    operating = {} if args.target_sensitivity is None else {"target_sensitivity": args.target_sensitivity}
+    return dataclasses.replace(
+        defaults,
+        **given,
+        time_budget_s=args.time_budget,
+        augment=not args.no_augment,
+        augmentation=dataclasses.replace(defaults.augmentation, **aspects),
+        operating=dataclasses.replace(defaults.operating, **operating),
     )
 
-    explain = commands.add_parser("explain", help="write a Grad-CAM or LIME overlay at the image's own size")
-    explain.add_argument("image")
-    explain.add_argument("--method", choices=("gradcam", "lime"), default="gradcam")
-    explain.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    explain.add_argument("--alpha", type=float, default=0.4, help="heat-map opacity (gradcam)")
-    explain.add_argument("--samples", type=int, default=1000, help="LIME perturbation samples")
-    explain.add_argument("--segments", type=int, default=50, help="LIME superpixels (SLIC)")
-    explain.add_argument("--seed", type=int, default=0, help="LIME seed")
-    _add_model_flag(explain)
 
-    crop = commands.add_parser("crop", help="crop the diaphragm (automatic or --box) and rescore; JSON out")
-    crop.add_argument("image")
-    crop.add_argument("--box", default=None, help="x0,y0,x1,y1 in the image's pixels (default: detected)")
-    crop.add_argument("--out", type=Path, default=None, help="PNG of the image with the kept box outlined")
-    _add_model_flag(crop)
-
-    compare = commands.add_parser(
-        "compare", help="train and score variants: the architecture families, or the class-imbalance methods"
-    )
-    compare.add_argument(
-        "--study", choices=("families", "imbalance"), default="families",
-        help="families: every architecture, test reported; imbalance: production network per method, validation only",
-    )
-    _add_data_flag(compare)
-    compare.add_argument("--input-size", type=int, default=96)
-    compare.add_argument("--time-budget", type=float, default=600.0, help="seconds per architecture")
-    compare.add_argument("--epochs", type=int, default=30)
-    compare.add_argument("--architectures", nargs="*", default=None)
-    compare.add_argument("--reports", type=Path, default=None)
-    compare.add_argument("--work", type=Path, default=Path("runs/compare"), help="folder for the trained models")
-
-    stress = commands.add_parser(
-        "stress", help="score models' validation split under deliberate shifts; name the preferred one"
-    )
-    stress.add_argument("models", nargs="+", type=Path, help="candidate .keras files (metadata beside each)")
-    _add_data_flag(stress)
-    stress.add_argument("--reports", type=Path, default=None)
-
-    bench = commands.add_parser(
-        "bench", help="time every step against its target and measure one upload's peak memory; writes reports/bench.json"
-    )
-    _add_data_flag(bench)
-    _add_model_flag(bench)
-    bench.add_argument("--fullres", type=Path, default=None, help="folder of full-size originals (default: beside the data)")
-    bench.add_argument("--lime-images", type=int, default=20)
-    bench.add_argument("--naive-images", type=int, default=3)
-    bench.add_argument("--samples", type=int, default=1000, help="LIME samples, both ways")
-    bench.add_argument(
-        "--only", choices=("speed", "memory"), default=None,
-        help="measure one part and keep the other's figures in bench.json; memory: the peak of one upload "
-        "(decode to Grad-CAM and the screen copy) above the idle process, for each of the worst accepted "
-        "files, each in a fresh interpreter (a few minutes), and the worst one against the bound (300 MB)",
-    )
-    bench.add_argument("--reports", type=Path, default=None)
-
-    ood = commands.add_parser("ood", help="fit the out-of-distribution gate, or measure it into reports/ood.json")
-    ood.add_argument("action", choices=("fit", "evaluate"))
-    _add_data_flag(ood)
-    _add_model_flag(ood)
-    ood.add_argument("--reports", type=Path, default=None)
-
-    card = commands.add_parser("card", help="write the model card facts to reports/model_card.json")
-    card.add_argument("--fullres", type=Path, default=None, help="folder of original files (default: beside the data)")
-    _add_data_flag(card)
-    card.add_argument("--reports", type=Path, default=None)
-    return parser
-
-
-def _stress(args) -> int:
+def _train(args) -> int:
     from .data import resolve_data_dir
-    from .evaluation import DEFAULT_REPORTS_DIR
-    from .stress import stress_report
+    from .training import train
 
-    report = stress_report(args.models, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR)
-    for name, per_stress in report["results"].items():
-        print(json.dumps({"model": name, **{k: round(v["roc_auc"], 4) for k, v in per_stress.items()}}))
-    print(json.dumps({"preferred": report["preferred"]}))
+    config = train_config_from_args(args)
+    metadata = train(config, resolve_data_dir(args.data), args.model, command=args.command_line)
+    summary = {k: metadata.to_dict()[k] for k in ("model_sha256", "temperature", "threshold", "grey_zone", "training_seconds")}
+    summary["validation_auc"] = metadata.validation["roc_auc"]
+    print(json.dumps(summary))
     return EXIT_OK
 
 
+# --- evaluate ------------------------------------------------------------------------------
+
+
+def _add_evaluate(commands) -> None:
+    parser = commands.add_parser("evaluate", help="write the evaluation report for a model")
+    _add_data_flag(parser)
+    _add_model_flag(parser)
+    parser.add_argument("--reports", type=Path, default=None, help="report folder (default: reports/)")
+    parser.add_argument("--split", choices=("test", "validation"), default="test")
+    parser.add_argument(
+        "--crop", choices=("none", "auto"), default="none",
+        help="auto: score with and without the automatic diaphragm crop (crop_evaluation report)",
+    )
+    parser.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from .data import resolve_data_dir
+    from .evaluation import DEFAULT_REPORTS_DIR, evaluate
+
+    if args.crop == "auto":
+        from .evaluation import evaluate_crop
+
+        report = evaluate_crop(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, split=args.split)
+        keys = ("accuracy", "sensitivity", "specificity", "roc_auc")
+        print(json.dumps({column: {k: report["metrics"][column][k] for k in keys} for column in report["metrics"]}))
+        return EXIT_OK
+    report = evaluate(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, split=args.split)
+    print(json.dumps({k: report["image"][k] for k in ("accuracy", "sensitivity", "specificity", "roc_auc")}))
+    return EXIT_OK
+
+
+# --- explain -------------------------------------------------------------------------------
+
+
+def _add_explain(commands) -> None:
+    parser = commands.add_parser("explain", help="write a Grad-CAM or LIME overlay at the image's own size")
+    parser.add_argument("image")
+    parser.add_argument("--method", choices=("gradcam", "lime"), default="gradcam")
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--alpha", type=float, default=0.4, help="heat-map opacity (gradcam)")
+    parser.add_argument("--samples", type=int, default=1000, help="LIME perturbation samples")
+    parser.add_argument("--segments", type=int, default=50, help="LIME superpixels (SLIC)")
+    parser.add_argument("--seed", type=int, default=0, help="LIME seed")
+    _add_model_flag(parser)
+    parser.set_defaults(handler=_explain)
+
+
+@_one_image
 def _explain(args) -> int:
     from PIL import Image
 
@@ -203,15 +273,16 @@ def _explain(args) -> int:
     return EXIT_OK
 
 
-def _one_image(command, args) -> int:
-    """Runs a one-image command; an unusable image is that file's ``error``, exit 2 (as ``predict``)."""
-    from .errors import InvalidImageError
+# --- crop ----------------------------------------------------------------------------------
 
-    try:
-        return command(args)
-    except InvalidImageError as error:
-        print(json.dumps({"schema_version": 1, "file": args.image, "error": str(error)}))
-        return EXIT_REJECTED
+
+def _add_crop(commands) -> None:
+    parser = commands.add_parser("crop", help="crop the diaphragm (automatic or --box) and rescore; JSON out")
+    parser.add_argument("image")
+    parser.add_argument("--box", default=None, help="x0,y0,x1,y1 in the image's pixels (default: detected)")
+    parser.add_argument("--out", type=Path, default=None, help="PNG of the image with the kept box outlined")
+    _add_model_flag(parser)
+    parser.set_defaults(handler=_crop)
 
 
 def _parse_box(text: str) -> tuple[int, int, int, int]:
@@ -226,6 +297,7 @@ def _parse_box(text: str) -> tuple[int, int, int, int]:
     return values
 
 
+@_one_image
 def _crop(args) -> int:
     from PIL import Image, ImageDraw
 
@@ -263,6 +335,99 @@ def _crop(args) -> int:
     return EXIT_OK
 
 
+# --- compare -------------------------------------------------------------------------------
+
+
+def _add_compare(commands) -> None:
+    parser = commands.add_parser(
+        "compare", help="train and score variants: the architecture families, or the class-imbalance methods"
+    )
+    parser.add_argument(
+        "--study", choices=("families", "imbalance"), default="families",
+        help="families: every architecture, test reported; imbalance: production network per method, validation only",
+    )
+    _add_data_flag(parser)
+    parser.add_argument("--input-size", type=int, default=96)
+    parser.add_argument("--time-budget", type=float, default=600.0, help="seconds per architecture")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--architectures", nargs="*", default=None)
+    parser.add_argument("--reports", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=Path("runs/compare"), help="folder for the trained models")
+    parser.set_defaults(handler=_compare)
+
+
+def _compare(args) -> int:
+    from .comparison import compare, imbalance_study
+    from .data import resolve_data_dir
+    from .evaluation import DEFAULT_REPORTS_DIR
+    from .training import TrainConfig
+
+    data_dir, reports = resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR
+    if args.study == "imbalance":
+        base = TrainConfig(input_size=args.input_size, epochs=args.epochs, time_budget_s=args.time_budget)
+        imbalance_study(data_dir, reports, args.work, base, command=args.command_line)
+        return EXIT_OK
+    compare(
+        data_dir,
+        reports,
+        args.work,
+        input_size=args.input_size,
+        time_budget_s=args.time_budget,
+        epochs=args.epochs,
+        architectures=args.architectures,
+        command=args.command_line,
+    )
+    return EXIT_OK
+
+
+# --- stress --------------------------------------------------------------------------------
+
+
+def _add_stress(commands) -> None:
+    parser = commands.add_parser(
+        "stress", help="score models' validation split under deliberate shifts; name the preferred one"
+    )
+    parser.add_argument("models", nargs="+", type=Path, help="candidate .keras files (metadata beside each)")
+    _add_data_flag(parser)
+    parser.add_argument("--reports", type=Path, default=None)
+    parser.set_defaults(handler=_stress)
+
+
+def _stress(args) -> int:
+    from .data import resolve_data_dir
+    from .evaluation import DEFAULT_REPORTS_DIR
+    from .stress import stress_report
+
+    report = stress_report(args.models, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR)
+    for name, per_stress in report["results"].items():
+        print(json.dumps({"model": name, **{k: round(v["roc_auc"], 4) for k, v in per_stress.items()}}))
+    print(json.dumps({"preferred": report["preferred"]}))
+    return EXIT_OK
+
+
+# --- bench ---------------------------------------------------------------------------------
+
+
+def _add_bench(commands) -> None:
+    parser = commands.add_parser(
+        "bench", help="time every step against its target and measure one upload's peak memory; writes reports/bench.json"
+    )
+    _add_data_flag(parser)
+    _add_model_flag(parser)
+    parser.add_argument("--fullres", type=Path, default=None, help="folder of full-size originals (default: beside the data)")
+    parser.add_argument("--lime-images", type=int, default=20)
+    parser.add_argument("--naive-images", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=1000, help="LIME samples, both ways")
+    parser.add_argument(
+        "--only", choices=("speed", "memory"), default=None,
+        help="measure one part and keep the other's figures in bench.json; memory: the peak of one upload "
+        "(decode to Grad-CAM and the screen copy) above the idle process, for each of the worst accepted "
+        "files, each in a fresh interpreter (a few minutes), and the worst one against the bound (300 MB)",
+    )
+    parser.add_argument("--reports", type=Path, default=None)
+    parser.set_defaults(handler=_bench)
+
+
 def _bench(args) -> int:
     from .bench import BENCH_PARTS, BenchConfig, run_bench
     from .data import resolve_data_dir
@@ -276,94 +441,16 @@ def _bench(args) -> int:
     return EXIT_OK
 
 
-def _card(args) -> int:
-    from .data import resolve_data_dir
-    from .evaluation import DEFAULT_REPORTS_DIR
-    from .model_card import write_model_card
-
-    fullres = args.fullres or resolve_data_dir(args.data).parent / "chest_xray_fullres_sample"
-    facts = write_model_card(args.reports or DEFAULT_REPORTS_DIR, fullres)
-    print(json.dumps(facts["shortcut_geometry"]))
-    return EXIT_OK
+# --- ood -----------------------------------------------------------------------------------
 
 
-def _predict(args) -> int:
-    from .errors import InvalidImageError
-    from .prediction import Predictor
-
-    predictor = Predictor.from_file(args.model)
-    trail = None
-    if args.audit is not None:
-        from .audit import AuditTrail, ResultRecord
-
-        trail = AuditTrail(args.audit)
-    status = EXIT_OK
-    for image in args.images:
-        try:
-            data = _read_image_file(image)
-            prediction = predictor.predict_source(data)
-        except InvalidImageError as error:
-            print(json.dumps({"schema_version": 1, "file": image, "error": str(error)}), flush=True)
-            status = EXIT_REJECTED
-            continue
-        record = prediction.to_record(image)
-        if trail is not None:
-            # Only the image's SHA-256 goes in: file names can carry patient identifiers.
-            digest = hashlib.sha256(data).hexdigest()
-            (record["audit_id"],) = trail.record_results([ResultRecord.of(prediction, digest, "cli")])
-        print(json.dumps(record), flush=True)
-    return status
-
-
-def _read_image_file(path: str) -> bytes:
-    """The file's bytes, read once (scored and hashed from the same bytes), within the size limit.
-
-    Raises:
-        InvalidImageError: missing, a folder, unreadable or too large (``load_image``'s messages).
-    """
-    from .preprocessing import read_image_bytes
-
-    return read_image_bytes(path)
-
-
-def train_config_from_args(args) -> "TrainConfig":
-    """The ``TrainConfig`` that ``train`` runs with for parsed command-line ``args``."""
-    from .calibration import OperatingPointConfig
-    from .training import TrainConfig
-
-    defaults = TrainConfig()
-    return TrainConfig(
-        architecture=args.architecture,
-        input_size=args.input_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        label_smoothing=args.label_smoothing,
-        imbalance=args.imbalance,
-        patience=args.patience,
-        val_fraction=args.val_fraction,
-        protocol=args.protocol,
-        seed=args.seed,
-        members=args.members,
-        time_budget_s=args.time_budget,
-        augment=not args.no_augment,
-        augmentation=dataclasses.replace(
-            defaults.augmentation, max_aspect=args.max_aspect, class_aspect=args.class_aspect
-        ),
-        operating=OperatingPointConfig(target_sensitivity=args.target_sensitivity),
-    )
-
-
-def _train(args, argv) -> int:
-    from .data import resolve_data_dir
-    from .training import train
-
-    config = train_config_from_args(args)
-    metadata = train(config, resolve_data_dir(args.data), args.model, command=_command_line(argv))
-    summary = {k: metadata.to_dict()[k] for k in ("model_sha256", "temperature", "threshold", "grey_zone", "training_seconds")}
-    summary["validation_auc"] = metadata.validation["roc_auc"]
-    print(json.dumps(summary))
-    return EXIT_OK
+def _add_ood(commands) -> None:
+    parser = commands.add_parser("ood", help="fit the out-of-distribution gate, or measure it into reports/ood.json")
+    parser.add_argument("action", choices=("fit", "evaluate"))
+    _add_data_flag(parser)
+    _add_model_flag(parser)
+    parser.add_argument("--reports", type=Path, default=None)
+    parser.set_defaults(handler=_ood)
 
 
 def _ood(args) -> int:
@@ -382,67 +469,58 @@ def _ood(args) -> int:
     return EXIT_OK
 
 
-def _evaluate(args) -> int:
-    from .data import resolve_data_dir
-    from .evaluation import DEFAULT_REPORTS_DIR, evaluate
-
-    if args.crop == "auto":
-        from .evaluation import evaluate_crop
-
-        report = evaluate_crop(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, split=args.split)
-        keys = ("accuracy", "sensitivity", "specificity", "roc_auc")
-        print(json.dumps({column: {k: report["metrics"][column][k] for k in keys} for column in report["metrics"]}))
-        return EXIT_OK
-    report = evaluate(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, split=args.split)
-    print(json.dumps({k: report["image"][k] for k in ("accuracy", "sensitivity", "specificity", "roc_auc")}))
-    return EXIT_OK
+# --- card ----------------------------------------------------------------------------------
 
 
-def _compare(args, argv) -> int:
-    from .comparison import compare, imbalance_study
+def _add_card(commands) -> None:
+    parser = commands.add_parser("card", help="write the model card facts to reports/model_card.json")
+    parser.add_argument("--fullres", type=Path, default=None, help="folder of original files (default: beside the data)")
+    _add_data_flag(parser)
+    parser.add_argument("--reports", type=Path, default=None)
+    parser.set_defaults(handler=_card)
+
+
+def _card(args) -> int:
     from .data import resolve_data_dir
     from .evaluation import DEFAULT_REPORTS_DIR
-    from .training import TrainConfig
+    from .model_card import write_model_card
 
-    data_dir, reports = resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR
-    if args.study == "imbalance":
-        base = TrainConfig(input_size=args.input_size, epochs=args.epochs, time_budget_s=args.time_budget)
-        imbalance_study(data_dir, reports, args.work, base, command=_command_line(argv))
-        return EXIT_OK
-    compare(
-        data_dir,
-        reports,
-        args.work,
-        input_size=args.input_size,
-        time_budget_s=args.time_budget,
-        epochs=args.epochs,
-        architectures=args.architectures,
-        command=_command_line(argv),
-    )
+    fullres = args.fullres or resolve_data_dir(args.data).parent / "chest_xray_fullres_sample"
+    facts = write_model_card(args.reports or DEFAULT_REPORTS_DIR, fullres)
+    print(json.dumps(facts["shortcut_geometry"]))
     return EXIT_OK
+
+
+# --- the parser and main -------------------------------------------------------------------
+
+# One function per command, in the order ``--help`` lists them; each sets its command's handler.
+COMMANDS = (_add_predict, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_card)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command in ``COMMANDS``; a parsed command's ``args.handler`` runs it.
+
+    Raises:
+        TypeError: a command's parser sets no handler (it would otherwise run nothing, or another's).
+    """
+    parser = argparse.ArgumentParser(prog="python -m pneumo_model", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in COMMANDS:
+        add_command(commands)
+    unhandled = [name for name, command in commands.choices.items() if command.get_default("handler") is None]
+    if unhandled:
+        raise TypeError(f"command(s) {', '.join(unhandled)} set no handler: end their parser with set_defaults(handler=...)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; returns its exit code. The package's errors are printed as ``error: ...``
+    on stderr (exit 1); usage errors exit with argparse's own code, 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    # train and compare record the command line with what they write.
+    args = build_parser().parse_args(argv, argparse.Namespace(command_line=_command_line(argv)))
     try:
-        if args.command == "predict":
-            return _predict(args)
-        if args.command == "train":
-            return _train(args, argv)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        if args.command == "card":
-            return _card(args)
-        if args.command == "stress":
-            return _stress(args)
-        if args.command == "bench":
-            return _bench(args)
-        if args.command == "ood":
-            return _ood(args)
-        if args.command in ("explain", "crop"):
-            return _one_image(_explain if args.command == "explain" else _crop, args)
-        return _compare(args, argv)
+        return args.handler(args)
     except PneumoError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR

@@ -17,8 +17,8 @@ from .ood import ActivationSummaries, OodGate, gate_path
 from .crop import CropLimits, RescoreResult, apply_crop
 from .pipeline import DecodedImage
 from .preprocessing import ImageInfo, ImageLimits, preprocess
+from .schema import PREDICTION_SCHEMA_VERSION
 
-PREDICTION_SCHEMA_VERSION = 1
 # Images per forward pass. On the 2-core CPU, pneumonet at 128 px ran at about 930 images/s in
 # batches of 32 against 420 in batches of 256 (the activations of a small batch stay in cache).
 DEFAULT_BATCH_SIZE = 32
@@ -50,7 +50,7 @@ class Prediction:
     ood_score: float | None = None
 
     def to_record(self, file: str) -> dict:
-        """The ``predict`` command's JSON object (schema version 1)."""
+        """The ``predict`` command's JSON object (``PREDICTION_SCHEMA_VERSION``)."""
         return {
             "schema_version": PREDICTION_SCHEMA_VERSION,
             "file": file,

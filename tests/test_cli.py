@@ -1,5 +1,7 @@
-"""The command line: predict's JSON lines and exit codes on good and bad files."""
+"""The command line: predict's JSON lines and exit codes on good and bad files; every command
+reaches its own handler; ``--help`` loads no TensorFlow."""
 
+import argparse
 import hashlib
 import json
 import os
@@ -11,8 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import encode, synthetic_xray
+from pneumo_model import cli
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH
-from pneumo_model.cli import main
+from pneumo_model.cli import build_parser, main
+from pneumo_model.schema import PREDICTION_SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((REPO / "assets" / "samples").glob("*.jpeg"))
@@ -73,6 +77,7 @@ def test_a_bad_file_is_reported_and_does_not_stop_the_others(tiny_model, files, 
     code, records, _ = _run(capsys, ["predict", str(bad), str(good), str(missing), "--model", str(tiny_model)])
     assert code == 2
     assert [sorted(r) for r in records][0] == ["error", "file", "schema_version"]
+    assert records[0]["schema_version"] == records[1]["schema_version"] == PREDICTION_SCHEMA_VERSION
     assert "not a readable image" in records[0]["error"]
     assert "probability" in records[1]
     assert "does not exist" in records[2]["error"]
@@ -83,6 +88,95 @@ def test_a_missing_model_exits_1_with_a_message(files, capsys, tmp_path):
     code, records, err = _run(capsys, ["predict", str(good), "--model", str(tmp_path / "none.keras")])
     assert code == 1 and records == []
     assert "is missing" in err
+
+
+# The shortest command line of each command; a new command must be added here.
+MINIMAL_ARGV = {
+    "predict": ["predict", "a.png"],
+    "train": ["train"],
+    "evaluate": ["evaluate"],
+    "explain": ["explain", "a.png", "--out", "a_gradcam.png"],
+    "crop": ["crop", "a.png"],
+    "compare": ["compare"],
+    "stress": ["stress", "m.keras"],
+    "bench": ["bench"],
+    "ood": ["ood", "fit"],
+    "card": ["card"],
+}
+
+
+def _commands(parser):
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return action.choices
+
+
+def test_every_command_parses_to_its_own_handler():
+    parser = build_parser()
+    assert set(_commands(parser)) == set(MINIMAL_ARGV)
+    handlers = {name: parser.parse_args(argv).handler for name, argv in MINIMAL_ARGV.items()}
+    assert handlers == {name: getattr(cli, f"_{name}") for name in MINIMAL_ARGV}
+    assert len(set(handlers.values())) == len(handlers)
+
+
+@pytest.mark.parametrize("name", sorted(MINIMAL_ARGV))
+def test_main_runs_the_parsed_commands_handler_and_no_other(name, monkeypatch):
+    ran = []
+    for other in MINIMAL_ARGV:  # every handler is a spy: the command must reach its own, once
+        monkeypatch.setattr(cli, f"_{other}", lambda args, other=other: ran.append((other, args.command)) or 7)
+    assert main(MINIMAL_ARGV[name]) == 7
+    assert ran == [(name, name)]
+
+
+def test_a_command_without_a_handler_is_refused_when_the_parser_is_built(monkeypatch):
+    def add_forgotten(commands):
+        commands.add_parser("forgotten", help="sets no handler")
+
+    monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, add_forgotten))
+    with pytest.raises(TypeError, match="forgotten set no handler"):
+        build_parser()
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in sorted(MINIMAL_ARGV))], ids=lambda c: " ".join(c) or "top")
+def test_help_imports_no_tensorflow(command):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pneumo_model", *command, "--help"],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m pneumo_model")
+    # -X importtime writes "import time: self | cumulative | name" for every module imported.
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "pneumo_model.cli" in imported
+    assert not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras")}
+
+
+def test_train_flags_left_out_keep_train_configs_defaults_and_choices():
+    from pneumo_model.training import IMBALANCE_METHODS, PROTOCOLS, TrainConfig
+
+    assert cli.TRAIN_PROTOCOLS == PROTOCOLS and cli.TRAIN_IMBALANCE_METHODS == IMBALANCE_METHODS
+    assert cli.train_config_from_args(build_parser().parse_args(["train"])) == TrainConfig()
+    argv = ["train", "--epochs", "3", "--no-augment", "--class-aspect", "1.1", "--target-sensitivity", "0.9", "--time-budget", "5"]
+    config = cli.train_config_from_args(build_parser().parse_args(argv))
+    assert (config.epochs, config.augment, config.time_budget_s) == (3, False, 5.0)
+    assert config.augmentation.class_aspect == 1.1 and config.augmentation.max_aspect == TrainConfig().augmentation.max_aspect
+    assert config.operating.target_sensitivity == 0.9 and config.seed == TrainConfig().seed
+
+
+def test_train_records_its_command_line_and_a_package_error_exits_1(monkeypatch, tmp_path, capsys):
+    from pneumo_model import training
+    from pneumo_model.errors import ConfigError
+
+    commands = []
+
+    def refuse(config, data_dir, model_path, command):
+        commands.append(command)
+        raise ConfigError("The budget is too small.")
+
+    monkeypatch.setattr(training, "train", refuse)
+    argv = ["train", "--epochs", "1", "--data", str(tmp_path / "my data")]
+    assert main(argv) == 1
+    assert commands == [f"python -m pneumo_model train --epochs 1 --data '{tmp_path / 'my data'}'"]
+    assert capsys.readouterr().err == "error: The budget is too small.\n"
 
 
 def test_usage_errors_exit_with_argparse_code():
