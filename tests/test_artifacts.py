@@ -1,9 +1,11 @@
 """Saving and loading the model with its metadata, and refusing altered files."""
 
 import dataclasses
+import datetime
 import io
 import json
 import zipfile
+from types import SimpleNamespace
 
 import h5py
 
@@ -83,11 +85,28 @@ def test_unknown_metadata_fields_are_refused(saved):
         read_metadata(path)
 
 
-def test_saving_the_same_weights_twice_gives_the_same_file(saved, tmp_path):
-    import time
+def _freeze_save_clocks(monkeypatch, moment: datetime.datetime) -> None:
+    """Every clock a Keras save reads shows ``moment``: its ``date_saved`` stamp, and the zip entry
+    times (``zipfile`` stamps an entry copied from a file, the weights, with ``time.localtime`` of
+    its mtime, and one written from bytes with ``time.time()``)."""
+    from keras.src.saving import saving_lib
 
+    monkeypatch.setattr(saving_lib, "datetime", SimpleNamespace(datetime=SimpleNamespace(now=lambda: moment)))
+    monkeypatch.setattr(
+        zipfile, "time", SimpleNamespace(time=lambda: moment.timestamp(), localtime=lambda *_: moment.timetuple())
+    )
+
+
+def test_saving_the_same_weights_twice_gives_the_same_file(saved, tmp_path, monkeypatch):
     model, metadata, path = saved
-    time.sleep(1.1)  # Keras stamps the save time to the second
+    # The second save happens, as far as the clocks can tell, decades after the first.
+    moment = datetime.datetime(2001, 2, 3, 4, 5, 6)
+    _freeze_save_clocks(monkeypatch, moment)
+    plain = tmp_path / "plain.keras"
+    model.save(plain)  # Keras alone keeps the frozen times: the freeze reaches what it stamps
+    with zipfile.ZipFile(plain) as archive:
+        assert json.loads(archive.read("metadata.json"))["date_saved"] == "2001-02-03@04:05:06"
+        assert archive.getinfo("model.weights.h5").date_time == (2001, 2, 3, 4, 5, 6)
     again = save_model(model, _metadata(), tmp_path / "again.keras")
     assert again.model_sha256 == metadata.model_sha256
     with zipfile.ZipFile(path) as archive:

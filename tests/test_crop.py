@@ -1,7 +1,6 @@
 """The diaphragm crop: detection on synthetic and real chests, fail-soft, box checks, rescoring, markers."""
 
 import csv
-import time
 
 import cv2
 import numpy as np
@@ -356,13 +355,11 @@ def test_detector_agrees_with_the_annotations():
 def test_full_size_originals_and_their_224px_copies_give_the_same_line():
     originals = sorted(FULLRES_DIR.glob("train/*/*.jpeg"))
     assert len(originals) == 48
-    differences, times = [], []
+    differences = []
     for original in originals:
         full, _ = load_image(original)
         small, _ = load_image(DEFAULT_DATA_DIR / "train" / original.parent.name / original.name)
-        start = time.perf_counter()
         on_full = find_diaphragm(full)
-        times.append(time.perf_counter() - start)
         on_small = find_diaphragm(small)
         if on_full.found:
             x0, y0, x1, y1 = on_full.box
@@ -372,5 +369,4 @@ def test_full_size_originals_and_their_224px_copies_give_the_same_line():
     assert len(differences) >= 0.9 * len(originals)
     assert np.median(differences) <= 0.02
     assert np.mean(np.array(differences) <= 0.05) >= 0.9
-    # The target is 200 ms per image; the bound leaves room for a busy shared machine.
-    assert np.median(times) <= 1.0, f"median {1000 * np.median(times):.0f} ms per full-size image"
+    # Its speed (target 200 ms per image) is the bench's to measure: ``diaphragm_s`` in reports/bench.json.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Callable
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -459,10 +458,8 @@ def test_odd_inputs_decode_to_the_reference_picture(name):
 def test_bad_inputs_are_refused_with_a_specific_reason(name, tmp_path):
     case = REFUSED[name]
     source = case.build(tmp_path)
-    started = time.perf_counter()
     with pytest.raises(case.error, match=case.reason) as raised:
         load_image(source, case.limits)
-    assert time.perf_counter() - started < 10, "a refusal must not wait for a full decode"
     message = str(raised.value)
     assert message.endswith(".") and "Traceback" not in message
 
@@ -484,6 +481,17 @@ def test_dicom_bombs_are_refused_before_any_pixel_is_decoded(name, tmp_path, mon
         load_image(case.build(tmp_path), case.limits)
     assert decoded == []
 
+
+
+@pytest.mark.parametrize("name", ["5 x 60000", "over the pixel limit", "decompression bomb", "over the file size limit"])
+def test_pillow_bombs_are_refused_before_any_pixel_is_decoded(name, tmp_path, monkeypatch):
+    # What a refusal must not wait for, checked without a clock: Pillow's pixel decoding never starts.
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.size))
+    case = REFUSED[name]
+    with pytest.raises(case.error, match=case.reason):
+        load_image(case.build(tmp_path), case.limits)
+    assert decoded == []
 
 def test_16_bit_inputs_keep_16_bits():
     for data in (ACCEPTED["png 16-bit grey"].build(), ACCEPTED["tiff 16-bit"].build()):
