@@ -69,13 +69,16 @@ def grey_image(pixels: np.ndarray = PICTURE) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def png_with_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` but holds almost no data (a bomb's header)."""
+def png_with_header(width: int, height: int, colour_type: int = 0, bit_depth: int = 8) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` but holds almost no data (a bomb's header).
+
+    ``colour_type`` as the PNG standard numbers them (0 grey, 2 RGB, 3 palette, 6 RGBA).
+    """
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
 
 

@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from pneumo_model import bench, dicom, preprocessing
+from test_inputs import dicom_dataset, png_with_header
 from pneumo_model.errors import InvalidImageError
 from pneumo_model.preprocessing import ImageLimits, load_image, reduction_factor
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "assets" / "samples" / "person153_bacteria_726.jpeg"
-DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
 # A 301 x 257 picture (odd sides: partial blocks at the right and bottom edges) and working caps
 # that reduce it 2, 3 and 4 times.
 WIDTH, HEIGHT = 301, 257
@@ -69,36 +67,6 @@ def block_mean(values: np.ndarray, k: int) -> np.ndarray:
             counts[: part.shape[0], : part.shape[1]] += 1
     counts = counts.reshape(*counts.shape, *([1] * (values.ndim - 2)))
     return ((sums + counts // 2) // counts).astype(values.dtype)
-
-
-def png_header_only(width: int, height: int, colour_type: int, bit_depth: int = 8) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` but holds almost no pixel data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
-
-
-def dicom_dataset(stored: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None, **tags) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = DX_IMAGE_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = DX_IMAGE_STORAGE, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "AP"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated = stored.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 1 if stored.dtype.kind == "i" else 0
-    ds.PixelData = stored.tobytes()
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def dicom_bytes(ds: Dataset, syntax=ExplicitVRLittleEndian) -> bytes:
@@ -148,7 +116,7 @@ def no_pillow_decoding(monkeypatch):
 
 
 def test_a_colour_png_over_the_budget_is_refused_from_its_header_without_decoding(no_pillow_decoding):
-    data = png_header_only(7000, 7000, colour_type=2)  # RGB: Pillow would hold 4 bytes a pixel, 187 MB
+    data = png_with_header(7000, 7000, colour_type=2)  # RGB: Pillow would hold 4 bytes a pixel, 187 MB
     with pytest.raises(InvalidImageError) as refused:
         load_image(data)
     message = str(refused.value)
@@ -161,7 +129,7 @@ def test_16_bit_grey_at_the_pixel_limit_is_within_the_budget(no_pillow_decoding)
     # 7745 x 7745 at 2 bytes a pixel is 114 MB: past the budget check, Pillow starts decoding the
     # (junk) pixel data and finds it damaged.
     with pytest.raises(InvalidImageError) as refused:
-        load_image(png_header_only(7745, 7745, colour_type=0, bit_depth=16))
+        load_image(png_with_header(7745, 7745, colour_type=0, bit_depth=16))
     assert BUDGET_MESSAGE not in str(refused.value) and "damaged or incomplete" in str(refused.value)
     assert no_pillow_decoding == [(7745, 7745)]
 
