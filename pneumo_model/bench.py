@@ -139,8 +139,9 @@ def _speed(model_path: Path, data_dir: Path, fullres_dir: Path | None, config: B
     os.environ.setdefault("TQDM_DISABLE", "1")  # lime's own progress bar
     from .crop import find_diaphragm
     from .data import scan_split
+    from .evaluation import call_files
     from .explain import GradCam, LimeConfig, explain_lime
-    from .preprocessing import load_and_preprocess, load_image
+    from .pipeline import DecodedImage
     from .prediction import Predictor
 
     predictor = Predictor.from_file(model_path)
@@ -149,27 +150,32 @@ def _speed(model_path: Path, data_dir: Path, fullres_dir: Path | None, config: B
     test = scan_split(Path(data_dir), "test")
     fullres = sorted(Path(fullres_dir).glob("*/*/*.jpeg")) if fullres_dir and Path(fullres_dir).is_dir() else []
     chosen = [test[i] for i in rng.choice(len(test), config.lime_images, replace=False)]
-    inputs = [load_and_preprocess(s.path, size)[0] for s in chosen]  # (size, size, 1) each
+    decoded = [DecodedImage.decode(s.path) for s in chosen]  # 224 px files: small
+    inputs = [image.model_input(size) for image in decoded]  # (size, size, 1) each
     results: dict[str, dict] = {}
 
     uploads = fullres or [s.path for s in chosen]
-    load_and_preprocess(uploads[0], size)
-    results["decode_preprocess_fullres"] = _summary([_timed(lambda p=p: load_and_preprocess(p, size)) for p in uploads])
+
+    def decode_and_preprocess(path):  # what an upload costs before the call: decode, SHA-256, model input
+        DecodedImage.decode(path).model_input(size)
+
+    decode_and_preprocess(uploads[0])
+    results["decode_preprocess_fullres"] = _summary([_timed(lambda p=p: decode_and_preprocess(p)) for p in uploads])
     results["decode_preprocess_fullres"]["files"] = "full-size originals" if fullres else "224 px test files"
     log(f"decode + preprocess ({results['decode_preprocess_fullres']['files']}): {results['decode_preprocess_fullres']}")
 
-    _, info = load_image(chosen[0].path)
-    predictor.predict_input(inputs[0], info)
+    # Predictor.call on decoded images whose model input is already made: the scoring alone.
+    predictor.call(decoded[0])
     results["predict_one"] = _summary(
-        [_timed(lambda x=x: predictor.predict_input(x, info)) for x in inputs for _ in range(config.repeats)]
+        [_timed(lambda image=image: predictor.call(image)) for image in decoded for _ in range(config.repeats)]
     )
     log(f"one prediction: {results['predict_one']}")
     if predictor.gate is not None:
         # The same images in the same run without the out-of-distribution gate: what the gate costs.
         ungated = Predictor(predictor.model, predictor.metadata, predictor.batch_size, gate=None)
-        ungated.predict_input(inputs[0], info)
+        ungated.call(decoded[0])
         results["predict_one_without_gate"] = _summary(
-            [_timed(lambda x=x: ungated.predict_input(x, info)) for x in inputs for _ in range(config.repeats)]
+            [_timed(lambda image=image: ungated.call(image)) for image in decoded for _ in range(config.repeats)]
         )
         results["predict_one"]["gate_overhead_ratio"] = (
             results["predict_one"]["median_s"] / results["predict_one_without_gate"]["median_s"]
@@ -181,9 +187,13 @@ def _speed(model_path: Path, data_dir: Path, fullres_dir: Path | None, config: B
     results["gradcam"] = _summary([_timed(lambda x=x: gradcam(x)) for x in inputs for _ in range(config.repeats)])
     log(f"Grad-CAM: {results['gradcam']}")
 
-    detection_images = [load_image(p)[0] for p in uploads] + [load_image(s.path)[0] for s in chosen]
-    find_diaphragm(detection_images[0])
-    results["diaphragm"] = _summary([_timed(lambda p=p: find_diaphragm(p)) for p in detection_images])
+    # One full-size image decoded at a time, never all of them at once.
+    find_diaphragm(decoded[0].pixels)
+    diaphragm_seconds = []
+    for path in list(uploads) + [s.path for s in chosen]:
+        pixels = DecodedImage.decode(path).pixels
+        diaphragm_seconds.append(_timed(lambda: find_diaphragm(pixels)))
+    results["diaphragm"] = _summary(diaphragm_seconds)
     log(f"diaphragm detection: {results['diaphragm']}")
 
     lime_config = LimeConfig(num_samples=config.lime_samples)
@@ -202,11 +212,10 @@ def _speed(model_path: Path, data_dir: Path, fullres_dir: Path | None, config: B
 
     paths = [s.path for s in test]
     start = time.perf_counter()
-    batch = np.stack([load_and_preprocess(p, size)[0] for p in paths])
-    predictor.probabilities(batch)
+    call_files(predictor, paths)  # as evaluation scores: decoded once, Predictor.calls in batches, with the gate
     elapsed = time.perf_counter() - start
     results["batch_scoring"] = {"images": len(paths), "seconds": elapsed, "images_per_s": len(paths) / elapsed}
-    log(f"batch scoring from 224 px files (decode + preprocess + predict): {results['batch_scoring']['images_per_s']:.0f} images/s")
+    log(f"batch scoring from 224 px files (decode + preprocess + call with the gate): {results['batch_scoring']['images_per_s']:.0f} images/s")
 
     measured = {
         "decode_preprocess_fullres_s": results["decode_preprocess_fullres"]["median_s"],
@@ -448,10 +457,10 @@ def request_peak(image: Path, model_path: Path, limits: dict | None = None) -> d
     """One upload's peak memory in this process, above the idle process, in MB (2**20 bytes).
 
     Loads the predictor and warms every step up on a small image; then, with the high-water mark
-    reset, does what the app does for one upload: read the bytes, ``load_image``, ``preprocess``,
-    ``predict_input`` (with the gate), Grad-CAM, ``find_diaphragm`` and the screen copy
-    (``display.screen_grey``). Run it in a fresh interpreter (``measure_request``): earlier work
-    leaves memory behind.
+    reset, does what the app does for one upload: ``DecodedImage.decode`` of the bytes (its
+    SHA-256, pixels and model input), ``Predictor.call`` (with the gate), Grad-CAM,
+    ``find_diaphragm`` and the screen copy (``display.screen_grey``). Run it in a fresh
+    interpreter (``measure_request``): earlier work leaves memory behind.
 
     Returns:
         ``peak_mb``, ``accepted``, the returned pixels' ``shape``, ``warnings`` or ``error``,
@@ -466,21 +475,21 @@ def request_peak(image: Path, model_path: Path, limits: dict | None = None) -> d
     from .display import screen_grey
     from .errors import InvalidImageError
     from .explain import GradCam
+    from .pipeline import DecodedImage
     from .prediction import Predictor
-    from .preprocessing import ImageLimits, load_image, preprocess
+    from .preprocessing import ImageLimits
 
     image_limits = ImageLimits(**(limits or {}))
     predictor = Predictor.from_file(Path(model_path))
     gradcam = GradCam(predictor.model, predictor.metadata.gradcam_layer)
 
     def upload(data: bytes):
-        pixels, info = load_image(data, image_limits)
-        model_input = preprocess(pixels, predictor.input_size)  # (size, size, 1)
-        predictor.predict_input(model_input, info)
-        gradcam(model_input)
-        find_diaphragm(pixels)
-        screen_grey(pixels)
-        return pixels, info
+        image = DecodedImage.decode(data, image_limits)
+        predictor.call(image)
+        gradcam(image.model_input(predictor.input_size))  # (size, size, 1)
+        find_diaphragm(image.pixels)
+        screen_grey(image.pixels)
+        return image.pixels, image.info
 
     warm = io.BytesIO()
     Image.fromarray(_film(300, 300)).save(warm, format="PNG")

@@ -14,12 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import load_model_inputs
-from .evaluation import json_safe, record_test_use
+from .data import model_split
+from .evaluation import call_files, json_safe, record_test_use
 from .metrics import binary_metrics
 from .models import ARCHITECTURES
 from .prediction import Predictor, forward_throughput
-from .training import IMBALANCE_METHODS, TrainConfig, make_split, train
+from .training import IMBALANCE_METHODS, TrainConfig, train
 
 SUMMARY_KEYS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
@@ -32,14 +32,10 @@ def _run_variants(
     score_test: bool,
     command: str,
 ) -> list[dict]:
-    """Trains every variant; returns rows ranked by validation AUC (best first)."""
-    test_images = test_labels = None
+    """Trains every variant; returns rows ranked by validation AUC (best first). With
+    ``score_test``, each model's test part (``model_split``) is scored as the app scores it."""
     rows = []
     for name, config in variants.items():
-        if score_test and test_images is None:
-            split = make_split(Path(data_dir), "official", config.val_fraction, config.seed)
-            test_images = load_model_inputs(split.test, config.input_size)
-            test_labels = np.array([s.label for s in split.test])
         model_path = Path(work_dir) / f"{name}.keras"
         metadata = train(config, Path(data_dir), model_path, command=command, progress=None, verbose=0)
         predictor = Predictor.from_file(model_path)
@@ -56,7 +52,10 @@ def _run_variants(
             "validation": {k: metadata.validation[k] for k in SUMMARY_KEYS + ("ece",)},
         }
         if score_test:
-            test = binary_metrics(test_labels, predictor.probabilities(test_images), metadata.threshold)
+            test_samples = model_split(metadata, Path(data_dir)).test
+            calls, _ = call_files(predictor, [s.path for s in test_samples])
+            labels = np.array([s.label for s in test_samples])
+            test = binary_metrics(labels, np.array([call.probability for call in calls]), predictor.threshold)
             record_test_use(Path(reports_dir), metadata.model_sha256, "test")
             row["test"] = {k: test[k] for k in SUMMARY_KEYS}
         rows.append(row)

@@ -4,7 +4,9 @@ File names carry the patient: ``IM-0115-0001.jpeg`` and ``NORMAL2-IM-1427-0001.j
 normal patients ``IM-0115`` and ``NORMAL2-IM-1427``; ``person100_bacteria_475.jpeg`` is
 pneumonia patient ``person100`` (bacterial and viral images of one person are one patient).
 Splits are made by group, never by image: a group is a patient, merged with every other
-patient that shares a byte-identical file.
+patient that shares a byte-identical file. ``make_split`` builds a protocol's split;
+``model_split`` rebuilds the split a trained model was trained on, from its metadata, and refuses
+a data folder that differs from the one it was trained on.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -22,9 +24,15 @@ from .errors import DataError
 from .paths import DEFAULT_DATA_DIR, REPO_ROOT, file_sha256  # noqa: F401 (re-exported)
 from .preprocessing import load_and_preprocess
 
+if TYPE_CHECKING:  # artifacts imports Keras; data must stay light
+    from .artifacts import ModelMetadata
+
 DATA_ENV_VAR = "PNEUMO_DATA"
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
 OFFICIAL_SPLITS = ("train", "test")
+# Share of official train held out for validation; models whose metadata predates the setting
+# being recorded were trained with it.
+DEFAULT_VAL_FRACTION = 0.15
 
 _NORMAL_PATIENT = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+")
 _PNEUMONIA_PATIENT = re.compile(r"^(person\d+)_(bacteria|virus)_\d+")
@@ -180,12 +188,108 @@ def data_fingerprint(samples: Sequence[Sample], hashes: Sequence[str], root: Pat
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class DataSplit:
+    """Samples of one protocol, divided into parts, with their group ids.
+
+    Attributes:
+        train, validation, test: the parts' samples.
+        groups: group id of every sample of the data folder, by path.
+        fingerprint: ``data_fingerprint`` of the images the parts were drawn from (official
+            train for "official", everything for "pooled"), as a model's metadata records it.
+    """
+
+    train: list[Sample]
+    validation: list[Sample]
+    test: list[Sample]
+    groups: dict[Path, str]
+    fingerprint: str
+
+
+def make_split(data_dir: Path, protocol: str, val_fraction: float, seed: int) -> DataSplit:
+    """Builds the protocol's split from the data folder, deterministically.
+
+    "official": validation is ``val_fraction`` of official train by patient group; test is the
+    official test split. "pooled": train and test images pooled and re-split 70/15/15 by group.
+    To rebuild the split of a trained model, use ``model_split``, which also checks the data.
+    """
+    train_samples = scan_split(data_dir, "train")
+    test_samples = scan_split(data_dir, "test")
+    everything = train_samples + test_samples
+    hashes = [file_sha256(s.path) for s in everything]
+    groups = group_ids(everything, hashes)
+    group_of = {s.path: g for s, g in zip(everything, groups)}
+    if protocol == "official":
+        pool = train_samples
+        fractions = (1.0 - val_fraction, val_fraction)
+    else:
+        pool = everything
+        fractions = (0.70, 0.15, 0.15)
+    parts = split_groups([s.label for s in pool], [group_of[s.path] for s in pool], fractions, seed)
+    chosen = [[pool[i] for i in part] for part in parts]
+    test = test_samples if protocol == "official" else chosen[2]
+    hash_of = {s.path: h for s, h in zip(everything, hashes)}
+    fingerprint = data_fingerprint(pool, [hash_of[s.path] for s in pool], Path(data_dir))
+    return DataSplit(chosen[0], chosen[1], test, group_of, fingerprint)
+
+
+def split_settings(metadata: "ModelMetadata") -> tuple[str, float, int]:
+    """``(protocol, val_fraction, seed)`` of the split a model was trained on, from its metadata.
+
+    The protocol and seed are recorded twice (top level and in ``train_config``); they must agree.
+    ``val_fraction`` is in ``train_config`` only (``DEFAULT_VAL_FRACTION`` when absent: models
+    from before it was recorded used it).
+
+    Raises:
+        DataError: the two records disagree.
+    """
+    config = metadata.train_config or {}
+    for key, recorded in (("protocol", metadata.protocol), ("seed", metadata.seed)):
+        if key in config and config[key] != recorded:
+            raise DataError(
+                f"The model's metadata records two {key}s ({recorded!r} and {config[key]!r} in train_config); "
+                "its split cannot be rebuilt. The metadata file was edited or damaged: use the one written by training."
+            )
+    return metadata.protocol, float(config.get("val_fraction", DEFAULT_VAL_FRACTION)), int(metadata.seed)
+
+
+def model_split(metadata: "ModelMetadata", data_dir: Path) -> DataSplit:
+    """The split a model was trained on, rebuilt from its metadata, on the data it was trained on.
+
+    Every caller that needs a model's train, validation or test part (evaluation, the stress
+    report, the gate, the comparisons) goes through this function.
+
+    Args:
+        metadata: the model's metadata (protocol, seed, ``train_config["val_fraction"]``, data fingerprint).
+        data_dir: the chest_xray_224 folder.
+
+    Raises:
+        DataError: the data folder is missing or differs from the data the model was trained on
+            (its fingerprint is not the one the metadata records), or the metadata disagrees with itself.
+    """
+    split = make_split(Path(data_dir), *split_settings(metadata))
+    if split.fingerprint != metadata.data_fingerprint:
+        raise DataError(
+            f"The data folder '{data_dir}' differs from the data model {metadata.model_sha256[:12]} was trained on "
+            f"(data fingerprint {split.fingerprint[:12]}, the model records {metadata.data_fingerprint[:12]}), so its "
+            "validation and test parts cannot be rebuilt faithfully. Point --data or "
+            f"${DATA_ENV_VAR} at the folder the model was trained on, unchanged."
+        )
+    return split
+
+
 def load_model_inputs(
     samples: Sequence[Sample],
     size: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Decodes and preprocesses every image once, kept as uint8 to save memory.
+    """For training only: decodes and preprocesses every image once, rounded to uint8 to save memory.
+
+    Training (and fitting the out-of-distribution gate, which is part of training a model) holds
+    a whole split in memory, so it keeps 1 byte a pixel. Rounding moves a probability by up to
+    about 0.01, so nothing that reports or shows a probability uses these: evaluation, the stress
+    report, the bench, the CLI and the app score float32 inputs through ``DecodedImage`` and
+    ``Predictor.calls`` (``evaluation.call_files``).
 
     Returns:
         uint8 array (n, size, size, 1): ``round(preprocess(load_image(path)) * 255)``.

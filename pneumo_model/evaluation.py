@@ -2,6 +2,10 @@
 
 The official test split is only ever scored here, to report; every evaluation of it is
 appended to ``test_evaluations.jsonl`` so the report can say how often the test split was looked at.
+Images are scored exactly as the app scores them: each file is decoded once
+(``DecodedImage.decode``) and called with the out-of-distribution gate (``Predictor.calls``,
+``Predictor.call_on_crop``) on float32 model inputs, so a file gets the same probability here as
+in the app and the CLI (``call_files``).
 """
 
 from __future__ import annotations
@@ -11,16 +15,16 @@ import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from .artifacts import REPO_ROOT
-from .data import load_model_inputs
-from .errors import DataError
+from .data import model_split
 from .metrics import binary_metrics, bootstrap_intervals, calibration_bins, expected_calibration_error
+from .pipeline import DecodedImage
 from .plots import confusion_figure, gallery_figure, reliability_figure, roc_figure
-from .prediction import Predictor, forward_throughput
-from .training import make_split
+from .prediction import Prediction, Predictor, forward_throughput
 
 DEFAULT_REPORTS_DIR = REPO_ROOT / "reports"
 TEST_LOG_NAME = "test_evaluations.jsonl"
@@ -51,6 +55,45 @@ def _patient_level(labels: np.ndarray, probabilities: np.ndarray, groups: np.nda
     return binary_metrics(label, mean_probability, threshold)
 
 
+def decoded_batches(paths: Sequence[Path], batch_size: int) -> Iterator[list[DecodedImage]]:
+    """The files decoded (``DecodedImage.decode``), ``batch_size`` at a time, so that only one
+    batch's pixels are held at once.
+
+    Raises:
+        InvalidImageError: a file cannot be used.
+    """
+    for start in range(0, len(paths), batch_size):
+        yield [DecodedImage.decode(path) for path in paths[start : start + batch_size]]
+
+
+def call_files(predictor: Predictor, paths: Sequence[Path]) -> tuple[list[Prediction], np.ndarray]:
+    """The app's call on every file (decoded once, ``Predictor.calls`` in batches, with the gate).
+
+    Returns:
+        The predictions in file order, and the model inputs they were made from:
+        (n, size, size, 1) float32 in [0, 1] (the pixels themselves are not kept).
+
+    Raises:
+        InvalidImageError: a file cannot be used.
+    """
+    size = predictor.input_size
+    inputs = np.empty((len(paths), size, size, 1), np.float32)
+    predictions: list[Prediction] = []
+    for batch in decoded_batches(paths, predictor.batch_size):
+        start = len(predictions)
+        for offset, image in enumerate(batch):
+            inputs[start + offset] = image.model_input(size)
+        predictions += predictor.calls(batch)
+    return predictions, inputs
+
+
+def _ood_flags(predictions: Sequence[Prediction]) -> np.ndarray | None:
+    """(n,) bool: which calls the gate flagged; None when the predictor has no gate."""
+    if any(prediction.ood is None for prediction in predictions):
+        return None
+    return np.array([bool(prediction.ood) for prediction in predictions], dtype=bool)
+
+
 def record_test_use(reports_dir: Path, model_sha: str, split: str) -> int:
     """Appends this evaluation to the log; returns how many official-test evaluations it holds."""
     reports_dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +114,10 @@ def evaluate(
 ) -> dict:
     """Scores one split with the model at its fixed operating point and writes the report.
 
+    Each image is scored as the app scores it (``call_files``). The figures cover every image,
+    those the out-of-distribution gate flags included (the app hides their calls); how many it
+    flags is reported beside them.
+
     Args:
         model_path: the ``.keras`` file.
         data_dir: the chest_xray_224 folder.
@@ -84,29 +131,23 @@ def evaluate(
         The report as written to ``reports_dir / report_name(split)``.
 
     Raises:
-        DataError: the training data no longer matches the model's data fingerprint.
+        DataError: the data folder differs from the data the model was trained on (``model_split``).
     """
     predictor = Predictor.from_file(model_path)
     metadata = predictor.metadata
-    config = metadata.train_config
-    data_split = make_split(Path(data_dir), metadata.protocol, config.get("val_fraction", 0.15), metadata.seed)
-    if data_split.fingerprint != metadata.data_fingerprint:
-        raise DataError(
-            "The data folder differs from the data this model was trained on (fingerprint mismatch); "
-            "the validation/test parts cannot be rebuilt faithfully."
-        )
+    data_split = model_split(metadata, Path(data_dir))
     samples = data_split.test if split == "test" else data_split.validation
-    images = load_model_inputs(samples, metadata.input_size)
-    probabilities = predictor.probabilities(images)
+    calls, images = call_files(predictor, [s.path for s in samples])  # images: (n, size, size, 1) float32
+    probabilities = np.array([call.probability for call in calls])  # (n,)
     labels = np.array([s.label for s in samples])
     groups = np.array([data_split.groups[s.path] for s in samples])
-    threshold = metadata.threshold
-    zone = predictor.grey_zone
+    threshold = predictor.threshold
+    flagged = _ood_flags(calls)
 
     image_metrics = binary_metrics(labels, probabilities, threshold)
     image_metrics["ece"] = expected_calibration_error(labels, probabilities)
     bins = calibration_bins(labels, probabilities)
-    in_zone = zone.contains(probabilities)
+    in_zone = np.array([call.grey_zone for call in calls], dtype=bool)
     outside = ~in_zone
     subtypes = {}
     for subtype in ("bacteria", "virus"):
@@ -126,16 +167,20 @@ def evaluate(
     errors = np.flatnonzero((probabilities >= threshold) != labels.astype(bool))
     worst = errors[np.argsort(-np.abs(probabilities[errors] - threshold))][:12]
     gallery_figure(
-        [images[i] / 255.0 for i in worst],
+        [images[i] for i in worst],
         [f"{samples[i].path.name}\nlabel {'P' if labels[i] else 'N'}, p={probabilities[i]:.3f}" for i in worst],
         f"Worst errors ({split}, {len(errors)} errors in all)",
         figures / f"worst_errors{suffix}.png",
     )
     with open(reports_dir / f"predictions_{split}.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "label", "subtype", "group", "probability", "call", "grey_zone"])
-        for sample, group, p, flag in zip(samples, groups, probabilities, in_zone):
-            writer.writerow([sample.path.name, sample.label, sample.subtype or "", group, f"{p:.6f}", int(p >= threshold), int(flag)])
+        writer.writerow(["file", "label", "subtype", "group", "probability", "call", "grey_zone", "ood"])
+        for sample, group, call in zip(samples, groups, calls):
+            ood = "" if call.ood is None else int(call.ood)
+            # 9 decimals, not 6: rounding stays well below the float32 differences between a batch and a
+            # single call (up to about 5e-7), so each row can be checked against the app's probability.
+            row = [sample.path.name, sample.label, sample.subtype or "", group, f"{call.probability:.9f}"]
+            writer.writerow(row + [int(call.label == "pneumonia"), int(call.grey_zone), ood])
 
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -151,13 +196,14 @@ def evaluate(
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "threshold": threshold,
         "temperature": metadata.temperature,
-        "grey_zone": list(metadata.grey_zone),
+        "grey_zone": [predictor.grey_zone.low, predictor.grey_zone.high],
         "image": image_metrics,
         "image_ci95": bootstrap_intervals(labels, probabilities, groups, threshold, n_resamples, seed),
         "bootstrap": {"resamples": n_resamples, "seed": seed, "unit": "patient group"},
         "patient": _patient_level(labels, probabilities, groups, threshold),
         "subtype_sensitivity": subtypes,
         "grey_zone_fraction": float(in_zone.mean()),
+        "ood_flagged": None if flagged is None else int(flagged.sum()),
         "forward_images_per_s": round(forward_throughput(predictor), 1),
         "outside_grey_zone": binary_metrics(labels[outside], probabilities[outside], threshold) if outside.any() else None,
         "calibration_bins": bins,
@@ -250,6 +296,11 @@ def report_markdown(report: dict) -> str:
         f"Per patient ({report['patient']['n']} patients): accuracy {report['patient']['accuracy']:.3f}, "
         f"sensitivity {report['patient']['sensitivity']:.3f}, specificity {report['patient']['specificity']:.3f}.",
     ]
+    if report.get("ood_flagged") is not None:
+        lines.append(
+            f"Out-of-distribution gate: {report['ood_flagged']} of {report['image']['n']} images flagged (the app hides "
+            "their calls unless asked); the figures above include them."
+        )
     if official:
         lines += [
             _targets_line("Must-reach bar", targets_met(report["image"], MUST_BAR)),
@@ -269,44 +320,44 @@ def evaluate_crop(
 ) -> dict:
     """Does the automatic diaphragm crop help? Scores the split with and without it.
 
-    Every image is decoded from its file, the diaphragm is looked for (``crop.find_diaphragm``),
-    and where a crop is suggested the image is cropped before ``preprocess``; images with no
-    suggestion are scored uncropped in both columns. Same threshold and calibration.
+    Every image is decoded once (``DecodedImage``) and called whole (``Predictor.calls``); the
+    diaphragm is looked for (``crop.find_diaphragm``) and where a crop is suggested the crop is
+    called as the crop page does (``Predictor.call_on_crop``); images with no suggestion are
+    scored uncropped in both columns. Same threshold and calibration, the gate on both.
 
     Writes ``crop_evaluation[_validation].{json,md}`` and returns the report.
+
+    Raises:
+        DataError: the data folder differs from the data the model was trained on (``model_split``).
     """
-    from .crop import DiaphragmSettings, apply_crop, find_diaphragm
-    from .preprocessing import load_image, preprocess
+    from .crop import DiaphragmSettings, find_diaphragm
 
     settings = settings or DiaphragmSettings()
     predictor = Predictor.from_file(model_path)
     metadata = predictor.metadata
-    config = metadata.train_config
-    data_split = make_split(Path(data_dir), metadata.protocol, config.get("val_fraction", 0.15), metadata.seed)
+    data_split = model_split(metadata, Path(data_dir))
     samples = data_split.test if split == "test" else data_split.validation
-    size = metadata.input_size
-    plain = np.empty((len(samples), size, size, 1), np.float32)
-    cropped = np.empty_like(plain)
-    found = np.zeros(len(samples), bool)
-    kept = np.ones(len(samples))
-    for index, sample in enumerate(samples):
-        pixels, _ = load_image(sample.path)
-        plain[index] = preprocess(pixels, size)
-        result = find_diaphragm(pixels, settings)
-        if result.found and result.box is not None:
-            found[index] = True
-            kept[index] = (result.box[3] - result.box[1]) / pixels.shape[0]
-            cropped[index] = preprocess(apply_crop(pixels, result.box), size)
-        else:
-            cropped[index] = plain[index]
+    whole_calls, crop_calls, kept = [], [], []
+    for batch in decoded_batches([s.path for s in samples], predictor.batch_size):
+        for image, call in zip(batch, predictor.calls(batch)):
+            whole_calls.append(call)
+            result = find_diaphragm(image.pixels, settings)
+            if result.found and result.box is not None:
+                kept.append((result.box[3] - result.box[1]) / image.pixels.shape[0])
+                crop_calls.append(predictor.call_on_crop(image, result.box))
+            else:
+                kept.append(None)
+                crop_calls.append(call)
+    found = np.array([k is not None for k in kept], dtype=bool)
     labels = np.array([s.label for s in samples])
-    before = predictor.probabilities(plain)
-    after = predictor.probabilities(cropped)
-    threshold = metadata.threshold
+    before = np.array([call.probability for call in whole_calls])
+    after = np.array([call.probability for call in crop_calls])
+    threshold = predictor.threshold
     columns = {"without_crop": binary_metrics(labels, before, threshold), "with_auto_crop": binary_metrics(labels, after, threshold)}
     for column, probabilities in (("without_crop", before), ("with_auto_crop", after)):
         columns[column]["ece"] = expected_calibration_error(labels, probabilities)
     delta = after - before
+    flagged = {column: _ood_flags(calls) for column, calls in (("without_crop", whole_calls), ("with_auto_crop", crop_calls))}
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "model_sha256": metadata.model_sha256,
@@ -316,13 +367,14 @@ def evaluate_crop(
         "crop_settings": dataclasses.asdict(settings),
         "images": int(len(samples)),
         "crop_found_fraction": float(found.mean()),
-        "mean_height_kept": float(kept[found].mean()) if found.any() else None,
+        "mean_height_kept": float(np.mean([k for k in kept if k is not None])) if found.any() else None,
         "metrics": columns,
         "mean_delta": {
             "normal": float(delta[labels == 0].mean()),
             "pneumonia": float(delta[labels == 1].mean()),
         },
         "calls_changed": int(((before >= threshold) != (after >= threshold)).sum()),
+        "ood_flagged": {column: None if flags is None else int(flags.sum()) for column, flags in flagged.items()},
     }
     if split == "test":
         report["test_evaluations_so_far"] = record_test_use(Path(reports_dir), metadata.model_sha256, "test")
@@ -355,6 +407,14 @@ def crop_markdown(report: dict) -> str:
         "",
         f"Mean change of probability: normal {report['mean_delta']['normal']:+.3f}, pneumonia "
         f"{report['mean_delta']['pneumonia']:+.3f}; {report['calls_changed']} calls changed.",
+    ]
+    flagged = report.get("ood_flagged") or {}
+    if flagged.get("without_crop") is not None:
+        lines.append(
+            f"Out-of-distribution gate: {flagged['without_crop']} images flagged whole, {flagged['with_auto_crop']} with "
+            "the automatic crop; the figures include them."
+        )
+    lines += [
         f"Answer: the automatic crop {verdict} the ranking (AUC change {auc_change:+.4f}; ±0.005 counts as no difference).",
         "",
     ]
@@ -364,19 +424,16 @@ def crop_markdown(report: dict) -> str:
 # --- The out-of-distribution gate ------------------------------------------------------------
 
 
-def _validation_xrays(data_dir: Path, settings: dict, count: int, seed: int) -> list[np.ndarray]:
-    """``count`` validation X-rays (half of each class), grey uint8, for the corpus."""
-    from .preprocessing import load_image
-
-    split = make_split(Path(data_dir), settings["protocol"], settings["val_fraction"], settings["seed"])
+def _validation_xrays(validation: Sequence, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` of the validation samples (half of each class), grey uint8, for the corpus."""
     rng = np.random.default_rng(seed)
     chosen = []
     for label in (0, 1):
-        paths = sorted(s.path for s in split.validation if s.label == label)
+        paths = sorted(s.path for s in validation if s.label == label)
         chosen += [paths[i] for i in rng.choice(len(paths), count // 2, replace=False)]
     xrays = []
     for path in chosen:
-        pixels, _ = load_image(path)
+        pixels = DecodedImage.decode(path).pixels
         xrays.append(pixels if pixels.dtype == np.uint8 else (pixels // 257).astype(np.uint8))
     return xrays
 
@@ -388,33 +445,39 @@ def _shown_path(path: Path) -> str:
 
 
 def evaluate_ood(model_path: Path, data_dir: Path, reports_dir: Path, corpus_xrays: int = 20, seed: int = 20261123) -> dict:
-    """Measures the gate: pass rate of the official test split's X-rays (whole and with the
-    automatic diaphragm crop) and detection rate per category of ``ood_corpus``. Writes
-    ``reports_dir/ood.json`` and returns the report. The test split is only scored, never used to fit."""
-    from .crop import apply_crop, find_diaphragm
-    from .data import scan_split
+    """Measures the gate: pass rate of the test part's X-rays (for an "official" model the
+    official test split; whole and with the automatic diaphragm crop) and detection rate per
+    category of ``ood_corpus``, made from the model's validation X-rays. Every image goes
+    through ``DecodedImage`` and ``Predictor.calls`` / ``call_on_crop`` / ``predict_source``, as in
+    the app. Writes ``reports_dir/ood.json`` and returns the report. The test split is only
+    scored, never used to fit.
+
+    Raises:
+        ModelFileError: no gate beside the model.
+        DataError: the data folder differs from the data the model was trained on (``model_split``).
+    """
+    from .crop import find_diaphragm
     from .errors import InvalidImageError, ModelFileError
     from .ood_corpus import build_corpus
-    from .preprocessing import load_image, preprocess
 
     predictor = Predictor.from_file(Path(model_path))
     if predictor.gate is None:
         raise ModelFileError(f"No out-of-distribution gate beside {model_path}; run `python -m pneumo_model ood fit` first.")
-    test = scan_split(Path(data_dir), "test")
+    split = model_split(predictor.metadata, Path(data_dir))
+    test = split.test
     whole, cropped, failed = [], [], []
-    for sample in test:
-        pixels, info = load_image(sample.path)
-        whole.append(predictor.predict_input(preprocess(pixels, predictor.input_size), info).ood_score)
-        found = find_diaphragm(pixels)
-        if found.found:
-            crop_input = preprocess(apply_crop(pixels, found.box), predictor.input_size)
-            cropped.append(predictor.predict_input(crop_input, info).ood_score)
-        if whole[-1] > 1.0:
-            failed.append({"file": sample.path.name, "ood_score": whole[-1]})
+    for batch in decoded_batches([s.path for s in test], predictor.batch_size):
+        for image, call in zip(batch, predictor.calls(batch)):
+            whole.append(call.ood_score)
+            found = find_diaphragm(image.pixels)
+            if found.found:
+                cropped.append(predictor.call_on_crop(image, found.box).ood_score)
+            if call.ood:
+                failed.append({"file": test[len(whole) - 1].path.name, "ood_score": call.ood_score})
     whole, cropped = np.array(whole), np.array(cropped)
     labels = np.array([s.label for s in test])
 
-    corpus = build_corpus(_validation_xrays(data_dir, predictor.metadata.train_config, corpus_xrays, seed), seed)
+    corpus = build_corpus(_validation_xrays(split.validation, corpus_xrays, seed), seed)
     categories = {}
     for category, files in corpus.items():
         results = []
@@ -437,6 +500,7 @@ def evaluate_ood(model_path: Path, data_dir: Path, reports_dir: Path, corpus_xra
         "model_sha256": predictor.metadata.model_sha256,
         "gate": predictor.gate.facts | {"threshold": predictor.gate.threshold, "detectors": list(predictor.gate.detectors)},
         "test_split": {
+            "part": "official test split" if predictor.metadata.protocol == "official" else f"test part of the '{predictor.metadata.protocol}' protocol",
             "images": int(len(whole)),
             "pass_rate": float(np.mean(whole <= 1.0)),
             "pass_rate_normal": float(np.mean(whole[labels == 0] <= 1.0)),
@@ -472,7 +536,7 @@ def ood_markdown(report: dict) -> str:
         "",
         "| images | n | passed | flagged | rejected by the decoder | target |",
         "|---|---|---|---|---|---|",
-        f"| official test split X-rays | {test['images']} | {test['pass_rate']:.1%} | "
+        f"| {test.get('part', 'official test split')} X-rays | {test['images']} | {test['pass_rate']:.1%} | "
         f"{1 - test['pass_rate']:.1%} | 0 | ≥ 98 % pass |",
     ]
     if test["diaphragm_cropped_pass_rate"] is not None:

@@ -290,7 +290,7 @@ def fit_gate(model, model_sha256: str, train_images: np.ndarray, validation_imag
         train_images, validation_images: (n, size, size, 1) uint8 model inputs.
         config: settings.
     """
-    from .stress import keep_top
+    from .shifts import keep_top
 
     rng = np.random.default_rng(config.seed)
     summarise = ActivationSummaries(model, config.layers)
@@ -335,15 +335,20 @@ def fit_gate(model, model_sha256: str, train_images: np.ndarray, validation_imag
 
 def fit_for_model(model_path: Path, data_dir: Path, config: OodConfig = OodConfig()) -> OodGate:
     """Fits the gate of the model at ``model_path`` on that model's own training and validation
-    split and saves it beside the model (``gate_path``)."""
+    split (``data.model_split``) and saves it beside the model (``gate_path``).
+
+    The images are held as training holds them (``load_model_inputs``, 8-bit), since fitting the
+    gate is part of training a model.
+
+    Raises:
+        DataError: the data folder differs from the data the model was trained on.
+    """
     from .artifacts import load_model
-    from .data import load_model_inputs
-    from .training import make_split
+    from .data import load_model_inputs, model_split
 
     # Not through Predictor: a stale gate beside the model (of a replaced model) must not stop its refit.
     model, metadata = load_model(Path(model_path))
-    settings = metadata.train_config
-    split = make_split(Path(data_dir), settings["protocol"], settings["val_fraction"], settings["seed"])
+    split = model_split(metadata, Path(data_dir))
     train = load_model_inputs(split.train, metadata.input_size)
     validation = load_model_inputs(split.validation, metadata.input_size)
     gate = fit_gate(model, metadata.model_sha256, train, validation, config)

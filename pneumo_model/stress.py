@@ -14,6 +14,10 @@ the known shortcuts of this data set and measures how much the model's calls mov
 - ``lower_crop``: the lowest 20 % removed (a diaphragm crop, which the app offers).
 - ``low_resolution``: downsampled to half the side and back (NORMAL originals are also larger).
 
+The shifts themselves are in ``shifts``. The unperturbed images are scored exactly as the app
+scores them (``DecodedImage`` and ``Predictor.calls``, float32 inputs); the perturbed copies of
+those same inputs go through ``Predictor.probabilities``.
+
 Only the validation split is used; the test split is never touched. ``stress_report`` compares
 candidate models and names the one preferred by a stated rule, and breaks the plain validation
 calls down by acquisition group (``acquisition_groups``): file family, subtype and thirds of
@@ -28,10 +32,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from .metrics import binary_metrics
+from .shifts import change_aspect, keep_top, lower_resolution
 
 STRESS_NAMES = ("plain", "narrow", "wide", "swapped", "lower_crop", "low_resolution")
 
@@ -51,52 +55,6 @@ class StressConfig:
     wide: float = 1.25
     lower_crop_keep: float = 0.8
     low_resolution: float = 0.5
-
-
-def change_aspect(image: np.ndarray, factor: float) -> np.ndarray:
-    """Changes the width / height ratio of the content by ``factor``, keeping the square size.
-
-    Below 1 the central ``factor`` share of the rows is stretched to full height (content looks
-    narrower); above 1 the central ``1 / factor`` share of the columns is stretched to full
-    width (content looks wider). Cropping instead of padding adds no borders.
-
-    Args:
-        image: (size, size) or (size, size, 1) float32 in [0, 1]; not modified.
-        factor: positive ratio; 1 returns a copy.
-
-    Returns:
-        float32 array of the input's shape.
-    """
-    if factor <= 0:
-        raise ValueError(f"aspect factor must be positive, got {factor}")
-    plane = np.asarray(image, dtype=np.float32).reshape(image.shape[0], image.shape[1])
-    size = plane.shape[0]
-    if factor < 1:
-        rows = max(1, int(round(size * factor)))
-        top = (size - rows) // 2
-        crop = plane[top : top + rows]
-    else:
-        cols = max(1, int(round(size / factor)))
-        left = (size - cols) // 2
-        crop = plane[:, left : left + cols]
-    resized = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
-    return resized.reshape(image.shape).astype(np.float32)
-
-
-def keep_top(image: np.ndarray, keep: float) -> np.ndarray:
-    """Keeps the top ``keep`` share of the rows, stretched back to full height (float32 copy)."""
-    plane = np.asarray(image, dtype=np.float32).reshape(image.shape[0], image.shape[1])
-    rows = max(1, int(round(plane.shape[0] * keep)))
-    resized = cv2.resize(plane[:rows], (plane.shape[1], plane.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return resized.reshape(image.shape).astype(np.float32)
-
-
-def lower_resolution(image: np.ndarray, scale: float) -> np.ndarray:
-    """Downsamples to ``scale`` of the side (area) and back up (bilinear); float32 copy."""
-    plane = np.asarray(image, dtype=np.float32).reshape(image.shape[0], image.shape[1])
-    height, width = plane.shape
-    small = cv2.resize(plane, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR).reshape(image.shape).astype(np.float32)
 
 
 def perturb(images: np.ndarray, labels: np.ndarray, name: str, config: StressConfig = StressConfig()) -> np.ndarray:
@@ -132,7 +90,7 @@ def stress_metrics(
     """AUC, and sensitivity / specificity at the model's own threshold, under every perturbation.
 
     Args:
-        predictor: a ``Predictor`` (its calibrated probabilities and threshold are used).
+        predictor: a ``Predictor`` (its calibrated probabilities and operating threshold are used).
         images: (n, size, size, 1) validation inputs, float32 in [0, 1] or uint8.
         labels: (n,) 0 / 1.
         plain: the predictor's probabilities on the unperturbed images, if already computed.
@@ -145,7 +103,7 @@ def stress_metrics(
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
     labels = np.asarray(labels)
-    threshold = predictor.metadata.threshold
+    threshold = predictor.threshold
     plain = predictor.probabilities(images) if plain is None else np.asarray(plain)
     results = {}
     for name in STRESS_NAMES:
@@ -228,30 +186,34 @@ def preferred(results: dict[str, dict]) -> str:
 
 
 def stress_report(model_paths: list[Path], data_dir: Path, reports_dir: Path, config: StressConfig = StressConfig()) -> dict:
-    """Scores each model's own validation split under every perturbation; writes
-    ``validation_stress.{json,md}`` to ``reports_dir`` and returns the report."""
-    from .data import load_model_inputs
-    from .prediction import Predictor
-    from .training import make_split
+    """Scores each model's own validation split (``data.model_split``: the data must be the data
+    it was trained on) under every perturbation; writes ``validation_stress.{json,md}`` to
+    ``reports_dir`` and returns the report.
 
-    results, details, inputs, drift = {}, {}, {}, {}
+    Raises:
+        DataError: the data folder differs from the data a model was trained on.
+    """
+    from .data import model_split
+    from .evaluation import call_files
+    from .prediction import Predictor
+
+    results, details, drift = {}, {}, {}
     for path in model_paths:
         predictor = Predictor.from_file(Path(path))
-        train_config = predictor.metadata.train_config
-        key = (train_config["protocol"], train_config["val_fraction"], train_config["seed"], predictor.input_size)
-        if key not in inputs:
-            split = make_split(Path(data_dir), *key[:3])
-            inputs[key] = (
-                load_model_inputs(split.validation, predictor.input_size),
-                np.array([s.label for s in split.validation]),
-                [s.path.name for s in split.validation],
-            )
-        images, labels, names = inputs[key]
+        validation = model_split(predictor.metadata, Path(data_dir)).validation
+        labels = np.array([s.label for s in validation])
+        names = [s.path.name for s in validation]
+        calls, images = call_files(predictor, [s.path for s in validation])  # images: (n, size, size, 1) float32
+        plain = np.array([call.probability for call in calls])
         name = f"{Path(path).stem}@{predictor.metadata.model_sha256[:12]}"
-        plain = predictor.probabilities(images)
         results[name] = stress_metrics(predictor, images, labels, config, plain)
-        drift[name] = drift_metrics(plain, labels, names, predictor.metadata.threshold)
-        details[name] = {"path": str(path), "validation_images": int(len(labels)), "threshold": predictor.metadata.threshold}
+        drift[name] = drift_metrics(plain, labels, names, predictor.threshold)
+        details[name] = {
+            "path": str(path),
+            "validation_images": int(len(labels)),
+            "threshold": predictor.threshold,
+            "ood_flagged": None if predictor.gate is None else sum(bool(call.ood) for call in calls),
+        }
     report = {
         "config": asdict(config),
         "models": details,

@@ -1,4 +1,10 @@
-"""Training: patient-grouped split, in-memory data, augmentation, early stopping, calibration on validation."""
+"""Training: patient-grouped split (``data.make_split``), in-memory data, augmentation, early stopping,
+calibration on validation.
+
+Training holds its images as 8-bit model inputs (``data.load_model_inputs``), for memory; that
+storage is for training only. Everything that reports or shows a probability scores float32
+inputs through ``DecodedImage`` and ``Predictor``.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +23,7 @@ import tensorflow as tf
 from .artifacts import ModelMetadata, save_model
 from .augmentation import AugmentConfig, augment_batch
 from .calibration import OperatingPointConfig, fit_grey_zone, fit_temperature, sigmoid, threshold_for_sensitivity
-from .data import (
-    Sample,
-    data_fingerprint,
-    file_sha256,
-    group_ids,
-    load_model_inputs,
-    scan_split,
-    split_groups,
-)
+from .data import DEFAULT_VAL_FRACTION, load_model_inputs, make_split
 from .errors import ConfigError
 from .metrics import binary_metrics, expected_calibration_error
 from .models import average_logits, get_architecture, member_layer_name
@@ -73,7 +71,7 @@ class TrainConfig:
     label_smoothing: float = 0.05
     imbalance: str = "none"
     patience: int = 15
-    val_fraction: float = 0.15
+    val_fraction: float = DEFAULT_VAL_FRACTION
     protocol: str = "official"
     seed: int = 20261123
     members: int = 1
@@ -94,43 +92,6 @@ class TrainConfig:
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"val_fraction must lie in (0, 0.5); got {self.val_fraction}.")
         get_architecture(self.architecture)
-
-
-@dataclass(frozen=True)
-class DataSplit:
-    """Samples of one protocol, divided into parts, with their group ids."""
-
-    train: list[Sample]
-    validation: list[Sample]
-    test: list[Sample]
-    groups: dict[Path, str]
-    fingerprint: str
-
-
-def make_split(data_dir: Path, protocol: str, val_fraction: float, seed: int) -> DataSplit:
-    """Builds the protocol's split from the data folder, deterministically.
-
-    "official": validation is ``val_fraction`` of official train by patient group; test is the
-    official test split. "pooled": train and test images pooled and re-split 70/15/15 by group.
-    """
-    train_samples = scan_split(data_dir, "train")
-    test_samples = scan_split(data_dir, "test")
-    everything = train_samples + test_samples
-    hashes = [file_sha256(s.path) for s in everything]
-    groups = group_ids(everything, hashes)
-    group_of = {s.path: g for s, g in zip(everything, groups)}
-    if protocol == "official":
-        pool = train_samples
-        fractions = (1.0 - val_fraction, val_fraction)
-    else:
-        pool = everything
-        fractions = (0.70, 0.15, 0.15)
-    parts = split_groups([s.label for s in pool], [group_of[s.path] for s in pool], fractions, seed)
-    chosen = [[pool[i] for i in part] for part in parts]
-    test = test_samples if protocol == "official" else chosen[2]
-    hash_of = {s.path: h for s, h in zip(everything, hashes)}
-    fingerprint = data_fingerprint(pool, [hash_of[s.path] for s in pool], Path(data_dir))
-    return DataSplit(chosen[0], chosen[1], test, group_of, fingerprint)
 
 
 def _dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> tf.data.Dataset:

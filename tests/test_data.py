@@ -1,21 +1,25 @@
-"""Patient ids, duplicate grouping, and patient-grouped stratified splits."""
+"""Patient ids, duplicate grouping, patient-grouped stratified splits, and a model's own split."""
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pneumo_model.artifacts import ModelMetadata, read_metadata
 from pneumo_model.data import (
     DEFAULT_DATA_DIR,
     Sample,
     group_ids,
+    make_split,
+    model_split,
     parse_name,
     resolve_data_dir,
     scan_split,
     split_groups,
 )
 from pneumo_model.errors import DataError
-from pneumo_model.training import make_split
 
 
 @pytest.mark.parametrize(
@@ -119,3 +123,91 @@ def test_pooled_split_is_70_15_15_by_group_and_mixes_official_test_in():
     assert not (group_sets[0] & group_sets[1] or group_sets[0] & group_sets[2] or group_sets[1] & group_sets[2])
     assert {s.split for s in split.test} == {"train", "test"}
     assert abs(len(split.test) / 5840 - 0.15) < 0.01
+
+
+# --- A model's own split --------------------------------------------------------------------------
+
+# The split the code before model_split made of conftest's synthetic data set (official protocol,
+# val_fraction 0.25, seed 20261123; pooled 70/15/15): model_split must rebuild exactly these.
+SYNTHETIC_VALIDATION_BEFORE = [
+    "IM-0000-0000.jpeg", "IM-0006-0012.jpeg", "IM-0007-0015.jpeg", "IM-0117-0017.jpeg", "IM-0122-0022.jpeg",
+    "IM-0123-0023.jpeg", "person11_bacteria_23.jpeg", "person11_virus_22.jpeg", "person2_bacteria_5.jpeg",
+    "person2_virus_4.jpeg", "person9_bacteria_19.jpeg", "person9_virus_18.jpeg",
+]
+SYNTHETIC_POOLED_TEST_BEFORE = [
+    "test/person5_bacteria_11.jpeg", "test/person5_virus_10.jpeg", "train/IM-0003-0006.jpeg",
+    "train/IM-0104-0004.jpeg", "train/IM-0108-0008.jpeg", "train/IM-0111-0011.jpeg", "train/IM-0113-0013.jpeg",
+    "train/person1_bacteria_3.jpeg", "train/person1_virus_2.jpeg", "train/person4_bacteria_9.jpeg",
+    "train/person4_virus_8.jpeg",
+]
+
+
+def _metadata(data_dir: Path, protocol: str = "official", seed: int = 20261123, val_fraction: float | None = None) -> ModelMetadata:
+    """Metadata as training writes it, for a model trained on ``data_dir`` with these settings
+    (``val_fraction`` None: not recorded, as in models from before it was)."""
+    train_config = {"protocol": protocol, "seed": seed}
+    if val_fraction is not None:
+        train_config["val_fraction"] = val_fraction
+    return ModelMetadata(
+        architecture="dense", input_size=32, gradcam_layer=None, temperature=1.0, threshold=0.5,
+        grey_zone=(0.4, 0.5), protocol=protocol, keras_version="3", tensorflow_version="2",
+        model_sha256="ab" * 32, data_fingerprint=make_split(data_dir, protocol, val_fraction or 0.15, seed).fingerprint,
+        seed=seed, training_seconds=1.0, train_config=train_config,
+    )
+
+
+def _names(samples) -> list[str]:
+    return sorted(s.path.name for s in samples)
+
+
+def test_model_split_rebuilds_the_split_the_model_was_trained_on(synthetic_data):
+    metadata = _metadata(synthetic_data, "official", 20261123, val_fraction=0.25)
+    split = model_split(metadata, synthetic_data)
+    assert _names(split.validation) == SYNTHETIC_VALIDATION_BEFORE
+    again = make_split(synthetic_data, "official", 0.25, 20261123)
+    assert split == again  # the same parts, groups and fingerprint as make_split with the recorded settings
+    assert _names(split.test) == _names(scan_split(synthetic_data, "test"))
+
+
+def test_model_split_of_a_pooled_model_is_its_own_70_15_15(synthetic_data):
+    metadata = _metadata(synthetic_data, "pooled", 20261123, val_fraction=0.15)
+    split = model_split(metadata, synthetic_data)
+    assert sorted(f"{s.split}/{s.path.name}" for s in split.test) == SYNTHETIC_POOLED_TEST_BEFORE
+
+
+def test_model_split_reads_val_fraction_from_train_config_and_defaults_for_old_models(synthetic_data):
+    recorded = model_split(_metadata(synthetic_data, val_fraction=0.25), synthetic_data)
+    old = model_split(_metadata(synthetic_data), synthetic_data)  # no val_fraction recorded: 0.15, as then
+    assert old == make_split(synthetic_data, "official", 0.15, 20261123)
+    assert len(old.validation) < len(recorded.validation)
+
+
+def test_model_split_of_the_trained_tiny_model_matches_its_fingerprint(tiny_model, synthetic_data):
+    metadata = read_metadata(tiny_model)
+    split = model_split(metadata, synthetic_data)
+    assert split.fingerprint == metadata.data_fingerprint
+    assert _names(split.validation) == SYNTHETIC_VALIDATION_BEFORE  # trained with val_fraction 0.25
+
+
+def test_model_split_refuses_data_that_differ_from_the_training_data(synthetic_data, tmp_path):
+    metadata = _metadata(synthetic_data, val_fraction=0.25)
+    changed = shutil.copytree(synthetic_data, tmp_path / "chest_xray_224")
+    first = sorted((changed / "train" / "NORMAL").iterdir())[0]
+    first.write_bytes(first.read_bytes() + b"\0")  # one byte more in one training file
+    with pytest.raises(DataError, match="differs from the data model abababababab was trained on") as refused:
+        model_split(metadata, changed)
+    assert "--data" in str(refused.value) and metadata.data_fingerprint[:12] in str(refused.value)
+    removed = shutil.copytree(synthetic_data, tmp_path / "fewer")
+    sorted((removed / "train" / "PNEUMONIA").iterdir())[0].unlink()
+    with pytest.raises(DataError, match="fingerprint"):
+        model_split(metadata, removed)
+    with pytest.raises(DataError, match="does not exist"):
+        model_split(metadata, tmp_path / "nowhere")
+
+
+def test_model_split_refuses_metadata_that_disagrees_with_itself(synthetic_data):
+    metadata = _metadata(synthetic_data, val_fraction=0.25)
+    with pytest.raises(DataError, match="two seeds"):
+        model_split(dataclasses.replace(metadata, seed=1), synthetic_data)
+    with pytest.raises(DataError, match="two protocols"):
+        model_split(dataclasses.replace(metadata, protocol="pooled"), synthetic_data)

@@ -135,6 +135,35 @@ def test_training_over_a_model_removes_its_stale_gate(tiny_gate, synthetic_data,
     Predictor.from_file(model_path)  # loads: no gate of another model in the way
 
 
+def test_fit_for_model_fits_on_the_models_own_split_and_refuses_other_data(tiny_model, synthetic_data, tmp_path):
+    from pneumo_model.data import model_split
+    from pneumo_model.errors import DataError
+    from pneumo_model.ood import fit_for_model
+
+    model_path = tmp_path / "tiny.keras"
+    shutil.copy(tiny_model, model_path)
+    shutil.copy(tiny_model.with_suffix(".json"), tmp_path / "tiny.json")
+    gate = fit_for_model(model_path, synthetic_data, TINY_CONFIG)
+    split = model_split(read_metadata(model_path), synthetic_data)
+    assert gate.facts["train_images"] == len(split.train) and gate.facts["validation_images"] == len(split.validation)
+    assert Predictor.from_file(model_path).gate.threshold == pytest.approx(gate.threshold)
+    changed = shutil.copytree(synthetic_data, tmp_path / "changed")
+    sorted((changed / "train" / "NORMAL").iterdir())[0].unlink()
+    with pytest.raises(DataError, match="differs from the data model"):
+        fit_for_model(model_path, changed, TINY_CONFIG)
+
+
+def test_ood_module_imports_neither_training_nor_stress():
+    """The app side (ood scoring) never imports the lab side."""
+    import ast
+
+    from pneumo_model import ood
+
+    tree = ast.parse(open(ood.__file__).read())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"training", "stress", "evaluation", "comparison", "bench"}, imported
+
+
 def test_odd_sized_layers_and_empty_batches_are_refused_plainly(tiny_gate):
     model, _ = load_model(tiny_gate[0])
     summaries = ActivationSummaries(model, ("conv1",))

@@ -1,6 +1,8 @@
 """Training, evaluation and comparison end to end on a small synthetic data set (seconds, no real data)."""
 
+import csv
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -9,12 +11,23 @@ import pytest
 from pneumo_model.artifacts import load_model
 from pneumo_model.augmentation import AugmentConfig
 from pneumo_model.comparison import compare, imbalance_study
-from pneumo_model.errors import ConfigError
-from pneumo_model.evaluation import GOAL, MUST_BAR, TEST_LOG_NAME, evaluate, report_markdown, targets_met
+from pneumo_model.errors import ConfigError, DataError
+from pneumo_model.evaluation import (
+    GOAL,
+    MUST_BAR,
+    TEST_LOG_NAME,
+    call_files,
+    evaluate,
+    evaluate_crop,
+    report_markdown,
+    targets_met,
+)
+from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Predictor
 from pneumo_model.explain import GradCam
 from pneumo_model.metrics import binary_metrics
-from pneumo_model.training import TrainConfig, load_model_inputs, make_split, train
+from pneumo_model.data import load_model_inputs, make_split
+from pneumo_model.training import TrainConfig, train
 
 
 def test_training_writes_a_calibrated_model_with_complete_metadata(tiny_model, synthetic_data):
@@ -104,6 +117,53 @@ def test_evaluate_writes_the_report_figures_and_counts_test_use(tiny_model, synt
     assert len((tmp_path / TEST_LOG_NAME).read_text().splitlines()) == 2
     rows = (tmp_path / "predictions_test.csv").read_text().splitlines()
     assert len(rows) == 25 and rows[0].startswith("file,label")
+
+
+def test_evaluation_scores_exactly_what_the_app_scores(tiny_model, synthetic_data, tmp_path):
+    """Every probability of the report is ``predict_source`` of the same file: float32 inputs, not 8-bit."""
+    evaluate(tiny_model, synthetic_data, tmp_path, n_resamples=10)
+    predictor = Predictor.from_file(tiny_model)
+    rows = list(csv.DictReader((tmp_path / "predictions_test.csv").open()))
+    folder = {s.path.name: s.path for s in make_split(synthetic_data, "official", 0.25, predictor.metadata.seed).test}
+    for row in rows:
+        app = predictor.predict_source(folder[row["file"]])
+        # One by one against batches of 32: float32 sums in another order, about 1e-6 apart here.
+        assert float(row["probability"]) == pytest.approx(app.probability, abs=1e-5), row["file"]
+        assert int(row["call"]) == (app.label == "pneumonia") and int(row["grey_zone"]) == app.grey_zone
+        assert row["ood"] == ""  # the tiny model has no gate
+    # call_files gives the report's figures, in file order, from the app's float32 model inputs.
+    paths = list(folder.values())
+    calls, inputs = call_files(predictor, paths)
+    assert inputs.dtype == np.float32 and inputs.shape == (len(paths), 32, 32, 1)
+    np.testing.assert_array_equal(inputs[3], DecodedImage.decode(paths[3]).model_input(32))  # the same file order
+    assert [c.probability for c in calls] == pytest.approx([float(row["probability"]) for row in rows], abs=1e-9)
+    # Training's 8-bit storage does not give these figures: this test catches a return to it.
+    test = make_split(synthetic_data, "official", 0.25, predictor.metadata.seed).test
+    rounded = predictor.probabilities(load_model_inputs(test, 32))
+    assert np.max(np.abs(rounded - np.array([c.probability for c in calls]))) > 1e-4
+
+
+def test_crop_evaluation_goes_through_the_pipeline(tiny_model, synthetic_data, tmp_path):
+    report = evaluate_crop(tiny_model, synthetic_data, tmp_path)
+    assert report["images"] == 24 and report["ood_flagged"] == {"without_crop": None, "with_auto_crop": None}
+    predictor = Predictor.from_file(tiny_model)
+    test = make_split(synthetic_data, "official", 0.25, predictor.metadata.seed).test
+    labels = np.array([s.label for s in test])
+    app = np.array([predictor.predict_source(s.path).probability for s in test])
+    assert report["metrics"]["without_crop"]["accuracy"] == pytest.approx(
+        binary_metrics(labels, app, predictor.threshold)["accuracy"]
+    )
+    assert json.loads((tmp_path / "crop_evaluation.json").read_text()) == report
+    assert (tmp_path / TEST_LOG_NAME).read_text().count('"test"') == 1
+
+
+def test_evaluation_refuses_data_that_differ_from_the_training_data(tiny_model, synthetic_data, tmp_path):
+    changed = shutil.copytree(synthetic_data, tmp_path / "changed")
+    sorted((changed / "train" / "PNEUMONIA").iterdir())[0].unlink()
+    for run in (evaluate, evaluate_crop):
+        with pytest.raises(DataError, match="differs from the data model"):
+            run(tiny_model, changed, tmp_path / "reports")
+    assert not (tmp_path / "reports" / TEST_LOG_NAME).exists()  # a refused run is not a look at the test split
 
 
 def test_bar_and_goal_are_judged_from_the_figures():

@@ -1,6 +1,7 @@
 """The committed model on the real data: full-size uploads agree with the data set's copies, and the
-committed evaluation report is what the committed model gives."""
+committed evaluation report is what the committed model gives, scored as the app scores."""
 
+import csv
 import json
 
 import numpy as np
@@ -8,8 +9,8 @@ import pytest
 
 from conftest import FULLRES_DIR
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT, file_sha256
-from pneumo_model.data import DEFAULT_DATA_DIR, load_model_inputs, scan_split
-from pneumo_model.evaluation import report_markdown
+from pneumo_model.data import DEFAULT_DATA_DIR, scan_split
+from pneumo_model.evaluation import call_files, report_markdown
 from pneumo_model.metrics import binary_metrics
 from pneumo_model.prediction import Predictor
 
@@ -40,12 +41,35 @@ def test_committed_report_matches_the_committed_model(predictor):
     assert report["threshold"] == predictor.metadata.threshold
     samples = scan_split(DEFAULT_DATA_DIR, "test")
     labels = np.array([s.label for s in samples])
-    probabilities = predictor.probabilities(load_model_inputs(samples, predictor.input_size))
+    calls, _ = call_files(predictor, [s.path for s in samples])
+    probabilities = np.array([call.probability for call in calls])
     recomputed = binary_metrics(labels, probabilities, predictor.metadata.threshold)
     assert recomputed["confusion"] == report["image"]["confusion"]
     for key in ("accuracy", "sensitivity", "specificity"):
         assert recomputed[key] == pytest.approx(report["image"][key], abs=1e-12)
     assert recomputed["roc_auc"] == pytest.approx(report["image"]["roc_auc"], abs=1e-4)
+
+
+# Near the threshold, in the grey zone, flagged by the gate, and far from the threshold either way.
+APP_CHECKED = (
+    "person153_bacteria_726.jpeg",
+    "IM-0001-0001.jpeg",
+    "NORMAL2-IM-0012-0001.jpeg",
+    "person1_virus_6.jpeg",
+)
+
+
+def test_committed_predictions_are_what_the_app_gives_for_the_same_files(predictor):
+    """Evaluation scores exactly what the app scores: ``predict_source`` of the file, to 1e-6."""
+    rows = {row["file"]: row for row in csv.DictReader((REPO_ROOT / "reports" / "predictions_test.csv").open())}
+    flagged = sorted(name for name, row in rows.items() if row["ood"] == "1")
+    grey = sorted(name for name, row in rows.items() if row["grey_zone"] == "1")
+    samples = {s.path.name: s for s in scan_split(DEFAULT_DATA_DIR, "test")}
+    for name in sorted(set(APP_CHECKED) | set(flagged[:2]) | set(grey[:2])):
+        app = predictor.predict_source(samples[name].path)
+        row = rows[name]
+        assert float(row["probability"]) == pytest.approx(app.probability, abs=1e-6), name
+        assert (int(row["call"]), int(row["grey_zone"]), int(row["ood"])) == (app.label == "pneumonia", app.grey_zone, app.ood), name
 
 
 def test_readme_results_are_the_generated_report():

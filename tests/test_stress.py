@@ -1,16 +1,13 @@
 """Validation stress perturbations and the rule that chooses between candidate models."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
+from pneumo_model.shifts import change_aspect, keep_top
 from pneumo_model.stress import (
     STRESS_NAMES,
     acquisition_groups,
-    change_aspect,
     drift_metrics,
-    keep_top,
     perturb,
     preferred,
     stress_metrics,
@@ -63,7 +60,7 @@ class _WidthModel:
 
     def __init__(self, uses_shortcut: bool):
         self.uses_shortcut = uses_shortcut
-        self.metadata = SimpleNamespace(threshold=0.5)
+        self.threshold = 0.5
 
     def probabilities(self, images):
         if self.uses_shortcut:
@@ -109,3 +106,40 @@ def test_acquisition_groups_split_families_subtypes_and_thirds_of_patient_number
     assert rows["normal, NORMAL2- files"] == {"n": 3, "correct": 1, "rate": 1 / 3}
     assert rows["pneumonia, viral"] == {"n": 1, "correct": 0, "rate": 0.0}
     assert rows["pneumonia, bacterial"]["rate"] == 1.0
+
+
+def test_stress_report_scores_each_models_own_validation_split_as_the_app_does(tiny_model, synthetic_data, tmp_path):
+    import json
+    import shutil
+
+    from pneumo_model.artifacts import read_metadata
+    from pneumo_model.data import model_split
+    from pneumo_model.errors import DataError
+    from pneumo_model.prediction import Predictor
+    from pneumo_model.stress import stress_report
+
+    report = stress_report([tiny_model], synthetic_data, tmp_path / "reports")
+    (name,) = report["results"]
+    validation = model_split(read_metadata(tiny_model), synthetic_data).validation
+    assert report["models"][name]["validation_images"] == len(validation)
+    assert report["models"][name]["ood_flagged"] is None  # the tiny model has no gate
+    assert set(report["results"][name]) == set(STRESS_NAMES) and report["preferred"] == name
+    # The plain calls are the app's: the same probabilities as predict_source on each file.
+    predictor = Predictor.from_file(tiny_model)
+    app = np.array([predictor.predict_source(s.path).probability for s in validation])
+    labels = np.array([s.label for s in validation])
+    expected = {
+        "normal": float(((app >= predictor.threshold) == 0)[labels == 0].mean()),
+        "pneumonia": float((app >= predictor.threshold)[labels == 1].mean()),
+    }
+    assert report["results"][name]["plain"]["specificity"] == pytest.approx(expected["normal"])
+    assert report["results"][name]["plain"]["sensitivity"] == pytest.approx(expected["pneumonia"])
+    from sklearn.metrics import roc_auc_score
+
+    assert report["results"][name]["plain"]["roc_auc"] == pytest.approx(roc_auc_score(labels, app))
+    assert json.loads((tmp_path / "reports" / "validation_stress.json").read_text()) == report
+    # Data that differ from the model's training data are refused, not silently re-split.
+    changed = shutil.copytree(synthetic_data, tmp_path / "changed")
+    sorted((changed / "train" / "NORMAL").iterdir())[0].unlink()
+    with pytest.raises(DataError, match="differs from the data model"):
+        stress_report([tiny_model], changed, tmp_path / "other")
