@@ -170,7 +170,7 @@ def train_config_from_args(args) -> "TrainConfig":
 
     A flag left out (None) keeps ``TrainConfig``'s default.
     """
-    from .training import TrainConfig
+    from .lab.training import TrainConfig
 
     defaults = TrainConfig()
     given = {name: getattr(args, name) for name in _TRAIN_FIELDS if getattr(args, name) is not None}
@@ -188,7 +188,7 @@ def train_config_from_args(args) -> "TrainConfig":
 
 def _train(args) -> int:
     from .data import resolve_data_dir
-    from .training import train
+    from .lab.training import train
 
     config = train_config_from_args(args)
     metadata = train(config, resolve_data_dir(args.data), args.model, command=args.command_line)
@@ -216,10 +216,10 @@ def _add_evaluate(commands) -> None:
 
 def _evaluate(args) -> int:
     from .data import resolve_data_dir
-    from .evaluation import DEFAULT_REPORTS_DIR, evaluate
+    from .lab.evaluation import DEFAULT_REPORTS_DIR, evaluate
 
     if args.crop == "auto":
-        from .evaluation import evaluate_crop
+        from .lab.evaluation import evaluate_crop
 
         report = evaluate_crop(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, split=args.split)
         keys = ("accuracy", "sensitivity", "specificity", "roc_auc")
@@ -357,10 +357,10 @@ def _add_compare(commands) -> None:
 
 
 def _compare(args) -> int:
-    from .comparison import compare, imbalance_study
+    from .lab.comparison import compare, imbalance_study
     from .data import resolve_data_dir
-    from .evaluation import DEFAULT_REPORTS_DIR
-    from .training import TrainConfig
+    from .lab.evaluation import DEFAULT_REPORTS_DIR
+    from .lab.training import TrainConfig
 
     data_dir, reports = resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR
     if args.study == "imbalance":
@@ -395,8 +395,8 @@ def _add_stress(commands) -> None:
 
 def _stress(args) -> int:
     from .data import resolve_data_dir
-    from .evaluation import DEFAULT_REPORTS_DIR
-    from .stress import stress_report
+    from .lab.evaluation import DEFAULT_REPORTS_DIR
+    from .lab.stress import stress_report
 
     report = stress_report(args.models, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR)
     for name, per_stress in report["results"].items():
@@ -429,9 +429,9 @@ def _add_bench(commands) -> None:
 
 
 def _bench(args) -> int:
-    from .bench import BENCH_PARTS, BenchConfig, run_bench
+    from .lab.bench import BENCH_PARTS, BenchConfig, run_bench
     from .data import resolve_data_dir
-    from .evaluation import DEFAULT_REPORTS_DIR
+    from .lab.evaluation import DEFAULT_REPORTS_DIR
 
     data_dir = resolve_data_dir(args.data)
     parts = (args.only,) if args.only else BENCH_PARTS
@@ -455,8 +455,9 @@ def _add_ood(commands) -> None:
 
 def _ood(args) -> int:
     from .data import resolve_data_dir
-    from .evaluation import DEFAULT_REPORTS_DIR, evaluate_ood
-    from .ood import fit_for_model, gate_path
+    from .lab.evaluation import DEFAULT_REPORTS_DIR, evaluate_ood
+    from .lab.ood_fit import fit_for_model
+    from .paths import gate_path
 
     if args.action == "fit":
         gate = fit_for_model(args.model, resolve_data_dir(args.data))
@@ -482,8 +483,8 @@ def _add_card(commands) -> None:
 
 def _card(args) -> int:
     from .data import resolve_data_dir
-    from .evaluation import DEFAULT_REPORTS_DIR
-    from .model_card import write_model_card
+    from .lab.evaluation import DEFAULT_REPORTS_DIR
+    from .lab.model_card import write_model_card
 
     fullres = args.fullres or resolve_data_dir(args.data).parent / "chest_xray_fullres_sample"
     facts = write_model_card(args.reports or DEFAULT_REPORTS_DIR, fullres)

@@ -182,7 +182,7 @@ class Predictor:
         return self.predict_input(image.model_input(self.input_size), image.info)
 
     def calls(self, images: list[DecodedImage]) -> list[Prediction]:
-        """``call`` on many images, in batched forward passes (the same figures as one by one)."""
+        """``call`` on many images, in batched forward passes (as one by one, up to float32 round-off: 1e-6)."""
         if not images:
             return []
         inputs = np.stack([image.model_input(self.input_size) for image in images])  # (n, size, size, 1)

@@ -99,7 +99,7 @@ def synthetic_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(synthetic_data, tmp_path_factory) -> Path:
     """A small CNN trained for a few seconds on the synthetic data; returns the .keras path."""
-    from pneumo_model.training import TrainConfig, train
+    from pneumo_model.lab.training import TrainConfig, train
 
     config = TrainConfig(
         architecture="cnn_small", input_size=32, epochs=3, batch_size=8, val_fraction=0.25, patience=3,

@@ -15,7 +15,7 @@ import pytest
 
 from pneumo_model.artifacts import ModelMetadata, load_model, metadata_path, read_metadata, save_model
 from pneumo_model.errors import ModelFileError
-from pneumo_model.models import get_architecture
+from pneumo_model.lab.models import get_architecture
 
 
 def _metadata():

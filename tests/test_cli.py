@@ -151,7 +151,7 @@ def test_help_imports_no_tensorflow(command):
 
 
 def test_train_flags_left_out_keep_train_configs_defaults_and_choices():
-    from pneumo_model.training import IMBALANCE_METHODS, PROTOCOLS, TrainConfig
+    from pneumo_model.lab.training import IMBALANCE_METHODS, PROTOCOLS, TrainConfig
 
     assert cli.TRAIN_PROTOCOLS == PROTOCOLS and cli.TRAIN_IMBALANCE_METHODS == IMBALANCE_METHODS
     assert cli.train_config_from_args(build_parser().parse_args(["train"])) == TrainConfig()
@@ -163,7 +163,7 @@ def test_train_flags_left_out_keep_train_configs_defaults_and_choices():
 
 
 def test_train_records_its_command_line_and_a_package_error_exits_1(monkeypatch, tmp_path, capsys):
-    from pneumo_model import training
+    from pneumo_model.lab import training
     from pneumo_model.errors import ConfigError
 
     commands = []

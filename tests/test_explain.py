@@ -19,7 +19,7 @@ from pneumo_model.explain import (
     overlay_heatmap,
     slic_segments,
 )
-from pneumo_model.models import average_logits
+from pneumo_model.lab.models import average_logits
 from pneumo_model.prediction import Predictor
 from pneumo_model.preprocessing import load_image, preprocess
 

@@ -21,7 +21,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from pneumo_model import bench, dicom, preprocessing
+from pneumo_model import dicom, preprocessing
+from pneumo_model.lab import bench
 from test_inputs import dicom_dataset, png_with_header
 from pneumo_model.errors import InvalidImageError
 from pneumo_model.preprocessing import ImageLimits, load_image, reduction_factor

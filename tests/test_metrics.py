@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pneumo_model.metrics import binary_metrics, bootstrap_intervals, calibration_bins, expected_calibration_error
+from pneumo_model.lab.metrics import binary_metrics, bootstrap_intervals, calibration_bins, expected_calibration_error
 
 # 4 positives, 6 negatives. At threshold 0.5: TP 3 (0.9, 0.8, 0.6), FN 1 (0.4),
 # FP 1 (0.7), TN 5.

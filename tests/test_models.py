@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pneumo_model.augmentation import AugmentConfig, augment_batch
+from pneumo_model.lab.augmentation import AugmentConfig, augment_batch
 from pneumo_model.errors import ConfigError
-from pneumo_model.models import ARCHITECTURES, average_logits, get_architecture, member_layer_name
+from pneumo_model.lab.models import ARCHITECTURES, average_logits, get_architecture, member_layer_name
 
 PUBLISHED_FAMILIES = {"dense", "dense_dropout", "cnn_small", "cnn_deep", "pneumonet"}
 

@@ -13,7 +13,8 @@ from conftest import encode, synthetic_xray
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT, load_model, read_metadata
 from pneumo_model.crop import apply_crop, find_diaphragm
 from pneumo_model.errors import ModelFileError
-from pneumo_model.ood import ActivationSummaries, OodConfig, OodGate, fit_gate, gate_path
+from pneumo_model.lab.ood_fit import fit_gate
+from pneumo_model.ood import ActivationSummaries, OodConfig, OodGate, gate_path
 from pneumo_model.prediction import Predictor
 from pneumo_model.preprocessing import load_image, preprocess
 
@@ -125,7 +126,7 @@ def test_a_nan_score_counts_as_out_of_distribution(tiny_gate):
 
 
 def test_training_over_a_model_removes_its_stale_gate(tiny_gate, synthetic_data, tmp_path):
-    from pneumo_model.training import TrainConfig, train
+    from pneumo_model.lab.training import TrainConfig, train
 
     model_path = tmp_path / "m.keras"
     gate_path(model_path).write_bytes(gate_path(tiny_gate[0]).read_bytes())
@@ -138,7 +139,7 @@ def test_training_over_a_model_removes_its_stale_gate(tiny_gate, synthetic_data,
 def test_fit_for_model_fits_on_the_models_own_split_and_refuses_other_data(tiny_model, synthetic_data, tmp_path):
     from pneumo_model.data import model_split
     from pneumo_model.errors import DataError
-    from pneumo_model.ood import fit_for_model
+    from pneumo_model.lab.ood_fit import fit_for_model
 
     model_path = tmp_path / "tiny.keras"
     shutil.copy(tiny_model, model_path)
@@ -151,17 +152,6 @@ def test_fit_for_model_fits_on_the_models_own_split_and_refuses_other_data(tiny_
     sorted((changed / "train" / "NORMAL").iterdir())[0].unlink()
     with pytest.raises(DataError, match="differs from the data model"):
         fit_for_model(model_path, changed, TINY_CONFIG)
-
-
-def test_ood_module_imports_neither_training_nor_stress():
-    """The app side (ood scoring) never imports the lab side."""
-    import ast
-
-    from pneumo_model import ood
-
-    tree = ast.parse(open(ood.__file__).read())
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert not imported & {"training", "stress", "evaluation", "comparison", "bench"}, imported
 
 
 def test_odd_sized_layers_and_empty_batches_are_refused_plainly(tiny_gate):
@@ -177,7 +167,7 @@ def test_odd_sized_layers_and_empty_batches_are_refused_plainly(tiny_gate):
 
 
 def test_the_corpus_has_every_category_with_at_least_ten_files():
-    from pneumo_model.ood_corpus import CATEGORIES, build_corpus
+    from pneumo_model.lab.ood_corpus import CATEGORIES, build_corpus
 
     xrays = [load_image(path)[0] for path in SAMPLES]
     corpus = build_corpus([*xrays, np.ascontiguousarray(xrays[0][:, ::-1])][:10])

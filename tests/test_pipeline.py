@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from pneumo_model.artifacts import load_model
-from pneumo_model.augmentation import AugmentConfig
-from pneumo_model.comparison import compare, imbalance_study
+from pneumo_model.lab.augmentation import AugmentConfig
+from pneumo_model.lab.comparison import compare, imbalance_study
 from pneumo_model.errors import ConfigError, DataError
-from pneumo_model.evaluation import (
+from pneumo_model.lab.evaluation import (
     GOAL,
     MUST_BAR,
     TEST_LOG_NAME,
@@ -25,9 +25,9 @@ from pneumo_model.evaluation import (
 from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Predictor
 from pneumo_model.explain import GradCam
-from pneumo_model.metrics import binary_metrics
+from pneumo_model.lab.metrics import binary_metrics
 from pneumo_model.data import load_model_inputs, make_split
-from pneumo_model.training import TrainConfig, train
+from pneumo_model.lab.training import TrainConfig, train
 
 
 def test_training_writes_a_calibrated_model_with_complete_metadata(tiny_model, synthetic_data):
@@ -189,7 +189,7 @@ def test_official_report_shows_references_bar_and_goal(tiny_model, synthetic_dat
 
 
 def test_pooled_protocol_model_is_scored_on_its_own_test_part(synthetic_data, tmp_path):
-    from pneumo_model.training import train
+    from pneumo_model.lab.training import train
 
     config = TrainConfig(architecture="dense", input_size=32, epochs=1, batch_size=8, protocol="pooled", patience=1)
     path = tmp_path / "pooled.keras"
@@ -230,7 +230,7 @@ def test_imbalance_study_ranks_methods_on_validation_without_touching_test(synth
 def test_model_card_measures_geometry_per_class_from_file_headers(tmp_path):
     from PIL import Image
 
-    from pneumo_model.model_card import write_model_card
+    from pneumo_model.lab.model_card import write_model_card
 
     for class_name, size in (("NORMAL", (120, 100)), ("PNEUMONIA", (150, 100))):
         folder = tmp_path / "full" / "train" / class_name

@@ -10,8 +10,8 @@ import pytest
 from conftest import FULLRES_DIR
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT, file_sha256
 from pneumo_model.data import DEFAULT_DATA_DIR, scan_split
-from pneumo_model.evaluation import call_files, report_markdown
-from pneumo_model.metrics import binary_metrics
+from pneumo_model.lab.evaluation import call_files, report_markdown
+from pneumo_model.lab.metrics import binary_metrics
 from pneumo_model.prediction import Predictor
 
 pytestmark = [pytest.mark.data, pytest.mark.shipped_model]
@@ -87,7 +87,7 @@ def test_readme_training_command_reproduces_the_shipped_settings():
 
     from pneumo_model.artifacts import read_metadata
     from pneumo_model.cli import build_parser, train_config_from_args
-    from pneumo_model.training import TrainConfig, _config_dict
+    from pneumo_model.lab.training import TrainConfig, _config_dict
 
     readme = (REPO_ROOT / "README.md").read_text()
     block = readme.split("The shipped model was produced by:", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pneumo_model.shifts import change_aspect, keep_top
-from pneumo_model.stress import (
+from pneumo_model.lab.shifts import change_aspect, keep_top
+from pneumo_model.lab.stress import (
     STRESS_NAMES,
     acquisition_groups,
     drift_metrics,
@@ -116,7 +116,7 @@ def test_stress_report_scores_each_models_own_validation_split_as_the_app_does(t
     from pneumo_model.data import model_split
     from pneumo_model.errors import DataError
     from pneumo_model.prediction import Predictor
-    from pneumo_model.stress import stress_report
+    from pneumo_model.lab.stress import stress_report
 
     report = stress_report([tiny_model], synthetic_data, tmp_path / "reports")
     (name,) = report["results"]

@@ -10,7 +10,7 @@ The aspect-ratio change matters most. The data set's originals were squashed to 
 NORMAL originals are wider than PNEUMONIA ones (width/height about 1.22 against 1.47-1.52), so
 in a squashed image the anatomy of a pneumonia case looks narrower. A model trained without
 this augmentation learns that cue: on validation, narrowing the anatomy by 20 % took the first
-shipped model's specificity from 0.99 to 0.46 (``pneumo_model.stress``). Drawing the aspect
+shipped model's specificity from 0.99 to 0.46 (``pneumo_model.lab.stress``). Drawing the aspect
 change at random makes the cue useless for training. A random loss of resolution does the same
 for image size (NORMAL originals are also larger). Edges are filled by reflection, so a change
 of framing does not add black bands that real images do not have.

@@ -20,14 +20,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .artifacts import ModelMetadata, save_model
+from ..artifacts import ModelMetadata, save_model
 from .augmentation import AugmentConfig, augment_batch
-from .calibration import OperatingPointConfig, fit_grey_zone, fit_temperature, sigmoid, threshold_for_sensitivity
-from .data import DEFAULT_VAL_FRACTION, load_model_inputs, make_split
-from .errors import ConfigError
+from ..calibration import OperatingPointConfig, fit_grey_zone, fit_temperature, sigmoid, threshold_for_sensitivity
+from ..data import DEFAULT_VAL_FRACTION, load_model_inputs, make_split
+from ..errors import ConfigError
 from .metrics import binary_metrics, expected_calibration_error
 from .models import average_logits, get_architecture, member_layer_name
-from .prediction import Predictor
+from ..prediction import Predictor
 
 PROTOCOLS = ("official", "pooled")
 IMBALANCE_METHODS = ("class_weight", "oversample", "none")
@@ -276,7 +276,7 @@ def train(
     )
     saved = save_model(model, metadata, Path(model_path))
     # A gate beside the file belongs to the model just replaced; it would refuse the new one.
-    from .ood import gate_path
+    from ..ood import gate_path
 
     gate_path(Path(model_path)).unlink(missing_ok=True)
     return saved

@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..paths import REPO_ROOT
+
 # Targets of the explanation issue, in seconds (or images/s for throughput).
 TARGETS = {
     "decode_preprocess_fullres_s": None,
@@ -137,12 +139,12 @@ def _machine() -> dict:
 def _speed(model_path: Path, data_dir: Path, fullres_dir: Path | None, config: BenchConfig, log: Callable[[str], None]) -> dict:
     """The speed part: ``results`` per step and ``targets`` verdicts, and the model's SHA."""
     os.environ.setdefault("TQDM_DISABLE", "1")  # lime's own progress bar
-    from .crop import find_diaphragm
-    from .data import scan_split
+    from ..crop import find_diaphragm
+    from ..data import scan_split
     from .evaluation import call_files
-    from .explain import GradCam, LimeConfig, explain_lime
-    from .pipeline import DecodedImage
-    from .prediction import Predictor
+    from ..explain import GradCam, LimeConfig, explain_lime
+    from ..pipeline import DecodedImage
+    from ..prediction import Predictor
 
     predictor = Predictor.from_file(model_path)
     size = predictor.input_size
@@ -239,7 +241,7 @@ def _speed(model_path: Path, data_dir: Path, fullres_dir: Path | None, config: B
 
 # The issue's bound: one request may raise the process's memory by at most this much above idle.
 MEMORY_BOUND_MB = 300.0  # MB of 2**20 bytes, the package's unit
-_REQUEST_SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "person153_bacteria_726.jpeg"
+_REQUEST_SAMPLE = REPO_ROOT / "assets" / "samples" / "person153_bacteria_726.jpeg"
 
 
 def _film(side_x: int, side_y: int, *, nearest: bool = False) -> np.ndarray:
@@ -260,18 +262,25 @@ def _save_pillow(path: Path, pixels: np.ndarray, fmt: str, mode: str | None = No
     return path
 
 
-def _save_dicom(path: Path, pixels: np.ndarray, syntax, windowed: bool = True) -> Path:
-    """A 12-bit-in-16 DX image with a window (the float VOI chain); ``syntax`` any pydicom can write."""
+def _dicom_dataset(sop_class: str, syntax):
+    """An empty data set of ``sop_class`` with its file meta, a new instance UID, in ``syntax``."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
-    dx = "1.2.840.10008.5.1.4.1.1.1.1"
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = dx
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = dx, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, ds.file_meta.MediaStorageSOPInstanceUID
+    return ds
+
+
+def _save_dicom(path: Path, pixels: np.ndarray, syntax, windowed: bool = True) -> Path:
+    """A 12-bit-in-16 DX image with a window (the float VOI chain); ``syntax`` any pydicom can write."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+    ds = _dicom_dataset("1.2.840.10008.5.1.4.1.1.1.1", ExplicitVRLittleEndian)  # DX image storage
     ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "AP"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -292,19 +301,12 @@ def _save_colour_jpeg_dicom(path: Path, grey: np.ndarray) -> Path:
     import io
 
     from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+    from pydicom.uid import JPEGBaseline8Bit
 
     jpeg = io.BytesIO()
     Image.fromarray(grey).convert("RGB").save(jpeg, format="JPEG", quality=90)
-    secondary_capture = "1.2.840.10008.5.1.4.1.1.7"
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds.file_meta.MediaStorageSOPClassUID = secondary_capture
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = secondary_capture, ds.file_meta.MediaStorageSOPInstanceUID
+    ds = _dicom_dataset("1.2.840.10008.5.1.4.1.1.7", JPEGBaseline8Bit)  # secondary capture
     ds.Modality = "OT"
     ds.Rows, ds.Columns = grey.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
@@ -334,7 +336,7 @@ def write_memory_candidates(folder: Path, fullres_dir: Path | None = None, limit
     from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
     from PIL import Image
 
-    from .preprocessing import ImageLimits
+    from ..preprocessing import ImageLimits
 
     limits = limits or ImageLimits()
     folder = Path(folder)
@@ -471,13 +473,13 @@ def request_peak(image: Path, model_path: Path, limits: dict | None = None) -> d
 
     from PIL import Image
 
-    from .crop import find_diaphragm
-    from .display import screen_grey
-    from .errors import InvalidImageError
-    from .explain import GradCam
-    from .pipeline import DecodedImage
-    from .prediction import Predictor
-    from .preprocessing import ImageLimits
+    from ..crop import find_diaphragm
+    from ..display import screen_grey
+    from ..errors import InvalidImageError
+    from ..explain import GradCam
+    from ..pipeline import DecodedImage
+    from ..prediction import Predictor
+    from ..preprocessing import ImageLimits
 
     image_limits = ImageLimits(**(limits or {}))
     predictor = Predictor.from_file(Path(model_path))
@@ -519,7 +521,7 @@ def measure_request(image: Path, model_path: Path, limits: dict | None = None) -
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parent.parent
+    root = REPO_ROOT
     request = json.dumps({"image": str(Path(image).resolve()), "model": str(Path(model_path).resolve()), "limits": limits or {}})
     env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
@@ -543,7 +545,7 @@ def run_memory_bench(
     import dataclasses
     import tempfile
 
-    from .preprocessing import ImageLimits
+    from ..preprocessing import ImageLimits
 
     limits = limits or ImageLimits()
     changed = {

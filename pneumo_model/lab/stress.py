@@ -193,9 +193,9 @@ def stress_report(model_paths: list[Path], data_dir: Path, reports_dir: Path, co
     Raises:
         DataError: the data folder differs from the data a model was trained on.
     """
-    from .data import model_split
+    from ..data import model_split
     from .evaluation import call_files
-    from .prediction import Predictor
+    from ..prediction import Predictor
 
     results, details, drift = {}, {}, {}
     for path in model_paths:
@@ -231,7 +231,7 @@ def stress_report(model_paths: list[Path], data_dir: Path, reports_dir: Path, co
 def stress_markdown(report: dict) -> str:
     """A table per model: AUC, sensitivity and specificity at the model's threshold."""
     lines = [
-        "Validation split only, under deliberate perturbations (`pneumo_model.stress`). Sensitivity and",
+        "Validation split only, under deliberate perturbations (`pneumo_model.lab.stress`). Sensitivity and",
         "specificity at each model's own validation threshold.",
         "",
         "| model | perturbation | AUC | sensitivity | specificity | mean Δp normal | mean Δp pneumonia |",

@@ -14,11 +14,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import model_split
+from ..data import model_split
 from .evaluation import call_files, json_safe, record_test_use
 from .metrics import binary_metrics
 from .models import ARCHITECTURES
-from .prediction import Predictor, forward_throughput
+from ..prediction import Predictor, forward_throughput
 from .training import IMBALANCE_METHODS, TrainConfig, train
 
 SUMMARY_KEYS = ("accuracy", "sensitivity", "specificity", "roc_auc")

@@ -14,7 +14,7 @@ from typing import Callable
 import keras
 from keras import layers
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)

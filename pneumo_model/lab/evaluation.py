@@ -19,12 +19,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .artifacts import REPO_ROOT
-from .data import model_split
+from ..artifacts import REPO_ROOT
+from ..data import model_split
 from .metrics import binary_metrics, bootstrap_intervals, calibration_bins, expected_calibration_error
-from .pipeline import DecodedImage
+from ..pipeline import DecodedImage
 from .plots import confusion_figure, gallery_figure, reliability_figure, roc_figure
-from .prediction import Prediction, Predictor, forward_throughput
+from ..prediction import Prediction, Predictor, forward_throughput
 
 DEFAULT_REPORTS_DIR = REPO_ROOT / "reports"
 TEST_LOG_NAME = "test_evaluations.jsonl"
@@ -330,7 +330,7 @@ def evaluate_crop(
     Raises:
         DataError: the data folder differs from the data the model was trained on (``model_split``).
     """
-    from .crop import DiaphragmSettings, find_diaphragm
+    from ..crop import DiaphragmSettings, find_diaphragm
 
     settings = settings or DiaphragmSettings()
     predictor = Predictor.from_file(model_path)
@@ -456,8 +456,8 @@ def evaluate_ood(model_path: Path, data_dir: Path, reports_dir: Path, corpus_xra
         ModelFileError: no gate beside the model.
         DataError: the data folder differs from the data the model was trained on (``model_split``).
     """
-    from .crop import find_diaphragm
-    from .errors import InvalidImageError, ModelFileError
+    from ..crop import find_diaphragm
+    from ..errors import InvalidImageError, ModelFileError
     from .ood_corpus import build_corpus
 
     predictor = Predictor.from_file(Path(model_path))
@@ -512,7 +512,7 @@ def evaluate_ood(model_path: Path, data_dir: Path, reports_dir: Path, corpus_xra
         },
         "categories": categories,
         "targets": {"test_pass_rate": 0.98, "category_detection_rate": 0.95},
-        "corpus": f"pneumo_model/ood_corpus.py; X-ray based categories made from {corpus_xrays} validation X-rays, seed {seed}",
+        "corpus": f"pneumo_model/lab/ood_corpus.py; X-ray based categories made from {corpus_xrays} validation X-rays, seed {seed}",
         "command": f"python -m pneumo_model ood evaluate --model {_shown_path(model_path)}",
     }
     report["targets_met"] = bool(

@@ -1,0 +1,9 @@
+"""The lab side: what makes, compares and measures models, never loaded by the app.
+
+Training (``training``, ``models``, ``augmentation``), evaluation on the test split
+(``evaluation``, ``metrics``), validation under deliberate shifts (``stress``, ``shifts``), the
+architecture comparison (``comparison``), the benchmark (``bench``), the model card's facts
+(``model_card``), and the out-of-distribution gate's fitting and test corpus (``ood_fit``,
+``ood_corpus``). Imports go one way: the lab imports the app side (``pneumo_model``), never the
+reverse (a test checks it in a fresh interpreter).
+"""
