@@ -18,7 +18,8 @@ if not files:
     st.info("Upload images to build a worklist, sorted by probability of pneumonia.", icon=":material/upload:")
     st.stop()
 
-state.note_uploads()
+if state.note_uploads():
+    st.rerun()  # once per session: the menu's links must carry the new upload mark
 # Scored once per set of uploads; later reruns of this session reuse the table.
 upload_ids = tuple(file.file_id for file in files)
 if st.session_state.get("worklist_ids") != upload_ids:

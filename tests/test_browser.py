@@ -308,11 +308,13 @@ def test_a_restarted_server_tells_the_worklist_tab_its_files_are_gone(browser, t
         expect(download).to_be_disabled()  # the tab noticed that the server is gone
         with streamlit_app(tmp_path / "second.log", audit_db=tmp_path / "audit.sqlite3", port=port):
             # The tab reconnects by itself to a new session that holds none of its files; the old
-            # page stays on screen until the user does something that reruns it in place: here,
-            # adding a file to the same list (a reload says the same).
+            # page stays on screen until the user does something: here, a click in the menu.
             expect(download).to_be_enabled()  # connected again
-            tab.locator("input[type=file][multiple]").set_input_files([str(SAMPLES_DIR / "person100_bacteria_475.jpeg")])
+            open_page(tab, "Explain")
             expect(tab.get_by_text("The server was restarted, so the files uploaded earlier in this tab are gone")).to_be_visible()
+            open_page(tab, "Worklist")  # the note stays until something is uploaded again...
+            expect(tab.get_by_text("The server was restarted, so the files uploaded earlier in this tab are gone")).to_be_visible()
+            tab.locator("input[type=file][multiple]").set_input_files([str(SAMPLES_DIR / "person100_bacteria_475.jpeg")])
             expect(tab.get_by_test_id("stMetric").filter(has_text="Scored").get_by_test_id("stMetricValue")).to_have_text("1")
     finally:
         context.close()

@@ -112,7 +112,9 @@ def render(title: str) -> Predictor:
 
 def _link(page: Page, label: str | None = None) -> None:
     try:
-        st.page_link(page.script, label=label or page.title, icon=page.icon)
+        # The links carry the tab's upload mark: after a server restart the old page's links are
+        # still on screen, and the first click on one must still learn that the files are gone.
+        st.page_link(page.script, label=label or page.title, icon=page.icon, query_params=state.upload_mark())
     except StreamlitPageNotFoundError:
         # Only where a page script is run as the app itself (``AppTest.from_file`` on one page):
         # links resolve against app.py, which is then not the entry point (served, it always is).

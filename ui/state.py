@@ -124,15 +124,28 @@ def _marks_of_this_server() -> set[str]:
     return set()
 
 
-def note_uploads() -> None:
-    """Marks this tab as holding uploads (call it whenever files are uploaded)."""
+def note_uploads() -> bool:
+    """Marks this tab as holding uploads (call it whenever files are uploaded).
+
+    Returns:
+        True when the mark is new: the page's menu was drawn without it, so a page that calls this
+        after drawing the frame should ``st.rerun()`` once (a file uploader's callback need not).
+    """
+    st.session_state.pop(_LOST_KEY, None)
     mark = st.session_state.get(_MARK_KEY)
-    if mark is None:
+    new = mark is None
+    if new:
         mark = secrets.token_urlsafe(9)
         _marks_of_this_server().add(mark)
         st.session_state[_MARK_KEY] = mark
-    st.session_state.pop(_LOST_KEY, None)
     st.query_params[UPLOADS_PARAM] = mark
+    return new
+
+
+def upload_mark() -> dict[str, str] | None:
+    """The query parameters that carry this tab's mark (for links), None when it uploaded nothing."""
+    mark = st.session_state.get(_MARK_KEY)
+    return None if mark is None else {UPLOADS_PARAM: mark}
 
 
 def lost_uploads() -> str | None:
