@@ -52,7 +52,7 @@ with lime:
         )
     else:
         _, used_samples, used_segments = request
-        explanation = resources.lime_explanation(image, used_samples, used_segments)
+        explanation = frame.computed(lambda: resources.lime_explanation(image, used_samples, used_segments), image.name)
         drawing.show(
             explanation.overlay(display, fill_alpha=opacity),
             caption=f"LIME ({used_samples} samples, {used_segments} superpixels): {frame.HEATMAP_CAVEAT}. "

@@ -4,6 +4,7 @@ import streamlit as st
 
 from pneumo_model.audit import AuditError, trail_csv
 from ui import audit, frame
+from ui.markup import plain
 
 frame.render("Audit trail")
 try:
@@ -12,7 +13,7 @@ try:
     table, counts = audit.trail_table(rows)
     csv_text = trail_csv(rows)
 except AuditError as error:
-    st.error(f"The audit trail cannot be read. {error}", icon=":material/database:")
+    st.error(f"The audit trail cannot be read. {plain(error)}", icon=":material/database:")
     st.stop()
 
 st.markdown("#### Audit trail")

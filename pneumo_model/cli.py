@@ -279,7 +279,11 @@ def _explain(args) -> int:
 def _add_crop(commands) -> None:
     parser = commands.add_parser("crop", help="crop the diaphragm (automatic or --box) and rescore; JSON out")
     parser.add_argument("image")
-    parser.add_argument("--box", default=None, help="x0,y0,x1,y1 in the image's pixels (default: detected)")
+    parser.add_argument(
+        "--box", default=None,
+        help="x0,y0,x1,y1 in pixels of the image as decoded (default: detected); an image over 16 million "
+        "pixels is decoded reduced, by the factor `reduction` in the output",
+    )
     parser.add_argument("--out", type=Path, default=None, help="PNG of the image with the kept box outlined")
     _add_model_flag(parser)
     parser.set_defaults(handler=_crop)
@@ -309,7 +313,7 @@ def _crop(args) -> int:
     predictor = Predictor.from_file(args.model)
     image = DecodedImage.decode(args.image)
     pixels = image.pixels
-    record = {"file": args.image, "warnings": list(image.info.warnings)}
+    record = {"file": args.image, "warnings": list(image.info.warnings), "reduction": image.info.reduction}
     if args.box is not None:
         box, source, reason = _parse_box(args.box), "given", None
     else:

@@ -651,3 +651,48 @@ def test_decodes_beyond_the_limit_wait_and_then_say_the_server_is_busy(monkeypat
             slots.release()
     app.run()  # slots free again: the same upload is read and scored
     assert resources.RUNS["decode"] == before + 1 and probability_shown(app)
+
+
+class RerunWhileDrawing(Exception):
+    """Stands in for Streamlit's RerunException, raised when a page draws after the user clicked."""
+
+
+def test_a_rerun_while_waiting_for_a_decode_slot_or_lime_gives_them_back(monkeypatch):
+    slots = resources.decode_slots()
+    assert slots.acquire(blocking=False) and slots.acquire(blocking=False)  # both slots busy
+
+    def busy_note(*args, **kwargs):
+        slots.release()  # another session's decode ends while the note is up...
+
+        class Note:
+            def empty(self):
+                raise RerunWhileDrawing  # ...and the user clicks: Streamlit raises when the page next draws
+
+        return Note()
+
+    monkeypatch.setattr(resources.st, "info", busy_note)
+    with pytest.raises(RerunWhileDrawing):
+        with resources.decode_slot():
+            pass
+    slots.release()
+    assert slots.acquire(blocking=False) and slots.acquire(blocking=False)  # none was lost
+    slots.release(), slots.release()
+
+    lock = threading.Lock()
+    monkeypatch.setattr(resources, "lime_lock", lambda: lock)
+    assert lock.acquire(blocking=False)
+
+    def lime_note(*args, **kwargs):
+        lock.release()
+
+        class Note:
+            def empty(self):
+                raise RerunWhileDrawing
+
+        return Note()
+
+    monkeypatch.setattr(resources.st, "info", lime_note)
+    with pytest.raises(RerunWhileDrawing):
+        resources._run_lime(np.zeros((128, 128, 1), np.float32), 200, 20)
+    assert lock.acquire(blocking=False)  # the LIME queue is not stuck
+    lock.release()

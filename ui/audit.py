@@ -18,6 +18,8 @@ from pneumo_model.paths import REPO_ROOT
 from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, AuditTrail, ResultRecord
 from pneumo_model.prediction import Prediction
 
+from .markup import plain
+
 AUDIT_DB_ENV = "PNEUMO_AUDIT_DB"
 DEFAULT_AUDIT_DB = REPO_ROOT / "audit" / "audit.sqlite3"
 # A busy database makes a page wait at most this long before saying the record failed.
@@ -47,7 +49,7 @@ def trail() -> AuditTrail:
 
 
 def _not_recorded(error: AuditError, what: str = "This result was") -> None:
-    st.error(f"{what} not recorded in the audit trail. {error}", icon=":material/database:")
+    st.error(f"{what} not recorded in the audit trail. {plain(error)}", icon=":material/database:")
 
 
 def record_shown(image_sha256: str, prediction: Prediction, crop_box: tuple[int, ...] | None = None) -> int | None:

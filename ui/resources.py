@@ -98,19 +98,24 @@ def decode_slot(wait_s: float | None = None) -> Iterator[None]:
         ServerBusyError: no slot came free within ``wait_s`` seconds.
     """
     slots = decode_slots()
-    if not slots.acquire(blocking=False):
+    acquired, note = slots.acquire(blocking=False), None
+    if not acquired:
         note = st.info(BUSY_MESSAGE, icon=":material/hourglass_top:")
         acquired = slots.acquire(timeout=DECODE_WAIT_S if wait_s is None else wait_s)
-        note.empty()
+    # From here on the slot is released whatever happens: drawing on the page is where Streamlit
+    # raises a user's rerun or stop, and a slot lost that way would be lost to every session.
+    try:
+        if note is not None:
+            note.empty()
         if not acquired:
             raise ServerBusyError(
                 "The server is too busy reading other images to read this one now. Try again in a minute."
             )
-    try:
         yield
     finally:
-        slots.release()
-        _return_freed_memory()
+        if acquired:
+            slots.release()
+            _return_freed_memory()
 
 
 def _return_freed_memory() -> None:
@@ -146,7 +151,9 @@ def decoded(image: Image) -> DecodedImage:
     def decode() -> DecodedImage:
         with decode_slot():
             RUNS["decode"] += 1
-            return DecodedImage.decode(image.data)
+            decoded_image = DecodedImage.decode(image.data)
+            decoded_image.model_input(predictor().input_size)  # made now, so the cache counts its bytes
+            return decoded_image
 
     return cache().get_or_compute(("decoded", image.digest), decode)
 
@@ -198,11 +205,13 @@ def lime_explanation(image: Image, num_samples: int, n_segments: int) -> LimeExp
 
 def _run_lime(inputs: np.ndarray, num_samples: int, n_segments: int) -> LimeExplanation:
     lock = lime_lock()
+    waiting = None
     if not lock.acquire(blocking=False):
         waiting = st.info(LIME_WAIT_MESSAGE, icon=":material/hourglass_top:")
         lock.acquire()
-        waiting.empty()
-    try:
+    try:  # released whatever happens, a user's rerun or stop raised while drawing included
+        if waiting is not None:
+            waiting.empty()
         RUNS["lime"] += 1
         config = LimeConfig(num_samples=num_samples, n_segments=n_segments)
         bar = st.progress(0.0, text="LIME: scoring perturbed images...")

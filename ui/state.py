@@ -105,17 +105,14 @@ def choose_upload(widget_key: str) -> None:
 # Uploaded files live only in the server's memory, with the session. When the server restarts
 # (or the tab is reloaded), the browser reconnects to a new, empty session: the worklist's file
 # chips stay on screen in red and nothing else would say the files are gone. A tab that uploaded
-# something carries a mark in its URL (``?uploads=...``), which survives both; a new session that
-# finds a mark it did not set knows that its files were lost.
+# something carries a mark in its URL (``?uploads=...``) and its menu links, which survive a
+# restart; a new session that finds a mark this server never issued knows its files were lost.
 UPLOADS_PARAM = "uploads"
 _MARK_KEY = "uploads_mark"
 _LOST_KEY = "uploads_lost"
 SERVER_RESTARTED = (
     "**The server was restarted, so the files uploaded earlier in this tab are gone** (uploads are "
     "kept only in the server's memory, never on disk). Upload them again."
-)
-TAB_RELOADED = (
-    "**This tab was reloaded, so the files uploaded earlier in it are gone.** Upload them again."
 )
 
 
@@ -151,15 +148,17 @@ def upload_mark() -> dict[str, str] | None:
 def lost_uploads() -> str | None:
     """What to tell the user when this tab's earlier uploads are gone, else None; keeps the URL mark.
 
-    Called once per run, before the page: a new session finding a mark it did not set learns that
-    its uploads were lost (to a restart when this server never issued the mark, else to a reload).
-    The message stays until something is uploaded again.
+    Called once per run, before the page: a new session finding a mark this server never issued
+    learns that the server restarted and its uploads were lost. (A mark this server issued, in a
+    reloaded tab or a link opened in a new tab, says nothing: the other tab may still hold its
+    files, and a reloaded uploader shows itself empty.) The message stays until something is
+    uploaded again.
     """
     seen = st.query_params.get(UPLOADS_PARAM)
     mark = st.session_state.get(_MARK_KEY)
     if mark is None and seen is not None:
-        restarted = seen not in _marks_of_this_server()
-        st.session_state[_LOST_KEY] = SERVER_RESTARTED if restarted else TAB_RELOADED
+        if seen not in _marks_of_this_server():
+            st.session_state[_LOST_KEY] = SERVER_RESTARTED
         del st.query_params[UPLOADS_PARAM]
     elif mark is not None and seen != mark:
         st.query_params[UPLOADS_PARAM] = mark  # a page switch dropped it
