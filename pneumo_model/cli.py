@@ -14,15 +14,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import json
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InvalidImageError, PneumoError
 from .paths import DEFAULT_MODEL_PATH
 from .schema import PREDICTION_SCHEMA_VERSION
+
+if TYPE_CHECKING:  # annotations only: the lab side loads TensorFlow
+    from .lab.training import TrainConfig
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 2
 # training.PROTOCOLS and training.IMBALANCE_METHODS, copied so that building the parser does not
@@ -86,6 +89,7 @@ def _add_predict(commands) -> None:
 
 
 def _predict(args) -> int:
+    from .pipeline import DecodedImage
     from .prediction import Predictor
 
     predictor = Predictor.from_file(args.model)
@@ -97,8 +101,8 @@ def _predict(args) -> int:
     status = EXIT_OK
     for image in args.images:
         try:
-            data = _read_image_file(image)
-            prediction = predictor.predict_source(data)
+            decoded = DecodedImage.decode(_read_image_file(image))  # hashed once, with the bytes it scores
+            prediction = predictor.call(decoded)
         except InvalidImageError as error:
             print(json.dumps(_rejected(image, error)), flush=True)
             status = EXIT_REJECTED
@@ -106,8 +110,7 @@ def _predict(args) -> int:
         record = prediction.to_record(image)
         if trail is not None:
             # Only the image's SHA-256 goes in: file names can carry patient identifiers.
-            digest = hashlib.sha256(data).hexdigest()
-            (record["audit_id"],) = trail.record_results([ResultRecord.of(prediction, digest, "cli")])
+            (record["audit_id"],) = trail.record_results([ResultRecord.of(prediction, decoded.digest, "cli")])
         print(json.dumps(record), flush=True)
     return status
 
@@ -165,7 +168,7 @@ def _add_train(commands) -> None:
     parser.set_defaults(handler=_train)
 
 
-def train_config_from_args(args) -> "TrainConfig":
+def train_config_from_args(args) -> TrainConfig:
     """The ``TrainConfig`` that ``train`` runs with for parsed command-line ``args``.
 
     A flag left out (None) keeps ``TrainConfig``'s default.

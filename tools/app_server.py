@@ -37,7 +37,16 @@ def free_port() -> int:
 def streamlit_app(
     log_path: Path, audit_db: Path | None = None, startup_timeout: float = 120.0, port: int | None = None
 ) -> Iterator[str]:
-    """Runs the app on a free port (or ``port``) until the block ends; yields its URL.
+    """Runs the app on a free port (or ``port``) until the block ends; yields its URL (see ``streamlit_server``)."""
+    with streamlit_server(log_path, audit_db, startup_timeout, port) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def streamlit_server(
+    log_path: Path, audit_db: Path | None = None, startup_timeout: float = 120.0, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Runs the app on a free port (or ``port``) until the block ends; yields its URL and its process.
 
     Args:
         log_path: the server's stdout and stderr go here (read it when a test fails).
@@ -76,7 +85,7 @@ def streamlit_app(
                         f"streamlit did not answer on {url} within {startup_timeout:.0f} s; see {log_path}"
                     )
                 time.sleep(0.5)
-            yield url
+            yield url, server
         finally:
             server.terminate()
             try:

@@ -12,18 +12,14 @@ uses the 7740 x 7740 16-bit all-zero PNG of the issue (116 KB on disk). Linux on
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, free_port
+from tools.app_server import CHROMIUM, CHROMIUM_ARGS, WINDOW, streamlit_server
 
 TIMEOUT_MS = 300_000
 
@@ -68,23 +64,10 @@ def issue_file(folder: Path) -> Path:
 def measure(files: list[Path], at_once: int = 1) -> list[dict]:
     from playwright.sync_api import expect, sync_playwright
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(Path(tempfile.gettempdir()) / "server_memory.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PNEUMO_AUDIT_DB": str(Path(tempfile.mkdtemp()) / "a.db")},
-    )
+    log = Path(tempfile.gettempdir()) / "server_memory.log"
     results = []
-    try:
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
+    audit_db = Path(tempfile.mkdtemp()) / "audit.sqlite3"
+    with streamlit_server(log, audit_db=audit_db) as (url, server):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             for path in files:
@@ -121,9 +104,6 @@ def measure(files: list[Path], at_once: int = 1) -> list[dict]:
                     flush=True,
                 )
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     return results
 
 

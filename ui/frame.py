@@ -10,7 +10,6 @@ first request to a fresh server), shows the disclaimer. The menu is drawn here w
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import streamlit as st

@@ -6,14 +6,13 @@ the user leaves the page), so it stays selected across pages until another image
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
 
-from pneumo_model.paths import REPO_ROOT
+from pneumo_model.paths import REPO_ROOT, bytes_sha256
 from pneumo_model.data import parse_name
 from pneumo_model.errors import DataError
 from pneumo_model.preprocessing import SUPPORTED_FORMATS
@@ -49,7 +48,7 @@ class ChosenImage:
     digest: str = field(init=False, repr=False, compare=False)  # SHA-256 of ``data``, computed once
 
     def __post_init__(self):
-        object.__setattr__(self, "digest", hashlib.sha256(self.data).hexdigest())
+        object.__setattr__(self, "digest", bytes_sha256(self.data))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pneumo_model.audit import ResultRecord
 from pneumo_model.csv_export import write_csv
 from pneumo_model.display import screen_grey
 from pneumo_model.errors import PneumoError
+from pneumo_model.paths import bytes_sha256
 from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Predictor
 
@@ -68,7 +68,7 @@ def score_files(
     """
     rows, records = [], []
     for index, (name, data) in enumerate(files):
-        row = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
+        row = {"file": name, "sha256": bytes_sha256(data)}
         try:
             with decode_slot():
                 image = DecodedImage.decode(data)
