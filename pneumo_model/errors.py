@@ -32,3 +32,11 @@ class ConfigError(PneumoError):
 
 class ExplanationError(PneumoError, ValueError):
     """An explanation or overlay was asked for with inputs it cannot use (also a ValueError)."""
+
+
+class SiteProfileError(PneumoError):
+    """A site profile is unreadable, altered, or was fitted for another model."""
+
+
+class SiteInputError(PneumoError):
+    """A labelled local sample cannot be used to fit or check a site profile (the message lists why)."""

@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from .artifacts import DEFAULT_MODEL_PATH, ModelMetadata, load_model
-from .calibration import GreyZone, sigmoid
-from .errors import ModelFileError
+from .errors import ModelFileError, SiteProfileError
+from .operating_point import OperatingPoint
 from .ood import ActivationSummaries, OodGate, gate_path
 from .crop import CropLimits, RescoreResult, apply_crop
 from .pipeline import DecodedImage
@@ -34,6 +34,8 @@ class Prediction:
         grey_zone: True when the probability falls in the band that needs a careful read.
         threshold: the operating threshold used.
         model_sha: SHA-256 of the model file.
+        operating_point: the id of the operating point that made the call (``OperatingPoint.id``).
+        logit: the model's raw logit, before any calibration (what a site profile is fitted on).
         info: facts about the decoded image, including its warnings.
         ood: True when the out-of-distribution gate says the image does not look like the
             training X-rays (the call is then not meaningful); None when no gate is loaded.
@@ -46,6 +48,8 @@ class Prediction:
     threshold: float
     model_sha: str
     info: ImageInfo
+    operating_point: str
+    logit: float
     ood: bool | None = None
     ood_score: float | None = None
 
@@ -58,6 +62,7 @@ class Prediction:
             "label": self.label,
             "grey_zone": self.grey_zone,
             "threshold": round(self.threshold, 6),
+            "operating_point": self.operating_point,
             "model_sha": self.model_sha,
             "warnings": list(self.info.warnings),
             "ood": self.ood,
@@ -73,12 +78,21 @@ class Predictor:
         metadata: the model's metadata (input size, temperature, threshold, grey zone).
         batch_size: images per forward pass.
         gate: the model's out-of-distribution gate, or None to score without one.
+        operating_point: how logits become calls; None for the one shipped in the metadata.
 
     Raises:
         ModelFileError: the gate was fitted for another model.
+        SiteProfileError: the operating point was fitted for another model.
     """
 
-    def __init__(self, model: keras.Model, metadata: ModelMetadata, batch_size: int = DEFAULT_BATCH_SIZE, gate: OodGate | None = None):
+    def __init__(
+        self,
+        model: keras.Model,
+        metadata: ModelMetadata,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        gate: OodGate | None = None,
+        operating_point: OperatingPoint | None = None,
+    ):
         if gate is not None and gate.model_sha256 != metadata.model_sha256:
             raise ModelFileError(
                 f"The out-of-distribution gate was fitted for model {gate.model_sha256[:12]}, not for "
@@ -88,10 +102,15 @@ class Predictor:
         self.metadata = metadata
         self.batch_size = batch_size
         self.gate = gate
-        # The operating point: every call's label and grey-zone flag come from these, never from the
-        # metadata directly, so a caller can be handed another operating point.
-        self.threshold = float(metadata.threshold)
-        self.grey_zone = GreyZone(*metadata.grey_zone)
+        # Every probability, label and grey-zone flag comes from the operating point, never from the
+        # metadata directly, so a site profile replaces all three at once.
+        self.operating_point = OperatingPoint.shipped(metadata) if operating_point is None else operating_point
+        if self.operating_point.model_sha256 != metadata.model_sha256:
+            raise SiteProfileError(
+                f"The site profile {self.operating_point.short_id} was fitted for model "
+                f"{self.operating_point.model_sha256[:12]}, not for the model in use ({metadata.model_sha256[:12]}). "
+                "Fit a new profile for this model with `python -m pneumo_model site fit`."
+            )
         size = metadata.input_size
         # One traced graph for every batch size: far faster than model.predict on small batches.
         self._forward = tf.function(
@@ -102,16 +121,48 @@ class Predictor:
         self._with_summaries = None if gate is None else ActivationSummaries(model, gate.layers, batch_size)
 
     @classmethod
-    def from_file(cls, model_path: Path = DEFAULT_MODEL_PATH, batch_size: int = DEFAULT_BATCH_SIZE) -> "Predictor":
-        """Loads the model, its metadata and, when ``<model>.ood.npz`` is beside it, its gate."""
+    def from_file(
+        cls, model_path: Path = DEFAULT_MODEL_PATH, batch_size: int = DEFAULT_BATCH_SIZE, site: Path | None = None
+    ) -> "Predictor":
+        """Loads the model, its metadata and, when ``<model>.ood.npz`` is beside it, its gate.
+
+        Args:
+            site: a site profile JSON (``site.SiteProfile``) whose operating point replaces the
+                shipped one; None for the shipped one.
+
+        Raises:
+            ModelFileError: the model files are missing or altered.
+            SiteProfileError: the profile is unreadable, altered or made for another model.
+        """
         model, metadata = load_model(model_path)
         path = gate_path(model_path)
         gate = OodGate.load(path) if path.is_file() else None
-        return cls(model, metadata, batch_size, gate)
+        operating_point = None
+        if site is not None:
+            from .site import SiteProfile
+
+            operating_point = SiteProfile.load(site).operating_point()
+        return cls(model, metadata, batch_size, gate, operating_point)
+
+    def with_operating_point(self, operating_point: OperatingPoint | None) -> "Predictor":
+        """The same model and gate (shared, not copied) with another operating point (None: the shipped one).
+
+        Raises:
+            SiteProfileError: the operating point was fitted for another model.
+        """
+        return Predictor(self.model, self.metadata, self.batch_size, self.gate, operating_point)
 
     @property
     def input_size(self) -> int:
         return self.metadata.input_size
+
+    @property
+    def threshold(self) -> float:
+        return self.operating_point.threshold
+
+    @property
+    def grey_zone(self):
+        return self.operating_point.grey_zone
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Raw logits for a batch of model inputs.
@@ -134,11 +185,11 @@ class Predictor:
         return np.concatenate(outputs).reshape(-1).astype(np.float64)  # (n,)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities of pneumonia, shape (n,)."""
-        return sigmoid(self.logits(images), self.metadata.temperature)
+        """Calibrated probabilities of pneumonia at the operating point, shape (n,)."""
+        return self.operating_point.probabilities(self.logits(images))
 
     def label_for(self, probability: float) -> str:
-        return "pneumonia" if probability >= self.threshold else "normal"
+        return self.operating_point.label(probability)
 
     def predict_inputs(self, model_inputs: np.ndarray, infos: list[ImageInfo]) -> list[Prediction]:
         """Scores a batch of preprocessed images (n, size, size, 1), and asks the gate about each.
@@ -158,19 +209,22 @@ class Predictor:
             logits, summaries = self._with_summaries(model_inputs)
             colour = np.array([info.colour_spread for info in infos])
             ood_scores = [float(score) for score in self.gate.scores(model_inputs, summaries, colour)]
-        probabilities = sigmoid(logits, self.metadata.temperature)  # (n,)
+        point = self.operating_point
+        probabilities = point.probabilities(logits)  # (n,)
         return [
             Prediction(
                 probability=float(probability),
-                label=self.label_for(float(probability)),
-                grey_zone=bool(self.grey_zone.contains(float(probability))),
-                threshold=self.threshold,
+                label=point.label(float(probability)),
+                grey_zone=point.in_grey_zone(float(probability)),
+                threshold=point.threshold,
                 model_sha=self.metadata.model_sha256,
                 info=info,
+                operating_point=point.id,
+                logit=float(logit),
                 ood=None if score is None else not score <= 1.0,  # a NaN score is flagged
                 ood_score=score,
             )
-            for probability, info, score in zip(probabilities, infos, ood_scores)
+            for probability, logit, info, score in zip(probabilities, logits, infos, ood_scores)
         ]
 
     def predict_input(self, model_input: np.ndarray, info: ImageInfo) -> Prediction:

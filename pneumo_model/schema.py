@@ -3,6 +3,13 @@
 A module of its own, importing nothing, so that the command line can write an error line
 (``schema_version``, ``file``, ``error``) without loading TensorFlow through ``prediction``.
 Raise it when a line's fields change meaning or go away.
+
+History:
+    1: ``file``, ``probability``, ``label``, ``grey_zone``, ``threshold``, ``model_sha``,
+       ``warnings``, ``ood``, ``ood_score`` (an error line: ``file``, ``error``).
+    2: adds ``operating_point``, the id of the operating point that made the call (the shipped
+       one's content hash, or a site profile's ``id``), so a line says which threshold and grey
+       zone its label and flag come from.
 """
 
-PREDICTION_SCHEMA_VERSION = 1
+PREDICTION_SCHEMA_VERSION = 2

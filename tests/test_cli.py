@@ -43,7 +43,7 @@ def test_predict_prints_schema_v1_and_exits_0_when_all_are_scored(tiny_model, fi
     assert code == 0 and len(records) == 2
     record = records[0]
     assert set(record) == {"schema_version", "file", "probability", "label", "grey_zone", "threshold", "model_sha", "warnings", "ood", "ood_score"}
-    assert record["schema_version"] == 1 and record["file"] == str(good)
+    assert record["schema_version"] == PREDICTION_SCHEMA_VERSION and record["file"] == str(good)
     assert 0.0 <= record["probability"] <= 1.0
     assert record["label"] == ("pneumonia" if record["probability"] >= record["threshold"] else "normal")
     assert record["ood"] is None and record["ood_score"] is None and record["warnings"] == []
