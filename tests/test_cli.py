@@ -37,12 +37,19 @@ def _run(capsys, argv):
     return code, [json.loads(line) for line in out.out.splitlines()], out.err
 
 
-def test_predict_prints_schema_v1_and_exits_0_when_all_are_scored(tiny_model, files, capsys):
+def test_predict_prints_the_schema_and_exits_0_when_all_are_scored(tiny_model, files, capsys):
     good, _ = files
     code, records, _ = _run(capsys, ["predict", str(good), str(good), "--model", str(tiny_model)])
     assert code == 0 and len(records) == 2
     record = records[0]
-    assert set(record) == {"schema_version", "file", "probability", "label", "grey_zone", "threshold", "model_sha", "warnings", "ood", "ood_score"}
+    assert set(record) == {
+        "schema_version", "file", "probability", "label", "grey_zone", "threshold", "operating_point", "model_sha",
+        "warnings", "ood", "ood_score",
+    }
+    from pneumo_model.artifacts import read_metadata
+    from pneumo_model.operating_point import OperatingPoint
+
+    assert record["operating_point"] == OperatingPoint.shipped(read_metadata(tiny_model)).id
     assert record["schema_version"] == PREDICTION_SCHEMA_VERSION and record["file"] == str(good)
     assert 0.0 <= record["probability"] <= 1.0
     assert record["label"] == ("pneumonia" if record["probability"] >= record["threshold"] else "normal")
