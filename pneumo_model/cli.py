@@ -1,8 +1,8 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
-Commands: ``predict``, ``explain``, ``crop``, ``train``, ``evaluate``, ``compare``, ``stress``,
-``card``, ``bench``, ``ood``. Exit codes: 0 success, 1 a usage
-or model error, 2 (``predict``) when any file was rejected.
+Commands: ``predict``, ``explain``, ``crop``, ``site``, ``train``, ``evaluate``, ``compare``,
+``stress``, ``card``, ``bench``, ``ood``. Exit codes: 0 success, 1 a usage
+or model error, 2 (``predict``) when any file was rejected, (``site``) when the labelled sample is refused.
 
 Each command is one function that adds its sub-parser, with ``set_defaults(handler=...)``, and
 the handler beside it; ``main`` calls the parsed command's handler. Building the parser imports
@@ -81,6 +81,7 @@ def _add_predict(commands) -> None:
     parser = commands.add_parser("predict", help="score images; one JSON object per line and file")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, TIFF or DICOM)")
     _add_model_flag(parser)
+    _add_site_flag(parser)
     parser.add_argument(
         "--audit", type=Path, default=None, metavar="DB",
         help="also append each result to this audit trail (SQLite; created if missing)",
@@ -88,11 +89,18 @@ def _add_predict(commands) -> None:
     parser.set_defaults(handler=_predict)
 
 
+def _add_site_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--site", type=Path, default=None, metavar="PROFILE.json",
+        help="call with this site profile's operating point (`site fit`) instead of the shipped one",
+    )
+
+
 def _predict(args) -> int:
     from .pipeline import DecodedImage
     from .prediction import Predictor
 
-    predictor = Predictor.from_file(args.model)
+    predictor = Predictor.from_file(args.model, site=args.site)
     trail = None
     if args.audit is not None:
         from .audit import AuditTrail, ResultRecord
@@ -124,6 +132,146 @@ def _read_image_file(path: str) -> bytes:
     from .preprocessing import read_image_bytes
 
     return read_image_bytes(path)
+
+
+# --- site ----------------------------------------------------------------------------------
+
+
+def _add_site(commands) -> None:
+    parser = commands.add_parser(
+        "site", help="fit, check or evaluate a site profile: an operating point calibrated on local labelled films"
+    )
+    actions = parser.add_subparsers(dest="site_command", required=True)
+
+    fit = actions.add_parser("fit", help="fit a site profile on a labelled local sample (exit 2: sample refused)")
+    _add_sample_flags(fit)
+    fit.add_argument("--out", type=Path, required=True, metavar="PROFILE.json", help="where to write the profile")
+    fit.add_argument(
+        "--target-sensitivity", type=float, default=None, metavar="S",
+        help="sensitivity the threshold aims at (default 0.97)",
+    )
+    _add_model_flag(fit)
+    fit.set_defaults(handler=_site_fit)
+
+    check = actions.add_parser("check", help="score a fresh labelled sample with a profile and report its figures")
+    check.add_argument("profile", type=Path, metavar="PROFILE.json")
+    _add_sample_flags(check)
+    _add_model_flag(check)
+    check.set_defaults(handler=_site_check)
+
+    evaluate = actions.add_parser(
+        "evaluate", help="the official test split plays a new site: profiles fitted on drawn samples, scored on the rest"
+    )
+    _add_data_flag(evaluate)
+    _add_model_flag(evaluate)
+    evaluate.add_argument("--reports", type=Path, default=None, help="report folder (default: reports/)")
+    evaluate.add_argument("--draws", type=int, default=200, help="seeded draws per sample size (default 200)")
+    evaluate.set_defaults(handler=_site_evaluate)
+
+
+def _add_sample_flags(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--labels", type=Path, metavar="LABELS.csv",
+        help="CSV with the columns file,label (normal or pneumonia); file relative to the CSV's folder",
+    )
+    source.add_argument("--folder", type=Path, metavar="DIR", help="a folder with NORMAL/ and PNEUMONIA/ inside")
+
+
+def _scored_sample(args, predictor):
+    """The labelled sample named by ``--labels`` or ``--folder``, scored (progress on stderr)."""
+    from .site import read_labelled_folder, read_labels_csv, score_sample
+
+    files = read_labels_csv(args.labels) if args.labels is not None else read_labelled_folder(args.folder)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rscoring {done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    sample = score_sample(predictor, files, progress)
+    print(f"{sample.n_normal} normal and {sample.n_pneumonia} pneumonia images used, of {sample.files_in} files.")
+    for name, first in sample.merged:
+        print(f"counted once: {name} is the same image as {first}")
+    for name, reason in sample.excluded:
+        print(f"excluded: {name}: {reason}")
+    for warning in sample.warnings:
+        print(f"warning: {warning}")
+    return sample
+
+
+def _print_figures(stated: dict, sample, out_of_fold: bool) -> None:
+    from .site import uncertainty_line
+
+    how = "out of fold (5 folds; never on the images a threshold was chosen on)" if out_of_fold else "on this sample"
+    print(f"figures {how}, 95 % Wilson intervals:")
+    for name, value in stated.items():
+        if value is not None:
+            print(f"  {name.replace('_', ' ')}: {value['value']:.3f} ({value['low']:.3f}-{value['high']:.3f}; {value['count']}/{value['n']})")
+    print("  " + uncertainty_line(sample.n_pneumonia, "pneumonia", stated["sensitivity"]))
+    print("  " + uncertainty_line(sample.n_normal, "normal", stated["specificity"]))
+
+
+def _site_fit(args) -> int:
+    from .errors import SiteInputError
+    from .prediction import Predictor
+    from .site import DEFAULT_TARGET_SENSITIVITY, fit_profile, summary
+
+    target = DEFAULT_TARGET_SENSITIVITY if args.target_sensitivity is None else args.target_sensitivity
+    if not 0.5 <= target < 1.0:
+        print(f"error: --target-sensitivity must lie in [0.5, 1); got {target}.", file=sys.stderr)
+        return EXIT_ERROR
+    if args.out.is_dir():
+        print(f"error: --out {args.out} is a folder; give a file name such as site_profile.json.", file=sys.stderr)
+        return EXIT_ERROR
+    predictor = Predictor.from_file(args.model)
+    try:
+        sample = _scored_sample(args, predictor)
+        profile = fit_profile(sample, target)
+    except SiteInputError as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return EXIT_REJECTED
+    calibration = profile.calibration
+    losses = ", ".join(f"{name} {loss:.4f}" for name, loss in calibration["cv_log_loss"].items())
+    print(f"recalibration: {calibration['method']} (cross-validated log loss: {losses})")
+    print(f"threshold {profile.threshold:.4f} for a target sensitivity of {target}; grey zone [{profile.grey_zone[0]:.4f}, {profile.grey_zone[1]:.4f})")
+    _print_figures(profile.figures, sample, out_of_fold=True)
+    profile.save(args.out)
+    print(f"wrote {args.out} ({profile.description}); activate it with PNEUMO_SITE={args.out} or predict --site {args.out}")
+    print(json.dumps(summary(profile.id, profile.threshold, profile.grey_zone, profile.n_normal, profile.n_pneumonia, profile.figures)))
+    return EXIT_OK
+
+
+def _site_check(args) -> int:
+    from .errors import SiteInputError
+    from .prediction import Predictor
+    from .site import SiteProfile, check_profile, summary
+
+    profile = SiteProfile.load(args.profile)
+    predictor = Predictor.from_file(args.model, site=args.profile)  # refuses another model's profile before scoring
+    try:
+        sample = _scored_sample(args, predictor)
+    except SiteInputError as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return EXIT_REJECTED
+    stated = check_profile(profile, sample)
+    print(f"{profile.description}: threshold {profile.threshold:.4f}, grey zone [{profile.grey_zone[0]:.4f}, {profile.grey_zone[1]:.4f})")
+    _print_figures(stated, sample, out_of_fold=False)
+    print(json.dumps(summary(profile.id, profile.threshold, profile.grey_zone, sample.n_normal, sample.n_pneumonia, stated)))
+    return EXIT_OK
+
+
+def _site_evaluate(args) -> int:
+    from .data import resolve_data_dir
+    from .lab.evaluation import DEFAULT_REPORTS_DIR
+    from .lab.site_evaluation import evaluate_site_calibration
+
+    if args.draws < 1:
+        print(f"error: --draws must be at least 1; got {args.draws}.", file=sys.stderr)
+        return EXIT_ERROR
+    report = evaluate_site_calibration(
+        args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, draws=args.draws
+    )
+    print(json.dumps({key: report[key] for key in ("must_reach",) if key in report} or {"written": True}))
+    return EXIT_OK
 
 
 # --- train ---------------------------------------------------------------------------------
@@ -499,10 +647,50 @@ def _card(args) -> int:
     return EXIT_OK
 
 
+# --- zone ----------------------------------------------------------------------------------
+
+
+def _add_grey_zone(commands) -> None:
+    parser = commands.add_parser(
+        "zone", help="measure the grey-zone rule (docs/grey_zone_rule.md) on the model's validation split; JSON out"
+    )
+    _add_data_flag(parser)
+    _add_model_flag(parser)
+    parser.add_argument(
+        "--write", action="store_true",
+        help="also rewrite the metadata's grey_zone and grey_zone_rule (weights, SHA, threshold and temperature "
+        "untouched) and log the change in reports/metadata_changes.jsonl",
+    )
+    parser.add_argument("--reports", type=Path, default=None, help="folder of the change log (default: reports/)")
+    parser.set_defaults(handler=_zone)
+
+
+def _zone(args) -> int:
+    from .data import resolve_data_dir
+    from .lab.evaluation import DEFAULT_REPORTS_DIR
+    from .lab.grey_zone import apply_to_metadata, measure_model
+
+    measurement = measure_model(args.model, resolve_data_dir(args.data))
+    summary = measurement.summary()
+    if args.write:
+        changes = apply_to_metadata(args.model, measurement, args.reports or DEFAULT_REPORTS_DIR, args.command_line)
+        summary["changed"] = [change["field"] for change in changes]
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
 # --- the parser and main -------------------------------------------------------------------
 
 # One function per command, in the order ``--help`` lists them; each sets its command's handler.
-COMMANDS = (_add_predict, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_card)
+COMMANDS = (_add_predict, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_card, _add_grey_zone)
+
+
+def _leaves(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    """``[("", parser)]``, or its sub-commands' parsers by name when it has some (``site fit``...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices.items())
+    return [("", parser)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -515,7 +703,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for add_command in COMMANDS:
         add_command(commands)
-    unhandled = [name for name, command in commands.choices.items() if command.get_default("handler") is None]
+    unhandled = [
+        f"{name} {sub}".strip()
+        for name, command in commands.choices.items()
+        for sub, leaf in _leaves(command)
+        if leaf.get_default("handler") is None
+    ]
     if unhandled:
         raise TypeError(f"command(s) {', '.join(unhandled)} set no handler: end their parser with set_defaults(handler=...)")
     return parser
@@ -526,7 +719,13 @@ def main(argv: list[str] | None = None) -> int:
     on stderr (exit 1); usage errors exit with argparse's own code, 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # train and compare record the command line with what they write.
-    args = build_parser().parse_args(argv, argparse.Namespace(command_line=_command_line(argv)))
+    try:
+        args = build_parser().parse_args(argv, argparse.Namespace(command_line=_command_line(argv)))
+    except SystemExit as exit:
+        # ``site`` keeps exit 2 for a refused sample, so its usage errors exit 1 (argparse's own is 2).
+        if argv[:1] == ["site"] and exit.code == 2:
+            return EXIT_ERROR
+        raise
     try:
         return args.handler(args)
     except PneumoError as error:

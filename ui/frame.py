@@ -84,6 +84,13 @@ def ood_gate(prediction: Prediction, key: str, message: str = OOD_MESSAGE) -> bo
     return st.checkbox("Show the model's output anyway", key=f"show_ood_{key}", value=False)
 
 
+def operating_point_line(model: Predictor) -> str:
+    """'as shipped: fixed on validation data from one paediatric hospital' or 'site profile 3f2a… fitted
+    on 200 local images on 2026-12-02', with its threshold: what every call on the page is made with."""
+    point = model.operating_point
+    return f"{point.description} (threshold {point.threshold:.3f}, id `{point.short_id}`)"
+
+
 def render(title: str) -> Predictor:
     """Draws the frame of the page named ``title`` (one of ``PAGES``): page settings, banner, sidebar.
 
@@ -99,7 +106,8 @@ def render(title: str) -> Predictor:
         show_error(error)
         st.stop()
     st.warning(
-        f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.description}).",
+        f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.description}); "
+        f"operating point {operating_point_line(model)}.",
         icon=":material/medical_information:",
     )
     lost = state.lost_uploads()
@@ -146,7 +154,7 @@ def _sidebar(model: Predictor) -> None:
                     width="stretch",
                 )
             st.caption("From the Kermany 2018 test split, CC BY 4.0 (see the Model card).")
-        st.caption(f"{DISCLAIMER}  \nModel `{model.metadata.short_sha}`")
+        st.caption(f"{DISCLAIMER}  \nModel `{model.metadata.short_sha}`, operating point `{model.operating_point.short_id}`")
 
 
 def require_image() -> state.ChosenImage:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -25,15 +26,18 @@ import streamlit as st
 
 from pneumo_model.crop import DiaphragmResult, apply_crop, find_diaphragm
 from pneumo_model.display import screen_grey
-from pneumo_model.errors import PneumoError
+from pneumo_model.errors import PneumoError, SiteProfileError
 from pneumo_model.explain import GradCam, LimeConfig, LimeExplanation, explain_lime
 from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Prediction, Predictor
 from pneumo_model.preprocessing import preprocess
+from pneumo_model.site import SiteProfile
 
 from .cache import ByteBudgetCache
 
 RUNS: Counter[str] = Counter()
+
+SITE_ENV = "PNEUMO_SITE"
 
 LIME_WAIT_MESSAGE = "Another explanation is running; yours starts when it finishes."
 BUSY_MESSAGE = "The server is busy reading other images; yours is next (retrying)..."
@@ -58,10 +62,42 @@ class Image(Protocol):
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server start)...")
-def predictor() -> Predictor:
-    """The shipped model with its metadata; raises ``ModelFileError`` when it cannot be used."""
+def _shipped_predictor() -> Predictor:
     RUNS["model_load"] += 1
     return Predictor.from_file()
+
+
+@st.cache_resource(show_spinner=False)
+def _site_predictor(profile_path: str) -> Predictor:
+    # Cached per path: an administrator changes the profile by changing PNEUMO_SITE and restarting.
+    return _shipped_predictor().with_operating_point(SiteProfile.load(profile_path).operating_point())
+
+
+def site_profile_path() -> str | None:
+    """``$PNEUMO_SITE``: the site profile every call uses, set by an administrator; None when unset."""
+    return os.environ.get(SITE_ENV) or None
+
+
+def predictor() -> Predictor:
+    """The shipped model with its metadata and, when ``$PNEUMO_SITE`` names a site profile, that
+    profile's operating point.
+
+    Raises:
+        ModelFileError: the model cannot be used.
+        SiteProfileError: the profile set by ``$PNEUMO_SITE`` cannot be used (missing, altered,
+            or fitted for another model). The pages then serve no call at all: silently falling
+            back to the shipped operating point would show calls the site did not choose.
+    """
+    profile = site_profile_path()
+    if profile is None:
+        return _shipped_predictor()
+    try:
+        return _site_predictor(profile)
+    except SiteProfileError as error:
+        raise SiteProfileError(
+            f"{error} The app serves no calls until an administrator fixes the {SITE_ENV} setting "
+            "(or removes it to use the shipped operating point) and restarts the server."
+        ) from None
 
 
 @st.cache_resource(show_spinner=False)
@@ -177,11 +213,14 @@ def prediction(image: Image) -> Prediction:
     """
     decoded_image = decoded(image)
 
+    model = predictor()
+
     def call() -> Prediction:
         RUNS["prediction"] += 1
-        return predictor().call(decoded_image)
+        return model.call(decoded_image)
 
-    return cache().get_or_compute(("prediction", image.digest), call)
+    # Keyed on the operating point too: a call is its label and grey-zone flag, which depend on it.
+    return cache().get_or_compute(("prediction", image.digest, model.operating_point.id), call)
 
 
 def gradcam_heatmap(image: Image) -> np.ndarray:
@@ -198,8 +237,9 @@ def gradcam_heatmap(image: Image) -> np.ndarray:
 def lime_explanation(image: Image, num_samples: int, n_segments: int) -> LimeExplanation:
     """LIME explanation of one image, one run at a time across the whole process."""
     inputs = model_input(image)
+    point = predictor().operating_point.id  # LIME explains the calibrated probability
     return cache().get_or_compute(
-        ("lime", image.digest, num_samples, n_segments), lambda: _run_lime(inputs, num_samples, n_segments)
+        ("lime", image.digest, point, num_samples, n_segments), lambda: _run_lime(inputs, num_samples, n_segments)
     )
 
 
@@ -240,11 +280,13 @@ def cropped_prediction(image: Image, box: tuple[int, int, int, int]) -> Predicti
     """
     decoded_image = decoded(image)
 
+    model = predictor()
+
     def predict() -> Prediction:
         RUNS["crop_prediction"] += 1
-        return predictor().call_on_crop(decoded_image, box)
+        return model.call_on_crop(decoded_image, box)
 
-    return cache().get_or_compute(("crop_prediction", image.digest, tuple(box)), predict)
+    return cache().get_or_compute(("crop_prediction", image.digest, model.operating_point.id, tuple(box)), predict)
 
 
 def cropped_gradcam(image: Image, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
