@@ -43,7 +43,7 @@ st.dataframe(
     table,
     hide_index=True,
     column_order=[
-        "result_id", "recorded_utc", "source", "image", "model", "probability", "label", "grey_zone", "ood",
+        "result_id", "recorded_utc", "source", "image", "model", "point", "probability", "label", "grey_zone", "ood",
         "ood_score", "revealed_utc", "crop_box", "verdict", "note", "reviewer", "verdict_utc",
     ],
     column_config={
@@ -51,6 +51,11 @@ st.dataframe(
         "recorded_utc": st.column_config.TextColumn("shown (UTC)"),
         "image": st.column_config.TextColumn("image SHA-256", help="First 12 hex digits; the CSV has all 64"),
         "model": st.column_config.TextColumn("model", help="First 12 hex digits of the model's SHA-256"),
+        "point": st.column_config.TextColumn(
+            "operating point",
+            help="First 8 hex digits of the id of the operating point that made the call; the CSV has all 16. "
+            "Empty for records made before the trail kept it",
+        ),
         "probability": st.column_config.NumberColumn("probability", format="%.3f"),
         "grey_zone": st.column_config.CheckboxColumn("indeterminate"),
         "ood": st.column_config.CheckboxColumn("not X-ray-like"),

@@ -47,8 +47,9 @@ if len(flagged):
     )
     show_flagged = st.checkbox("Show the model's output for them anyway", key="worklist_show_ood")
     if show_flagged:
-        for sha in flagged["sha256"]:
-            audit.note_reveal(audit.recorded_id(sha, model.metadata.model_sha256))
+        for record in scored.records:
+            if record.ood:
+                audit.note_reveal(audit.recorded_id(record))
 shown = worklist.masked(table, show_flagged)
 numbers = worklist.counts(shown)
 

@@ -6,12 +6,18 @@ out-of-distribution gate hid; both point at their result. Rows are never changed
 UPDATE and DELETE. What is stored is what a later review needs and nothing that identifies a
 patient: the SHA-256 of the image bytes (not the pixels, not the file name, which in this data
 set carries a patient number, and no DICOM tag), the model's SHA-256, the operating threshold,
-the calibrated probability, the grey-zone and out-of-distribution flags and the crop box.
+the id of the operating point that made the call, the calibrated probability, the grey-zone and
+out-of-distribution flags and the crop box.
 
 Durability: WAL journal with ``synchronous=FULL``, one short transaction per record, so a
 record whose ``record_*`` call returned survives a killed process or an app restart. Each call
 opens its own connection: Streamlit runs sessions on several threads, and SQLite connections
 must not be shared between them. Concurrent writers wait up to ``busy_timeout_s`` for the lock.
+
+Schema versions (``PRAGMA user_version``): 1, results and verdicts; 2 adds the reveals table;
+3 adds ``results.operating_point``, NULL in the records written before it. Opening an older
+database brings it up to date in one transaction and keeps every record as it was; a database
+written by a newer version is refused and left untouched.
 """
 
 from __future__ import annotations
@@ -30,14 +36,17 @@ from .errors import PneumoError
 if TYPE_CHECKING:
     from .prediction import Prediction
 
-SCHEMA_VERSION = 2  # 2: the reveals table
+SCHEMA_VERSION = 3  # 2: the reveals table; 3: results.operating_point
 SOURCES = ("app", "cli")
 VERDICTS = ("agree", "disagree", "unsure")
 MAX_NOTE_CHARS = 2000
 MAX_REVIEWER_CHARS = 100
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS results (
+_APPEND_ONLY = "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
+# One statement each, so that they run inside the opening transaction (``executescript`` would
+# commit first). ``operating_point`` comes last, where ALTER TABLE puts it in an older database.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recorded_utc TEXT NOT NULL,
     source TEXT NOT NULL CHECK (source IN ('app', 'cli')),
@@ -49,37 +58,32 @@ CREATE TABLE IF NOT EXISTS results (
     grey_zone INTEGER NOT NULL CHECK (grey_zone IN (0, 1)),
     ood INTEGER CHECK (ood IN (0, 1)),
     ood_score REAL,
-    crop_box TEXT
-);
-CREATE TABLE IF NOT EXISTS verdicts (
+    crop_box TEXT,
+    operating_point TEXT
+)""",
+    """CREATE TABLE IF NOT EXISTS verdicts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recorded_utc TEXT NOT NULL,
     result_id INTEGER NOT NULL REFERENCES results(id),
     verdict TEXT NOT NULL CHECK (verdict IN ('agree', 'disagree', 'unsure')),
     note TEXT NOT NULL DEFAULT '',
     reviewer TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS reveals (
+)""",
+    """CREATE TABLE IF NOT EXISTS reveals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recorded_utc TEXT NOT NULL,
     result_id INTEGER NOT NULL REFERENCES results(id)
-);
-CREATE TRIGGER IF NOT EXISTS reveals_append_only_update BEFORE UPDATE ON reveals
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS reveals_append_only_delete BEFORE DELETE ON reveals
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS results_append_only_update BEFORE UPDATE ON results
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS results_append_only_delete BEFORE DELETE ON results
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS verdicts_append_only_update BEFORE UPDATE ON verdicts
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS verdicts_append_only_delete BEFORE DELETE ON verdicts
-    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-"""
+)""",
+    *(
+        f"CREATE TRIGGER IF NOT EXISTS {table}_append_only_{action.lower()} BEFORE {action} ON {table} {_APPEND_ONLY}"
+        for table in ("reveals", "results", "verdicts")
+        for action in ("UPDATE", "DELETE")
+    ),
+)
 
 # The trail as people read it: each result, then each verdict on it (a result without a
-# verdict appears once with empty verdict columns).
+# verdict appears once with empty verdict columns). ``operating_point`` is None for the records
+# written before the audit trail kept it.
 TRAIL_COLUMNS = (
     "result_id",
     "recorded_utc",
@@ -87,6 +91,7 @@ TRAIL_COLUMNS = (
     "image_sha256",
     "model_sha256",
     "threshold",
+    "operating_point",
     "probability",
     "label",
     "grey_zone",
@@ -101,8 +106,8 @@ TRAIL_COLUMNS = (
     "reviewer",
 )
 _TRAIL_QUERY = """
-SELECT r.id, r.recorded_utc, r.source, r.image_sha256, r.model_sha256, r.threshold, r.probability,
-       r.label, r.grey_zone, r.ood, r.ood_score, r.crop_box,
+SELECT r.id, r.recorded_utc, r.source, r.image_sha256, r.model_sha256, r.threshold, r.operating_point,
+       r.probability, r.label, r.grey_zone, r.ood, r.ood_score, r.crop_box,
        (SELECT min(x.recorded_utc) FROM reveals AS x WHERE x.result_id = r.id),
        v.id, v.recorded_utc, v.verdict, v.note, v.reviewer
 FROM results AS r LEFT JOIN verdicts AS v ON v.result_id = r.id
@@ -112,6 +117,44 @@ ORDER BY r.id, v.id
 
 class AuditError(PneumoError):
     """The audit trail cannot be opened or written, or a record is not acceptable."""
+
+
+def _version(connection: sqlite3.Connection) -> int:
+    """The database's schema version (0 for a new file).
+
+    Raises:
+        AuditError: it was written by a newer version of this code, which may record what this
+            one does not know about.
+    """
+    version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise AuditError(
+            f"The audit trail was written by a newer version of this software (schema {version}; this one "
+            f"knows up to {SCHEMA_VERSION}). Nothing was recorded; use the newer version or another audit file."
+        )
+    return version
+
+
+def _upgrade(connection: sqlite3.Connection) -> None:
+    """Creates what is missing (a new file; the reveals table of version 1; the operating point
+    column of versions 1 and 2) and sets the version, in one transaction. The write lock is taken
+    first and everything checked again under it, so two processes opening an old database at
+    once do not both change it."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        version = _version(connection)
+        if version < SCHEMA_VERSION:
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(results)")}
+            if "operating_point" not in columns:
+                connection.execute("ALTER TABLE results ADD COLUMN operating_point TEXT")
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
 
 
 def _utc_now() -> str:
@@ -135,6 +178,9 @@ class ResultRecord:
         source: "app" or "cli".
         ood: None when the model had no out-of-distribution gate.
         crop_box: ``(x0, y0, x1, y1)`` when the result is of a cropped image, else None.
+        operating_point: the id of the operating point that made the call
+            (``Prediction.operating_point``). Required: None is refused when recording, and only
+            records written before the trail kept it have none.
     """
 
     image_sha256: str
@@ -147,15 +193,21 @@ class ResultRecord:
     ood: bool | None = None
     ood_score: float | None = None
     crop_box: Sequence[int] | None = None
+    operating_point: str | None = None
 
     def row(self) -> tuple:
         """The values of an INSERT into ``results``, stamped with the current UTC time.
 
         Raises:
-            AuditError: an unknown source or a crop box that is not four numbers.
+            AuditError: an unknown source, a crop box that is not four numbers, or no operating point.
         """
         if self.source not in SOURCES:
             raise AuditError(f"Unknown result source '{self.source}'; one of {SOURCES}.")
+        if not isinstance(self.operating_point, str) or not self.operating_point.strip():
+            raise AuditError(
+                "A result must say which operating point made its call: give operating_point (the id in "
+                "Prediction.operating_point), or make the record with ResultRecord.of(prediction, ...)."
+            )
         return (
             _utc_now(),
             self.source,
@@ -168,6 +220,7 @@ class ResultRecord:
             None if self.ood is None else int(bool(self.ood)),
             None if self.ood_score is None else float(self.ood_score),
             _box_text(self.crop_box),
+            self.operating_point,
         )
 
     @classmethod
@@ -184,6 +237,7 @@ class ResultRecord:
             ood=prediction.ood,
             ood_score=prediction.ood_score,
             crop_box=None if crop_box is None else tuple(int(value) for value in crop_box),
+            operating_point=prediction.operating_point,
         )
 
 
@@ -205,11 +259,11 @@ class AuditTrail:
             raise AuditError(f"The audit trail path {self.path} is a folder; give a file name such as audit.sqlite3.")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connection() as connection:
-                connection.executescript(_SCHEMA)
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except OSError as error:
             raise AuditError(f"The audit trail folder {self.path.parent} cannot be created: {error.strerror}.") from None
+        with self._connection() as connection:
+            if _version(connection) < SCHEMA_VERSION:
+                _upgrade(connection)
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
@@ -218,6 +272,7 @@ class AuditTrail:
         except sqlite3.Error as error:
             raise AuditError(f"The audit trail {self.path} cannot be opened ({error}).") from None
         try:
+            _version(connection)  # before anything writes: a newer database is left as it is
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA foreign_keys = ON")
@@ -257,7 +312,7 @@ class AuditTrail:
         try:
             return self._insert(
                 "INSERT INTO results (recorded_utc, source, image_sha256, model_sha256, threshold, probability, "
-                "label, grey_zone, ood, ood_score, crop_box) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "label, grey_zone, ood, ood_score, crop_box, operating_point) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         except sqlite3.IntegrityError as error:

@@ -255,8 +255,11 @@ def test_worklist_table_and_csv_have_one_row_per_file():
     assert len(table) == 6 and table["error"].notna().sum() == 1
     assert table.iloc[-1]["file"] == "bad.png"  # unreadable files sort last
     assert table["thumbnail"].dropna().str.startswith("data:image/png;base64,").all()
-    csv = pd.read_csv(io.BytesIO(worklist.to_csv(table, "abc")))
+    csv = pd.read_csv(io.BytesIO(worklist.to_csv(table, "abc")), dtype={"operating_point": str})
     assert len(csv) == 6 and "thumbnail" not in csv.columns and set(csv["model_sha"]) == {"abc"}
+    point = resources.predictor().operating_point.id  # each call's own operating point
+    assert {record.operating_point for record in scored.records} == {point}
+    assert set(csv["operating_point"].dropna()) == {point} and csv["operating_point"].isna().sum() == 1
 
 
 def run_lime(app: AppTest, samples: int = 200, segments: int = 20) -> AppTest:
@@ -418,6 +421,7 @@ def test_a_result_is_recorded_once_per_session_and_verdicts_point_at_it(audit_db
     assert row["probability"] == pytest.approx(expected.probability, abs=1e-9)
     assert row["model_sha256"] == expected.model_sha and row["source"] == "app"
     assert row["ood"] == 0 and row["ood_score"] == pytest.approx(expected.ood_score)
+    assert row["operating_point"] == expected.operating_point == resources.predictor().operating_point.id
 
     app.radio(key="review_verdict_verdict").set_value("disagree")
     app.text_area(key="review_verdict_note").input("lower lobe looks clear")
@@ -458,6 +462,22 @@ def test_trail_page_lists_the_records_and_exports_them(audit_db):
     assert [m.value for m in app.metric][:2] == ["1", "0"]
     (download,) = [b for b in app.get("download_button")]
     assert "Download CSV" in str(download.proto)
+    from pneumo_model.audit import AuditTrail
+
+    point = resources.predictor().operating_point
+    assert list(table.value["point"]) == [point.short_id]  # on screen: its first 8 hex digits
+    exported = pd.read_csv(io.StringIO(AuditTrail(audit_db).to_csv()), dtype={"operating_point": str})
+    assert list(exported["operating_point"]) == [point.id]  # the export: the whole id
+
+
+def test_trail_page_shows_records_made_before_the_operating_point_with_an_empty_cell(audit_db):
+    audit_db.parent.mkdir(parents=True)
+    audit_db.write_bytes((REPO_ROOT / "tests" / "data" / "audit_v2.sqlite3").read_bytes())  # 3 results by older code
+    app = open_page(pick_sample(start()), "pages/trail.py")
+    table = app.dataframe[0].value
+    assert list(table["result_id"]) == [4, 3, 2, 1]
+    points = dict(zip(table["result_id"], table["point"]))
+    assert points == {4: resources.predictor().operating_point.short_id, 3: "", 2: "", 1: ""}
 
 
 def test_worklist_hides_calls_of_flagged_images_and_records_every_scored_file(audit_db):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -16,10 +17,14 @@ from pathlib import Path
 import pytest
 
 from pneumo_model.artifacts import REPO_ROOT
-from pneumo_model.audit import TRAIL_COLUMNS, AuditError, AuditTrail, ResultRecord
+from pneumo_model.audit import SCHEMA_VERSION, TRAIL_COLUMNS, AuditError, AuditTrail, ResultRecord
+from pneumo_model.prediction import Prediction
+from pneumo_model.preprocessing import ImageInfo
 
 IMAGE_SHA = "a" * 64
 MODEL_SHA = "b" * 64
+POINT = "0123456789abcdef"
+AUDIT_V2 = Path(__file__).parent / "data" / "audit_v2.sqlite3"  # written by commit e74230e (tests/data/README.md)
 
 
 def record(trail: AuditTrail, **changes) -> int:
@@ -33,6 +38,7 @@ def record(trail: AuditTrail, **changes) -> int:
         source="app",
         ood=False,
         ood_score=0.4,
+        operating_point=POINT,
     )
     return trail.record_result(**{**values, **changes})
 
@@ -46,7 +52,7 @@ def test_results_and_verdicts_are_read_back_joined(tmp_path):
     assert [row["result_id"] for row in rows] == [first, second]
     assert rows[0]["verdict_id"] == verdict and rows[0]["verdict"] == "disagree"
     assert rows[0]["note"] == "looks normal to me" and rows[0]["reviewer"] == "Dr A"
-    assert rows[0]["crop_box"] == "[0, 0, 200, 150]"
+    assert rows[0]["crop_box"] == "[0, 0, 200, 150]" and rows[0]["operating_point"] == POINT
     assert rows[1]["verdict"] is None and rows[1]["grey_zone"] == 1 and rows[1]["ood"] is None
     assert rows[1]["probability"] == pytest.approx(0.1) and rows[1]["label"] == "normal"
     assert rows[0]["recorded_utc"].endswith("+00:00")
@@ -80,7 +86,8 @@ def test_csv_export_has_the_header_and_one_line_per_row(tmp_path):
     rows = list(csv.DictReader(io.StringIO(trail.to_csv())))
     assert list(rows[0]) == list(TRAIL_COLUMNS)
     assert len(rows) == 1 and rows[0]["note"] == 'a "quoted", note\non two lines'
-    assert rows[0]["image_sha256"] == IMAGE_SHA
+    assert rows[0]["image_sha256"] == IMAGE_SHA and rows[0]["operating_point"] == POINT
+    assert list(TRAIL_COLUMNS).index("operating_point") == list(TRAIL_COLUMNS).index("threshold") + 1
 
 
 def test_csv_export_defuses_spreadsheet_formulas(tmp_path):
@@ -94,10 +101,10 @@ def test_csv_export_defuses_spreadsheet_formulas(tmp_path):
 
 def test_a_batch_is_recorded_whole_or_not_at_all(tmp_path):
     trail = AuditTrail(tmp_path / "audit.sqlite3")
-    good = ResultRecord(IMAGE_SHA, MODEL_SHA, 0.2, 0.5, "normal", False, "app")
+    good = ResultRecord(IMAGE_SHA, MODEL_SHA, 0.2, 0.5, "normal", False, "app", operating_point=POINT)
     ids = trail.record_results([good, good])
     assert ids == [1, 2]
-    bad = ResultRecord(IMAGE_SHA, MODEL_SHA, 0.2, 7.0, "normal", False, "app")  # probability out of range
+    bad = ResultRecord(IMAGE_SHA, MODEL_SHA, 0.2, 7.0, "normal", False, "app", operating_point=POINT)  # probability out of range
     with pytest.raises(AuditError, match="not acceptable"):
         trail.record_results([good, bad])
     assert trail.counts()["results"] == 2
@@ -145,6 +152,8 @@ def test_database_uses_wal_and_survives_a_reopen(tmp_path):
         ({"probability": 1.5}, "not acceptable"),
         ({"image_sha256": "abc"}, "not acceptable"),
         ({"crop_box": (1, 2, 3)}, "4 numbers"),
+        ({"operating_point": None}, "which operating point made its call"),
+        ({"operating_point": "  "}, "which operating point made its call"),
     ],
 )
 def test_bad_result_values_are_refused_and_nothing_is_written(tmp_path, changes, reason):
@@ -191,7 +200,7 @@ _WRITER = textwrap.dedent(
     while count < 0 or index < count:
         result = trail.record_result(
             image_sha256=f"{index:064x}", model_sha256="b" * 64, threshold=0.2, probability=0.5,
-            label="normal", grey_zone=False, source="cli",
+            label="normal", grey_zone=False, source="cli", operating_point="0123456789abcdef",
         )
         print(result, flush=True)
         index += 1
@@ -246,3 +255,225 @@ def test_a_writer_killed_mid_run_loses_no_committed_record(tmp_path):
     stored = {row["result_id"] for row in trail.trail()}
     assert set(printed) <= stored
     assert trail.integrity_ok()
+
+
+def test_a_record_carries_the_operating_point_of_its_prediction(tmp_path):
+    prediction = Prediction(
+        probability=0.3, label="pneumonia", grey_zone=True, threshold=0.25, model_sha=MODEL_SHA,
+        info=ImageInfo(width=64, height=64, bit_depth=8, format="PNG"), operating_point="fedcba9876543210",
+        logit=-0.4, ood=False, ood_score=0.2,
+    )
+    record = ResultRecord.of(prediction, IMAGE_SHA, "cli", crop_box=[0, 10, 50, 60])
+    assert record.operating_point == "fedcba9876543210"
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    (result_id,) = trail.record_results([record])
+    (row,) = trail.trail()
+    assert row["result_id"] == result_id and row["operating_point"] == "fedcba9876543210"
+    assert row["threshold"] == pytest.approx(0.25) and row["crop_box"] == "[0, 10, 50, 60]"
+
+
+def test_a_result_without_an_operating_point_is_refused(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    fields = dict(
+        image_sha256=IMAGE_SHA, model_sha256=MODEL_SHA, threshold=0.2, probability=0.5, label="normal",
+        grey_zone=False, source="app",
+    )
+    with pytest.raises(AuditError, match="which operating point made its call"):
+        trail.record_result(**fields)  # written the way callers did before the trail kept it
+    with pytest.raises(AuditError, match="which operating point made its call"):
+        trail.record_results([ResultRecord(**fields, operating_point=POINT), ResultRecord(**fields)])
+    assert trail.counts()["results"] == 0  # the batch is refused whole
+
+
+# --- Databases written by older and newer versions --------------------------------------------
+
+
+def _tables(path: Path) -> dict[str, list[tuple]]:
+    """Every row of every table, read with plain sqlite3 (no AuditTrail)."""
+    connection = sqlite3.connect(path)
+    try:
+        return {
+            table: connection.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+            for table in ("results", "verdicts", "reveals")
+            if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+        }
+    finally:
+        connection.close()
+
+
+def _pragma(path: Path, name: str):
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute(f"PRAGMA {name}").fetchone()[0]
+    finally:
+        connection.close()
+
+
+def _old_copy(tmp_path: Path) -> Path:
+    path = tmp_path / "audit.sqlite3"
+    shutil.copy(AUDIT_V2, path)
+    return path
+
+
+def test_the_committed_fixture_is_a_version_2_trail_in_one_file():
+    assert not AUDIT_V2.with_name(AUDIT_V2.name + "-wal").exists()
+    connection = sqlite3.connect(f"file:{AUDIT_V2}?mode=ro&immutable=1", uri=True)  # reads, never writes
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(results)")]
+        assert "operating_point" not in columns
+        counts = [connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("results", "verdicts", "reveals")]
+        assert counts == [3, 2, 1]
+    finally:
+        connection.close()
+
+
+def test_a_version_2_trail_gets_the_operating_point_and_keeps_every_record(tmp_path):
+    path = _old_copy(tmp_path)
+    before = _tables(path)
+    assert [len(rows) for rows in before.values()] == [3, 2, 1]
+
+    trail = AuditTrail(path)
+    after = _tables(path)
+    assert after["results"] == [row + (None,) for row in before["results"]]  # the new column, last, NULL
+    assert after["verdicts"] == before["verdicts"] and after["reveals"] == before["reveals"]
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 3
+    assert trail.integrity_ok()
+
+    rows = trail.trail()
+    assert [row["operating_point"] for row in rows] == [None, None, None]
+    assert rows[1]["note"] == 'looks "fine", to me' and rows[2]["revealed_utc"] is not None
+    assert rows[0]["crop_box"] == "[0, 0, 200, 150]" and rows[1]["ood"] is None
+    (old_csv, *_) = csv.DictReader(io.StringIO(trail.to_csv()))
+    assert old_csv["operating_point"] == ""
+
+    new = record(trail)
+    assert trail.trail()[-1]["result_id"] == new and trail.trail()[-1]["operating_point"] == POINT
+    trail.record_verdict(new, "agree")
+    assert trail.counts() == {"results": 4, "verdicts": 3, "reveals": 1}
+    assert _tables(path)["results"][:3] == after["results"]
+
+
+def test_a_migrated_trail_stays_append_only(tmp_path):
+    path = _old_copy(tmp_path)
+    trail = AuditTrail(path)
+    record(trail)
+    connection = sqlite3.connect(path)
+    try:
+        for statement in (
+            "UPDATE results SET operating_point = 'forged' WHERE operating_point IS NULL",
+            "UPDATE results SET probability = 0.5",
+            "DELETE FROM results",
+            "UPDATE verdicts SET verdict = 'agree'",
+            "DELETE FROM verdicts",
+            "UPDATE reveals SET result_id = 1",
+            "DELETE FROM reveals",
+        ):
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                connection.execute(statement)
+    finally:
+        connection.close()
+    assert [row["operating_point"] for row in trail.trail()] == [None, None, None, POINT]
+    assert trail.counts() == {"results": 4, "verdicts": 2, "reveals": 1}
+
+
+def test_reopening_a_migrated_trail_changes_nothing(tmp_path):
+    path = _old_copy(tmp_path)
+    AuditTrail(path)
+    migrated = path.read_bytes()
+    schema = _tables(path), _pragma(path, "schema_version")
+    for _ in range(2):
+        AuditTrail(path)
+    assert path.read_bytes() == migrated
+    assert (_tables(path), _pragma(path, "schema_version")) == schema
+
+
+def test_a_version_1_trail_gets_the_reveals_table_and_the_operating_point(tmp_path):
+    path = _old_copy(tmp_path)
+    connection = sqlite3.connect(path)  # version 1 had no reveals table: take it away
+    connection.execute("DROP TABLE reveals")
+    connection.execute("PRAGMA user_version = 1")
+    connection.close()
+    before = _tables(path)
+    assert "reveals" not in before
+
+    trail = AuditTrail(path)
+    after = _tables(path)
+    assert after["results"] == [row + (None,) for row in before["results"]]
+    assert after["verdicts"] == before["verdicts"] and after["reveals"] == []
+    assert _pragma(path, "user_version") == 3
+    result = record(trail)
+    trail.record_reveal(result)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        sqlite3.connect(path).execute("DELETE FROM reveals")
+
+
+@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+def test_a_trail_written_by_a_newer_version_is_refused_and_left_unchanged(tmp_path, journal_mode):
+    path = _old_copy(tmp_path)
+    connection = sqlite3.connect(path)
+    connection.execute(f"PRAGMA journal_mode = {journal_mode}")
+    connection.execute("PRAGMA user_version = 4")
+    connection.close()
+    written = path.read_bytes()
+    with pytest.raises(AuditError, match="written by a newer version.*Nothing was recorded"):
+        AuditTrail(path)
+    assert path.read_bytes() == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.sqlite3"]
+
+
+def test_a_trail_upgraded_by_a_newer_version_while_open_is_no_longer_written(tmp_path):
+    path = tmp_path / "audit.sqlite3"
+    trail = AuditTrail(path)
+    record(trail)
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA user_version = 4")
+    connection.close()
+    with pytest.raises(AuditError, match="newer version.*Nothing was recorded"):
+        record(trail)
+    assert len(_tables(path)["results"]) == 1
+
+
+_OPENER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from pneumo_model.audit import AuditTrail
+    go = Path(sys.argv[2])
+    while not go.exists():
+        time.sleep(0.001)
+    trail = AuditTrail(sys.argv[1])
+    print(trail.record_result(
+        image_sha256="d" * 64, model_sha256="b" * 64, threshold=0.2, probability=0.5, label="normal",
+        grey_zone=False, source="cli", operating_point="0123456789abcdef",
+    ))
+    """
+)
+
+
+def test_processes_opening_an_old_trail_at_once_migrate_it_once(tmp_path):
+    path = _old_copy(tmp_path)
+    before = _tables(path)
+    script, go = tmp_path / "opener.py", tmp_path / "go"
+    script.write_text(_OPENER)
+    openers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(path), str(go)],
+            cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(6)
+    ]
+    time.sleep(1.0)  # let them import and wait at the same line
+    go.touch()
+    ids = []
+    for opener in openers:
+        out, err = opener.communicate(timeout=120)
+        assert opener.returncode == 0, err
+        ids.append(int(out))
+    after = _tables(path)
+    assert sorted(ids) == [4, 5, 6, 7, 8, 9]
+    assert after["results"][:3] == [row + (None,) for row in before["results"]]
+    assert [row[-1] for row in after["results"][3:]] == ["0123456789abcdef"] * 6
+    columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(results)")]
+    assert columns.count("operating_point") == 1 and _pragma(path, "user_version") == 3

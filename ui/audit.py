@@ -52,10 +52,16 @@ def _not_recorded(error: AuditError, what: str = "This result was") -> None:
     st.error(f"{what} not recorded in the audit trail. {plain(error)}", icon=":material/database:")
 
 
+def _key(record: ResultRecord) -> tuple:
+    """What makes a result new in a session: the same image under another operating point is
+    another call, and is recorded again."""
+    return record.image_sha256, record.model_sha256, record.operating_point, record.crop_box
+
+
 def record_shown(image_sha256: str, prediction: Prediction, crop_box: tuple[int, ...] | None = None) -> int | None:
     """Records ``prediction`` unless this session already did; returns the record's id (None on failure)."""
     record = ResultRecord.of(prediction, image_sha256, "app", crop_box)
-    key = (record.image_sha256, record.model_sha256, record.crop_box)
+    key = _key(record)
     recorded = st.session_state.setdefault(_RECORDED_KEY, {})
     if key not in recorded:
         try:
@@ -69,8 +75,7 @@ def record_shown(image_sha256: str, prediction: Prediction, crop_box: tuple[int,
 def record_worklist(records: list[ResultRecord]) -> None:
     """Records the worklist's results not yet recorded in this session, in one transaction."""
     recorded = st.session_state.setdefault(_RECORDED_KEY, {})
-    keys = [(record.image_sha256, record.model_sha256, record.crop_box) for record in records]
-    new = {key: record for key, record in zip(keys, records) if key not in recorded}
+    new = {_key(record): record for record in records if _key(record) not in recorded}
     if not new:
         return
     try:
@@ -96,9 +101,9 @@ def note_reveal(result_id: int | None) -> None:
     revealed.add(result_id)
 
 
-def recorded_id(image_sha256: str, model_sha256: str, crop_box: tuple[int, ...] | None = None) -> int | None:
-    """The id this session recorded for a result, or None."""
-    return st.session_state.get(_RECORDED_KEY, {}).get((image_sha256, model_sha256, crop_box))
+def recorded_id(record: ResultRecord) -> int | None:
+    """The id this session recorded for ``record``'s result, or None."""
+    return st.session_state.get(_RECORDED_KEY, {}).get(_key(record))
 
 
 def verdict_form(result_id: int | None, form_key: str) -> None:
@@ -126,7 +131,8 @@ def verdict_form(result_id: int | None, form_key: str) -> None:
 
 
 def trail_table(rows: list[dict]) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The trail for the screen, newest result first (with short SHAs), and its counts."""
+    """The trail for the screen, newest result first (with short SHAs and operating point ids, empty
+    for the records made before the trail kept it), and its counts."""
     table = pd.DataFrame(rows, columns=TRAIL_COLUMNS)
     counts = {
         "results": int(table["result_id"].nunique()),
@@ -134,5 +140,9 @@ def trail_table(rows: list[dict]) -> tuple[pd.DataFrame, dict[str, int]]:
         "disagreements": int((table["verdict"] == "disagree").sum()),
     }
     shown = table.sort_values(["result_id", "verdict_id"], ascending=False, na_position="last")
-    shown = shown.assign(image=shown["image_sha256"].str[:12], model=shown["model_sha256"].str[:12])
+    shown = shown.assign(
+        image=shown["image_sha256"].str[:12],
+        model=shown["model_sha256"].str[:12],
+        point=shown["operating_point"].fillna("").str[:8],
+    )
     return shown, counts

@@ -21,7 +21,7 @@ from pneumo_model.paths import bytes_sha256
 from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Predictor
 
-COLUMNS = ["file", "probability", "call", "grey_zone", "ood", "ood_score", "error", "sha256", "thumbnail"]
+COLUMNS = ["file", "probability", "call", "grey_zone", "ood", "ood_score", "operating_point", "error", "sha256", "thumbnail"]
 THUMBNAIL_SIDE = 96
 
 
@@ -39,7 +39,9 @@ class Worklist:
 
     Attributes:
         table: one row per file (``COLUMNS``), sorted by probability, highest first, unreadable
-            files last; ``ood`` is None when the model has no gate; ``sha256`` is the file's digest.
+            files last; ``ood`` is None when the model has no gate; ``operating_point`` is the id of
+            the operating point that made the call (None for an unreadable file); ``sha256`` is the
+            file's digest.
         records: the audit record of each scored file, made from its ``Prediction`` (the real
             result, whatever the screen hides).
     """
@@ -77,12 +79,12 @@ def score_files(
             row |= {
                 "error": None, "thumbnail": _thumbnail(image.pixels), "probability": prediction.probability,
                 "call": prediction.label, "grey_zone": prediction.grey_zone, "ood": prediction.ood,
-                "ood_score": prediction.ood_score,
+                "ood_score": prediction.ood_score, "operating_point": prediction.operating_point,
             }
             del image
         except PneumoError as error:
             row |= {"error": str(error), "thumbnail": None, "probability": np.nan, "call": None, "grey_zone": None,
-                    "ood": None, "ood_score": np.nan}
+                    "ood": None, "ood_score": np.nan, "operating_point": None}
         rows.append(row)
         if progress is not None:
             progress(index + 1, len(files))
@@ -122,7 +124,8 @@ def counts(shown: pd.DataFrame) -> dict[str, int]:
 
 
 def to_csv(table: pd.DataFrame, model_sha: str) -> bytes:
-    """The worklist as CSV (pass the table as shown), without thumbnails, with the model that scored it.
+    """The worklist as CSV (pass the table as shown), without thumbnails, with the model that scored it
+    (each call's operating point is its own column).
 
     Written by the same ``write_csv`` as the audit trail's export: a file named ``=1+1.png`` is
     a text cell, never a formula.
