@@ -1,9 +1,11 @@
 """The shipped model on disk: an inference-only ``.keras`` file and its metadata JSON.
 
-The metadata is written once by training and never changed: it names the architecture,
-input size, library versions, the model file's SHA-256, the data fingerprint, and the
-calibration fixed on validation (temperature, threshold, grey zone). Loading refuses a
-model whose file does not match its SHA or whose Keras major version differs.
+The metadata is written by training: it names the architecture, input size, library versions,
+the model file's SHA-256, the data fingerprint, and the calibration fixed on validation
+(temperature, threshold, grey zone and the grey zone's rule). It changes afterwards only through
+a logged command (``zone --write`` rewrites the grey zone, logged in
+``reports/metadata_changes.jsonl``), never the weights. Loading refuses a model whose file does
+not match its SHA or whose Keras major version differs.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class ModelMetadata:
         validation: metrics on the validation split at the operating point.
         created_utc: when training finished.
         command: the command line that produced the model.
+        grey_zone_rule: how ``grey_zone`` was made (``lab.grey_zone``, docs/grey_zone_rule.md): the
+            rule's name, description and parameters, the measured half-width and percentiles, the
+            number of validation images, the date; empty for a band made by the older rule
+            (``calibration.fit_grey_zone``).
     """
 
     architecture: str
@@ -63,6 +69,7 @@ class ModelMetadata:
     validation: dict = field(default_factory=dict)
     created_utc: str = ""
     command: str = ""
+    grey_zone_rule: dict = field(default_factory=dict)
     schema_version: int = METADATA_SCHEMA_VERSION
 
     @property

@@ -39,6 +39,7 @@ def test_committed_report_matches_the_committed_model(predictor):
     report = json.loads((REPO_ROOT / "reports" / "evaluation.json").read_text())
     assert report["model_sha256"] == file_sha256(DEFAULT_MODEL_PATH) == predictor.metadata.model_sha256
     assert report["threshold"] == predictor.metadata.threshold
+    assert report["grey_zone"] == list(predictor.metadata.grey_zone)  # regenerated after the band changed
     samples = scan_split(DEFAULT_DATA_DIR, "test")
     labels = np.array([s.label for s in samples])
     calls, _ = call_files(predictor, [s.path for s in samples])

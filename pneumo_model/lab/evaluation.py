@@ -286,10 +286,18 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {name} | {_cell(report, key)} |" + (" | |" if official else ""))
     zone = report["grey_zone"]
     outside = report["outside_grey_zone"]
+    # Calls in the zone, by side of the threshold: all calls less those outside it.
+    every, kept = report["image"]["confusion"], (outside or {}).get("confusion", dict.fromkeys(("tn", "fp", "fn", "tp"), 0))
+    above = (every["tp"] + every["fp"] - kept["tp"] - kept["fp"]) / report["image"]["n"]
+    below = (every["tn"] + every["fn"] - kept["tn"] - kept["fn"]) / report["image"]["n"]
+    with np.errstate(divide="ignore"):
+        centre, low, high = (float(np.log(p) - np.log1p(-p)) for p in (report["threshold"], zone[0], min(zone[1], 1.0)))
     lines += [
         "",
         f"Grey zone [{zone[0]:.3f}, {zone[1]:.3f}): {report['grey_zone_fraction']:.1%} of images fall in it; "
         + (f"accuracy outside it {outside['accuracy']:.3f}." if outside else "no image falls outside it."),
+        f"In it, {above:.1%} of images at or above the threshold (called pneumonia) and {below:.1%} below (called normal); "
+        f"its edges lie {centre - low:.2f} below and {high - centre:.2f} above the threshold on the logit scale.",
         "Sensitivity by subtype: "
         + ", ".join(f"{k} {v['sensitivity']:.3f} (n={v['n']})" for k, v in report["subtype_sensitivity"].items())
         + ".",

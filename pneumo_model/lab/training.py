@@ -1,5 +1,5 @@
 """Training: patient-grouped split (``data.make_split``), in-memory data, augmentation, early stopping,
-calibration on validation.
+calibration on validation, and the grey zone by its rule (``grey_zone``, docs/grey_zone_rule.md).
 
 Training holds its images as 8-bit model inputs (``data.load_model_inputs``), for memory; that
 storage is for training only. Everything that reports or shows a probability scores float32
@@ -22,9 +22,10 @@ import tensorflow as tf
 
 from ..artifacts import ModelMetadata, save_model
 from .augmentation import AugmentConfig, augment_batch
-from ..calibration import OperatingPointConfig, fit_grey_zone, fit_temperature, sigmoid, threshold_for_sensitivity
+from ..calibration import OperatingPointConfig, fit_temperature, sigmoid, threshold_for_sensitivity
 from ..data import DEFAULT_VAL_FRACTION, load_model_inputs, make_split
 from ..errors import ConfigError
+from .grey_zone import GreyZoneRule, measure, metadata_with_band
 from .metrics import binary_metrics, expected_calibration_error
 from .models import average_logits, get_architecture, member_layer_name
 from ..prediction import Predictor
@@ -59,7 +60,8 @@ class TrainConfig:
         time_budget_s: stop after the epoch that passes this many seconds (None: no limit).
         augment: whether to augment.
         augmentation: augmentation ranges.
-        operating: targets for threshold and grey zone.
+        operating: the threshold's target sensitivity (its ``zone_*`` targets belonged to the
+            grey zone's older rule and are no longer used: the grey zone follows ``GreyZoneRule``).
     """
 
     architecture: str = "pneumonet"
@@ -177,6 +179,7 @@ def train(
     command: str = "",
     progress: Callable[[int, int], None] | None = _print_progress,
     verbose: int = 2,
+    grey_zone_rule: GreyZoneRule = GreyZoneRule(),
 ) -> ModelMetadata:
     """Trains, calibrates on validation, and writes the model and its metadata.
 
@@ -187,6 +190,8 @@ def train(
         command: the command line, stored in the metadata.
         progress: called as images are decoded.
         verbose: Keras fit verbosity.
+        grey_zone_rule: the grey zone's rule, applied after calibration to the validation files
+            scored through the pipeline (as ``python -m pneumo_model zone`` does for a saved model).
 
     Returns:
         The written metadata.
@@ -243,10 +248,11 @@ def train(
     temperature = fit_temperature(val_logits, y_val)
     val_probabilities = sigmoid(val_logits, temperature)
     threshold = threshold_for_sensitivity(val_probabilities, y_val, config.operating.target_sensitivity)
-    zone = fit_grey_zone(val_probabilities, y_val, threshold, config.operating)
+    # The grey zone on float32 inputs through the pipeline, as `zone` measures a saved model, so
+    # that both give the same band for the same weights; so is its validation share.
+    zone = measure(Predictor(model, provisional), [s.path for s in split.validation], temperature, threshold, grey_zone_rule)
     validation = binary_metrics(y_val, val_probabilities, threshold)
     validation["ece"] = expected_calibration_error(y_val, val_probabilities)
-    validation["grey_zone_fraction"] = float(zone.contains(val_probabilities).mean())
     validation["epochs_trained"] = len(val_auc)
     validation["best_epoch"] = best_epoch
     validation["val_auc_history"] = [round(float(v), 5) for v in val_auc]
@@ -267,13 +273,13 @@ def train(
         provisional,
         temperature=temperature,
         threshold=threshold,
-        grey_zone=(zone.low, zone.high),
         training_seconds=round(time.monotonic() - started, 1),
         train_config=_config_dict(config),
         validation=validation,
         created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         command=command,
     )
+    metadata = metadata_with_band(metadata, zone)  # grey_zone, grey_zone_rule, validation["grey_zone_fraction"]
     saved = save_model(model, metadata, Path(model_path))
     # A gate beside the file belongs to the model just replaced; it would refuse the new one.
     from ..ood import gate_path
