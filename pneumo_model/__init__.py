@@ -33,7 +33,6 @@ _EXPORTS = {
     "GreyZone": "calibration",
     "fit_temperature": "calibration",
     "threshold_for_sensitivity": "calibration",
-    "fit_grey_zone": "calibration",
     "ModelMetadata": "artifacts",
     "DEFAULT_MODEL_PATH": "artifacts",
     "load_model": "artifacts",

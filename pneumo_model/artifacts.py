@@ -48,8 +48,8 @@ class ModelMetadata:
         command: the command line that produced the model.
         grey_zone_rule: how ``grey_zone`` was made (``lab.grey_zone``, docs/grey_zone_rule.md): the
             rule's name, description and parameters, the measured half-width and percentiles, the
-            number of validation images, the date; empty for a band made by the older rule
-            (``calibration.fit_grey_zone``).
+            number of validation images, the date; empty for a model whose band was made by the
+            rule used before (the narrowest band meeting validation targets; see the git history).
     """
 
     architecture: str

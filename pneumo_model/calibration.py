@@ -16,18 +16,15 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class OperatingPointConfig:
-    """Targets that fix the threshold and the grey zone on validation data.
+    """The target that fixes the threshold on validation data (the grey zone around it is
+    ``lab.grey_zone``'s rule, docs/grey_zone_rule.md).
 
     Attributes:
         target_sensitivity: the threshold is the highest one whose validation sensitivity
             reaches this.
-        zone_sensitivity: outside the grey zone, sensitivity must reach this.
-        zone_specificity: outside the grey zone, specificity must reach this.
     """
 
     target_sensitivity: float = 0.97
-    zone_sensitivity: float = 0.99
-    zone_specificity: float = 0.95
 
 
 def sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -85,45 +82,3 @@ class GreyZone:
     def contains(self, probabilities: np.ndarray) -> np.ndarray:
         p = np.asarray(probabilities)
         return (p >= self.low) & (p < self.high)
-
-
-def fit_grey_zone(
-    probabilities: np.ndarray,
-    labels: np.ndarray,
-    threshold: float,
-    config: OperatingPointConfig = OperatingPointConfig(),
-) -> GreyZone:
-    """The narrowest band around ``threshold`` outside which the targets hold.
-
-    Outside the band, sensitivity = TP / (TP + FN) with TP the positives at p >= high and FN
-    those at p < low; specificity likewise with the negatives. Candidate edges are the
-    observed probabilities (and the threshold itself); the narrowest band that meets both
-    targets wins, ties broken towards the band closest to the threshold.
-
-    Returns:
-        The band; ``GreyZone(threshold, threshold)`` (empty) if the threshold alone meets the targets,
-        and the whole range if no band does.
-    """
-    p = np.asarray(probabilities, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel().astype(bool)
-    # A low edge just above a case calls that case normal; a high edge at a case calls it pneumonia.
-    above_one = np.nextafter(1.0, 2.0)
-    lows = np.unique(np.concatenate([[0.0, threshold], np.nextafter(p[p < threshold], 2.0)]))
-    highs = np.unique(np.concatenate([[threshold, above_one], p[p >= threshold]]))
-    # Counts below each low edge and at-or-above each high edge, per class.
-    pos_sorted, neg_sorted = np.sort(p[y]), np.sort(p[~y])
-    fn = np.searchsorted(pos_sorted, lows, side="left")[:, None]  # positives with p < low
-    tn = np.searchsorted(neg_sorted, lows, side="left")[:, None]
-    tp = (pos_sorted.size - np.searchsorted(pos_sorted, highs, side="left"))[None, :]  # p >= high
-    fp = (neg_sorted.size - np.searchsorted(neg_sorted, highs, side="left"))[None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sensitivity = np.where(tp + fn > 0, tp / (tp + fn), 1.0)
-        specificity = np.where(tn + fp > 0, tn / (tn + fp), 1.0)
-    ok = (sensitivity >= config.zone_sensitivity) & (specificity >= config.zone_specificity)
-    if not ok.any():
-        return GreyZone(0.0, float(np.nextafter(1.0, 2.0)))
-    width = np.where(ok, highs[None, :] - lows[:, None], np.inf)
-    distance = np.abs(highs[None, :] + lows[:, None] - 2 * threshold)
-    order = np.lexsort((distance.ravel(), width.ravel()))
-    i, j = np.unravel_index(order[0], width.shape)
-    return GreyZone(float(lows[i]), float(highs[j]))

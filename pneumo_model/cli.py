@@ -1,7 +1,7 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
 Commands: ``predict``, ``explain``, ``crop``, ``site``, ``train``, ``evaluate``, ``compare``,
-``stress``, ``card``, ``bench``, ``ood``. Exit codes: 0 success, 1 a usage
+``stress``, ``card``, ``bench``, ``ood``, ``zone``. Exit codes: 0 success, 1 a usage
 or model error, 2 (``predict``) when any file was rejected, (``site``) when the labelled sample is refused.
 
 Each command is one function that adds its sub-parser, with ``set_defaults(handler=...)``, and

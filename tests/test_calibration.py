@@ -5,8 +5,6 @@ import pytest
 
 from pneumo_model.calibration import (
     GreyZone,
-    OperatingPointConfig,
-    fit_grey_zone,
     fit_temperature,
     sigmoid,
     threshold_for_sensitivity,
@@ -43,43 +41,6 @@ def test_threshold_needs_positives_and_a_sensible_target():
         threshold_for_sensitivity(np.array([0.1]), np.array([0]), 0.9)
     with pytest.raises(ConfigError):
         threshold_for_sensitivity(np.array([0.1]), np.array([1]), 1.5)
-
-
-def test_grey_zone_is_empty_when_the_threshold_separates_perfectly():
-    p = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
-    y = np.array([0, 0, 0, 1, 1, 1])
-    zone = fit_grey_zone(p, y, threshold=0.5)
-    assert zone.high - zone.low == 0.0
-    assert not zone.contains(p).any()
-
-
-def test_grey_zone_takes_in_the_overlap_and_nothing_more():
-    # Negatives up to 0.6, positives from 0.4: the mixed cases 0.4..0.6 must go in the band.
-    p = np.array([0.1, 0.2, 0.3, 0.45, 0.6, 0.4, 0.55, 0.7, 0.8, 0.9])
-    y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
-    config = OperatingPointConfig(zone_sensitivity=1.0, zone_specificity=1.0)
-    zone = fit_grey_zone(p, y, threshold=0.5, config=config)
-    inside = zone.contains(p)
-    assert inside.tolist() == [False, False, False, True, True, True, True, False, False, False]
-    assert zone.low == pytest.approx(0.3, abs=1e-9) or zone.low > 0.3
-    assert zone.low <= 0.4 and 0.6 < zone.high <= 0.7
-    outside = ~inside
-    assert ((p[outside] >= zone.high) == y[outside].astype(bool)).all()
-
-
-def test_grey_zone_allows_the_targets_error_rate_outside():
-    rng = np.random.default_rng(3)
-    y = rng.random(4000) < 0.7
-    p = np.clip(np.where(y, rng.normal(0.75, 0.15, 4000), rng.normal(0.3, 0.15, 4000)), 0, 1)
-    config = OperatingPointConfig(zone_sensitivity=0.99, zone_specificity=0.95)
-    zone = fit_grey_zone(p, y, threshold=0.5, config=config)
-    out = ~zone.contains(p)
-    sensitivity = (p[out & y] >= zone.high).mean()
-    specificity = (p[out & ~y] < zone.low).mean()
-    assert sensitivity >= 0.99 and specificity >= 0.95
-    assert zone.low <= 0.5 <= zone.high
-    # Narrowest: shrinking either edge by one case breaks a target.
-    assert 0.05 < zone.high - zone.low < 0.8
 
 
 def test_grey_zone_contains_uses_a_half_open_band():
