@@ -33,10 +33,15 @@ with result_column:
     if may_show:
         call = "Pneumonia" if result.label == "pneumonia" else "Normal"
         st.markdown(f"#### Call: **{call}**")
+        point = model.operating_point
         st.metric(
             "Probability of pneumonia (calibrated)",
             f"{result.probability:.3f}",
-            help="Temperature-scaled on validation data.",
+            help=(
+                "Temperature-scaled on validation data from the training hospital."
+                if point.kind == "shipped"
+                else "Recalibrated on this site's own labelled images (the site profile)."
+            ),
         )
         low, high = model.grey_zone.low, model.grey_zone.high
         if result.grey_zone:
@@ -47,11 +52,7 @@ with result_column:
             )
         else:
             st.success(f"Outside the grey zone [{low:.3f}, {high:.3f}).", icon=":material/check_circle:")
-        target = model.metadata.train_config.get("operating", {}).get("target_sensitivity")
-        st.caption(
-            f"Operating point: pneumonia at probability ≥ {result.threshold:.3f}"
-            + (f" (set for validation sensitivity {target:.2f})." if target is not None else ".")
-        )
+        st.caption(f"Operating point: pneumonia at probability ≥ {result.threshold:.3f}; {frame.operating_point_purpose(model)}.")
     frame.show_warnings(result.info.warnings)
     audit.verdict_form(result_id, "review_verdict")
 

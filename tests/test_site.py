@@ -369,6 +369,9 @@ def test_the_app_with_pneumo_site_calls_with_the_profile_and_says_so_on_every_pa
     from ui import resources
 
     assert resources.predictor().operating_point.id == profile.id
+    captions = texts(app.caption)
+    assert f"pneumonia at probability ≥ {profile.threshold:.3f}; set for sensitivity 0.97 on this site's 200 labelled images" in captions
+    assert "validation" not in captions
     for page in PAGES[1:]:
         app.switch_page(page).run()
         assert not app.exception and f"site profile {profile.id[:8]}" in texts(app.warning), page

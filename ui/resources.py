@@ -70,7 +70,22 @@ def _shipped_predictor() -> Predictor:
 @st.cache_resource(show_spinner=False)
 def _site_predictor(profile_path: str) -> Predictor:
     # Cached per path: an administrator changes the profile by changing PNEUMO_SITE and restarting.
-    return _shipped_predictor().with_operating_point(SiteProfile.load(profile_path).operating_point())
+    return _shipped_predictor().with_operating_point(_site_profile(profile_path).operating_point())
+
+
+@st.cache_resource(show_spinner=False)
+def _site_profile(profile_path: str) -> SiteProfile:
+    return SiteProfile.load(profile_path)
+
+
+def site_profile() -> SiteProfile | None:
+    """The active site profile (``$PNEUMO_SITE``), or None for the shipped operating point.
+
+    Raises:
+        SiteProfileError: it cannot be used (see ``predictor``).
+    """
+    path = site_profile_path()
+    return None if path is None else _site_profile(path)
 
 
 def site_profile_path() -> str | None:
