@@ -85,6 +85,19 @@ if evaluation is not None:
     )
     st.markdown(rule)
 
+st.subheader("Site calibration")
+site = reports.read_json("site_calibration")
+if site is None:
+    not_generated("The site-calibration report is", "python -m pneumo_model site evaluate")
+else:
+    st.markdown(site["protocol_plain"])
+    rows = reports.site_calibration_rows(site, 200)
+    if rows:
+        st.markdown("At **200 local images**, on the remaining test images: median (5th-95th percentile) over the draws.")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="content")
+    st.markdown(f"**{site['spread_note']}**")
+    st.markdown(reports.site_calibration_verdict(site))
+
 # The generated reports shown as they are: (heading, reports/<name>.md, the command that writes it).
 for heading, name, command in (
     ("Model comparison", "model_comparison", "python -m pneumo_model compare"),

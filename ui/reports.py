@@ -24,3 +24,43 @@ def figure(relative_path: str, reports_dir: Path = REPORTS_DIR) -> Path | None:
     """A figure named in a report (relative to ``reports/``), or None when the file is missing."""
     path = reports_dir / relative_path
     return path if path.is_file() else None
+
+
+# The site-calibration report's figures, as the Model card names them (the app side does not import the lab's names).
+SITE_FIGURES = (
+    ("sensitivity", "sensitivity"),
+    ("specificity", "specificity"),
+    ("accuracy", "accuracy"),
+    ("ece", "ECE (15 bins)"),
+    ("grey_zone_share", "grey-zone share"),
+    ("accuracy_outside_grey_zone", "accuracy outside the grey zone"),
+)
+
+
+def _spread_text(summary: dict) -> str:
+    if summary.get("median") is None:
+        return "n/a"
+    return f"{summary['median']:.3f} ({summary['p5']:.3f}-{summary['p95']:.3f})"
+
+
+def site_calibration_rows(report: dict, size: int = 200, prevalence: str = "split") -> list[dict]:
+    """Shipped and site-calibrated figures side by side at one local-sample size, from
+    ``reports/site_calibration.json``: one row per figure, each "median (5th-95th percentile)" over
+    the draws, on the images the profiles were not fitted on. [] when the report has no such size."""
+    results = report.get("results", {}).get(str(size))
+    if results is None:
+        return []
+    block = results["prevalence"][prevalence]
+    return [
+        {"figure": name, "shipped operating point": _spread_text(block["shipped"][key]),
+         "site profile": _spread_text(block["site"][key])}
+        for key, name in SITE_FIGURES
+    ]
+
+
+def site_calibration_verdict(report: dict) -> str:
+    """'Must reach: 6 of 10 items met (missed: ...)', from the report's own checks."""
+    rows = report.get("must_reach", [])
+    missed = [f"{row['statistic']} {row['figure'].replace('_', ' ')} at {row['size']}" for row in rows if not row["met"]]
+    text = f"Must reach: {len(rows) - len(missed)} of {len(rows)} items met"
+    return text + (f" (missed: {'; '.join(missed)})." if missed else ".")
