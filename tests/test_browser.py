@@ -352,3 +352,33 @@ def test_every_page_by_its_own_url_as_a_fresh_servers_first_request_shows_the_fr
             assert [text.split("\n")[-1].strip() for text in links.all_inner_texts()] == [page.title for page in PAGES]  # after the icon
     finally:
         context.close()
+
+
+def test_site_calibration_fits_a_profile_from_a_zip_shows_the_explorer_and_downloads_it(page, tmp_path):
+    from playwright.sync_api import expect
+
+    from pneumo_model.site import SiteProfile
+    from test_site_page import folder_zip, labelled_images
+
+    archive = tmp_path / "local_sample.zip"
+    archive.write_bytes(folder_zip(labelled_images(normal=24, pneumonia=26)))
+    open_page(page, "Site calibration")
+    expect(page.get_by_text("Nothing on this page changes how the app calls films")).to_be_visible()
+    page.get_by_test_id("stMain").locator("input[type=file]").set_input_files(str(archive))
+
+    expect(page.get_by_text("3 · Threshold explorer (in sample)")).to_be_visible()
+    for label, count in (("Normal images used", "24"), ("Pneumonia images used", "26")):
+        expect(page.get_by_test_id("stMetric").filter(has_text=label).get_by_test_id("stMetricValue")).to_have_text(count)
+    expect(page.get_by_text("out of fold").first).to_be_visible()
+    pictures = page.get_by_test_id("stImage").locator("img")
+    expect(pictures).to_have_count(2)  # the ROC and the explorer's curves
+    assert all(picture.evaluate("image => image.complete && image.naturalWidth > 0") for picture in pictures.all())
+    expect(page.locator("[data-testid=stDataFrame]")).to_be_visible()
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download the site profile (JSON)").click()
+    profile = SiteProfile.from_dict(json.loads(Path(download.value.path()).read_text()))
+    assert download.value.suggested_filename == f"site_profile_{profile.id[:8]}.json"
+    assert profile.n_normal == 24 and profile.n_pneumonia == 26 and profile.target_sensitivity == 0.97
+    expect(page.get_by_text(f"PNEUMO_SITE=/path/to/site_profile_{profile.id[:8]}.json")).to_be_visible()

@@ -3,7 +3,8 @@
 Usage: ``.venv/bin/python -m tools.screenshots``. It starts the app on a free port, loads a demo
 image, runs LIME once, records a verdict, uploads an inverted X-ray (the out-of-distribution
 message), fills the worklist with the demo images, that inverted X-ray and one unreadable file,
-and saves one PNG per page.
+fits a site profile on a zip of test-split films (when ../shared/data is there), and saves one
+PNG per page (the Site calibration page whole, not only its first screen).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image
 
 from playwright.sync_api import Page, expect, sync_playwright
 
+from pneumo_model.data import DEFAULT_DATA_DIR
 from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, streamlit_app
 
 SCREENSHOTS_DIR = REPO_ROOT / "docs" / "screenshots"
@@ -36,11 +39,44 @@ def wait_until_idle(page: Page) -> None:
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=SLOW_MS)
 
 
-def take(page: Page, name: str, folder: Path) -> None:
+def take(page: Page, name: str, folder: Path, full_page: bool = False) -> None:
+    """A screenshot of the first screen, or with ``full_page`` of the whole page at the same width."""
     wait_until_idle(page)
     page.mouse.move(0, 0)
+    if full_page:
+        # Streamlit scrolls its main section, not the document, so the window is made as tall as it.
+        height = page.get_by_test_id("stMain").evaluate("main => main.scrollHeight")
+        page.set_viewport_size({"width": WINDOW["width"], "height": max(WINDOW["height"], height)})
     page.wait_for_timeout(2500)  # let images and the data grid finish drawing
     page.screenshot(path=str(folder / f"{name}.png"))
+    page.set_viewport_size(WINDOW)
+
+
+def site_sample(scratch: Path, data_dir: Path = DEFAULT_DATA_DIR) -> Path | None:
+    """A labelled zip of every third test-split film of each class (78 normal, 130 pneumonia: the
+    split's prevalence), or None without the data. The test split may play a new site."""
+    folders = [data_dir / "test" / label for label in ("NORMAL", "PNEUMONIA")]
+    if not all(folder.is_dir() for folder in folders):
+        return None
+    path = scratch / "local_sample.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for folder in folders:
+            for image in sorted(folder.glob("*.jpeg"))[::3]:
+                archive.write(image, f"local_sample/{folder.name}/{image.name}")
+    return path
+
+
+def site_calibration(page: Page, scratch: Path, folder: Path) -> None:
+    """The Site calibration page with a profile fitted on ``site_sample``, the whole page."""
+    open_page(page, "Site calibration")
+    sample = site_sample(scratch)
+    if sample is None:
+        print(f"No {DEFAULT_DATA_DIR}: the Site calibration screenshot is left as it is.")
+        return
+    expect(page.get_by_text("Upload a labelled sample")).to_be_visible(timeout=SLOW_MS)
+    page.get_by_test_id("stMain").locator("input[type=file]").set_input_files(str(sample))
+    expect(page.get_by_text("Download the site profile")).to_be_visible(timeout=SLOW_MS)
+    take(page, "site_calibration", folder, full_page=True)
 
 
 def main() -> None:
@@ -95,6 +131,8 @@ def main() -> None:
             open_page(page, "Model card")
             expect(page.get_by_text("Intended use and population")).to_be_visible(timeout=SLOW_MS)
             take(page, "model_card", args.out)
+
+            site_calibration(page, scratch, args.out)
             browser.close()
     print(f"Screenshots in {args.out}")
 

@@ -42,6 +42,7 @@ PAGES = (
     Page("pages/worklist.py", "Worklist", ":material/format_list_numbered:"),
     Page("pages/trail.py", "Audit trail", ":material/history:"),
     Page("pages/model_card.py", "Model card", ":material/description:"),
+    Page("pages/site.py", "Site calibration", ":material/tune:"),
 )
 
 DISCLAIMER = "Decision support for trained readers — not a medical device, not a diagnosis."

@@ -1,0 +1,236 @@
+"""Site calibration: fit this model's operating point (recalibration, threshold for a target
+sensitivity, grey zone) on a labelled local sample, see its out-of-fold figures, the sample's ROC
+and the threshold explorer, and download the profile. Nothing here activates it."""
+
+import streamlit as st
+
+from pneumo_model import site
+from pneumo_model.errors import PneumoError, SiteInputError
+from pneumo_model.preprocessing import ImageLimits
+from ui import drawing, frame, resources, site_page, state
+from ui.markup import plain
+
+model = frame.render("Site calibration")
+active = model.operating_point
+ACTIVE = "Active now, on this sample"
+IMAGE_MB = ImageLimits().max_bytes // 2**20
+ZIP_MB = st.get_option("server.maxUploadSize")
+
+
+def refusal(error: PneumoError) -> None:
+    """A refusal as plain text, one listed problem a line (the package lists every problem)."""
+    st.error("  \n".join(plain(line) for line in str(error).splitlines()), icon=":material/block:")
+
+
+st.markdown("#### Site calibration")
+st.markdown(
+    "Fit this model's **operating point** to your hospital's films: a recalibrated probability, a "
+    "threshold for the sensitivity you choose, and a grey zone, all from a labelled sample of your own "
+    "images, by the rules fixed in `docs/site_calibration_rules.md`. The model itself is unchanged."
+)
+st.info(
+    f"**Nothing on this page changes how the app calls films.** Active operating point now: "
+    f"**{plain(active.description)}** (`{active.short_id}`, pneumonia at probability ≥ {active.threshold:.3f}).",
+    icon=":material/info:",
+)
+
+st.markdown("##### 1 · Your labelled sample")
+st.markdown(
+    f"Accepted layouts (images in PNG, JPEG, BMP, TIFF or DICOM, at most {IMAGE_MB} MB each):\n"
+    "- **one zip with folders `NORMAL/` and `PNEUMONIA/`**, at any depth (`site/NORMAL/0001.dcm`); "
+    "files outside such folders are ignored;\n"
+    "- **one zip with a `labels.csv`** of two columns `file,label`: `file` is the image's path inside the "
+    "zip, relative to the CSV; `label` is `normal` or `pneumonia` (a `labels.csv` wins over folders);\n"
+    "- **the images themselves plus a `file,label` CSV**: `file` is each uploaded image's file name.\n\n"
+    f"At least {site.MIN_PER_CLASS} images of each class, {site.WARN_PER_CLASS} or more to narrow the "
+    f"uncertainty; a zip up to {ZIP_MB} MB. Draw the sample as films come at your site: its share of "
+    "pneumonia shapes the calibration."
+)
+packing = st.radio(
+    "How is the sample packed?", ["One zip", "Images plus a labels CSV"], horizontal=True, key="site_packing"
+)
+digests = st.session_state.setdefault("site_digests", {})
+if packing == "One zip":
+    archive = st.file_uploader("Labelled zip", type=["zip"], key="site_zip")
+    uploads = [archive] if archive is not None else []
+    ready = archive is not None
+else:
+    left, right = st.columns([1, 2])
+    labels_csv = left.file_uploader("Labels CSV (file,label)", type=["csv"], key="site_csv")
+    images = right.file_uploader(
+        f"Images ({state.UPLOAD_FORMATS})",
+        type=state.UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key="site_images",
+        max_upload_size=IMAGE_MB,  # the browser refuses a larger image before sending it
+    )
+    uploads = ([labels_csv] if labels_csv is not None else []) + list(images or [])
+    ready = labels_csv is not None and bool(images)
+if not ready:
+    st.info("Upload a labelled sample to fit a site profile.", icon=":material/upload:")
+    st.stop()
+
+if state.note_uploads():
+    st.rerun()  # once per session: the menu's links must carry the new upload mark
+
+# Scored once per upload content: a slider, a rerun or the same files uploaded again reuse it.
+hashes = site_page.upload_digests(uploads, digests)
+roles = ["archive"] if packing == "One zip" else ["labels"] + [image.name for image in images]
+key = site_page.content_key(packing, list(zip(roles, hashes)))
+scored = st.session_state.get("site_scored")
+if scored is None or scored["key"] != key:
+    bar = st.progress(0.0, text="Reading the labelled sample...")
+    try:
+        if packing == "One zip":
+            files, unused = site.read_labelled_zip(archive.getvalue()), []
+        else:
+            files, unused = site_page.files_from_csv(labels_csv.getvalue(), [(image.name, image.getvalue()) for image in images])
+        sample = site_page.score(
+            model,
+            files,
+            progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"),
+            decode_slot=resources.decode_slot,
+        )
+        scored = {"key": key, "sample": sample, "unused": unused, "refusal": None}
+    except SiteInputError as error:
+        scored = {"key": key, "sample": None, "unused": [], "refusal": error}
+    except PneumoError as error:  # the server was busy: not kept, the next run tries again
+        bar.empty()
+        refusal(error)
+        st.stop()
+    bar.empty()
+    st.session_state["site_scored"] = scored
+    st.session_state["site_profiles"] = {}
+if scored["refusal"] is not None:
+    refusal(scored["refusal"])
+    st.stop()
+sample = scored["sample"]
+
+counts = st.columns(4)
+counts[0].metric("Normal images used", sample.n_normal)
+counts[1].metric("Pneumonia images used", sample.n_pneumonia)
+counts[2].metric("Excluded by the gate", len(sample.excluded))
+counts[3].metric("Duplicates counted once", len(sample.merged))
+for warning in sample.warnings:
+    st.warning(plain(warning), icon=":material/warning:")
+if sample.excluded:
+    with st.expander(f"Excluded images ({len(sample.excluded)})", expanded=len(sample.excluded) <= 5):
+        st.markdown("  \n".join(f"**{plain(name)}**: {plain(reason)}" for name, reason in sample.excluded))
+if sample.merged:
+    with st.expander(f"Duplicates counted once ({len(sample.merged)})"):
+        st.markdown("  \n".join(f"**{plain(name)}** is the same image as **{plain(first)}**" for name, first in sample.merged))
+if scored["unused"]:
+    st.warning(
+        f"{len(scored['unused'])} uploaded image(s) are not named in the CSV and were not used: "
+        + ", ".join(f"**{plain(name)}**" for name in scored["unused"]),
+        icon=":material/warning:",
+    )
+
+st.markdown("##### 2 · The fitted operating point")
+target = st.select_slider(
+    "Target sensitivity",
+    options=site_page.TARGETS,
+    value=site.DEFAULT_TARGET_SENSITIVITY,
+    format_func=lambda value: f"{value:.2f}",
+    key="site_target",
+    help="The threshold is set so that, on new films like these, at least this share of pneumonia films is expected to be called pneumonia.",
+)
+profiles = st.session_state.setdefault("site_profiles", {})
+if target not in profiles:
+    profiles[target] = frame.computed(lambda: site.fit_profile(sample, target))
+profile = profiles[target]
+low, high = (site_page.probability(edge) for edge in profile.grey_zone)
+threshold = site_page.probability(profile.threshold)
+calibration = profile.calibration
+losses = calibration["cv_log_loss"]
+
+numbers = st.columns([1, 1.4, 1])
+numbers[0].metric("Threshold", threshold)
+numbers[1].metric("Grey zone", f"[{low}, {high})")
+numbers[2].metric("Recalibration", "Platt scaling" if calibration["method"] == "platt" else "Temperature")
+rank = profile.rule["conformal_rank"]
+lowest = "lowest" if rank == 1 else f"{site_page.ordinal(rank)} lowest"
+method = {"platt": "Platt scaling", "temperature": "temperature scaling"}
+other = next(name for name in losses if name != calibration["method"])
+st.markdown(
+    f"- **Threshold {threshold}:** a film is called pneumonia when its recalibrated probability is at least "
+    f"{threshold}. It is the probability of the {lowest} of your {profile.n_pneumonia} pneumonia films, "
+    f"chosen so that new films like these are expected to be called with a sensitivity of at least {target:.2f} "
+    "(split-conformal rule). It is on this site's probability scale: compare it with the active point's "
+    f"{active.threshold:.3f} by their sensitivity and specificity below, not by the number.\n"
+    f"- **Grey zone [{low}, {high}):** a film scoring in it still gets a call, flagged *indeterminate: "
+    "needs a careful read*: your sample says such a call is wrong at least one time in ten. Outside it, "
+    "each call's estimated risk of being wrong is below one in ten.\n"
+    f"- **Recalibration: {method[calibration['method']]}**, chosen over {method[other]} because it "
+    f"predicted held-out images better (cross-validated log loss {losses[calibration['method']]:.3f} against "
+    f"{losses[other]:.3f}). The probabilities hold for a case mix like this sample's "
+    f"({profile.prevalence:.0%} pneumonia)."
+)
+sensitivity = profile.figures["sensitivity"]
+if sensitivity["value"] < target:
+    st.warning(
+        f"Out of fold, the sensitivity reached is {sensitivity['value']:.3f} (95 % interval "
+        f"{sensitivity['low']:.3f}–{sensitivity['high']:.3f}), below the target {target:.2f}: the target is what "
+        "the rule aims at, this is what your sample supports. More pneumonia films would make both surer.",
+        icon=":material/warning:",
+    )
+
+st.markdown("**What to expect on new films: out-of-fold figures**")
+st.table(site_page.figures_table(profile, site_page.active_figures(sample, active), ACTIVE).set_index(""))
+st.markdown(
+    "Every figure of the fitted profile is **out of fold**: each image was called by a profile fitted on "
+    f"the other four fifths of the sample, never on itself ({site.FOLDS} stratified folds); the ranges are "
+    "95 % Wilson intervals. The last column is the active operating point on the same images (it was not "
+    "fitted on them). How uncertain the figures are:\n"
+    + "\n".join(f"- {plain(line)}" for line in site_page.uncertainty_lines(profile))
+)
+
+st.markdown("##### 3 · Threshold explorer (in sample)")
+st.caption(
+    "What every threshold would do on this sample itself, as WHO's CAD calibration toolkit shows it: the "
+    "trade-off between sensitivity, specificity, the share of films called pneumonia (the readers' workload) "
+    "and the share left in the grey zone. These in-sample numbers are optimistic; judge a profile by the "
+    "out-of-fold figures above. The fitted threshold sits at or below the plain in-sample choice for its "
+    "target: the rule leaves that margin so that the sensitivity holds on new films. Thresholds are on the "
+    "fitted profile's recalibrated probability scale."
+)
+rows = site_page.explorer_rows(sample, profile)
+roc_column, explorer_column = st.columns([4.4, 5.6])
+drawing.show(site_page.roc_picture(sample, profile, active, "active now"), where=roc_column)
+drawing.show(site_page.explorer_picture(rows, profile), where=explorer_column)
+table = site_page.explorer_table(sample, profile, rows)
+st.dataframe(
+    table.style.apply(lambda row: ["background-color: #fbe3d3; font-weight: bold" if row["fitted"] else "" for _ in row], axis=1),
+    hide_index=True,
+    column_order=["reason", "threshold", "sensitivity", "specificity", "called_pneumonia", "grey_zone_share"],
+    column_config={
+        "reason": st.column_config.TextColumn("row", width=290),
+        "threshold": st.column_config.NumberColumn("threshold", format="%.3f"),
+        "sensitivity": st.column_config.NumberColumn("sensitivity", format="%.3f"),
+        "specificity": st.column_config.NumberColumn("specificity", format="%.3f"),
+        "called_pneumonia": st.column_config.NumberColumn(
+            "called pneumonia", format="%.3f", help="The share of the sample's films called pneumonia: the readers' workload"
+        ),
+        "grey_zone_share": st.column_config.NumberColumn(
+            "in its grey zone", format="%.3f", help="The share of films in the grey zone the rules would put around that threshold"
+        ),
+    },
+)
+
+st.markdown("##### 4 · Download, and who activates it")
+st.download_button(
+    "Download the site profile (JSON)",
+    profile.to_json(),
+    file_name=f"site_profile_{profile.id[:8]}.json",
+    mime="application/json",
+    on_click="ignore",
+    icon=":material/download:",
+)
+st.info(
+    f"**Downloading activates nothing**, for you or anyone. Using a site profile for every user is an "
+    f"administrator's act: put the file on the server, set `PNEUMO_SITE=/path/to/site_profile_{profile.id[:8]}.json` "
+    "for the app's server process and restart it. Check it first on a fresh labelled sample with "
+    f"`python -m pneumo_model site check site_profile_{profile.id[:8]}.json --folder DIR`. "
+    f"Active now: **{plain(active.description)}** (`{active.short_id}`).",
+    icon=":material/admin_panel_settings:",
+)
