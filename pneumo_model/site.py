@@ -128,9 +128,22 @@ def _fit_platt(raw: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 _FITTERS = {"temperature": _fit_temperature, "platt": _fit_platt}
 
 
+def platt_targets(labels: np.ndarray) -> np.ndarray:
+    """Platt's (1999) targets: ``(n+ + 1) / (n+ + 2)`` for pneumonia and ``1 / (n- + 2)`` for normal.
+
+    Fitting on 0 / 1 labels has no finite optimum when the sample's classes do not overlap (the
+    scale grows without bound, every probability rounds to 0 or 1, and the threshold with it);
+    these targets, the prior of Platt's own method, keep the fit finite and change little otherwise.
+    """
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    return np.where(labels, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+
+
 def fit_calibration(raw: np.ndarray, labels: np.ndarray, seed: int = 0, folds: int = FOLDS) -> Calibration:
     """Temperature or Platt scaling of raw logits, chosen by stratified ``folds``-fold CV log loss
-    (rule 1 of ``docs/site_calibration_rules.md``), then refitted on all the images."""
+    (rule 1 of ``docs/site_calibration_rules.md``), then refitted on all the images. Both are fitted
+    on Platt's targets (``platt_targets``); the CV log loss is scored on the labels themselves."""
     raw = np.asarray(raw, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
     ids = fold_ids(labels, folds, seed)
@@ -139,11 +152,11 @@ def fit_calibration(raw: np.ndarray, labels: np.ndarray, seed: int = 0, folds: i
         total = 0.0
         for fold in range(folds):
             held = ids == fold
-            scale, offset = fit(raw[~held], labels[~held])
+            scale, offset = fit(raw[~held], platt_targets(labels[~held]))
             total += _log_loss(scale * raw[held] + offset, labels[held]) * held.sum()
         losses[method] = total / raw.size
     method = "platt" if losses["platt"] < losses["temperature"] - PLATT_MARGIN_NATS else "temperature"
-    scale, offset = _FITTERS[method](raw, labels)
+    scale, offset = _FITTERS[method](raw, platt_targets(labels))
     return Calibration(method, scale, offset, {name: round(float(value), 6) for name, value in losses.items()})
 
 
@@ -202,6 +215,11 @@ def fit_operating_point(raw: np.ndarray, labels: np.ndarray, target: float = DEF
     at_rank = positives[min(k, positives.size) - 1]
     threshold = float(_sigmoid(calibration.logits(np.array([at_rank])))[0])
     zone = grey_zone_around(float(calibration.logits(np.array([at_rank]))[0]))
+    if not zone.low < threshold < zone.high:  # only if the probabilities saturate in float64
+        raise SiteInputError(
+            f"The local sample's calibrated scores saturate (threshold {threshold!r}), so no grey zone can hold the "
+            "threshold strictly inside. Check the labels; a sample whose classes barely overlap needs more images."
+        )
     return SiteFit(calibration, threshold, zone, k)
 
 

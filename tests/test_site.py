@@ -64,6 +64,21 @@ def test_the_threshold_is_the_conformal_order_statistic_of_the_pneumonia_images(
     assert site.conformal_rank(20, 0.97) == 1  # too few for k >= 1 by the formula: the lowest pneumonia image
 
 
+def test_a_sample_whose_classes_do_not_overlap_keeps_a_finite_calibration_and_the_threshold_inside():
+    # The case that broke the first `site evaluate` run (1 draw in 200 at 200 images): fitted on 0 / 1
+    # labels, the scale grew to its bound, the threshold rounded to 1.0 and the band's top edge with it.
+    rng = np.random.default_rng(0)
+    raw = np.r_[rng.normal(8, 1, 125), rng.normal(-3, 1, 75)]
+    labels = np.r_[np.ones(125), np.zeros(75)].astype(int)
+    assert raw[labels == 1].min() > raw[labels == 0].max()
+    fit = site.fit_operating_point(raw, labels, 0.97, 0)
+    assert fit.threshold < 1.0 and fit.grey_zone.low < fit.threshold < fit.grey_zone.high
+    assert fit.calibration.scale < 5
+    p, called, _ = fit.calls(raw)
+    assert p.max() < 1.0 and called[labels == 1].sum() == 125 - (fit.conformal_rank - 1)
+    np.testing.assert_allclose(site.platt_targets(np.array([1, 1, 0])), [3 / 4, 3 / 4, 1 / 3])
+
+
 def test_the_grey_zone_is_chow_s_band_with_the_threshold_strictly_inside():
     zone = site.grey_zone_around(logit(0.3))
     assert (zone.low, zone.high) == (0.1, 0.9)
