@@ -18,6 +18,7 @@ with result_column:
     st.file_uploader(
         f"Upload one chest X-ray ({state.UPLOAD_FORMATS}), or pick a demo image in the sidebar",
         type=state.UPLOAD_TYPES,
+        max_upload_size=state.IMAGE_UPLOAD_MB,
         key="review_upload",
         on_change=state.choose_upload,
         args=("review_upload",),

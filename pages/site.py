@@ -6,14 +6,13 @@ import streamlit as st
 
 from pneumo_model import site
 from pneumo_model.errors import PneumoError, SiteInputError
-from pneumo_model.preprocessing import ImageLimits
 from ui import drawing, frame, resources, site_page, state
 from ui.markup import plain
 
 model = frame.render("Site calibration")
 active = model.operating_point
 ACTIVE = "Active now, on this sample"
-IMAGE_MB = ImageLimits().max_bytes // 2**20
+IMAGE_MB = state.IMAGE_UPLOAD_MB
 ZIP_MB = st.get_option("server.maxUploadSize")
 
 

@@ -11,6 +11,7 @@ model = frame.render("Worklist")
 files = st.file_uploader(
     f"Upload chest X-rays ({state.UPLOAD_FORMATS}), as many as you like",
     type=state.UPLOAD_TYPES,
+    max_upload_size=state.IMAGE_UPLOAD_MB,
     accept_multiple_files=True,
     key="worklist_upload",
 )

@@ -677,7 +677,7 @@ class ScoredSample:
 
 
 def score_sample(
-    predictor, files: Sequence[LabelledFile], progress: Callable[[int, int], None] | None = None, batch_size: int = 16
+    predictor, files: Sequence[LabelledFile], progress: Callable[[int, int], None] | None = None, batch_size: int = 1
 ) -> ScoredSample:
     """Decodes and scores every file once, through the pipeline and the gate.
 
@@ -685,6 +685,10 @@ def score_sample(
         predictor: a ``prediction.Predictor`` (its operating point does not matter: raw logits are kept).
         files: the labelled files.
         progress: called with (files done, files in all) after each batch.
+        batch_size: images per forward pass. One by default, as the app calls an image: a batched
+            pass differs in the last float32 digits (about 1e-6), which would change the profile's
+            content hash, so ``site fit`` and the Site calibration page give the same id only when
+            both score one at a time. Decoding dominates the time either way.
 
     Raises:
         SiteInputError: unreadable files, a duplicate image under two labels, one class only,

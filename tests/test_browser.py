@@ -23,6 +23,7 @@ from PIL import Image
 from conftest import encode
 from pneumo_model.data import DEFAULT_DATA_DIR
 from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, streamlit_app
+from ui import frame
 
 pytestmark = [pytest.mark.shipped_model, pytest.mark.browser]
 
@@ -331,7 +332,7 @@ def test_a_restarted_server_tells_the_worklist_tab_its_files_are_gone(browser, t
         context.close()
 
 
-@pytest.mark.parametrize("script", ["app.py", "pages/explain.py", "pages/crop.py", "pages/worklist.py", "pages/trail.py", "pages/model_card.py"])
+@pytest.mark.parametrize("script", [page.script for page in frame.PAGES])
 def test_every_page_by_its_own_url_as_a_fresh_servers_first_request_shows_the_frame(browser, tmp_path, script):
     # With st.navigation beside a pages/ folder, Streamlit once served such a first request without
     # the frame, so a bookmarked deep link showed a page without the disclaimer.

@@ -92,6 +92,21 @@ def operating_point_line(model: Predictor) -> str:
     return f"{point.description} (threshold {point.threshold:.3f}, id `{point.short_id}`)"
 
 
+def operating_point_purpose(model: Predictor) -> str:
+    """What the threshold was set for, in words: 'set for sensitivity 0.97 on validation data from the
+    training hospital' or 'set for sensitivity 0.97 on this site's 200 labelled images (site profile 3f2a…)'."""
+    point = model.operating_point
+    if point.kind == "shipped":
+        target = model.metadata.train_config.get("operating", {}).get("target_sensitivity")
+        aim = f"set for sensitivity {target:.2f} " if target is not None else "set "
+        return aim + "on validation data from the training hospital"
+    profile = resources.site_profile()
+    return (
+        f"set for sensitivity {profile.target_sensitivity:.2f} on this site's {profile.n_normal + profile.n_pneumonia} "
+        f"labelled images (site profile {point.short_id}…)"
+    )
+
+
 def render(title: str) -> Predictor:
     """Draws the frame of the page named ``title`` (one of ``PAGES``): page settings, banner, sidebar.
 

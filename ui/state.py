@@ -15,7 +15,7 @@ import streamlit as st
 from pneumo_model.paths import REPO_ROOT, bytes_sha256
 from pneumo_model.data import parse_name
 from pneumo_model.errors import DataError
-from pneumo_model.preprocessing import SUPPORTED_FORMATS
+from pneumo_model.preprocessing import SUPPORTED_FORMATS, ImageLimits
 
 SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
 _CHOSEN_KEY = "chosen_image"
@@ -30,6 +30,11 @@ _EXTENSIONS = {
 }
 UPLOAD_TYPES = [extension for fmt in SUPPORTED_FORMATS for extension in _EXTENSIONS.get(fmt, (fmt.lower(),))]
 UPLOAD_FORMATS = ", ".join(SUPPORTED_FORMATS[:-1]) + " or " + SUPPORTED_FORMATS[-1]
+# Per image, in Streamlit's MB (2**20 bytes): the package's own limit. The server's
+# ``server.maxUploadSize`` is higher for the Site calibration page's zip, so every image uploader
+# passes this: the browser refuses a larger image before sending it, and the package refuses it
+# with its plain message if it arrives by another route.
+IMAGE_UPLOAD_MB = ImageLimits().max_bytes // 2**20
 
 
 @dataclass(frozen=True)
