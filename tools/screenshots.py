@@ -54,10 +54,16 @@ def take(page: Page, name: str, folder: Path, full_page: bool = False) -> None:
 
 def site_sample(scratch: Path, data_dir: Path = DEFAULT_DATA_DIR) -> Path | None:
     """A labelled zip of every third test-split film of each class (78 normal, 130 pneumonia: the
-    split's prevalence), or None without the data. The test split may play a new site."""
+    split's prevalence), or None without the data. The test split may play a new site
+    (../shared/data/README.md), and each such use is logged in reports/test_evaluations.jsonl."""
     folders = [data_dir / "test" / label for label in ("NORMAL", "PNEUMONIA")]
     if not all(folder.is_dir() for folder in folders):
         return None
+    from pneumo_model.artifacts import read_metadata
+    from pneumo_model.lab.evaluation import DEFAULT_REPORTS_DIR, record_test_use
+    from pneumo_model.paths import DEFAULT_MODEL_PATH
+
+    record_test_use(DEFAULT_REPORTS_DIR, read_metadata(DEFAULT_MODEL_PATH).model_sha256, "test")
     path = scratch / "local_sample.zip"
     with zipfile.ZipFile(path, "w") as archive:
         for folder in folders:
