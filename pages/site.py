@@ -6,7 +6,7 @@ import streamlit as st
 
 from pneumo_model import site
 from pneumo_model.errors import PneumoError, SiteInputError
-from ui import drawing, frame, resources, site_page, state
+from ui import drawing, frame, reports, resources, site_page, state
 from ui.markup import plain
 
 model = frame.render("Site calibration")
@@ -183,6 +183,10 @@ st.markdown(
     "fitted on them). How uncertain the figures are:\n"
     + "\n".join(f"- {plain(line)}" for line in site_page.uncertainty_lines(profile))
 )
+coverage = reports.read_json("site_calibration")
+coverage_line = None if coverage is None else reports.stated_coverage_line(coverage)
+if coverage_line is not None:
+    st.caption(coverage_line)
 
 st.markdown("##### 3 · Threshold explorer (in sample)")
 st.caption(

@@ -373,7 +373,10 @@ def test_site_calibration_fits_a_profile_from_a_zip_shows_the_explorer_and_downl
     expect(page.get_by_text("out of fold").first).to_be_visible()
     pictures = page.get_by_test_id("stImage").locator("img")
     expect(pictures).to_have_count(2)  # the ROC and the explorer's curves
-    assert all(picture.evaluate("image => image.complete && image.naturalWidth > 0") for picture in pictures.all())
+    # Both drawn, not only placed: the count is reached before the browser has the bytes.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=stImage] img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     expect(page.locator("[data-testid=stDataFrame]")).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
 

@@ -171,7 +171,7 @@ def test_a_zip_of_folders_gives_the_profile_the_package_fits_with_out_of_fold_fi
     predictor = resources.predictor()
     # One file a batch, as the page scores (batches change the logits by float32 round-off, and a
     # profile's id is a hash of exact numbers).
-    expected = site.fit_profile(site.score_sample(predictor, site.read_labelled_zip(data), batch_size=1), 0.97)
+    expected = site.fit_profile(site.score_sample(predictor, site.read_labelled_zip(data)), 0.97)  # as site fit scores
 
     numbers = metrics(app)
     assert numbers["Normal images used"] == "24" and numbers["Pneumonia images used"] == "26"
@@ -183,6 +183,10 @@ def test_a_zip_of_folders_gives_the_profile_the_package_fits_with_out_of_fold_fi
     for line in site_page.uncertainty_lines(expected):
         assert line in shown, line
     assert "24 local normal images: specificity known to about ±" in shown
+    from ui import reports
+
+    coverage = reports.stated_coverage_line(reports.read_json("site_calibration"))
+    assert coverage is not None and "held the figure" in coverage and coverage in texts(app.caption)
     figures = app.table[0].value
     stated = figures["Fitted profile, out of fold"]
     assert list(stated) == [site_page.stated(expected.figures[key]) for key in site_page.FIGURE_NAMES]

@@ -64,3 +64,17 @@ def site_calibration_verdict(report: dict) -> str:
     missed = [f"{row['statistic']} {row['figure'].replace('_', ' ')} at {row['size']}" for row in rows if not row["met"]]
     text = f"Must reach: {len(rows) - len(missed)} of {len(rows)} items met"
     return text + (f" (missed: {'; '.join(missed)})." if missed else ".")
+
+
+def stated_coverage_line(report: dict, size: int = 200) -> str | None:
+    """How often a profile's own 95 % intervals held the figure later found on new images, in the
+    test-split protocol at ``size`` local images, as one sentence; None when the report lacks it."""
+    coverage = report.get("results", {}).get(str(size), {}).get("stated_coverage")
+    if not coverage:
+        return None
+    shares = [entry["covered_share"] for entry in coverage.values()]
+    return (
+        f"Read the intervals as the least uncertainty there is: when the official test split played a site "
+        f"(`reports/site_calibration.md`), a profile's own 95 % intervals from {size} local films held the figure "
+        f"later found on the other films in only {min(shares):.0%}-{max(shares):.0%} of draws."
+    )
