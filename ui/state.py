@@ -97,6 +97,12 @@ def choose_sample(path: Path) -> None:
     choose(ChosenImage(name=path.name, data=Path(path).read_bytes(), source="sample"))
 
 
+def choose_bytes(name: str, data: bytes, source: str = "upload") -> None:
+    """Makes these bytes the chosen image: a worklist row opened on the other pages (the bytes its
+    uploader held, unchanged, so every page computes on the very file the row was scored from)."""
+    choose(ChosenImage(name=name, data=data, source=source))
+
+
 def choose_upload(widget_key: str) -> None:
     """File-uploader callback: makes the uploaded file the chosen one (a cleared uploader keeps the choice)."""
     uploaded = st.session_state.get(widget_key)
