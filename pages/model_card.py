@@ -1,14 +1,26 @@
-"""Model card: intended use, data, test metrics, figures and known limitations, read from reports/."""
+"""Model card for readers: what the model is for, its headline figures next to Kermany 2018 and its
+limitations on the first screen; then the plots; developer detail collapsed below. Every figure
+is read from reports/, every model named by what it is."""
 
 import pandas as pd
 import streamlit as st
 
 from ui import drawing, frame, reports
 
+SITE_SIZE = 200  # local films in the site-calibration headline (reports/site_calibration.json has 100, 200, 300)
+SHIPPED_STYLE = "background-color: #e3ecf7; font-weight: 600"
+
 model = frame.render("Model card")
 metadata = model.metadata
 card = reports.read_json("model_card")
 evaluation = reports.read_json("evaluation")
+site = reports.read_json("site_calibration")
+stress = reports.read_json("validation_stress")
+comparison = reports.read_json("model_comparison")
+shipped_name = reports.shipped_model_name(metadata, stress)
+# The stress report's models by name ('v7: the shipped model'), and the shipped one's row.
+names = reports.candidate_names(stress, metadata) if stress else {}
+shipped_row = names.get(f"{metadata.architecture}@{metadata.short_sha}", shipped_name)
 
 
 def _zone_rule_words(rule: dict) -> str:
@@ -24,63 +36,120 @@ def not_generated(what: str, command: str) -> None:
     st.info(f"{what} not yet generated (`{command}`).", icon=":material/hourglass_empty:")
 
 
-if evaluation is not None and evaluation["model_sha256"] != metadata.model_sha256:
+def table(rows: list[dict], shipped: str | None = None) -> None:
+    """Rows as a compact table; the row whose first cell starts with ``shipped`` (or the column
+    named ``shipped``) is highlighted: the model this app runs."""
+    data = pd.DataFrame(rows)
+    styled = data.style
+    if shipped is not None:
+        first = data.columns[0]
+        styled = styled.apply(
+            lambda row: [SHIPPED_STYLE if str(row[first]).startswith(shipped) else "" for _ in row], axis=1
+        )
+        if shipped in data.columns:
+            styled = styled.map(lambda _: SHIPPED_STYLE, subset=[shipped])
+    st.dataframe(styled, hide_index=True, width="content")
+
+
+stale = reports.other_model_reports(
+    metadata,
+    {"the test-split evaluation": evaluation, "the site calibration": site,
+     "the crop evaluation": reports.read_json("crop_evaluation"), "the out-of-distribution check": reports.read_json("ood")},
+)
+if stale:
     st.warning(
-        f"The reports describe model `{evaluation['model_sha256'][:12]}`, not the loaded model "
-        f"`{metadata.short_sha}`. Regenerate them with `python -m pneumo_model evaluate`.",
+        f"These reports describe another model file than the loaded one: {', '.join(stale)}. Regenerate them "
+        "(`python -m pneumo_model evaluate`, `site evaluate`, `evaluate --crop auto`, `ood evaluate`).",
         icon=":material/warning:",
     )
 
-about, metrics = st.columns(2, gap="large")
-with about:
-    st.subheader("Intended use and population")
-    if card is None:
-        not_generated("The model card facts are", "python -m pneumo_model card")
-    else:
-        st.markdown(f"**Intended use.** {card['intended_use']}")
-        st.markdown(f"**Population.** {card['population']}")
-        st.subheader("Data and citation")
-        st.markdown(f"**Data.** {card['data']}")
-        st.markdown(f"**Citation.** {card['citation']}")
+# --- First screen: intended use, headline figures, limitations ----------------------------------
 
-summary = reports.read_markdown("evaluation")
-with metrics:
-    st.subheader("Test metrics")
-    if evaluation is None or summary is None:
+st.subheader("Intended use and population")
+if card is None:
+    not_generated("The model card facts are", "python -m pneumo_model card")
+else:
+    st.markdown(f"**Intended use.** {card['intended_use']}")
+    st.markdown(f"**Population.** {card['population']}")
+
+figures, limits = st.columns([3, 2], gap="medium")
+with figures:
+    st.subheader("Headline figures")
+    if evaluation is None:
         not_generated("The evaluation report is", "python -m pneumo_model evaluate")
     else:
-        st.markdown(summary)
+        published = (card or {}).get("published_reference") or {}
+        columns = {
+            "figure": "",
+            "shipped": f"Shipped, {evaluation['image']['n']} films (95 % CI)",
+            "site": f"Site profile, {SITE_SIZE} local films (median, 5th-95th)",
+            "published": published.get("name", "published"),
+        }
+        rows = reports.headline_rows(evaluation, site, card, SITE_SIZE)
+        st.table(pd.DataFrame(rows).rename(columns=columns).set_index(""))
+        st.caption(
+            "The official Kermany 2018 test split. Site profile: the test split played a new hospital, scored on "
+            "the films each profile was not fitted on (Site calibration, below); it moves the threshold, it does "
+            "not re-rank films (AUC). Indeterminate: in the grey zone."
+        )
+
+with limits:
+    st.subheader("Limitations and shortcuts")
+    if evaluation is not None:
+        st.markdown("- " + reports.false_calls_line(evaluation, card))
+    if card is not None:
+        for line in card.get("limitations_plain", []):
+            st.markdown(f"- {line}")
+
+if card is not None:
+    with st.expander("The limitations and shortcuts in detail"):
+        for caveat in card["caveats"]:
+            st.markdown(f"- {caveat}")
+        st.markdown(f"**Shortcuts.** {card['shortcut_warning']}")
+        measured = card.get("shortcut_measured", {}).get(f"{metadata.architecture}@{metadata.short_sha}")
+        if measured is not None:
+            st.markdown(f"Measured on {shipped_name}: {measured['summary']}")
+        geometry = card.get("shortcut_geometry", {})
+        if geometry.get("per_class"):
+            st.dataframe(
+                pd.DataFrame(geometry["per_class"]).T.rename_axis("class").reset_index().rename(columns=lambda c: c.replace("_", " ")),
+                hide_index=True,
+                width="content",
+            )
+            st.caption(f"Original image sizes per class; source: {geometry['source']}.")
+
+# --- The plots ---------------------------------------------------------------------------------
 
 if evaluation is not None:
     st.subheader("Confusion matrix, ROC and reliability on the test split")
-    figures = evaluation.get("figures", {})
-    columns = st.columns(3)
+    plots = evaluation.get("figures", {})
     for column, (key, caption) in zip(
-        columns,
+        st.columns(3),
         (("confusion", "Confusion matrix at the operating threshold"), ("roc", "ROC curve"),
          ("reliability", "Reliability diagram (calibrated probabilities)")),
     ):
-        path = reports.figure(figures[key]) if key in figures else None
+        path = reports.figure(plots[key]) if key in plots else None
         if path is None:
             column.info(f"{caption}: figure not generated.")
         else:
             drawing.show(path, caption=caption, where=column)
-
-    st.subheader("Sensitivity by pneumonia subtype")
-    st.dataframe(
-        pd.DataFrame(
-            [{"subtype": name, "images": value["n"], "sensitivity": value["sensitivity"]}
-             for name, value in evaluation["subtype_sensitivity"].items()]
-        ),
-        hide_index=True,
-        width="content",
-        column_config={"sensitivity": st.column_config.NumberColumn(format="%.3f")},
+    st.markdown(
+        "Sensitivity by pneumonia subtype: "
+        + "; ".join(f"{name} {value['sensitivity']:.3f} ({value['n']} films)" for name, value in evaluation["subtype_sensitivity"].items())
+        + "."
     )
+    path = reports.figure(plots["worst_errors"]) if "worst_errors" in plots else None
+    if path is not None:
+        with st.expander("The test images the model got most wrong"):
+            drawing.show(path, width=640)
 
+# "Where the model looks" (issue 14, attention outside the body): its one call to ui.reports goes here.
+
+if evaluation is not None:
     st.subheader("Operating point and grey zone")
     operating = metadata.train_config.get("operating", {})
     low, high = evaluation["grey_zone"]
-    rule = (
+    st.markdown(
         f"The call is pneumonia at a calibrated probability ≥ **{evaluation['threshold']:.3f}**"
         + (f", the highest threshold reaching validation sensitivity {operating['target_sensitivity']:.2f}"
            if "target_sensitivity" in operating else "")
@@ -90,52 +159,107 @@ if evaluation is not None:
         f"{evaluation['grey_zone_fraction']:.1%} of the test images fell in it. "
         f"Temperature {evaluation['temperature']:.3f}; all fixed on validation, never on the test split."
     )
-    st.markdown(rule)
 
 st.subheader("Site calibration")
-site = reports.read_json("site_calibration")
 if site is None:
     not_generated("The site-calibration report is", "python -m pneumo_model site evaluate")
 else:
-    st.markdown(site["protocol_plain"])
-    rows = reports.site_calibration_rows(site, 200)
-    if rows:
-        st.markdown("At **200 local images**, on the remaining test images: median (5th-95th percentile) over the draws.")
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="content")
-    st.markdown(f"**{site['spread_note']}**")
-    st.markdown(reports.site_calibration_verdict(site))
+    st.markdown(
+        f"A hospital can fit its own operating point on a few hundred of its labelled films (the Site calibration page). "
+        f"The headline's site column is what that gave at {SITE_SIZE} local films when the test split played the hospital."
+    )
+    with st.expander("How the site calibration was measured"):
+        st.markdown(site["protocol_plain"])
+        rows = reports.site_calibration_rows(site, SITE_SIZE)
+        if rows:
+            st.markdown(
+                f"At **{SITE_SIZE} local images**, on the remaining test images: median (5th-95th percentile) over the draws."
+            )
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="content")
+        st.markdown(f"**{site['spread_note']}**")
+        coverage = reports.stated_coverage_line(site, SITE_SIZE)
+        if coverage:
+            st.markdown(coverage)
+        st.markdown(reports.site_calibration_verdict(site))
+        path = reports.figure(site["figure"]) if "figure" in site else None
+        if path is not None:
+            drawing.show(path, width=900)
 
-# The generated reports shown as they are: (heading, reports/<name>.md, the command that writes it).
-for heading, name, command in (
-    ("Model comparison", "model_comparison", "python -m pneumo_model compare"),
-    ("Validation under shift", "validation_stress", "python -m pneumo_model stress MODEL.keras ..."),
+st.subheader("Which model, which data")
+st.markdown(
+    f"**Which model is this.** {shipped_name[0].upper() + shipped_name[1:]}: the file whose SHA-256 begins "
+    f"`{metadata.short_sha}` (the id in the banner at the top of every page), trained {metadata.created_utc[:10]}. "
+    + ("The test-split, site-calibration, crop and out-of-distribution reports were computed on that same file; "
+       if not stale else "Some reports describe another file (see the warning at the top); ")
+    + "the comparison runs below are other models, named as such."
+)
+if card is not None:
+    st.markdown(f"**Data.** {card['data']}")
+    st.markdown(f"**Citation.** {card['citation']}")
+
+# --- Developer detail, collapsed ---------------------------------------------------------------
+
+st.subheader("Developer detail")
+st.caption(f"Highlighted: {shipped_name}.")
+
+summary = reports.read_markdown("evaluation")
+with st.expander("The full test-split report: every figure, per patient, the must-reach bar"):
+    if evaluation is None or summary is None:
+        not_generated("The evaluation report is", "python -m pneumo_model evaluate")
+    else:
+        st.markdown(reports.named(summary, metadata, shipped_name))
+
+with st.expander("Validation under shift: why this model was chosen"):
+    if stress is None:
+        not_generated("`reports/validation_stress.md` is", "python -m pneumo_model stress MODEL.keras ...")
+    else:
+        st.markdown(
+            "Validation split only, under deliberate perturbations that mimic this data set's shortcuts; each "
+            "model at its own validation threshold. A model that reads the film's shape loses AUC when the shape "
+            "cue is reversed; one that reads the lungs does not."
+        )
+        for title, rows in reports.stress_tables(stress, metadata).items():
+            st.markdown(f"**{title}**")
+            table(rows, shipped=shipped_row)
+        preferred = names.get(stress.get("preferred"), stress.get("preferred"))
+        st.markdown(f"Preferred by the rule (highest worst-case AUC): **{preferred}**.")
+        for key, measured in (card or {}).get("shortcut_measured", {}).items():
+            st.markdown(f"- {names.get(key, key)}: {measured['summary']}")
+
+with st.expander("Drift inside official train"):
+    if stress is None or not stress.get("acquisition_drift"):
+        not_generated("The drift table is", "python -m pneumo_model stress MODEL.keras ...")
+    else:
+        st.markdown(
+            "Plain validation images by acquisition group, at each model's threshold: specificity for the normal "
+            "groups, sensitivity for the pneumonia groups. Patient numbers were presumably given "
+            "in order of arrival; a trend across the thirds is drift over time."
+        )
+        table(reports.drift_rows(stress, metadata), shipped=shipped_row)
+
+with st.expander("Model comparison: the published families at 96 px"):
+    if comparison is None:
+        not_generated("`reports/model_comparison.md` is", "python -m pneumo_model compare")
+    else:
+        st.markdown(
+            f"Comparison runs at {comparison['input_size']} px, at most {comparison['max_epochs']} epochs and "
+            f"{comparison['time_budget_s_per_model']:.0f} s of training each, threshold set on validation; ranked by "
+            f"{comparison['ranked_by']}. The first row is {shipped_name}, for reference: trained longer at its own "
+            "input size, so it is not part of the ranking. No row below it is the shipped model."
+        )
+        table(
+            reports.comparison_rows(comparison, evaluation, metadata, shipped_name, model.model.count_params()),
+            shipped="The shipped model",
+        )
+        st.caption(f"Command: `{comparison['command']}`")
+
+for title, name, command in (
     ("Does cropping the diaphragm help?", "crop_evaluation", "python -m pneumo_model evaluate --crop auto"),
     ("Out-of-distribution check", "ood", "python -m pneumo_model ood evaluate"),
 ):
-    st.subheader(heading)
-    text = reports.read_markdown(name)
-    if text is None:
-        not_generated(f"`reports/{name}.md` is", command)
-    else:
-        st.markdown(text)
-
-st.subheader("Known limitations and shortcuts")
-if card is not None:
-    for caveat in card["caveats"]:
-        st.markdown(f"- {caveat}")
-    st.markdown(f"**Shortcuts.** {card['shortcut_warning']}")
-    for name, measured in card.get("shortcut_measured", {}).items():
-        st.markdown(f"- `{name}`: {measured['summary']}")
-    geometry = card.get("shortcut_geometry", {})
-    if geometry.get("per_class"):
-        st.dataframe(
-            pd.DataFrame(geometry["per_class"]).T.rename_axis("class").reset_index(),
-            hide_index=True,
-            width="content",
-        )
-        st.caption(f"Original image sizes per class; source: {geometry['source']}.")
-if evaluation is not None and "worst_errors" in evaluation.get("figures", {}):
-    path = reports.figure(evaluation["figures"]["worst_errors"])
-    if path is not None:
-        with st.expander("The test images the model got most wrong"):
-            drawing.show(path, width=640)
+    with st.expander(title):
+        text = reports.read_markdown(name)
+        if text is None:
+            not_generated(f"`reports/{name}.md` is", command)
+        else:
+            st.markdown(reports.named(text, metadata, shipped_name))

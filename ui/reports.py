@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from pneumo_model.paths import REPORTS_DIR
@@ -78,3 +79,185 @@ def stated_coverage_line(report: dict, size: int = 200) -> str | None:
         f"(`reports/site_calibration.md`), a profile's own 95 % intervals from {size} local films held the figure "
         f"later found on the other films in only {min(shares):.0%}-{max(shares):.0%} of draws."
     )
+
+
+# --- The Model card's names and tables: every model named by what it is, never by its hash --------
+
+_SHORT_SHA = re.compile(r"\b[0-9a-f]{12}\b")
+# The perturbations of reports/validation_stress.json in words, with their strengths from its config.
+_STRESS_WORDS = {
+    "plain": lambda config: "as they are",
+    "narrow": lambda config: f"anatomy {1 - config['narrow']:.0%} narrower",
+    "wide": lambda config: f"anatomy {config['wide'] - 1:.0%} wider",
+    "swapped": lambda config: "shape cue reversed",
+    "lower_crop": lambda config: f"lowest {1 - config['lower_crop_keep']:.0%} cut off",
+    "low_resolution": lambda config: f"at {config['low_resolution']:.0%} resolution",
+}
+# The headline figures: (key in the reports, name on the card).
+HEADLINE_FIGURES = (
+    ("sensitivity", "sensitivity"),
+    ("specificity", "specificity"),
+    ("accuracy", "accuracy"),
+    ("roc_auc", "ROC AUC"),
+)
+DASH = "—"
+
+
+def _run_name(stress: dict | None, short_sha: str) -> str | None:
+    """The training run a model file came from ('v7'): the folder the stress report read it from."""
+    for key, model in (stress or {}).get("models", {}).items():
+        if key.rsplit("@", 1)[-1] == short_sha:
+            return Path(model["path"]).parent.name
+    return None
+
+
+def shipped_model_name(metadata, stress: dict | None = None) -> str:
+    """'the shipped model (pneumonet, 128 px, v7)': architecture, input size and, where the stress
+    report names the file's training run, that run."""
+    parts = [metadata.description, f"{metadata.input_size} px", _run_name(stress, metadata.short_sha)]
+    return "the shipped model (" + ", ".join(part for part in parts if part) + ")"
+
+
+def candidate_names(stress: dict, metadata) -> dict[str, str]:
+    """The stress report's model keys (``architecture@hash``) as names of their training runs:
+    'v7 (shipped)', 'v2 (not shipped)'."""
+    names = {}
+    for key, model in stress.get("models", {}).items():
+        run = Path(model["path"]).parent.name
+        names[key] = f"{run} (shipped)" if key.rsplit("@", 1)[-1] == metadata.short_sha else f"{run} (not shipped)"
+    return names
+
+
+def named(markdown: str, metadata, name: str) -> str:
+    """A generated report's Markdown with the shipped model's hash replaced by ``name`` and its
+    headings dropped (the card gives each section one heading of its own)."""
+    lines = [line for line in markdown.splitlines() if not line.lstrip().startswith("#")]
+    # Each line outside a table its own paragraph, as the report's lines are meant (Markdown would join them).
+    text = "".join(
+        line + ("\n" if line.startswith("|") and next_line.startswith("|") else "\n\n")
+        for line, next_line in zip(lines, [*lines[1:], ""])
+    ).strip()
+
+    def replace(match: re.Match) -> str:
+        return name[0].upper() + name[1:] if match.group(1)[0] == "M" else name
+
+    pattern = rf"([Mm]odel) `{re.escape(metadata.short_sha)}`(?: \({re.escape(metadata.description)}\))?"
+    return re.sub(pattern, replace, text)
+
+
+def short_hashes(text: str) -> list[str]:
+    """Every 12-hex-digit hash in ``text`` (the card names models instead; the tests look for these)."""
+    return _SHORT_SHA.findall(text)
+
+
+def _value_and_interval(value: float | None, interval) -> str:
+    if value is None:
+        return DASH
+    if interval and interval[0] is not None:
+        return f"{value:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
+    return f"{value:.3f}"
+
+
+def headline_rows(evaluation: dict, site: dict | None, card: dict | None, size: int = 200) -> list[dict]:
+    """The first screen's table: the shipped operating point on the official test split (95 % CI),
+    a site profile fitted on ``size`` local films (median, 5th-95th percentile over the draws, on
+    the films it was not fitted on) and the published Kermany 2018 figures, one row per figure."""
+    block = (site or {}).get("results", {}).get(str(size), {}).get("prevalence", {}).get("split", {}).get("site", {})
+    published = ((card or {}).get("published_reference") or {}).get("figures", {})
+    rows = []
+    for key, name in HEADLINE_FIGURES:
+        rows.append({
+            "figure": name,
+            "shipped": _value_and_interval(evaluation["image"].get(key), evaluation.get("image_ci95", {}).get(key)),
+            "site": _spread_text(block[key]) if key in block else DASH,
+            "published": f"{published[key]:.3f}" if key in published else DASH,
+        })
+    zone = block.get("grey_zone_share")
+    rows.append({
+        "figure": "indeterminate",
+        "shipped": f"{evaluation['grey_zone_fraction']:.1%}",
+        "site": DASH if zone is None or zone.get("median") is None
+        else f"{zone['median']:.1%} ({zone['p5']:.1%}-{zone['p95']:.1%})",
+        "published": DASH,
+    })
+    return rows
+
+
+def false_calls_line(evaluation: dict, card: dict | None) -> str:
+    """The shipped model's errors on the official test split in counts, for the first screen."""
+    confusion = evaluation["image"]["confusion"]
+    normal, pneumonia = confusion["tn"] + confusion["fp"], confusion["tp"] + confusion["fn"]
+    published = ((card or {}).get("published_reference") or {})
+    reference = published.get("figures", {}).get("specificity")
+    compared = f"; {published['name']}: {reference:.3f}" if reference is not None else ""
+    return (
+        f"**Over-calls normals.** {confusion['fp']} of {normal} normal test films called pneumonia "
+        f"(specificity {evaluation['image']['specificity']:.3f}{compared}); {confusion['fn']} of {pneumonia} "
+        "pneumonias missed."
+    )
+
+
+def stress_tables(stress: dict, metadata) -> dict[str, list[dict]]:
+    """Validation under shift, per figure (AUC, sensitivity, specificity): one row per candidate
+    model, named, one column per perturbation in words."""
+    names = candidate_names(stress, metadata)
+    words = {key: describe(stress["config"]) for key, describe in _STRESS_WORDS.items()}
+    tables = {}
+    for figure, title in (("roc_auc", "ROC AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity")):
+        tables[title] = [
+            {"model": names[key], **{words.get(name, name): f"{result[figure]:.3f}" for name, result in results.items()}}
+            for key, results in stress["results"].items()
+        ]
+    return tables
+
+
+def drift_rows(stress: dict, metadata) -> list[dict]:
+    """Drift inside official train: one row per acquisition group (with its number of validation
+    images), one column per candidate model (the share it got right), on plain validation images."""
+    names = candidate_names(stress, metadata)
+    groups: dict[str, dict] = {}
+    for key, by_group in stress.get("acquisition_drift", {}).items():
+        for group, counts in by_group.items():
+            row = groups.setdefault(group, {"group": group, "images": str(counts["n"])})
+            row[names[key]] = f"{counts['rate']:.3f}"
+    return list(groups.values())
+
+
+def comparison_rows(
+    comparison: dict, evaluation: dict | None, metadata, shipped_name: str, parameters: int | None = None
+) -> list[dict]:
+    """The model comparison, the shipped model first (for reference: it was trained longer, at its own
+    input size) and every comparison run named as one: 'pneumonet at 96 px: comparison run, not the
+    shipped model'. Figures as text; a dash where a report has none."""
+    def figure(block: dict | None, key: str) -> str:
+        value = (block or {}).get(key)
+        return DASH if value is None else f"{value:.3f}"
+
+    size = comparison.get("input_size")
+    rows = [{
+        "model": shipped_name[0].upper() + shipped_name[1:],
+        "parameters": DASH if parameters is None else f"{parameters:,}",
+        "training s": f"{metadata.training_seconds:.0f}" if metadata.training_seconds else DASH,
+        "val AUC": figure(metadata.validation, "roc_auc"),
+        **{f"test {name}": figure((evaluation or {}).get("image"), key)
+           for key, name in (("accuracy", "acc"), ("sensitivity", "sens"), ("specificity", "spec"), ("roc_auc", "AUC"))},
+    }]
+    for row in comparison.get("rows", []):
+        rows.append({
+            "model": f"{row['variant']} at {size} px: comparison run, not the shipped model",
+            "parameters": f"{row['parameters']:,}",
+            "training s": f"{row['training_seconds']:.0f}",
+            "val AUC": figure(row.get("validation"), "roc_auc"),
+            **{f"test {name}": figure(row.get("test"), key)
+               for key, name in (("accuracy", "acc"), ("sensitivity", "sens"), ("specificity", "spec"), ("roc_auc", "AUC"))},
+        })
+    return rows
+
+
+def other_model_reports(metadata, named_reports: dict[str, dict | None]) -> list[str]:
+    """The names of the reports (``{name: report}``) that describe another model file than the one
+    loaded: regenerated for an older model, or never. Reports with no model hash are left out."""
+    return [
+        name for name, report in named_reports.items()
+        if report is not None and report.get("model_sha256") not in (None, metadata.model_sha256)
+    ]

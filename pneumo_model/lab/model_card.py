@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import CLASSES
+from .evaluation import KERMANY_2018
 
 CITATION = (
     "Kermany D, Zhang K, Goldbaum M (2018). Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
@@ -60,11 +61,24 @@ def model_card_facts(fullres_dir: Path | None) -> dict:
             "Not a medical device and not for diagnosis: every output is to be checked by a qualified reader."
         ),
         "population": (
-            "Paediatric patients aged 1 to 5 years, anterior-posterior chest radiographs, one hospital "
-            "(Guangzhou Women and Children's Medical Center, China), routine clinical care. Performance on adults, "
-            "other hospitals, other devices, lateral views or other pathologies is unknown."
+            "Children aged 1 to 5, frontal (anterior-posterior) chest films from one hospital in China (Guangzhou "
+            "Women and Children's Medical Center), routine care. Performance on adults, other hospitals or devices, "
+            "lateral views and other diseases is unknown."
         ),
         "data": "Kermany 2018 chest X-ray set (5,216 train / 624 test images), CC BY 4.0.",
+        # What a reader must know before trusting a call, one short sentence each (the model card's first
+        # screen); the page adds the measured figures (the normal films called pneumonia) from the reports.
+        "limitations_plain": [
+            "**One hospital, ages 1 to 5.** Unknown on adults, other hospitals and other devices.",
+            "**Shortcuts.** It may read the film's shape, markers or the diaphragm instead of the lungs: "
+            "check where it looked (Explain).",
+            "**Labels.** The graders' reading, no microbiological confirmation; some are wrong.",
+        ],
+        "published_reference": {
+            "name": "Kermany 2018",
+            "source": "Kermany DS et al., Cell 2018 (InceptionV3 with ImageNet weights), on the same official test split",
+            "figures": dict(KERMANY_2018),
+        },
         "citation": CITATION,
         "caveats": [
             "The official test split is its own patient namespace: its patient ids may reuse numbers seen in "
@@ -83,7 +97,7 @@ def model_card_facts(fullres_dir: Path | None) -> dict:
             "on images whose shape differs from this data set's, and read heat maps with that in mind. "
             "Bright burned-in markers and the diaphragm region are other known shortcuts. What we do about it: "
             "training draws random changes of aspect ratio and resolution so that the cue carries no label, and "
-            "models are compared on validation images with the cue deliberately reversed (shortcut_measured)."
+            "models are compared on validation images with the cue deliberately reversed (\"Validation under shift\")."
         ),
         "shortcut_geometry": {
             "source": "chest_xray_fullres_sample (original train files), measured from file headers",
