@@ -1,0 +1,474 @@
+"""Where the model looked, against the patient's body: the thorax mask and the share of Grad-CAM heat inside it.
+
+The shortcut this project exists to expose is a model reading something other than the chest:
+the corners, burned-in letters and markers, the image border. ``thorax_mask`` outlines the body
+on a chest film (its silhouette against the dark air around it, not the lung fields: consolidated
+lung is bright, so a dark-pixel lung mask would put a real pneumonia "outside the lungs");
+``attention_inside`` measures the share of a Grad-CAM map's heat that falls inside that outline and
+off any detected marker; ``AttentionRule`` turns the share into plain words by the rule in
+``docs/attention_rule.md``, with the cut-off fixed on the model's validation split and stored
+beside the model (``attention_path``).
+
+The mask is checked by eye on 36 images by the rule in ``assets/annotations/thorax.md``
+(verdicts in ``assets/annotations/thorax_check.csv``).
+
+Coordinates: like the model input, the mask is worked out on the whole image squashed to a
+square (``ThoraxSettings.work_size``), so it maps onto the model input, and onto the image at
+its own size, by resizing alone. Nothing here changes its inputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+from scipy.ndimage import binary_fill_holes
+
+from .crop import find_markers
+from .errors import ConfigError, InvalidImageError, ModelFileError
+from .preprocessing import to_unit_range
+
+RULE_DOCUMENT = "docs/attention_rule.md"
+ATTENTION_SCHEMA_VERSION = 1
+MOSTLY_OUTSIDE = 0.5  # fixed by the words "mostly outside" (docs/attention_rule.md), not fitted
+OUTSIDE_MESSAGE = (
+    "The model's attention is mostly outside the chest: the call may rest on something other than the lungs."
+)
+
+
+def attention_path(model_path: str | Path) -> Path:
+    """The attention cut-off file beside a ``.keras`` model (``<model>.attention.json``)."""
+    return Path(model_path).with_suffix(".attention.json")
+
+
+# --------------------------------------------------------------------------------------------
+# The thorax mask
+
+
+@dataclass(frozen=True)
+class ThoraxSettings:
+    """How ``thorax_mask`` finds the body's outline.
+
+    Lengths are fractions of the side of the square working copy (the whole image squashed to
+    ``work_size`` x ``work_size``, as the model sees it).
+
+    Attributes:
+        work_size: side of the working copy, in pixels.
+        blur: Gaussian blur sigma before thresholding.
+        border: width of the band along the image's edges where the background is sampled.
+        background_percentile: the background level is this percentile of the border band.
+        level: the threshold lies this far from the background level towards the body's (the
+            median of the image's central quarter); low, so that thin soft tissue is body.
+        max_background_ratio: the background level must be at most this share of the darkest
+            lung-dark level in the image's centre (its 5th percentile). Above it the darkest
+            thing at the edges is not air but anatomy (a tightly collimated film whose lungs
+            reach the edge), and the whole image is taken as the body rather than cutting a lung.
+        opening: radius of the opening that cuts thin bridges (tubes, leads, a letter touching
+            the skin) from the body.
+        closing: radius of the closing that smooths the outline.
+        min_area: the outline must cover at least this share of the image.
+        min_spread: below this standard deviation of the working copy the image is blank.
+    """
+
+    work_size: int = 256
+    blur: float = 0.008
+    border: float = 1 / 32
+    background_percentile: float = 5.0
+    level: float = 0.25
+    max_background_ratio: float = 0.7
+    opening: float = 0.05
+    closing: float = 0.03
+    min_area: float = 0.15
+    min_spread: float = 0.02
+
+    def __post_init__(self):
+        if self.work_size < 64:
+            raise ConfigError(f"work_size must be at least 64 pixels; got {self.work_size}.")
+        if not 0.0 < self.level < 1.0:
+            raise ConfigError(f"level must lie in (0, 1); got {self.level}.")
+        if not 0.0 < self.border < 0.5:
+            raise ConfigError(f"border must lie in (0, 0.5); got {self.border}.")
+
+
+@dataclass(frozen=True, eq=False)
+class ThoraxMask:
+    """The body's outline on one image.
+
+    Attributes:
+        found: True when an outline was found (``work`` holds it).
+        reason: a plain sentence: what was found, or why nothing was.
+        work: (work_size, work_size) bool, True inside the body, on the whole image squashed to a
+            square (read-only); None when not found.
+        width, height: size of the image it was found on.
+        area_share: share of the image inside the outline (0 when not found).
+        whole_image: True when no background was visible and the whole image was taken as the body.
+    """
+
+    found: bool
+    reason: str
+    work: np.ndarray | None
+    width: int
+    height: int
+    area_share: float = 0.0
+    whole_image: bool = False
+
+    def coverage(self, height: int, width: int) -> np.ndarray:
+        """The mask resized by area onto a (height, width) grid over the whole image.
+
+        Returns:
+            New (height, width) float32 array in [0, 1]: the share of each cell inside the body
+            (the model input's grid when ``height == width == input_size``).
+
+        Raises:
+            ConfigError: the outline was not found.
+        """
+        self._require_found()
+        unit = self.work.astype(np.float32)
+        interpolation = cv2.INTER_AREA if height * width < unit.size else cv2.INTER_LINEAR
+        return np.clip(cv2.resize(unit, (width, height), interpolation=interpolation), 0.0, 1.0)
+
+    def full(self) -> np.ndarray:
+        """The mask at the image's own size: new (height, width) bool array."""
+        return self.coverage(self.height, self.width) >= 0.5
+
+    def crop(self, box: Sequence[int]) -> "ThoraxMask":
+        """The outline of the image cropped to ``box`` = (x0, y0, x1, y1), pixels of the image.
+
+        The crop's mask is the whole image's mask restricted to the box: a tight crop shows no
+        background of its own, so finding the outline on it again would have nothing to go by.
+        """
+        self._require_found()
+        x0, y0, x1, y1 = (int(v) for v in box)
+        if not (0 <= x0 < x1 <= self.width and 0 <= y0 < y1 <= self.height):
+            raise ConfigError(f"The box {tuple(box)} does not fit inside the {self.width} x {self.height} image.")
+        size = self.work.shape[0]
+
+        def cells(start: int, end: int, side: int) -> slice:
+            first = min(size - 1, int(start * size / side))
+            return slice(first, max(first + 1, int(np.ceil(end * size / side))))
+
+        part = self.work[cells(y0, y1, self.height), cells(x0, x1, self.width)].astype(np.float32)  # squashed per axis
+        work = cv2.resize(part, (size, size), interpolation=cv2.INTER_LINEAR) >= 0.5
+        work.setflags(write=False)
+        share = float(work.mean())
+        reason = f"The crop keeps the whole image's outline inside its box ({100 * share:.0f} % of the crop is body)."
+        return ThoraxMask(True, reason, work, x1 - x0, y1 - y0, share, self.whole_image)
+
+    def _require_found(self) -> None:
+        if not self.found:
+            raise ConfigError(f"No body outline to use: {self.reason}")
+
+
+def _grey(pixels: np.ndarray) -> np.ndarray:
+    if not isinstance(pixels, np.ndarray):
+        raise InvalidImageError("Expected a numpy array of pixels; use load_image to read a file.")
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim != 2 or pixels.size == 0:
+        raise InvalidImageError(f"Expected a non-empty grey image of shape (height, width); got shape {pixels.shape}.")
+    return pixels
+
+
+def _square(values: np.ndarray, size: int) -> np.ndarray:
+    shrinking = size * size < values.size
+    return cv2.resize(values, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def _disc(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def thorax_mask(
+    pixels: np.ndarray, settings: ThoraxSettings = ThoraxSettings(), markers: np.ndarray | None = None
+) -> ThoraxMask:
+    """Outlines the patient's body on a chest film, against the dark air around it.
+
+    On a square working copy: burned-in markers are painted with the darkest grey (so that a
+    letter touching the skin does not become body); after a light blur, the background level is
+    read from a band along the image's edges and the threshold is put a quarter of the way from
+    it to the centre's level; the dark region connected to the edges is the background, the rest
+    the body; an opening cuts thin bridges, the largest part is kept, and a closing and hole
+    filling give the outline (lungs, dense or aerated, are inside it: they are holes in the body).
+    When the darkest thing at the edges is not clearly darker than the lungs, the film shows no
+    air around the body and the whole image is the body.
+
+    Args:
+        pixels: grey image (height, width) or (height, width, 1), uint8, uint16 or float in
+            [0, 1] (``to_unit_range``'s rule: 16-bit is stretched from its own minimum to its
+            maximum, so 8-, 10-, 12- and 16-bit films look alike); any size. MONOCHROME1 DICOMs
+            come inverted back by the decoder; a picture with a bright background is refused.
+            Not modified.
+        settings: detector settings.
+        markers: bool (height, width) of detected markers (``crop.find_markers(pixels).mask``);
+            None finds them here.
+
+    Returns:
+        A ``ThoraxMask``. It never raises for a valid image: when no outline is found, ``found``
+        is False and ``reason`` says why.
+
+    Raises:
+        InvalidImageError: ``pixels`` is not a non-empty grey image or breaks the intensity rule.
+    """
+    pixels = _grey(pixels)
+    height, width = pixels.shape
+    size = settings.work_size
+
+    def not_found(reason: str) -> ThoraxMask:
+        return ThoraxMask(False, reason, None, width, height)
+
+    work = _square(to_unit_range(pixels), size)  # (size, size) float32 in [0, 1]
+    if float(work.std()) < settings.min_spread:
+        return not_found("The image is blank or nearly uniform, so no body outline was looked for.")
+    if markers is None:
+        markers = find_markers(pixels).mask
+    elif markers.shape != (height, width):
+        raise InvalidImageError(f"The marker mask must match the image, {height} x {width}; got {markers.shape}.")
+    marked = _square(markers.astype(np.float32), size) > 0  # (size, size) bool
+    if marked.any():
+        work = work.copy()
+        work[cv2.dilate(marked.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0] = float(np.percentile(work, 1))
+
+    smooth = cv2.GaussianBlur(work, (0, 0), settings.blur * size)  # (size, size)
+    band_width = max(2, round(settings.border * size))
+    band = np.concatenate([
+        smooth[:, :band_width].ravel(), smooth[:, -band_width:].ravel(),
+        smooth[:band_width].ravel(), smooth[-band_width:].ravel(),
+    ])
+    quarter = size // 4
+    centre = smooth[quarter:-quarter, quarter:-quarter]
+    background, body_level, darkest_inside = (
+        float(np.percentile(band, settings.background_percentile)),
+        float(np.median(centre)),
+        float(np.percentile(centre, 5)),
+    )
+    if float(np.median(band)) > body_level + 0.15:
+        return not_found(
+            "The image's edges are brighter than its centre, as in an inverted film (white air), so no "
+            "body outline was looked for."
+        )
+    if body_level - background < settings.min_spread:
+        return not_found("The image shows no contrast between its edges and its centre, so no body outline was found.")
+    if background > settings.max_background_ratio * darkest_inside:
+        work_mask = np.ones((size, size), bool)
+        work_mask.setflags(write=False)
+        return ThoraxMask(
+            True,
+            "No dark background is visible at the image's edges (the body or a tight collimation fills the film), "
+            "so the whole image is taken as the body.",
+            work_mask, width, height, 1.0, True,
+        )
+
+    threshold = background + settings.level * (body_level - background)
+    dark = (smooth < threshold).astype(np.uint8)
+    count, labels = cv2.connectedComponents(dark, connectivity=4)
+    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    outside = np.isin(labels, edge_labels[edge_labels > 0])  # (size, size): dark and reaching an edge
+    body = cv2.morphologyEx((~outside).astype(np.uint8), cv2.MORPH_OPEN, _disc(max(1, round(settings.opening * size))))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(body, connectivity=8)
+    if count < 2:
+        return not_found("Nothing brighter than the background was found, so there is no body outline.")
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    body = (labels == largest).astype(np.uint8)
+    radius = max(1, round(settings.closing * size))
+    # Padded by replication, so the closing does not peel the body off the image's edges.
+    padded = cv2.copyMakeBorder(body, radius, radius, radius, radius, cv2.BORDER_REPLICATE)
+    body = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, _disc(radius))[radius:-radius, radius:-radius]
+    work_mask = binary_fill_holes(body > 0)  # (size, size) bool
+    share = float(work_mask.mean())
+    if share < settings.min_area:
+        return not_found(
+            f"The outline found covers only {100 * share:.0f} % of the image, too little for a chest film, so it "
+            "was not used."
+        )
+    work_mask.setflags(write=False)
+    reason = f"The body's outline covers {100 * share:.0f} % of the image."
+    return ThoraxMask(True, reason, work_mask, width, height, share)
+
+
+# --------------------------------------------------------------------------------------------
+# The share of heat inside
+
+
+def _check_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    heatmap = np.asarray(heatmap)
+    if heatmap.ndim != 2 or min(heatmap.shape) < 1:
+        raise ConfigError(f"The heat map must be 2-D (height, width); got shape {heatmap.shape}.")
+    if not np.issubdtype(heatmap.dtype, np.floating) or not np.all(np.isfinite(heatmap)) or heatmap.min() < 0:
+        raise ConfigError("The heat map must hold finite, non-negative floats (a Grad-CAM map).")
+    return heatmap.astype(np.float64)
+
+
+def marker_coverage(markers: np.ndarray | None, height: int, width: int) -> np.ndarray:
+    """A full-size marker mask resized by area onto a (height, width) grid: the share of each cell on a marker."""
+    if markers is None or not np.any(markers):
+        return np.zeros((height, width), np.float32)
+    unit = np.asarray(markers, dtype=np.float32)
+    interpolation = cv2.INTER_AREA if height * width < unit.size else cv2.INTER_LINEAR
+    return np.clip(cv2.resize(unit, (width, height), interpolation=interpolation), 0.0, 1.0)
+
+
+def attention_inside(heatmap: np.ndarray, mask: ThoraxMask, markers: np.ndarray | None = None) -> float | None:
+    """The share of a heat map's heat that lies inside the body and off every detected marker.
+
+    Args:
+        heatmap: 2-D non-negative float map on the model input (a Grad-CAM map, (size, size));
+            its scale does not matter.
+        mask: the image's ``thorax_mask``; resized by area onto the map's grid (the map and the
+            mask both cover the whole image, squashed).
+        markers: bool mask of burned-in markers at the image's size (``find_markers(...).mask``),
+            or None. Heat on a marker counts as outside, even over the body.
+
+    Returns:
+        sum(heat x body x (1 - marker)) / sum(heat), in [0, 1]; None when the map holds no heat
+        (no region raised the score) or the outline was not found.
+
+    Raises:
+        ConfigError: the heat map is not a finite, non-negative 2-D float array.
+    """
+    heat = _check_heatmap(heatmap)
+    total = float(heat.sum())
+    if not mask.found or total <= 1e-9 * heat.size:
+        return None
+    height, width = heat.shape
+    inside = mask.coverage(height, width) * (1.0 - marker_coverage(markers, height, width))
+    return float(np.clip((heat * inside).sum() / total, 0.0, 1.0))
+
+
+def attention_on_markers(heatmap: np.ndarray, markers: np.ndarray | None) -> float | None:
+    """The share of the heat that lies on detected markers (0 without any); None for a map without heat."""
+    heat = _check_heatmap(heatmap)
+    total = float(heat.sum())
+    if total <= 1e-9 * heat.size:
+        return None
+    return float(np.clip((heat * marker_coverage(markers, *heat.shape)).sum() / total, 0.0, 1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# The rule: the cut-offs and their words
+
+
+@dataclass(frozen=True)
+class AttentionCheck:
+    """Where one map's heat lies, in words.
+
+    Attributes:
+        share_inside: the share of the heat inside the body (``attention_inside``), or None.
+        share_on_markers: the share on detected markers, or None.
+        level: "outside" (mostly outside: the warning), "unusual" (more outside than on 19
+            validation films in 20: a note), "inside", or "unknown" (no share).
+        message: the plain sentence the pages show.
+    """
+
+    share_inside: float | None
+    share_on_markers: float | None
+    level: str
+    message: str
+
+    @property
+    def warns(self) -> bool:
+        return self.level == "outside"
+
+
+@dataclass(frozen=True)
+class AttentionRule:
+    """The cut-offs of the attention check for one model (``docs/attention_rule.md``).
+
+    Attributes:
+        model_sha256: the model they were fitted for; the file is refused for any other.
+        mostly_outside: the warning fires below this share inside (0.5, fixed by its words).
+        unusual: the note fires below this share (at or above ``mostly_outside``): the 5th
+            percentile of the share inside over the model's validation images.
+        validation_median: the median share inside on validation, to put a share in context.
+        rule: the rule's document.
+        facts: how it was fitted (images used and left out, quartiles, how often each level fired).
+        created_utc: when it was fitted.
+    """
+
+    model_sha256: str
+    mostly_outside: float
+    unusual: float
+    validation_median: float
+    rule: str = RULE_DOCUMENT
+    facts: dict = field(default_factory=dict)
+    created_utc: str = ""
+
+    def check(self, share_inside: float | None, share_on_markers: float | None = None, reason: str = "") -> AttentionCheck:
+        """The words for one share (``reason``: why there is no share, when there is none)."""
+        markers = (
+            f" {100 * share_on_markers:.0f} % lies on burned-in markers (letters, text, electrodes)."
+            if share_on_markers else ""
+        )
+        if share_inside is None:
+            return AttentionCheck(None, share_on_markers, "unknown", reason or "Where the model looked was not measured.")
+        inside = f"{100 * share_inside:.0f} % of the Grad-CAM heat lies inside the body's outline."
+        if share_inside < self.mostly_outside:
+            return AttentionCheck(share_inside, share_on_markers, "outside", f"{OUTSIDE_MESSAGE} {inside}{markers}")
+        if share_inside < self.unusual:
+            return AttentionCheck(
+                share_inside, share_on_markers, "unusual",
+                f"More of the model's attention lies outside the chest than on 19 validation films in 20: {inside} "
+                f"(on validation, 19 films in 20 had at least {100 * self.unusual:.0f} %).{markers} Check that the "
+                "call rests on the lungs.",
+            )
+        return AttentionCheck(
+            share_inside, share_on_markers, "inside",
+            f"{inside} (median on validation films: {100 * self.validation_median:.0f} %).{markers}",
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": ATTENTION_SCHEMA_VERSION,
+            "model_sha256": self.model_sha256,
+            "mostly_outside": self.mostly_outside,
+            "unusual": self.unusual,
+            "validation_median": self.validation_median,
+            "rule": self.rule,
+            "facts": self.facts,
+            "created_utc": self.created_utc or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, model_sha256: str) -> "AttentionRule":
+        """Reads the cut-off file of the model whose SHA-256 is ``model_sha256``.
+
+        Raises:
+            ModelFileError: the file is missing, unreadable, of another schema, or was fitted for
+                another model (its cut-off says nothing about this model's maps).
+        """
+        path = Path(path)
+        command = "python -m pneumo_model attention"
+        if not path.is_file():
+            raise ModelFileError(f"The attention cut-off file {path.name} is missing; make it with `{command}`.")
+        try:
+            data = json.loads(path.read_text())
+            if data.get("schema_version") != ATTENTION_SCHEMA_VERSION:
+                raise ValueError(f"schema {data.get('schema_version')!r}")
+            rule = cls(
+                model_sha256=str(data["model_sha256"]),
+                mostly_outside=float(data["mostly_outside"]),
+                unusual=float(data["unusual"]),
+                validation_median=float(data["validation_median"]),
+                rule=str(data.get("rule", RULE_DOCUMENT)),
+                facts=dict(data.get("facts", {})),
+                created_utc=str(data.get("created_utc", "")),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ModelFileError(
+                f"The attention cut-off file {path.name} cannot be read ({error}); make it again with `{command}`."
+            ) from None
+        if rule.model_sha256 != model_sha256:
+            raise ModelFileError(
+                f"The attention cut-off file {path.name} was fitted for model {rule.model_sha256[:12]}, not for "
+                f"model {model_sha256[:12]}; its cut-off says nothing about this model. Make it again with `{command}`."
+            )
+        if not 0.0 <= rule.mostly_outside <= 1.0 or not 0.0 <= rule.unusual <= 1.0:
+            raise ModelFileError(f"The attention cut-off file {path.name} holds cut-offs outside [0, 1]; make it again.")
+        return rule
