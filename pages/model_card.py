@@ -32,6 +32,11 @@ def _zone_rule_words(rule: dict) -> str:
     )
 
 
+def section(title: str) -> None:
+    """A section's one heading, a level below the page's title (drawn by the frame)."""
+    st.markdown(f"#### {title}")
+
+
 def not_generated(what: str, command: str) -> None:
     st.info(f"{what} not yet generated (`{command}`).", icon=":material/hourglass_empty:")
 
@@ -65,7 +70,7 @@ if stale:
 
 # --- First screen: intended use, headline figures, limitations ----------------------------------
 
-st.subheader("Intended use and population")
+section("Intended use and population")
 if card is None:
     not_generated("The model card facts are", "python -m pneumo_model card")
 else:
@@ -74,7 +79,7 @@ else:
 
 figures, limits = st.columns([3, 2], gap="medium")
 with figures:
-    st.subheader("Headline figures")
+    section("Headline figures")
     if evaluation is None:
         not_generated("The evaluation report is", "python -m pneumo_model evaluate")
     else:
@@ -88,15 +93,14 @@ with figures:
         rows = reports.headline_rows(evaluation, site, card, SITE_SIZE)
         st.table(pd.DataFrame(rows).rename(columns=columns).set_index(""))
         st.caption(
-            "The official Kermany 2018 test split. Site profile: the test split played a new hospital, scored on "
-            "the films each profile was not fitted on (Site calibration, below); it moves the threshold, it does "
-            "not re-rank films (AUC). Indeterminate: in the grey zone."
+            "Official test split. Site profile: the split played a new hospital, scored on films not fitted on "
+            "(below); it moves the threshold, not the ranking (AUC)."
         )
 
 with limits:
-    st.subheader("Limitations and shortcuts")
+    section("Limitations and shortcuts")
     if evaluation is not None:
-        st.markdown("- " + reports.false_calls_line(evaluation, card))
+        st.markdown("- " + reports.false_calls_line(evaluation))
     if card is not None:
         for line in card.get("limitations_plain", []):
             st.markdown(f"- {line}")
@@ -121,7 +125,7 @@ if card is not None:
 # --- The plots ---------------------------------------------------------------------------------
 
 if evaluation is not None:
-    st.subheader("Confusion matrix, ROC and reliability on the test split")
+    section("Confusion matrix, ROC and reliability on the test split")
     plots = evaluation.get("figures", {})
     for column, (key, caption) in zip(
         st.columns(3),
@@ -146,7 +150,7 @@ if evaluation is not None:
 # "Where the model looks" (issue 14, attention outside the body): its one call to ui.reports goes here.
 
 if evaluation is not None:
-    st.subheader("Operating point and grey zone")
+    section("Operating point and grey zone")
     operating = metadata.train_config.get("operating", {})
     low, high = evaluation["grey_zone"]
     st.markdown(
@@ -160,7 +164,7 @@ if evaluation is not None:
         f"Temperature {evaluation['temperature']:.3f}; all fixed on validation, never on the test split."
     )
 
-st.subheader("Site calibration")
+section("Site calibration")
 if site is None:
     not_generated("The site-calibration report is", "python -m pneumo_model site evaluate")
 else:
@@ -185,7 +189,7 @@ else:
         if path is not None:
             drawing.show(path, width=900)
 
-st.subheader("Which model, which data")
+section("Which model, which data")
 st.markdown(
     f"**Which model is this.** {shipped_name[0].upper() + shipped_name[1:]}: the file whose SHA-256 begins "
     f"`{metadata.short_sha}` (the id in the banner at the top of every page), trained {metadata.created_utc[:10]}. "
@@ -199,7 +203,7 @@ if card is not None:
 
 # --- Developer detail, collapsed ---------------------------------------------------------------
 
-st.subheader("Developer detail")
+section("Developer detail")
 st.caption(f"Highlighted: {shipped_name}.")
 
 summary = reports.read_markdown("evaluation")

@@ -183,17 +183,13 @@ def headline_rows(evaluation: dict, site: dict | None, card: dict | None, size: 
     return rows
 
 
-def false_calls_line(evaluation: dict, card: dict | None) -> str:
-    """The shipped model's errors on the official test split in counts, for the first screen."""
+def false_calls_line(evaluation: dict) -> str:
+    """The shipped model's errors on the official test split, in films, for the first screen."""
     confusion = evaluation["image"]["confusion"]
     normal, pneumonia = confusion["tn"] + confusion["fp"], confusion["tp"] + confusion["fn"]
-    published = ((card or {}).get("published_reference") or {})
-    reference = published.get("figures", {}).get("specificity")
-    compared = f"; {published['name']}: {reference:.3f}" if reference is not None else ""
     return (
-        f"**Over-calls normals.** {confusion['fp']} of {normal} normal test films called pneumonia "
-        f"(specificity {evaluation['image']['specificity']:.3f}{compared}); {confusion['fn']} of {pneumonia} "
-        "pneumonias missed."
+        f"**Over-calls normals.** {confusion['fp']} of {normal} normal test films called pneumonia; "
+        f"{confusion['fn']} of {pneumonia} pneumonias missed."
     )
 
 

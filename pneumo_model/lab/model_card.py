@@ -66,10 +66,9 @@ def model_card_facts(fullres_dir: Path | None) -> dict:
             "lateral views and other diseases is unknown."
         ),
         "data": "Kermany 2018 chest X-ray set (5,216 train / 624 test images), CC BY 4.0.",
-        # What a reader must know before trusting a call, one short sentence each (the model card's first
-        # screen); the page adds the measured figures (the normal films called pneumonia) from the reports.
+        # What a reader must know before trusting a call, one short sentence each, beside the population (which
+        # says where the figures do not reach) on the model card's first screen; the page adds the measured errors.
         "limitations_plain": [
-            "**One hospital, ages 1 to 5.** Unknown on adults, other hospitals and other devices.",
             "**Shortcuts.** It may read the film's shape, markers or the diaphragm instead of the lungs: "
             "check where it looked (Explain).",
             "**Labels.** The graders' reading, no microbiological confirmation; some are wrong.",
