@@ -1,27 +1,51 @@
-"""Audit trail: every result shown and every verdict recorded, newest first, with a CSV export."""
+"""Audit trail: every result shown and every verdict recorded, newest first, in the reader's own
+time zone, with filters, "find this image" and a CSV export."""
 
 import streamlit as st
 
-from pneumo_model.audit import AuditError, trail_csv
-from ui import audit, frame
+from pneumo_model.audit import SOURCES, AuditError, trail_csv
+from pneumo_model.errors import PneumoError
+from pneumo_model.paths import bytes_sha256
+from ui import audit, drawing, frame, resources, state, worklist
 from ui.markup import plain
 
 frame.render("Audit trail")
 try:
-    trail = audit.trail()
-    rows = trail.trail()  # one read of the database per run of the page
-    table, counts = audit.trail_table(rows)
+    rows = audit.trail().trail()  # one read of the database per run of the page
     csv_text = trail_csv(rows)
 except AuditError as error:
-    st.error(f"The audit trail cannot be read. {plain(error)}", icon=":material/database:")
+    st.error(f"The audit trail cannot be read. {plain(audit.screen_message(error))}", icon=":material/database:")
     st.stop()
 
-st.markdown("#### Audit trail")
+zone, zone_label = audit.reader_zone()
+zone_words = f"your browser's time zone ({zone_label})" if zone_label else "UTC (your browser did not say its time zone)"
+
+
+def held_thumbnails() -> dict[str, str]:
+    """Pictures of the images this tab still holds (the chosen one, the worklist's), by SHA-256.
+    Made from the session's bytes each time; the trail itself keeps no pixels."""
+    held = {}
+    scored = st.session_state.get(worklist.SESSION_KEY)
+    if scored is not None:
+        held |= {sha: url for sha, url in zip(scored.table["sha256"], scored.table["thumbnail"]) if url}
+    image = state.chosen()
+    if image is not None and image.digest not in held:
+        try:
+            held[image.digest] = worklist.thumbnail(resources.display_pixels(image))
+        except PneumoError:
+            pass  # an unreadable file has no picture; its records are still listed
+    return held
+
+
 st.caption(
-    f"Append-only record at `{trail.path}`: a result when it is first shown in a session, and each "
+    "Append-only record kept on the server: a result when it is first shown in a session, and each "
     "reviewer verdict. Images are identified by the SHA-256 of their bytes; no pixels, file names or "
-    "patient identifiers are stored. Times are UTC."
+    f"patient identifiers are stored (a picture appears only for an image this tab still holds). "
+    f"Times are in {zone_words}, to the minute."
 )
+with st.spinner("Reading the audit trail..."):
+    table, counts = audit.trail_table(rows, zone, held_thumbnails())
+
 columns = st.columns([1, 1, 1, 1.3], vertical_alignment="center")
 columns[0].metric("Results recorded", counts["results"])
 columns[1].metric("Verdicts recorded", counts["verdicts"])
@@ -39,31 +63,102 @@ columns[3].download_button(
 if table.empty:
     st.info("Nothing recorded yet. Results are recorded when they are shown on the other pages.", icon=":material/history:")
     st.stop()
+
+find_column, filter_column = st.columns([2, 3], gap="medium")
+with find_column:
+    found = st.file_uploader(
+        "Find this image: drop it here to see its records",
+        type=state.UPLOAD_TYPES,
+        max_upload_size=state.IMAGE_UPLOAD_MB,
+        key="trail_find",
+        help="Matched by the SHA-256 of the file's bytes, which is all the trail keeps: the same film "
+        "saved again or converted is another file and is not found.",
+    )
+with filter_column:
+    when, verdict, who, source = st.columns([1.5, 1, 1, 0.8])
+    days = when.date_input("Dates", value=(), format="YYYY-MM-DD", key="trail_days", help=f"In {zone_words}")
+    verdicts = verdict.multiselect("Verdict", audit.VERDICT_CHOICES, key="trail_verdicts", placeholder="any")
+    reviewers = who.multiselect(
+        "Reviewer", sorted({name for name in table["reviewer"].dropna() if name}), key="trail_reviewers", placeholder="any"
+    )
+    sources = source.multiselect("Source", SOURCES, key="trail_sources", placeholder="any")
+    technical = st.toggle(
+        "Technical columns",
+        key="trail_technical",
+        help="Record ids, model, operating point, threshold, OOD score, crop box, and when the result was shown, "
+        "judged and revealed",
+    )
+
+digest = None
+if found is not None:
+    data = found.getvalue()
+    digest = bytes_sha256(data)
+    matches = int((table["image_sha256"] == digest).sum())
+    picture, words = st.columns([1, 5], vertical_alignment="center")
+    try:
+        with st.spinner("Reading the image..."):
+            pixels = resources.display_pixels(state.ChosenImage(found.name, data, "upload"))
+        drawing.show(pixels, width=96, where=picture)
+    except PneumoError as error:
+        picture.caption("No picture: " + plain(error))
+    if matches:
+        words.success(
+            f"**{plain(found.name)}**: {matches} record(s) of this image (SHA-256 `{digest[:12]}…`), shown below; "
+            "the other filters apply too.",
+            icon=":material/image_search:",
+        )
+    else:
+        words.info(
+            f"No record of **{plain(found.name)}** (SHA-256 `{digest[:12]}…`). The trail knows an image only by "
+            "the SHA-256 of its exact bytes: a copy saved again, converted or cropped elsewhere is another file.",
+            icon=":material/image_search:",
+        )
+
+shown = audit.trail_selected(table, days, verdicts, reviewers, sources, digest)
+st.caption(f"{len(shown)} of {len(table)} row(s), newest first.")
+reader = [
+    "time", "thumbnail", "label", "probability", "flags", "verdict", "note", "reviewer", "source", "image",
+]
+extra = ["result_id", "shown", "verdict_time", "revealed", "model", "point", "threshold", "ood_score", "crop_box"]
+zone_title = zone_label or "UTC"
 st.dataframe(
-    table,
+    shown,
     hide_index=True,
-    column_order=[
-        "result_id", "recorded_utc", "source", "image", "model", "point", "probability", "label", "grey_zone", "ood",
-        "ood_score", "revealed_utc", "crop_box", "verdict", "note", "reviewer", "verdict_utc",
-    ],
+    column_order=reader + extra if technical else reader,
     column_config={
+        "time": st.column_config.TextColumn(
+            f"time ({zone_title})", width=140, help="The verdict's time; for a result without one, when it was shown"
+        ),
+        "thumbnail": st.column_config.ImageColumn(
+            "image", width=50, help="Only for an image this tab still holds; the trail keeps no pixels"
+        ),
+        "label": st.column_config.TextColumn("call", width=78),
+        "probability": st.column_config.NumberColumn("probability", format="%.3f", width=72),
+        "flags": st.column_config.TextColumn("flags", width=100),
+        "verdict": st.column_config.TextColumn("verdict", width=68),
+        "note": st.column_config.TextColumn("note", width=150),
+        "reviewer": st.column_config.TextColumn("reviewer", width=90),
+        "source": st.column_config.TextColumn("source", width=55),
+        "image": st.column_config.TextColumn(
+            "SHA-256", width=95, help="First 12 hex digits of the image's SHA-256; the CSV has all 64"
+        ),
         "result_id": st.column_config.NumberColumn("result", format="%d"),
-        "recorded_utc": st.column_config.TextColumn("shown (UTC)"),
-        "image": st.column_config.TextColumn("image SHA-256", help="First 12 hex digits; the CSV has all 64"),
+        "shown": st.column_config.TextColumn(f"shown ({zone_title})"),
+        "verdict_time": st.column_config.TextColumn(f"verdict ({zone_title})"),
+        "revealed": st.column_config.TextColumn(
+            f"hidden call shown ({zone_title})", help="When a user first asked to see a call the out-of-distribution check hid"
+        ),
         "model": st.column_config.TextColumn("model", help="First 12 hex digits of the model's SHA-256"),
         "point": st.column_config.TextColumn(
             "operating point",
             help="First 8 hex digits of the id of the operating point that made the call; the CSV has all 16. "
             "Empty for records made before the trail kept it",
         ),
-        "probability": st.column_config.NumberColumn("probability", format="%.3f"),
-        "grey_zone": st.column_config.CheckboxColumn("indeterminate"),
-        "ood": st.column_config.CheckboxColumn("not X-ray-like"),
+        "threshold": st.column_config.NumberColumn("threshold", format="%.3f"),
         "ood_score": st.column_config.NumberColumn("OOD score", format="%.2f"),
-        "verdict_utc": st.column_config.TextColumn("verdict (UTC)"),
-        "revealed_utc": st.column_config.TextColumn(
-            "hidden call shown (UTC)", help="When a user first asked to see a call the out-of-distribution check hid"
-        ),
+        "crop_box": st.column_config.TextColumn("crop box"),
     },
-    height=560,
+    placeholder="—",
+    row_height=50,
+    height=min(560, 38 + 50 * max(1, len(shown))),
 )

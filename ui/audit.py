@@ -8,8 +8,12 @@ not look as if it were), and the result itself is still shown.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 import streamlit as st
@@ -27,6 +31,11 @@ BUSY_TIMEOUT_S = 5.0
 NOTE_HELP = "Do not type patient names, ids or dates: the note is stored as written."
 _RECORDED_KEY = "audit_recorded"
 _REVEALED_KEY = "audit_revealed"
+_VERDICTS_KEY = "audit_verdicts"
+# What the screen says instead of the database's location: a server path tells a reader nothing
+# and tells anyone else where the records are. The server log keeps the whole message.
+SERVER_FILE = "on the server"
+_log = logging.getLogger(__name__)
 
 
 def audit_path() -> Path:
@@ -48,8 +57,16 @@ def trail() -> AuditTrail:
     return _open(str(audit_path()))
 
 
+def screen_message(error: AuditError) -> str:
+    """The error's words for the screen, with the audit file's location replaced by "on the server"
+    (the whole message goes to the server log, for an administrator)."""
+    _log.warning("Audit trail: %s", error)
+    path = audit_path()
+    return str(error).replace(str(path), SERVER_FILE).replace(str(path.parent), SERVER_FILE)
+
+
 def _not_recorded(error: AuditError, what: str = "This result was") -> None:
-    st.error(f"{what} not recorded in the audit trail. {plain(error)}", icon=":material/database:")
+    st.error(f"{what} not recorded in the audit trail. {plain(screen_message(error))}", icon=":material/database:")
 
 
 def _key(record: ResultRecord) -> tuple:
@@ -106,43 +123,178 @@ def recorded_id(record: ResultRecord) -> int | None:
     return st.session_state.get(_RECORDED_KEY, {}).get(_key(record))
 
 
-def verdict_form(result_id: int | None, form_key: str) -> None:
-    """A reviewer's verdict on the shown result, appended to the trail on submit."""
-    if result_id is None:
+def session_verdicts() -> dict[int, str]:
+    """The latest verdict recorded in this tab on each result id (what the worklist marks as done)."""
+    return dict(st.session_state.get(_VERDICTS_KEY, {}))
+
+
+def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True) -> None:
+    """A reviewer's verdict on the shown result, appended to the trail on submit.
+
+    Offered only for a call on screen: with ``call_shown`` False (the out-of-distribution gate
+    hides it) there is nothing to agree or disagree with, and no form is drawn. The verdict is
+    recorded by the submit button's callback, before the page runs again, so everything the page
+    draws (the worklist's verdict column) already knows it; what happened is said under the form.
+    """
+    if result_id is None or not call_shown:
         return
     with st.form(form_key, clear_on_submit=True, border=True):
         st.markdown("**Your verdict** (recorded in the audit trail)")
-        verdict = st.radio(
-            "Verdict", VERDICTS, horizontal=True, index=None, label_visibility="collapsed", key=f"{form_key}_verdict"
+        st.radio("Verdict", VERDICTS, horizontal=True, index=None, label_visibility="collapsed", key=f"{form_key}_verdict")
+        st.text_area("Note (optional)", max_chars=2000, help=NOTE_HELP, height=80, key=f"{form_key}_note")
+        st.text_input("Reviewer (optional)", max_chars=100, key=f"{form_key}_reviewer")
+        st.form_submit_button(
+            "Record verdict", icon=":material/how_to_reg:", key=f"{form_key}_submit", on_click=_record_verdict,
+            args=(result_id, form_key),
         )
-        note = st.text_area("Note (optional)", max_chars=2000, help=NOTE_HELP, height=80, key=f"{form_key}_note")
-        reviewer = st.text_input("Reviewer (optional)", max_chars=100, key=f"{form_key}_reviewer")
-        if not st.form_submit_button("Record verdict", icon=":material/how_to_reg:", key=f"{form_key}_submit"):
-            return
+    outcome = st.session_state.pop(f"{form_key}_outcome", None)
+    if outcome is not None:
+        kind, message, icon = outcome
+        getattr(st, kind)(message, icon=icon)
+
+
+def _record_verdict(result_id: int, form_key: str) -> None:
+    verdict = st.session_state.get(f"{form_key}_verdict")
+    outcome_key = f"{form_key}_outcome"
     if verdict is None:
-        st.warning("Choose agree, disagree or unsure before recording.", icon=":material/rule:")
+        st.session_state[outcome_key] = ("warning", "Choose agree, disagree or unsure before recording.", ":material/rule:")
         return
     try:
-        verdict_id = trail().record_verdict(result_id, verdict, note=note, reviewer=reviewer)
+        verdict_id = trail().record_verdict(
+            result_id,
+            verdict,
+            note=st.session_state.get(f"{form_key}_note") or "",
+            reviewer=st.session_state.get(f"{form_key}_reviewer") or "",
+        )
     except AuditError as error:
-        _not_recorded(error, "The verdict was")
+        message = f"The verdict was not recorded in the audit trail. {plain(screen_message(error))}"
+        st.session_state[outcome_key] = ("error", message, ":material/database:")
         return
-    st.success(f"Verdict **{verdict}** recorded (record {verdict_id}, on result {result_id}).", icon=":material/task_alt:")
+    st.session_state.setdefault(_VERDICTS_KEY, {})[result_id] = verdict
+    st.session_state[outcome_key] = (
+        "success", f"Verdict **{verdict}** recorded (record {verdict_id}, on result {result_id}).", ":material/task_alt:"
+    )
 
 
-def trail_table(rows: list[dict]) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The trail for the screen, newest result first (with short SHAs and operating point ids, empty
-    for the records made before the trail kept it), and its counts."""
+# ----------------------------------------------------------------------------- the trail for a reader
+NO_VERDICT = "no verdict"
+VERDICT_CHOICES = (*VERDICTS, NO_VERDICT)
+MINUTE = "%Y-%m-%d %H:%M"
+
+
+def reader_zone() -> tuple[dt.tzinfo, str | None]:
+    """The reader's time zone, as their browser reports it (``st.context``): the named zone (its
+    summer and winter offsets both right), else the browser's current offset from UTC.
+
+    Returns:
+        ``(zone, label)``: ``label`` names the zone for column headers ("Europe/Berlin",
+        "UTC+05:30"); None when the browser said nothing, and ``zone`` is then UTC.
+    """
+    name = st.context.timezone
+    if name:
+        try:
+            return ZoneInfo(name), name
+        except (ZoneInfoNotFoundError, ValueError):
+            pass  # a zone this server's tz database lacks: the offset below is still the browser's
+    offset = st.context.timezone_offset  # minutes behind UTC, as JavaScript's getTimezoneOffset
+    if offset is None:
+        return dt.timezone.utc, None
+    zone = dt.timezone(-dt.timedelta(minutes=int(offset)))
+    return zone, "UTC" if offset == 0 else zone.tzname(None)
+
+
+def _moment(text: str | None) -> pd.Timestamp:
+    return pd.Timestamp(dt.datetime.fromisoformat(text)) if isinstance(text, str) else pd.NaT
+
+
+def _minute(moment: pd.Timestamp, zone: dt.tzinfo) -> str | None:
+    return None if pd.isna(moment) else moment.to_pydatetime().astimezone(zone).strftime(MINUTE)
+
+
+def trail_table(
+    rows: list[dict], zone: dt.tzinfo = dt.timezone.utc, thumbnails: Mapping[str, str] | None = None
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The trail for the screen, newest first, and its counts.
+
+    One row per result and verdict (a result without a verdict once), as ``AuditTrail.trail``
+    gives them. A row's ``time`` is its latest record, in ``zone`` to the minute: the verdict's
+    when it has one, else when the result was first shown; rows are ordered by it, newest first.
+
+    Args:
+        rows: ``AuditTrail.trail()``.
+        zone: the reader's time zone (``reader_zone``).
+        thumbnails: data URLs of pictures of images this session still holds, keyed by SHA-256;
+            a row of another image has no picture (the trail keeps no pixels).
+
+    Returns:
+        The table, with the trail's columns and, for the screen: ``time``, ``day`` (its local
+        date, for the date filter), ``shown``, ``verdict_time`` and ``revealed`` (local
+        minutes), ``image``, ``model`` (first 12 hex digits), ``point`` (first 8; empty for
+        records made before the trail kept it), ``flags`` (indeterminate, not X-ray-like,
+        cropped, hidden call shown) and ``thumbnail``; and the counts of results, verdicts and
+        disagreements in the whole trail.
+    """
     table = pd.DataFrame(rows, columns=TRAIL_COLUMNS)
     counts = {
         "results": int(table["result_id"].nunique()),
         "verdicts": int(table["verdict_id"].notna().sum()),
         "disagreements": int((table["verdict"] == "disagree").sum()),
     }
-    shown = table.sort_values(["result_id", "verdict_id"], ascending=False, na_position="last")
-    shown = shown.assign(
-        image=shown["image_sha256"].str[:12],
-        model=shown["model_sha256"].str[:12],
-        point=shown["operating_point"].fillna("").str[:8],
+    shown_at = table["recorded_utc"].map(_moment)
+    verdict_at = table["verdict_utc"].map(_moment)
+    moment = verdict_at.where(verdict_at.notna(), shown_at)
+    words = {
+        "indeterminate": table["grey_zone"].eq(1),
+        "not X-ray-like": table["ood"].eq(1),
+        "cropped": table["crop_box"].notna(),
+        "hidden call shown": table["revealed_utc"].notna(),
+    }
+    flags = [", ".join(word for word, has in words.items() if has.iloc[index]) for index in range(len(table))]
+    thumbnails = thumbnails or {}
+    table = table.assign(
+        _moment=moment,
+        time=[_minute(value, zone) for value in moment],
+        day=[None if pd.isna(value) else value.to_pydatetime().astimezone(zone).date() for value in moment],
+        shown=[_minute(value, zone) for value in shown_at],
+        verdict_time=[_minute(value, zone) for value in verdict_at],
+        revealed=[_minute(_moment(value), zone) for value in table["revealed_utc"]],
+        image=table["image_sha256"].str[:12],
+        model=table["model_sha256"].str[:12],
+        point=table["operating_point"].fillna("").str[:8],
+        flags=flags,
+        thumbnail=[thumbnails.get(sha) for sha in table["image_sha256"]],
     )
-    return shown, counts
+    table = table.sort_values(["_moment", "result_id", "verdict_id"], ascending=False, na_position="last", kind="stable")
+    return table.drop(columns="_moment").reset_index(drop=True), counts
+
+
+def trail_selected(
+    table: pd.DataFrame,
+    days: Sequence[dt.date] = (),
+    verdicts: Sequence[str] = (),
+    reviewers: Sequence[str] = (),
+    sources: Sequence[str] = (),
+    image_sha256: str | None = None,
+) -> pd.DataFrame:
+    """The rows of ``trail_table`` a reader asked for; every empty filter keeps every row.
+
+    Args:
+        days: one day, or the first and last day (inclusive), in the reader's zone.
+        verdicts: some of ``VERDICT_CHOICES`` ("no verdict": a result nobody judged).
+        reviewers: reviewer names as recorded.
+        sources: "app", "cli".
+        image_sha256: only the records of the image with this SHA-256.
+    """
+    keep = pd.Series(True, index=table.index)
+    if days:
+        first, last = days[0], days[-1]
+        keep &= table["day"].map(lambda day: day is not None and first <= day <= last)
+    if verdicts:
+        keep &= table["verdict"].isin(list(verdicts)) | (table["verdict"].isna() & (NO_VERDICT in verdicts))
+    if reviewers:
+        keep &= table["reviewer"].isin(list(reviewers))
+    if sources:
+        keep &= table["source"].isin(list(sources))
+    if image_sha256 is not None:
+        keep &= table["image_sha256"] == image_sha256
+    return table[keep].reset_index(drop=True)

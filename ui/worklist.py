@@ -21,12 +21,17 @@ from pneumo_model.paths import bytes_sha256
 from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Predictor
 
-COLUMNS = ["file", "probability", "call", "grey_zone", "ood", "ood_score", "operating_point", "error", "sha256", "thumbnail"]
+COLUMNS = [
+    "file", "probability", "call", "grey_zone", "ood", "ood_score", "operating_point", "error", "sha256", "thumbnail",
+    "upload",
+]
 THUMBNAIL_SIDE = 96
+SESSION_KEY = "worklist"  # the page's ``Worklist`` in ``st.session_state``; the trail reads its thumbnails
 
 
-def _thumbnail(pixels: np.ndarray) -> str:
-    """A small PNG of the grey image as a data URL, for ``st.column_config.ImageColumn``."""
+def thumbnail(pixels: np.ndarray) -> str:
+    """A small PNG of the grey image as a data URL, for ``st.column_config.ImageColumn`` (kept in
+    the session only, never stored)."""
     image = Image.fromarray(screen_grey(pixels, THUMBNAIL_SIDE))  # (h, w) uint8
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -41,7 +46,8 @@ class Worklist:
         table: one row per file (``COLUMNS``), sorted by probability, highest first, unreadable
             files last; ``ood`` is None when the model has no gate; ``operating_point`` is the id of
             the operating point that made the call (None for an unreadable file); ``sha256`` is the
-            file's digest.
+            file's digest; ``upload`` its position in the list scored (which file a row is, even
+            when two files have the same name or the same bytes).
         records: the audit record of each scored file, made from its ``Prediction`` (the real
             result, whatever the screen hides).
     """
@@ -70,14 +76,14 @@ def score_files(
     """
     rows, records = [], []
     for index, (name, data) in enumerate(files):
-        row = {"file": name, "sha256": bytes_sha256(data)}
+        row = {"file": name, "sha256": bytes_sha256(data), "upload": index}
         try:
             with decode_slot():
                 image = DecodedImage.decode(data)
             prediction = predictor.call(image)
             records.append(ResultRecord.of(prediction, row["sha256"], "app"))
             row |= {
-                "error": None, "thumbnail": _thumbnail(image.pixels), "probability": prediction.probability,
+                "error": None, "thumbnail": thumbnail(image.pixels), "probability": prediction.probability,
                 "call": prediction.label, "grey_zone": prediction.grey_zone, "ood": prediction.ood,
                 "ood_score": prediction.ood_score, "operating_point": prediction.operating_point,
             }
@@ -130,6 +136,79 @@ def to_csv(table: pd.DataFrame, model_sha: str) -> bytes:
     Written by the same ``write_csv`` as the audit trail's export: a file named ``=1+1.png`` is
     a text cell, never a formula.
     """
-    export = table.drop(columns=["thumbnail"]).assign(model_sha=model_sha)
+    export = table.drop(columns=["thumbnail", "upload"], errors="ignore").assign(model_sha=model_sha)
     rows = export.astype(object).where(export.notna(), None).to_dict("records")
     return write_csv(rows, list(export.columns), float_digits=6).encode("utf-8")
+
+
+# ----------------------------------------------------------------------------- the table on screen
+INDETERMINATE = "indeterminate"
+NOT_XRAY_LIKE = "not X-ray-like"
+UNREADABLE = "unreadable"
+FLAGS = (INDETERMINATE, NOT_XRAY_LIKE, UNREADABLE)
+CALLS = ("pneumonia", "normal")
+# How the rows may be put in order; the first is the order the worklist is scored in.
+ORDERS = {
+    "probability, highest first": (["probability"], [False]),
+    "probability, lowest first": (["probability"], [True]),
+    "file name": (["file"], [True]),
+    "upload order": (["upload"], [True]),
+}
+ROWS_PER_PAGE = 10
+
+
+def for_screen(shown: pd.DataFrame, verdicts: dict[str, str] | None = None) -> pd.DataFrame:
+    """The shown table (``masked``) with what a reader scans for in words: ``flags`` ("indeterminate",
+    "not X-ray-like", "unreadable", joined by commas; empty when none) and ``verdict`` (this tab's
+    verdict on the row's image, from ``verdicts`` keyed by SHA-256; None when none). A new table."""
+    verdicts = verdicts or {}
+    has = _flagged(shown)
+    flags = [", ".join(flag for flag in FLAGS if has[flag][index]) for index in range(len(shown))]
+    return shown.assign(flags=flags, verdict=[verdicts.get(sha) for sha in shown["sha256"]])
+
+
+def _flagged(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Which rows carry each flag (a hidden image has no grey-zone flag in the table as shown)."""
+    return {
+        INDETERMINATE: table["grey_zone"].eq(True).to_numpy(),
+        NOT_XRAY_LIKE: table["ood"].eq(True).to_numpy(),
+        UNREADABLE: table["error"].notna().to_numpy(),
+    }
+
+
+def selected(
+    table: pd.DataFrame, calls: Sequence[str] = (), flags: Sequence[str] = (), order: str = next(iter(ORDERS))
+) -> pd.DataFrame:
+    """The rows a reader asked for, in the order asked for. A new table; ``table`` is not changed.
+
+    Args:
+        table: the table as shown (``masked``): a hidden call is neither pneumonia nor normal here,
+            and a hidden image has no grey-zone flag, so no filter gives a hidden call away.
+        calls: keep the rows with one of these calls (``CALLS``); empty keeps every call.
+        flags: keep the rows with at least one of these flags (``FLAGS``); empty keeps every row.
+        order: one of ``ORDERS``. Rows without a probability (hidden calls, unreadable files) stay
+            after the others when sorting by probability, in the table's own order.
+
+    Raises:
+        ValueError: an unknown call, flag or order (a bug in the page, not a user's error).
+    """
+    unknown = (set(calls) - set(CALLS)) | (set(flags) - set(FLAGS)) | ({order} - set(ORDERS))
+    if unknown:
+        raise ValueError(f"Unknown worklist filter or order: {sorted(unknown)}")
+    keep = np.ones(len(table), bool)
+    if calls:
+        keep &= table["call"].isin(list(calls)).to_numpy()
+    if flags:
+        has = _flagged(table)
+        keep &= np.logical_or.reduce([has[flag] for flag in flags])
+    columns, ascending = ORDERS[order]
+    rows = table[keep]
+    return rows.sort_values(columns, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def page_of(rows: pd.DataFrame, page: int, per_page: int = ROWS_PER_PAGE) -> tuple[pd.DataFrame, int, int]:
+    """One page of ``rows``: ``(those rows, the page number kept inside 1..pages, pages)``; a table
+    with no rows has one, empty, page."""
+    pages = max(1, -(-len(rows) // per_page))
+    page = min(max(1, int(page)), pages)
+    return rows.iloc[(page - 1) * per_page : page * per_page].reset_index(drop=True), page, pages
