@@ -120,7 +120,8 @@ if card is not None:
                 hide_index=True,
                 width="content",
             )
-            st.caption(f"Original image sizes per class; source: {geometry['source']}.")
+            files = sum(row["n"] for row in geometry["per_class"].values())
+            st.caption(f"Original image sizes per class, {files} files: {geometry['source']}.")
 
 # --- The plots ---------------------------------------------------------------------------------
 

@@ -347,17 +347,21 @@ def test_model_card_shows_the_committed_reports_and_no_stale_warning():
     shown = texts(app.markdown)
     evaluation = json.loads((REPO_ROOT / "reports" / "evaluation.json").read_text())
     assert evaluation["model_sha256"] == resources.predictor().metadata.model_sha256
-    assert "The reports describe model" not in texts(app.warning)  # reports match the loaded model
-    assert (REPO_ROOT / "reports" / "evaluation.md").read_text().strip().splitlines()[0] in shown
+    assert "describe another model file" not in texts(app.warning)  # reports match the loaded model
+    first_line = (REPO_ROOT / "reports" / "evaluation.md").read_text().strip().splitlines()[0]
+    metadata = resources.predictor().metadata
+    assert first_line.replace(f"Model `{metadata.short_sha}` (pneumonet)", "The shipped model (pneumonet, 128 px, v7)") in shown
     assert f"{evaluation['image']['roc_auc']:.3f}" in shown
     card = json.loads((REPO_ROOT / "reports" / "model_card.json").read_text())
     assert card["shortcut_warning"] in shown
     for measured in card.get("shortcut_measured", {}).values():
         assert measured["summary"] in shown
-    for optional in ("crop_evaluation", "validation_stress", "model_comparison"):
+    for optional in ("crop_evaluation", "ood"):  # shown as generated, their headings dropped
         path = REPO_ROOT / "reports" / f"{optional}.md"
         if path.is_file():
             assert path.read_text().strip().splitlines()[-1] in shown, optional
+    comparison = json.loads((REPO_ROOT / "reports" / "model_comparison.json").read_text())
+    assert f"Command: `{comparison['command']}`" in [caption.value for caption in app.caption]
 
 
 # --- Out-of-distribution gate and audit trail ------------------------------------------------

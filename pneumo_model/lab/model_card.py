@@ -99,7 +99,7 @@ def model_card_facts(fullres_dir: Path | None) -> dict:
             "models are compared on validation images with the cue deliberately reversed (\"Validation under shift\")."
         ),
         "shortcut_geometry": {
-            "source": "chest_xray_fullres_sample (original train files), measured from file headers",
+            "source": "the data set's original full-size training files (its full-resolution sample), read from their headers",
             "per_class": geometry,
         },
     }
