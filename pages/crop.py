@@ -3,7 +3,8 @@
 import streamlit as st
 
 from pneumo_model.crop import RescoreResult
-from pneumo_model.explain import overlay_heatmap
+from pneumo_model.errors import PneumoError
+from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar, overlay_heatmap
 from ui import drawing, frame, resources
 from ui.markup import plain
 
@@ -56,11 +57,19 @@ drawing.show(
     caption=f"{plain(image.name)}: the box is kept, the dimmed part is removed before rescoring.",
     where=drawn,
 )
-drawing.show(
-    overlay_heatmap(cropped, heatmap, alpha=0.4),
-    caption=f"Grad-CAM of the cropped image: {frame.HEATMAP_CAVEAT}.",
-    where=explained,
-)
+try:  # the Grad-CAM on the Explain page's fixed scale (docs/heatmap_scale.md), or none at all
+    scale = resources.heatmap_scale()
+except PneumoError as error:
+    explained.error(f"No Grad-CAM: {plain(error)}", icon=":material/error:")
+else:
+    weak = " No region raised the pneumonia score much." if scale.is_weak(heatmap) else ""
+    drawing.show(
+        overlay_heatmap(cropped, scale.unit(heatmap), alpha=0.4),
+        caption=f"Grad-CAM of the cropped image: {frame.HEATMAP_CAVEAT}; on the Explain page's fixed scale, "
+        f"peak {scale.peak(heatmap):.2f}.{weak}",
+        where=explained,
+    )
+    drawing.show(gradcam_colour_bar(scale, 0.4, peak=scale.peak(heatmap)), caption=GRADCAM_BAR_WORDS, where=explained)
 with numbers:
     st.metric("Probability before the crop", f"{result.probability_before:.3f}")
     crop_message = (

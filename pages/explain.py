@@ -1,9 +1,16 @@
-"""Explain: Grad-CAM and LIME overlays beside the original image."""
+"""Explain: Grad-CAM and LIME beside the original image, each on one fixed scale with its legend."""
 
 import streamlit as st
 
-from pneumo_model.explain import overlay_heatmap
-from ui import drawing, frame, resources
+from pneumo_model.explain import (
+    GRADCAM_BAR_WORDS,
+    LIME_BAR_WORDS,
+    LimeConfig,
+    gradcam_colour_bar,
+    lime_colour_bar,
+    overlay_heatmap,
+)
+from ui import attention, drawing, frame, resources
 from ui.markup import plain
 
 frame.render("Explain")
@@ -16,9 +23,10 @@ if not may_show:
     drawing.show(display, caption=f"Original: {plain(image.name)}", width=440)
     st.stop()
 st.markdown(
-    f"**{plain(image.name)}**: call **{result.label}**, probability of pneumonia **{result.probability:.3f}**"
+    f"**{plain(image.name)}**: call **{result.label.capitalize()}**, probability of pneumonia **{result.probability:.3f}**"
     + (" — *indeterminate: needs a careful read*" if result.grey_zone else "")
 )
+scale = frame.computed(resources.heatmap_scale)
 opacity = st.slider("Overlay opacity", min_value=0.0, max_value=1.0, value=0.4, step=0.05, key="overlay_opacity")
 
 with st.form("lime_settings", border=False):
@@ -37,11 +45,30 @@ with st.form("lime_settings", border=False):
 
 original, gradcam, lime = st.columns(3)
 drawing.show(display, caption=f"Original: {plain(image.name)}", where=original)
-drawing.show(
-    overlay_heatmap(display, frame.computed(lambda: resources.gradcam_heatmap(image)), alpha=opacity),
-    caption=f"Grad-CAM: {frame.HEATMAP_CAVEAT}. Yellow = raised the pneumonia score most.",
-    where=gradcam,
-)
+
+with gradcam:
+    raw = frame.computed(lambda: resources.gradcam_heatmap(image), image.name)
+    peak = scale.peak(raw)
+    draw_map = True
+    if scale.is_weak(raw):
+        st.info(
+            f"**No region raised the pneumonia score much.** This map's peak, {peak:.2f} on the fixed scale, is "
+            f"below {scale.weak_fraction:.2f}, the level 95 % of normal validation films stay under. It says where "
+            f"the model looked, not what it called: the call above stands.",
+            icon=":material/blur_off:",
+        )
+        draw_map = st.checkbox("Show the weak map anyway", key=f"weak_map_{image.digest[:16]}", value=False)
+    if draw_map:
+        drawing.show(
+            overlay_heatmap(display, scale.unit(raw), alpha=opacity),
+            caption=f"Grad-CAM: {frame.HEATMAP_CAVEAT}. Brighter = raised the pneumonia score more, on the "
+            f"same scale for every image (this image's peak {peak:.2f}).",
+        )
+    else:
+        drawing.show(display, caption="Grad-CAM: the map is not drawn (no region raised the pneumonia score much).")
+    drawing.show(gradcam_colour_bar(scale, opacity, peak=peak), caption=GRADCAM_BAR_WORDS)
+    attention.show_whole(image, display)  # is the heat on the chest? (docs/attention_rule.md)
+
 request = st.session_state.get("lime_request")
 with lime:
     if request is None or request[0] != image.digest:
@@ -52,9 +79,36 @@ with lime:
         )
     else:
         _, used_samples, used_segments = request
-        explanation = frame.computed(lambda: resources.lime_explanation(image, used_samples, used_segments), image.name)
+        explanation = frame.computed(
+            lambda: resources.lime_explanation(image, used_samples, used_segments), image.name
+        )
+        config = LimeConfig(num_samples=used_samples, n_segments=used_segments)
+        half_width = scale.lime_half_width(explanation)
+        all_small = scale.lime_all_small(explanation, config)
+        if all_small:
+            facts = scale.facts
+            within = round(facts.get("lime_small_share_pneumonia", 0.0) * facts.get("lime_n_pneumonia", 0))
+            st.info(
+                f"**All LIME weights are small**: none goes beyond ±{scale.lime_small_below:.2f}, which 95 % of "
+                "normal validation films stay within, so no region stands out more than on a normal film. LIME tells "
+                f"the calls apart poorly on this model: {within} of {facts.get('lime_n_pneumonia', 0)} validation "
+                "pneumonia films stayed within it too.",
+                icon=":material/blur_off:",
+            )
         drawing.show(
-            explanation.overlay(display, fill_alpha=opacity),
-            caption=f"LIME ({used_samples} samples, {used_segments} superpixels): {frame.HEATMAP_CAVEAT}. "
-            "Orange regions pushed towards pneumonia, blue away from it.",
+            explanation.overlay(display, half_width=half_width, alpha=opacity),
+            caption=f"LIME ({used_samples} samples, {used_segments} superpixels): {frame.HEATMAP_CAVEAT}. Orange "
+            "regions pushed towards pneumonia, blue away from it; the strongest five of each are outlined.",
+        )
+        words = LIME_BAR_WORDS
+        if all_small is None:
+            words += (
+                f" The small-weight check is set for {scale.lime_num_samples} samples and {scale.lime_n_segments} "
+                "superpixels; these settings are not judged."
+            )
+        else:
+            words += " Dashed: 95 % of normal validation films have no weight beyond it."
+        drawing.show(
+            lime_colour_bar(half_width, None if all_small is None else scale.lime_small_below, opacity),
+            caption=words,
         )

@@ -1,7 +1,7 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
 Commands: ``predict``, ``explain``, ``crop``, ``site``, ``train``, ``evaluate``, ``compare``,
-``stress``, ``card``, ``bench``, ``ood``, ``zone``. Exit codes: 0 success, 1 a usage
+``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``zone``. Exit codes: 0 success, 1 a usage
 or model error, 2 (``predict``) when any file was rejected, (``site``) when the labelled sample is refused.
 
 Each command is one function that adds its sub-parser, with ``set_defaults(handler=...)``, and
@@ -390,11 +390,15 @@ def _evaluate(args) -> int:
 
 
 def _add_explain(commands) -> None:
-    parser = commands.add_parser("explain", help="write a Grad-CAM or LIME overlay at the image's own size")
+    parser = commands.add_parser(
+        "explain",
+        help="write a Grad-CAM or LIME overlay at the image's own size, on the model's fixed heat-map scale, "
+        "with its colour bar",
+    )
     parser.add_argument("image")
     parser.add_argument("--method", choices=("gradcam", "lime"), default="gradcam")
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    parser.add_argument("--alpha", type=float, default=0.4, help="heat-map opacity (gradcam)")
+    parser.add_argument("--alpha", type=float, default=0.4, help="overlay opacity where the map is strongest")
     parser.add_argument("--samples", type=int, default=1000, help="LIME perturbation samples")
     parser.add_argument("--segments", type=int, default=50, help="LIME superpixels (SLIC)")
     parser.add_argument("--seed", type=int, default=0, help="LIME seed")
@@ -406,23 +410,51 @@ def _add_explain(commands) -> None:
 def _explain(args) -> int:
     from PIL import Image
 
-    from .explain import GradCam, LimeConfig, explain_lime, overlay_heatmap
+    from .explain import (
+        GradCam,
+        HeatmapScale,
+        LimeConfig,
+        explain_lime,
+        gradcam_colour_bar,
+        heatmap_scale_path,
+        lime_colour_bar,
+        overlay_heatmap,
+        with_legend,
+    )
     from .pipeline import DecodedImage
     from .prediction import Predictor
 
     predictor = Predictor.from_file(args.model)
+    # The page's scale: a map is never stretched to its own maximum, and another model's scale is refused.
+    scale = HeatmapScale.load(heatmap_scale_path(args.model), predictor.metadata.model_sha256)
     image = DecodedImage.decode(args.image)
     pixels, model_input = image.pixels, image.model_input(predictor.input_size)  # (size, size, 1)
     prediction = predictor.call(image)
-    record = prediction.to_record(args.image) | {"method": args.method, "out": str(args.out)}
+    record = prediction.to_record(args.image) | {"method": args.method, "out": str(args.out), "heatmap_scale": scale.id}
+    legend_width = max(640, pixels.shape[1])
     if args.method == "gradcam":
-        heatmap = GradCam(predictor.model, predictor.metadata.gradcam_layer)(model_input)  # (size, size)
-        picture = overlay_heatmap(pixels, heatmap, alpha=args.alpha)
+        raw = GradCam(predictor.model, predictor.metadata.gradcam_layer).raw(model_input)  # (size, size)
+        peak = scale.peak(raw)
+        picture = with_legend(
+            overlay_heatmap(pixels, scale.unit(raw), alpha=args.alpha),
+            gradcam_colour_bar(scale, args.alpha, peak=peak, width=legend_width),
+        )
+        record |= {"gradcam_peak": round(peak, 4), "gradcam_weak": scale.is_weak(raw)}
     else:
         config = LimeConfig(num_samples=args.samples, n_segments=args.segments, seed=args.seed)
         explanation = explain_lime(model_input, predictor, config)
-        picture = explanation.overlay(pixels)
-        record |= {"towards_pneumonia": list(explanation.positive), "away_from_pneumonia": list(explanation.negative)}
+        half_width = scale.lime_half_width(explanation)
+        all_small = scale.lime_all_small(explanation, config)
+        picture = with_legend(
+            explanation.overlay(pixels, half_width=half_width, alpha=args.alpha),
+            lime_colour_bar(half_width, None if all_small is None else scale.lime_small_below, args.alpha, width=legend_width),
+        )
+        record |= {
+            "towards_pneumonia": list(explanation.positive),
+            "away_from_pneumonia": list(explanation.negative),
+            "lime_scale": round(half_width, 4),
+            "lime_all_small": all_small,
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(args.out)
     print(json.dumps(record))
@@ -630,6 +662,34 @@ def _ood(args) -> int:
     return EXIT_OK
 
 
+# --- heatmap-scale -------------------------------------------------------------------------
+
+
+def _add_heatmap_scale(commands) -> None:
+    parser = commands.add_parser(
+        "heatmap-scale",
+        help="fit the fixed heat-map scale (docs/heatmap_scale.md) on the model's validation split and save it "
+        "beside the model (<model>.cam.json)",
+    )
+    _add_data_flag(parser)
+    _add_model_flag(parser)
+    parser.add_argument("--out", type=Path, default=None, help="where to write it (default: beside the model)")
+    parser.set_defaults(handler=_heatmap_scale)
+
+
+def _heatmap_scale(args) -> int:
+    from .data import resolve_data_dir
+    from .explain import heatmap_scale_path
+    from .lab.cam_scale import measure_model
+
+    scale = measure_model(args.model, resolve_data_dir(args.data), log=lambda line: print(line, file=sys.stderr, flush=True))
+    out = args.out or heatmap_scale_path(args.model)
+    scale.save(out)
+    numbers = {k: v for k, v in scale.to_dict().items() if k not in ("facts", "schema_version")}
+    print(json.dumps({"scale": str(out), **numbers, **scale.facts}))
+    return EXIT_OK
+
+
 # --- card ----------------------------------------------------------------------------------
 
 
@@ -687,7 +747,7 @@ def _zone(args) -> int:
 # --- the parser and main -------------------------------------------------------------------
 
 # One function per command, in the order ``--help`` lists them; each sets its command's handler.
-COMMANDS = (_add_predict, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_card, _add_grey_zone)
+COMMANDS = (_add_predict, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_card, _add_grey_zone)
 
 
 def _leaves(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:

@@ -4,6 +4,11 @@ Computing an explanation and drawing it are separate steps. The explanation live
 input (the whole upload squashed to a square, see ``preprocess``); the overlays stretch it back
 onto the original grey image, so it is drawn at the upload's own size and aspect ratio.
 
+Maps are drawn on one fixed scale shared by every image (``HeatmapScale``, fitted on the model's
+validation split by the rule in ``docs/heatmap_scale.md`` and saved beside the model as
+``<model>.cam.json``), never stretched to each image's own maximum: a trace on a normal film stays
+faint, and a map no stronger than on most normal films is said to be weak.
+
 Nothing here changes the model it is given: the app shares one model between all its users.
 Bad arguments (wrong shapes, values outside [0, 1]) raise ``ExplanationError`` (a ``ValueError``
 and a ``PneumoError``): they are mistakes in
@@ -12,7 +17,10 @@ the calling code, not in the user's upload, which ``load_image`` has already che
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import cv2
@@ -21,14 +29,20 @@ import numpy as np
 import tensorflow as tf
 from lime import lime_image
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from skimage.segmentation import find_boundaries, slic
 
-from .errors import ExplanationError
+from .errors import ExplanationError, ModelFileError
 from .preprocessing import to_unit_range
 
 # Okabe-Ito colours, told apart by readers with any common colour-vision deficiency.
 VERMILLION = (213, 94, 0)
 BLUE = (0, 114, 178)
+
+HEATMAP_SCALE_SCHEMA_VERSION = 1
+HEATMAP_SCALE_RULE = "docs/heatmap_scale.md"
+FIT_COMMAND = "python -m pneumo_model heatmap-scale"
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,6 +125,11 @@ class GradCam:
     the members' feature maps stacked into one layer: each member contributes in proportion to
     its share of the ensemble's logit.
 
+    ``raw_heatmaps`` gives the maps as they are, in the unit of the logit (for a network ending in
+    global average pooling and one dense logit, a cell's value is its contribution to the logit),
+    so that one ``HeatmapScale`` fits every image. ``heatmaps`` divides each map by its own
+    maximum: for the shape of a map only (where its heat lies), never to show how strong it is.
+
     Args:
         model: maps (batch, H, W, 1) float32 images in [0, 1] to (batch, 1) logits. Not changed.
         layer_name: the target layer, or several of the same height and width; a spatial
@@ -144,7 +163,7 @@ class GradCam:
         self.epsilon = epsilon
         self.input_shape = tuple(model.inputs[0].shape[1:])  # (H, W, 1)
         self._grad_model = keras.Model(model.inputs, [*targets, model.output])
-        self._heatmaps = tf.function(
+        self._raw_heatmaps = tf.function(
             self._compute, input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)]
         )
 
@@ -162,20 +181,18 @@ class GradCam:
             tf.einsum("bhwc,bc->bhw", a, self.channel_weights(a, g)) for a, g in zip(activations, gradients)
         ]  # k x (batch, h, w)
         cam = tf.nn.relu(tf.add_n(weighted))  # (batch, h, w)
-        cam = tf.image.resize(cam[..., tf.newaxis], self.input_shape[:2], method="bilinear")[..., 0]  # (batch, H, W)
-        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)  # (batch, 1, 1)
-        # Zero gradients give a zero map: divide by max(peak, eps), never by zero.
-        return tf.clip_by_value(cam / tf.maximum(peak, self.epsilon), 0.0, 1.0)  # (batch, H, W)
+        # Bilinear resizing stays within the cells' range, so the map's maximum is a cell's value.
+        return tf.image.resize(cam[..., tf.newaxis], self.input_shape[:2], method="bilinear")[..., 0]  # (batch, H, W)
 
-    def heatmaps(self, images: np.ndarray) -> np.ndarray:
-        """Heat maps for a batch of model inputs.
+    def raw_heatmaps(self, images: np.ndarray) -> np.ndarray:
+        """Heat maps for a batch of model inputs, as they are (no division by their maximum).
 
         Args:
             images: (n, H, W, 1) float32 in [0, 1], the model's input shape.
 
         Returns:
-            New (n, H, W) float32 array in [0, 1]; 1 marks the region that most raises the
-            pneumonia logit. All zeros where no region raises it (or the gradients are zero).
+            New (n, H, W) float32 array >= 0 in the unit of the pneumonia logit; all zeros where
+            no region raises it (or the gradients are zero). Show it through a ``HeatmapScale``.
         """
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != self.input_shape:
@@ -184,16 +201,36 @@ class GradCam:
                 f"got shape {images.shape}."
             )
         _check_unit_range(images, "images")
-        return self._heatmaps(tf.constant(images, dtype=tf.float32)).numpy()
+        return np.maximum(self._raw_heatmaps(tf.constant(images, dtype=tf.float32)).numpy(), 0.0)
+
+    def raw(self, image: np.ndarray) -> np.ndarray:
+        """The raw heat map of one model input (H, W, 1) or (H, W) float32 in [0, 1]: (H, W) float32 >= 0."""
+        image = _check_model_input(image)
+        return self.raw_heatmaps(image[np.newaxis])[0]
+
+    def heatmaps(self, images: np.ndarray) -> np.ndarray:
+        """Heat maps for a batch of model inputs, each divided by its own maximum (its shape only).
+
+        Args:
+            images: (n, H, W, 1) float32 in [0, 1], the model's input shape.
+
+        Returns:
+            New (n, H, W) float32 array in [0, 1]; 1 marks the region that most raises the
+            pneumonia logit in that image, however little. All zeros where no region raises it.
+        """
+        raw = self.raw_heatmaps(images)  # (n, H, W)
+        peak = raw.max(axis=(1, 2), keepdims=True)  # (n, 1, 1)
+        # Zero gradients give a zero map: divide by max(peak, eps), never by zero.
+        return np.clip(raw / np.maximum(peak, self.epsilon), 0.0, 1.0).astype(np.float32)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Heat map for one model input (H, W, 1) or (H, W) float32 in [0, 1]: (H, W) float32 in [0, 1]."""
+        """Relative heat map for one model input (H, W, 1) or (H, W) float32 in [0, 1]: (H, W) float32 in [0, 1]."""
         image = _check_model_input(image)
         return self.heatmaps(image[np.newaxis])[0]
 
 
 def overlay_heatmap(
-    image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "viridis"
+    image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "viridis", fade: bool = True
 ) -> np.ndarray:
     """Draws a heat map over the original grey image, at the original's size and aspect ratio.
 
@@ -203,9 +240,11 @@ def overlay_heatmap(
     Args:
         image: the original 2-D grey image (height, width): uint8, uint16 (stretched min-max, as
             for the model) or float in [0, 1].
-        heatmap: 2-D float array in [0, 1] of any size, e.g. from ``GradCam``.
-        alpha: opacity of the heat map, in [0, 1] (0 shows the image only).
+        heatmap: 2-D float array in [0, 1] of any size: a raw map through ``HeatmapScale.unit``.
+        alpha: opacity of the heat map where it is 1, in [0, 1] (0 shows the image only).
         colormap: "viridis" or "cividis", maps readable with colour-vision deficiencies.
+        fade: each pixel's opacity is ``alpha`` times its value, so where the map is 0 the film
+            is left as it is and a weak map stays faint; False: ``alpha`` everywhere.
 
     Returns:
         New (height, width, 3) uint8 RGB image.
@@ -223,9 +262,257 @@ def overlay_heatmap(
     if colormap not in ("viridis", "cividis"):
         raise ExplanationError(f"Use a colour-blind-safe colour map, 'viridis' or 'cividis'; got '{colormap}'.")
     height, width = grey.shape
-    stretched = cv2.resize(heatmap.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)  # (H, W)
-    colours = colormaps[colormap](np.clip(stretched, 0.0, 1.0))[:, :, :3]  # (H, W, 3) float64 in [0, 1]
-    return _to_uint8((1.0 - alpha) * _grey_rgb(grey) + alpha * colours)  # (H, W, 3) uint8
+    stretched = np.clip(
+        cv2.resize(heatmap.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0
+    )  # (H, W)
+    colours = colormaps[colormap](stretched)[:, :, :3]  # (H, W, 3) float64 in [0, 1]
+    opacity = alpha * stretched[:, :, np.newaxis] if fade else alpha  # (H, W, 1) or a number
+    return _to_uint8((1.0 - opacity) * _grey_rgb(grey) + opacity * colours)  # (H, W, 3) uint8
+
+
+# --------------------------------------------------------------------------------------------
+# One fixed scale for every image
+
+
+def heatmap_scale_path(model_path: str | Path) -> Path:
+    """The heat-map scale beside a ``.keras`` model (``<model>.cam.json``)."""
+    return Path(model_path).with_suffix(".cam.json")
+
+
+@dataclass(frozen=True)
+class HeatmapScale:
+    """The fixed scale every heat map of one model is drawn on (``docs/heatmap_scale.md``).
+
+    Fitted on the model's validation split by ``pneumo_model.lab.cam_scale`` and saved beside the
+    model; it belongs to that model only (the unit of its maps is its logit).
+
+    Attributes:
+        model_sha256: the model it was fitted for.
+        gradcam_scale: ``S``, the raw Grad-CAM value drawn at full colour (higher saturates).
+        gradcam_weak_below: ``T``, a map whose raw maximum is below it is weak.
+        lime_small_below: ``L``, a LIME explanation whose largest absolute weight is below it has
+            all weights small; also the smallest half-width of LIME's colour scale.
+        lime_num_samples, lime_n_segments: the LIME settings ``L`` was fitted with (the only ones
+            it judges).
+        facts: how it was fitted (counts, shares, medians); not used to draw.
+    """
+
+    model_sha256: str
+    gradcam_scale: float
+    gradcam_weak_below: float
+    lime_small_below: float
+    lime_num_samples: int
+    lime_n_segments: int
+    facts: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        numbers = (self.gradcam_scale, self.gradcam_weak_below, self.lime_small_below)
+        if not all(np.isfinite(numbers)) or self.gradcam_scale <= 0 or min(numbers) < 0:
+            raise ModelFileError(
+                f"A heat-map scale needs a positive Grad-CAM scale and non-negative cuts; got {numbers}. "
+                f"Fit it again with `{FIT_COMMAND}`."
+            )
+
+    @property
+    def id(self) -> str:
+        """12 hex digits naming the numbers that draw (cache keys: another scale, other pictures)."""
+        drawn = {k: v for k, v in asdict(self).items() if k != "facts"}
+        return hashlib.sha256(json.dumps(drawn, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def weak_fraction(self) -> float:
+        """``T / S``: where the weak cut lies on the shown 0-1 scale."""
+        return self.gradcam_weak_below / self.gradcam_scale
+
+    def unit(self, raw: np.ndarray) -> np.ndarray:
+        """A raw Grad-CAM map (any shape, >= 0) on the fixed scale: new float32 in [0, 1], saturating at 1."""
+        raw = np.asarray(raw, dtype=np.float32)
+        if not np.all(np.isfinite(raw)) or (raw.size and raw.min() < 0):
+            raise ExplanationError("A raw heat map must be finite and >= 0, as `GradCam.raw` returns.")
+        return np.clip(raw / np.float32(self.gradcam_scale), 0.0, 1.0)
+
+    def peak(self, raw: np.ndarray) -> float:
+        """The map's maximum on the fixed scale, not clipped (1.7: above the scale's full colour)."""
+        return float(np.max(raw)) / self.gradcam_scale if np.size(raw) else 0.0
+
+    def is_weak(self, raw: np.ndarray) -> bool:
+        """True when no region raised the pneumonia score more than on 95 % of normal validation films."""
+        return (float(np.max(raw)) if np.size(raw) else 0.0) < self.gradcam_weak_below
+
+    def lime_half_width(self, explanation: "LimeExplanation") -> float:
+        """LIME's symmetric colour scale ``±`` this: the largest absolute weight, at least ``L``."""
+        return max(explanation.largest_weight, self.lime_small_below)
+
+    def judges_lime(self, config: "LimeConfig") -> bool:
+        """Whether the small-weight cut holds for these settings (the ones it was fitted with)."""
+        return (config.num_samples, config.n_segments) == (self.lime_num_samples, self.lime_n_segments)
+
+    def lime_all_small(self, explanation: "LimeExplanation", config: "LimeConfig") -> bool | None:
+        """True when every LIME weight is below ``L``; None when the settings are not those ``L`` judges."""
+        if not self.judges_lime(config):
+            return None
+        return explanation.largest_weight < self.lime_small_below
+
+    def to_dict(self) -> dict:
+        return {"schema_version": HEATMAP_SCALE_SCHEMA_VERSION, "rule": HEATMAP_SCALE_RULE, **asdict(self)}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, model_sha256: str | None = None) -> "HeatmapScale":
+        """Reads a scale written by ``save``.
+
+        Args:
+            path: the ``<model>.cam.json`` file.
+            model_sha256: the model it must belong to; None accepts any.
+
+        Raises:
+            ModelFileError: the file is missing, unreadable, of another version, or made for
+                another model (the message says how to fit it again).
+        """
+        path = Path(path)
+        refit = f"Fit it for this model with `{FIT_COMMAND}`."
+        if not path.is_file():
+            raise ModelFileError(f"There is no heat-map scale beside the model ({path.name} is missing). {refit}")
+        try:
+            data = json.loads(path.read_text())
+            if data.get("schema_version") != HEATMAP_SCALE_SCHEMA_VERSION:
+                raise ModelFileError(f"The heat-map scale {path.name} is of another version. {refit}")
+            scale = cls(
+                model_sha256=str(data["model_sha256"]),
+                gradcam_scale=float(data["gradcam_scale"]),
+                gradcam_weak_below=float(data["gradcam_weak_below"]),
+                lime_small_below=float(data["lime_small_below"]),
+                lime_num_samples=int(data["lime_num_samples"]),
+                lime_n_segments=int(data["lime_n_segments"]),
+                facts=dict(data.get("facts", {})),
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ModelFileError(f"The heat-map scale {path.name} cannot be read ({error}). {refit}") from None
+        if model_sha256 is not None and scale.model_sha256 != model_sha256:
+            raise ModelFileError(
+                f"The heat-map scale {path.name} was fitted for model {scale.model_sha256[:12]}, not for the model "
+                f"in use ({model_sha256[:12]}), whose maps are in another unit. {refit}"
+            )
+        return scale
+
+
+# --------------------------------------------------------------------------------------------
+# Legends: a colour bar that says what the colours mean, drawn as a picture
+
+
+def _figure_pixels(figure: Figure) -> np.ndarray:
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()  # (h, w, 3) uint8
+
+
+def _legend_axes(width: int) -> tuple[Figure, object, float]:
+    """A white figure ``width`` px wide holding one bar with room for labels above and below it.
+
+    The font is a 29th of the width: drawn at half its size in a page column (about 320 px at
+    1366 x 768), the words are about 11 px high, as the page's captions.
+    """
+    font = width / 29
+    height = round(font * 6.0)
+    figure = Figure(figsize=(width / 72, height / 72), dpi=72, facecolor="white")
+    axes = figure.add_axes((0.06, 0.45, 0.88, 0.22))
+    axes.set_yticks([])
+    axes.tick_params(labelsize=font * 0.8, length=font * 0.25, pad=font * 0.1)
+    for spine in axes.spines.values():
+        spine.set_linewidth(0.5)
+    return figure, axes, font
+
+
+def gradcam_colour_bar(
+    scale: HeatmapScale,
+    alpha: float = 0.4,
+    colormap: str = "viridis",
+    peak: float | None = None,
+    width: int = 640,
+) -> np.ndarray:
+    """The Grad-CAM colour bar: 0 to 1 on the fixed scale, drawn as the overlay draws it on a
+    mid-grey film at opacity ``alpha``, with the weak cut dashed and, given ``peak``, this image's
+    maximum marked. The words that explain it go in the caption beside it (``GRADCAM_BAR_WORDS``).
+
+    Returns:
+        New (h, width, 3) uint8 RGB picture.
+    """
+    _check_alpha(alpha)
+    ramp = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (8, 1))  # (8, 256)
+    strip = overlay_heatmap(np.full(ramp.shape, 0.5, np.float32), ramp, alpha=alpha, colormap=colormap)
+    figure, axes, font = _legend_axes(width)
+    axes.imshow(strip, extent=(0, 1, 0, 1), aspect="auto", interpolation="nearest")
+    cut = scale.weak_fraction
+    ticks = [(0.0, "0"), (1.0, "1")] + ([(cut, f"{cut:.2f}")] if 0.08 < cut < 0.92 else [])
+    axes.set_xticks([t for t, _ in ticks], [label for _, label in ticks])
+    axes.set_xlim(0, 1)
+    if cut < 1.0:
+        axes.axvline(cut, color="white", linewidth=font * 0.16)
+        axes.axvline(cut, color="black", linewidth=font * 0.08, linestyle=(0, (2, 1.5)))
+    axes.text(0.0, -0.95, "no contribution", ha="left", va="top", fontsize=font * 0.8, transform=axes.transAxes)
+    axes.text(1.0, -0.95, "top 1 % of pneumonia maps", ha="right", va="top", fontsize=font * 0.8, transform=axes.transAxes)
+    if peak is not None:
+        where = min(max(peak, 0.0), 1.0)  # the bar's x is the axes' fraction too
+        axes.plot([where], [1.15], marker="v", markersize=font * 0.7, color="black", clip_on=False, transform=axes.transAxes)
+        label = f"this image {peak:.2f}" + (" (saturated)" if peak > 1 else "")
+        align = "center" if 0.2 < where < 0.8 else ("left" if where <= 0.2 else "right")
+        axes.text(where, 1.45, label, ha=align, va="bottom", fontsize=font * 0.8, transform=axes.transAxes)
+    return _figure_pixels(figure)
+
+
+GRADCAM_BAR_WORDS = (
+    "One scale for every image. 0 = no contribution to the pneumonia score; 1 = the level only the hottest "
+    "1 % of pixels of validation pneumonia maps reach (higher saturates). Dashed: 95 % of normal validation "
+    "films peak below it. ▼ this image's peak."
+)
+
+
+def lime_colour_bar(half_width: float, small_below: float | None, alpha: float = 0.4, width: int = 640) -> np.ndarray:
+    """LIME's legend: weights from ``-half_width`` (blue, away from pneumonia) to ``+half_width``
+    (orange, towards), drawn as the overlay fills them on a mid-grey film, with ``±small_below``
+    dashed when given. The words that explain it go in the caption beside it (``LIME_BAR_WORDS``).
+
+    Returns:
+        New (h, width, 3) uint8 RGB picture.
+    """
+    _check_alpha(alpha)
+    if not half_width > 0:
+        raise ExplanationError(f"LIME's colour scale needs a positive half-width; got {half_width}.")
+    weights = np.tile(np.linspace(-half_width, half_width, 257), (8, 1))  # (8, 257)
+    strip = _to_uint8(_lime_fill(np.full(weights.shape, 0.5, np.float32), weights, half_width, alpha))
+    figure, axes, font = _legend_axes(width)
+    axes.imshow(strip, extent=(-half_width, half_width, 0, 1), aspect="auto", interpolation="nearest")
+    axes.set_xticks([-half_width, 0.0, half_width], [f"{-half_width:+.2f}", "0", f"{half_width:+.2f}"])
+    axes.set_xlim(-half_width, half_width)
+    if small_below is not None and 0 < small_below < half_width:
+        for side in (-small_below, small_below):
+            axes.axvline(side, color="black", linewidth=font * 0.08, linestyle=(0, (2, 1.5)))
+    words = {"fontsize": font * 0.8, "transform": axes.transAxes}
+    axes.text(0.0, -0.95, "away from pneumonia", ha="left", va="top", color=np.array(BLUE) / 255, **words)
+    axes.text(1.0, -0.95, "towards pneumonia", ha="right", va="top", color=np.array(VERMILLION) / 255, **words)
+    axes.text(0.5, 1.3, "change in probability when the region is shown", ha="center", va="bottom", **words)
+    return _figure_pixels(figure)
+
+
+LIME_BAR_WORDS = (
+    "One symmetric scale: orange = showing the region raised the probability of pneumonia, blue = lowered it, "
+    "by the amount on the bar (LIME's local linear model)."
+)
+
+
+def with_legend(picture: np.ndarray, legend: np.ndarray) -> np.ndarray:
+    """The picture with its legend below it, on white, at the legend's width or the picture's (the wider)."""
+    width = max(picture.shape[1], legend.shape[1])
+    if legend.shape[1] < width:  # a large picture: the legend grows with it
+        height = round(legend.shape[0] * width / legend.shape[1])
+        legend = cv2.resize(legend, (width, height), interpolation=cv2.INTER_CUBIC)
+    canvas = np.full((picture.shape[0] + legend.shape[0], width, 3), 255, np.uint8)
+    left = (width - picture.shape[1]) // 2
+    canvas[: picture.shape[0], left : left + picture.shape[1]] = picture
+    canvas[picture.shape[0] :] = legend
+    return canvas
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,19 +587,33 @@ class LimeExplanation:
     intercept: float
     local_prediction: float
 
+    @property
+    def largest_weight(self) -> float:
+        """The largest absolute weight (0 when there are none)."""
+        return float(np.max(np.abs(self.weights))) if self.weights.size else 0.0
+
     def overlay(
         self,
         image: np.ndarray,
-        fill_alpha: float = 0.0,
+        half_width: float | None = None,
+        alpha: float = 0.4,
         line_width: int | None = None,
         positive_colour: tuple[int, int, int] = VERMILLION,
         negative_colour: tuple[int, int, int] = BLUE,
     ) -> np.ndarray:
-        """Outlines the reported superpixels on the original grey image, at its size and aspect ratio.
+        """Every superpixel filled by its weight on one symmetric scale, over the original grey image
+        at its size and aspect ratio; the strongest on each side (``positive``, ``negative``) outlined.
+
+        A superpixel's fill has the colour of its side and the opacity ``alpha * |weight| / half_width``
+        (full at the scale's end, none at 0); its outline, where it has one, the opacity
+        ``|weight| / half_width``. So a weak explanation stays faint on a wider scale.
 
         Args:
             image: the original 2-D grey image (height, width): uint8, uint16 or float in [0, 1].
-            fill_alpha: opacity of a fill inside the outlined superpixels, in [0, 1] (0: outlines only).
+            half_width: the scale runs from ``-half_width`` to ``+half_width`` (weights beyond it
+                saturate); None: this explanation's largest absolute weight
+                (``HeatmapScale.lime_half_width`` gives the fixed-scale one).
+            alpha: fill opacity at the scale's ends, in [0, 1] (0: outlines only).
             line_width: outline width in pixels of the original; None scales it with the image
                 (1 px per 300 px of the longer side, at least 1).
             positive_colour: RGB of superpixels pushing towards pneumonia (Okabe-Ito vermillion).
@@ -322,10 +623,15 @@ class LimeExplanation:
             New (height, width, 3) uint8 RGB image.
 
         Raises:
-            ValueError: the image is not 2-D grey, or fill_alpha is outside [0, 1].
+            ValueError: the image is not 2-D grey, alpha is outside [0, 1], or half_width is not positive.
         """
         grey = _display_grey(image)  # (H, W) float32 in [0, 1]
-        _check_alpha(fill_alpha, "fill_alpha")
+        _check_alpha(alpha)
+        half_width = self.largest_weight if half_width is None else float(half_width)
+        if half_width == 0.0 and self.largest_weight == 0.0:
+            return _to_uint8(_grey_rgb(grey))  # no weight anywhere: nothing to draw
+        if not half_width > 0:
+            raise ExplanationError(f"LIME's colour scale needs a positive half-width; got {half_width}.")
         height, width = grey.shape
         if line_width is None:
             line_width = max(1, round(max(height, width) / 300))
@@ -333,19 +639,58 @@ class LimeExplanation:
         rows = np.arange(height) * self.segments.shape[0] // height  # (H,)
         cols = np.arange(width) * self.segments.shape[1] // width  # (W,)
         segments = self.segments[rows[:, np.newaxis], cols[np.newaxis, :]]  # (H, W)
-        rgb = _grey_rgb(grey)  # (H, W, 3) float32
+        rgb = _lime_fill(grey, self.weights[segments], half_width, alpha, positive_colour, negative_colour)
         kernel = np.ones((line_width, line_width), np.uint8)
         for ids, colour in ((self.negative, negative_colour), (self.positive, positive_colour)):
-            if not ids:
-                continue
             colour = np.asarray(colour, dtype=np.float32) / 255.0  # (3,)
-            inside = np.isin(segments, ids)  # (H, W) bool
-            rgb[inside] = (1.0 - fill_alpha) * rgb[inside] + fill_alpha * colour
-            # Each chosen superpixel gets its own outline, drawn inside it.
-            outline = find_boundaries(np.where(inside, segments + 1, 0), mode="inner")  # (H, W) bool
-            outline = cv2.dilate(outline.astype(np.uint8), kernel).astype(bool) & inside
-            rgb[outline] = colour
+            for segment in ids:
+                inside = segments == segment  # (H, W) bool
+                outline = find_boundaries(inside, mode="inner")  # (H, W) bool, inside the superpixel
+                outline = cv2.dilate(outline.astype(np.uint8), kernel).astype(bool) & inside
+                strength = min(abs(float(self.weights[segment])) / half_width, 1.0)
+                rgb[outline] = (1.0 - strength) * rgb[outline] + strength * colour
         return _to_uint8(rgb)
+
+
+def _lime_fill(
+    grey: np.ndarray,
+    weights: np.ndarray,
+    half_width: float,
+    alpha: float,
+    positive_colour: tuple[int, int, int] = VERMILLION,
+    negative_colour: tuple[int, int, int] = BLUE,
+) -> np.ndarray:
+    """(H, W) grey in [0, 1] and (H, W) weights -> (H, W, 3) float32: each pixel blended towards its
+    side's colour with opacity ``alpha * min(|weight| / half_width, 1)``."""
+    rgb = _grey_rgb(grey.astype(np.float32))  # (H, W, 3) float32
+    opacity = (alpha * np.clip(np.abs(weights) / half_width, 0.0, 1.0)).astype(np.float32)[:, :, np.newaxis]  # (H, W, 1)
+    colours = np.where(
+        (weights > 0)[:, :, np.newaxis],
+        np.asarray(positive_colour, np.float32) / 255.0,
+        np.asarray(negative_colour, np.float32) / 255.0,
+    )  # (H, W, 3)
+    return (1.0 - opacity) * rgb + opacity * colours
+
+
+class _QuietLimeExplainer(lime_image.LimeImageExplainer):
+    """LIME's image explainer without its progress bar (tqdm on stderr, one per explanation, which
+    filled the server's log), and building each batch of perturbed images at once.
+
+    ``data_labels`` draws the same random on/off matrix as LIME's own (same calls on
+    ``random_state``), so a seed gives the same explanation; only the loop that builds the images
+    one by one, with a progress bar, is replaced.
+    """
+
+    def data_labels(self, image, fudged_image, segments, classifier_fn, num_samples, batch_size=10):
+        n_features = np.unique(segments).shape[0]
+        data = self.random_state.randint(0, 2, num_samples * n_features).reshape((num_samples, n_features))
+        data[0, :] = 1
+        labels = []
+        for start in range(0, num_samples, batch_size):
+            shown = data[start : start + batch_size].astype(bool)[:, segments]  # (batch, H, W)
+            batch = np.where(shown[..., np.newaxis], image[np.newaxis], fudged_image[np.newaxis])  # (batch, H, W, 3)
+            labels.extend(classifier_fn(batch))
+        return data, np.array(labels)
 
 
 def slic_segments(image: np.ndarray, config: LimeConfig = LimeConfig()) -> np.ndarray:
@@ -423,9 +768,7 @@ def explain_lime(
         return np.stack([1.0 - p, p], axis=1)  # (n, 2): [normal, pneumonia]
 
     hide_value = float(grey.mean()) if config.hide_value is None else config.hide_value
-    explainer = lime_image.LimeImageExplainer(
-        kernel_width=config.kernel_width, feature_selection="none", random_state=config.seed
-    )
+    explainer = _QuietLimeExplainer(kernel_width=config.kernel_width, feature_selection="none", random_state=config.seed)
     explanation = explainer.explain_instance(
         np.repeat(grey, 3, axis=2),  # (H, W, 3) float32, three equal channels
         classifier_fn,

@@ -386,3 +386,115 @@ def test_site_calibration_fits_a_profile_from_a_zip_shows_the_explorer_and_downl
     assert download.value.suggested_filename == f"site_profile_{profile.id[:8]}.json"
     assert profile.n_normal == 24 and profile.n_pneumonia == 26 and profile.target_sensitivity == 0.97
     expect(page.get_by_text(f"PNEUMO_SITE=/path/to/site_profile_{profile.id[:8]}.json")).to_be_visible()
+
+
+# --- Model card and offline by construction (issue 14) ---------------------------------------------
+
+
+def test_the_model_cards_first_screen_shows_the_intended_use_the_headline_table_and_the_limitations(page):
+    from playwright.sync_api import expect
+
+    open_page(page, "Model card")
+    main = page.get_by_test_id("stMain")
+    intended = main.get_by_text("Intended use.", exact=False).first
+    headline = main.get_by_test_id("stTable")
+    expect(headline).to_be_visible()
+    expect(headline).to_contain_text("Kermany 2018")
+    expect(headline).to_contain_text("Site profile, 200 local films")
+    limits = main.get_by_role("heading", name="Limitations and shortcuts")
+    for locator in (intended, headline, limits, main.get_by_text("Over-calls normals.").first):
+        assert_in_first_screen(locator)  # at 1366 x 768, without scrolling
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def wait_for_the_run(page) -> None:
+    """Until the page's script run has finished (Streamlit's running indicator is gone)."""
+    from playwright.sync_api import expect
+
+    page.wait_for_timeout(300)
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+
+
+def pictures_drawn(page) -> list[str]:
+    """Waits until every picture on the page has its bytes and is drawn; returns their addresses."""
+    wait_for_the_run(page)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=stImage] img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    return page.locator("[data-testid=stImage] img").evaluate_all("images => images.map(i => i.currentSrc)")
+
+
+def test_a_tour_of_every_page_and_its_main_actions_sends_every_request_to_the_app_itself(browser, app_url, tmp_path):
+    """Offline by construction: every request of a full tour (the page, its scripts, fonts, icons,
+    favicon, pictures, uploads and the websocket) goes to the app's own localhost server."""
+    from urllib.parse import urlsplit
+
+    from playwright.sync_api import expect
+
+    from test_site_page import folder_zip, labelled_images
+
+    archive = tmp_path / "local_sample.zip"
+    archive.write_bytes(folder_zip(labelled_images(normal=24, pneumonia=26)))
+    demos = sorted(SAMPLES_DIR.glob("*.jpeg"))[:3]
+
+    context = browser.new_context(viewport=WINDOW, accept_downloads=True)
+    tab = context.new_page()
+    tab.set_default_timeout(SLOW_MS)
+    requests: list[tuple[str, str]] = []  # (url, resource type), from the very first request on
+    sockets: list[str] = []
+    images: list[str] = []  # pictures the browser received
+    tab.on("request", lambda request: requests.append((request.url, request.resource_type)))
+    tab.on("websocket", lambda socket: sockets.append(socket.url))
+    tab.on("response", lambda response: images.append(response.url) if response.request.resource_type == "image" and response.ok else None)
+    drawn: dict[str, list[str]] = {}
+    try:
+        tab.goto(app_url)
+        expect(tab.get_by_text(frame.DISCLAIMER).first).to_be_visible()
+        # Review: pick a demo image from the sidebar.
+        tab.get_by_test_id("stSidebar").get_by_role("button", name=re.compile(re.escape(GREY_ZONE_SAMPLE.stem))).click()
+        expect(tab.get_by_test_id("stMetric").filter(has_text="Probability of pneumonia")).to_be_visible()
+        drawn["Review"] = pictures_drawn(tab)
+        # Explain: Grad-CAM, then LIME.
+        open_page(tab, "Explain")
+        expect(tab.get_by_test_id("stImage").filter(has_text="Grad-CAM").first).to_be_visible()
+        tab.get_by_role("button", name=re.compile("Run LIME")).click()
+        expect(tab.get_by_test_id("stImage").filter(has_text="LIME").first).to_be_visible()
+        drawn["Explain"] = pictures_drawn(tab)
+        # Crop & rescore: the suggested crop and its rescored call.
+        open_page(tab, "Crop & rescore")
+        expect(tab.get_by_test_id("stImage").first).to_be_visible()
+        drawn["Crop & rescore"] = pictures_drawn(tab)
+        # Worklist: a few files scored at once.
+        open_page(tab, "Worklist")
+        tab.locator("input[type=file][multiple]").set_input_files([str(path) for path in demos])
+        expect(tab.get_by_text("Download CSV")).to_be_visible()
+        wait_for_the_run(tab)
+        # Audit trail: the records this tour made.
+        open_page(tab, "Audit trail")
+        wait_for_the_run(tab)
+        # Model card: its plots, and a figure inside the collapsed detail.
+        open_page(tab, "Model card")
+        expect(tab.get_by_test_id("stTable")).to_be_visible()
+        tab.get_by_test_id("stExpander").filter(has_text="How the site calibration was measured").locator("summary").click()
+        drawn["Model card"] = pictures_drawn(tab)
+        # Site calibration: fit a profile on a labelled zip.
+        open_page(tab, "Site calibration")
+        tab.get_by_test_id("stMain").locator("input[type=file]").set_input_files(str(archive))
+        expect(tab.get_by_role("button", name="Download the site profile (JSON)")).to_be_visible()
+        drawn["Site calibration"] = pictures_drawn(tab)
+        expect(tab.get_by_test_id("stException")).to_have_count(0)
+        favicon = tab.locator("link[rel*=icon]").first.get_attribute("href")
+    finally:
+        context.close()
+
+    local = urlsplit(app_url).netloc
+    hosts = {urlsplit(url).netloc for url, _ in requests} | {urlsplit(url).netloc for url in sockets}
+    assert hosts == {local}, sorted(url for url, _ in requests if urlsplit(url).netloc != local) + sockets
+    assert sockets and all(url.startswith(f"ws://{local}/") for url in sockets)
+    fonts = [url for url, kind in requests if kind == "font"]
+    assert any("SourceSans" in url for url in fonts), fonts  # the text's font, from the app
+    assert any("MaterialSymbols" in url for url in fonts), fonts  # the menu's and messages' icons, from the app
+    assert urlsplit(favicon).netloc in ("", local), favicon
+    assert all(drawn.values()), drawn  # every page with pictures drew some
+    assert len(drawn["Model card"]) >= 4  # confusion matrix, ROC, reliability and the site-calibration figure
+    assert {url for urls in drawn.values() for url in urls} <= set(images)  # each one fetched from the app

@@ -108,6 +108,7 @@ MINIMAL_ARGV = {
     "stress": ["stress", "m.keras"],
     "bench": ["bench"],
     "ood": ["ood", "fit"],
+    "heatmap_scale": ["heatmap-scale"],
     "card": ["card"],
     # A command with sub-commands has one handler per sub-command, named after both.
     "site_fit": ["site", "fit", "--folder", "d", "--out", "p.json"],

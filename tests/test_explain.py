@@ -1,5 +1,9 @@
 """Grad-CAM and LIME: output contracts, faithfulness on a task with a known answer, reproducibility,
-input checks, overlays at the original image's size, and that the shared model is never changed."""
+input checks, overlays at the original image's size, the fixed heat-map scale (a stronger map is
+drawn brighter, a weak one is called weak, a scale for another model is refused), the legends, the
+Explain page, and that the shared model is never changed."""
+
+import json
 
 import numpy as np
 import pytest
@@ -9,16 +13,25 @@ from keras import layers
 from matplotlib import colormaps
 
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT
+from pneumo_model.data import DEFAULT_DATA_DIR, model_split
+from pneumo_model.errors import ModelFileError
 from pneumo_model.explain import (
     BLUE,
+    GRADCAM_BAR_WORDS,
     VERMILLION,
     GradCam,
+    HeatmapScale,
     LimeConfig,
     LimeExplanation,
     explain_lime,
+    gradcam_colour_bar,
+    heatmap_scale_path,
+    lime_colour_bar,
     overlay_heatmap,
     slic_segments,
+    with_legend,
 )
+from pneumo_model.lab.cam_scale import CamScaleRule, fit_scale, measure_model
 from pneumo_model.lab.models import average_logits
 from pneumo_model.prediction import Predictor
 from pneumo_model.preprocessing import load_image, preprocess
@@ -180,10 +193,14 @@ def test_gradcam_refuses_target_layers_of_different_sizes(blob_task):
 @pytest.mark.shipped_model
 def test_gradcam_on_the_shipped_model_is_a_unit_map_at_input_size(predictor):
     model_input = preprocess(load_image(SAMPLE)[0], predictor.input_size)
-    heatmap = GradCam(predictor.model, predictor.metadata.gradcam_layer)(model_input)
+    cam = GradCam(predictor.model, predictor.metadata.gradcam_layer)
+    heatmap = cam(model_input)
     assert heatmap.shape == model_input.shape[:2] and heatmap.dtype == np.float32
     assert np.all(np.isfinite(heatmap))
     assert heatmap.min() >= 0.0 and heatmap.max() == pytest.approx(1.0)
+    raw = cam.raw(model_input)  # the same map, not divided by its maximum
+    assert raw.shape == heatmap.shape and raw.dtype == np.float32 and raw.min() >= 0.0
+    np.testing.assert_allclose(raw / raw.max(), heatmap, atol=1e-6)
 
 
 @pytest.mark.shipped_model
@@ -217,9 +234,11 @@ def test_heatmap_overlay_is_at_the_original_size_and_orientation():
     rgb = overlay_heatmap(original, heatmap, alpha=1.0, colormap="cividis")
     assert rgb.shape == (300, 200, 3) and rgb.dtype == np.uint8
     hot = np.rint(np.array(colormaps["cividis"](1.0)[:3]) * 255)
-    cold = np.rint(np.array(colormaps["cividis"](0.0)[:3]) * 255)
     np.testing.assert_allclose(rgb[10, 10], hot, atol=1)
-    np.testing.assert_allclose(rgb[290, 190], cold, atol=1)
+    assert rgb[290, 190].tolist() == [128, 128, 128]  # no heat: the film as it is (faded)
+    cold = np.rint(np.array(colormaps["cividis"](0.0)[:3]) * 255)
+    flat = overlay_heatmap(original, heatmap, alpha=1.0, colormap="cividis", fade=False)
+    np.testing.assert_allclose(flat[290, 190], cold, atol=1)  # without fading, the colour map's 0
 
 
 def test_heatmap_overlay_with_alpha_zero_is_the_grey_image():
@@ -348,29 +367,79 @@ def make_quadrant_explanation() -> LimeExplanation:
     )
 
 
-def test_lime_overlay_outlines_each_side_in_its_colour_at_the_original_size():
+def test_lime_overlay_fills_each_side_in_its_colour_at_the_original_size():
     original = np.full((300, 200), 100, np.uint8)
-    rgb = make_quadrant_explanation().overlay(original, line_width=2)
+    rgb = make_quadrant_explanation().overlay(original, alpha=1.0, line_width=2)  # weights 0.3 / -0.2
     assert rgb.shape == (300, 200, 3) and rgb.dtype == np.uint8
+    # On its own scale (±0.3) the strongest weight is full colour; -0.2 is two thirds of the way to blue.
+    assert rgb[75, 50].tolist() == list(VERMILLION)  # top-left quadrant
+    np.testing.assert_allclose(rgb[225, 150], np.rint(100 / 3 + 2 / 3 * np.array(BLUE)), atol=1)  # bottom-right
+    assert rgb[75, 150].tolist() == [100, 100, 100]  # weight 0: the film as it is
     positive = np.all(rgb == VERMILLION, axis=2)
-    negative = np.all(rgb == BLUE, axis=2)
     rows, cols = np.nonzero(positive)
-    assert positive.any() and rows.max() < 150 and cols.max() < 100  # top-left quadrant only
-    rows, cols = np.nonzero(negative)
-    assert negative.any() and rows.min() >= 150 and cols.min() >= 100  # bottom-right only
-    assert rgb[75, 50].tolist() == [100, 100, 100]  # outlines only, no fill by default
+    assert rows.max() < 150 and cols.max() < 100  # vermillion in the top-left quadrant only
+
+
+def test_lime_weights_share_one_symmetric_scale():
+    segments = np.zeros((8, 8), np.int32)
+    segments[:, 4:] = 1
+    explanation = LimeExplanation(
+        segments=segments, weights=np.array([0.05, -0.05]), positive=(0,), negative=(1,), score=0.9,
+        intercept=0.1, local_prediction=0.2,
+    )
+    grey = np.full((80, 80), 0.5, np.float32)
+    for half_width, strength in ((0.05, 1.0), (0.2, 0.25)):  # its own scale, then a fixed wider one
+        rgb = explanation.overlay(grey, half_width=half_width, alpha=0.8, line_width=1).astype(float)
+        towards = rgb[40, 20] - 127.5  # inside each half, away from the outlines
+        away = rgb[40, 60] - 127.5
+        np.testing.assert_allclose(towards, 0.8 * strength * (np.array(VERMILLION) - 127.5), atol=1.5)
+        np.testing.assert_allclose(away, 0.8 * strength * (np.array(BLUE) - 127.5), atol=1.5)
+    # The fixed-scale half-width never shrinks below the small cut, and follows the largest weight above it.
+    scale = make_scale(lime_small_below=0.2)
+    assert scale.lime_half_width(explanation) == 0.2
+    assert make_scale(lime_small_below=0.01).lime_half_width(explanation) == pytest.approx(0.05)
+
+
+def test_lime_legend_runs_from_blue_through_the_film_to_orange():
+    legend = lime_colour_bar(0.3, 0.1, alpha=1.0, width=640)
+    assert legend.dtype == np.uint8 and legend.shape[1] == 640
+    row = bar_row(legend)
+    left, middle, right = legend[row, 45], legend[row, 320], legend[row, 595]
+    np.testing.assert_allclose(left, BLUE, atol=12)  # -0.3: away from pneumonia, full colour at alpha 1
+    np.testing.assert_allclose(right, VERMILLION, atol=12)  # +0.3: towards
+    np.testing.assert_allclose(middle, [128, 128, 128], atol=6)  # 0: the film as it is
+    with pytest.raises(ValueError, match="positive half-width"):
+        lime_colour_bar(0.0, None)
+
+
+def test_lime_all_small_is_judged_only_at_the_fitted_settings():
+    explanation = make_quadrant_explanation()  # largest weight 0.3
+    scale = make_scale(lime_small_below=0.5, lime_num_samples=1000, lime_n_segments=50)
+    assert scale.lime_all_small(explanation, LimeConfig()) is True
+    assert make_scale(lime_small_below=0.2).lime_all_small(explanation, LimeConfig()) is False
+    assert scale.lime_all_small(explanation, LimeConfig(num_samples=200)) is None
+    assert scale.lime_all_small(explanation, LimeConfig(n_segments=80)) is None
 
 
 def test_lime_overlay_fill_and_bad_inputs():
     explanation = make_quadrant_explanation()
     original = np.full((120, 160), 0.5, np.float32)
-    filled = explanation.overlay(original, fill_alpha=0.5)
+    filled = explanation.overlay(original, alpha=0.5)
     assert filled[30, 40].tolist() != [128, 128, 128]  # inside the positive superpixel
-    assert filled[30, 120].tolist() == [128, 128, 128]  # superpixel 1 is neither side
+    assert filled[30, 120].tolist() == [128, 128, 128]  # superpixel 1 has weight 0
+    assert explanation.overlay(original, alpha=0.0)[30, 40].tolist() == [128, 128, 128]  # outlines only
     with pytest.raises(ValueError, match="2-D grey"):
         explanation.overlay(np.zeros((120, 160, 3), np.uint8))
-    with pytest.raises(ValueError, match="fill_alpha"):
-        explanation.overlay(original, fill_alpha=-0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        explanation.overlay(original, alpha=-0.5)
+    with pytest.raises(ValueError, match="positive half-width"):
+        explanation.overlay(original, half_width=-1.0)
+
+
+def test_lime_writes_no_progress_bar(capfd):
+    explain_lime(quadrant_image(), top_left_stub, LimeConfig(num_samples=300))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # lime's own tqdm bar once filled the server's log
 
 
 def test_lime_explanation_arrays_are_read_only():
@@ -395,5 +464,290 @@ def test_lime_on_the_shipped_model_with_a_predictor(predictor):
     assert 0 < len(explanation.positive) <= 5 and all(explanation.weights[s] > 0 for s in explanation.positive)
     assert all(explanation.weights[s] < 0 for s in explanation.negative)
     assert calls == [256]
-    rgb = explanation.overlay(original, fill_alpha=0.3)
+    rgb = explanation.overlay(original, alpha=0.3)
     assert rgb.shape == (224, 180, 3) and rgb.dtype == np.uint8
+
+
+# --------------------------------------------------------------------------------------------
+# One fixed scale for every map
+
+
+def make_scale(**changes) -> HeatmapScale:
+    numbers = {
+        "model_sha256": "a" * 64, "gradcam_scale": 0.2, "gradcam_weak_below": 0.08, "lime_small_below": 0.3,
+        "lime_num_samples": 1000, "lime_n_segments": 50, "facts": {"n_pneumonia": 3},
+    }
+    return HeatmapScale(**(numbers | changes))
+
+
+def bar_row(legend: np.ndarray) -> int:
+    """The picture row through the middle of a legend's bar (its axes span 45-67 % of the height from the bottom)."""
+    return round(legend.shape[0] * (1 - 0.56))
+
+
+def test_a_map_twice_as_strong_is_drawn_twice_as_bright_not_both_at_full(blob_task):
+    model, images, labels = blob_task
+    doubled = keras.models.clone_model(model)
+    doubled.set_weights(model.get_weights())
+    head = doubled.layers[-1]
+    kernel, bias = head.get_weights()
+    head.set_weights([2 * kernel, bias])  # the same network with every logit contribution doubled
+    image = images[labels == 1][0]
+    cam, cam_doubled = GradCam(model, "target"), GradCam(doubled, "target")
+    raw, raw_doubled = cam.raw(image), cam_doubled.raw(image)
+    assert raw.max() > 0
+    np.testing.assert_allclose(raw_doubled, 2 * raw, rtol=1e-4, atol=1e-7)
+    # Each divided by its own maximum, as the maps once were drawn, both look the same: full colour.
+    np.testing.assert_allclose(cam(image), cam_doubled(image), atol=1e-5)
+
+    scale = make_scale(gradcam_scale=4 * float(raw.max()), gradcam_weak_below=0.0)
+    unit, unit_doubled = scale.unit(raw), scale.unit(raw_doubled)
+    assert unit.max() == pytest.approx(0.25, rel=1e-4) and unit_doubled.max() == pytest.approx(0.5, rel=1e-4)
+    assert scale.peak(raw_doubled) == pytest.approx(2 * scale.peak(raw), rel=1e-4)
+    film = np.full(raw.shape, 0.5, np.float32)  # the map's own size: no resizing in between
+    hot = np.unravel_index(np.argmax(raw), raw.shape)
+    departure = np.linalg.norm(overlay_heatmap(film, unit, alpha=1.0)[hot].astype(float) - 127.5)
+    departure_doubled = np.linalg.norm(overlay_heatmap(film, unit_doubled, alpha=1.0)[hot].astype(float) - 127.5)
+    assert departure_doubled > 1.8 * departure > 0  # drawn about twice as far from the film
+    assert scale.unit(10 * raw).max() == 1.0  # beyond the scale it saturates
+
+
+def test_a_flat_or_weak_map_is_called_weak_and_leaves_the_film_as_it_is():
+    inputs = keras.Input((16, 16, 1))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="target")(inputs)
+    x = layers.GlobalAveragePooling2D()(x)
+    flat_model = keras.Model(inputs, layers.Dense(1, kernel_initializer="zeros", bias_initializer="ones")(x))
+    raw = GradCam(flat_model, "target").raw(np.random.default_rng(0).random((16, 16, 1), dtype=np.float32))
+    scale = make_scale(gradcam_scale=0.2, gradcam_weak_below=0.08)
+    assert np.all(raw == 0) and scale.is_weak(raw) and scale.peak(raw) == 0.0
+    film = np.random.default_rng(1).integers(0, 256, (40, 30), dtype=np.uint8)
+    np.testing.assert_array_equal(overlay_heatmap(film, scale.unit(raw), alpha=0.9), np.repeat(film[..., None], 3, axis=2))
+
+    weak = np.full((16, 16), 0.5 * 0.08, np.float32)
+    weak[3, 3] = 0.079  # its strongest speck is still below the cut
+    assert scale.is_weak(weak)
+    assert scale.unit(weak).max() == pytest.approx(0.079 / 0.2)  # drawn faint, never stretched to full colour
+    strong = weak.copy()
+    strong[3, 3] = 0.081
+    assert not scale.is_weak(strong)
+    assert scale.weak_fraction == pytest.approx(0.4)
+    with pytest.raises(ValueError, match=">= 0"):
+        scale.unit(-weak)
+
+
+def test_the_scale_file_is_refused_for_another_model_and_when_unusable(tmp_path):
+    assert heatmap_scale_path(tmp_path / "m.keras") == tmp_path / "m.cam.json"
+    path = heatmap_scale_path(tmp_path / "m.keras")
+    with pytest.raises(ModelFileError, match=r"no heat-map scale beside the model \(m.cam.json is missing\).*heatmap-scale"):
+        HeatmapScale.load(path, "a" * 64)
+    scale = make_scale()
+    scale.save(path)
+    loaded = HeatmapScale.load(path, "a" * 64)
+    assert loaded == scale and loaded.facts == scale.facts and loaded.id == scale.id
+    assert json.loads(path.read_text())["rule"] == "docs/heatmap_scale.md"
+    with pytest.raises(ModelFileError, match=r"fitted for model aaaaaaaaaaaa, not for the model in use \(bbbbbbbbbbbb\)"):
+        HeatmapScale.load(path, "b" * 64)
+    for text, message in (
+        ("{", "cannot be read"),
+        (json.dumps({**scale.to_dict(), "schema_version": 99}), "another version"),
+        (json.dumps({k: v for k, v in scale.to_dict().items() if k != "gradcam_scale"}), "cannot be read"),
+        (json.dumps({**scale.to_dict(), "gradcam_scale": 0.0}), "positive Grad-CAM scale"),
+        (json.dumps({**scale.to_dict(), "lime_small_below": float("nan")}), "positive Grad-CAM scale"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ModelFileError, match=message):
+            HeatmapScale.load(path, "a" * 64)
+
+
+def test_another_scale_has_another_id_for_the_caches():
+    assert make_scale().id == make_scale(facts={"other": 1}).id  # facts do not draw
+    assert make_scale().id != make_scale(gradcam_scale=0.21).id
+    assert make_scale().id != make_scale(lime_small_below=0.31).id
+
+
+def test_gradcam_colour_bar_runs_from_the_film_to_full_colour():
+    legend = gradcam_colour_bar(make_scale(), alpha=1.0, peak=0.3, width=640)
+    assert legend.dtype == np.uint8 and legend.shape[1] == 640
+    row = bar_row(legend)
+    np.testing.assert_allclose(legend[row, 45], [128, 128, 128], atol=8)  # 0: the film as it is
+    top = np.rint(np.array(colormaps["viridis"](1.0)[:3]) * 255)
+    np.testing.assert_allclose(legend[row, 595], top, atol=12)  # 1: the colour map's top
+    faint = gradcam_colour_bar(make_scale(), alpha=0.4, width=640)
+    assert np.linalg.norm(faint[row, 595].astype(float) - 128) < np.linalg.norm(legend[row, 595].astype(float) - 128)
+    with pytest.raises(ValueError, match="alpha"):
+        gradcam_colour_bar(make_scale(), alpha=2.0)
+
+
+def test_with_legend_puts_the_legend_under_the_picture():
+    picture = np.zeros((50, 100, 3), np.uint8)
+    legend = np.full((20, 300, 3), 7, np.uint8)
+    both = with_legend(picture, legend)
+    assert both.shape == (70, 300, 3)
+    assert np.all(both[:50, 100:200] == 0) and np.all(both[:50, :100] == 255)  # centred on white
+    assert np.all(both[50:] == 7)
+
+
+def test_fit_scale_follows_the_written_rule(tiny_model, synthetic_data):
+    from pneumo_model.lab.cam_scale import lime_draw
+    from pneumo_model.pipeline import DecodedImage
+
+    predictor = Predictor.from_file(tiny_model)
+    validation = model_split(predictor.metadata, synthetic_data).validation
+    rule = CamScaleRule(lime_per_class=3, lime=LimeConfig(num_samples=60, batch_size=60, n_segments=20))
+    scale = fit_scale(predictor, validation, rule)
+
+    inputs = np.stack([DecodedImage.decode(sample.path).model_input(predictor.input_size) for sample in validation])
+    raw = GradCam(predictor.model, predictor.metadata.gradcam_layer).raw_heatmaps(inputs)
+    labels = np.array([sample.label for sample in validation])
+    assert scale.model_sha256 == predictor.metadata.model_sha256
+    assert scale.gradcam_scale == pytest.approx(np.quantile(raw[labels == 1], 0.99), rel=1e-5)
+    normal_peaks = raw[labels == 0].max(axis=(1, 2))
+    assert scale.gradcam_weak_below == pytest.approx(np.quantile(normal_peaks, 0.95), rel=1e-5)
+    assert scale.facts["n_pneumonia"] == (labels == 1).sum() and scale.facts["n_normal"] == (labels == 0).sum()
+    assert scale.facts["gradcam_weak_share_normal"] == pytest.approx(np.mean(normal_peaks < scale.gradcam_weak_below))
+    drawn = lime_draw(validation, 0, 3, 0)
+    assert len({sample.path for sample in drawn}) == 3 and {sample.label for sample in drawn} == {0}
+    largest = [
+        explain_lime(DecodedImage.decode(sample.path).model_input(predictor.input_size), predictor, rule.lime).largest_weight
+        for sample in drawn
+    ]
+    assert scale.lime_small_below == pytest.approx(np.quantile(largest, 0.95), rel=1e-6)
+    assert (scale.lime_num_samples, scale.lime_n_segments) == (60, 20)
+
+
+# --------------------------------------------------------------------------------------------
+# The explain command and the Explain page, with the shipped model and its committed scale
+
+NORMAL_DEMO = REPO_ROOT / "assets" / "samples" / "NORMAL2-IM-0012-0001.jpeg"
+PNEUMONIA_DEMO = REPO_ROOT / "assets" / "samples" / "person10_virus_35.jpeg"
+
+
+@pytest.fixture(scope="module")
+def shipped_scale(predictor):
+    return HeatmapScale.load(heatmap_scale_path(DEFAULT_MODEL_PATH), predictor.metadata.model_sha256)
+
+
+@pytest.mark.shipped_model
+@pytest.mark.parametrize("method", ["gradcam", "lime"])
+def test_explain_command_draws_on_the_fixed_scale_with_its_legend(method, predictor, shipped_scale, tmp_path, capsys):
+    from PIL import Image
+
+    from pneumo_model.cli import main
+    from pneumo_model.pipeline import DecodedImage
+
+    out = tmp_path / "explained.png"
+    argv = ["explain", str(PNEUMONIA_DEMO), "--method", method, "--out", str(out)]
+    assert main(argv + (["--samples", "200"] if method == "lime" else [])) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert record["heatmap_scale"] == shipped_scale.id
+    picture = np.asarray(Image.open(out))
+    assert picture.shape[0] > 224 and picture.shape[1] == 640  # the 224 px film with its legend under it
+    if method == "gradcam":
+        raw = GradCam(predictor.model, predictor.metadata.gradcam_layer).raw(
+            DecodedImage.decode(PNEUMONIA_DEMO).model_input(predictor.input_size)
+        )
+        assert record["gradcam_peak"] == round(shipped_scale.peak(raw), 4)
+        assert record["gradcam_weak"] is shipped_scale.is_weak(raw)
+    else:
+        assert record["lime_all_small"] is None  # 200 samples: not the settings the cut was fitted with
+        assert record["lime_scale"] >= round(shipped_scale.lime_small_below, 4)
+
+
+@pytest.mark.shipped_model
+def test_explain_command_refuses_a_scale_made_for_another_model(tmp_path, capsys):
+    import shutil
+
+    from pneumo_model.cli import main
+    from pneumo_model.paths import metadata_path
+
+    model = tmp_path / "pneumonet.keras"
+    shutil.copy(DEFAULT_MODEL_PATH, model)
+    shutil.copy(metadata_path(DEFAULT_MODEL_PATH), metadata_path(model))
+    out = tmp_path / "cam.png"
+    assert main(["explain", str(NORMAL_DEMO), "--out", str(out), "--model", str(model)]) == 1
+    assert "no heat-map scale beside the model" in capsys.readouterr().err
+    make_scale(model_sha256="c" * 64).save(heatmap_scale_path(model))
+    assert main(["explain", str(NORMAL_DEMO), "--out", str(out), "--model", str(model)]) == 1
+    assert "fitted for model cccccccccccc" in capsys.readouterr().err
+    assert not out.exists()  # no map stretched to its own maximum instead
+
+
+def explain_page(name: str):
+    """The Explain page run as its own script (as a deep link), with the demo image ``name`` picked in its sidebar."""
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(str(REPO_ROOT / "pages" / "explain.py"), default_timeout=180).run()
+    app.button(key=f"sample-{name}").click().run()
+    assert not app.exception, app.exception
+    return app
+
+
+@pytest.mark.shipped_model
+def test_explain_page_calls_a_confident_normal_films_map_weak_and_draws_the_colour_bar(predictor, shipped_scale):
+    from test_app import image_captions, shows, texts
+
+    from pneumo_model.pipeline import DecodedImage
+
+    raw = GradCam(predictor.model, predictor.metadata.gradcam_layer).raw(
+        DecodedImage.decode(NORMAL_DEMO).model_input(predictor.input_size)
+    )
+    app = explain_page(NORMAL_DEMO.name)
+    weak = shipped_scale.is_weak(raw)  # by the committed rule, not forced here
+    assert ("No region raised the pneumonia score much" in texts(app.info)) == weak
+    assert GRADCAM_BAR_WORDS in image_captions(app)  # the colour bar and its words
+    if weak:
+        assert f"{shipped_scale.peak(raw):.2f} on the fixed scale" in texts(app.info)
+        assert shows(app, "Grad-CAM: the map is not drawn")
+        [show_anyway] = [box for box in app.checkbox if box.label == "Show the weak map anyway"]
+        show_anyway.check().run()
+        assert not app.exception
+    assert shows(app, f"Grad-CAM: {'shows where the model looked'}")
+    assert any(f"this image's peak {shipped_scale.peak(raw):.2f}" in caption for caption in image_captions(app))
+
+
+@pytest.mark.shipped_model
+def test_explain_page_draws_a_pneumonia_map_and_lime_on_their_scales(shipped_scale):
+    from test_app import image_captions, run_lime, shows, texts
+
+    from ui import resources, state
+
+    app = explain_page(PNEUMONIA_DEMO.name)
+    assert "No region raised the pneumonia score much" not in texts(app.info)
+    assert shows(app, "Grad-CAM: shows where the model looked")
+    run_lime(app, samples=200, segments=20)
+    assert shows(app, "LIME (200 samples, 20 superpixels)")
+    assert any("these settings are not judged" in caption for caption in image_captions(app))
+    run_lime(app, samples=shipped_scale.lime_num_samples, segments=shipped_scale.lime_n_segments)
+    chosen = state.ChosenImage(PNEUMONIA_DEMO.name, PNEUMONIA_DEMO.read_bytes(), "sample")
+    explanation = resources.lime_explanation(chosen, shipped_scale.lime_num_samples, shipped_scale.lime_n_segments)
+    small = explanation.largest_weight < shipped_scale.lime_small_below
+    assert ("All LIME weights are small" in texts(app.info)) == small
+    assert any("Dashed: 95 % of normal validation films" in caption for caption in image_captions(app))
+
+
+@pytest.mark.shipped_model
+def test_explain_page_draws_no_heat_map_without_a_usable_scale(monkeypatch):
+    from test_app import shows, texts
+
+    from ui import resources
+
+    def refused():
+        raise ModelFileError("The heat-map scale pneumonet.cam.json was fitted for model cccccccccccc.")
+
+    monkeypatch.setattr(resources, "heatmap_scale", refused)
+    app = explain_page(PNEUMONIA_DEMO.name)
+    assert "fitted for model cccccccccccc" in texts(app.error)
+    assert not shows(app, "Grad-CAM")
+
+
+@pytest.mark.data
+@pytest.mark.shipped_model
+def test_the_committed_scale_is_what_the_rule_gives_on_validation(shipped_scale):
+    measured = measure_model(DEFAULT_MODEL_PATH, DEFAULT_DATA_DIR)
+    assert measured.model_sha256 == shipped_scale.model_sha256
+    for name in ("gradcam_scale", "gradcam_weak_below", "lime_small_below"):
+        assert getattr(measured, name) == pytest.approx(getattr(shipped_scale, name), rel=1e-5), name
+    assert (measured.lime_num_samples, measured.lime_n_segments) == (shipped_scale.lime_num_samples, shipped_scale.lime_n_segments)
+    assert measured.facts.keys() == shipped_scale.facts.keys()
+    for key, value in measured.facts.items():
+        assert value == (pytest.approx(shipped_scale.facts[key], rel=1e-5) if isinstance(value, float) else shipped_scale.facts[key]), key

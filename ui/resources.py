@@ -27,7 +27,8 @@ import streamlit as st
 from pneumo_model.crop import DiaphragmResult, apply_crop, find_diaphragm
 from pneumo_model.display import screen_grey
 from pneumo_model.errors import PneumoError, SiteProfileError
-from pneumo_model.explain import GradCam, LimeConfig, LimeExplanation, explain_lime
+from pneumo_model.explain import GradCam, HeatmapScale, LimeConfig, LimeExplanation, explain_lime, heatmap_scale_path
+from pneumo_model.paths import DEFAULT_MODEL_PATH
 from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Prediction, Predictor
 from pneumo_model.preprocessing import preprocess
@@ -119,6 +120,22 @@ def predictor() -> Predictor:
 def gradcam() -> GradCam:
     model = predictor()
     return GradCam(model.model, model.metadata.gradcam_layer)
+
+
+@st.cache_resource(show_spinner=False)
+def _heatmap_scale(path: str, model_sha256: str) -> HeatmapScale:
+    return HeatmapScale.load(path, model_sha256)
+
+
+def heatmap_scale() -> HeatmapScale:
+    """The shipped model's fixed heat-map scale (``<model>.cam.json``, ``docs/heatmap_scale.md``).
+
+    Raises:
+        ModelFileError: it is missing, unreadable or fitted for another model: the pages then
+            draw no heat map at all rather than one stretched to its own maximum.
+    """
+    # Keyed on the model's SHA-256: a scale loaded for one model is never handed to another.
+    return _heatmap_scale(str(heatmap_scale_path(DEFAULT_MODEL_PATH)), predictor().metadata.model_sha256)
 
 
 @st.cache_resource(show_spinner=False)
@@ -239,14 +256,28 @@ def prediction(image: Image) -> Prediction:
 
 
 def gradcam_heatmap(image: Image) -> np.ndarray:
-    """Grad-CAM heat map on the model input, (size, size) float32 in [0, 1]."""
+    """The raw Grad-CAM heat map on the model input (``GradCam.raw``), (size, size) float32 >= 0.
+
+    Raw, not scaled: ``heatmap_scale().unit`` puts it on the fixed scale when it is drawn, so a
+    new scale never meets a picture drawn on the old one.
+    """
     inputs = model_input(image)
 
     def compute() -> np.ndarray:
         RUNS["gradcam"] += 1
-        return gradcam()(inputs)
+        return gradcam().raw(inputs)
 
-    return cache().get_or_compute(("gradcam", image.digest), compute)
+    return cache().get_or_compute(("gradcam_raw", image.digest), compute)
+
+
+def gradcam_on_scale(image: Image) -> np.ndarray:
+    """The Grad-CAM heat map on the fixed scale (``heatmap_scale().unit``): (size, size) float32 in
+    [0, 1], what ``overlay_heatmap`` draws. Not cached: it changes with the scale, and is quick.
+
+    Raises:
+        ModelFileError: the scale cannot be used (``heatmap_scale``).
+    """
+    return heatmap_scale().unit(gradcam_heatmap(image))
 
 
 def lime_explanation(image: Image, num_samples: int, n_segments: int) -> LimeExplanation:
@@ -305,7 +336,8 @@ def cropped_prediction(image: Image, box: tuple[int, int, int, int]) -> Predicti
 
 
 def cropped_gradcam(image: Image, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The screen picture of the cropped image (uint8) and the Grad-CAM heat map of its model input.
+    """The screen picture of the cropped image (uint8) and the raw Grad-CAM heat map of its model
+    input (``GradCam.raw``, drawn through ``heatmap_scale``).
 
     Raises:
         ConfigError: the box does not fit the image or keeps too little of it.
@@ -315,6 +347,6 @@ def cropped_gradcam(image: Image, box: tuple[int, int, int, int]) -> tuple[np.nd
     def compute() -> tuple[np.ndarray, np.ndarray]:
         RUNS["crop_gradcam"] += 1
         cropped = apply_crop(pixels, box)
-        return screen_grey(cropped), gradcam()(preprocess(cropped, predictor().input_size))
+        return screen_grey(cropped), gradcam().raw(preprocess(cropped, predictor().input_size))
 
-    return cache().get_or_compute(("crop_gradcam", image.digest, tuple(box)), compute)
+    return cache().get_or_compute(("crop_gradcam_raw", image.digest, tuple(box)), compute)
