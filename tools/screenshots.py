@@ -134,8 +134,8 @@ def main() -> None:
             expect(page.get_by_text("Results recorded")).to_be_visible(timeout=SLOW_MS)
             take(page, "trail", args.out)
 
-            open_page(page, "Model card")
-            expect(page.get_by_text("Intended use and population")).to_be_visible(timeout=SLOW_MS)
+            open_page(page, "Model card")  # its first screen: intended use, headline figures, limitations
+            expect(page.get_by_test_id("stTable").filter(has_text="Kermany 2018")).to_be_visible(timeout=SLOW_MS)
             take(page, "model_card", args.out)
 
             site_calibration(page, scratch, args.out)
