@@ -163,12 +163,19 @@ def test_the_developer_detail_is_collapsed_and_holds_every_developer_table(card)
     for title in DEVELOPER_DETAIL:
         assert sum(label.startswith(title) for label in labels) == 1, title
     assert not any(e.proto.expanded for e in card.main.expander)
-    # Every interactive table is developer detail, inside an expander; the first screen has one static table.
-    placed = [inside for element, inside in walk(card.main) if type(element).__name__ == "Dataframe"]
-    assert placed and all(placed)
-    assert [inside for element, inside in walk(card.main) if type(element).__name__ == "Table"] == [False]
-    # The developer detail comes after every reader's section.
+    # After its heading, the last of the page, the developer detail is nothing but collapsed expanders
+    # (and a caption): every table of it inside one.
     assert headings(card)[-1] == "Developer detail"
+    order = list(walk(card.main))
+    start = next(i for i, (e, _) in enumerate(order) if type(e).__name__ == "Markdown" and e.value.endswith("Developer detail"))
+    after = order[start + 1:]
+    top = [type(e).__name__ for e, inside in after if not inside]
+    assert set(top) <= {"Expander", "Caption"} and top.count("Expander") == len(DEVELOPER_DETAIL)
+    tables = [inside for e, inside in after if type(e).__name__ in ("Dataframe", "Table")]
+    assert len(tables) >= 5 and all(tables)  # stress (3), drift, comparison
+    # The first screen's headline is a plain table, open.
+    first_table = next((e, inside) for e, inside in order if type(e).__name__ == "Table")
+    assert "Kermany 2018" in first_table[0].value.columns and not first_table[1]
 
 
 def test_the_shipped_model_is_highlighted_and_named_in_the_comparison(card):
