@@ -43,13 +43,7 @@ st.caption(
     f"patient identifiers are stored (a picture appears only for an image this tab still holds). "
     f"Times are in {zone_words}, to the minute."
 )
-with st.spinner("Reading the audit trail..."):
-    table, counts = audit.trail_table(rows, zone, held_thumbnails())
-
 columns = st.columns([1, 1, 1, 1.3], vertical_alignment="center")
-columns[0].metric("Results recorded", counts["results"])
-columns[1].metric("Verdicts recorded", counts["verdicts"])
-columns[2].metric("Disagreements", counts["disagreements"])
 columns[3].download_button(
     "Download CSV",
     csv_text.encode("utf-8"),
@@ -58,9 +52,11 @@ columns[3].download_button(
     on_click="ignore",
     icon=":material/download:",
     width="stretch",
-    disabled=table.empty,
+    disabled=not rows,
 )
-if table.empty:
+if not rows:
+    for column, label in zip(columns, ("Results recorded", "Verdicts recorded", "Disagreements")):
+        column.metric(label, 0)
     st.info("Nothing recorded yet. Results are recorded when they are shown on the other pages.", icon=":material/history:")
     st.stop()
 
@@ -79,7 +75,7 @@ with filter_column:
     days = when.date_input("Dates", value=(), format="YYYY-MM-DD", key="trail_days", help=f"In {zone_words}")
     verdicts = verdict.multiselect("Verdict", audit.VERDICT_CHOICES, key="trail_verdicts", placeholder="any")
     reviewers = who.multiselect(
-        "Reviewer", sorted({name for name in table["reviewer"].dropna() if name}), key="trail_reviewers", placeholder="any"
+        "Reviewer", sorted({row["reviewer"] for row in rows if row["reviewer"]}), key="trail_reviewers", placeholder="any"
     )
     sources = source.multiselect("Source", SOURCES, key="trail_sources", placeholder="any")
     technical = st.toggle(
@@ -89,16 +85,17 @@ with filter_column:
         "judged and revealed",
     )
 
-digest = None
+digest, found_picture = None, {}
 if found is not None:
     data = found.getvalue()
     digest = bytes_sha256(data)
-    matches = int((table["image_sha256"] == digest).sum())
+    matches = sum(row["image_sha256"] == digest for row in rows)
     picture, words = st.columns([1, 5], vertical_alignment="center")
     try:
         with st.spinner("Reading the image..."):
             pixels = resources.display_pixels(state.ChosenImage(found.name, data, "upload"))
         drawing.show(pixels, width=96, where=picture)
+        found_picture = {digest: worklist.thumbnail(pixels)}
     except PneumoError as error:
         picture.caption("No picture: " + plain(error))
     if matches:
@@ -114,6 +111,11 @@ if found is not None:
             icon=":material/image_search:",
         )
 
+with st.spinner("Reading the audit trail..."):
+    table, counts = audit.trail_table(rows, zone, held_thumbnails() | found_picture)
+columns[0].metric("Results recorded", counts["results"])
+columns[1].metric("Verdicts recorded", counts["verdicts"])
+columns[2].metric("Disagreements", counts["disagreements"])
 shown = audit.trail_selected(table, days, verdicts, reviewers, sources, digest)
 st.caption(f"{len(shown)} of {len(table)} row(s), newest first.")
 reader = [

@@ -13,6 +13,7 @@ PAGE_KEY = "worklist_page"
 OPENED_KEY = "worklist_opened"  # the ``upload`` position of the row opened last
 VIEW_KEY = "worklist_view"  # what the table showed when its selection was last set
 TABLE_KEY = "worklist_table"
+HAD_FILES_KEY = "worklist_had_files"
 INDETERMINATE_ROW = "background-color: #fdefc8"  # amber, as the indeterminate call on Review: read these carefully
 
 model = frame.render("Worklist")
@@ -33,8 +34,8 @@ def turn_page(step: int) -> None:
 
 # Streamlit forgets a widget's state when its page is left, so coming back finds the uploader
 # empty; the scored worklist and its files stay in the session until replaced or cleared. An
-# uploader that was on screen in the previous run and is empty now was emptied by the user.
-uploader_was_drawn = UPLOAD_KEY in st.session_state
+# uploader that held files in the previous run of this page and holds none now was emptied by the user.
+held_files = UPLOAD_KEY in st.session_state and st.session_state.get(HAD_FILES_KEY, False)
 files = st.file_uploader(
     f"Upload chest X-rays ({state.UPLOAD_FORMATS}), as many as you like",
     type=state.UPLOAD_TYPES,
@@ -58,8 +59,9 @@ if files:
         )
         bar.empty()
         st.session_state.update({worklist.SESSION_KEY: scored, IDS_KEY: upload_ids, FILES_KEY: pairs})
-elif uploader_was_drawn:
+elif held_files:
     forget()
+st.session_state[HAD_FILES_KEY] = bool(files)
 scored = st.session_state.get(worklist.SESSION_KEY)
 if scored is None:
     st.info(
