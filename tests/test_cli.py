@@ -221,17 +221,33 @@ def test_module_entry_point_scores_the_bundled_samples_with_the_shipped_model():
 
 
 def test_explain_writes_overlays_at_the_uploads_own_size(tiny_model, tmp_path, rng, capsys):
-    image = tmp_path / "wide.png"
-    image.write_bytes(encode(synthetic_xray(rng, 96)[:, :80]))  # 80 wide, 96 tall
+    import shutil
+
     from PIL import Image
 
+    from pneumo_model.artifacts import read_metadata
+    from pneumo_model.explain import HeatmapScale, heatmap_scale_path
+
+    image = tmp_path / "wide.png"
+    image.write_bytes(encode(synthetic_xray(rng, 96)[:, :80]))  # 80 wide, 96 tall
+    model = tmp_path / "tiny.keras"  # a copy, with a heat-map scale of its own beside it
+    for suffix in (".keras", ".json"):
+        shutil.copy(tiny_model.with_suffix(suffix), model.with_suffix(suffix))
+    HeatmapScale(
+        model_sha256=read_metadata(model).model_sha256, gradcam_scale=1.0, gradcam_weak_below=0.0,
+        lime_small_below=0.01, lime_num_samples=64, lime_n_segments=12,
+    ).save(heatmap_scale_path(model))
     for method in ("gradcam", "lime"):
         out = tmp_path / f"{method}.png"
-        argv = ["explain", str(image), "--method", method, "--out", str(out), "--model", str(tiny_model)]
+        argv = ["explain", str(image), "--method", method, "--out", str(out), "--model", str(model)]
         code, records, _ = _run(capsys, argv + (["--samples", "64", "--segments", "12"] if method == "lime" else []))
         assert code == 0 and records[0]["method"] == method and 0.0 <= records[0]["probability"] <= 1.0
         with Image.open(out) as written:
-            assert written.size == (80, 96) and written.mode == "RGB"
+            # The overlay at the upload's own 80 x 96, centred above its colour bar (640 px wide).
+            assert written.mode == "RGB" and written.width == 640 and written.height > 96
+            picture = np.asarray(written)
+            assert np.all(picture[:96, :280] == 255) and np.all(picture[:96, 360:] == 255)
+            assert not np.all(picture[:96, 280:360] == 255)
     assert records[0]["towards_pneumonia"] or records[0]["away_from_pneumonia"]
 
 
