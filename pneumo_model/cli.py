@@ -1,7 +1,7 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
 Commands: ``predict``, ``explain``, ``crop``, ``site``, ``train``, ``evaluate``, ``compare``,
-``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``zone``. Exit codes: 0 success, 1 a usage
+``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``zone``, ``attention``. Exit codes: 0 success, 1 a usage
 or model error, 2 (``predict``) when any file was rejected, (``site``) when the labelled sample is refused.
 
 Each command is one function that adds its sub-parser, with ``set_defaults(handler=...)``, and
@@ -744,10 +744,52 @@ def _zone(args) -> int:
     return EXIT_OK
 
 
+# --- attention -----------------------------------------------------------------------------
+
+
+def _add_attention(commands) -> None:
+    parser = commands.add_parser(
+        "attention",
+        help="fit the attention-outside-the-body cut-off on validation (docs/attention_rule.md) beside the model; "
+        "--test measures the official test split into reports/attention.{json,md}",
+    )
+    _add_data_flag(parser)
+    _add_model_flag(parser)
+    parser.add_argument("--reports", type=Path, default=None, help="report folder (default: reports/)")
+    parser.add_argument("--test", action="store_true", help="also measure the official test split, to report (logged)")
+    parser.add_argument(
+        "--sheet", action="store_true",
+        help="also draw the thorax mask on the images checked by eye (assets/annotations/thorax_check.csv) into "
+        "reports/figures/thorax_check.jpg",
+    )
+    parser.set_defaults(handler=_attention)
+
+
+def _attention(args) -> int:
+    from .data import resolve_data_dir
+    from .lab.attention import SHEET_FIGURE, check_sheet, evaluate_test, fit_rule, write_rule
+    from .lab.evaluation import DEFAULT_REPORTS_DIR
+
+    data_dir = resolve_data_dir(args.data)
+    reports = args.reports or DEFAULT_REPORTS_DIR
+    rule = fit_rule(args.model, data_dir)
+    path, written = write_rule(rule, args.model)
+    summary = {"file": str(path), "written": written, "mostly_outside": rule.mostly_outside, "unusual": rule.unusual,
+               "validation_median": rule.validation_median, "validation_warning_rate": rule.facts["groups"]["all"]["warning_rate"]}
+    if args.sheet:
+        summary["sheet"] = str(check_sheet(data_dir.parent, reports / SHEET_FIGURE))
+    if args.test:
+        groups = evaluate_test(args.model, data_dir, reports)["test"]["groups"]
+        summary["test"] = {name: {"median_inside": groups[name]["share_inside"]["median"], "warning_rate": groups[name]["warning_rate"]}
+                           for name in ("all", "correct", "wrong")}
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
 # --- the parser and main -------------------------------------------------------------------
 
 # One function per command, in the order ``--help`` lists them; each sets its command's handler.
-COMMANDS = (_add_predict, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_card, _add_grey_zone)
+COMMANDS = (_add_predict, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_card, _add_grey_zone, _add_attention)
 
 
 def _leaves(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:

@@ -6,8 +6,8 @@ on a chest film (its silhouette against the dark air around it, not the lung fie
 lung is bright, so a dark-pixel lung mask would put a real pneumonia "outside the lungs");
 ``attention_inside`` measures the share of a Grad-CAM map's heat that falls inside that outline and
 off any detected marker; ``AttentionRule`` turns the share into plain words by the rule in
-``docs/attention_rule.md``, with the cut-off fixed on the model's validation split and stored
-beside the model (``attention_path``).
+``docs/attention_rule.md`` (a map the heat-map scale calls weak is not judged), with the cut-off
+fixed on the model's validation split and stored beside the model (``attention_path``).
 
 The mask is checked by eye on 36 images by the rule in ``assets/annotations/thorax.md``
 (verdicts in ``assets/annotations/thorax_check.csv``).
@@ -251,8 +251,6 @@ def thorax_mask(
             "The image's edges are brighter than its centre, as in an inverted film (white air), so no "
             "body outline was looked for."
         )
-    if body_level - background < settings.min_spread:
-        return not_found("The image shows no contrast between its edges and its centre, so no body outline was found.")
     if background > settings.max_background_ratio * darkest_inside:
         work_mask = np.ones((size, size), bool)
         work_mask.setflags(write=False)
@@ -263,6 +261,8 @@ def thorax_mask(
             work_mask, width, height, 1.0, True,
         )
 
+    if body_level - background < settings.min_spread:
+        return not_found("The image shows no contrast between its edges and its centre, so no body outline was found.")
     threshold = background + settings.level * (body_level - background)
     dark = (smooth < threshold).astype(np.uint8)
     count, labels = cv2.connectedComponents(dark, connectivity=4)
@@ -352,6 +352,15 @@ def attention_on_markers(heatmap: np.ndarray, markers: np.ndarray | None) -> flo
 # The rule: the cut-offs and their words
 
 
+def _percents(value: float, other: float) -> tuple[str, str]:
+    """Both shares as percentages, with as many decimals (up to 2) as it takes to tell them apart:
+    "93.8 %" and "94.3 %", never "94 %" below "94 %"."""
+    for decimals in (0, 1, 2):
+        first, second = f"{100 * value:.{decimals}f}", f"{100 * other:.{decimals}f}"
+        if first != second or decimals == 2:
+            return f"{first} %", f"{second} %"
+
+
 @dataclass(frozen=True)
 class AttentionCheck:
     """Where one map's heat lies, in words.
@@ -360,7 +369,8 @@ class AttentionCheck:
         share_inside: the share of the heat inside the body (``attention_inside``), or None.
         share_on_markers: the share on detected markers, or None.
         level: "outside" (mostly outside: the warning), "unusual" (more outside than on 19
-            validation films in 20: a note), "inside", or "unknown" (no share).
+            validation films in 20: a note), "inside", "weak" (a weak map, not judged), or
+            "unknown" (no share: no outline, or a map without heat).
         message: the plain sentence the pages show.
     """
 
@@ -384,6 +394,8 @@ class AttentionRule:
         unusual: the note fires below this share (at or above ``mostly_outside``): the 5th
             percentile of the share inside over the model's validation images.
         validation_median: the median share inside on validation, to put a share in context.
+        heatmap_scale_id: the id of the heat-map scale (``HeatmapScale.id``) whose weak cut decided
+            which maps were judged; the file is refused with another scale.
         rule: the rule's document.
         facts: how it was fitted (images used and left out, quartiles, how often each level fired).
         created_utc: when it was fitted.
@@ -393,31 +405,48 @@ class AttentionRule:
     mostly_outside: float
     unusual: float
     validation_median: float
+    heatmap_scale_id: str
     rule: str = RULE_DOCUMENT
     facts: dict = field(default_factory=dict)
     created_utc: str = ""
 
-    def check(self, share_inside: float | None, share_on_markers: float | None = None, reason: str = "") -> AttentionCheck:
-        """The words for one share (``reason``: why there is no share, when there is none)."""
+    def check(
+        self, share_inside: float | None, share_on_markers: float | None = None, weak: bool = False, reason: str = ""
+    ) -> AttentionCheck:
+        """The words for one map.
+
+        Args:
+            share_inside: ``attention_inside`` of the map, or None.
+            share_on_markers: ``attention_on_markers`` of the map, or None.
+            weak: the map is weak by the model's heat-map scale (``HeatmapScale.is_weak``): it
+                is not judged (amendment 1 of the rule).
+            reason: why there is no share, when there is none (the outline's reason).
+        """
         markers = (
             f" {100 * share_on_markers:.0f} % lies on burned-in markers (letters, text, electrodes)."
-            if share_on_markers else ""
+            if share_on_markers and share_on_markers >= 0.005 else ""
         )
+        if weak:
+            return AttentionCheck(
+                share_inside, share_on_markers, "weak",
+                "No region raised the pneumonia score much, so where the model looked was not checked.",
+            )
         if share_inside is None:
             return AttentionCheck(None, share_on_markers, "unknown", reason or "Where the model looked was not measured.")
-        inside = f"{100 * share_inside:.0f} % of the Grad-CAM heat lies inside the body's outline."
+        shown, cut_off = _percents(share_inside, self.unusual)
+        inside = f"{shown} of the Grad-CAM heat lies inside the body's outline."
         if share_inside < self.mostly_outside:
             return AttentionCheck(share_inside, share_on_markers, "outside", f"{OUTSIDE_MESSAGE} {inside}{markers}")
         if share_inside < self.unusual:
             return AttentionCheck(
                 share_inside, share_on_markers, "unusual",
                 f"More of the model's attention lies outside the chest than on 19 validation films in 20: {inside} "
-                f"(on validation, 19 films in 20 had at least {100 * self.unusual:.0f} %).{markers} Check that the "
-                "call rests on the lungs.",
+                f"On validation, 19 films in 20 had at least {cut_off}.{markers} Look at where the rest lies on the "
+                "overlay: does the call rest on the lungs?",
             )
+        median = _percents(self.validation_median, share_inside)[0]
         return AttentionCheck(
-            share_inside, share_on_markers, "inside",
-            f"{inside} (median on validation films: {100 * self.validation_median:.0f} %).{markers}",
+            share_inside, share_on_markers, "inside", f"{inside} The median on validation films: {median}.{markers}"
         )
 
     def to_dict(self) -> dict:
@@ -427,6 +456,7 @@ class AttentionRule:
             "mostly_outside": self.mostly_outside,
             "unusual": self.unusual,
             "validation_median": self.validation_median,
+            "heatmap_scale_id": self.heatmap_scale_id,
             "rule": self.rule,
             "facts": self.facts,
             "created_utc": self.created_utc or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -436,12 +466,15 @@ class AttentionRule:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path, model_sha256: str) -> "AttentionRule":
+    def load(cls, path: str | Path, model_sha256: str, heatmap_scale_id: str | None = None) -> "AttentionRule":
         """Reads the cut-off file of the model whose SHA-256 is ``model_sha256``.
+
+        Args:
+            heatmap_scale_id: the id of the heat-map scale in use; None accepts any.
 
         Raises:
             ModelFileError: the file is missing, unreadable, of another schema, or was fitted for
-                another model (its cut-off says nothing about this model's maps).
+                another model or another heat-map scale (its cut-off says nothing about these maps).
         """
         path = Path(path)
         command = "python -m pneumo_model attention"
@@ -456,6 +489,7 @@ class AttentionRule:
                 mostly_outside=float(data["mostly_outside"]),
                 unusual=float(data["unusual"]),
                 validation_median=float(data["validation_median"]),
+                heatmap_scale_id=str(data["heatmap_scale_id"]),
                 rule=str(data.get("rule", RULE_DOCUMENT)),
                 facts=dict(data.get("facts", {})),
                 created_utc=str(data.get("created_utc", "")),
@@ -468,6 +502,11 @@ class AttentionRule:
             raise ModelFileError(
                 f"The attention cut-off file {path.name} was fitted for model {rule.model_sha256[:12]}, not for "
                 f"model {model_sha256[:12]}; its cut-off says nothing about this model. Make it again with `{command}`."
+            )
+        if heatmap_scale_id is not None and rule.heatmap_scale_id != heatmap_scale_id:
+            raise ModelFileError(
+                f"The attention cut-off file {path.name} was fitted with heat-map scale {rule.heatmap_scale_id}, not with "
+                f"the scale in use ({heatmap_scale_id}), which judges other maps weak. Make it again with `{command}`."
             )
         if not 0.0 <= rule.mostly_outside <= 1.0 or not 0.0 <= rule.unusual <= 1.0:
             raise ModelFileError(f"The attention cut-off file {path.name} holds cut-offs outside [0, 1]; make it again.")

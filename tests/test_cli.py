@@ -115,6 +115,7 @@ MINIMAL_ARGV = {
     "site_check": ["site", "check", "p.json", "--labels", "l.csv"],
     "site_evaluate": ["site", "evaluate"],
     "zone": ["zone"],
+    "attention": ["attention"],
 }
 
 
