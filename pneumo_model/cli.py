@@ -364,8 +364,13 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("--reports", type=Path, default=None, help="report folder (default: reports/)")
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument(
-        "--crop", choices=("none", "auto"), default="none",
-        help="auto: score with and without the automatic diaphragm crop (crop_evaluation report)",
+        "--crop", choices=("none", "auto", "markers"), default="none",
+        help="auto: score with and without the automatic diaphragm crop (crop_evaluation report); markers: with "
+        "and without the burned-in markers painted out, alone and with the automatic crop (marker_evaluation report)",
+    )
+    parser.add_argument(
+        "--fullres", type=Path, default=None,
+        help="--crop markers: folder of full-size originals whose marker find rate is reported too (default: beside the data)",
     )
     parser.set_defaults(handler=_evaluate)
 
@@ -374,6 +379,18 @@ def _evaluate(args) -> int:
     from .data import resolve_data_dir
     from .lab.evaluation import DEFAULT_REPORTS_DIR, evaluate
 
+    if args.crop == "markers":
+        from .lab.evaluation import evaluate_markers
+
+        data_dir = resolve_data_dir(args.data)
+        fullres = args.fullres or data_dir.parent / "chest_xray_fullres_sample"
+        report = evaluate_markers(args.model, data_dir, args.reports or DEFAULT_REPORTS_DIR, split=args.split, fullres_dir=fullres)
+        keys = ("accuracy", "sensitivity", "specificity", "roc_auc")
+        summary = {column: {k: report["metrics"][column][k] for k in keys} for column in report["metrics"]}
+        summary["markers_found_fraction"] = report["markers"]["found_fraction"]
+        summary["calls_changed_by_masking"] = report["changes"]["masking"]["call_changed"]
+        print(json.dumps(summary))
+        return EXIT_OK
     if args.crop == "auto":
         from .lab.evaluation import evaluate_crop
 
@@ -465,14 +482,23 @@ def _explain(args) -> int:
 
 
 def _add_crop(commands) -> None:
-    parser = commands.add_parser("crop", help="crop the diaphragm (automatic or --box) and rescore; JSON out")
+    parser = commands.add_parser(
+        "crop", help="crop the diaphragm (automatic or --box) and/or paint out burned-in markers, and rescore; JSON out"
+    )
     parser.add_argument("image")
     parser.add_argument(
         "--box", default=None,
         help="x0,y0,x1,y1 in pixels of the image as decoded (default: detected); an image over 16 million "
         "pixels is decoded reduced, by the factor `reduction` in the output",
     )
-    parser.add_argument("--out", type=Path, default=None, help="PNG of the image with the kept box outlined")
+    parser.add_argument(
+        "--mask-markers", action="store_true",
+        help="paint out burned-in markers (letters, text, electrodes) before rescoring; with --no-crop, the only change",
+    )
+    parser.add_argument(
+        "--no-crop", action="store_true", help="do not crop (with --mask-markers: rescore with the markers painted out only)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="PNG of the image with the kept box and the markers outlined")
     _add_model_flag(parser)
     parser.set_defaults(handler=_crop)
 
@@ -493,33 +519,46 @@ def _parse_box(text: str) -> tuple[int, int, int, int]:
 def _crop(args) -> int:
     from PIL import Image, ImageDraw
 
-    from .crop import find_diaphragm
+    from .crop import find_diaphragm, find_markers
     from .display import screen_grey
+    from .errors import ConfigError
     from .pipeline import DecodedImage
     from .prediction import Predictor
 
+    if args.no_crop and args.box is not None:
+        raise ConfigError("--no-crop and --box contradict each other: give one of them.")
+    if args.no_crop and not args.mask_markers:
+        raise ConfigError("--no-crop leaves nothing to rescore: add --mask-markers, or leave --no-crop out.")
     predictor = Predictor.from_file(args.model)
     image = DecodedImage.decode(args.image)
     pixels = image.pixels
     record = {"file": args.image, "warnings": list(image.info.warnings), "reduction": image.info.reduction}
     if args.box is not None:
         box, source, reason = _parse_box(args.box), "given", None
+    elif args.no_crop:
+        box, source, reason = None, "none", None
     else:
         detection = find_diaphragm(pixels)
         box, source, reason = detection.box, "automatic", detection.reason
-    if box is None:
+    markers = find_markers(pixels) if args.mask_markers else None
+    if markers is not None:
+        record["markers"] = {"count": markers.count, "area_fraction": round(markers.area_fraction, 6), "boxes": [list(b) for b in markers.boxes]}
+    if box is None and markers is None:
         before = predictor.call(image)
         record |= {"box": None, "box_source": source, "reason": reason, "probability_before": round(before.probability, 6),
                    "probability_after": None, "delta": None, "ood_before": before.ood,
                    "ood_score_before": None if before.ood_score is None else round(before.ood_score, 4)}
     else:
-        result = predictor.rescore(image, box)  # both calls through the gate, as predict's
+        result = predictor.rescore(image, box, markers=markers)  # both calls through the gate, as predict's
         record |= result.to_dict() | {"box_source": source, "reason": reason}
-        record["box"] = list(result.box)
-    if args.out is not None and box is not None:
+    if args.out is not None and (box is not None or markers is not None):
         grey = Image.fromarray(screen_grey(pixels, max_side=max(pixels.shape))).convert("RGB")
         draw = ImageDraw.Draw(grey)
-        draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(0, 114, 178), width=max(2, grey.width // 200))
+        line = max(2, grey.width // 200)
+        if box is not None:
+            draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(0, 114, 178), width=line)
+        for x0, y0, x1, y1 in markers.boxes if markers is not None else ():
+            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(230, 159, 0), width=line)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         grey.save(args.out)
         record["out"] = str(args.out)

@@ -2,9 +2,11 @@
 
 Models trained on the Kermany paediatric data lean on the bright diaphragm and abdomen below the
 lungs. This module finds where the lungs end (``find_diaphragm``), crops an image to a box
-(``apply_crop``), compares the calls before and after a crop (``RescoreResult``, made by
-``Predictor.rescore``), and finds and paints
-out bright burned-in markers such as the letter R (``find_markers``).
+(``apply_crop``; ``fit_box`` grows a box drawn by hand to the smallest one accepted), finds and
+paints out bright burned-in markers such as the letter R (``find_markers``), makes the pixels a
+rescore calls (``edit_pixels``: the markers painted out, then the crop), and compares the calls
+before and after (``RescoreResult``, made by ``Predictor.rescore``; ``call_changed`` only when
+the call leaves the grey zone on the other side of the threshold).
 
 Coordinates: every box is ``(x0, y0, x1, y1)`` in pixels of the image passed in (the full
 upload, not the model input), with the origin at the top-left corner, x to the right, y down,
@@ -146,27 +148,34 @@ class DiaphragmResult:
     height: int
 
 
+# What a call says, read with its grey zone: a confident call on one side, or needs a careful read.
+READINGS = ("normal", "indeterminate", "pneumonia")
+
+
 @dataclass(frozen=True)
 class RescoreResult:
-    """The model's call on an image before and after a crop.
+    """The model's call on an image before and after an edit: a crop, burned-in markers painted out, or both.
 
     Attributes:
         probability_before: calibrated probability of pneumonia for the whole image.
-        probability_after: the same for the cropped image.
+        probability_after: the same for the edited image.
         delta: ``probability_after - probability_before``.
-        box: the crop used, in pixels of the whole image.
+        box: the crop used, in pixels of the whole image; None when the image was not cropped.
         label_before, label_after: "pneumonia" or "normal" at the model's threshold.
         grey_zone_before, grey_zone_after: True when the probability needs a careful read.
         threshold: the operating threshold used for the labels.
         ood_before, ood_after: the out-of-distribution gate's verdict on the whole image and on
-            the crop (True: the call is not meaningful); None without a gate.
+            the edited one (True: the call is not meaningful); None without a gate.
         ood_score_before, ood_score_after: the gate's scores (above 1 is flagged); None without a gate.
+        markers_masked: True when burned-in markers were painted out before the call after.
+        marker_count: markers found and painted out (0 when none was found); None when not masked.
+        marker_area_fraction: share of the image's pixels painted out; None when not masked.
     """
 
     probability_before: float
     probability_after: float
     delta: float
-    box: Box
+    box: Box | None
     label_before: str
     label_after: str
     grey_zone_before: bool
@@ -176,19 +185,42 @@ class RescoreResult:
     ood_after: bool | None = None
     ood_score_before: float | None = None
     ood_score_after: float | None = None
+    markers_masked: bool = False
+    marker_count: int | None = None
+    marker_area_fraction: float | None = None
 
     @property
     def label_changed(self) -> bool:
+        """The probability crossed the threshold (in the grey zone that is not a change of call)."""
         return self.label_before != self.label_after
 
+    @property
+    def reading_before(self) -> str:
+        """"normal" or "pneumonia" outside the grey zone, "indeterminate" in it (``READINGS``)."""
+        return "indeterminate" if self.grey_zone_before else self.label_before
+
+    @property
+    def reading_after(self) -> str:
+        return "indeterminate" if self.grey_zone_after else self.label_after
+
+    @property
+    def call_changed(self) -> bool:
+        """A meaningful change: confident on one side of the threshold before, confident on the other after.
+
+        Crossing the threshold inside the grey zone, or into or out of it, is not one: an
+        indeterminate call before or after needs a careful read either way.
+        """
+        return self.label_changed and not self.grey_zone_before and not self.grey_zone_after
+
     @classmethod
-    def from_calls(cls, before, after, box: Sequence) -> "RescoreResult":
-        """The comparison of two calls already made: ``Prediction``s of the whole image and of its crop."""
+    def from_calls(cls, before, after, box: Sequence | None = None, markers: "MarkerResult | None" = None) -> "RescoreResult":
+        """The comparison of two calls already made: ``Prediction``s of the whole image and of the
+        edited one (cropped to ``box`` when given, with ``markers`` painted out when given)."""
         return cls(
             probability_before=before.probability,
             probability_after=after.probability,
             delta=after.probability - before.probability,
-            box=tuple(int(v) for v in box),
+            box=None if box is None else tuple(int(v) for v in box),
             label_before=before.label,
             label_after=after.label,
             grey_zone_before=before.grey_zone,
@@ -198,6 +230,9 @@ class RescoreResult:
             ood_after=after.ood,
             ood_score_before=before.ood_score,
             ood_score_after=after.ood_score,
+            markers_masked=markers is not None,
+            marker_count=None if markers is None else markers.count,
+            marker_area_fraction=None if markers is None else markers.area_fraction,
         )
 
     def to_dict(self) -> dict:
@@ -205,16 +240,23 @@ class RescoreResult:
             "probability_before": self.probability_before,
             "probability_after": self.probability_after,
             "delta": self.delta,
-            "box": list(self.box),
+            "box": None if self.box is None else list(self.box),
             "label_before": self.label_before,
             "label_after": self.label_after,
             "grey_zone_before": self.grey_zone_before,
             "grey_zone_after": self.grey_zone_after,
+            "reading_before": self.reading_before,
+            "reading_after": self.reading_after,
+            "threshold_crossed": self.label_changed,
+            "call_changed": self.call_changed,
             "threshold": self.threshold,
             "ood_before": self.ood_before,
             "ood_after": self.ood_after,
             "ood_score_before": None if self.ood_score_before is None else round(self.ood_score_before, 4),
             "ood_score_after": None if self.ood_score_after is None else round(self.ood_score_after, 4),
+            "markers_masked": self.markers_masked,
+            "marker_count": self.marker_count,
+            "marker_area_fraction": None if self.marker_area_fraction is None else round(self.marker_area_fraction, 6),
         }
 
 
@@ -277,6 +319,11 @@ class MarkerResult:
     @property
     def count(self) -> int:
         return len(self.boxes)
+
+    @property
+    def area_fraction(self) -> float:
+        """Share of the image's pixels painted out, in [0, 1]."""
+        return float(self.mask.mean())
 
 
 def _grey(pixels: np.ndarray) -> np.ndarray:
@@ -485,13 +532,29 @@ def find_diaphragm(
         which = "one lung only; check the line. The top of its"
     reason = (
         f"Outlined {which} diaphragm dome is at row {diaphragm_y} of {height} "
-        f"({100 * diaphragm_y / height:.0f} % of the height); the suggested crop keeps rows 0 to {box[3] - 1}."
+        f"({100 * diaphragm_y / height:.0f} % of the height); the suggested crop's bottom edge is {box[3]} px from "
+        f"the top, so it keeps the top {box[3]} of {height} rows."
     )
     boxes = tuple(_to_image_box(mask, width, height) for mask in lungs)
     return DiaphragmResult(True, diaphragm_y, box, reason, len(lungs), boxes, width, height)
 
 
 # ----------------------------------------------------------------------------- cropping and rescoring
+
+
+def _box_numbers(box: Sequence) -> list[int]:
+    """The four whole numbers of a box, or ConfigError."""
+    values = list(box) if isinstance(box, (tuple, list, np.ndarray)) else None
+    if values is None or len(values) != 4:
+        raise ConfigError(f"A crop box must be four numbers (x0, y0, x1, y1) in pixels; got {box!r}.")
+    numbers = []
+    for value in values:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ConfigError(f"A crop box must be four whole numbers (x0, y0, x1, y1); got {box!r}.")
+        if not math.isfinite(value) or float(value) != int(value):
+            raise ConfigError(f"A crop box must be four whole numbers (x0, y0, x1, y1); got {box!r}.")
+        numbers.append(int(value))
+    return numbers
 
 
 def validate_box(box: Sequence, width: int, height: int, limits: CropLimits = CropLimits()) -> Box:
@@ -506,16 +569,7 @@ def validate_box(box: Sequence, width: int, height: int, limits: CropLimits = Cr
     Raises:
         ConfigError: with a sentence saying what is wrong with the box.
     """
-    values = list(box) if isinstance(box, (tuple, list, np.ndarray)) else None
-    if values is None or len(values) != 4:
-        raise ConfigError(f"A crop box must be four numbers (x0, y0, x1, y1) in pixels; got {box!r}.")
-    numbers = []
-    for value in values:
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ConfigError(f"A crop box must be four whole numbers (x0, y0, x1, y1); got {box!r}.")
-        if not math.isfinite(value) or float(value) != int(value):
-            raise ConfigError(f"A crop box must be four whole numbers (x0, y0, x1, y1); got {box!r}.")
-        numbers.append(int(value))
+    numbers = _box_numbers(box)
     x0, y0, x1, y1 = numbers
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
         raise ConfigError(
@@ -554,6 +608,107 @@ def apply_crop(pixels: np.ndarray, box: Sequence, limits: CropLimits = CropLimit
     grey = _grey(pixels)
     x0, y0, x1, y1 = validate_box(box, grey.shape[1], grey.shape[0], limits)
     return pixels[y0:y1, x0:x1].copy()
+
+
+def fit_box(
+    box: Sequence, width: int, height: int, limits: CropLimits = CropLimits(), previous: Sequence | None = None
+) -> Box:
+    """The box grown as little as possible into one that ``validate_box`` accepts.
+
+    What crop sliders that cannot break need: each edge is clipped to the image and each pair
+    put in order; then the span of rows and the span of columns are each grown, where needed,
+    to the smallest that keeps ``limits.min_side`` pixels and, with the other span,
+    ``limits.min_area_fraction`` of the image. The span that changed since ``previous`` is
+    fitted first, and within it the edge that moved gives way (a dragged edge stops at the
+    limit); the other edge moves only when the image's border is reached.
+
+    Args:
+        box: ``(x0, y0, x1, y1)`` in pixels, x1 and y1 exclusive, whole numbers; may be empty
+            or reversed (a range slider's two handles on one value).
+        width, height: size of the image the box applies to.
+        limits: smallest side and smallest share of the image's area.
+        previous: the box before the user's change (a valid one); None when unknown, and then
+            the bottom and right edges give way.
+
+    Returns:
+        A box ``validate_box`` accepts: ``box`` itself (as ints) when it already was one.
+
+    Raises:
+        ConfigError: ``box`` or ``previous`` is not four whole numbers, or the image is smaller
+            than the smallest crop.
+    """
+    x0, y0, x1, y1 = _box_numbers(box)
+    old = None if previous is None else _box_numbers(previous)
+    if width < limits.min_side or height < limits.min_side:
+        raise ConfigError(
+            f"The {width} x {height} image is smaller than the smallest crop ({limits.min_side} pixels a side)."
+        )
+
+    def clipped(a: int, b: int, size: int) -> tuple[int, int]:
+        low, high = sorted((min(max(a, 0), size), min(max(b, 0), size)))
+        return low, high
+
+    def enough(rows: int, columns: int) -> bool:  # the very test validate_box makes
+        return rows * columns / (width * height) >= limits.min_area_fraction
+
+    def grown(span: tuple[int, int], size: int, other: int, before: tuple[int, int] | None) -> tuple[int, int]:
+        start, end = span
+        length = max(limits.min_side, min(size, math.ceil(limits.min_area_fraction * width * height / max(other, 1))))
+        while length > limits.min_side and enough(length - 1, other):
+            length -= 1
+        while length < size and not enough(length, other):
+            length += 1
+        if end - start >= length:
+            return start, end
+        if before is not None and start != before[0] and end == before[1]:  # the first edge was dragged
+            start = max(0, end - length)
+            return start, start + length
+        end = min(size, start + length)
+        return end - length, end
+
+    rows, columns = clipped(y0, y1, height), clipped(x0, x1, width)
+    old_rows = None if old is None else (old[1], old[3])
+    old_columns = None if old is None else (old[0], old[2])
+    if old_rows is not None and rows == old_rows and columns != old_columns:
+        columns = grown(columns, width, rows[1] - rows[0], old_columns)
+        rows = grown(rows, height, columns[1] - columns[0], old_rows)
+    else:
+        rows = grown(rows, height, columns[1] - columns[0], old_rows)
+        columns = grown(columns, width, rows[1] - rows[0], old_columns)
+    return validate_box((columns[0], rows[0], columns[1], rows[1]), width, height, limits)
+
+
+def edit_pixels(
+    pixels: np.ndarray, box: Sequence | None = None, markers: "MarkerResult | None" = None, limits: CropLimits = CropLimits()
+) -> np.ndarray:
+    """The pixels a rescore calls: burned-in markers painted out when ``markers`` is given, then
+    the crop to ``box`` when it is given.
+
+    Markers are found and painted out on the whole image, before any crop, so that the
+    inpainting sees each marker's surroundings and one detection serves every box.
+
+    Args:
+        pixels: the image as decoded, (height, width) or (height, width, 1). Not modified.
+        box: ``(x0, y0, x1, y1)`` as ``apply_crop`` takes it; None keeps the whole image.
+        markers: ``find_markers(pixels)``; None leaves the markers in.
+
+    Returns:
+        A new array, same dtype as ``pixels``: (y1 - y0, x1 - x0) with a box, else the image's shape.
+
+    Raises:
+        InvalidImageError: ``pixels`` is not a non-empty grey image.
+        ConfigError: the box does not fit the image or keeps too little of it, or ``markers``
+            were found on an image of another shape or type.
+    """
+    _grey(pixels)
+    if markers is not None:
+        if markers.masked.shape != pixels.shape or markers.masked.dtype != pixels.dtype:
+            raise ConfigError(
+                f"The markers were found on another image ({markers.masked.dtype} {markers.masked.shape}, not "
+                f"{pixels.dtype} {pixels.shape}); find them on this one with find_markers."
+            )
+        pixels = markers.masked
+    return pixels.copy() if box is None else apply_crop(pixels, box, limits)
 
 
 # ----------------------------------------------------------------------------- burned-in markers
@@ -622,7 +777,8 @@ def find_markers(pixels: np.ndarray, settings: MarkerSettings = MarkerSettings()
     )
     if grey.dtype in (np.uint8, np.uint16):
         painted = cv2.inpaint(grey, mask_u8, settings.inpaint_radius, cv2.INPAINT_TELEA)
-    else:  # float in [0, 1] (to_unit_range checked it)
-        painted = cv2.inpaint(grey.astype(np.float32), mask_u8, settings.inpaint_radius, cv2.INPAINT_TELEA)
-        painted = np.clip(painted, 0.0, 1.0).astype(grey.dtype)
+    else:  # float in [0, 1] (to_unit_range checked it); OpenCV's Telea fills float pixels with 0 or 1, so in 16 bits
+        as_uint16 = np.rint(grey * 65535.0).astype(np.uint16)
+        painted = cv2.inpaint(as_uint16, mask_u8, settings.inpaint_radius, cv2.INPAINT_TELEA) / 65535.0
+        painted = np.where(mask, painted, grey).astype(grey.dtype)  # unmasked pixels exactly as they were
     return MarkerResult(mask, painted.reshape(pixels.shape), boxes)

@@ -11,10 +11,10 @@ import numpy as np
 import tensorflow as tf
 
 from .artifacts import DEFAULT_MODEL_PATH, ModelMetadata, load_model
-from .errors import ModelFileError, SiteProfileError
+from .errors import ConfigError, ModelFileError, SiteProfileError
 from .operating_point import OperatingPoint
 from .ood import ActivationSummaries, OodGate, gate_path
-from .crop import CropLimits, RescoreResult, apply_crop
+from .crop import CropLimits, MarkerResult, MarkerSettings, RescoreResult, edit_pixels, find_markers
 from .pipeline import DecodedImage
 from .preprocessing import ImageInfo, ImageLimits, preprocess
 from .schema import PREDICTION_SCHEMA_VERSION
@@ -248,16 +248,56 @@ class Predictor:
         Raises:
             ConfigError: the box does not fit the image or keeps too little of it.
         """
-        cropped = apply_crop(image.pixels, box, limits)
-        return self.predict_input(preprocess(cropped, self.input_size), image.info)
+        return self._call_edited(image, box, None, limits)
 
-    def rescore(self, image: DecodedImage, box, limits: CropLimits = CropLimits()) -> RescoreResult:
-        """The whole image and its crop, both called with the gate, side by side.
+    def call_masked(
+        self,
+        image: DecodedImage,
+        markers: MarkerResult | None = None,
+        box=None,
+        limits: CropLimits = CropLimits(),
+        settings: MarkerSettings = MarkerSettings(),
+    ) -> Prediction:
+        """The call, with the gate, on the image with its burned-in markers painted out, and
+        cropped to ``box`` when one is given (``crop.edit_pixels``).
+
+        Args:
+            image: the decoded image (not modified).
+            markers: ``crop.find_markers(image.pixels)`` when already made (the app keeps it);
+                None finds them here with ``settings``.
+            box: a crop box, or None for the whole image.
 
         Raises:
-            ConfigError: the box does not fit the image or keeps too little of it.
+            ConfigError: the box does not fit the image or keeps too little of it, or
+                ``markers`` were found on another image.
         """
-        return RescoreResult.from_calls(self.call(image), self.call_on_crop(image, box, limits), box)
+        if markers is None:
+            markers = find_markers(image.pixels, settings)
+        return self._call_edited(image, box, markers, limits)
+
+    def _call_edited(self, image: DecodedImage, box, markers: MarkerResult | None, limits: CropLimits) -> Prediction:
+        # The one path of every edited call: edit the decoded pixels, preprocess, call with the
+        # gate and the active operating point (the decoded image's facts feed the gate).
+        return self.predict_input(preprocess(edit_pixels(image.pixels, box, markers, limits), self.input_size), image.info)
+
+    def rescore(
+        self, image: DecodedImage, box=None, limits: CropLimits = CropLimits(), markers: MarkerResult | None = None
+    ) -> RescoreResult:
+        """The whole image and its edit (a crop, the markers painted out, or both), both called
+        with the gate, side by side.
+
+        Args:
+            box: a crop box, or None for no crop.
+            markers: ``crop.find_markers(image.pixels)`` to paint them out, or None.
+
+        Raises:
+            ConfigError: neither a box nor markers are given (nothing to compare), the box does
+                not fit the image or keeps too little of it, or the markers are another image's.
+        """
+        if box is None and markers is None:
+            raise ConfigError("Nothing to rescore: give a crop box, the markers to paint out, or both.")
+        after = self._call_edited(image, box, markers, limits)
+        return RescoreResult.from_calls(self.call(image), after, box, markers)
 
     def predict_source(self, source: str | Path | bytes, limits: ImageLimits = ImageLimits()) -> Prediction:
         """Decodes a file or its bytes (``DecodedImage.decode``) and calls it.

@@ -298,6 +298,67 @@ def test_crop_without_a_diaphragm_suggests_no_crop_and_says_why(tiny_model, tmp_
     assert code == 0 and record["box"] is None and record["probability_after"] is None and record["reason"]
 
 
+def _film_with_a_letter(tmp_path) -> Path:
+    """A PNG with a burned-in near-white R on a smooth background (what ``find_markers`` is for)."""
+    import cv2
+
+    y = np.mgrid[0:128, 0:128][0]
+    pixels = (90 + 60 * y / 128).astype(np.uint8)
+    cv2.putText(pixels, "R", (10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.7, 255, 2)
+    path = tmp_path / "lettered.png"
+    path.write_bytes(encode(pixels))
+    return path
+
+
+def test_crop_mask_markers_reports_the_markers_alone_or_with_a_box(tiny_model, tmp_path, capsys):
+    film = _film_with_a_letter(tmp_path)
+    out = tmp_path / "outlined.png"
+    code, records, _ = _run(capsys, ["crop", str(film), "--mask-markers", "--no-crop", "--out", str(out), "--model", str(tiny_model)])
+    record = records[0]
+    assert code == 0 and record["box"] is None and record["box_source"] == "none" and out.is_file()
+    assert record["markers"]["count"] == 1 == record["marker_count"] and record["markers_masked"] is True
+    assert 0 < record["markers"]["area_fraction"] == record["marker_area_fraction"] < 0.05
+    x0, y0, x1, y1 = record["markers"]["boxes"][0]
+    assert x0 < 30 and y0 < 30 and x1 > 10 and y1 > 10  # where the R was drawn
+    assert record["delta"] == pytest.approx(record["probability_after"] - record["probability_before"])
+    assert isinstance(record["call_changed"], bool) and isinstance(record["threshold_crossed"], bool)
+    code, records, _ = _run(capsys, ["crop", str(film), "--mask-markers", "--box", "0,0,128,96", "--model", str(tiny_model)])
+    assert code == 0 and records[0]["box"] == [0, 0, 128, 96] and records[0]["marker_count"] == 1
+    code, records, _ = _run(capsys, ["crop", str(film), "--box", "0,0,128,96", "--model", str(tiny_model)])
+    assert records[0]["markers_masked"] is False and "markers" not in records[0]
+
+
+@pytest.mark.parametrize(
+    "argv, words", [(["--no-crop"], "nothing to rescore"), (["--no-crop", "--mask-markers", "--box", "0,0,96,72"], "contradict")]
+)
+def test_crop_refuses_flags_that_leave_nothing_to_do_or_contradict(tiny_model, files, capsys, argv, words):
+    good, _ = files
+    code = main(["crop", str(good), *argv, "--model", str(tiny_model)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and words in err
+
+
+def test_evaluate_markers_reports_four_columns_on_the_same_images(tiny_model, synthetic_data, tmp_path, capsys):
+    from pneumo_model.lab.evaluation import MARKER_COLUMNS
+
+    argv = ["evaluate", "--crop", "markers", "--split", "validation", "--data", str(synthetic_data),
+            "--model", str(tiny_model), "--reports", str(tmp_path), "--fullres", str(tmp_path / "none")]
+    code = main(argv)
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    report = json.loads((tmp_path / "marker_evaluation_validation.json").read_text())
+    assert code == 0 and report["split"] == "validation" and report["images"] > 0
+    assert set(report["metrics"]) == set(MARKER_COLUMNS) == set(summary) - {"markers_found_fraction", "calls_changed_by_masking"}
+    for column in MARKER_COLUMNS:
+        assert sum(report["metrics"][column]["confusion"].values()) == report["images"]
+    if report["markers"]["found_images"] == 0:  # nothing to paint out: masking must change no figure
+        assert report["metrics"]["markers_masked"] == report["metrics"]["whole"]
+        assert report["changes"]["masking"]["threshold_crossed"] == 0 == report["changes"]["masking"]["call_changed"]
+    assert report["changes"]["masking"]["call_changed"] <= report["changes"]["masking"]["threshold_crossed"]
+    assert report["fullres_detection"] is None and report["command"].endswith("--crop markers --split validation")
+    assert "Answer: masking the markers" in (tmp_path / "marker_evaluation_validation.md").read_text()
+    assert not (tmp_path / "test_evaluations.jsonl").exists()  # validation is not a test use
+
+
 def test_evaluate_with_auto_crop_reports_both_columns_on_the_same_images(tiny_model, synthetic_data, tmp_path, capsys):
     argv = ["evaluate", "--crop", "auto", "--split", "validation", "--data", str(synthetic_data),
             "--model", str(tiny_model), "--reports", str(tmp_path)]

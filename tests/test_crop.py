@@ -13,8 +13,10 @@ from pneumo_model.crop import (
     DiaphragmSettings,
     MarkerSettings,
     apply_crop,
+    edit_pixels,
     find_diaphragm,
     find_markers,
+    fit_box,
     validate_box,
 )
 from pneumo_model.data import DEFAULT_DATA_DIR
@@ -370,3 +372,174 @@ def test_full_size_originals_and_their_224px_copies_give_the_same_line():
     assert np.median(differences) <= 0.02
     assert np.mean(np.array(differences) <= 0.05) >= 0.9
     # Its speed (target 200 ms per image) is the bench's to measure: ``diaphragm_s`` in reports/bench.json.
+
+
+# ----------------------------------------------------------------------------- boxes that cannot break
+
+
+@pytest.mark.parametrize(
+    "box, previous, expected",
+    [
+        ((0, 0, 300, 150), None, (0, 0, 300, 150)),  # already accepted: unchanged
+        ((0, 0, 300, 0), None, (0, 0, 300, 50)),  # an empty box: the bottom edge gives way
+        ((0, 100, 300, 100), (0, 0, 300, 100), (0, 50, 300, 100)),  # the top edge was dragged: it stops at the limit
+        ((0, 180, 300, 200), (0, 0, 300, 200), (0, 150, 300, 200)),
+        ((0, 190, 300, 200), (0, 150, 300, 200), (0, 150, 300, 200)),
+        ((0, 0, 300, 10), (0, 0, 300, 150), (0, 0, 300, 50)),  # the bottom edge was dragged up
+        ((0, 0, 20, 200), (0, 0, 300, 200), (0, 0, 75, 200)),  # columns: 25 % of the area at full height
+        ((250, 0, 300, 200), (0, 0, 300, 200), (225, 0, 300, 200)),
+        ((0, 0, 75, 160), (0, 0, 75, 200), (0, 0, 75, 200)),  # at 25 % already: the dragged edge stops
+        ((0, 0, 75, 160), None, (0, 0, 75, 200)),
+        ((0, 0, 10, 10), None, (0, 0, 75, 200)),  # no previous box: the rows first (to full height), then the columns
+        ((300, 200, 0, 0), None, (0, 0, 300, 200)),  # reversed edges are put in order
+        ((-50, -10, 900, 700), None, (0, 0, 300, 200)),  # clipped to the image
+    ],
+)
+def test_fit_box_grows_a_box_as_little_as_possible(box, previous, expected):
+    fitted = fit_box(box, 300, 200, previous=previous)
+    assert fitted == expected
+    assert validate_box(fitted, 300, 200) == fitted
+
+
+def test_fit_box_never_returns_a_box_validate_box_refuses():
+    rng = np.random.default_rng(0)
+    for width, height in ((224, 224), (1640, 1304), (64, 256), (2000, 64)):
+        previous = (0, 0, width, height)
+        for _ in range(300):
+            box = tuple(int(v) for v in rng.integers(-5, max(width, height) + 5, 4))
+            fitted = fit_box(box, width, height, previous=previous)
+            assert validate_box(fitted, width, height) == fitted, (box, previous)
+            previous = fitted
+    for limits in (CropLimits(min_side=10, min_area_fraction=0.3), CropLimits(min_side=64, min_area_fraction=1.0)):
+        assert validate_box(fit_box((3, 3, 3, 3), 97, 131, limits), 97, 131, limits)
+
+
+def test_fit_box_refuses_what_is_not_a_box_or_an_image_too_small():
+    with pytest.raises(ConfigError, match="four whole numbers"):
+        fit_box((0, 0, 10.5, 10), 100, 100)
+    with pytest.raises(ConfigError, match="smaller than the smallest crop"):
+        fit_box((0, 0, 20, 20), 20, 100)
+
+
+# ----------------------------------------------------------------------------- masking markers, and masking with a crop
+
+
+def test_edit_pixels_paints_out_the_markers_then_crops_and_changes_nothing():
+    image, letter = draw_letter(smooth_background(), 255)
+    before = image.copy()
+    markers = find_markers(image)
+    assert markers.count == 1 and markers.area_fraction == pytest.approx(markers.mask.mean())
+    masked = edit_pixels(image, markers=markers)
+    np.testing.assert_array_equal(masked, markers.masked)
+    assert masked.dtype == image.dtype and masked.shape == image.shape and masked is not markers.masked
+    both = edit_pixels(image, (0, 0, 256, 128), markers)
+    np.testing.assert_array_equal(both, markers.masked[:128])
+    np.testing.assert_array_equal(edit_pixels(image, (0, 0, 256, 128)), image[:128])
+    plain_copy = edit_pixels(image)
+    np.testing.assert_array_equal(plain_copy, image)
+    assert plain_copy is not image
+    np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float64])
+def test_masking_keeps_the_shape_and_type(dtype):
+    image, letter = draw_letter(smooth_background(), 255)
+    if dtype == np.uint16:
+        image = image.astype(np.uint16) * 257
+    elif dtype == np.float64:
+        image = image / 255.0
+    markers = find_markers(image[:, :, np.newaxis])
+    masked = edit_pixels(image[:, :, np.newaxis], markers=markers)
+    assert markers.count == 1 and masked.shape == (256, 256, 1) and masked.dtype == dtype
+    assert masked[:, :, 0][letter].max() < 0.8 * (np.iinfo(dtype).max if dtype != np.float64 else 1.0)
+
+
+def test_markers_of_another_image_are_refused():
+    image, _ = draw_letter(smooth_background(), 255)
+    markers = find_markers(image)
+    with pytest.raises(ConfigError, match="another image"):
+        edit_pixels(image[:200], markers=markers)
+    with pytest.raises(ConfigError, match="another image"):
+        edit_pixels(image.astype(np.uint16), markers=markers)
+
+
+def _marked_image(tiny_model):
+    from pneumo_model.pipeline import DecodedImage
+    from pneumo_model.prediction import Predictor
+
+    pixels, _ = draw_letter(smooth_background(), 255)
+    return DecodedImage.decode(encode(pixels)), Predictor.from_file(tiny_model)
+
+
+def test_the_masked_call_is_the_call_on_the_masked_pixels(tiny_model):
+    image, predictor = _marked_image(tiny_model)
+    markers = find_markers(image.pixels)
+    assert markers.count == 1
+    size = predictor.input_size
+    masked = predictor.call_masked(image, markers)
+    expected = float(predictor.probabilities(preprocess(markers.masked, size)[np.newaxis])[0])
+    assert masked.probability == pytest.approx(expected, abs=1e-6)
+    assert predictor.call_masked(image).probability == masked.probability  # finds the same markers itself
+    assert masked.label == predictor.label_for(masked.probability) and masked.threshold == predictor.threshold
+    assert masked.operating_point == predictor.operating_point.id and masked.info == image.info
+    # Masking and a crop: the markers are painted out on the whole image, then it is cropped.
+    both = predictor.call_masked(image, markers, (0, 0, 256, 160))
+    expected = float(predictor.probabilities(preprocess(markers.masked[:160], size)[np.newaxis])[0])
+    assert both.probability == pytest.approx(expected, abs=1e-6)
+    cropped = predictor.call_on_crop(image, (0, 0, 256, 160))
+    assert cropped.probability == pytest.approx(
+        float(predictor.probabilities(preprocess(image.pixels[:160], size)[np.newaxis])[0]), abs=1e-6
+    )
+    assert not image.pixels.flags.writeable and find_markers(image.pixels).count == 1  # the image is not changed
+
+
+def test_rescore_with_markers_alone_or_with_a_crop(tiny_model):
+    image, predictor = _marked_image(tiny_model)
+    markers = find_markers(image.pixels)
+    alone = predictor.rescore(image, markers=markers)
+    assert alone.box is None and alone.markers_masked and alone.marker_count == 1
+    assert alone.marker_area_fraction == markers.area_fraction
+    assert alone.probability_before == predictor.call(image).probability
+    assert alone.probability_after == predictor.call_masked(image, markers).probability
+    record = alone.to_dict()
+    assert record["box"] is None and record["marker_count"] == 1 and record["markers_masked"] is True
+    assert {"reading_before", "reading_after", "threshold_crossed", "call_changed"} <= set(record)
+    both = predictor.rescore(image, (0, 0, 256, 160), markers=markers)
+    assert both.box == (0, 0, 256, 160) and both.probability_after == predictor.call_masked(image, markers, (0, 0, 256, 160)).probability
+    crop_only = predictor.rescore(image, (0, 0, 256, 160))
+    assert not crop_only.markers_masked and crop_only.marker_count is None and crop_only.to_dict()["marker_area_fraction"] is None
+    with pytest.raises(ConfigError, match="Nothing to rescore"):
+        predictor.rescore(image)
+
+
+# ----------------------------------------------------------------------------- a change of call
+
+
+class _Call:
+    """What ``RescoreResult.from_calls`` reads from a ``Prediction``, at the shipped model's operating point."""
+
+    def __init__(self, probability: float, threshold: float = 0.241, zone: tuple[float, float] = (0.057, 0.625)):
+        self.probability, self.threshold = probability, threshold
+        self.label = "pneumonia" if probability >= threshold else "normal"
+        self.grey_zone = zone[0] <= probability < zone[1]
+        self.ood = self.ood_score = None
+
+
+@pytest.mark.parametrize(
+    "before, after, crossed, changed, readings",
+    [
+        (0.002, 0.777, True, True, ("normal", "pneumonia")),  # confident normal to confident pneumonia
+        (0.983, 0.050, True, True, ("pneumonia", "normal")),
+        (0.256, 0.240, True, False, ("indeterminate", "indeterminate")),  # 0.016 across the threshold, in the zone
+        (0.040, 0.300, True, False, ("normal", "indeterminate")),  # into the grey zone across the threshold
+        (0.300, 0.890, False, False, ("indeterminate", "pneumonia")),  # out of the zone, same side
+        (0.990, 0.700, False, False, ("pneumonia", "pneumonia")),
+    ],
+)
+def test_a_change_of_call_is_one_from_a_confident_side_to_the_other(before, after, crossed, changed, readings):
+    from pneumo_model.crop import RescoreResult
+
+    result = RescoreResult.from_calls(_Call(before), _Call(after))
+    assert result.label_changed is crossed and result.call_changed is changed
+    assert (result.reading_before, result.reading_after) == readings
+    assert result.box is None and not result.markers_masked
