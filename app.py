@@ -1,67 +1,61 @@
 """Review one image: ``streamlit run app.py``.
 
-The call, the calibrated probability, the operating point, the grey-zone and out-of-distribution
-flags, and the reviewer's verdict for the audit trail. This script is also the app's home page;
-the other pages are in ``pages/`` (Streamlit's classic multipage app), and every page draws the
-shared frame first (``ui.frame.render``). All model work is in ``pneumo_model``.
+The call at a glance (the call, the calibrated probability, the probability bar with the
+threshold and the grey zone, one sentence in plain words), the out-of-distribution flag, the
+reviewer's verdict for the audit trail and the case report. This script is also the app's home
+page; the other pages are in ``pages/`` (Streamlit's classic multipage app), and every page draws
+the shared frame first (``ui.frame.render``). All model work is in ``pneumo_model``.
 """
 
 import streamlit as st
 
-from ui import audit, drawing, frame, resources, state
+from ui import audit, call_view, drawing, frame, resources, state
 from ui.markup import plain
+
+# The picture's column at 1366 x 768: a demo image (224 px) is drawn at twice its size, pixel for pixel.
+IMAGE_ROOM = 460
 
 model = frame.render("Review")
 
-result_column, image_column = st.columns([2, 3], gap="large")
+result_column, image_column = st.columns([5, 6], gap="large")
 with result_column:
+    uploader = state.review_uploader_key()
     st.file_uploader(
-        f"Upload one chest X-ray ({state.UPLOAD_FORMATS}), or pick a demo image in the sidebar",
+        "Upload one chest X-ray, or pick a demo image in the sidebar",
+        help=f"{state.UPLOAD_FORMATS}, up to {state.IMAGE_UPLOAD_MB} MB.",
+        label_visibility="collapsed",  # said under it until an image is chosen; the first screen needs the room
         type=state.UPLOAD_TYPES,
         max_upload_size=state.IMAGE_UPLOAD_MB,
-        key="review_upload",
+        key=uploader,
         on_change=state.choose_upload,
-        args=("review_upload",),
+        args=(uploader,),
     )
     image = state.chosen()
     if image is None:
-        st.info("No image chosen yet.", icon=":material/image:")
+        st.info(
+            f"No image chosen yet. Upload one chest X-ray above ({state.UPLOAD_FORMATS}), or pick a demo image "
+            "in the sidebar.",
+            icon=":material/image:",
+        )
         st.stop()
-    result = frame.computed(lambda: resources.prediction(image), image.name)
+    result = frame.computed(lambda: resources.prediction(image), image.name, busy="Reading and scoring the image...")
     display = frame.computed(lambda: resources.display_pixels(image), image.name)
 
     may_show, result_id = frame.shown_call(image, result, "review")
     if may_show:
-        call = "Pneumonia" if result.label == "pneumonia" else "Normal"
-        st.markdown(f"#### Call: **{call}**")
-        point = model.operating_point
-        st.metric(
-            "Probability of pneumonia (calibrated)",
-            f"{result.probability:.3f}",
-            help=(
-                "Temperature-scaled on validation data from the training hospital."
-                if point.kind == "shipped"
-                else "Recalibrated on this site's own labelled images (the site profile)."
-            ),
-        )
-        low, high = model.grey_zone.low, model.grey_zone.high
-        if result.grey_zone:
-            st.warning(
-                f"**Indeterminate: needs a careful read.** The probability lies in the grey zone "
-                f"[{low:.3f}, {high:.3f}), where the model's call is not trusted.",
-                icon=":material/help:",
-            )
-        else:
-            st.success(f"Outside the grey zone [{low:.3f}, {high:.3f}).", icon=":material/check_circle:")
-        st.caption(f"Operating point: pneumonia at probability ≥ {result.threshold:.3f}; {frame.operating_point_purpose(model)}.")
+        call_view.show_call(result, model)
     frame.show_warnings(result.info.warnings)
-    audit.verdict_form(result_id, "review_verdict")
+    audit.verdict_form(result_id, "review_verdict", call_shown=may_show)
 
 with image_column:
-    source = "demo image" if image.source == "sample" else "upload"
-    drawing.show(
-        display,
-        caption=f"{plain(image.name)} ({source}, {result.info.width} x {result.info.height} px, "
-        f"{result.info.bit_depth}-bit {result.info.format})",
-        width=440,
-    )
+    shown, factor = drawing.sharp(display, IMAGE_ROOM)
+    info = result.info
+    size = f"{info.width} x {info.height} px, {info.bit_depth}-bit {info.format}"
+    if image.source == "sample":
+        about = f"demo image: the data set's reduced copy ({size}), not the original film"
+    else:
+        about = f"upload, {size}"
+    zoom = f"; shown at {factor}x, pixel for pixel" if factor > 1 else ""
+    drawing.show(shown, caption=f"{plain(image.name)} ({about}{zoom})", width=min(shown.shape[1], IMAGE_ROOM))
+    if may_show:
+        call_view.case_report_download(image, result, model, "review")

@@ -15,6 +15,7 @@ from typing import NamedTuple, TypeVar
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
+from pneumo_model import presentation
 from pneumo_model.errors import PneumoError
 from pneumo_model.paths import REPO_ROOT
 from pneumo_model.prediction import Prediction, Predictor
@@ -45,7 +46,7 @@ PAGES = (
     Page("pages/site.py", "Site calibration", ":material/tune:"),
 )
 
-DISCLAIMER = "Decision support for trained readers — not a medical device, not a diagnosis."
+DISCLAIMER = presentation.DISCLAIMER  # the case report prints the same words
 HEATMAP_CAVEAT = "shows where the model looked, not where the lesion is"
 OOD_MESSAGE = (
     "**This does not look like a frontal chest X-ray; the model's output is not meaningful.** "
@@ -126,6 +127,7 @@ def render(title: str) -> Predictor:
         f"operating point {operating_point_line(model)}.",
         icon=":material/medical_information:",
     )
+    st.subheader(page.title, anchor=False)
     lost = state.lost_uploads()
     if lost is not None:
         st.warning(lost, icon=":material/cloud_off:")
@@ -160,16 +162,24 @@ def _sidebar(model: Predictor) -> None:
         else:
             source = "demo image" if image.source == "sample" else "uploaded"
             st.caption(f"Chosen image: **{plain(image.name)}** ({source})")
-        with st.expander("Demo images (one click loads)", expanded=image is None):
+        # Always drawn open: an expander whose ``expanded`` changed between runs was drawn anew, closed,
+        # so the list shut after the first pick. Now it stays as the user left it.
+        with st.expander("Demo images (one click loads)", expanded=True):
             for sample in state.samples():
+                chosen = image is not None and image.source == "sample" and image.name == sample.path.name
                 st.button(
                     sample.title,
                     key=f"sample-{sample.path.name}",
                     on_click=state.choose_sample,
                     args=(sample.path,),
                     width="stretch",
+                    # A tick, not the theme's primary colour: a red button beside a call would read as an alarm.
+                    icon=":material/check:" if chosen else None,
                 )
-            st.caption("From the Kermany 2018 test split, CC BY 4.0 (see the Model card).")
+            st.caption(
+                "From the Kermany 2018 test split, CC BY 4.0 (see the Model card): the data set's 224 x 224 px "
+                "copies, not the original films."
+            )
         st.caption(f"{DISCLAIMER}  \nModel `{model.metadata.short_sha}`, operating point `{model.operating_point.short_id}`")
 
 
@@ -186,13 +196,24 @@ def require_image() -> state.ChosenImage:
     return image
 
 
-def computed(compute: Callable[[], T], file_name: str | None = None) -> T:
-    """``compute()``, or the package's plain error (naming ``file_name``) and a stop of the page."""
+def computed(compute: Callable[[], T], file_name: str | None = None, busy: str | None = None) -> T:
+    """``compute()``, or the package's plain error (naming ``file_name``) and a stop of the page.
+
+    With ``busy``, that note is on the page while ``compute()`` runs (from its first moment:
+    ``st.spinner`` waits half a second before it shows). A cached result comes back at once, and
+    Streamlit then usually sends the note and its removal in one message, so nothing flickers.
+    """
+    note = st.empty()
+    if busy is not None:
+        note.info(busy, icon=":material/hourglass_top:")
     try:
         return compute()
     except PneumoError as error:
+        note.empty()
         show_error(error, file_name)
         st.stop()
+    finally:
+        note.empty()
 
 
 def shown_call(

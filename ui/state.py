@@ -19,6 +19,8 @@ from pneumo_model.preprocessing import SUPPORTED_FORMATS, ImageLimits
 
 SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
 _CHOSEN_KEY = "chosen_image"
+REVIEW_UPLOADER = "review_upload"
+_REVIEW_ROUND_KEY = "review_upload_round"
 
 # File name endings the uploaders accept: the usual ones of each format the package decodes.
 _EXTENSIONS = {
@@ -88,8 +90,23 @@ def chosen() -> ChosenImage | None:
     return st.session_state.get(_CHOSEN_KEY)
 
 
-def choose(image: ChosenImage) -> None:
+def choose(image: ChosenImage, widget_key: str | None = None) -> None:
+    """Makes ``image`` the chosen one; ``widget_key`` is the uploader it came from, if any.
+
+    An image chosen any other way (a demo, a worklist row) empties the Review page's uploader, so
+    that it never shows the file it held beside another image's call. A file uploader cannot be
+    emptied from the server; a widget under a new key is a new, empty one (``review_uploader_key``).
+    """
     st.session_state[_CHOSEN_KEY] = image
+    held = review_uploader_key()
+    if widget_key != held and st.session_state.get(held) is not None:
+        st.session_state[_REVIEW_ROUND_KEY] = st.session_state.get(_REVIEW_ROUND_KEY, 0) + 1
+
+
+def review_uploader_key() -> str:
+    """The Review page uploader's key now: ``review_upload``, and a new one each time it is emptied."""
+    round_ = st.session_state.get(_REVIEW_ROUND_KEY, 0)
+    return REVIEW_UPLOADER if round_ == 0 else f"{REVIEW_UPLOADER}_{round_}"
 
 
 def choose_sample(path: Path) -> None:
@@ -107,7 +124,7 @@ def choose_upload(widget_key: str) -> None:
     """File-uploader callback: makes the uploaded file the chosen one (a cleared uploader keeps the choice)."""
     uploaded = st.session_state.get(widget_key)
     if uploaded is not None:
-        choose(ChosenImage(name=uploaded.name, data=uploaded.getvalue(), source="upload"))
+        choose(ChosenImage(name=uploaded.name, data=uploaded.getvalue(), source="upload"), widget_key)
         note_uploads()
 
 

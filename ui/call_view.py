@@ -1,0 +1,161 @@
+"""The call on screen: its one spelling, the probability bar, the sentence under it, what the
+numbers mean, and the case report's download.
+
+Every page that words a call uses ``call_word`` (``pneumo_model.presentation``), so a film is
+"Pneumonia" or "Normal" everywhere. Colours are neutral for either call (no green, nothing that
+reads "all clear"); amber is kept for "indeterminate".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from pneumo_model import presentation
+from pneumo_model.case_report import SHA_PREFIX_DIGITS, case_report_pdf
+from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar, overlay_heatmap
+from pneumo_model.operating_point import SHIPPED
+from pneumo_model.prediction import Prediction, Predictor
+
+from . import drawing, frame, resources, state
+
+INDETERMINATE = presentation.INDETERMINATE
+PROBABILITY_LABEL = "Probability of pneumonia (calibrated)"
+HELP_TITLE = "What these numbers mean"
+REPORT_LABEL = "Download the case report (PDF)"
+REPORT_BUSY = "Preparing the case report (PDF)..."
+# The Explain page's default opacity: the report shows the overlay a reader first sees there.
+REPORT_OVERLAY_ALPHA = 0.4
+
+
+def call_word(label: str) -> str:
+    """The call as every page writes it: "Normal" or "Pneumonia"."""
+    return presentation.call_word(label)
+
+
+def show_call(result: Prediction, model: Predictor) -> None:
+    """The call at a glance: the call, the probability, the bar, one sentence, and the help."""
+    point = model.operating_point
+    flag = f" · {presentation.INDETERMINATE_WORD}" if result.grey_zone else ""
+    st.markdown(f"#### Call: **{call_word(result.label)}**{flag}")
+    st.metric(
+        PROBABILITY_LABEL,
+        f"{result.probability:.3f}",
+        help=(
+            "Temperature-scaled on validation data from the training hospital."
+            if point.kind == SHIPPED
+            else "Recalibrated on this site's own labelled images (the site profile)."
+        ),
+    )
+    drawing.show(presentation.probability_bar(result.probability, point), caption=presentation.BAR_AXIS_NOTE)
+    sentence = presentation.call_sentence(result.probability, point)
+    if result.grey_zone:
+        st.warning(f"**{INDETERMINATE}.** {sentence}", icon=":material/help:")
+    else:
+        st.markdown(sentence)
+    st.caption(
+        f"Operating point: pneumonia at probability ≥ {result.threshold:.3f}; {frame.operating_point_purpose(model)}."
+    )
+    with st.expander(HELP_TITLE, icon=":material/info:"):
+        st.markdown(numbers_help(model))
+
+
+def numbers_help(model: Predictor) -> str:
+    """What the probability, the threshold and the grey zone mean, with this operating point's numbers."""
+    point = model.operating_point
+    low, high = point.grey_zone.low, point.grey_zone.high
+    if point.kind == SHIPPED:
+        where = "validation films from the training hospital"
+        rule = model.metadata.grey_zone_rule
+        parameters = rule.get("parameters", {})
+        share = rule.get("validation_shares", {}).get("in_band")
+        zone = (
+            f"The band is as wide as the model's own instability (`{rule.get('document', 'docs/grey_zone_rule.md')}`): "
+            f"under {len(parameters.get('perturbations', ()))} ordinary changes of acquisition (exposure, contrast, "
+            f"a small tilt or zoom, lower resolution, JPEG), {parameters.get('percentile', float('nan')):g} % of the "
+            f"validation films moved by at most {rule.get('w', float('nan')):.2f} on the log-odds scale, and the band "
+            "reaches that far either side of the threshold: a film inside it could have been called the other way."
+            + (f" {share:.1%} of the validation films fell inside it." if share is not None else "")
+        )
+    else:
+        profile = resources.site_profile()
+        where = f"this site's {profile.n_normal + profile.n_pneumonia} labelled films"
+        share = profile.figures.get("grey_zone_share", {}).get("value")
+        zone = "It was fitted with the site profile by the rules in `docs/site_calibration_rules.md`." + (
+            f" Out of fold, {share:.1%} of this site's films fell inside it." if share is not None else ""
+        )
+    return "\n".join(
+        [
+            f"- **Probability of pneumonia**: the model's estimate, calibrated on {where}: among films like "
+            "those given about this probability, about that share had pneumonia. It holds for paediatric "
+            "frontal films like the training ones, and the model saw nothing but this image.",
+            f"- **Threshold {point.threshold:.3f}**: at or above it the call is pneumonia, below it normal; "
+            f"{frame.operating_point_purpose(model)}. A normal call does not rule pneumonia out: at that "
+            "sensitivity some pneumonia films are still called normal.",
+            f"- **Grey zone [{low:.3f}, {high:.3f})** (amber on the bar): the call is indeterminate inside it "
+            f"and needs a careful read, whichever side of the threshold it falls. {zone}",
+            f"- **The bar**: {presentation.BAR_AXIS_NOTE} The black line is the threshold, the triangle this image.",
+            "- The Model card has the figures on the official test split, and what the model is known to get wrong.",
+        ]
+    )
+
+
+def case_report_download(image: state.ChosenImage, result: Prediction, model: Predictor, key: str) -> None:
+    """The case report's download button (the report is made once per image and operating point).
+
+    The report is made before the button can be drawn, so a page calls this last: its call and
+    its pictures are on screen while the report is made, under a busy note.
+    """
+    point = model.operating_point
+
+    def make() -> bytes:
+        film = resources.display_pixels(image)
+        picture, legend, title, note = report_heatmap(image, film)
+        return case_report_pdf(
+            film, picture, result, model.metadata, point, image.digest,
+            heatmap_title=title, heatmap_note=note, heatmap_legend=legend,
+        )
+
+    report = frame.computed(
+        lambda: resources.cache().get_or_compute(("case_report", image.digest, point.id), make), image.name,
+        busy=REPORT_BUSY,
+    )
+    st.download_button(
+        REPORT_LABEL,
+        data=report,
+        file_name=f"case_report_{image.digest[:SHA_PREFIX_DIGITS]}.pdf",
+        mime="application/pdf",
+        icon=":material/picture_as_pdf:",
+        key=f"{key}_case_report",
+        on_click="ignore",
+        help="One page: the image, the call, the probability bar, the Grad-CAM heat map and the operating point. "
+        "No file name and no patient identifier: the image is named by its SHA-256 only.",
+    )
+
+
+def report_heatmap(image: state.ChosenImage, film: np.ndarray) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """The Grad-CAM picture, colour bar, title and words for the report, as the Explain page first shows
+    them: on the fixed scale at its default opacity, and no map drawn where it is weak.
+
+    Raises:
+        ModelFileError: the heat-map scale cannot be used (``resources.heatmap_scale``).
+    """
+    scale = resources.heatmap_scale()
+    raw = resources.gradcam_heatmap(image)
+    peak = scale.peak(raw)
+    legend = gradcam_colour_bar(scale, REPORT_OVERLAY_ALPHA, peak=peak)
+    if scale.is_weak(raw):
+        picture = np.repeat(film[:, :, np.newaxis], 3, axis=2)  # (h, w, 3) uint8: the film, no map
+        title = "no map drawn (a weak one)"
+        note = (
+            f"no map drawn: no region raised the pneumonia score much (peak {peak:.2f} on the fixed scale, below "
+            f"{scale.weak_fraction:.2f}, the level 95 % of normal validation films stay under)."
+        )
+    else:
+        picture = overlay_heatmap(film, scale.unit(raw), alpha=REPORT_OVERLAY_ALPHA)
+        title = "where the model looked"
+        note = (
+            f"{frame.HEATMAP_CAVEAT}. Brighter = raised the pneumonia score more, on the same scale for every "
+            f"image (this image's peak {peak:.2f})."
+        )
+    return picture, legend, title, f"{note} {GRADCAM_BAR_WORDS}"
