@@ -543,3 +543,65 @@ def test_a_change_of_call_is_one_from_a_confident_side_to_the_other(before, afte
     assert result.label_changed is crossed and result.call_changed is changed
     assert (result.reading_before, result.reading_after) == readings
     assert result.box is None and not result.markers_masked
+
+
+# ----------------------------------------------------------------------------- the marker evaluation report
+
+MARKER_REPORT = REPO_ROOT / "reports" / "marker_evaluation.json"
+
+
+def test_committed_marker_report_names_the_shipped_model_and_its_columns():
+    import json
+
+    from pneumo_model.artifacts import read_metadata
+    from pneumo_model.lab.evaluation import MARKER_COLUMNS, MARKER_COMPARISONS, marker_markdown
+
+    report = json.loads(MARKER_REPORT.read_text())
+    assert report["model_sha256"] == read_metadata(DEFAULT_MODEL_PATH).model_sha256
+    assert report["split"] == "test" and report["images"] == 624 and report["command"] == "python -m pneumo_model evaluate --crop markers"
+    assert set(report["metrics"]) == set(MARKER_COLUMNS)
+    assert set(report["changes"]) == {name for name, _, _ in MARKER_COMPARISONS}
+    for change in report["changes"].values():
+        assert 0 <= change["call_changed"] <= change["threshold_crossed"] <= report["images"]
+    markers = report["markers"]
+    assert markers["found_normal"] + markers["found_pneumonia"] == markers["found_images"]
+    assert markers["found_fraction"] == pytest.approx(markers["found_images"] / report["images"])
+    assert (REPO_ROOT / "reports" / "marker_evaluation.md").read_text() == marker_markdown(report)
+
+
+def test_readme_marker_evaluation_is_the_generated_report():
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split("<!-- marker_evaluation:start -->\n", 1)[1].split("<!-- marker_evaluation:end -->", 1)[0]
+    assert block == (REPO_ROOT / "reports" / "marker_evaluation.md").read_text()
+
+
+def _same(committed, fresh, where="report"):
+    """Equal up to 1e-9 on floats; ``created_utc`` and the test-log count left out."""
+    if isinstance(committed, dict):
+        skip = {"created_utc", "test_evaluations_so_far"}
+        assert set(committed) - skip == set(fresh) - skip, where
+        for key in set(committed) - skip:
+            _same(committed[key], fresh[key], f"{where}.{key}")
+    elif isinstance(committed, list):
+        assert len(committed) == len(fresh), where
+        for index, (a, b) in enumerate(zip(committed, fresh)):
+            _same(a, b, f"{where}[{index}]")
+    elif isinstance(committed, float) and not isinstance(fresh, bool):
+        assert fresh == pytest.approx(committed, abs=1e-9), where
+    else:
+        assert committed == fresh, where
+
+
+@pytest.mark.data
+@pytest.mark.shipped_model
+def test_committed_marker_report_is_what_the_command_gives(tmp_path):
+    # About 35 s on the 2-core CPU. It logs its test-split use in tmp_path, not in reports/.
+    import json
+
+    from pneumo_model.cli import main
+
+    argv = ["evaluate", "--crop", "markers", "--reports", str(tmp_path)]
+    assert main(argv) == 0
+    fresh = json.loads((tmp_path / "marker_evaluation.json").read_text())
+    _same(json.loads(MARKER_REPORT.read_text()), fresh)
+    assert fresh["fullres_detection"]["images"] == 48
