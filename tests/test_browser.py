@@ -498,3 +498,59 @@ def test_a_tour_of_every_page_and_its_main_actions_sends_every_request_to_the_ap
     assert all(drawn.values()), drawn  # every page with pictures drew some
     assert len(drawn["Model card"]) >= 4  # confusion matrix, ROC, reliability and the site-calibration figure
     assert {url for urls in drawn.values() for url in urls} <= set(images)  # each one fetched from the app
+
+
+def test_review_draws_the_bar_says_indeterminate_in_amber_and_downloads_a_one_page_report(browser, tmp_path):
+    # A server of its own: nothing is cached yet, so both slow steps must show their busy notes.
+    from playwright.sync_api import expect
+
+    from test_review import GREY_ABOVE, pdf_pages, pdf_text
+    from pneumo_model.case_report import SHA_PREFIX_DIGITS
+    from pneumo_model.paths import bytes_sha256
+    from pneumo_model.presentation import BAR_AXIS_NOTE, INDETERMINATE
+    from ui.call_view import REPORT_BUSY, REPORT_LABEL
+
+    busy_notes = ("Reading and scoring the image", REPORT_BUSY)
+    context = browser.new_context(viewport=WINDOW, accept_downloads=True)
+    tab = context.new_page()
+    tab.set_default_timeout(SLOW_MS)
+    try:
+        with streamlit_app(tmp_path / "streamlit.log", audit_db=tmp_path / "audit.sqlite3") as url:
+            tab.goto(url)
+            expect(tab.get_by_role("button", name=f"Bacterial: {Path(GREY_ABOVE).stem}")).to_be_visible()
+            # Every text that is ever on the page, however briefly: a note shown for a second is seen.
+            tab.evaluate(
+                """notes => { window.seenNotes = new Set();
+                   new MutationObserver(() => { for (const note of notes)
+                       if (document.body.innerText.includes(note)) window.seenNotes.add(note); })
+                   .observe(document.body, {childList: true, subtree: true, characterData: true}); }""",
+                list(busy_notes),
+            )
+            tab.get_by_role("button", name=f"Bacterial: {Path(GREY_ABOVE).stem}").click()
+
+            heading = tab.get_by_role("heading", name="Call: Pneumonia · indeterminate")
+            expect(heading).to_be_visible()
+            bar = tab.locator(".st-key-probability_bar img")
+            expect(bar).to_be_visible()
+            tab.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=bar.element_handle())
+            amber = tab.get_by_test_id("stAlertContentWarning").filter(has_text=INDETERMINATE)
+            expect(amber).to_be_visible()
+            expect(amber).to_contain_text("read this film carefully")
+            expect(tab.get_by_test_id("stCaptionContainer").filter(has_text=BAR_AXIS_NOTE[:40])).to_be_visible()
+            expect(tab.get_by_test_id("stAlertContentSuccess")).to_have_count(0)  # no green for any call
+            for locator in (heading, bar, amber):
+                assert_in_first_screen(locator)  # at 1366 x 768, without scrolling
+
+            button = tab.get_by_role("button", name=REPORT_LABEL)
+            expect(button).to_be_visible()
+            assert sorted(tab.evaluate("() => [...window.seenNotes]")) == sorted(busy_notes)
+            with tab.expect_download() as download:
+                button.click()
+            report = Path(download.value.path()).read_bytes()
+            digest = bytes_sha256((SAMPLES_DIR / GREY_ABOVE).read_bytes())
+            assert download.value.suggested_filename == f"case_report_{digest[:SHA_PREFIX_DIGITS]}.pdf"
+            assert report.startswith(b"%PDF") and pdf_pages(report) == 1
+            assert digest[:SHA_PREFIX_DIGITS] in pdf_text(report)
+            assert Path(GREY_ABOVE).stem.encode() not in report and Path(GREY_ABOVE).stem not in pdf_text(report)
+    finally:
+        context.close()

@@ -47,14 +47,17 @@ def show_call(result: Prediction, model: Predictor) -> None:
             else "Recalibrated on this site's own labelled images (the site profile)."
         ),
     )
-    drawing.show(presentation.probability_bar(result.probability, point), caption=presentation.BAR_AXIS_NOTE)
+    # Without a caption: the sentence belongs right under the bar; what its axis means follows it.
+    with st.container(key="probability_bar"):
+        drawing.show(presentation.probability_bar(result.probability, point))
     sentence = presentation.call_sentence(result.probability, point)
     if result.grey_zone:
         st.warning(f"**{INDETERMINATE}.** {sentence}", icon=":material/help:")
     else:
         st.markdown(sentence)
     st.caption(
-        f"Operating point: pneumonia at probability ≥ {result.threshold:.3f}; {frame.operating_point_purpose(model)}."
+        f"{presentation.BAR_AXIS_NOTE} Operating point: pneumonia at probability ≥ {result.threshold:.3f}; "
+        f"{frame.operating_point_purpose(model)}."
     )
     with st.expander(HELP_TITLE, icon=":material/info:"):
         st.markdown(numbers_help(model))
@@ -94,7 +97,8 @@ def numbers_help(model: Predictor) -> str:
             "sensitivity some pneumonia films are still called normal.",
             f"- **Grey zone [{low:.3f}, {high:.3f})** (amber on the bar): the call is indeterminate inside it "
             f"and needs a careful read, whichever side of the threshold it falls. {zone}",
-            f"- **The bar**: {presentation.BAR_AXIS_NOTE} The black line is the threshold, the triangle this image.",
+            f"- **The bar**: {presentation.BAR_AXIS_NOTE[0].lower()}{presentation.BAR_AXIS_NOTE[1:]} The black line "
+            "is the threshold, the triangle this image.",
             "- The Model card has the figures on the official test split, and what the model is known to get wrong.",
         ]
     )
