@@ -89,7 +89,7 @@ def numbers_help(model: Predictor) -> str:
         )
     return "\n".join(
         [
-            f"- **Probability of pneumonia**: the model's estimate, calibrated on {where}: among films like "
+            f"- **The probability** (of pneumonia): the model's estimate, calibrated on {where}: among films like "
             "those given about this probability, about that share had pneumonia. It holds for paediatric "
             "frontal films like the training ones, and the model saw nothing but this image.",
             f"- **Threshold {point.threshold:.3f}**: at or above it the call is pneumonia, below it normal; "
