@@ -195,8 +195,10 @@ def test_worklist_scores_100_files_and_lists_the_bad_ones(page, tmp_path):
         expect(metric.get_by_test_id("stMetricValue")).to_have_text(count)
     errors = page.get_by_test_id("stAlertContentError").inner_text()
     assert all(name in errors for name in bad), errors
-    # The data grid's accessible table counts the header row too.
-    expect(page.locator("[data-testid=stDataFrame] table[role=grid]")).to_have_attribute("aria-rowcount", "101")
+    # A page of 10 rows, every one drawn: the data grid's accessible table counts the header row too.
+    expect(page.locator("[data-testid=stDataFrame] table[role=grid]")).to_have_attribute("aria-rowcount", "11")
+    expect(page.get_by_text("Page 1 of 10: rows 1–10 of 100")).to_be_visible()
+    assert_grid_fits(page.locator("[data-testid=stDataFrame]"))
 
     with page.expect_download() as download:
         page.get_by_role("button", name="Download CSV").click()
@@ -498,6 +500,103 @@ def test_a_tour_of_every_page_and_its_main_actions_sends_every_request_to_the_ap
     assert all(drawn.values()), drawn  # every page with pictures drew some
     assert len(drawn["Model card"]) >= 4  # confusion matrix, ROC, reliability and the site-calibration figure
     assert {url for urls in drawn.values() for url in urls} <= set(images)  # each one fetched from the app
+
+
+# --- Worklist to case, and the audit trail for a doctor ---------------------------------------------
+
+
+def assert_grid_fits(grid) -> None:
+    """The data grid scrolls neither way inside the page, and lies within the window's width."""
+    sizes = grid.evaluate(
+        "grid => { const s = grid.querySelector('.dvn-scroller');"
+        " return [s.scrollHeight, s.clientHeight, s.scrollWidth, s.clientWidth] }"
+    )
+    assert sizes[0] <= sizes[1] + 1 and sizes[2] <= sizes[3] + 1, sizes  # no scrollbar inside it
+    box = grid.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= WINDOW["width"], box
+
+
+def click_worklist_row(page, name: str) -> None:
+    """Ticks the box at the left of the row that shows ``name`` (the grid is drawn on a canvas; its
+    accessible table says which row is where)."""
+    grid = page.locator("[data-testid=stDataFrame]")
+    row = int(grid.locator("table[role=grid] tr", has_text=name).get_attribute("aria-rowindex"))  # the header is 1
+    rows = int(grid.locator("table[role=grid]").get_attribute("aria-rowcount")) - 1
+    height = grid.evaluate("grid => grid.querySelector('.dvn-scroller').clientHeight")
+    header = height - 50 * rows  # the page draws rows 50 px high
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 16, box["y"] + header + 50 * (row - 2) + 25)
+
+
+BROWSER_WORKLIST = ("person10_virus_35.jpeg", "person153_bacteria_726.jpeg", "IM-0001-0001.jpeg")
+
+
+def test_a_worklist_row_opens_its_image_on_review(page):
+    from playwright.sync_api import expect
+
+    paths = [SAMPLES_DIR / name for name in BROWSER_WORKLIST]
+    expected = {path.name: cli_prediction(path) for path in paths}
+    (borderline,) = [name for name, result in expected.items() if result["grey_zone"]]
+    open_page(page, "Worklist")
+    page.locator("input[type=file][multiple]").set_input_files([str(path) for path in paths])
+    grid = page.locator("[data-testid=stDataFrame]")
+    expect(grid.locator("table[role=grid]")).to_have_attribute("aria-rowcount", "4")
+    assert_grid_fits(grid)
+
+    click_worklist_row(page, borderline)
+    expect(page.get_by_text("Indeterminate: needs a careful read")).to_be_visible()
+    expect(page.get_by_test_id("stSidebar").get_by_text(borderline)).to_be_visible()  # now the chosen image
+    page.get_by_role("button", name="Review", exact=True).click()
+    expect(page).to_have_url(re.compile(r"^[^#]*:\d+/?(\?.*)?$"))  # the app's root: Review
+    expect(page.get_by_test_id("stImage").filter(has_text=borderline)).to_be_visible()
+    main = page.get_by_test_id("stMain")
+    expect(main).to_contain_text(f"{expected[borderline]['probability']:.3f}")
+    expect(main).to_contain_text(expected[borderline]["label"].capitalize())
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def test_the_trail_shows_a_worklist_verdict_note_and_reviewer_inside_the_window_in_the_readers_zone(browser, app_url):
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport=WINDOW, timezone_id="Europe/Berlin")
+    tab = context.new_page()
+    tab.set_default_timeout(SLOW_MS)
+    outside: list[str] = []
+    tab.on("request", lambda request: None if request.url.startswith(app_url) else outside.append(request.url))
+    try:
+        tab.goto(app_url)
+        open_page(tab, "Worklist")
+        tab.locator("input[type=file][multiple]").set_input_files([str(SAMPLES_DIR / BROWSER_WORKLIST[1])])
+        click_worklist_row(tab, BROWSER_WORKLIST[1])
+        tab.get_by_text("disagree", exact=True).click()
+        tab.get_by_role("textbox", name="Note (optional)").fill("ZZNOTE right lower lobe")
+        tab.get_by_role("textbox", name="Reviewer (optional)").fill("Dr ZZ Berlin")
+        tab.get_by_role("button", name="Record verdict").click()
+        expect(tab.get_by_text("Verdict disagree recorded")).to_be_visible()
+        now = datetime.now(ZoneInfo("Europe/Berlin"))
+
+        open_page(tab, "Audit trail")
+        expect(tab.get_by_text("your browser's time zone (Europe/Berlin)")).to_be_visible()
+        grid = tab.locator("[data-testid=stDataFrame]")
+        expect(grid).to_be_visible()
+        expect(grid.locator("table[role=grid] th", has_text="reviewer")).to_have_count(1)
+        headers = grid.locator("table[role=grid] th").evaluate_all("cells => cells.map(cell => cell.textContent.trim())")
+        assert [name for name in headers if name in ("verdict", "note", "reviewer")] == ["verdict", "note", "reviewer"]
+        assert "time (Europe/Berlin)" in headers
+        assert_grid_fits(grid)  # every column, verdict, note and reviewer too, inside the window's width
+        first = grid.locator("table[role=grid] tr").nth(1).evaluate("row => row.textContent")  # newest first
+        assert "ZZNOTE right lower lobe" in first and "Dr ZZ Berlin" in first and "disagree" in first
+        minutes = {(now + timedelta(minutes=step)).strftime("%Y-%m-%d %H:%M") for step in (-1, 0, 1)}
+        assert any(minute in first for minute in minutes), (first, minutes)
+        assert not re.search(r"\d\d:\d\d:\d\d", first)  # to the minute
+        assert "audit.sqlite3" not in tab.get_by_test_id("stMain").inner_text()  # no server path
+    finally:
+        context.close()
+    assert outside == [], f"requests that left the app's localhost server: {outside}"
 
 
 def test_review_draws_the_bar_says_indeterminate_in_amber_and_downloads_a_one_page_report(browser, tmp_path):
