@@ -10,7 +10,7 @@ from pneumo_model.explain import (
     lime_colour_bar,
     overlay_heatmap,
 )
-from ui import drawing, frame, resources
+from ui import attention, drawing, frame, resources
 from ui.markup import plain
 
 frame.render("Explain")
@@ -67,7 +67,7 @@ with gradcam:
     else:
         drawing.show(display, caption="Grad-CAM: the map is not drawn (no region raised the pneumonia score much).")
     drawing.show(gradcam_colour_bar(scale, opacity, peak=peak), caption=GRADCAM_BAR_WORDS)
-    # --- Attention outside the chest (the thorax mask's warning) goes here, under the Grad-CAM. ---
+    attention.show_whole(image, display)  # is the heat on the chest? (docs/attention_rule.md)
 
 request = st.session_state.get("lime_request")
 with lime:

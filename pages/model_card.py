@@ -148,7 +148,7 @@ if evaluation is not None:
         with st.expander("The test images the model got most wrong"):
             drawing.show(path, width=640)
 
-# "Where the model looks" (issue 14, attention outside the body): its one call to ui.reports goes here.
+reports.show_where_the_model_looks(metadata, shipped_name)  # issue 14: attention outside the body
 
 if evaluation is not None:
     section("Operating point and grey zone")

@@ -446,7 +446,9 @@ class AttentionRule:
             )
         median = _percents(self.validation_median, share_inside)[0]
         return AttentionCheck(
-            share_inside, share_on_markers, "inside", f"{inside} The median on validation films: {median}.{markers}"
+            share_inside, share_on_markers, "inside",
+            f"{inside} The median on validation films: {median}.{markers} Inside the outline is on the patient, not on "
+            "the corners, letters or border; it may still be the heart or the diaphragm rather than the lungs.",
         )
 
     def to_dict(self) -> dict:

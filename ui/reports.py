@@ -257,3 +257,71 @@ def other_model_reports(metadata, named_reports: dict[str, dict | None]) -> list
         name for name, report in named_reports.items()
         if report is not None and report.get("model_sha256") not in (None, metadata.model_sha256)
     ]
+
+
+# --- Where the model looks (issue 14: attention outside the body) -------------------------------
+
+
+def attention_lines(report: dict) -> list[str]:
+    """The attention report (``reports/attention.json``) in a reader's words, every number from it."""
+    test = report["test"]
+    groups = test["groups"]
+    every, correct, wrong = groups["all"], groups["correct"], groups["wrong"]
+
+    def share(block: dict) -> str:
+        inside = block["share_inside"]
+        return "no map to judge" if inside["median"] is None else f"{100 * inside['median']:.1f} %"
+
+    spread = every["share_inside"]
+    quartiles = (
+        f" (half of the maps between {100 * spread['q1']:.1f} % and {100 * spread['q3']:.1f} %)"
+        if spread["median"] is not None else ""
+    )
+    return [
+        "Is the model reading the chest? For each film, the share of its Grad-CAM heat that falls inside the "
+        "patient's body outline rather than on the corners, burned-in letters and markers or the image border "
+        "(`assets/annotations/thorax.md`: the outline was checked by eye on 36 films of the official training split, none of the test split). The Explain and Crop "
+        "pages show that share under the heat map and warn when most of the heat lies outside the chest.",
+        f"On the official test split ({test['n_images']} films), {every['n']} maps were strong enough to judge: a median "
+        f"{share(every)} of their heat lay inside the body{quartiles}; {share(correct)} for the {correct['n']} correct "
+        f"calls, {share(wrong)} for the {wrong['n']} wrong ones. The warning (*the model's attention is mostly outside "
+        f"the chest*) fired on {every['warned']} of them ({correct['warned']} correct, {wrong['warned']} wrong calls); "
+        f"the milder note (more outside than on 19 validation films in 20) on {every['noted']}. The other "
+        f"{test['left_out']['weak']} maps ({test['weak_by_class']['normal']} of them normal films) were too weak to "
+        "judge: no region raised the pneumonia score much.",
+        "What this cannot show: a shortcut inside the body. The outline separates the chest from the corners and the "
+        "letters; it cannot tell the lungs from the heart, the diaphragm or the body's overall shape, which this data "
+        "set's models are known to lean on (see the limitations above).",
+    ]
+
+
+def show_where_the_model_looks(metadata, name: str, reports_dir: Path = REPORTS_DIR) -> None:
+    """The Model card's "Where the model looks" section: the attention report in words, its
+    figure, table and the thorax check's contact sheet folded away; or how to make it."""
+    import streamlit as st
+
+    from . import drawing
+
+    st.markdown("#### Where the model looks")
+    report = read_json("attention", reports_dir)
+    if report is None:
+        st.info("The attention report is not yet generated (`python -m pneumo_model attention --test`).",
+                icon=":material/hourglass_empty:")
+        return
+    if report.get("model_sha256") != metadata.model_sha256:
+        st.warning("The attention report describes another model file; regenerate it with "
+                   "`python -m pneumo_model attention --test`.", icon=":material/warning:")
+    for line in attention_lines(report):
+        st.markdown(line)
+    with st.expander("How the share inside the body was measured, and the check of the outline"):
+        text = read_markdown("attention", reports_dir)
+        if text:
+            st.markdown(named(text, metadata, name))
+        path = figure(report.get("figures", {}).get("share", ""), reports_dir)
+        if path is not None:
+            drawing.show(path, caption="Share of the heat inside the body's outline, correct and wrong calls "
+                         "(maps strong enough to judge).", width=640)
+        sheet = figure("figures/thorax_check.jpg", reports_dir)
+        if sheet is not None:
+            drawing.show(sheet, caption="The body's outline (white; outside dimmed) on the 36 films it was checked on "
+                         "by eye, with each verdict.", width=900)
