@@ -17,8 +17,13 @@ except AuditError as error:
     st.error(f"The audit trail cannot be read. {plain(audit.screen_message(error))}", icon=":material/database:")
     st.stop()
 
+ROWS_PER_PAGE = 20
 zone, zone_label = audit.reader_zone()
 zone_words = f"your browser's time zone ({zone_label})" if zone_label else "UTC (your browser did not say its time zone)"
+
+
+def turn_page(step: int) -> None:
+    st.session_state["trail_page"] = st.session_state.get("trail_page", 1) + step
 
 
 def held_thumbnails() -> dict[str, str]:
@@ -116,8 +121,14 @@ with st.spinner("Reading the audit trail..."):
 columns[0].metric("Results recorded", counts["results"])
 columns[1].metric("Verdicts recorded", counts["verdicts"])
 columns[2].metric("Disagreements", counts["disagreements"])
-shown = audit.trail_selected(table, days, verdicts, reviewers, sources, digest)
-st.caption(f"{len(shown)} of {len(table)} row(s), newest first.")
+selected = audit.trail_selected(table, days, verdicts, reviewers, sources, digest)
+# Pages of rows, each drawn whole: the table never scrolls inside the scrolling page. A filter
+# starts again at the first page.
+filters = (days, tuple(verdicts), tuple(reviewers), tuple(sources), digest)
+if st.session_state.get("trail_filters") != filters:
+    st.session_state.update(trail_filters=filters, trail_page=1)
+shown, page, pages = worklist.page_of(selected, st.session_state.get("trail_page", 1), ROWS_PER_PAGE)
+st.session_state["trail_page"] = page
 reader = [
     "time", "thumbnail", "label", "probability", "flags", "verdict", "note", "reviewer", "source", "image",
 ]
@@ -161,6 +172,17 @@ st.dataframe(
         "crop_box": st.column_config.TextColumn("crop box"),
     },
     placeholder="—",
-    row_height=50,
-    height=min(560, 38 + 50 * max(1, len(shown))),
+    row_height=42,
+    height=38 + 42 * max(1, len(shown)),
 )
+back, where, forward = st.columns([1, 4, 1], vertical_alignment="center")
+back.button("Previous", on_click=turn_page, args=(-1,), disabled=page == 1, icon=":material/chevron_left:",
+            width="stretch", key="trail_previous")
+first = (page - 1) * ROWS_PER_PAGE
+where.caption(
+    f"Page {page} of {pages}: rows {first + 1 if len(shown) else 0}–{first + len(shown)} of {len(selected)}"
+    + (f" (filtered from {len(table)})" if len(selected) != len(table) else "")
+    + ", newest first."
+)
+forward.button("Next", on_click=turn_page, args=(1,), disabled=page == pages, icon=":material/chevron_right:",
+               width="stretch", key="trail_next")

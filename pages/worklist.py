@@ -157,7 +157,7 @@ with table_column:
             "thumbnail": st.column_config.ImageColumn("image", width=44),
             "file": st.column_config.TextColumn("file", width=185),
             "probability": st.column_config.NumberColumn("probability", format="%.3f", width=72),
-            "call": st.column_config.TextColumn("call", width=78),
+            "call": st.column_config.TextColumn("call", width=78, help="hidden: the image does not look like a chest X-ray"),
             "flags": st.column_config.TextColumn(
                 "flags", width=100, help="indeterminate: in the grey zone, needs a careful read; not X-ray-like: "
                 "flagged by the out-of-distribution check; unreadable: see the reason above",
@@ -207,7 +207,7 @@ with case_column:
     with st.spinner("Reading the image..."):
         pixels = frame.computed(lambda: resources.display_pixels(image), row.file)
     drawing.show(pixels, width=120, where=picture)
-    hidden = row.call == worklist.HIDDEN_CALL
+    hidden = row.call == worklist.HIDDEN_ON_SCREEN
     with words:
         if hidden:
             st.warning(

@@ -495,7 +495,8 @@ def test_worklist_hides_calls_of_flagged_images_and_records_every_scored_file(au
     shown = app.dataframe[0].value
     assert list(shown["file"]) == ["normal.jpeg", "inverted.png"]  # hidden rows go last: no rank to read
     table = shown.set_index("file")
-    assert table.loc["inverted.png", "call"] == worklist.HIDDEN_CALL
+    assert table.loc["inverted.png", "call"] == worklist.HIDDEN_ON_SCREEN  # its flags say "not X-ray-like"
+    assert table.loc["inverted.png", "flags"] == worklist.NOT_XRAY_LIKE
     assert np.isnan(table.loc["inverted.png", "probability"])
     assert table.loc["normal.jpeg", "call"] in ("normal", "pneumonia")
     csv = pd.read_csv(io.BytesIO(worklist.to_csv(worklist.masked(worklist.score_files([(n, d) for n, d, _ in uploads], resources.predictor()).table, False), "abc")))

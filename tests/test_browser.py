@@ -572,7 +572,7 @@ def test_the_trail_shows_a_worklist_verdict_note_and_reviewer_inside_the_window_
         open_page(tab, "Worklist")
         tab.locator("input[type=file][multiple]").set_input_files([str(SAMPLES_DIR / BROWSER_WORKLIST[1])])
         click_worklist_row(tab, BROWSER_WORKLIST[1])
-        tab.get_by_text("disagree", exact=True).click()
+        tab.get_by_test_id("stRadioGroup").get_by_text("disagree", exact=True).click()
         tab.get_by_role("textbox", name="Note (optional)").fill("ZZNOTE right lower lobe")
         tab.get_by_role("textbox", name="Reviewer (optional)").fill("Dr ZZ Berlin")
         tab.get_by_role("button", name="Record verdict").click()

@@ -131,7 +131,7 @@ def test_filters_by_date_verdict_reviewer_and_source(records):
 
     app.multiselect(key="trail_sources").set_value(["cli"]).run()
     assert list(table(app)["result_id"]) == [records["third"]]
-    assert "1 of 3 row(s), newest first." in texts(app.caption)
+    assert "Page 1 of 1: rows 1–1 of 1 (filtered from 3), newest first." in texts(app.caption)
 
 
 def test_the_date_filter_is_the_readers_day_not_the_servers(records):
@@ -197,3 +197,17 @@ def test_an_unreadable_trail_is_said_without_its_path(tmp_path, monkeypatch):
     message = texts(app.error)
     assert "cannot be read" in message and "is a folder" in message and "on the server" in message
     assert str(tmp_path) not in every_text(app)
+
+
+def test_a_long_trail_is_shown_a_page_at_a_time_and_a_filter_starts_again_at_the_first(audit_db):
+    trail = AuditTrail(audit_db)
+    trail.record_results([trail_module.ResultRecord(**result(f"{index:064x}")) for index in range(23)])
+    trail.record_results([trail_module.ResultRecord(**result("f" * 64, source="cli"))])
+    app = trail_page()
+    assert len(table(app)) == 20 and "Page 1 of 2: rows 1–20 of 24, newest first." in texts(app.caption)
+    (next_page,) = [button for button in app.button if button.label == "Next"]
+    next_page.click().run()
+    assert len(table(app)) == 4 and "Page 2 of 2: rows 21–24 of 24" in texts(app.caption)
+    assert list(table(app)["result_id"]) == [4, 3, 2, 1]  # the oldest last
+    app.multiselect(key="trail_sources").set_value(["cli"]).run()
+    assert list(table(app)["result_id"]) == [24] and "Page 1 of 1" in texts(app.caption)

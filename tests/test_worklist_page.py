@@ -227,7 +227,7 @@ def test_nothing_on_screen_says_none():
         for value in shown[column]:
             missing = value is None or (isinstance(value, float) and np.isnan(value))  # drawn as the placeholder
             assert missing or str(value) not in ("None", "nan", "NaN", "<NA>", "null"), (column, value)
-    assert shown["call"].iloc[1] == worklist.HIDDEN_CALL and pd.isna(shown["call"].iloc[2])
+    assert shown["call"].iloc[1] == worklist.HIDDEN_ON_SCREEN and pd.isna(shown["call"].iloc[2])
 
 
 def test_the_worklist_outlives_a_page_switch_until_cleared_or_emptied():

@@ -104,6 +104,28 @@ def review(page: Page, folder: Path) -> None:
     page.get_by_test_id("stSidebarContent").evaluate("sidebar => sidebar.scrollTo(0, 0)")  # the click scrolled it
     take(page, "review", folder)
 
+# The demo image the shipped model calls pneumonia inside its grey zone: the worklist's row to open.
+WORKLIST_CASE = "person153_bacteria_726.jpeg"
+
+
+def worklist_case(page: Page, name: str) -> None:
+    """Opens the worklist row of ``name`` (ticks its box: the grid is a canvas, its accessible table
+    says where the row is) and records a verdict on it with a note and a reviewer, for the trail."""
+    grid = page.get_by_test_id("stDataFrame")
+    row = int(grid.locator("table[role=grid] tr", has_text=name).get_attribute("aria-rowindex"))  # the header is 1
+    rows = int(grid.locator("table[role=grid]").get_attribute("aria-rowcount")) - 1
+    header = grid.evaluate("grid => grid.querySelector('.dvn-scroller').clientHeight") - 50 * rows
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 16, box["y"] + header + 50 * (row - 2) + 25)
+    expect(page.get_by_role("button", name="Record verdict")).to_be_visible(timeout=SLOW_MS)
+    page.get_by_test_id("stRadioGroup").get_by_text("agree", exact=True).click()
+    page.get_by_role("textbox", name="Note (optional)").fill("patchy right lower zone; clinical correlation")
+    page.get_by_role("textbox", name="Reviewer (optional)").fill("Dr A. Reader")
+    page.get_by_role("button", name="Record verdict").click()
+    expect(page.get_by_text("Verdict agree recorded")).to_be_visible(timeout=SLOW_MS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=SCREENSHOTS_DIR)
@@ -124,7 +146,7 @@ def main() -> None:
         worklist_files = [*sorted(SAMPLES_DIR.glob("*.jpeg")), inverted, bad_file]
         with streamlit_app(scratch / "streamlit.log", audit_db=scratch / "audit.sqlite3") as url, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport=WINDOW)
+            page = browser.new_page(viewport=WINDOW, timezone_id="Europe/Berlin")  # the trail's times are the reader's
             page.goto(url)
             review(page, args.out)
             page.get_by_role("button", name="Normal: IM-0003-0001").click()
@@ -150,7 +172,8 @@ def main() -> None:
             open_page(page, "Worklist")
             page.locator("input[type=file][multiple]").set_input_files([str(path) for path in worklist_files])
             expect(page.get_by_text("could not be read")).to_be_visible(timeout=SLOW_MS)
-            take(page, "worklist", args.out)
+            worklist_case(page, WORKLIST_CASE)
+            take(page, "worklist", args.out, full_page=True)
 
             open_page(page, "Audit trail")
             expect(page.get_by_text("Results recorded")).to_be_visible(timeout=SLOW_MS)

@@ -100,6 +100,7 @@ def score_files(
 
 
 HIDDEN_CALL = "hidden: not like a chest X-ray"
+HIDDEN_ON_SCREEN = "hidden"  # the table's narrow call column; its flags column says "not X-ray-like"
 
 
 def masked(table: pd.DataFrame, show_flagged: bool) -> pd.DataFrame:
@@ -159,12 +160,17 @@ ROWS_PER_PAGE = 10
 
 def for_screen(shown: pd.DataFrame, verdicts: dict[str, str] | None = None) -> pd.DataFrame:
     """The shown table (``masked``) with what a reader scans for in words: ``flags`` ("indeterminate",
-    "not X-ray-like", "unreadable", joined by commas; empty when none) and ``verdict`` (this tab's
-    verdict on the row's image, from ``verdicts`` keyed by SHA-256; None when none). A new table."""
+    "not X-ray-like", "unreadable", joined by commas; empty when none), ``verdict`` (this tab's
+    verdict on the row's image, from ``verdicts`` keyed by SHA-256; None when none), and a hidden
+    call as ``HIDDEN_ON_SCREEN``. A new table."""
     verdicts = verdicts or {}
     has = _flagged(shown)
     flags = [", ".join(flag for flag in FLAGS if has[flag][index]) for index in range(len(shown))]
-    return shown.assign(flags=flags, verdict=[verdicts.get(sha) for sha in shown["sha256"]])
+    return shown.assign(
+        call=shown["call"].where(shown["call"] != HIDDEN_CALL, HIDDEN_ON_SCREEN),
+        flags=flags,
+        verdict=[verdicts.get(sha) for sha in shown["sha256"]],
+    )
 
 
 def _flagged(table: pd.DataFrame) -> dict[str, np.ndarray]:
