@@ -4,7 +4,7 @@ import streamlit as st
 
 from pneumo_model.crop import RescoreResult
 from pneumo_model.errors import PneumoError
-from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar, overlay_heatmap
+from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar
 from ui import drawing, frame, resources
 from ui.markup import plain
 
@@ -64,7 +64,7 @@ except PneumoError as error:
 else:
     weak = " No region raised the pneumonia score much." if scale.is_weak(heatmap) else ""
     drawing.show(
-        overlay_heatmap(cropped, scale.unit(heatmap), alpha=0.4),
+        scale.overlay(cropped, heatmap, alpha=0.4),
         caption=f"Grad-CAM of the cropped image: {frame.HEATMAP_CAVEAT}; on the Explain page's fixed scale, "
         f"peak {scale.peak(heatmap):.2f}.{weak}",
         where=explained,

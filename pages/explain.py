@@ -8,9 +8,8 @@ from pneumo_model.explain import (
     LimeConfig,
     gradcam_colour_bar,
     lime_colour_bar,
-    overlay_heatmap,
 )
-from ui import attention, drawing, frame, resources
+from ui import drawing, frame, resources
 from ui.markup import plain
 
 frame.render("Explain")
@@ -27,9 +26,11 @@ st.markdown(
     + (" — *indeterminate: needs a careful read*" if result.grey_zone else "")
 )
 scale = frame.computed(resources.heatmap_scale)
-opacity = st.slider("Overlay opacity", min_value=0.0, max_value=1.0, value=0.4, step=0.05, key="overlay_opacity")
+# One row of controls, so that the pictures start on the first screen at 1366 x 768.
+live, lime_controls = st.columns([1, 3], vertical_alignment="bottom")
+opacity = live.slider("Overlay opacity", min_value=0.0, max_value=1.0, value=0.4, step=0.05, key="overlay_opacity")
 
-with st.form("lime_settings", border=False):
+with lime_controls.form("lime_settings", border=False):
     settings = st.columns([2, 2, 1], vertical_alignment="bottom")
     num_samples = settings[0].slider(
         "LIME samples (perturbed images scored)", min_value=200, max_value=3000, value=1000, step=100,
@@ -47,27 +48,25 @@ original, gradcam, lime = st.columns(3)
 drawing.show(display, caption=f"Original: {plain(image.name)}", where=original)
 
 with gradcam:
-    raw = frame.computed(lambda: resources.gradcam_heatmap(image), image.name)
+    raw = frame.computed(lambda: resources.gradcam_heatmap(image), image.name, busy="Computing Grad-CAM...")
     peak = scale.peak(raw)
     draw_map = True
     if scale.is_weak(raw):
         st.info(
-            f"**No region raised the pneumonia score much.** This map's peak, {peak:.2f} on the fixed scale, is "
-            f"below {scale.weak_fraction:.2f}, the level 95 % of normal validation films stay under. It says where "
-            f"the model looked, not what it called: the call above stands.",
+            f"**Grad-CAM: no region raised the pneumonia score much.** Peak {peak:.2f}, below the "
+            f"{scale.weak_fraction:.2f} that 95 % of normal validation films stay under, so no map is drawn."
+            + (" The pneumonia call stands: no single region carries it." if result.label == "pneumonia" else ""),
             icon=":material/blur_off:",
         )
         draw_map = st.checkbox("Show the weak map anyway", key=f"weak_map_{image.digest[:16]}", value=False)
     if draw_map:
         drawing.show(
-            overlay_heatmap(display, scale.unit(raw), alpha=opacity),
+            scale.overlay(display, raw, alpha=opacity),
             caption=f"Grad-CAM: {frame.HEATMAP_CAVEAT}. Brighter = raised the pneumonia score more, on the "
             f"same scale for every image (this image's peak {peak:.2f}).",
         )
-    else:
-        drawing.show(display, caption="Grad-CAM: the map is not drawn (no region raised the pneumonia score much).")
     drawing.show(gradcam_colour_bar(scale, opacity, peak=peak), caption=GRADCAM_BAR_WORDS)
-    attention.show_whole(image, display)  # is the heat on the chest? (docs/attention_rule.md)
+    # --- Attention outside the chest (the thorax mask's warning) goes here, under the Grad-CAM. ---
 
 request = st.session_state.get("lime_request")
 with lime:
@@ -80,7 +79,8 @@ with lime:
     else:
         _, used_samples, used_segments = request
         explanation = frame.computed(
-            lambda: resources.lime_explanation(image, used_samples, used_segments), image.name
+            lambda: resources.lime_explanation(image, used_samples, used_segments), image.name,
+            busy=f"Running LIME ({used_samples} samples)...",
         )
         config = LimeConfig(num_samples=used_samples, n_segments=used_segments)
         half_width = scale.lime_half_width(explanation)
@@ -89,10 +89,9 @@ with lime:
             facts = scale.facts
             within = round(facts.get("lime_small_share_pneumonia", 0.0) * facts.get("lime_n_pneumonia", 0))
             st.info(
-                f"**All LIME weights are small**: none goes beyond ±{scale.lime_small_below:.2f}, which 95 % of "
-                "normal validation films stay within, so no region stands out more than on a normal film. LIME tells "
-                f"the calls apart poorly on this model: {within} of {facts.get('lime_n_pneumonia', 0)} validation "
-                "pneumonia films stayed within it too.",
+                f"**All LIME weights are small**: none beyond ±{scale.lime_small_below:.2f}, the range 95 % of "
+                "normal validation films stay within. LIME tells the calls apart poorly on this model: "
+                f"{within} of {facts.get('lime_n_pneumonia', 0)} validation pneumonia films stayed within it too.",
                 icon=":material/blur_off:",
             )
         drawing.show(

@@ -435,7 +435,6 @@ def _explain(args) -> int:
         gradcam_colour_bar,
         heatmap_scale_path,
         lime_colour_bar,
-        overlay_heatmap,
         with_legend,
     )
     from .pipeline import DecodedImage
@@ -453,7 +452,7 @@ def _explain(args) -> int:
         raw = GradCam(predictor.model, predictor.metadata.gradcam_layer).raw(model_input)  # (size, size)
         peak = scale.peak(raw)
         picture = with_legend(
-            overlay_heatmap(pixels, scale.unit(raw), alpha=args.alpha),
+            scale.overlay(pixels, raw, alpha=args.alpha),
             gradcam_colour_bar(scale, args.alpha, peak=peak, width=legend_width),
         )
         record |= {"gradcam_peak": round(peak, 4), "gradcam_weak": scale.is_weak(raw)}

@@ -230,7 +230,12 @@ class GradCam:
 
 
 def overlay_heatmap(
-    image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "viridis", fade: bool = True
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    alpha: float = 0.4,
+    colormap: str = "viridis",
+    fade: bool = True,
+    fade_until: float = 1.0,
 ) -> np.ndarray:
     """Draws a heat map over the original grey image, at the original's size and aspect ratio.
 
@@ -243,8 +248,11 @@ def overlay_heatmap(
         heatmap: 2-D float array in [0, 1] of any size: a raw map through ``HeatmapScale.unit``.
         alpha: opacity of the heat map where it is 1, in [0, 1] (0 shows the image only).
         colormap: "viridis" or "cividis", maps readable with colour-vision deficiencies.
-        fade: each pixel's opacity is ``alpha`` times its value, so where the map is 0 the film
-            is left as it is and a weak map stays faint; False: ``alpha`` everywhere.
+        fade: each pixel's opacity grows from 0 where the map is 0 (the film is left as it is)
+            to ``alpha`` where it reaches ``fade_until``, so a weak map stays faint; False:
+            ``alpha`` everywhere.
+        fade_until: the map value from which the opacity is the full ``alpha``, in (0, 1]
+            (``HeatmapScale.overlay`` puts it at the weak cut).
 
     Returns:
         New (height, width, 3) uint8 RGB image.
@@ -259,6 +267,8 @@ def overlay_heatmap(
         raise ExplanationError(f"The heat map must be 2-D (height, width); got shape {heatmap.shape}.")
     _check_unit_range(heatmap, "heat map")
     _check_alpha(alpha)
+    if not 0.0 < fade_until <= 1.0:
+        raise ExplanationError(f"fade_until must lie in (0, 1]; got {fade_until}.")
     if colormap not in ("viridis", "cividis"):
         raise ExplanationError(f"Use a colour-blind-safe colour map, 'viridis' or 'cividis'; got '{colormap}'.")
     height, width = grey.shape
@@ -266,7 +276,7 @@ def overlay_heatmap(
         cv2.resize(heatmap.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0
     )  # (H, W)
     colours = colormaps[colormap](stretched)[:, :, :3]  # (H, W, 3) float64 in [0, 1]
-    opacity = alpha * stretched[:, :, np.newaxis] if fade else alpha  # (H, W, 1) or a number
+    opacity = alpha * np.minimum(stretched / fade_until, 1.0)[:, :, np.newaxis] if fade else alpha  # (H, W, 1) or a number
     return _to_uint8((1.0 - opacity) * _grey_rgb(grey) + opacity * colours)  # (H, W, 3) uint8
 
 
@@ -334,6 +344,21 @@ class HeatmapScale:
     def peak(self, raw: np.ndarray) -> float:
         """The map's maximum on the fixed scale, not clipped (1.7: above the scale's full colour)."""
         return float(np.max(raw)) / self.gradcam_scale if np.size(raw) else 0.0
+
+    def overlay(self, image: np.ndarray, raw: np.ndarray, alpha: float = 0.4, colormap: str = "viridis") -> np.ndarray:
+        """A raw Grad-CAM map drawn over the original grey image on this scale (``overlay_heatmap``):
+        the colour says how strong, and the opacity grows from none at 0 to ``alpha`` at the weak cut,
+        so every region stronger than on 95 % of normal films is drawn at full opacity.
+
+        Returns:
+            New (height, width, 3) uint8 RGB image at the original's size.
+        """
+        return overlay_heatmap(image, self.unit(raw), alpha, colormap, fade_until=self.fade_until)
+
+    @property
+    def fade_until(self) -> float:
+        """Where the overlay's opacity reaches its full value: the weak cut on the 0-1 scale, within (0, 1]."""
+        return min(max(self.weak_fraction, 1e-3), 1.0)
 
     def is_weak(self, raw: np.ndarray) -> bool:
         """True when no region raised the pneumonia score more than on 95 % of normal validation films."""
@@ -411,11 +436,11 @@ def _figure_pixels(figure: Figure) -> np.ndarray:
 def _legend_axes(width: int) -> tuple[Figure, object, float]:
     """A white figure ``width`` px wide holding one bar with room for labels above and below it.
 
-    The font is a 29th of the width: drawn at half its size in a page column (about 320 px at
-    1366 x 768), the words are about 11 px high, as the page's captions.
+    The font is a 21st of the width: drawn at under half its size in a page column (about 290 px
+    at 1366 x 768), the words are about 11 px high, as the page's captions.
     """
-    font = width / 29
-    height = round(font * 6.0)
+    font = width / 21
+    height = round(font * 5.6)
     figure = Figure(figsize=(width / 72, height / 72), dpi=72, facecolor="white")
     axes = figure.add_axes((0.06, 0.45, 0.88, 0.22))
     axes.set_yticks([])
@@ -432,7 +457,7 @@ def gradcam_colour_bar(
     peak: float | None = None,
     width: int = 640,
 ) -> np.ndarray:
-    """The Grad-CAM colour bar: 0 to 1 on the fixed scale, drawn as the overlay draws it on a
+    """The Grad-CAM colour bar: 0 to 1 on the fixed scale, drawn as ``HeatmapScale.overlay`` draws it on a
     mid-grey film at opacity ``alpha``, with the weak cut dashed and, given ``peak``, this image's
     maximum marked. The words that explain it go in the caption beside it (``GRADCAM_BAR_WORDS``).
 
@@ -441,7 +466,9 @@ def gradcam_colour_bar(
     """
     _check_alpha(alpha)
     ramp = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (8, 1))  # (8, 256)
-    strip = overlay_heatmap(np.full(ramp.shape, 0.5, np.float32), ramp, alpha=alpha, colormap=colormap)
+    strip = overlay_heatmap(
+        np.full(ramp.shape, 0.5, np.float32), ramp, alpha=alpha, colormap=colormap, fade_until=scale.fade_until
+    )
     figure, axes, font = _legend_axes(width)
     axes.imshow(strip, extent=(0, 1, 0, 1), aspect="auto", interpolation="nearest")
     cut = scale.weak_fraction
@@ -452,20 +479,19 @@ def gradcam_colour_bar(
         axes.axvline(cut, color="white", linewidth=font * 0.16)
         axes.axvline(cut, color="black", linewidth=font * 0.08, linestyle=(0, (2, 1.5)))
     axes.text(0.0, -0.95, "no contribution", ha="left", va="top", fontsize=font * 0.8, transform=axes.transAxes)
-    axes.text(1.0, -0.95, "top 1 % of pneumonia maps", ha="right", va="top", fontsize=font * 0.8, transform=axes.transAxes)
+    axes.text(1.0, -0.95, "pneumonia top 1 %", ha="right", va="top", fontsize=font * 0.8, transform=axes.transAxes)
     if peak is not None:
         where = min(max(peak, 0.0), 1.0)  # the bar's x is the axes' fraction too
         axes.plot([where], [1.15], marker="v", markersize=font * 0.7, color="black", clip_on=False, transform=axes.transAxes)
-        label = f"this image {peak:.2f}" + (" (saturated)" if peak > 1 else "")
+        label = f"this image {peak:.2f}" + (" (saturates)" if peak > 1 else "")
         align = "center" if 0.2 < where < 0.8 else ("left" if where <= 0.2 else "right")
         axes.text(where, 1.45, label, ha=align, va="bottom", fontsize=font * 0.8, transform=axes.transAxes)
     return _figure_pixels(figure)
 
 
 GRADCAM_BAR_WORDS = (
-    "One scale for every image. 0 = no contribution to the pneumonia score; 1 = the level only the hottest "
-    "1 % of pixels of validation pneumonia maps reach (higher saturates). Dashed: 95 % of normal validation "
-    "films peak below it. ▼ this image's peak."
+    "Grad-CAM colour bar, one scale for every image: 1 = as hot as the top 1 % of validation pneumonia map "
+    "pixels (higher saturates). Dashed: 95 % of normal validation films peak below it. ▼ this image's peak."
 )
 
 
@@ -492,13 +518,13 @@ def lime_colour_bar(half_width: float, small_below: float | None, alpha: float =
     words = {"fontsize": font * 0.8, "transform": axes.transAxes}
     axes.text(0.0, -0.95, "away from pneumonia", ha="left", va="top", color=np.array(BLUE) / 255, **words)
     axes.text(1.0, -0.95, "towards pneumonia", ha="right", va="top", color=np.array(VERMILLION) / 255, **words)
-    axes.text(0.5, 1.3, "change in probability when the region is shown", ha="center", va="bottom", **words)
+    axes.text(0.5, 1.3, "change in probability", ha="center", va="bottom", **words)
     return _figure_pixels(figure)
 
 
 LIME_BAR_WORDS = (
-    "One symmetric scale: orange = showing the region raised the probability of pneumonia, blue = lowered it, "
-    "by the amount on the bar (LIME's local linear model)."
+    "LIME colour bar, one symmetric scale: orange = showing the region raised the probability of pneumonia by "
+    "the amount on the bar, blue = lowered it (LIME's local linear model)."
 )
 
 

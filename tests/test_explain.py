@@ -535,6 +535,18 @@ def test_a_flat_or_weak_map_is_called_weak_and_leaves_the_film_as_it_is():
         scale.unit(-weak)
 
 
+def test_the_scale_draws_full_opacity_from_the_weak_cut_and_fades_below_it():
+    scale = make_scale(gradcam_scale=0.2, gradcam_weak_below=0.08)  # the cut at 0.4 of the scale
+    film = np.full((1, 4), 0.5, np.float32)
+    raw = np.array([[0.0, 0.04, 0.08, 0.2]], np.float32)  # 0, half the cut, the cut, the scale's top
+    drawn = scale.overlay(film, raw, alpha=0.6).astype(float)[0]
+    colours = colormaps["viridis"](np.array([0.0, 0.2, 0.4, 1.0]))[:, :3] * 255
+    opacity = np.array([0.0, 0.3, 0.6, 0.6])  # 0.6 from the cut on, half of it at half the cut
+    np.testing.assert_allclose(drawn, (1 - opacity[:, None]) * 127.5 + opacity[:, None] * colours, atol=1)
+    with pytest.raises(ValueError, match="fade_until"):
+        overlay_heatmap(film, raw, fade_until=0.0)
+
+
 def test_the_scale_file_is_refused_for_another_model_and_when_unusable(tmp_path):
     assert heatmap_scale_path(tmp_path / "m.keras") == tmp_path / "m.cam.json"
     path = heatmap_scale_path(tmp_path / "m.keras")
@@ -693,11 +705,11 @@ def test_explain_page_calls_a_confident_normal_films_map_weak_and_draws_the_colo
     )
     app = explain_page(NORMAL_DEMO.name)
     weak = shipped_scale.is_weak(raw)  # by the committed rule, not forced here
-    assert ("No region raised the pneumonia score much" in texts(app.info)) == weak
+    assert ("no region raised the pneumonia score much" in texts(app.info)) == weak
     assert GRADCAM_BAR_WORDS in image_captions(app)  # the colour bar and its words
     if weak:
-        assert f"{shipped_scale.peak(raw):.2f} on the fixed scale" in texts(app.info)
-        assert shows(app, "Grad-CAM: the map is not drawn")
+        assert f"Peak {shipped_scale.peak(raw):.2f}, below the {shipped_scale.weak_fraction:.2f}" in texts(app.info)
+        assert not shows(app, "Grad-CAM: shows where")  # no map: not even its strongest speck
         [show_anyway] = [box for box in app.checkbox if box.label == "Show the weak map anyway"]
         show_anyway.check().run()
         assert not app.exception
@@ -712,7 +724,7 @@ def test_explain_page_draws_a_pneumonia_map_and_lime_on_their_scales(shipped_sca
     from ui import resources, state
 
     app = explain_page(PNEUMONIA_DEMO.name)
-    assert "No region raised the pneumonia score much" not in texts(app.info)
+    assert "no region raised the pneumonia score much" not in texts(app.info)
     assert shows(app, "Grad-CAM: shows where the model looked")
     run_lime(app, samples=200, segments=20)
     assert shows(app, "LIME (200 samples, 20 superpixels)")

@@ -258,7 +258,7 @@ def prediction(image: Image) -> Prediction:
 def gradcam_heatmap(image: Image) -> np.ndarray:
     """The raw Grad-CAM heat map on the model input (``GradCam.raw``), (size, size) float32 >= 0.
 
-    Raw, not scaled: ``heatmap_scale().unit`` puts it on the fixed scale when it is drawn, so a
+    Raw, not scaled: ``heatmap_scale().overlay`` puts it on the fixed scale when it is drawn, so a
     new scale never meets a picture drawn on the old one.
     """
     inputs = model_input(image)
@@ -268,16 +268,6 @@ def gradcam_heatmap(image: Image) -> np.ndarray:
         return gradcam().raw(inputs)
 
     return cache().get_or_compute(("gradcam_raw", image.digest), compute)
-
-
-def gradcam_on_scale(image: Image) -> np.ndarray:
-    """The Grad-CAM heat map on the fixed scale (``heatmap_scale().unit``): (size, size) float32 in
-    [0, 1], what ``overlay_heatmap`` draws. Not cached: it changes with the scale, and is quick.
-
-    Raises:
-        ModelFileError: the scale cannot be used (``heatmap_scale``).
-    """
-    return heatmap_scale().unit(gradcam_heatmap(image))
 
 
 def lime_explanation(image: Image, num_samples: int, n_segments: int) -> LimeExplanation:
