@@ -11,8 +11,9 @@ from ui.markup import plain
 
 frame.render("Audit trail")
 try:
-    rows = audit.trail().trail()  # one read of the database per run of the page
-    csv_text = trail_csv(rows)
+    with st.spinner("Reading the audit trail..."):
+        rows = audit.trail().trail()  # one read of the database per run of the page
+        csv_text = trail_csv(rows)
 except AuditError as error:
     st.error(f"The audit trail cannot be read. {plain(audit.screen_message(error))}", icon=":material/database:")
     st.stop()
@@ -116,7 +117,7 @@ if found is not None:
             icon=":material/image_search:",
         )
 
-with st.spinner("Reading the audit trail..."):
+with st.spinner("Preparing the trail for the screen..."):
     table, counts = audit.trail_table(rows, zone, held_thumbnails() | found_picture)
 columns[0].metric("Results recorded", counts["results"])
 columns[1].metric("Verdicts recorded", counts["verdicts"])
