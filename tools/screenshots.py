@@ -2,7 +2,8 @@
 
 Usage: ``.venv/bin/python -m tools.screenshots [--only NAME...]``. It starts the app on a free port,
 shows the borderline demo image on Review, loads another demo image, runs LIME once, records a
-verdict, uploads an inverted X-ray (the out-of-distribution message), fills the worklist with the demo images, that inverted X-ray and one unreadable file,
+verdict, rescores a full-size original on the Crop page with the crop and its burned-in markers
+painted out, uploads an inverted X-ray (the out-of-distribution message), fills the worklist with the demo images, that inverted X-ray and one unreadable file,
 fits a site profile on a zip of test-split films (when ../shared/data is there), and saves one
 PNG per page (the Site calibration page whole, not only its first screen).
 """
@@ -92,6 +93,31 @@ def site_calibration(page: Page, scratch: Path, folder: Path) -> None:
     take(page, "site_calibration", folder, full_page=True)
 
 
+# A full-size original (a training image: for screenshots only, never for figures) with burned-in
+# text and a letter R, whose call is indeterminate whole and moves with the crop and the masking.
+CROP_ORIGINAL = DEFAULT_DATA_DIR.parent / "chest_xray_fullres_sample" / "train" / "PNEUMONIA" / "person1227_virus_2078.jpeg"
+
+
+def crop_page(page: Page, folder: Path) -> None:
+    """The Crop & rescore page with the diaphragm crop and the burned-in markers painted out, on
+    ``CROP_ORIGINAL`` uploaded on Review (without the data: on the demo image already chosen)."""
+    if CROP_ORIGINAL.is_file():
+        open_page(page, "Review")
+        page.locator("input[type=file]").first.set_input_files(str(CROP_ORIGINAL))
+        # The demo's call is still on screen: wait until the sidebar names the upload as the chosen image.
+        sidebar = page.get_by_test_id("stSidebar")
+        expect(sidebar.get_by_text(CROP_ORIGINAL.name)).to_be_visible(timeout=SLOW_MS)
+    else:
+        print(f"No {CROP_ORIGINAL}: the Crop & rescore screenshot shows the demo image, which has no marker.")
+    open_page(page, "Crop & rescore")
+    expect(page.get_by_text("Rescore the image with")).to_be_visible(timeout=SLOW_MS)
+    page.get_by_text("Crop and paint out markers", exact=True).click()
+    # The page's last words (the status widget is not a sure sign that the numbers are drawn).
+    last_words = "found automatically and filled in" if CROP_ORIGINAL.is_file() else "Probability of pneumonia"
+    expect(page.get_by_text(last_words).first).to_be_visible(timeout=SLOW_MS)
+    take(page, "crop", folder)
+
+
 # The demo the Review screenshot shows: a borderline one (pneumonia just above the threshold, in
 # the grey zone), so the picture shows the bar, the amber message and the case report's button.
 REVIEW_DEMO = "Bacterial: person153_bacteria_726"
@@ -161,8 +187,7 @@ def main() -> None:
             expect(page.get_by_text("LIME (1000 samples")).to_be_visible(timeout=SLOW_MS)
             take(page, "explain", args.out)
 
-            open_page(page, "Crop & rescore")
-            take(page, "crop", args.out)
+            crop_page(page, args.out)
 
             open_page(page, "Review")
             page.locator("input[type=file]").first.set_input_files(str(inverted))

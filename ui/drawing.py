@@ -79,3 +79,34 @@ def draw_crop(
     line = max(2, round(max(height, width) / 150))
     cv2.rectangle(rgb, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), VERMILLION, thickness=line)
     return rgb
+
+
+# Okabe-Ito sky blue: apart from the vermillion crop box, and seen on the dark corners where markers sit.
+SKY_BLUE = (86, 180, 233)
+
+
+def draw_markers(
+    picture: np.ndarray, boxes: tuple[tuple[int, int, int, int], ...], original_shape: tuple[int, int]
+) -> np.ndarray:
+    """The picture with each burned-in marker's box outlined a few pixels outside it (so the marker stays visible).
+
+    Args:
+        picture: the screen copy, uint8 grey (h, w) or RGB (h, w, 3) (``draw_crop``'s output). Not modified.
+        boxes: ``(x0, y0, x1, y1)`` of each marker in pixels of the original image (``MarkerResult.boxes``).
+        original_shape: (height, width) of the original image the boxes refer to.
+
+    Returns:
+        New (h, w, 3) uint8 RGB image.
+    """
+    if picture.dtype != np.uint8 or picture.ndim not in (2, 3):
+        raise TypeError(f"draw_markers takes a uint8 screen picture; got {picture.dtype} {picture.shape}.")
+    rgb = np.repeat(picture[:, :, np.newaxis], 3, axis=2) if picture.ndim == 2 else picture.copy()
+    height, width = rgb.shape[:2]
+    scale_y, scale_x = height / original_shape[0], width / original_shape[1]
+    line = max(1, round(max(height, width) / 300))
+    pad = 2 * line
+    for x0, y0, x1, y1 in boxes:
+        corner = (max(0, round(x0 * scale_x) - pad), max(0, round(y0 * scale_y) - pad))
+        far = (min(width - 1, round(x1 * scale_x) + pad), min(height - 1, round(y1 * scale_y) + pad))
+        cv2.rectangle(rgb, corner, far, SKY_BLUE, thickness=line)
+    return rgb

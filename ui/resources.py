@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import streamlit as st
 
-from pneumo_model.crop import DiaphragmResult, apply_crop, find_diaphragm
+from pneumo_model.crop import DiaphragmResult, MarkerResult, edit_pixels, find_diaphragm, find_markers
 from pneumo_model.display import screen_grey
 from pneumo_model.errors import PneumoError, SiteProfileError
 from pneumo_model.explain import GradCam, HeatmapScale, LimeConfig, LimeExplanation, explain_lime, heatmap_scale_path
@@ -308,35 +308,56 @@ def diaphragm(image: Image) -> DiaphragmResult:
     return cache().get_or_compute(("diaphragm", image.digest), lambda: find_diaphragm(pixels))
 
 
-def cropped_prediction(image: Image, box: tuple[int, int, int, int]) -> Prediction:
-    """The model's call, with the out-of-distribution check, on the image cropped to ``box``.
+def markers(image: Image) -> MarkerResult:
+    """The burned-in markers found on the whole image (``find_markers``), with their painted-out copy."""
+    pixels = decoded(image).pixels
+
+    def find() -> MarkerResult:
+        RUNS["markers"] += 1
+        return find_markers(pixels)
+
+    return cache().get_or_compute(("markers", image.digest), find)
+
+
+def cropped_prediction(image: Image, box: tuple[int, int, int, int] | None, mask_markers: bool = False) -> Prediction:
+    """The model's call, with the out-of-distribution check, on the image cropped to ``box`` (None:
+    not cropped) and, with ``mask_markers``, with its burned-in markers painted out first.
 
     Raises:
         ConfigError: the box does not fit the image or keeps too little of it.
     """
     decoded_image = decoded(image)
+    found = markers(image) if mask_markers else None
 
     model = predictor()
 
     def predict() -> Prediction:
         RUNS["crop_prediction"] += 1
-        return model.call_on_crop(decoded_image, box)
+        if found is None:
+            return model.call_on_crop(decoded_image, box)
+        return model.call_masked(decoded_image, found, box)
 
-    return cache().get_or_compute(("crop_prediction", image.digest, model.operating_point.id, tuple(box)), predict)
+    key = ("crop_prediction", image.digest, model.operating_point.id, None if box is None else tuple(box), mask_markers)
+    return cache().get_or_compute(key, predict)
 
 
-def cropped_gradcam(image: Image, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The screen picture of the cropped image (uint8) and the raw Grad-CAM heat map of its model
-    input (``GradCam.raw``, drawn through ``heatmap_scale``).
+def cropped_gradcam(
+    image: Image, box: tuple[int, int, int, int] | None, mask_markers: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The screen picture of the image as rescored (uint8: cropped to ``box`` unless None, markers
+    painted out with ``mask_markers``) and the raw Grad-CAM heat map of its model input
+    (``GradCam.raw``, drawn through ``heatmap_scale``).
 
     Raises:
         ConfigError: the box does not fit the image or keeps too little of it.
     """
     pixels = decoded(image).pixels
+    found = markers(image) if mask_markers else None
 
     def compute() -> tuple[np.ndarray, np.ndarray]:
         RUNS["crop_gradcam"] += 1
-        cropped = apply_crop(pixels, box)
-        return screen_grey(cropped), gradcam().raw(preprocess(cropped, predictor().input_size))
+        edited = edit_pixels(pixels, box, found)
+        return screen_grey(edited), gradcam().raw(preprocess(edited, predictor().input_size))
 
-    return cache().get_or_compute(("crop_gradcam_raw", image.digest, tuple(box)), compute)
+    key = ("crop_gradcam_raw", image.digest, None if box is None else tuple(box), mask_markers)
+    return cache().get_or_compute(key, compute)
