@@ -294,12 +294,32 @@ def test_full_size_films_that_once_crashed_the_display_show_on_every_page(page, 
     picture = page.get_by_test_id("stImage").filter(has_text=path.name).locator("img")
     expect(picture).to_be_visible()
     assert picture.evaluate("image => image.complete && image.naturalWidth > 0")
-    for title, caption in (("Explain", "Grad-CAM"), ("Crop & rescore", "Grad-CAM of the cropped image")):
+    for title, caption in (("Explain", "Grad-CAM"), ("Crop & rescore", "the image as rescored")):
         open_page(page, title)
         overlay = page.get_by_test_id("stImage").filter(has_text=caption).locator("img").first
         expect(overlay).to_be_visible()
         assert overlay.evaluate("image => image.complete && image.naturalWidth > 0")
         expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def test_crop_sliders_dragged_to_the_end_stop_at_the_smallest_crop_and_keep_the_page(page):
+    # The real slider: its bottom edge pushed to 0 with the keyboard, as a hand dragging it would.
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name=re.compile("person153_bacteria_726")).click()
+    open_page(page, "Crop & rescore")
+    expect(page.get_by_text("stays indeterminate")).to_be_visible()  # the suggested crop crosses inside the zone
+    expect(page.get_by_text("The call changes")).to_have_count(0)
+    bottom = page.get_by_role("slider").nth(1)
+    bottom.focus()
+    page.keyboard.press("Home")
+    expect(page.get_by_text("grown back to the smallest crop accepted")).to_be_visible()
+    expect(bottom).to_have_attribute("aria-valuetext", "56")  # 56 of 224 rows: a quarter of the image
+    expect(page.get_by_text("edges at 0 and 56 px from the top")).to_be_visible()
+    expect(page.get_by_text("does not fit")).to_have_count(0)
+    expect(page.get_by_text("Probability of pneumonia")).to_be_visible()
+    page.get_by_role("button", name="Suggested").click()
+    expect(bottom).to_have_attribute("aria-valuetext", "193")
 
 
 def test_a_restarted_server_tells_the_worklist_tab_its_files_are_gone(browser, tmp_path):
