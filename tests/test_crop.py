@@ -605,3 +605,19 @@ def test_committed_marker_report_is_what_the_command_gives(tmp_path):
     fresh = json.loads((tmp_path / "marker_evaluation.json").read_text())
     _same(json.loads(MARKER_REPORT.read_text()), fresh)
     assert fresh["fullres_detection"]["images"] == 48
+
+
+def test_markers_are_outlined_outside_their_box_on_the_screen_copy():
+    from ui.drawing import SKY_BLUE, draw_markers
+
+    screen = np.full((200, 400), 90, np.uint8)  # the screen copy of a 400 x 800 image: half size
+    before = screen.copy()
+    outlined = draw_markers(screen, ((100, 100, 140, 140),), (400, 800))
+    np.testing.assert_array_equal(screen, before)
+    assert outlined.shape == (200, 400, 3) and outlined.dtype == np.uint8
+    blue = np.all(outlined == SKY_BLUE, axis=2)
+    rows, columns = np.nonzero(blue)
+    assert rows.min() < 50 and rows.max() >= 70 and columns.min() < 50 and columns.max() >= 70  # around 50..70
+    assert not blue[52:68, 52:68].any()  # the marker itself stays visible
+    with pytest.raises(TypeError):
+        draw_markers(screen.astype(np.float32), (), (400, 800))
