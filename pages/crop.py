@@ -214,12 +214,7 @@ with numbers:
         + ("Keep more of the image." if crop else "")
     )
     gate_key = f"crop_after_{'whole' if box is None else '_'.join(map(str, box))}{'_masked' if mask else ''}"
-    if mask:
-        # The audit trail has no field yet that says markers were painted out, so a masked call is
-        # not recorded: recorded without it, it would read as a call on the whole image or its crop.
-        may_show_after = frame.ood_gate(after, f"{gate_key}_{digest}", after_message)
-    else:
-        may_show_after, _ = frame.shown_call(image, after, gate_key, box, after_message)
+    may_show_after, _ = frame.shown_call(image, after, gate_key, box, after_message, markers_masked=mask)
     st.markdown("**Probability of pneumonia**")
     before_column, after_column = st.columns(2)
     before_column.metric("Before", f"{result.probability_before:.3f}", help="The whole image, as uploaded.")
@@ -241,8 +236,6 @@ with numbers:
             "where no call is trusted. A change of call is one from a confident normal to a confident pneumonia, "
             "or back."
         )
-        if mask:
-            st.caption("Calls with the markers painted out are not recorded in the audit trail (it cannot say so yet).")
 
 if crop and suggestion.found:
     st.caption(f"**Suggested crop.** {suggestion.reason} Adjust it with the sliders.")

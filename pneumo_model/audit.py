@@ -15,7 +15,8 @@ opens its own connection: Streamlit runs sessions on several threads, and SQLite
 must not be shared between them. Concurrent writers wait up to ``busy_timeout_s`` for the lock.
 
 Schema versions (``PRAGMA user_version``): 1, results and verdicts; 2 adds the reveals table;
-3 adds ``results.operating_point``, NULL in the records written before it. Opening an older
+3 adds ``results.operating_point`` and 4 ``results.markers_masked``, NULL in the records written
+before them. Opening an older
 database brings it up to date in one transaction and keeps every record as it was; a database
 written by a newer version is refused and left untouched.
 """
@@ -36,7 +37,7 @@ from .errors import PneumoError
 if TYPE_CHECKING:
     from .prediction import Prediction
 
-SCHEMA_VERSION = 3  # 2: the reveals table; 3: results.operating_point
+SCHEMA_VERSION = 4  # 2: the reveals table; 3: results.operating_point; 4: results.markers_masked
 SOURCES = ("app", "cli")
 VERDICTS = ("agree", "disagree", "unsure")
 MAX_NOTE_CHARS = 2000
@@ -44,7 +45,8 @@ MAX_REVIEWER_CHARS = 100
 
 _APPEND_ONLY = "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
 # One statement each, so that they run inside the opening transaction (``executescript`` would
-# commit first). ``operating_point`` comes last, where ALTER TABLE puts it in an older database.
+# commit first). ``operating_point`` and ``markers_masked`` come last, where ALTER TABLE puts them in
+# an older database.
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -59,7 +61,8 @@ _SCHEMA = (
     ood INTEGER CHECK (ood IN (0, 1)),
     ood_score REAL,
     crop_box TEXT,
-    operating_point TEXT
+    operating_point TEXT,
+    markers_masked INTEGER CHECK (markers_masked IN (0, 1))
 )""",
     """CREATE TABLE IF NOT EXISTS verdicts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,6 +101,7 @@ TRAIL_COLUMNS = (
     "ood",
     "ood_score",
     "crop_box",
+    "markers_masked",
     "revealed_utc",
     "verdict_id",
     "verdict_utc",
@@ -107,7 +111,7 @@ TRAIL_COLUMNS = (
 )
 _TRAIL_QUERY = """
 SELECT r.id, r.recorded_utc, r.source, r.image_sha256, r.model_sha256, r.threshold, r.operating_point,
-       r.probability, r.label, r.grey_zone, r.ood, r.ood_score, r.crop_box,
+       r.probability, r.label, r.grey_zone, r.ood, r.ood_score, r.crop_box, r.markers_masked,
        (SELECT min(x.recorded_utc) FROM reveals AS x WHERE x.result_id = r.id),
        v.id, v.recorded_utc, v.verdict, v.note, v.reviewer
 FROM results AS r LEFT JOIN verdicts AS v ON v.result_id = r.id
@@ -135,6 +139,14 @@ def _version(connection: sqlite3.Connection) -> int:
     return version
 
 
+# Columns of ``results`` that later versions added, in order: an older database gets them by ALTER
+# TABLE (NULL in its old records).
+_ADDED_COLUMNS = (
+    ("operating_point", "TEXT"),
+    ("markers_masked", "INTEGER CHECK (markers_masked IN (0, 1))"),
+)
+
+
 def _upgrade(connection: sqlite3.Connection) -> None:
     """Creates what is missing (a new file; the reveals table of version 1; the operating point
     column of versions 1 and 2) and sets the version, in one transaction. The write lock is taken
@@ -147,8 +159,9 @@ def _upgrade(connection: sqlite3.Connection) -> None:
             for statement in _SCHEMA:
                 connection.execute(statement)
             columns = {row[1] for row in connection.execute("PRAGMA table_info(results)")}
-            if "operating_point" not in columns:
-                connection.execute("ALTER TABLE results ADD COLUMN operating_point TEXT")
+            for column, definition in _ADDED_COLUMNS:
+                if column not in columns:
+                    connection.execute(f"ALTER TABLE results ADD COLUMN {column} {definition}")
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
@@ -178,6 +191,8 @@ class ResultRecord:
         source: "app" or "cli".
         ood: None when the model had no out-of-distribution gate.
         crop_box: ``(x0, y0, x1, y1)`` when the result is of a cropped image, else None.
+        markers_masked: True when the call was made with the image's burned-in markers painted
+            out (``Predictor.call_masked``); records written before the trail kept it have None.
         operating_point: the id of the operating point that made the call
             (``Prediction.operating_point``). Required: None is refused when recording, and only
             records written before the trail kept it have none.
@@ -194,6 +209,7 @@ class ResultRecord:
     ood_score: float | None = None
     crop_box: Sequence[int] | None = None
     operating_point: str | None = None
+    markers_masked: bool = False
 
     def row(self) -> tuple:
         """The values of an INSERT into ``results``, stamped with the current UTC time.
@@ -221,11 +237,20 @@ class ResultRecord:
             None if self.ood_score is None else float(self.ood_score),
             _box_text(self.crop_box),
             self.operating_point,
+            int(bool(self.markers_masked)),
         )
 
     @classmethod
-    def of(cls, prediction: "Prediction", image_sha256: str, source: str, crop_box: Sequence[int] | None = None) -> "ResultRecord":
-        """The record of a ``Prediction`` (of the whole image, or of the crop ``crop_box``)."""
+    def of(
+        cls,
+        prediction: "Prediction",
+        image_sha256: str,
+        source: str,
+        crop_box: Sequence[int] | None = None,
+        markers_masked: bool = False,
+    ) -> "ResultRecord":
+        """The record of a ``Prediction`` (of the whole image, or of the crop ``crop_box``, with or
+        without the markers painted out)."""
         return cls(
             image_sha256=image_sha256,
             model_sha256=prediction.model_sha,
@@ -238,6 +263,7 @@ class ResultRecord:
             ood_score=prediction.ood_score,
             crop_box=None if crop_box is None else tuple(int(value) for value in crop_box),
             operating_point=prediction.operating_point,
+            markers_masked=bool(markers_masked),
         )
 
 
@@ -312,7 +338,8 @@ class AuditTrail:
         try:
             return self._insert(
                 "INSERT INTO results (recorded_utc, source, image_sha256, model_sha256, threshold, probability, "
-                "label, grey_zone, ood, ood_score, crop_box, operating_point) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "label, grey_zone, ood, ood_score, crop_box, operating_point, markers_masked) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         except sqlite3.IntegrityError as error:

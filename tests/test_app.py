@@ -333,8 +333,15 @@ def test_painting_out_markers_shows_before_and_after_alone_or_with_the_crop(audi
     values = metric_values(app)
     assert values["Before"] == f"{model.call(image).probability:.3f}"
     assert values["After"] == f"{model.call_masked(image, markers).probability:.3f}"
-    assert "not recorded in the audit trail" in texts(app.caption)
-    assert len(trail_rows(audit_db)) == recorded  # a masked call is not recorded as if it were the whole image
+    rows = trail_rows(audit_db)
+    assert len(rows) == recorded + 1  # the masked call is its own record, saying it was masked
+    masked = rows[-1]
+    assert masked["markers_masked"] == 1 and masked["crop_box"] is None
+    assert masked["probability"] == model.call_masked(image, markers).probability
+    assert all(row["markers_masked"] == 0 for row in rows[:-1])
+    trail_page = open_page(app, "pages/trail.py")
+    assert "markers painted out" in str(trail_page.dataframe[0].value["flags"].tolist())
+    open_page(app, "pages/crop.py")
 
     app.radio(key="crop_edit").set_value("Crop and paint out markers").run()
     assert not app.exception and not app.error
@@ -342,6 +349,8 @@ def test_painting_out_markers_shows_before_and_after_alone_or_with_the_crop(audi
     box = (columns.value[0], rows.value[0], columns.value[1], rows.value[1])
     assert metric_values(app)["After"] == f"{model.call_masked(image, markers, box).probability:.3f}"
     assert shows(app, "Before: lettered.png. For rescoring, the box is kept, the dimmed part is removed; the 1 burned-in marker")
+    last = trail_rows(audit_db)[-1]
+    assert last["markers_masked"] == 1 and last["crop_box"] == "[" + ", ".join(map(str, box)) + "]"
 
 
 def crop_sliders_shown(app: AppTest) -> bool:

@@ -335,9 +335,9 @@ def test_a_version_2_trail_gets_the_operating_point_and_keeps_every_record(tmp_p
 
     trail = AuditTrail(path)
     after = _tables(path)
-    assert after["results"] == [row + (None,) for row in before["results"]]  # the new column, last, NULL
+    assert after["results"] == [row + (None, None) for row in before["results"]]  # the new column, last, NULL
     assert after["verdicts"] == before["verdicts"] and after["reveals"] == before["reveals"]
-    assert _pragma(path, "user_version") == SCHEMA_VERSION == 3
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 4
     assert trail.integrity_ok()
 
     rows = trail.trail()
@@ -399,9 +399,9 @@ def test_a_version_1_trail_gets_the_reveals_table_and_the_operating_point(tmp_pa
 
     trail = AuditTrail(path)
     after = _tables(path)
-    assert after["results"] == [row + (None,) for row in before["results"]]
+    assert after["results"] == [row + (None, None) for row in before["results"]]
     assert after["verdicts"] == before["verdicts"] and after["reveals"] == []
-    assert _pragma(path, "user_version") == 3
+    assert _pragma(path, "user_version") == SCHEMA_VERSION
     result = record(trail)
     trail.record_reveal(result)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
@@ -413,7 +413,7 @@ def test_a_trail_written_by_a_newer_version_is_refused_and_left_unchanged(tmp_pa
     path = _old_copy(tmp_path)
     connection = sqlite3.connect(path)
     connection.execute(f"PRAGMA journal_mode = {journal_mode}")
-    connection.execute("PRAGMA user_version = 4")
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     connection.close()
     written = path.read_bytes()
     with pytest.raises(AuditError, match="written by a newer version.*Nothing was recorded"):
@@ -427,7 +427,7 @@ def test_a_trail_upgraded_by_a_newer_version_while_open_is_no_longer_written(tmp
     trail = AuditTrail(path)
     record(trail)
     connection = sqlite3.connect(path)
-    connection.execute("PRAGMA user_version = 4")
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     connection.close()
     with pytest.raises(AuditError, match="newer version.*Nothing was recorded"):
         record(trail)
@@ -473,7 +473,33 @@ def test_processes_opening_an_old_trail_at_once_migrate_it_once(tmp_path):
         ids.append(int(out))
     after = _tables(path)
     assert sorted(ids) == [4, 5, 6, 7, 8, 9]
-    assert after["results"][:3] == [row + (None,) for row in before["results"]]
-    assert [row[-1] for row in after["results"][3:]] == ["0123456789abcdef"] * 6
+    assert after["results"][:3] == [row + (None, None) for row in before["results"]]
+    assert [row[-2:] for row in after["results"][3:]] == [("0123456789abcdef", 0)] * 6
     columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(results)")]
-    assert columns.count("operating_point") == 1 and _pragma(path, "user_version") == 3
+    assert columns.count("operating_point") == 1 and columns.count("markers_masked") == 1
+    assert _pragma(path, "user_version") == SCHEMA_VERSION
+
+
+def test_a_version_3_trail_gets_the_markers_column_and_a_masked_call_says_so(tmp_path):
+    path = _old_copy(tmp_path)
+    connection = sqlite3.connect(path)  # the version 3 layout: version 2 plus the operating point column
+    connection.execute("ALTER TABLE results ADD COLUMN operating_point TEXT")
+    connection.execute("PRAGMA user_version = 3")
+    connection.commit()
+    connection.close()
+    before = _tables(path)
+
+    trail = AuditTrail(path)
+    after = _tables(path)
+    assert after["results"] == [row + (None,) for row in before["results"]]  # markers_masked, last, NULL
+    assert after["verdicts"] == before["verdicts"] and after["reveals"] == before["reveals"]
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 4
+    masked = trail.record_result(
+        image_sha256="a" * 64, model_sha256="b" * 64, threshold=0.24, probability=0.3, label="pneumonia",
+        grey_zone=True, source="app", operating_point="0123456789abcdef", markers_masked=True,
+    )
+    plain = record(trail)
+    rows = {row["result_id"]: row for row in trail.trail()}
+    assert rows[masked]["markers_masked"] == 1 and rows[plain]["markers_masked"] == 0
+    assert [rows[i]["markers_masked"] for i in (1, 2, 3)] == [None, None, None]
+    assert "markers_masked" in trail.to_csv().splitlines()[0]

@@ -72,12 +72,14 @@ def _not_recorded(error: AuditError, what: str = "This result was") -> None:
 def _key(record: ResultRecord) -> tuple:
     """What makes a result new in a session: the same image under another operating point is
     another call, and is recorded again."""
-    return record.image_sha256, record.model_sha256, record.operating_point, record.crop_box
+    return record.image_sha256, record.model_sha256, record.operating_point, record.crop_box, record.markers_masked
 
 
-def record_shown(image_sha256: str, prediction: Prediction, crop_box: tuple[int, ...] | None = None) -> int | None:
+def record_shown(
+    image_sha256: str, prediction: Prediction, crop_box: tuple[int, ...] | None = None, markers_masked: bool = False
+) -> int | None:
     """Records ``prediction`` unless this session already did; returns the record's id (None on failure)."""
-    record = ResultRecord.of(prediction, image_sha256, "app", crop_box)
+    record = ResultRecord.of(prediction, image_sha256, "app", crop_box, markers_masked)
     key = _key(record)
     recorded = st.session_state.setdefault(_RECORDED_KEY, {})
     if key not in recorded:
@@ -247,6 +249,7 @@ def trail_table(
         "indeterminate": table["grey_zone"].eq(1),
         "not X-ray-like": table["ood"].eq(1),
         "cropped": table["crop_box"].notna(),
+        "markers painted out": table["markers_masked"].eq(1),
         "hidden call shown": table["revealed_utc"].notna(),
     }
     flags = [", ".join(word for word, has in words.items() if has.iloc[index]) for index in range(len(table))]

@@ -222,6 +222,7 @@ def shown_call(
     key: str,
     crop_box: tuple[int, ...] | None = None,
     message: str = OOD_MESSAGE,
+    markers_masked: bool = False,
 ) -> tuple[bool, int | None]:
     """The audit rule for a call a page is about to show, in one place.
 
@@ -234,12 +235,13 @@ def shown_call(
         key: what makes the gate's checkbox this page's and this image's (and this crop's).
         crop_box: the crop the call was made on, None for the whole image.
         message: what the gate says when it flags the image.
+        markers_masked: the call was made with the burned-in markers painted out.
 
     Returns:
         ``(may_show, result_id)``: whether the call may be shown, and its audit record (None
         when recording failed, which the page has then said).
     """
-    result_id = audit.record_shown(image.digest, prediction, crop_box=crop_box)
+    result_id = audit.record_shown(image.digest, prediction, crop_box=crop_box, markers_masked=markers_masked)
     may_show = ood_gate(prediction, f"{key}_{image.digest[:16]}", message)
     if may_show and prediction.ood:
         audit.note_reveal(result_id)
