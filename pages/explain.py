@@ -8,6 +8,7 @@ from pneumo_model.explain import (
     LimeConfig,
     gradcam_colour_bar,
     lime_colour_bar,
+    with_legend,
 )
 from ui import drawing, frame, resources
 from ui.markup import plain
@@ -59,13 +60,16 @@ with gradcam:
             icon=":material/blur_off:",
         )
         draw_map = st.checkbox("Show the weak map anyway", key=f"weak_map_{image.digest[:16]}", value=False)
+    # The colour bar is drawn into the picture, under the map: the map is never seen without its scale.
+    bar = gradcam_colour_bar(scale, opacity, peak=peak, width=max(640, display.shape[1]))
     if draw_map:
         drawing.show(
-            scale.overlay(display, raw, alpha=opacity),
-            caption=f"Grad-CAM: {frame.HEATMAP_CAVEAT}. Brighter = raised the pneumonia score more, on the "
-            f"same scale for every image (this image's peak {peak:.2f}).",
+            with_legend(scale.overlay(display, raw, alpha=opacity), bar, grow=True),
+            caption=f"Grad-CAM: {frame.HEATMAP_CAVEAT}. Brighter = raised the pneumonia score more (this "
+            f"image's peak {peak:.2f}). {GRADCAM_BAR_WORDS}",
         )
-    drawing.show(gradcam_colour_bar(scale, opacity, peak=peak), caption=GRADCAM_BAR_WORDS)
+    else:
+        drawing.show(bar, caption=GRADCAM_BAR_WORDS)
     # --- Attention outside the chest (the thorax mask's warning) goes here, under the Grad-CAM. ---
 
 request = st.session_state.get("lime_request")
@@ -85,19 +89,8 @@ with lime:
         config = LimeConfig(num_samples=used_samples, n_segments=used_segments)
         half_width = scale.lime_half_width(explanation)
         all_small = scale.lime_all_small(explanation, config)
-        if all_small:
-            facts = scale.facts
-            within = round(facts.get("lime_small_share_pneumonia", 0.0) * facts.get("lime_n_pneumonia", 0))
-            st.info(
-                f"**All LIME weights are small**: none beyond ±{scale.lime_small_below:.2f}, the range 95 % of "
-                "normal validation films stay within. LIME tells the calls apart poorly on this model: "
-                f"{within} of {facts.get('lime_n_pneumonia', 0)} validation pneumonia films stayed within it too.",
-                icon=":material/blur_off:",
-            )
-        drawing.show(
-            explanation.overlay(display, half_width=half_width, alpha=opacity),
-            caption=f"LIME ({used_samples} samples, {used_segments} superpixels): {frame.HEATMAP_CAVEAT}. Orange "
-            "regions pushed towards pneumonia, blue away from it; the strongest five of each are outlined.",
+        legend = lime_colour_bar(
+            half_width, None if all_small is None else scale.lime_small_below, opacity, width=max(640, display.shape[1])
         )
         words = LIME_BAR_WORDS
         if all_small is None:
@@ -108,6 +101,17 @@ with lime:
         else:
             words += " Dashed: 95 % of normal validation films have no weight beyond it."
         drawing.show(
-            lime_colour_bar(half_width, None if all_small is None else scale.lime_small_below, opacity),
-            caption=words,
+            with_legend(explanation.overlay(display, half_width=half_width, alpha=opacity), legend, grow=True),
+            caption=f"LIME ({used_samples} samples, {used_segments} superpixels): {frame.HEATMAP_CAVEAT}. Orange "
+            f"regions pushed towards pneumonia, blue away from it; the strongest five of each are outlined. {words}",
         )
+        if all_small:
+            # Said under the picture, not in a box: on this model it is true of nearly every film.
+            facts = scale.facts
+            within = round(facts.get("lime_small_share_pneumonia", 0.0) * facts.get("lime_n_pneumonia", 0))
+            st.caption(
+                f"**All LIME weights are small**: none beyond ±{scale.lime_small_below:.2f}, the "
+                "range 95 % of normal validation films stay within, so the colours are faint. LIME tells the calls "
+                f"apart poorly on this model: {within} of {facts.get('lime_n_pneumonia', 0)} validation pneumonia "
+                "films stayed within it too."
+            )

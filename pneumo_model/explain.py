@@ -528,8 +528,23 @@ LIME_BAR_WORDS = (
 )
 
 
-def with_legend(picture: np.ndarray, legend: np.ndarray) -> np.ndarray:
-    """The picture with its legend below it, on white, at the legend's width or the picture's (the wider)."""
+def with_legend(picture: np.ndarray, legend: np.ndarray, grow: bool = False) -> np.ndarray:
+    """The picture with its legend below it, on white, at the wider of their two widths.
+
+    Args:
+        picture: uint8 (h, w, 3), e.g. an overlay. Not modified.
+        legend: uint8 (h, w, 3), e.g. ``gradcam_colour_bar``; a narrower one is enlarged to the
+            picture's width.
+        grow: a picture narrower than the legend is enlarged to its width (a page shows both at
+            the column's width); False: it keeps its own size, centred (the ``explain`` command
+            writes the overlay at the image's own size).
+
+    Returns:
+        New (h_picture + h_legend, width, 3) uint8 RGB picture.
+    """
+    if grow and picture.shape[1] < legend.shape[1]:
+        height = round(picture.shape[0] * legend.shape[1] / picture.shape[1])
+        picture = cv2.resize(picture, (legend.shape[1], height), interpolation=cv2.INTER_CUBIC)
     width = max(picture.shape[1], legend.shape[1])
     if legend.shape[1] < width:  # a large picture: the legend grows with it
         height = round(legend.shape[0] * width / legend.shape[1])
