@@ -10,7 +10,7 @@ from streamlit.runtime.scriptrunner import add_script_run_ctx
 from pneumo_model.crop import CropLimits, RescoreResult, fit_box
 from pneumo_model.errors import ConfigError, PneumoError
 from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar
-from ui import attention, drawing, frame, resources
+from ui import attention, call_view, drawing, frame, resources
 from ui.markup import plain
 
 # What the page can do to the image before rescoring it: (crop, mask the markers).
@@ -26,7 +26,7 @@ EDIT_WORDS = {
 def reading(probability: float, grey_zone: bool, threshold: float) -> str:
     """A call as the reader should take it: normal or pneumonia, or indeterminate on one side of the threshold."""
     if not grey_zone:
-        return "pneumonia" if probability >= threshold else "normal"
+        return call_view.call_word("pneumonia" if probability >= threshold else "normal")
     return f"indeterminate ({'above' if probability >= threshold else 'below'} the threshold)"
 
 

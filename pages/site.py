@@ -21,7 +21,6 @@ def refusal(error: PneumoError) -> None:
     st.error("  \n".join(plain(line) for line in str(error).splitlines()), icon=":material/block:")
 
 
-st.markdown("#### Site calibration")
 st.markdown(
     "Fit this model's **operating point** to your hospital's films: a recalibrated probability, a "
     "threshold for the sensitivity you choose, and a grey zone, all from a labelled sample of your own "

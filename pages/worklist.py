@@ -3,7 +3,7 @@ and error flags; filter and sort it, open a row on Review, Explain or Crop, and 
 
 import streamlit as st
 
-from ui import audit, drawing, frame, resources, state, worklist
+from ui import audit, call_view, drawing, frame, resources, state, worklist
 from ui.markup import plain
 
 UPLOAD_KEY = "worklist_upload"
@@ -216,7 +216,7 @@ with case_column:
                 icon=":material/block:",
             )
         else:
-            st.markdown(f"Call: **{row.call.capitalize()}**  \nProbability {row.probability:.3f}")
+            st.markdown(f"Call: **{call_view.call_word(row.call) if row.call in call_view.CALLS else row.call}**  \nProbability {row.probability:.3f}")
             low, high = model.grey_zone.low, model.grey_zone.high
             if row.grey_zone:
                 st.warning(f"**Indeterminate: needs a careful read** (grey zone [{low:.3f}, {high:.3f}))", icon=":material/help:")

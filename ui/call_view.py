@@ -28,6 +28,9 @@ REPORT_BUSY = "Preparing the case report (PDF)..."
 REPORT_OVERLAY_ALPHA = 0.4
 
 
+CALLS = ("normal", "pneumonia")  # the labels a call can have (a worklist row may read "hidden" instead)
+
+
 def call_word(label: str) -> str:
     """The call as every page writes it: "Normal" or "Pneumonia"."""
     return presentation.call_word(label)
