@@ -10,7 +10,7 @@ from pneumo_model.explain import (
     lime_colour_bar,
     with_legend,
 )
-from ui import drawing, frame, resources
+from ui import attention, call_view, drawing, frame, resources
 from ui.markup import plain
 
 frame.render("Explain")
@@ -23,7 +23,7 @@ if not may_show:
     drawing.show(display, caption=f"Original: {plain(image.name)}", width=440)
     st.stop()
 st.markdown(
-    f"**{plain(image.name)}**: call **{result.label.capitalize()}**, probability of pneumonia **{result.probability:.3f}**"
+    f"**{plain(image.name)}**: call **{call_view.call_word(result.label)}**, probability of pneumonia **{result.probability:.3f}**"
     + (" — *indeterminate: needs a careful read*" if result.grey_zone else "")
 )
 scale = frame.computed(resources.heatmap_scale)
@@ -70,7 +70,7 @@ with gradcam:
         )
     else:
         drawing.show(bar, caption=GRADCAM_BAR_WORDS)
-    # --- Attention outside the chest (the thorax mask's warning) goes here, under the Grad-CAM. ---
+    attention.show_whole(image, display)  # is the heat on the chest? (docs/attention_rule.md)
 
 request = st.session_state.get("lime_request")
 with lime:
@@ -115,3 +115,5 @@ with lime:
                 f"apart poorly on this model: {within} of {facts.get('lime_n_pneumonia', 0)} validation pneumonia "
                 "films stayed within it too."
             )
+
+call_view.case_report_download(image, result, resources.predictor(), "explain")

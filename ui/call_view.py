@@ -13,7 +13,7 @@ import streamlit as st
 
 from pneumo_model import presentation
 from pneumo_model.case_report import SHA_PREFIX_DIGITS, case_report_pdf
-from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar, overlay_heatmap
+from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar
 from pneumo_model.operating_point import SHIPPED
 from pneumo_model.prediction import Prediction, Predictor
 
@@ -124,7 +124,7 @@ def case_report_download(image: state.ChosenImage, result: Prediction, model: Pr
         )
 
     report = frame.computed(
-        lambda: resources.cache().get_or_compute(("case_report", image.digest, point.id), make), image.name,
+        lambda: resources.cache().get_or_compute(("case_report", image.digest, point.id, resources.heatmap_scale().id), make), image.name,
         busy=REPORT_BUSY,
     )
     st.download_button(
@@ -159,7 +159,7 @@ def report_heatmap(image: state.ChosenImage, film: np.ndarray) -> tuple[np.ndarr
             f"{scale.weak_fraction:.2f}, the level 95 % of normal validation films stay under)."
         )
     else:
-        picture = overlay_heatmap(film, scale.unit(raw), alpha=REPORT_OVERLAY_ALPHA)
+        picture = scale.overlay(film, raw, alpha=REPORT_OVERLAY_ALPHA)  # as Explain draws it
         title = "where the model looked"
         note = (
             f"{frame.HEATMAP_CAVEAT}. Brighter = raised the pneumonia score more, on the same scale for every "
