@@ -673,3 +673,24 @@ def test_review_draws_the_bar_says_indeterminate_in_amber_and_downloads_a_one_pa
             assert Path(GREY_ABOVE).stem.encode() not in report and Path(GREY_ABOVE).stem not in pdf_text(report)
     finally:
         context.close()
+
+
+def test_explain_draws_the_grad_cam_colour_bar_on_the_fixed_scale(page):
+    """The heat map's colour bar is drawn in the real browser under the Grad-CAM of a pneumonia demo
+    (its map is strong enough to be drawn), with the scale's meaning beside it."""
+    from playwright.sync_api import expect
+
+    from pneumo_model.explain import GRADCAM_BAR_WORDS
+
+    page.get_by_test_id("stSidebar").get_by_role("button", name=re.compile("person10_virus_35")).click()
+    open_page(page, "Explain")
+    caption = page.get_by_text(GRADCAM_BAR_WORDS.split(":")[0]).first
+    expect(caption).to_be_visible()
+    pictures = page.get_by_test_id("stImage").locator("img")
+    expect(pictures.first).to_be_visible()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=stImage] img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    # The Grad-CAM picture carries its bar below the map: taller than the original film's picture.
+    heights = [box["height"] / box["width"] for box in (picture.bounding_box() for picture in pictures.all()) if box]
+    assert len(heights) >= 2 and max(heights) > min(heights) * 1.1, heights
