@@ -23,10 +23,12 @@ EDIT_WORDS = {
 }
 
 
-def reading(probability: float, grey_zone: bool, threshold: float) -> str:
-    """A call as the reader should take it: normal or pneumonia, or indeterminate on one side of the threshold."""
+def reading(probability: float, grey_zone: bool, threshold: float, heading: bool = False) -> str:
+    """A call as the reader should take it: normal or pneumonia, or indeterminate on one side of the
+    threshold; in a sentence in lower case, on the "Call:" line (``heading``) as every page spells a call."""
     if not grey_zone:
-        return call_view.call_word("pneumonia" if probability >= threshold else "normal")
+        label = "pneumonia" if probability >= threshold else "normal"
+        return call_view.call_word(label) if heading else label
     return f"indeterminate ({'above' if probability >= threshold else 'below'} the threshold)"
 
 
@@ -227,8 +229,8 @@ with numbers:
             help=f"After {edit}.",
         )
         st.markdown(
-            f"Call: **{reading(result.probability_before, result.grey_zone_before, result.threshold)}** → "
-            f"**{reading(result.probability_after, result.grey_zone_after, result.threshold)}**"
+            f"Call: **{reading(result.probability_before, result.grey_zone_before, result.threshold, heading=True)}** → "
+            f"**{reading(result.probability_after, result.grey_zone_after, result.threshold, heading=True)}**"
         )
         change_message(result, edit, swayed)
         st.caption(
