@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 import streamlit as st
 
-from pneumo_model.crop import find_markers
 from pneumo_model.errors import PneumoError
 from pneumo_model.paths import DEFAULT_MODEL_PATH
 from pneumo_model.thorax import (
@@ -55,8 +54,7 @@ def rule() -> AttentionRule:
 
 def markers(image: resources.Image) -> np.ndarray:
     """The whole image's burned-in markers (``find_markers(pixels).mask``: bool, the image's size), cached per image."""
-    pixels = resources.decoded(image).pixels
-    return resources.cache().get_or_compute(("thorax_markers", image.digest), lambda: find_markers(pixels).mask)
+    return resources.markers(image).mask  # the Crop page's own finding, found once per image
 
 
 def thorax(image: resources.Image) -> ThoraxMask:
