@@ -16,13 +16,18 @@ must not be shared between them. Concurrent writers wait up to ``busy_timeout_s`
 
 Schema versions (``PRAGMA user_version``): 1, results and verdicts; 2 adds the reveals table;
 3 adds ``results.operating_point`` and 4 ``results.markers_masked``, NULL in the records written
-before them. Opening an older
+before them; 5 adds ``verdicts.reviewer_subject`` (the signed-in reviewer's stable subject id from the
+identity provider; NULL in local mode and before) and the ``events`` table: what was done with the
+trail or a result that is not a result or a verdict (a structured report sent to the PACS, the full
+trail opened or exported), each with its kind, the subject who did it (NULL in local mode), the
+result it concerns if any, and a small JSON detail that never holds patient data. Opening an older
 database brings it up to date in one transaction and keeps every record as it was; a database
 written by a newer version is refused and left untouched.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +42,11 @@ from .errors import PneumoError
 if TYPE_CHECKING:
     from .prediction import Prediction
 
-SCHEMA_VERSION = 4  # 2: the reveals table; 3: results.operating_point; 4: results.markers_masked
+SCHEMA_VERSION = 5  # 2: reveals; 3: results.operating_point; 4: results.markers_masked; 5: events, reviewer_subject
+# What an event records (``AuditTrail.record_event``): a DICOM structured report sent to the PACS,
+# the whole trail opened or exported by an administrator.
+EVENT_KINDS = ("sr_sent", "trail_opened", "trail_exported")
+MAX_EVENT_DETAIL_CHARS = 2000
 SOURCES = ("app", "cli")
 VERDICTS = ("agree", "disagree", "unsure")
 MAX_NOTE_CHARS = 2000
@@ -70,16 +79,25 @@ _SCHEMA = (
     result_id INTEGER NOT NULL REFERENCES results(id),
     verdict TEXT NOT NULL CHECK (verdict IN ('agree', 'disagree', 'unsure')),
     note TEXT NOT NULL DEFAULT '',
-    reviewer TEXT NOT NULL DEFAULT ''
+    reviewer TEXT NOT NULL DEFAULT '',
+    reviewer_subject TEXT
 )""",
     """CREATE TABLE IF NOT EXISTS reveals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recorded_utc TEXT NOT NULL,
     result_id INTEGER NOT NULL REFERENCES results(id)
 )""",
+    """CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recorded_utc TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (length(kind) > 0),
+    subject TEXT,
+    result_id INTEGER REFERENCES results(id),
+    detail TEXT NOT NULL DEFAULT '{}'
+)""",
     *(
         f"CREATE TRIGGER IF NOT EXISTS {table}_append_only_{action.lower()} BEFORE {action} ON {table} {_APPEND_ONLY}"
-        for table in ("reveals", "results", "verdicts")
+        for table in ("events", "reveals", "results", "verdicts")
         for action in ("UPDATE", "DELETE")
     ),
 )
@@ -108,12 +126,13 @@ TRAIL_COLUMNS = (
     "verdict",
     "note",
     "reviewer",
+    "reviewer_subject",
 )
 _TRAIL_QUERY = """
 SELECT r.id, r.recorded_utc, r.source, r.image_sha256, r.model_sha256, r.threshold, r.operating_point,
        r.probability, r.label, r.grey_zone, r.ood, r.ood_score, r.crop_box, r.markers_masked,
        (SELECT min(x.recorded_utc) FROM reveals AS x WHERE x.result_id = r.id),
-       v.id, v.recorded_utc, v.verdict, v.note, v.reviewer
+       v.id, v.recorded_utc, v.verdict, v.note, v.reviewer, v.reviewer_subject
 FROM results AS r LEFT JOIN verdicts AS v ON v.result_id = r.id
 ORDER BY r.id, v.id
 """
@@ -139,11 +158,12 @@ def _version(connection: sqlite3.Connection) -> int:
     return version
 
 
-# Columns of ``results`` that later versions added, in order: an older database gets them by ALTER
+# Columns that later versions added to a table, in order: an older database gets them by ALTER
 # TABLE (NULL in its old records).
 _ADDED_COLUMNS = (
-    ("operating_point", "TEXT"),
-    ("markers_masked", "INTEGER CHECK (markers_masked IN (0, 1))"),
+    ("results", "operating_point", "TEXT"),
+    ("results", "markers_masked", "INTEGER CHECK (markers_masked IN (0, 1))"),
+    ("verdicts", "reviewer_subject", "TEXT"),
 )
 
 
@@ -158,10 +178,10 @@ def _upgrade(connection: sqlite3.Connection) -> None:
         if version < SCHEMA_VERSION:
             for statement in _SCHEMA:
                 connection.execute(statement)
-            columns = {row[1] for row in connection.execute("PRAGMA table_info(results)")}
-            for column, definition in _ADDED_COLUMNS:
+            for table, column, definition in _ADDED_COLUMNS:
+                columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
-                    connection.execute(f"ALTER TABLE results ADD COLUMN {column} {definition}")
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
@@ -349,8 +369,14 @@ class AuditTrail:
         """Appends one shown result (``ResultRecord``'s fields as keywords); returns its id once committed."""
         return self.record_results([ResultRecord(**fields)])[0]
 
-    def record_verdict(self, result_id: int, verdict: str, note: str = "", reviewer: str = "") -> int:
+    def record_verdict(
+        self, result_id: int, verdict: str, note: str = "", reviewer: str = "", reviewer_subject: str | None = None
+    ) -> int:
         """Appends a reviewer's verdict on a recorded result; returns the verdict's id.
+
+        ``reviewer`` is the name shown with the verdict (typed in local mode; the display name from
+        the identity provider when signed in), ``reviewer_subject`` the signed-in user's stable
+        subject id (None in local mode).
 
         Raises:
             AuditError: an unknown verdict or result, a note or name that is too long, or the
@@ -363,10 +389,12 @@ class AuditTrail:
             raise AuditError(f"The note has {len(note)} characters; at most {MAX_NOTE_CHARS} are kept. Shorten it.")
         if len(reviewer) > MAX_REVIEWER_CHARS:
             raise AuditError(f"The reviewer name has more than {MAX_REVIEWER_CHARS} characters. Shorten it.")
+        subject = _subject_text(reviewer_subject)
         try:
             return self._insert(
-                "INSERT INTO verdicts (recorded_utc, result_id, verdict, note, reviewer) VALUES (?, ?, ?, ?, ?)",
-                [(_utc_now(), int(result_id), verdict, note, reviewer)],
+                "INSERT INTO verdicts (recorded_utc, result_id, verdict, note, reviewer, reviewer_subject) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(_utc_now(), int(result_id), verdict, note, reviewer, subject)],
             )[0]
         except sqlite3.IntegrityError:
             raise AuditError(f"There is no recorded result {result_id} to attach the verdict to.") from None
@@ -382,6 +410,43 @@ class AuditTrail:
             return self._insert("INSERT INTO reveals (recorded_utc, result_id) VALUES (?, ?)", [(_utc_now(), int(result_id))])[0]
         except sqlite3.IntegrityError:
             raise AuditError(f"There is no recorded result {result_id} to note the reveal on.") from None
+
+    def record_event(self, kind: str, *, subject: str | None = None, result_id: int | None = None, **detail) -> int:
+        """Appends an event (one of ``EVENT_KINDS``) done by ``subject`` (None in local mode) on
+        the result ``result_id`` if any; ``detail`` is kept as JSON and must hold no patient data
+        (UIDs the software generated, operating point ids, counts). Returns the record's id.
+
+        Raises:
+            AuditError: an unknown kind or result, a detail that is not JSON or too long, or the
+                database cannot be written.
+        """
+        if kind not in EVENT_KINDS:
+            raise AuditError(f"Unknown audit event '{kind}'; one of {', '.join(EVENT_KINDS)}.")
+        try:
+            text = json.dumps(detail, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise AuditError(f"The event's detail cannot be kept as JSON ({error}).") from None
+        if len(text) > MAX_EVENT_DETAIL_CHARS:
+            raise AuditError(f"The event's detail has {len(text)} characters; at most {MAX_EVENT_DETAIL_CHARS} are kept.")
+        try:
+            return self._insert(
+                "INSERT INTO events (recorded_utc, kind, subject, result_id, detail) VALUES (?, ?, ?, ?, ?)",
+                [(_utc_now(), kind, _subject_text(subject), None if result_id is None else int(result_id), text)],
+            )[0]
+        except sqlite3.IntegrityError:
+            raise AuditError(f"There is no recorded result {result_id} to note the event on.") from None
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        """The events recorded (of one kind, or all), oldest first: dicts with ``id``,
+        ``recorded_utc``, ``kind``, ``subject``, ``result_id`` and ``detail`` (the JSON read back)."""
+        query = "SELECT id, recorded_utc, kind, subject, result_id, detail FROM events"
+        arguments: tuple = ()
+        if kind is not None:
+            query, arguments = query + " WHERE kind = ?", (kind,)
+        with self._connection() as connection:
+            rows = connection.execute(query + " ORDER BY id", arguments).fetchall()
+        keys = ("id", "recorded_utc", "kind", "subject", "result_id", "detail")
+        return [dict(zip(keys, row[:5] + (json.loads(row[5]),))) for row in rows]
 
     def trail(self) -> list[dict]:
         """Every result with its verdicts, oldest first, as dicts keyed by ``TRAIL_COLUMNS``."""
@@ -405,6 +470,20 @@ class AuditTrail:
         """``PRAGMA integrity_check`` returns ok."""
         with self._connection() as connection:
             return connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _subject_text(subject: str | None) -> str | None:
+    """A signed-in user's subject id as stored (None in local mode).
+
+    Raises:
+        AuditError: an empty or over-long subject.
+    """
+    if subject is None:
+        return None
+    subject = str(subject).strip()
+    if not subject or len(subject) > MAX_REVIEWER_CHARS * 3:
+        raise AuditError("A signed-in user's subject id is empty or too long; nothing was recorded.")
+    return subject
 
 
 def trail_csv(rows: list[dict]) -> str:

@@ -294,7 +294,7 @@ def _tables(path: Path) -> dict[str, list[tuple]]:
     try:
         return {
             table: connection.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
-            for table in ("results", "verdicts", "reveals")
+            for table in ("results", "verdicts", "reveals", "events")
             if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
         }
     finally:
@@ -336,8 +336,9 @@ def test_a_version_2_trail_gets_the_operating_point_and_keeps_every_record(tmp_p
     trail = AuditTrail(path)
     after = _tables(path)
     assert after["results"] == [row + (None, None) for row in before["results"]]  # the new column, last, NULL
-    assert after["verdicts"] == before["verdicts"] and after["reveals"] == before["reveals"]
-    assert _pragma(path, "user_version") == SCHEMA_VERSION == 4
+    assert after["verdicts"] == [row + (None,) for row in before["verdicts"]]  # reviewer_subject, NULL
+    assert after["reveals"] == before["reveals"]
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 5
     assert trail.integrity_ok()
 
     rows = trail.trail()
@@ -400,7 +401,8 @@ def test_a_version_1_trail_gets_the_reveals_table_and_the_operating_point(tmp_pa
     trail = AuditTrail(path)
     after = _tables(path)
     assert after["results"] == [row + (None, None) for row in before["results"]]
-    assert after["verdicts"] == before["verdicts"] and after["reveals"] == []
+    assert after["verdicts"] == [row + (None,) for row in before["verdicts"]]  # reviewer_subject, NULL
+    assert after["reveals"] == []
     assert _pragma(path, "user_version") == SCHEMA_VERSION
     result = record(trail)
     trail.record_reveal(result)
@@ -492,8 +494,9 @@ def test_a_version_3_trail_gets_the_markers_column_and_a_masked_call_says_so(tmp
     trail = AuditTrail(path)
     after = _tables(path)
     assert after["results"] == [row + (None,) for row in before["results"]]  # markers_masked, last, NULL
-    assert after["verdicts"] == before["verdicts"] and after["reveals"] == before["reveals"]
-    assert _pragma(path, "user_version") == SCHEMA_VERSION == 4
+    assert after["verdicts"] == [row + (None,) for row in before["verdicts"]]  # reviewer_subject, NULL
+    assert after["reveals"] == before["reveals"]
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 5
     masked = trail.record_result(
         image_sha256="a" * 64, model_sha256="b" * 64, threshold=0.24, probability=0.3, label="pneumonia",
         grey_zone=True, source="app", operating_point="0123456789abcdef", markers_masked=True,
@@ -503,3 +506,67 @@ def test_a_version_3_trail_gets_the_markers_column_and_a_masked_call_says_so(tmp
     assert rows[masked]["markers_masked"] == 1 and rows[plain]["markers_masked"] == 0
     assert [rows[i]["markers_masked"] for i in (1, 2, 3)] == [None, None, None]
     assert "markers_masked" in trail.to_csv().splitlines()[0]
+
+
+def test_a_signed_in_verdict_keeps_the_subject_and_a_local_one_none(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    result = record(trail)
+    trail.record_verdict(result, "agree", reviewer="Dr Reader", reviewer_subject="  sub-0001 ")
+    trail.record_verdict(result, "unsure", reviewer="typed name")
+    rows = trail.trail()
+    assert [(row["reviewer"], row["reviewer_subject"]) for row in rows] == [("Dr Reader", "sub-0001"), ("typed name", None)]
+    assert trail.to_csv().splitlines()[0].endswith(",reviewer,reviewer_subject")
+    with pytest.raises(AuditError, match="subject id is empty"):
+        trail.record_verdict(result, "agree", reviewer_subject="   ")
+    assert trail.counts()["verdicts"] == 2
+
+
+def test_events_are_kept_with_their_detail_and_are_append_only(tmp_path):
+    path = tmp_path / "audit.sqlite3"
+    trail = AuditTrail(path)
+    result = record(trail)
+    sent = trail.record_event("sr_sent", result_id=result, sr_uid="1.2.826.0.1.3680043.8.498.1", operating_point=POINT)
+    opened = trail.record_event("trail_opened", subject="admin-7")
+    events = trail.events()
+    assert [event["id"] for event in events] == [sent, opened]
+    assert events[0]["kind"] == "sr_sent" and events[0]["result_id"] == result and events[0]["subject"] is None
+    assert events[0]["detail"] == {"operating_point": POINT, "sr_uid": "1.2.826.0.1.3680043.8.498.1"}
+    assert [event["id"] for event in trail.events("trail_opened")] == [opened]
+    assert trail.events("trail_exported") == []
+    with pytest.raises(AuditError, match="Unknown audit event 'deleted'"):
+        trail.record_event("deleted")
+    with pytest.raises(AuditError, match="no recorded result 99"):
+        trail.record_event("sr_sent", result_id=99, sr_uid="1.2")
+    with pytest.raises(AuditError, match="cannot be kept as JSON"):
+        trail.record_event("sr_sent", result_id=result, sr_uid=float("nan"))
+    with pytest.raises(AuditError, match="at most 2000"):
+        trail.record_event("trail_exported", note="x" * 3000)
+    connection = sqlite3.connect(path)
+    try:
+        for statement in ("UPDATE events SET subject = 'forged'", "DELETE FROM events"):
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                connection.execute(statement)
+    finally:
+        connection.close()
+    assert len(trail.events()) == 2
+
+
+def test_a_version_4_trail_gets_the_events_table_and_the_subject_column(tmp_path):
+    path = _old_copy(tmp_path)
+    AuditTrail(path)  # now version 5: take the version 5 parts away again to make a version 4 file
+    connection = sqlite3.connect(path)
+    connection.execute("DROP TABLE events")
+    connection.execute("ALTER TABLE verdicts DROP COLUMN reviewer_subject")
+    connection.execute("PRAGMA user_version = 4")
+    connection.commit()
+    connection.close()
+    before = _tables(path)
+    assert "events" not in before
+
+    trail = AuditTrail(path)
+    after = _tables(path)
+    assert after["results"] == before["results"] and after["reveals"] == before["reveals"]
+    assert after["verdicts"] == [row + (None,) for row in before["verdicts"]]
+    assert after["events"] == [] and _pragma(path, "user_version") == SCHEMA_VERSION == 5
+    trail.record_event("trail_exported", subject="admin-7", rows=3)
+    assert trail.events()[0]["detail"] == {"rows": 3}
