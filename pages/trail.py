@@ -1,22 +1,40 @@
 """Audit trail: every result shown and every verdict recorded, newest first, in the reader's own
-time zone, with filters, "find this image" and a CSV export."""
+time zone, with filters, "find this image" and a CSV export. Signed in, a reader sees only their
+own verdicts; an administrator sees the whole trail and may export it, and both are recorded."""
 
 import streamlit as st
 
-from pneumo_model.audit import SOURCES, AuditError, trail_csv
+from pneumo_model import access as policy
+from pneumo_model.audit import SOURCES, AuditError, AuditTrail, trail_csv
 from pneumo_model.errors import PneumoError
 from pneumo_model.paths import bytes_sha256
-from ui import audit, drawing, frame, resources, state, worklist
+from ui import access, audit, drawing, frame, resources, state, worklist
 from ui.markup import plain
 
 frame.render("Audit trail")
+identity = access.current()
+whole = access.sees_whole_trail()
+# A widget's state lives only while its page is drawn, so its absence means the page was just
+# opened (not rerun by a filter): that is when opening the whole trail is recorded.
+just_opened = "trail_technical" not in st.session_state
 try:
     with st.spinner("Reading the audit trail..."):
-        rows = audit.trail().trail()  # one read of the database per run of the page
+        rows = policy.visible_trail(audit.trail().trail(), identity)  # one read of the database per run of the page
         csv_text = trail_csv(rows)
 except AuditError as error:
     st.error(f"The audit trail cannot be read. {plain(audit.screen_message(error))}", icon=":material/database:")
     st.stop()
+if whole and just_opened:
+    access.record_event("trail_opened", rows=len(rows))
+
+
+def exported_csv(trail: AuditTrail, text: str, subject: str | None, count: int) -> bytes:
+    """The CSV, made only when the button is clicked, and that export recorded first (run on
+    another thread, where the script's context and ``st`` are not there). A failure to record
+    fails the download: no export leaves unrecorded."""
+    trail.record_event("trail_exported", subject=subject, rows=count)
+    return text.encode("utf-8")
+
 
 ROWS_PER_PAGE = 20
 zone, zone_label = audit.reader_zone()
@@ -49,21 +67,32 @@ st.caption(
     f"patient identifiers are stored (a picture appears only for an image this tab still holds). "
     f"Times are in {zone_words}, to the minute."
 )
+if not whole:
+    st.info(
+        f"Signed in as **{plain(identity.name)}** (reader): these are your own verdicts and the results they are on. "
+        "The whole trail and its export are for administrators.",
+        icon=":material/person:",
+    )
 columns = st.columns([1, 1, 1, 1.3], vertical_alignment="center")
-columns[3].download_button(
-    "Download CSV",
-    csv_text.encode("utf-8"),
-    file_name="audit_trail.csv",
-    mime="text/csv",
-    on_click="ignore",
-    icon=":material/download:",
-    width="stretch",
-    disabled=not rows,
-)
+if whole:
+    subject = identity.subject if identity else None
+    columns[3].download_button(
+        "Download CSV",
+        lambda: exported_csv(audit.trail(), csv_text, subject, len(rows)),
+        file_name="audit_trail.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/download:",
+        width="stretch",
+        disabled=not rows,
+    )
 if not rows:
     for column, label in zip(columns, ("Results recorded", "Verdicts recorded", "Disagreements")):
         column.metric(label, 0)
-    st.info("Nothing recorded yet. Results are recorded when they are shown on the other pages.", icon=":material/history:")
+    if whole:
+        st.info("Nothing recorded yet. Results are recorded when they are shown on the other pages.", icon=":material/history:")
+    else:
+        st.info("You have recorded no verdicts yet. Record one under a call on Review or the worklist.", icon=":material/history:")
     st.stop()
 
 find_column, filter_column = st.columns([2, 3], gap="medium")
@@ -133,7 +162,9 @@ st.session_state["trail_page"] = page
 reader = [
     "time", "thumbnail", "label", "probability", "flags", "verdict", "note", "reviewer", "source", "image",
 ]
-extra = ["result_id", "shown", "verdict_time", "revealed", "model", "point", "threshold", "ood_score", "crop_box"]
+extra = [
+    "result_id", "shown", "verdict_time", "revealed", "model", "point", "threshold", "ood_score", "crop_box", "reviewer_subject",
+]
 zone_title = zone_label or "UTC"
 st.dataframe(
     shown,
@@ -171,6 +202,9 @@ st.dataframe(
         "threshold": st.column_config.NumberColumn("threshold", format="%.3f"),
         "ood_score": st.column_config.NumberColumn("OOD score", format="%.2f"),
         "crop_box": st.column_config.TextColumn("crop box"),
+        "reviewer_subject": st.column_config.TextColumn(
+            "reviewer's subject id", help="The signed-in reviewer's id at the identity provider; empty in local mode"
+        ),
     },
     placeholder="—",
     row_height=42,

@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 5  # 2: reveals; 3: results.operating_point; 4: results.markers_masked; 5: events, reviewer_subject
 # What an event records (``AuditTrail.record_event``): a DICOM structured report sent to the PACS,
-# the whole trail opened or exported by an administrator.
-EVENT_KINDS = ("sr_sent", "trail_opened", "trail_exported")
+# the whole trail opened or exported by an administrator, a sign-out (its detail names the sign-in
+# it ended, by digest, so that a replayed copy of its cookie is refused, even after a restart).
+EVENT_KINDS = ("sr_sent", "trail_opened", "trail_exported", "signed_out")
 MAX_EVENT_DETAIL_CHARS = 2000
 SOURCES = ("app", "cli")
 VERDICTS = ("agree", "disagree", "unsure")

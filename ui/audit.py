@@ -130,6 +130,14 @@ def session_verdicts() -> dict[int, str]:
     return dict(st.session_state.get(_VERDICTS_KEY, {}))
 
 
+def _signed_in():
+    """The signed-in user (``ui.access.current``), None in local mode. Imported here: ``ui.access``
+    itself reads the trail through this module."""
+    from . import access
+
+    return access.current()
+
+
 def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True) -> None:
     """A reviewer's verdict on the shown result, appended to the trail on submit.
 
@@ -137,14 +145,20 @@ def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True) 
     hides it) there is nothing to agree or disagree with, and no form is drawn. The verdict is
     recorded by the submit button's callback, before the page runs again, so everything the page
     draws (the worklist's verdict column) already knows it; what happened is said under the form.
+    Signed in, the verdict carries the user's identity and there is no name to type; in local
+    mode the reviewer's name is typed, as it is optional.
     """
     if result_id is None or not call_shown:
         return
+    identity = _signed_in()
     with st.form(form_key, clear_on_submit=True, border=True):
         st.markdown("**Your verdict** (recorded in the audit trail)")
         st.radio("Verdict", VERDICTS, horizontal=True, index=None, label_visibility="collapsed", key=f"{form_key}_verdict")
         st.text_area("Note (optional)", max_chars=2000, help=NOTE_HELP, height=80, key=f"{form_key}_note")
-        st.text_input("Reviewer (optional)", max_chars=100, key=f"{form_key}_reviewer")
+        if identity is None:
+            st.text_input("Reviewer (optional)", max_chars=100, key=f"{form_key}_reviewer")
+        else:
+            st.caption(f"Recorded as **{plain(identity.name)}**, signed in.")
         st.form_submit_button(
             "Record verdict", icon=":material/how_to_reg:", key=f"{form_key}_submit", on_click=_record_verdict,
             args=(result_id, form_key),
@@ -161,12 +175,14 @@ def _record_verdict(result_id: int, form_key: str) -> None:
     if verdict is None:
         st.session_state[outcome_key] = ("warning", "Choose agree, disagree or unsure before recording.", ":material/rule:")
         return
+    identity = _signed_in()
     try:
         verdict_id = trail().record_verdict(
             result_id,
             verdict,
             note=st.session_state.get(f"{form_key}_note") or "",
-            reviewer=st.session_state.get(f"{form_key}_reviewer") or "",
+            reviewer=identity.name if identity else st.session_state.get(f"{form_key}_reviewer") or "",
+            reviewer_subject=identity.subject if identity else None,
         )
     except AuditError as error:
         message = f"The verdict was not recorded in the audit trail. {plain(screen_message(error))}"

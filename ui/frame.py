@@ -20,7 +20,7 @@ from pneumo_model.errors import PneumoError
 from pneumo_model.paths import REPO_ROOT
 from pneumo_model.prediction import Prediction, Predictor
 
-from . import audit, resources, state
+from . import access, audit, resources, state
 from .markup import plain
 
 T = TypeVar("T")
@@ -111,10 +111,12 @@ def operating_point_purpose(model: Predictor) -> str:
 def render(title: str) -> Predictor:
     """Draws the frame of the page named ``title`` (one of ``PAGES``): page settings, banner, sidebar.
 
-    The first call of every page. Stops the page with a plain error when the model cannot load.
+    The first call of every page. Stops the page with a plain error when the model cannot load,
+    and before anything else with a plain refusal when this browser may not see it (``ui.access``).
     """
     (page,) = [page for page in PAGES if page.title == title]
     st.set_page_config(page_title=f"{page.title} · {APP_TITLE}", page_icon=str(FAVICON), layout="wide")
+    access.gate(page.title)
     try:
         model = resources.predictor()
     except PneumoError as error:
@@ -124,7 +126,7 @@ def render(title: str) -> Predictor:
         st.stop()
     st.warning(
         f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.description}); "
-        f"operating point {operating_point_line(model)}.",
+        f"operating point {operating_point_line(model)}. {access.mode_words()}",
         icon=":material/medical_information:",
     )
     st.subheader(page.title, anchor=False)
@@ -149,7 +151,9 @@ def _link(page: Page, label: str | None = None) -> None:
 def _menu() -> None:
     with st.sidebar:
         for page in PAGES:
-            _link(page)
+            if access.may_see(page.title):
+                _link(page)
+        access.sidebar()
         st.divider()
 
 
