@@ -565,8 +565,8 @@ class PacsClient:
         """Stores one data set in its study (STOW-RS).
 
         Raises:
-            PacsStoreError: the server answered but did not store it (the reason it gave, if any).
-            PacsError: the server cannot be reached or refused the credentials.
+            PacsStoreError: it was not stored: refused (by status, by a failure in the answer, or for
+                want of write access) or the server could not be reached; nothing was changed.
         """
         import requests
 
@@ -575,7 +575,10 @@ class PacsClient:
         except requests.exceptions.HTTPError as error:
             status = getattr(error.response, "status_code", None)
             if status in (401, 403):
-                raise self._fault(error, "sending the report") from None
+                raise PacsStoreError(
+                    f"{self._fault(error, 'sending the report')} Storing needs write access on the PACS; ask its "
+                    "administrator. The result is kept; send it again later."
+                ) from None
             raise PacsStoreError(
                 f"The PACS at {self.settings.server} did not store the report (HTTP {status}). The result is kept; "
                 "send it again later."
