@@ -1,8 +1,8 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
-Commands: ``predict``, ``explain``, ``crop``, ``site``, ``train``, ``evaluate``, ``compare``,
+Commands: ``predict``, ``batch``, ``explain``, ``crop``, ``site``, ``train``, ``evaluate``, ``compare``,
 ``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``zone``, ``attention``. Exit codes: 0 success, 1 a usage
-or model error, 2 (``predict``) when any file was rejected, (``site``) when the labelled sample is refused.
+or model error, 2 (``predict``, ``batch``) when any file was rejected, (``site``) when the labelled sample is refused.
 
 Each command is one function that adds its sub-parser, with ``set_defaults(handler=...)``, and
 the handler beside it; ``main`` calls the parsed command's handler. Building the parser imports
@@ -132,6 +132,76 @@ def _read_image_file(path: str) -> bytes:
     from .preprocessing import read_image_bytes
 
     return read_image_bytes(path)
+
+
+# --- batch ---------------------------------------------------------------------------------
+
+
+def _add_batch(commands) -> None:
+    parser = commands.add_parser(
+        "batch", help="score a whole archive (a folder or a list of paths) into a resumable Parquet data set"
+    )
+    parser.add_argument(
+        "source", metavar="SOURCE", help="a folder of images (searched recursively) or a text file of paths, one per line"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="RESULTS",
+        help="the results folder, a Parquet data set (pandas.read_parquet reads it); a rerun skips the files "
+        "already in it with the same path and bytes",
+    )
+    parser.add_argument("--engine", choices=("local", "ray"), default="local", help="this process (default) or Ray Data")
+    parser.add_argument(
+        "--ray-address", default=None, metavar="ADDRESS",
+        help="with --engine ray: a running cluster (host:port, ray://host:port or auto); default: start one here",
+    )
+    parser.add_argument(
+        "--ray-temp", type=Path, default=None, metavar="DIR",
+        help="with --engine ray started here: Ray's temporary and log folder (default: $PNEUMO_RAY_TEMP, else Ray's own)",
+    )
+    parser.add_argument(
+        "--part-rows", type=int, default=256, metavar="N",
+        help="rows per durable part of RESULTS (a killed run scores at most this many files again; default 256)",
+    )
+    parser.add_argument("--decoders", type=int, default=None, metavar="N", help="decoding threads (default: one per core)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_model_flag(parser)
+    _add_site_flag(parser)
+    parser.add_argument(
+        "--audit", type=Path, default=None, metavar="DB",
+        help="also append each result to this audit trail (SQLite; created if missing)",
+    )
+    parser.set_defaults(handler=_batch)
+
+
+def _batch(args) -> int:
+    import os
+
+    from .batch import BatchSettings, LocalEngine, open_source, run_batch
+
+    settings = BatchSettings(part_rows=args.part_rows, decoders=args.decoders)
+    items = open_source(args.source, settings.limits)  # a bad SOURCE is refused before the model loads
+    trail = None
+    if args.audit is not None:
+        from .audit import AuditTrail
+
+        trail = AuditTrail(args.audit)
+    if args.engine == "ray":
+        from .batch_ray import RayEngine, RaySettings
+
+        temp = args.ray_temp or (Path(os.environ["PNEUMO_RAY_TEMP"]) if os.environ.get("PNEUMO_RAY_TEMP") else None)
+        engine = RayEngine(args.model, args.site, RaySettings(address=args.ray_address, temp_dir=temp, limits=settings.limits))
+    else:
+        if args.ray_address is not None or args.ray_temp is not None:
+            print("error: --ray-address and --ray-temp go with --engine ray.", file=sys.stderr)
+            return EXIT_ERROR
+        from .prediction import Predictor
+
+        engine = LocalEngine(Predictor.from_file(args.model, site=args.site), settings)
+    summary = run_batch(items, engine, args.out, settings, trail, progress=not args.no_progress)
+    for line in summary.lines():
+        print(line)
+    print(json.dumps(summary.to_dict()))
+    return EXIT_REJECTED if summary.errors or summary.errors_held else EXIT_OK
 
 
 # --- site ----------------------------------------------------------------------------------
@@ -827,7 +897,7 @@ def _attention(args) -> int:
 # --- the parser and main -------------------------------------------------------------------
 
 # One function per command, in the order ``--help`` lists them; each sets its command's handler.
-COMMANDS = (_add_predict, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_card, _add_grey_zone, _add_attention)
+COMMANDS = (_add_predict, _add_batch, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_card, _add_grey_zone, _add_attention)
 
 
 def _leaves(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:

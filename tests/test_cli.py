@@ -100,6 +100,7 @@ def test_a_missing_model_exits_1_with_a_message(files, capsys, tmp_path):
 # The shortest command line of each command; a new command must be added here.
 MINIMAL_ARGV = {
     "predict": ["predict", "a.png"],
+    "batch": ["batch", "archive", "--out", "results"],
     "train": ["train"],
     "evaluate": ["evaluate"],
     "explain": ["explain", "a.png", "--out", "a_gradcam.png"],
