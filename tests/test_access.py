@@ -237,3 +237,16 @@ def test_the_verdict_carries_the_identity_and_the_reader_sees_only_their_own(aud
     assert [(event["subject"], event["detail"]["rows"]) for event in trail.events("trail_opened")] == [("a-1", 2)]
     admin.toggle(key="trail_technical").set_value(True).run()  # a rerun of the open page is no new opening
     assert len(trail.events("trail_opened")) == 1
+
+
+def test_the_committed_example_settings_are_complete_and_hold_no_secret():
+    import tomllib
+
+    from pneumo_model.paths import REPO_ROOT
+
+    example = tomllib.loads((REPO_ROOT / ".streamlit" / "secrets.toml.example").read_text())
+    assert {"redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url"} <= set(example["auth"])
+    assert example["auth"]["redirect_uri"].endswith("/oauth2callback") and "expose_tokens" not in example["auth"]
+    assert all(example["auth"][key].startswith("REPLACE") for key in ("cookie_secret", "client_id", "client_secret"))
+    assert AccessSettings.from_mapping(example["access"]).reader_values == {"pneumo-readers"}
+    assert ".streamlit/secrets.toml" in (REPO_ROOT / ".gitignore").read_text().splitlines()
