@@ -204,6 +204,120 @@ def _batch(args) -> int:
     return EXIT_REJECTED if summary.errors or summary.errors_held else EXIT_OK
 
 
+# --- pacs ----------------------------------------------------------------------------------
+
+
+def _add_pacs(commands) -> None:
+    parser = commands.add_parser(
+        "pacs", help="query a PACS over DICOMweb, score a study's images, send the results back as DICOM SR",
+        description="The server comes from PNEUMO_DICOMWEB_URL (or --url); credentials from PNEUMO_DICOMWEB_USER "
+        "and PNEUMO_DICOMWEB_PASSWORD, or PNEUMO_DICOMWEB_TOKEN; PNEUMO_DICOMWEB_CA_FILE names the certificate "
+        "authority to trust. Usage, server and model errors exit 1.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    query = actions.add_parser("query", help="list the studies that match; one JSON object per study")
+    _add_url_flag(query)
+    query.add_argument("--date-from", default=None, metavar="YYYYMMDD", help="study date on or after")
+    query.add_argument("--date-to", default=None, metavar="YYYYMMDD", help="study date on or before")
+    query.add_argument("--modality", default="CR,DX", metavar="CR,DX", help="modalities in the study (default CR,DX)")
+    query.add_argument("--accession", default=None, metavar="N", help="the study's accession number")
+    query.add_argument("--body-part", default=None, metavar="CHEST", help="a series of the study examines this part")
+    query.add_argument("--limit", type=int, default=200, help="at most this many studies (default 200)")
+    query.set_defaults(handler=_pacs_query)
+    score = actions.add_parser(
+        "score", help="retrieve and score a study's images; one JSON object per instance (exit 2: some not scored)",
+    )
+    _add_url_flag(score)
+    score.add_argument("--study", required=True, metavar="UID", help="the Study Instance UID")
+    score.add_argument(
+        "--instance", action="append", default=None, metavar="UID",
+        help="score only this SOP Instance UID (repeat it; to retry the ones a server fault left out)",
+    )
+    score.add_argument(
+        "--send", action="store_true",
+        help="send each scored result back as a DICOM Comprehensive SR in the study (never twice for the same "
+        "image and operating point)",
+    )
+    _add_model_flag(score)
+    _add_site_flag(score)
+    score.add_argument(
+        "--audit", type=Path, default=None, metavar="DB",
+        help="also append each result (and each report sent) to this audit trail (SQLite; created if missing)",
+    )
+    score.set_defaults(handler=_pacs_score)
+
+
+def _add_url_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None, help="the DICOMweb root (default: $PNEUMO_DICOMWEB_URL)")
+
+
+def _pacs_client(args):
+    from .pacs import PacsClient, PacsSettings
+
+    return PacsClient(PacsSettings.from_environment(url=args.url))
+
+
+def _pacs_query(args) -> int:
+    from .pacs import StudyQuery
+
+    query = StudyQuery(
+        date_from=args.date_from, date_to=args.date_to, modalities=tuple(args.modality.split(",")),
+        body_part=args.body_part, accession_number=args.accession, limit=args.limit,
+    )
+    studies = _pacs_client(args).query_studies(query)
+    for study in studies:
+        print(json.dumps(study.to_record()), flush=True)
+    print(f"{len(studies)} studies found.", file=sys.stderr)
+    return EXIT_OK
+
+
+def _pacs_score(args) -> int:
+    from .pacs import PacsError, exit_status, format_counts, record_sent, score_instances, send_report
+    from .prediction import Predictor
+
+    client = _pacs_client(args)
+    predictor = Predictor.from_file(args.model, site=args.site)
+    trail = None
+    if args.audit is not None:
+        from .audit import AuditTrail
+
+        trail = AuditTrail(args.audit)
+    instances = client.instances(args.study)
+    if args.instance:
+        wanted = set(args.instance)
+        missing = wanted - {instance.sop_uid for instance in instances}
+        if missing:
+            print(f"error: the study has no instance {sorted(missing)[0]}.", file=sys.stderr)
+            return EXIT_ERROR
+        instances = [instance for instance in instances if instance.sop_uid in wanted]
+    status = EXIT_OK
+
+    def show(result) -> None:
+        nonlocal status
+        record = result.to_record()
+        if result.prediction is not None:
+            if trail is not None:
+                from .audit import ResultRecord
+
+                (record["audit_id"],) = trail.record_results([ResultRecord.of(result.prediction, result.digest, "cli")])
+            if args.send:
+                try:
+                    sent = send_report(client, result.instance, result.prediction, predictor.operating_point)
+                except PacsError as error:
+                    record["send_error"] = str(error)
+                    status = EXIT_ERROR
+                else:
+                    record["sent_sr_uid"] = sent.sr_uid
+                    record["already_sent"] = sent.already_on_server
+                    if trail is not None:
+                        record_sent(trail, record["audit_id"], sent, predictor.operating_point)
+        print(json.dumps(record), flush=True)
+
+    results = score_instances(client, predictor, instances, on_result=show)
+    print(format_counts(results), file=sys.stderr)
+    return max(status, exit_status(results), key=lambda code: {EXIT_OK: 0, EXIT_REJECTED: 1, EXIT_ERROR: 2}[code])
+
+
 # --- site ----------------------------------------------------------------------------------
 
 
@@ -897,7 +1011,7 @@ def _attention(args) -> int:
 # --- the parser and main -------------------------------------------------------------------
 
 # One function per command, in the order ``--help`` lists them; each sets its command's handler.
-COMMANDS = (_add_predict, _add_batch, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_card, _add_grey_zone, _add_attention)
+COMMANDS = (_add_predict, _add_batch, _add_pacs, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_card, _add_grey_zone, _add_attention)
 
 
 def _leaves(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
@@ -937,8 +1051,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv, argparse.Namespace(command_line=_command_line(argv)))
     except SystemExit as exit:
-        # ``site`` keeps exit 2 for a refused sample, so its usage errors exit 1 (argparse's own is 2).
-        if argv[:1] == ["site"] and exit.code == 2:
+        # ``site`` and ``pacs`` keep exit 2 for a refused sample or image, so their usage errors exit 1
+        # (argparse's own is 2).
+        if argv[:1] in (["site"], ["pacs"]) and exit.code == 2:
             return EXIT_ERROR
         raise
     try:

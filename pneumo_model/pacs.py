@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -168,8 +169,8 @@ class PacsSettings:
             token=get("token"),
             ca_file=None if get("ca_file") is None else Path(str(get("ca_file"))),
             verify_tls=_flag(get("verify_tls"), True, ENVIRONMENT["verify_tls"]),
-            read_timeout_s=timeout_s or cls.read_timeout_s,
-            connect_timeout_s=min(timeout_s or cls.connect_timeout_s, cls.connect_timeout_s),
+            read_timeout_s=cls.read_timeout_s if timeout_s is None else timeout_s,
+            connect_timeout_s=cls.connect_timeout_s if timeout_s is None else min(timeout_s, cls.connect_timeout_s),
             show_patient_identity=_flag(get("show_patient_identity"), False, ENVIRONMENT["show_patient_identity"]),
         )
 
@@ -406,7 +407,9 @@ class PacsClient:
     # --- query ---------------------------------------------------------------------------
 
     def query_studies(self, query: StudyQuery = StudyQuery()) -> list[Study]:
-        """The studies that match, newest first (one QIDO-RS search per modality, merged).
+        """The studies that match, newest first (one QIDO-RS search per modality, merged), at
+        most ``query.limit``: when more match, which ones come back is the server's choice, so a
+        caller that gets ``limit`` studies should say that there may be more (narrow the dates).
 
         Raises:
             PacsError: the server cannot be reached or refused the search.
@@ -723,9 +726,24 @@ def score_instances(
             ))
         pending.clear()
 
-    with ThreadPoolExecutor(max_workers=client.settings.workers, thread_name_prefix="pacs-retrieve") as pool:
-        fetched = pool.map(lambda i: _fetch(client, instances[i], limits), wanted)
-        for index, (image, error, retryable) in zip(wanted, fetched):
+    workers = client.settings.workers
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pacs-retrieve") as pool:
+        # At most 2 retrievals per worker ahead of the model: memory stays bounded by the window,
+        # not by the study's size, and a fault mid-run leaves little fetched and unscored.
+        window: deque = deque()
+        upcoming = iter(wanted)
+
+        def submit_next() -> None:
+            index = next(upcoming, None)
+            if index is not None:
+                window.append((index, pool.submit(_fetch, client, instances[index], limits)))
+
+        for _ in range(2 * workers):
+            submit_next()
+        while window:
+            index, future = window.popleft()
+            image, error, retryable = future.result()
+            submit_next()
             if image is None:
                 done(index, InstanceResult(instances[index], error=error, retryable=retryable))
                 continue

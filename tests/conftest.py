@@ -24,6 +24,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "data: needs ../shared/data (set REQUIRE_DATA=1 to fail instead of skip)")
     config.addinivalue_line("markers", "shipped_model: needs the committed model in assets/model")
     config.addinivalue_line("markers", "browser: drives Chromium (set REQUIRE_BROWSER=1 to fail instead of skip)")
+    config.addinivalue_line("markers", "pacs: starts Debian's Orthanc (set REQUIRE_PACS=1 to fail instead of skip)")
 
 
 def _require(available: bool, what: str) -> None:

@@ -1,0 +1,523 @@
+"""PACS over DICOMweb against a real Orthanc (Debian's packages), started by the fixtures here.
+
+Studies are made in the tests from the sample films (CR and DX, MONOCHROME1 and 2, JPEG baseline
+and uncompressed, a lateral view, a multi-frame image, a text report, a PDF and a video syntax),
+with sentinel patient name, id, accession number and birth date. Faults are real ones: a wrong
+password, a certificate nobody vouches for, a stopped and a frozen server, a file taken from the
+server's disk (HTTP 500), a server that refuses every STOW-RS request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.uid import generate_uid
+
+import orthanc_server
+from orthanc_server import PASSWORD, USER, OrthancServer, TlsFront
+from pneumo_model.artifacts import REPO_ROOT
+from pneumo_model.audit import AuditTrail
+from pneumo_model.errors import ConfigError
+from pneumo_model.lab.pacs_files import StudyFacts, chest_dicom, pdf_dicom, text_report_dicom, unsupported_syntax_dicom
+from pneumo_model.pacs import (
+    PacsAuthError,
+    PacsClient,
+    PacsError,
+    PacsNotFoundError,
+    PacsSettings,
+    PacsStoreError,
+    PacsUnreachableError,
+    StudyQuery,
+    _dicom_part,
+    exit_status,
+    record_sent,
+    score_instances,
+    send_report,
+)
+from pneumo_model.pipeline import DecodedImage
+from pneumo_model.prediction import Predictor
+from pneumo_model.structured_report import SERIES_DESCRIPTION, read_report, report_uids
+
+pytestmark = [pytest.mark.pacs, pytest.mark.shipped_model]
+
+SAMPLES = sorted((REPO_ROOT / "assets" / "samples").glob("*.jpeg"))
+SENTINELS = {
+    "patient_name": "ZZSENTINEL^NAMEQX",
+    "patient_id": "PIDSENTINEL771",
+    "accession_number": "ACCSENT9931",
+    "birth_date": "20211231",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _orthanc_installed():
+    reason = orthanc_server.missing()
+    if reason:
+        if os.environ.get("REQUIRE_PACS") == "1":
+            pytest.fail(f"{reason} and REQUIRE_PACS=1")
+        pytest.skip(reason)
+
+
+def grey(path: Path, side: int | None = None) -> np.ndarray:
+    picture = Image.open(path).convert("L")
+    if side:
+        picture = picture.resize((side, side), Image.BILINEAR)
+    return np.asarray(picture)
+
+
+def sentinel_study(**changes) -> StudyFacts:
+    values = dict(
+        study_uid=generate_uid(), accession_number=SENTINELS["accession_number"], study_date="20261130",
+        patient_name=SENTINELS["patient_name"], patient_id=SENTINELS["patient_id"], birth_date=SENTINELS["birth_date"],
+    )
+    return StudyFacts(**{**values, **changes})
+
+
+def main_study_files(study: StudyFacts) -> dict[str, bytes]:
+    """The study every read-only test uses: four frontal films in four encodings, and the rest."""
+    dx, cr, other = generate_uid(), generate_uid(), generate_uid()  # a series has one modality
+    a, b, c = (grey(path) for path in SAMPLES[:3])
+    return {
+        "dx_mono2": chest_dicom(a, study, dx, modality="DX", instance_number=1),
+        "cr_mono1_jpeg": chest_dicom(b, study, cr, modality="CR", photometric="MONOCHROME1", jpeg=True, series_number=2,
+                                     instance_number=2),
+        "dx_mono1": chest_dicom(c, study, dx, modality="DX", photometric="MONOCHROME1", instance_number=3),
+        "cr_mono2_jpeg": chest_dicom(a, study, cr, modality="CR", jpeg=True, series_number=2, instance_number=4),
+        "lateral": chest_dicom(b, study, dx, view_position="LL", instance_number=5),
+        "multi_frame": chest_dicom(c, study, dx, frames=2, instance_number=6),
+        "text_report": text_report_dicom(study, other),
+        "pdf": pdf_dicom(study, generate_uid()),
+        "video_syntax": unsupported_syntax_dicom(study, generate_uid()),
+    }
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """One Orthanc for the read-only tests, holding the main study and three more for the filters."""
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
+    study = sentinel_study()
+    files = main_study_files(study)
+    for data in files.values():
+        server.upload(data)
+    picture = grey(SAMPLES[0])
+    extra = {
+        "cr_october": sentinel_study(accession_number="ACCOCT2", study_date="20261015"),
+        "mr_november": sentinel_study(accession_number="ACCMR3", study_date="20261120"),
+        "hand_dx": sentinel_study(accession_number="ACCHAND4", study_date="20261125"),
+    }
+    server.upload(chest_dicom(picture, extra["cr_october"], generate_uid(), modality="CR"))
+    mr = pydicom.dcmread(io.BytesIO(chest_dicom(picture, extra["mr_november"], generate_uid())))
+    mr.Modality = "MR"
+    buffer = io.BytesIO()
+    mr.save_as(buffer, enforce_file_format=True)
+    server.upload(buffer.getvalue())
+    hand = pydicom.dcmread(io.BytesIO(chest_dicom(picture, extra["hand_dx"], generate_uid())))
+    hand.BodyPartExamined = "HAND"
+    buffer = io.BytesIO()
+    hand.save_as(buffer, enforce_file_format=True)
+    server.upload(buffer.getvalue())
+    yield {"server": server, "study": study, "files": files, "extra": extra}
+    server.remove()
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.from_file()
+
+
+def settings_for(server, **changes) -> PacsSettings:
+    return PacsSettings(**{"url": server.dicomweb_url, "username": USER, "password": PASSWORD, **changes})
+
+
+def client_for(server, **changes) -> PacsClient:
+    return PacsClient(settings_for(server, **changes))
+
+
+# --- settings and queries, no server -------------------------------------------------------
+
+
+def test_settings_come_from_the_environment_and_hide_the_credentials():
+    settings = PacsSettings.from_environment({
+        "PNEUMO_DICOMWEB_URL": "https://pacs.example.org/dicom-web/", "PNEUMO_DICOMWEB_USER": "reader",
+        "PNEUMO_DICOMWEB_PASSWORD": "hunter2-secret", "PNEUMO_DICOMWEB_TIMEOUT_S": "12",
+    })
+    assert settings.url == "https://pacs.example.org/dicom-web" and settings.server == "https://pacs.example.org"
+    assert settings.verify_tls and not settings.show_patient_identity and settings.read_timeout_s == 12
+    assert "hunter2-secret" not in repr(settings)
+    token = PacsSettings.from_environment({"PNEUMO_DICOMWEB_URL": "http://127.0.0.1:1/x", "PNEUMO_DICOMWEB_TOKEN": "tok-abc"})
+    assert token.token == "tok-abc" and "tok-abc" not in repr(token)
+    assert PacsSettings.from_mapping({"url": "http://127.0.0.1:1/x", "show_patient_identity": True}).show_patient_identity
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({}, "No PACS is configured: set PNEUMO_DICOMWEB_URL"),
+        ({"PNEUMO_DICOMWEB_URL": "pacs.example.org"}, "must be an http:// or https:// URL"),
+        ({"PNEUMO_DICOMWEB_URL": "https://user:pw@pacs.example.org/dw"}, "must not carry credentials"),
+        ({"PNEUMO_DICOMWEB_URL": "https://pacs.example.org/dw", "PNEUMO_DICOMWEB_USER": "reader"}, "Give both"),
+        ({"PNEUMO_DICOMWEB_URL": "https://p.example.org/dw", "PNEUMO_DICOMWEB_USER": "a", "PNEUMO_DICOMWEB_PASSWORD": "b",
+          "PNEUMO_DICOMWEB_TOKEN": "c"}, "not both"),
+        ({"PNEUMO_DICOMWEB_URL": "https://p.example.org/dw", "PNEUMO_DICOMWEB_TIMEOUT_S": "soon"}, "number of seconds"),
+        ({"PNEUMO_DICOMWEB_URL": "https://p.example.org/dw", "PNEUMO_DICOMWEB_TIMEOUT_S": "0"}, "between 0 and 600"),
+        ({"PNEUMO_DICOMWEB_URL": "https://p.example.org/dw", "PNEUMO_DICOMWEB_CA_FILE": "/no/such/ca.pem"}, "does not exist"),
+        ({"PNEUMO_DICOMWEB_URL": "https://p.example.org/dw", "PNEUMO_DICOMWEB_VERIFY_TLS": "maybe"}, "is 1 or 0"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_with_what_to_set(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        PacsSettings.from_environment(environ)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"date_from": "2026-11-30"}, "date from must be a date as YYYYMMDD"),
+        ({"date_to": "20261332"}, "date to must be a date"),
+        ({"date_from": "20261201", "date_to": "20261130"}, "after the date to"),
+        ({"modalities": ("C R;",)}, "Modalities are DICOM codes"),
+        ({"modalities": ()}, "Modalities are DICOM codes"),
+        ({"accession_number": "ACC*"}, "no wildcard"),
+        ({"accession_number": "A" * 17}, "1 to 16 characters"),
+        ({"body_part": "chest/abdomen"}, "body part is a DICOM code"),
+        ({"limit": 0}, "between 1 and 10000"),
+    ],
+)
+def test_queries_that_cannot_be_asked_are_refused(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        StudyQuery(**fields)
+
+
+def test_a_bare_or_multipart_answer_gives_the_dicom_file_inside():
+    body = b"DICM-bytes\r\nwith a line break"
+    multipart = b"--abc\r\nContent-Type: application/dicom\r\n\r\n" + body + b"\r\n--abc--\r\n"
+    assert _dicom_part(multipart, 'multipart/related; type="application/dicom"; boundary=abc') == body
+    assert _dicom_part(body, "application/dicom") == body
+    assert _dicom_part(multipart, "multipart/related") is None  # no boundary: unreadable, never guessed
+    assert _dicom_part(b"--abc--\r\n", "multipart/related; boundary=abc") is None
+
+
+# --- query -----------------------------------------------------------------------------------
+
+
+def test_query_filters_by_date_modality_accession_and_body_part(pacs):
+    client = client_for(pacs["server"])
+    extra = pacs["extra"]
+    by_accession = {study.accession_number: study for study in client.query_studies()}
+    assert set(by_accession) == {SENTINELS["accession_number"], "ACCOCT2", "ACCHAND4"}  # the MR study is not CR/DX
+    main = by_accession[SENTINELS["accession_number"]]
+    assert main.study_uid == pacs["study"].study_uid and main.images == len(pacs["files"])
+    assert {"CR", "DX", "SR", "DOC"} <= set(main.modalities) and main.study_date == "20261130"
+    assert [s.study_uid for s in client.query_studies(StudyQuery(modalities=("CR",)))] == [
+        pacs["study"].study_uid, extra["cr_october"].study_uid]
+    november = client.query_studies(StudyQuery(date_from="20261101", date_to="20261130"))
+    assert {s.accession_number for s in november} == {SENTINELS["accession_number"], "ACCHAND4"}
+    assert [s.study_uid for s in client.query_studies(StudyQuery(accession_number="ACCOCT2"))] == [extra["cr_october"].study_uid]
+    assert [s.study_uid for s in client.query_studies(StudyQuery(modalities=("MR",)))] == [extra["mr_november"].study_uid]
+    chest = client.query_studies(StudyQuery(body_part="CHEST"))
+    assert extra["hand_dx"].study_uid not in {s.study_uid for s in chest} and len(chest) == 2
+    assert client.query_studies(StudyQuery(accession_number="NOSUCH")) == []
+    newest_first = [s.study_date for s in client.query_studies()]
+    assert newest_first == sorted(newest_first, reverse=True)
+    assert len(client.query_studies(StudyQuery(limit=1))) == 1  # which one is the server's choice
+
+
+def test_patient_name_and_id_are_read_only_when_the_setting_allows_and_never_printed(pacs):
+    hidden = client_for(pacs["server"]).query_studies(StudyQuery(accession_number=SENTINELS["accession_number"]))[0]
+    assert hidden.patient_name is None and hidden.patient_id is None
+    shown = client_for(pacs["server"], show_patient_identity=True).query_studies(
+        StudyQuery(accession_number=SENTINELS["accession_number"]))[0]
+    assert (shown.patient_name, shown.patient_id) == (SENTINELS["patient_name"], SENTINELS["patient_id"])
+    record = json.dumps(shown.to_record())
+    assert SENTINELS["patient_name"] not in record and SENTINELS["patient_id"] not in record and SENTINELS["patient_name"] not in repr(shown)
+    assert sorted(shown.to_record()) == ["accession_number", "images", "modalities", "study_date", "study_uid"]
+
+
+def test_a_wrong_password_and_an_unknown_study_are_plain_messages(pacs):
+    server = pacs["server"]
+    with pytest.raises(PacsAuthError, match="refused the credentials while searching for studies. Check PNEUMO_DICOMWEB_USER"):
+        client_for(server, password="not-the-password").query_studies()
+    with pytest.raises(PacsAuthError, match="refused the credentials"):
+        PacsClient(PacsSettings(server.dicomweb_url)).query_studies()
+    with pytest.raises(PacsNotFoundError, match="has no study 1.2.3.4"):
+        client_for(server).instances("1.2.3.4")
+    with pytest.raises(ConfigError, match="digits separated by dots"):
+        client_for(server).instances("1.2.3.4/../../tools")
+
+
+def test_tls_is_verified_against_the_ca_file_given_and_refused_without_it(pacs, tmp_path):
+    front = TlsFront(tmp_path, pacs["server"].port)
+    try:
+        with pytest.raises(PacsUnreachableError, match="certificate is not trusted. Give the hospital's certificate authority in PNEUMO_DICOMWEB_CA_FILE"):
+            PacsClient(PacsSettings(front.dicomweb_url, USER, PASSWORD)).query_studies()
+        trusted = PacsClient(PacsSettings(front.dicomweb_url, USER, PASSWORD, ca_file=front.ca_file))
+        studies = trusted.query_studies(StudyQuery(accession_number=SENTINELS["accession_number"]))
+        assert [s.study_uid for s in studies] == [pacs["study"].study_uid]
+        instance = next(i for i in trusted.instances(pacs["study"].study_uid) if i.instance_number == 1 and i.has_pixels)
+        assert trusted.retrieve(instance) == pacs["files"]["dx_mono2"]
+        (tmp_path / "other").mkdir()
+        other_ca, _ = orthanc_server.self_signed_certificate(tmp_path / "other")  # another hospital's CA
+        with pytest.raises(PacsUnreachableError, match="not trusted"):
+            PacsClient(PacsSettings(front.dicomweb_url, USER, PASSWORD, ca_file=other_ca)).query_studies()
+    finally:
+        front.close()
+
+
+# --- retrieve and score ------------------------------------------------------------------------
+
+
+def test_a_study_scores_like_uploading_the_same_files_and_lists_what_it_cannot_score(pacs, predictor):
+    client = client_for(pacs["server"])
+    files = pacs["files"]
+    results = score_instances(client, predictor, client.instances(pacs["study"].study_uid))
+    assert len(results) == len(files)
+    by_sha = {hashlib.sha256(data).hexdigest(): name for name, data in files.items()}
+    scored = {by_sha[r.digest]: r for r in results if r.prediction is not None}
+    assert sorted(scored) == ["cr_mono1_jpeg", "cr_mono2_jpeg", "dx_mono1", "dx_mono2", "multi_frame"]
+    for name, result in scored.items():  # the bytes retrieved are the file uploaded, and score the same
+        uploaded = predictor.call(DecodedImage.decode(files[name]))
+        assert result.prediction.probability == pytest.approx(uploaded.probability, abs=1e-6), name
+        assert (result.prediction.ood, result.prediction.label) == (uploaded.ood, uploaded.label)
+        assert result.prediction.operating_point == predictor.operating_point.id
+    assert any("frame" in warning for warning in scored["multi_frame"].prediction.info.warnings)
+    assert any("MONOCHROME1" in warning for warning in scored["dx_mono1"].prediction.info.warnings)
+    reasons = sorted(r.error for r in results if r.prediction is None)
+    assert len(reasons) == 4 and all(not r.retryable for r in results)
+    assert any(reason.startswith("a lateral view (ViewPosition LL)") for reason in reasons)
+    assert any("not an image (Basic Text SR Storage)" in reason for reason in reasons)
+    assert any("not an image (Encapsulated PDF Storage)" in reason for reason in reasons)
+    assert any("MPEG2" in reason and "cannot decode" in reason for reason in reasons)
+    assert exit_status(results) == 2
+    records = [r.to_record() for r in results]
+    assert all({"study_uid", "series_uid", "sop_instance_uid"} <= set(record) for record in records)
+    assert {record["sop_instance_uid"] for record in records} == {r.instance.sop_uid for r in results}
+
+
+def run_cli(*argv: str, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pneumo_model", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
+
+
+def pacs_env(server) -> dict:
+    return {"PNEUMO_DICOMWEB_URL": server.dicomweb_url, "PNEUMO_DICOMWEB_USER": USER, "PNEUMO_DICOMWEB_PASSWORD": PASSWORD}
+
+
+def test_the_cli_queries_and_scores_with_the_exit_codes_of_predict(pacs, tmp_path):
+    env = pacs_env(pacs["server"])
+    query = run_cli("pacs", "query", "--date-from", "20261101", "--modality", "CR,DX", env=env)
+    assert query.returncode == 0, query.stderr
+    rows = [json.loads(line) for line in query.stdout.splitlines()]
+    assert {row["accession_number"] for row in rows} == {SENTINELS["accession_number"], "ACCHAND4"}
+    assert all(sorted(row) == ["accession_number", "images", "modalities", "study_date", "study_uid"] for row in rows)
+
+    score = run_cli("pacs", "score", "--study", pacs["study"].study_uid, env=env)
+    assert score.returncode == 2, score.stderr  # some instances are not radiographs
+    records = [json.loads(line) for line in score.stdout.splitlines()]
+    assert len(records) == len(pacs["files"])
+    scored = [r for r in records if "error" not in r]
+    assert len(scored) == 5 and all({"probability", "label", "grey_zone", "operating_point", "model_sha", "ood",
+                                     "study_uid", "series_uid", "sop_instance_uid", "sha256"} <= set(r) for r in scored)
+    assert "5 of 9 images scored" in score.stderr
+
+    only = scored[0]["sop_instance_uid"]
+    again = run_cli("pacs", "score", "--study", pacs["study"].study_uid, "--instance", only, env=env)
+    assert again.returncode == 0 and [json.loads(line)["probability"] for line in again.stdout.splitlines()] == [scored[0]["probability"]]
+
+    for argv, environ, message in [
+        (("pacs", "score"), env, "--study"),
+        (("pacs", "query", "--date-from", "yesterday"), env, "must be a date as YYYYMMDD"),
+        (("pacs", "query"), {**env, "PNEUMO_DICOMWEB_PASSWORD": "wrong"}, "refused the credentials"),
+        (("pacs", "query"), {"PNEUMO_DICOMWEB_URL": ""}, "No PACS is configured"),
+        (("pacs", "score", "--study", "1.2.3.4"), env, "has no study 1.2.3.4"),
+        (("pacs", "score", "--study", pacs["study"].study_uid, "--instance", "9.9"), env, "has no instance 9.9"),
+    ]:
+        failed = run_cli(*argv, env=environ)
+        assert failed.returncode == 1, (argv, failed.stderr)
+        assert message in failed.stderr and "Traceback" not in failed.stderr
+
+
+# --- the structured report --------------------------------------------------------------------
+
+
+def test_a_report_goes_back_into_the_study_reads_back_right_and_is_never_sent_twice(pacs, predictor, tmp_path):
+    from highdicom.sr import ComprehensiveSR
+
+    client = client_for(pacs["server"])
+    study = pacs["study"].study_uid
+    frontal = next(i for i in client.instances(study) if i.instance_number == 2 and i.has_pixels)  # the CR, MONOCHROME1, JPEG
+    (result,) = score_instances(client, predictor, [frontal])
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    from pneumo_model.audit import ResultRecord
+
+    (result_id,) = trail.record_results([ResultRecord.of(result.prediction, result.digest, "cli")])
+    sent = send_report(client, frontal, result.prediction, predictor.operating_point)
+    assert not sent.already_on_server and record_sent(trail, result_id, sent, predictor.operating_point)
+    assert sent.sr_uid == report_uids(frontal.sop_uid, predictor.operating_point.id, result.prediction.model_sha).sop_uid
+
+    reports = [i for i in client.instances(study) if i.sop_uid == sent.sr_uid]
+    assert len(reports) == 1 and reports[0].series_uid not in {i.series_uid for i in client.instances(study) if i.has_pixels}
+    dataset = pydicom.dcmread(io.BytesIO(client.retrieve(reports[0])))
+    assert dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    assert dataset.StudyInstanceUID == study and dataset.SeriesDescription == SERIES_DESCRIPTION
+    assert dataset.PatientID == SENTINELS["patient_id"]  # the PACS's own patient module, as DICOM requires
+    report = ComprehensiveSR.from_dataset(dataset)
+    evidence = report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert evidence.ReferencedSOPInstanceUID == frontal.sop_uid
+    values = read_report(dataset)
+    assert values["image"] == (frontal.sop_class_uid, frontal.sop_uid)
+    assert values["label"] == result.prediction.label
+    assert values["probability"] == pytest.approx(result.prediction.probability, abs=1e-6)
+    assert values["threshold"] == pytest.approx(predictor.threshold, abs=1e-6)
+    assert values["operating_point"] == f"shipped {predictor.operating_point.id}"
+    assert values["grey_zone"] is result.prediction.grey_zone and values["ood"] is result.prediction.ood
+    assert values["model_sha"] == result.prediction.model_sha and len(values["model_sha"]) == 64
+    assert values["comment"].startswith("Decision support, not a diagnosis.")
+
+    again = send_report(client, frontal, result.prediction, predictor.operating_point)
+    assert again.already_on_server and again.sr_uid == sent.sr_uid
+    assert record_sent(trail, result_id, again, predictor.operating_point) is None
+    assert len([i for i in client.instances(study) if i.sop_class_uid == dataset.SOPClassUID]) == 1
+    (event,) = trail.events("sr_sent")
+    assert event["result_id"] == result_id and event["detail"]["sr_uid"] == sent.sr_uid
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+def one_study_server(folder: Path, n_films: int = 4, **options) -> tuple[OrthancServer, StudyFacts, dict[str, str]]:
+    """A fresh Orthanc with one study of ``n_films`` frontal films; returns Orthanc's ids by SOP UID."""
+    server = OrthancServer(folder, **options).start()
+    study, series = sentinel_study(), generate_uid()
+    ids = {}
+    for k in range(n_films):
+        sop = generate_uid()
+        ids[sop] = server.upload(chest_dicom(grey(SAMPLES[k % len(SAMPLES)]), study, series, sop_uid=sop, instance_number=k + 1))
+    return server, study, ids
+
+
+def test_a_server_error_mid_retrieve_keeps_what_was_scored_and_the_failed_image_can_be_retried(tmp_path, predictor):
+    server, study, ids = one_study_server(tmp_path / "orthanc")
+    try:
+        client = client_for(server)
+        instances = client.instances(study.study_uid)
+        broken = instances[1]
+        stored = server.attachment_file(ids[broken.sop_uid])
+        kept = tmp_path / "kept.dcm"
+        shutil.move(stored, kept)  # the disk lost it: Orthanc answers 500
+        results = score_instances(client, predictor, instances)
+        assert [r.prediction is not None for r in results] == [True, False, True, True]
+        assert results[1].retryable and "answered HTTP 500 while retrieving an image; try again later" in results[1].error
+        assert exit_status(results) == 1 and results[1].to_record()["retryable"] is True
+        shutil.move(kept, stored)
+        (retried,) = score_instances(client, predictor, [broken])
+        assert retried.prediction is not None and exit_status([retried]) == 0
+    finally:
+        server.remove()
+
+
+def test_a_server_stopped_mid_run_leaves_the_scored_images_and_lists_the_rest_to_retry(tmp_path, predictor):
+    server, study, _ = one_study_server(tmp_path / "orthanc", n_films=5)
+    try:
+        client = client_for(server, workers=1)
+        instances = client.instances(study.study_uid)
+        seen = []
+
+        def stop_after_the_first(result):
+            seen.append(result)
+            if len(seen) == 1:
+                server.stop()
+
+        results = score_instances(client, predictor, instances, batch_size=1, on_result=stop_after_the_first)
+        scored = [r for r in results if r.prediction is not None]
+        failed = [r for r in results if r.prediction is None]
+        assert 1 <= len(scored) <= 3 and len(scored) + len(failed) == 5  # at most two were already fetched
+        assert all(r.retryable and "cannot be reached while retrieving an image" in r.error for r in failed)
+        server.start()
+        retried = score_instances(client_for(server), predictor, [r.instance for r in failed])
+        assert all(r.prediction is not None for r in retried)
+    finally:
+        server.remove()
+
+
+def test_a_server_that_stops_answering_times_out_with_a_plain_message(tmp_path):
+    server, study, _ = one_study_server(tmp_path / "orthanc", n_films=1)
+    try:
+        client = client_for(server, read_timeout_s=1.0, connect_timeout_s=1.0)
+        os.kill(server.process.pid, signal.SIGSTOP)  # frozen: the connection is accepted, nothing answers
+        try:
+            with pytest.raises(PacsUnreachableError, match=r"did not answer in time while searching for studies; try again, or raise PNEUMO_DICOMWEB_TIMEOUT_S \(now 1 s\)"):
+                client.query_studies()
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert len(client_for(server).query_studies()) == 1
+    finally:
+        server.remove()
+
+
+def test_a_refused_report_keeps_the_result_and_is_sent_once_the_pacs_accepts_it(tmp_path, predictor):
+    folder = tmp_path / "orthanc"
+    server, study, _ = one_study_server(folder, n_films=1, refuse_reports=True)
+    try:
+        client = client_for(server)
+        (instance,) = client.instances(study.study_uid)
+        (result,) = score_instances(client, predictor, [instance])
+        with pytest.raises(PacsStoreError, match="The result is kept; send it again later"):
+            send_report(client, instance, result.prediction, predictor.operating_point)
+        assert len(client.instances(study.study_uid)) == 1  # nothing half-stored
+        server.stop()
+        accepting = OrthancServer(folder).start()  # the same storage, the refusal lifted
+        server = accepting
+        sent = send_report(client_for(accepting), instance, result.prediction, predictor.operating_point)
+        assert not sent.already_on_server and len(client_for(accepting).instances(study.study_uid)) == 2
+    finally:
+        server.remove()
+
+
+# --- identifiers --------------------------------------------------------------------------------
+
+
+def test_no_patient_identifier_reaches_the_audit_trail_our_logs_stdout_or_any_file_we_write(pacs, tmp_path, caplog):
+    env = pacs_env(pacs["server"])
+    audit = tmp_path / "audit.sqlite3"
+    score = run_cli("pacs", "score", "--study", pacs["study"].study_uid, "--send", "--audit", str(audit), env=env)
+    assert score.returncode == 2, score.stderr
+    sent = [json.loads(line) for line in score.stdout.splitlines() if "sent_sr_uid" in line]
+    assert len(sent) == 5
+    trail = AuditTrail(audit)
+    assert {event["detail"]["sr_uid"] for event in trail.events("sr_sent")} == {r["sent_sr_uid"] for r in sent}
+    assert len(trail.trail()) == 5
+
+    # In this process, every logger at DEBUG: the HTTP libraries print URLs at that level.
+    caplog.set_level(logging.DEBUG)
+    client = client_for(pacs["server"])
+    client.query_studies(StudyQuery(accession_number=SENTINELS["accession_number"]))
+    client.instances(pacs["study"].study_uid)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+
+    identifiers = [SENTINELS[key] for key in ("patient_name", "patient_id", "birth_date")]
+    identifiers += ["ZZSENTINEL", SENTINELS["patient_name"].replace("^", " ")]
+    written = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
+    for text in identifiers + [SENTINELS["accession_number"]]:
+        assert text not in score.stdout and text not in score.stderr, text
+        assert text not in logged, text
+        assert text.encode() not in written, text
+    assert "AccessionNumber" not in logged and "dicom-web/studies?" not in logged
+    with sqlite3.connect(audit) as connection:
+        dump = "\n".join(connection.iterdump())
+    assert not any(text in dump for text in identifiers + [SENTINELS["accession_number"]])
