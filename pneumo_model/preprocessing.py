@@ -23,6 +23,11 @@ from .dicom import DicomTags
 from .errors import InvalidImageError
 
 DEFAULT_INPUT_SIZE = 128
+# A JPEG's model input may be made from a draft decode (``load_model_pixels``) whose short side is
+# at least this many times the input's side: on the 48 full-size originals, 3 x 128 px kept every
+# logit within 0.13 of the full decode's (median 0.013) and every gate flag
+# (``python -m pneumo_model bench --only draft``, reports/draft_decode.md); 2 x gave a largest change of 0.31.
+DRAFT_RATIO = 3
 SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "DICOM")
 _FORMAT_NAMES = "PNG, JPEG, BMP, TIFF or DICOM"
 # Pillow names a JPEG with a multi-picture extension (phone and camera photos) "MPO".
@@ -99,6 +104,9 @@ class ImageLimits:
         max_working_pixels: largest width x height returned; larger images are reduced.
         max_decoded_bytes: largest memory the decoder may need for one image, in bytes,
             checked from the header before any pixel is decoded.
+        draft_side: for the model input only (``load_model_pixels``), a JPEG is decoded at the
+            smallest DCT scale (1/2, 1/4 or 1/8) that keeps both sides at least this many pixels;
+            0 decodes it whole. The default is ``DRAFT_RATIO`` times the 128 px input.
     """
 
     max_bytes: int = 50 * 1024 * 1024
@@ -107,6 +115,7 @@ class ImageLimits:
     max_aspect: float = 4.0
     max_working_pixels: int = 16_000_000
     max_decoded_bytes: int = 160 * 1024 * 1024
+    draft_side: int = DRAFT_RATIO * DEFAULT_INPUT_SIZE
 
 
 @dataclass(frozen=True)
@@ -229,11 +238,9 @@ def _over_budget_message(needed: int, limits: ImageLimits, width: int, height: i
     )
 
 
-def _reduced_warning(width: int, height: int, pixels: np.ndarray) -> str:
-    return (
-        f"The image is {width} x {height} pixels; it was reduced to {pixels.shape[1]} x {pixels.shape[0]} "
-        "for processing."
-    )
+def _reduced_warning(width: int, height: int, shape: tuple[int, ...]) -> str:
+    """The warning of an image reduced to the working size; ``shape`` is the pixels' (rows, columns)."""
+    return f"The image is {width} x {height} pixels; it was reduced to {shape[1]} x {shape[0]} for processing."
 
 
 def _pillow_decoded_bytes(image: Image.Image, full_size: tuple[int, int]) -> int:
@@ -257,6 +264,23 @@ def _pillow_decoded_bytes(image: Image.Image, full_size: tuple[int, int]) -> int
 def _draft_scale(factor: int) -> int:
     """The largest JPEG DCT scale (1, 2, 4 or 8) that reduces no more than ``factor``."""
     return next(scale for scale in (8, 4, 2, 1) if scale <= factor)
+
+
+def _model_draft_scale(width: int, height: int, side: int) -> int:
+    """The largest JPEG DCT scale (1, 2, 4 or 8) that keeps both sides at least ``side`` pixels
+    (Pillow's ``draft`` rounds a scaled side up, as libjpeg does); 1 when ``side`` is 0."""
+    if side <= 0:
+        return 1
+    return next(scale for scale in (8, 4, 2, 1) if scale == 1 or min(-(-width // scale), -(-height // scale)) >= side)
+
+
+def _working_shape(width: int, height: int, scale: int, limits: ImageLimits) -> tuple[int, tuple[int, int]]:
+    """The reduction and (rows, columns) of the working-size decode (``load_image``) of a JPEG of
+    this header size drafted at ``scale``, before any EXIF turn: what the model's draft decode
+    reports, from the header alone, so both decodes state the same facts."""
+    drafted = (-(-width // scale), -(-height // scale))  # as Pillow's draft sizes it
+    step = reduction_factor(*drafted, limits.max_working_pixels)
+    return scale * step, (-(-drafted[1] // step), -(-drafted[0] // step))
 
 
 def _reduce(image: Image.Image, factor: int) -> Image.Image:
@@ -385,10 +409,33 @@ def load_image(source: str | Path | bytes, limits: ImageLimits = ImageLimits()) 
     data = read_image_bytes(source, limits)
     if dicom.is_dicom(data):
         return _load_dicom(data, limits)
-    return _load_with_pillow(data, limits)
+    pixels, info, _ = _load_with_pillow(data, limits)
+    return pixels, info
 
 
-def _load_with_pillow(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, ImageInfo]:
+def load_model_pixels(source: str | Path | bytes, limits: ImageLimits = ImageLimits()) -> tuple[np.ndarray, ImageInfo, bool]:
+    """The pixels the model input is made from: ``load_image``'s, except that a JPEG is decoded at
+    the smallest DCT scale that keeps both sides at least ``limits.draft_side`` pixels (libjpeg's
+    scaled decoding through Pillow's ``draft``, several times faster than a full decode; the
+    model sees a 128 px square either way).
+
+    Returns:
+        ``(pixels, info, drafted)``: ``pixels`` as ``load_image`` returns them, or smaller when
+        ``drafted``; ``info`` states what ``load_image`` states (the original size, the working
+        size's ``reduction`` and warnings), except ``colour_spread``, measured on these pixels.
+
+    Raises:
+        InvalidImageError: as ``load_image``.
+    """
+    data = read_image_bytes(source, limits)
+    if dicom.is_dicom(data):
+        return (*_load_dicom(data, limits), False)
+    return _load_with_pillow(data, limits, limits.draft_side)
+
+
+def _load_with_pillow(data: bytes, limits: ImageLimits, draft_side: int = 0) -> tuple[np.ndarray, ImageInfo, bool]:
+    """``load_image`` of a Pillow format, and whether the pixels are a draft below the working size
+    (a JPEG, with ``draft_side``; ``info`` still states the working size's reduction and warnings)."""
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
     except UnidentifiedImageError:
@@ -410,7 +457,8 @@ def _load_with_pillow(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, Ima
     warnings: list[str] = []
     try:
         frames = getattr(image, "n_frames", 1)
-        scale = _draft_scale(factor) if fmt == "JPEG" else 1
+        working_scale = _draft_scale(factor) if fmt == "JPEG" else 1
+        scale = max(working_scale, _model_draft_scale(width, height, draft_side)) if fmt == "JPEG" else 1
         if scale > 1:
             image.draft(image.mode, (width // scale, height // scale))  # decoded at 1/scale, in the DCT domain
         needed = _pillow_decoded_bytes(image, (width, height))
@@ -433,12 +481,17 @@ def _load_with_pillow(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, Ima
         warnings.append(f"The {fmt} file holds {frames} {kind}; only the first was used.")
     if orientation in range(2, 9):
         warnings.append("The image was turned upright as its EXIF orientation tag asks.")
+    drafted = scale > working_scale
+    if drafted:  # the working size's facts, from the header: what load_image states for these bytes
+        reduction, working = _working_shape(width, height, working_scale, limits)
+    else:
+        reduction, working = scale * step, None
     if orientation in (5, 6, 7, 8):  # a quarter turn: the upright image's sides are the header's swapped
         width, height = height, width
+        working = working and working[::-1]
     pixels, colour_spread = _to_grey(image, warnings)
-    reduction = scale * step
     if reduction > 1:
-        warnings.append(_reduced_warning(width, height, pixels))
+        warnings.append(_reduced_warning(width, height, working or pixels.shape))
     info = ImageInfo(
         width=width,
         height=height,
@@ -448,7 +501,7 @@ def _load_with_pillow(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, Ima
         colour_spread=colour_spread,
         reduction=reduction,
     )
-    return pixels, info
+    return pixels, info, drafted
 
 
 def _load_dicom(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, ImageInfo]:
@@ -470,7 +523,7 @@ def _load_dicom(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, ImageInfo
     if pixels.ndim == 3:
         pixels, colour_spread = _to_grey(Image.fromarray(pixels), warnings)  # (rows, columns, 3) uint8: RGB
     if reduction > 1:
-        warnings.append(_reduced_warning(width, height, pixels))
+        warnings.append(_reduced_warning(width, height, pixels.shape))
     info = ImageInfo(
         width=width,
         height=height,
@@ -547,6 +600,9 @@ def preprocess(pixels: np.ndarray, size: int = DEFAULT_INPUT_SIZE) -> np.ndarray
 def load_and_preprocess(
     source: str | Path | bytes, size: int = DEFAULT_INPUT_SIZE, limits: ImageLimits = ImageLimits()
 ) -> tuple[np.ndarray, ImageInfo]:
-    """``load_image`` then ``preprocess``: the model input and the image facts."""
-    pixels, info = load_image(source, limits)
-    return preprocess(pixels, size), info
+    """The model input and the image facts, as every face makes them (``DecodedImage.decode``, then
+    ``model_input``: from the JPEG draft where it is large enough, else from ``load_image``'s pixels)."""
+    from .pipeline import DecodedImage  # the pipeline is built on this module
+
+    image = DecodedImage.decode(source, limits)
+    return image.model_input(size), image.info

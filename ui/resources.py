@@ -219,7 +219,7 @@ def decoded(image: Image) -> DecodedImage:
     def decode() -> DecodedImage:
         with decode_slot():
             RUNS["decode"] += 1
-            decoded_image = DecodedImage.decode(image.data)
+            decoded_image = DecodedImage.decode(image.data, whole=True)  # the screen needs the whole image too
             decoded_image.model_input(predictor().input_size)  # made now, so the cache counts its bytes
             return decoded_image
 

@@ -79,7 +79,7 @@ def score_files(
         row = {"file": name, "sha256": bytes_sha256(data), "upload": index}
         try:
             with decode_slot():
-                image = DecodedImage.decode(data)
+                image = DecodedImage.decode(data, whole=True)  # its thumbnail: the whole image, in the slot
             prediction = predictor.call(image)
             records.append(ResultRecord.of(prediction, row["sha256"], "app"))
             row |= {
