@@ -68,10 +68,9 @@ st.caption(
     f"Times are in {zone_words}, to the minute."
 )
 if not whole:
-    st.info(
-        f"Signed in as **{plain(identity.name)}** (reader): these are your own verdicts and the results they are on. "
-        "The whole trail and its export are for administrators.",
-        icon=":material/person:",
+    st.caption(
+        f"**Your own verdicts** ({plain(identity.name)}, reader) and the results they are on; the whole trail and "
+        "its export are for administrators."
     )
 columns = st.columns([1, 1, 1, 1.3], vertical_alignment="center")
 if whole:

@@ -256,7 +256,7 @@ def signed_in_probes(browser, url: str, outside: list[str]) -> list[Probe]:
     probes.append(Probe("a shown image's `/media/...` URL, fetched without any cookie while the tab shows it", "200",
                         str(http_status(media_url)), OPEN_IN_STREAMLIT + " (an unguessable URL, only while shown)"))
     tab.goto(f"{url}/trail")
-    expect(tab.get_by_text("these are your own verdicts")).to_be_visible()
+    expect(tab.get_by_text("Your own verdicts")).to_be_visible()
     probes.append(Probe("the audit trail's CSV export as a reader", "no export",
                         "no export" if tab.get_by_role("button", name="Download CSV").count() == 0 else "offered"))
     cookies = {cookie["name"]: cookie["value"] for cookie in context.cookies() if cookie["name"].startswith("_streamlit_user")}
@@ -340,14 +340,55 @@ def table(probes: list[Probe]) -> str:
     return "\n".join(lines)
 
 
+def screenshots(browser, url: str, local_url: str, out: Path, outside: list[str]) -> None:
+    """The sign-in refusal, the local-mode banner, a reader's and an administrator's audit trail."""
+    from playwright.sync_api import expect
+
+    context, tab = new_tab(browser, outside)
+    tab.goto(f"{url}/trail")
+    expect(tab.get_by_text(SIGN_IN_ASKED)).to_be_visible()
+    take(tab, out, "access_sign_in")
+    context.close()
+    context, tab = new_tab(browser, outside)
+    tab.goto(local_url)
+    tab.get_by_test_id("stSidebar").get_by_role("button").filter(has_text="IM-0003-0001").click()
+    expect(tab.get_by_test_id("stMetric").filter(has_text="Probability of pneumonia")).to_be_visible()
+    take(tab, out, "access_local_mode")
+    context.close()
+    for subject, verdict, note in (("reader-1", "agree", "ZZ right lower lobe clear"), ("reader-2", "disagree", "ZZ left base opacity")):
+        context, tab = new_tab(browser, outside)
+        sign_in(tab, url, subject)
+        record_verdict(tab, verdict, note)
+        open_trail(tab)
+        if subject == "reader-1":
+            take(tab, out, "access_trail_reader")
+        context.close()
+    context, tab = new_tab(browser, outside)
+    sign_in(tab, url, "admin-1")
+    open_trail(tab)
+    take(tab, out, "access_trail_admin")
+    context.close()
+
+
 def main() -> None:
+    import argparse
+
     from playwright.sync_api import expect, sync_playwright
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--screenshots", type=Path, help="save the access screenshots in this folder instead of probing")
+    arguments = parser.parse_args()
     expect.set_options(timeout=SLOW_MS)  # a fresh server's first page loads TensorFlow
     outside: list[str] = []
     with tempfile.TemporaryDirectory() as temporary, identity_provider() as provider, sync_playwright() as playwright:
         folder = Path(temporary)
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        if arguments.screenshots:
+            flags = ["--server.address", "127.0.0.1", "--secrets.files", str(folder / "none.toml")]
+            with signed_in_server(folder, provider) as url, server(folder / "local.log", folder / "local.sqlite3", flags) as local:
+                screenshots(browser, url, local, arguments.screenshots, outside)
+            browser.close()
+            return
         with signed_in_server(folder, provider) as url:
             probes = signed_in_probes(browser, url, outside)
         probes += unconfigured_probes(browser, folder, outside)

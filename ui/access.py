@@ -122,7 +122,7 @@ def gate(page_title: str) -> Identity | None:
         _refuse("The app's access settings cannot be used, so nobody can be let in. " + ASK_ADMIN)
     user = st.user.to_dict()
     if not user.get("is_logged_in"):
-        _refuse("Sign in with your hospital account to use this app.", sign_in=True)
+        _refuse("Pneumonia X-ray review. Sign in with your hospital account to use this app.", sign_in=True)
     try:
         identity = policy.identity_of(user, rules)
     except AccessSettingsError as error:
