@@ -53,9 +53,12 @@ class RaySettings:
 
 
 class _Scorer:
-    """A Ray actor's scorer: the model loaded once, TensorFlow on the actor's own CPUs."""
+    """A Ray actor's scorer: the model loaded once, TensorFlow and the decoding threads on the
+    actor's own CPUs (decoding releases the GIL, as in ``batch.LocalEngine``)."""
 
     def __init__(self, model_path: str, site: str | None, threads: int, limits: ImageLimits):
+        from concurrent.futures import ThreadPoolExecutor
+
         import tensorflow as tf
 
         # Before any TensorFlow work: afterwards the thread pools are fixed.
@@ -65,6 +68,7 @@ class _Scorer:
 
         self.predictor = Predictor.from_file(Path(model_path), site=None if site is None else Path(site))
         self.limits = limits
+        self.decoders = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -72,7 +76,7 @@ class _Scorer:
         paths = batch["path"].to_pylist()
         contents = batch["bytes"].to_pylist()
         # The decoder refuses an empty or too large file with the words it uses everywhere.
-        decoded = [decode_item(lambda data=data: data, self.limits) for data in contents]
+        decoded = list(self.decoders.map(lambda data: decode_item(lambda: data, self.limits), contents))
         try:
             rows = score_decoded(self.predictor, paths, decoded)
         except Exception as error:  # noqa: BLE001 - one row each, not a dropped block

@@ -833,11 +833,15 @@ def _add_bench(commands) -> None:
     parser.add_argument("--naive-images", type=int, default=3)
     parser.add_argument("--samples", type=int, default=1000, help="LIME samples, both ways")
     parser.add_argument(
-        "--only", choices=("speed", "memory"), default=None,
-        help="measure one part and keep the other's figures in bench.json; memory: the peak of one upload "
+        "--only", choices=("speed", "memory", "draft", "batch"), default=None,
+        help="measure one part and keep the others' figures in bench.json; memory: the peak of one upload "
         "(decode to Grad-CAM and the screen copy) above the idle process, for each of the worst accepted "
-        "files, each in a fresh interpreter (a few minutes), and the worst one against the bound (300 MB)",
+        "files, each in a fresh interpreter (a few minutes), and the worst one against the bound (300 MB); "
+        "draft: the JPEG draft decode against the whole decode on the full-size originals "
+        "(reports/draft_decode.md); batch: full-size images/s through predict, batch local and batch ray "
+        "on the same files, and a scale run of --scale-files files (linear cost, bounded memory)",
     )
+    parser.add_argument("--scale-files", type=int, default=10_000, help="distinct files of the batch part's scale run")
     parser.add_argument("--reports", type=Path, default=None)
     parser.set_defaults(handler=_bench)
 
@@ -849,7 +853,8 @@ def _bench(args) -> int:
 
     data_dir = resolve_data_dir(args.data)
     parts = (args.only,) if args.only else BENCH_PARTS
-    config = BenchConfig(lime_images=args.lime_images, naive_images=args.naive_images, lime_samples=args.samples, parts=parts)
+    config = BenchConfig(lime_images=args.lime_images, naive_images=args.naive_images, lime_samples=args.samples, parts=parts,
+                         scale_files=args.scale_files)
     fullres = args.fullres or data_dir.parent / "chest_xray_fullres_sample"
     run_bench(args.model, data_dir, fullres, args.reports or DEFAULT_REPORTS_DIR, config, log=lambda line: print(line, flush=True))
     return EXIT_OK

@@ -37,7 +37,7 @@ TARGETS = {
     "batch_images_per_s": 50.0,
     "lime_speedup_vs_naive": 3.0,
 }
-BENCH_PARTS = ("speed", "memory")
+BENCH_PARTS = ("speed", "memory", "draft", "batch")
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,10 @@ class BenchConfig:
         lime_samples: LIME perturbation samples, both ways.
         repeats: timed repeats per image for the fast steps.
         seed: which images are drawn.
-        parts: what to measure, of ``BENCH_PARTS`` ("speed", "memory"); a run of some parts
-            keeps the other parts' figures already in ``bench.json``.
+        parts: what to measure, of ``BENCH_PARTS`` ("speed", "memory", "draft": the JPEG draft
+            decode against the whole decode, "batch": ``batch`` on full-size films and at scale,
+            ``lab.batch_bench``); a run of some parts keeps the other parts' figures in ``bench.json``.
+        scale_files: distinct files of the batch part's scale run.
     """
 
     lime_images: int = 20
@@ -60,6 +62,7 @@ class BenchConfig:
     repeats: int = 5
     seed: int = 0
     parts: tuple[str, ...] = BENCH_PARTS
+    scale_files: int = 10_000
 
 
 def _summary(seconds: list[float]) -> dict:
@@ -120,6 +123,21 @@ def run_bench(
         }
     if "memory" in config.parts:
         report["memory"] = {"created_utc": _now(), "machine": _machine(), **run_memory_bench(model_path, fullres_dir, log=log)}
+    if "draft" in config.parts:
+        from .draft_check import measure_agreement, write_report
+
+        report["draft"] = {"created_utc": _now(), **measure_agreement(Path(fullres_dir), model_path)}
+        write_report(report["draft"], reports_dir)
+        log(f"draft decode on {report['draft']['files']} full-size originals: median |dlogit| "
+            f"{report['draft']['median_abs_delta_logit']:.4f}, max {report['draft']['max_abs_delta_logit']:.4f}, "
+            f"gate flags changed {report['draft']['ood_flags_changed']} ({'met' if report['draft']['met'] else 'MISSED'})")
+    if "batch" in config.parts:
+        from .batch_bench import run_batch_bench
+
+        report["batch"] = {"created_utc": _now(), "machine": _machine(),
+                           **run_batch_bench(model_path, Path(data_dir), Path(fullres_dir), config.scale_files, log=log)}
+        for key, verdict in report["batch"]["targets"].items():
+            log(f"{key}: {verdict['measured']:.4g} (target {verdict['target']:g}) {'met' if verdict['met'] else 'MISSED'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     if "speed" in config.parts:

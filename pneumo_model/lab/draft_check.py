@@ -73,7 +73,7 @@ def report_markdown(report: dict) -> str:
         f"Model `{report['model_sha256'][:12]}`, the {report['files']} full-size originals of "
         "`chest_xray_fullres_sample` (training images: agreement only, no accuracy figure). "
         f"{report['drafted']} of them were decoded at reduced DCT scale for the model input (short side "
-        f"{', '.join(map(str, report['draft_sides']))} px); the others are too small to draft by 2 and keep "
+        f"{min(report['draft_sides'])}-{max(report['draft_sides'])} px); the others are too small to draft by 2 and keep "
         "at least 384 px a side, and are decoded whole as before.\n\n"
         "| measure | measured | bound |\n|---|---|---|\n"
         f"| median abs. logit change | {report['median_abs_delta_logit']:.4f} | ≤ {BOUNDS['median_abs_delta_logit']} |\n"
