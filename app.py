@@ -53,6 +53,8 @@ with image_column:
     size = f"{info.width} x {info.height} px, {info.bit_depth}-bit {info.format}"
     if image.source == "sample":
         about = f"demo image: the data set's reduced copy ({size}), not the original film"
+    elif image.source == "pacs":
+        about = f"from the PACS, {size}"
     else:
         about = f"upload, {size}"
     zoom = f"; shown at {factor}x, pixel for pixel" if factor > 1 else ""

@@ -3,7 +3,9 @@ and error flags; filter and sort it, open a row on Review, Explain or Crop, and 
 
 import streamlit as st
 
-from ui import audit, call_view, drawing, frame, resources, state, worklist
+from pneumo_model.errors import ConfigError
+from pneumo_model.pacs import ENVIRONMENT
+from ui import audit, call_view, drawing, frame, pacs_source, resources, state, worklist
 from ui.markup import plain
 
 UPLOAD_KEY = "worklist_upload"
@@ -14,13 +16,15 @@ OPENED_KEY = "worklist_opened"  # the ``upload`` position of the row opened last
 VIEW_KEY = "worklist_view"  # what the table showed when its selection was last set
 TABLE_KEY = "worklist_table"
 HAD_FILES_KEY = "worklist_had_files"
+SOURCE_KEY = "worklist_source"
+UPLOAD_SOURCE, PACS_SOURCE = "Upload files", "PACS"
 INDETERMINATE_ROW = "background-color: #fdefc8"  # amber, as the indeterminate call on Review: read these carefully
 
 model = frame.render("Worklist")
 
 
 def forget() -> None:
-    for key in (worklist.SESSION_KEY, IDS_KEY, FILES_KEY, PAGE_KEY, OPENED_KEY, VIEW_KEY):
+    for key in (worklist.SESSION_KEY, IDS_KEY, FILES_KEY, PAGE_KEY, OPENED_KEY, VIEW_KEY, pacs_source.RETRIEVED_KEY):
         st.session_state.pop(key, None)
 
 
@@ -36,13 +40,52 @@ def turn_page(step: int) -> None:
 # empty; the scored worklist and its files stay in the session until replaced or cleared. An
 # uploader that held files in the previous run of this page and holds none now was emptied by the user.
 held_files = UPLOAD_KEY in st.session_state and st.session_state.get(HAD_FILES_KEY, False)
-files = st.file_uploader(
-    f"Upload chest X-rays ({state.UPLOAD_FORMATS}), as many as you like",
-    type=state.UPLOAD_TYPES,
-    max_upload_size=state.IMAGE_UPLOAD_MB,
-    accept_multiple_files=True,
-    key=UPLOAD_KEY,
-)
+pacs, pacs_problem = None, None
+try:
+    pacs = pacs_source.settings()
+except ConfigError as error:
+    pacs_problem = error
+source = UPLOAD_SOURCE
+if pacs is not None or pacs_problem is not None:
+    source = st.segmented_control(
+        "Source", (UPLOAD_SOURCE, PACS_SOURCE), default=UPLOAD_SOURCE, key=SOURCE_KEY,
+        help="Files from this computer, or a study from the hospital's PACS (DICOMweb)",
+    ) or UPLOAD_SOURCE
+files = None
+if source == PACS_SOURCE:
+    if pacs_problem is not None:
+        st.error(f"The PACS settings cannot be used: {plain(pacs_problem)}", icon=":material/error:")
+        st.stop()
+    pacs_source.search_form(pacs)
+    study = pacs_source.study_table(pacs)
+    if study is not None and st.button(
+        f"Retrieve and score this study ({study.images if study.images is not None else '?'} instances)",
+        icon=":material/download:", type="primary", key="pacs_retrieve",
+    ):
+        retrieved = pacs_source.retrieve(pacs, study)
+        if retrieved is not None:
+            forget()
+            bar = st.progress(0.0, text="Scoring...")
+            scored = worklist.score_files(
+                retrieved.files, model,
+                progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"),
+                decode_slot=resources.decode_slot,
+            )
+            bar.empty()
+            st.session_state.update({
+                worklist.SESSION_KEY: scored, IDS_KEY: ("pacs", study.study_uid, len(retrieved.files)),
+                FILES_KEY: retrieved.files, pacs_source.RETRIEVED_KEY: retrieved,
+            })
+else:
+    files = st.file_uploader(
+        f"Upload chest X-rays ({state.UPLOAD_FORMATS}), as many as you like",
+        type=state.UPLOAD_TYPES,
+        max_upload_size=state.IMAGE_UPLOAD_MB,
+        accept_multiple_files=True,
+        key=UPLOAD_KEY,
+    )
+    if not files and pacs is None and pacs_problem is None:
+        st.caption(f"No PACS is configured: an administrator sets {ENVIRONMENT['url']} (README, \"Work from the PACS\").")
 if files:
     if state.note_uploads():
         st.rerun()  # once per session: the menu's links must carry the new upload mark
@@ -59,7 +102,7 @@ if files:
         )
         bar.empty()
         st.session_state.update({worklist.SESSION_KEY: scored, IDS_KEY: upload_ids, FILES_KEY: pairs})
-elif held_files:
+elif held_files and source == UPLOAD_SOURCE:
     forget()
 st.session_state[HAD_FILES_KEY] = bool(files)
 scored = st.session_state.get(worklist.SESSION_KEY)
@@ -71,7 +114,27 @@ if scored is None:
     )
     st.stop()
 pairs = st.session_state[FILES_KEY]
-if not files:
+retrieved = st.session_state.get(pacs_source.RETRIEVED_KEY)
+row_source = "upload" if retrieved is None else "pacs"  # what the sidebar and Review say the image is
+if retrieved is not None:
+    when = pacs_source._date(retrieved.study.study_date)
+    st.caption(
+        f"From the PACS: the study of {when or 'unknown date'}, accession {plain(retrieved.study.accession_number or '—')}, "
+        f"{len(retrieved.files)} image(s) retrieved."
+    )
+    if pacs is not None and pacs_source.show_left_out(retrieved):
+        again = pacs_source.retrieve(pacs, retrieved.study, only=tuple(i for i, _ in retrieved.failed))
+        if again is not None:
+            retrieved = pacs_source.merged(retrieved, again)
+            pairs = retrieved.files
+            forget()
+            st.session_state.update({
+                worklist.SESSION_KEY: worklist.score_files(pairs, model, decode_slot=resources.decode_slot),
+                IDS_KEY: ("pacs", retrieved.study.study_uid, len(pairs)), FILES_KEY: pairs,
+                pacs_source.RETRIEVED_KEY: retrieved,
+            })
+            st.rerun()
+elif not files:
     kept, clear = st.columns([5, 1], vertical_alignment="center")
     kept.info(
         f"This worklist of {len(pairs)} file(s) is kept while this tab is open (the upload box empties when you "
@@ -178,7 +241,7 @@ with table_column:
     elif selected is not None and selected != opened:
         st.session_state[OPENED_KEY] = selected
         if not isinstance(view.iloc[chosen_rows[0]]["error"], str):
-            state.choose_bytes(*pairs[selected])
+            state.choose_bytes(*pairs[selected], row_source)
             st.rerun()  # the sidebar, drawn before the table, names the chosen image
 
     back, where, forward = st.columns([1, 2, 1], vertical_alignment="center")
@@ -202,7 +265,7 @@ with case_column:
     if isinstance(row.error, str):
         st.error(f"This file could not be read, so it cannot be opened. {plain(row.error)}", icon=":material/error:")
         st.stop()
-    image = state.ChosenImage(*pairs[selected], "upload")
+    image = state.ChosenImage(*pairs[selected], row_source)
     picture, words = st.columns([1, 1.3])
     with st.spinner("Reading the image..."):
         pixels = frame.computed(lambda: resources.display_pixels(image), row.file)
@@ -226,6 +289,12 @@ with case_column:
     targets = [page for page in frame.PAGES if page.title in ("Review", "Explain", "Crop & rescore")]
     for target, place in zip(targets, st.columns(len(targets))):
         if place.button(target.title.split(" ")[0], key=f"worklist_open_{target.title}", width="stretch"):
-            state.choose_bytes(*pairs[selected])  # again: another image may have been chosen since
+            state.choose_bytes(*pairs[selected], row_source)  # again: another image may have been chosen since
             st.switch_page(target.script, query_params=state.upload_mark())
     audit.verdict_form(audit.recorded_id(records[row.sha256]), f"worklist_verdict_{row.sha256[:16]}", call_shown=not hidden)
+    if retrieved is not None and pacs is not None and row.sha256 in retrieved.instances and not hidden:
+        instance = retrieved.instances[row.sha256]
+        st.caption(
+            f"Study {instance.study_uid}  \nSeries {instance.series_uid}  \nSOP Instance {instance.sop_uid}"
+        )
+        pacs_source.send_button(pacs, instance, pairs[selected][1], model, audit.recorded_id(records[row.sha256]), row.sha256)

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import Message
@@ -670,17 +670,46 @@ class InstanceResult:
         return {**record, **self.instance.uids()}
 
 
-def _fetch(client: PacsClient, instance: Instance, limits: ImageLimits) -> tuple[DecodedImage | None, str | None, bool]:
-    """Retrieves and decodes one instance: (image, error, retryable)."""
+def _fetch(client: PacsClient, instance: Instance, limits: ImageLimits, decode: bool):
+    """Retrieves (and decodes) one instance: (image or bytes, error, retryable)."""
     try:
         data = client.retrieve(instance, limits.max_bytes)
-        return DecodedImage.decode(data, limits), None, False
+        return (DecodedImage.decode(data, limits) if decode else data), None, False
     except InvalidImageError as error:
         return None, str(error), False
     except PacsNotFoundError as error:
         return None, str(error), False
     except PacsError as error:
         return None, str(error), True
+
+
+def iter_retrieved(
+    client: PacsClient, instances: Sequence[Instance], *, decode: bool = True, limits: ImageLimits = ImageLimits()
+) -> Iterator[tuple[int, "DecodedImage | bytes | None", str | None, bool]]:
+    """Retrieves ``instances`` (decoded through the one pipeline, or as their bytes), in order:
+    ``(index, image or bytes or None, error, retryable)``.
+
+    ``client.settings.workers`` retrievals run at once, at most 2 per worker ahead of the
+    consumer: memory is bounded by that window, not by the study's size, and a fault mid-run
+    leaves little fetched and unused.
+    """
+    workers = client.settings.workers
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pacs-retrieve") as pool:
+        window: deque = deque()
+        upcoming = iter(range(len(instances)))
+
+        def submit_next() -> None:
+            index = next(upcoming, None)
+            if index is not None:
+                window.append((index, pool.submit(_fetch, client, instances[index], limits, decode)))
+
+        for _ in range(2 * workers):
+            submit_next()
+        while window:
+            index, future = window.popleft()
+            value, error, retryable = future.result()
+            submit_next()
+            yield index, value, error, retryable
 
 
 def score_instances(
@@ -695,11 +724,11 @@ def score_instances(
 ) -> list[InstanceResult]:
     """Retrieves and scores ``instances`` through the one pipeline, in order.
 
-    Retrievals run ``client.settings.workers`` at a time while the model scores what has
-    arrived, ``batch_size`` images per forward pass. An instance that is not an image or is a
-    lateral view is listed with the reason and not retrieved; one that cannot be retrieved or
-    decoded is listed with the reason (``retryable`` for a server fault) and the rest is still
-    scored. ``on_result`` is called with each result as it is final (for a progress bar).
+    Retrieval (``iter_retrieved``) runs while the model scores what has arrived, ``batch_size``
+    images per forward pass. An instance that is not an image or is a lateral view is listed
+    with the reason and not retrieved; one that cannot be retrieved or decoded is listed with
+    the reason (``retryable`` for a server fault) and the rest is still scored. ``on_result`` is
+    called with each result as it is final (for a progress bar).
     """
     results: list[InstanceResult | None] = [None] * len(instances)
 
@@ -726,31 +755,15 @@ def score_instances(
             ))
         pending.clear()
 
-    workers = client.settings.workers
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pacs-retrieve") as pool:
-        # At most 2 retrievals per worker ahead of the model: memory stays bounded by the window,
-        # not by the study's size, and a fault mid-run leaves little fetched and unscored.
-        window: deque = deque()
-        upcoming = iter(wanted)
-
-        def submit_next() -> None:
-            index = next(upcoming, None)
-            if index is not None:
-                window.append((index, pool.submit(_fetch, client, instances[index], limits)))
-
-        for _ in range(2 * workers):
-            submit_next()
-        while window:
-            index, future = window.popleft()
-            image, error, retryable = future.result()
-            submit_next()
-            if image is None:
-                done(index, InstanceResult(instances[index], error=error, retryable=retryable))
-                continue
-            pending.append((index, image))
-            if len(pending) >= batch_size:
-                flush()
-        flush()
+    for position, image, error, retryable in iter_retrieved(client, [instances[i] for i in wanted], limits=limits):
+        index = wanted[position]
+        if image is None:
+            done(index, InstanceResult(instances[index], error=error, retryable=retryable))
+            continue
+        pending.append((index, image))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
     return [result for result in results if result is not None]
 
 

@@ -115,6 +115,8 @@ MINIMAL_ARGV = {
     "site_fit": ["site", "fit", "--folder", "d", "--out", "p.json"],
     "site_check": ["site", "check", "p.json", "--labels", "l.csv"],
     "site_evaluate": ["site", "evaluate"],
+    "pacs_query": ["pacs", "query"],
+    "pacs_score": ["pacs", "score", "--study", "1.2.3"],
     "zone": ["zone"],
     "attention": ["attention"],
 }

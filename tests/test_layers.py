@@ -17,7 +17,7 @@ APP_SIDE = [
     "pneumo_model.pipeline", "pneumo_model.prediction", "pneumo_model.ood", "pneumo_model.explain",
     "pneumo_model.crop", "pneumo_model.display", "pneumo_model.audit", "pneumo_model.csv_export",
     "pneumo_model.calibration", "pneumo_model.data", "pneumo_model.artifacts", "pneumo_model.cli",
-    "pneumo_model.batch", "pneumo_model.batch_ray",
+    "pneumo_model.batch", "pneumo_model.batch_ray", "pneumo_model.pacs", "pneumo_model.structured_report",
 ]
 
 
@@ -68,6 +68,6 @@ def test_the_lab_side_is_all_in_pneumo_model_lab():
     lab = {path.stem for path in (REPO / "pneumo_model" / "lab").glob("*.py")} - {"__init__"}
     top = {path.stem for path in (REPO / "pneumo_model").glob("*.py")}
     assert {"training", "evaluation", "stress", "shifts", "comparison", "bench", "model_card", "augmentation",
-            "attention", "draft_check", "batch_bench",
+            "attention", "draft_check", "batch_bench", "pacs_files",
             "models", "ood_corpus", "ood_fit", "metrics", "plots", "grey_zone", "site_evaluation", "cam_scale"} == lab
     assert not lab & top

@@ -164,7 +164,7 @@ def _sidebar(model: Predictor) -> None:
         if image is None:
             st.caption("No image chosen yet.")
         else:
-            source = "demo image" if image.source == "sample" else "uploaded"
+            source = {"sample": "demo image", "pacs": "from the PACS"}.get(image.source, "uploaded")
             st.caption(f"Chosen image: **{plain(image.name)}** ({source})")
         # Always drawn open: an expander whose ``expanded`` changed between runs was drawn anew, closed,
         # so the list shut after the first pick. Now it stays as the user left it.

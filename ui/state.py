@@ -46,7 +46,7 @@ class ChosenImage:
     Attributes:
         name: file name shown to the user.
         data: the file's bytes, unchanged.
-        source: "upload" or "sample".
+        source: "upload", "sample" or "pacs" (retrieved from the PACS into the worklist).
     """
 
     name: str
