@@ -51,6 +51,10 @@ DEFAULT_MODALITIES = ("CR", "DX")
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL"})
 PIXEL_DATA = "7FE00010"
 _ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+# Images are fetched without HTTP compression: a server that gzips each file spends more time
+# compressing than the network saves (Orthanc on localhost: 3 images/s gzipped, 68 uncompressed,
+# 1400 x 1400 px), and JPEG pixel data does not compress anyway.
+_RETRIEVE_HEADERS = {"Accept": _ACCEPT_DICOM, "Accept-Encoding": "identity"}
 _CODE_STRING = re.compile(r"^[A-Z0-9_ ]{1,16}$")
 _DATE = re.compile(r"^\d{8}$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -546,7 +550,7 @@ class PacsClient:
         )
         what = "retrieving an image"
         try:
-            with self._session.get(url, headers={"Accept": _ACCEPT_DICOM}, stream=True, timeout=self._timeout) as response:
+            with self._session.get(url, headers=_RETRIEVE_HEADERS, stream=True, timeout=self._timeout) as response:
                 response.raise_for_status()
                 body = bytearray()
                 for chunk in response.iter_content(chunk_size=1 << 20):

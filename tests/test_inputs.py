@@ -653,3 +653,30 @@ def test_identifying_and_malformed_tags_reach_no_warning_or_log(recwarn, caplog)
     said = " ".join([str(w.message) for w in recwarn] + [r.getMessage() for r in caplog.records] + list(info.warnings))
     for secret in ("45", "1979", "Doe", "Jane", "8675309"):
         assert secret not in said
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bits", "photometric", "tags"),
+    [
+        (np.uint16, 12, "MONOCHROME2", {"WindowCenter": 2048, "WindowWidth": 4096}),
+        (np.uint16, 12, "MONOCHROME1", {"WindowCenter": 1500, "WindowWidth": 1800}),
+        (np.uint16, 16, "MONOCHROME2", {"RescaleSlope": 0.5, "RescaleIntercept": -100}),
+        (np.int16, 16, "MONOCHROME2", {"RescaleSlope": 1, "RescaleIntercept": -1024, "WindowCenter": 40, "WindowWidth": 400}),
+        (np.uint16, 14, "MONOCHROME2", {}),
+        (np.uint8, 8, "MONOCHROME1", {}),
+    ],
+)
+def test_a_full_size_dicom_converted_by_lookup_table_gets_the_pixels_of_converting_each_pixel(
+    dtype, bits, photometric, tags, monkeypatch
+):
+    from pneumo_model import dicom
+
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    low, high = (max(info.min, -(2 ** (bits - 1))), min(info.max, 2 ** (bits - 1) - 1)) if info.min < 0 else (0, 2**bits - 1)
+    pixels = rng.integers(low, high + 1, size=(700, 600), dtype=np.int64).astype(dtype)  # past the table's size
+    data = dicom_file(pixels, photometric, bits, **tags)
+    looked_up, _ = load_image(data)
+    monkeypatch.setattr(dicom, "_tabulated", lambda convert, stored: convert)  # every pixel converted
+    each, _ = load_image(data)
+    assert looked_up.dtype == each.dtype and np.array_equal(looked_up, each)

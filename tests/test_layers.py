@@ -68,6 +68,6 @@ def test_the_lab_side_is_all_in_pneumo_model_lab():
     lab = {path.stem for path in (REPO / "pneumo_model" / "lab").glob("*.py")} - {"__init__"}
     top = {path.stem for path in (REPO / "pneumo_model").glob("*.py")}
     assert {"training", "evaluation", "stress", "shifts", "comparison", "bench", "model_card", "augmentation",
-            "attention", "draft_check", "batch_bench", "pacs_files",
+            "attention", "draft_check", "batch_bench", "pacs_files", "orthanc", "pacs_bench",
             "models", "ood_corpus", "ood_fit", "metrics", "plots", "grey_zone", "site_evaluation", "cam_scale"} == lab
     assert not lab & top

@@ -25,8 +25,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-import orthanc_server
-from orthanc_server import PASSWORD, USER, OrthancServer, TlsFront
+from pneumo_model.lab import orthanc as orthanc_server
+from pneumo_model.lab.orthanc import PASSWORD, USER, OrthancServer, TlsFront
 from pacs_studies import SAMPLES, SENTINELS, grey, main_study_files, sentinel_study
 from pneumo_model.artifacts import REPO_ROOT
 from pneumo_model.audit import AuditTrail
@@ -477,3 +477,12 @@ def test_no_patient_identifier_reaches_the_audit_trail_our_logs_stdout_or_any_fi
     with sqlite3.connect(audit) as connection:
         dump = "\n".join(connection.iterdump())
     assert not any(text in dump for text in identifiers + [SENTINELS["accession_number"]])
+
+
+def test_the_readme_pacs_speed_lines_are_the_benchs_figures():
+    from pneumo_model.lab.pacs_bench import README_END, README_START, markdown
+
+    figures = json.loads((REPO_ROOT / "reports" / "bench.json").read_text())["pacs"]
+    block = (REPO_ROOT / "README.md").read_text().split(README_START, 1)[1].split(README_END, 1)[0]
+    assert block == markdown(figures, figures["machine"])
+    assert figures["scored"] == figures["images"] >= 100 and figures["short_side_px"][0] >= 1024

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import orthanc_server
-from orthanc_server import PASSWORD, USER, OrthancServer
+from pneumo_model.lab import orthanc as orthanc_server
+from pneumo_model.lab.orthanc import PASSWORD, USER, OrthancServer
 from pacs_studies import SENTINELS, main_study_files, sentinel_study
 from pneumo_model.audit import AuditTrail
 from pneumo_model.pacs import PacsClient, PacsSettings

@@ -37,7 +37,7 @@ TARGETS = {
     "batch_images_per_s": 50.0,
     "lime_speedup_vs_naive": 3.0,
 }
-BENCH_PARTS = ("speed", "memory", "draft", "batch")
+BENCH_PARTS = ("speed", "memory", "draft", "batch", "pacs")
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,14 @@ def run_bench(
                            **run_batch_bench(model_path, Path(data_dir), Path(fullres_dir), config.scale_files, log=log)}
         for key, verdict in report["batch"]["targets"].items():
             log(f"{key}: {verdict['measured']:.4g} (target {verdict['target']:g}) {'met' if verdict['met'] else 'MISSED'}")
+    if "pacs" in config.parts:
+        from .pacs_bench import run_pacs_bench
+
+        from ..paths import REPO_ROOT
+        from .pacs_bench import markdown, write_readme_block
+
+        report["pacs"] = {"created_utc": _now(), "machine": _machine(), **run_pacs_bench(model_path, Path(fullres_dir), log=log)}
+        write_readme_block(REPO_ROOT / "README.md", markdown(report["pacs"], report["pacs"]["machine"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     if "speed" in config.parts:

@@ -1,4 +1,4 @@
-"""A real Orthanc (Debian's ``orthanc`` and ``orthanc-dicomweb`` packages) for the PACS tests.
+"""A real Orthanc (Debian's ``orthanc`` and ``orthanc-dicomweb`` packages) for the PACS tests and bench.
 
 ``OrthancServer`` starts ``/usr/sbin/Orthanc`` on a free localhost port with the DICOMweb plugin,
 HTTP basic authentication on, remote access off, no DICOM port, its storage in a folder of the
