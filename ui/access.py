@@ -14,6 +14,7 @@ import logging
 import streamlit as st
 
 from pneumo_model import access as policy
+from pneumo_model import presentation
 from pneumo_model.access import AccessSettings, AccessSettingsError, Identity
 from pneumo_model.audit import AuditError
 
@@ -63,8 +64,9 @@ def _log_once(message: str, *args) -> None:
 
 def _refuse(message: str, sign_in: bool = False, sign_out: bool = False) -> None:
     """The plain refusal, with at most a sign-in or sign-out button, and nothing else: no menu,
-    no model, no page."""
+    no model, no page; only the intended-use line every page carries."""
     st.error(message, icon=":material/lock:")
+    st.caption(presentation.DISCLAIMER)
     if sign_in:
         st.button("Sign in", icon=":material/login:", type="primary", on_click=st.login, key="access_sign_in")
     if sign_out:
