@@ -82,11 +82,14 @@ def _add_predict(commands) -> None:
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, TIFF or DICOM)")
     _add_model_flag(parser)
     _add_site_flag(parser)
-    parser.add_argument(
-        "--audit", type=Path, default=None, metavar="DB",
-        help="also append each result to this audit trail (SQLite; created if missing)",
-    )
+    _add_audit_flag(parser)
     parser.set_defaults(handler=_predict)
+
+
+def _add_audit_flag(
+    parser: argparse.ArgumentParser, help: str = "also append each result to this audit trail (SQLite; created if missing)"
+) -> None:
+    parser.add_argument("--audit", type=Path, default=None, metavar="DB", help=help)
 
 
 def _add_site_flag(parser: argparse.ArgumentParser) -> None:
@@ -166,10 +169,7 @@ def _add_batch(commands) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_model_flag(parser)
     _add_site_flag(parser)
-    parser.add_argument(
-        "--audit", type=Path, default=None, metavar="DB",
-        help="also append each result to this audit trail (SQLite; created if missing)",
-    )
+    _add_audit_flag(parser)
     parser.set_defaults(handler=_batch)
 
 
@@ -240,10 +240,7 @@ def _add_pacs(commands) -> None:
     )
     _add_model_flag(score)
     _add_site_flag(score)
-    score.add_argument(
-        "--audit", type=Path, default=None, metavar="DB",
-        help="also append each result (and each report sent) to this audit trail (SQLite; created if missing)",
-    )
+    _add_audit_flag(score, "also append each result (and each report sent) to this audit trail (SQLite; created if missing)")
     score.set_defaults(handler=_pacs_score)
 
 
