@@ -297,4 +297,4 @@ with case_column:
         st.caption(
             f"Study {instance.study_uid}  \nSeries {instance.series_uid}  \nSOP Instance {instance.sop_uid}"
         )
-        pacs_source.send_button(pacs, instance, pairs[selected][1], model, audit.recorded_id(records[row.sha256]), row.sha256)
+        pacs_source.send_button(pacs, instance, image, audit.recorded_id(records[row.sha256]))

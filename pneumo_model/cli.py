@@ -238,6 +238,11 @@ def _add_pacs(commands) -> None:
         help="send each scored result back as a DICOM Comprehensive SR in the study (never twice for the same "
         "image and operating point)",
     )
+    score.add_argument(
+        "--with-heatmap", action="store_true",
+        help="with --send, also send the Grad-CAM overlay as a DICOM Secondary Capture with NOT FOR DIAGNOSIS "
+        "burned in (once, like the report)",
+    )
     _add_model_flag(score)
     _add_site_flag(score)
     _add_audit_flag(score, "also append each result (and each report sent) to this audit trail (SQLite; created if missing)")
@@ -269,11 +274,19 @@ def _pacs_query(args) -> int:
 
 
 def _pacs_score(args) -> int:
-    from .pacs import PacsError, exit_status, format_counts, record_sent, score_instances, send_report
+    from .pacs import PacsError, exit_status, format_counts, heatmap_picture, record_sent, score_instances, send_report
     from .prediction import Predictor
 
+    if args.with_heatmap and not args.send:
+        print("error: --with-heatmap sends the heat map beside the report: give --send too.", file=sys.stderr)
+        return EXIT_ERROR
     client = _pacs_client(args)
     predictor = Predictor.from_file(args.model, site=args.site)
+    scale = None
+    if args.with_heatmap:
+        from .explain import HeatmapScale, heatmap_scale_path
+
+        scale = HeatmapScale.load(heatmap_scale_path(args.model), predictor.metadata.model_sha256)
     trail = None
     if args.audit is not None:
         from .audit import AuditTrail
@@ -299,18 +312,27 @@ def _pacs_score(args) -> int:
                 (record["audit_id"],) = trail.record_results([ResultRecord.of(result.prediction, result.digest, "cli")])
             if args.send:
                 try:
-                    sent = send_report(client, result.instance, result.prediction, predictor.operating_point)
+                    picture = None if scale is None else heatmap_picture(predictor, result.image, scale)
+                    sent = send_report(client, result.instance, result.prediction, predictor.operating_point, picture)
                 except PacsError as error:
                     record["send_error"] = str(error)
                     status = EXIT_ERROR
                 else:
                     record["sent_sr_uid"] = sent.sr_uid
                     record["already_sent"] = sent.already_on_server
+                    if sent.capture_uid is not None:
+                        record["sent_heatmap_uid"] = sent.capture_uid
                     if trail is not None:
                         record_sent(trail, record["audit_id"], sent, predictor.operating_point)
         print(json.dumps(record), flush=True)
 
-    results = score_instances(client, predictor, instances, on_result=show)
+    # With the heat map, each image is kept until its picture is sent: 16 at a time, not the study.
+    step = 16 if scale is not None else max(1, len(instances))
+    results = []
+    for start in range(0, len(instances), step):
+        chunk = score_instances(client, predictor, instances[start:start + step], keep_images=scale is not None,
+                                on_result=show)
+        results += [dataclasses.replace(result, image=None) for result in chunk]
     print(format_counts(results), file=sys.stderr)
     return max(status, exit_status(results), key=lambda code: {EXIT_OK: 0, EXIT_REJECTED: 1, EXIT_ERROR: 2}[code])
 

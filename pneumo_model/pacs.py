@@ -33,6 +33,7 @@ from .preprocessing import ImageLimits
 
 if TYPE_CHECKING:
     from .audit import AuditTrail
+    from .explain import HeatmapScale
     from .operating_point import OperatingPoint
     from .prediction import Prediction, Predictor
 
@@ -801,30 +802,52 @@ def format_counts(results: Sequence[InstanceResult]) -> str:
 
 @dataclass(frozen=True)
 class SentReport:
-    """A structured report on the PACS: its SOP Instance UID, and whether it was already there
-    (sent before for the same image, operating point and model; not sent again)."""
+    """A structured report on the PACS: its SOP Instance UID, whether it was already there (sent
+    before for the same image, operating point and model; not sent again), and the UID of the
+    heat-map picture sent beside it, if one was asked for."""
 
     sr_uid: str
     already_on_server: bool
+    capture_uid: str | None = None
 
 
-def send_report(client: PacsClient, instance: Instance, prediction: "Prediction", point: "OperatingPoint") -> SentReport:
+def send_report(
+    client: PacsClient, instance: Instance, prediction: "Prediction", point: "OperatingPoint", heatmap=None
+) -> SentReport:
     """Sends ``prediction`` of ``instance`` back as a Comprehensive SR in its study (STOW-RS),
-    unless the PACS already holds the report of this image at this operating point.
+    unless the PACS already holds the report of this image at this operating point; with
+    ``heatmap`` ((h, w, 3) uint8 RGB, the Grad-CAM overlay at the image's geometry), also a
+    Secondary Capture of it with "NOT FOR DIAGNOSIS" burned in, once likewise.
 
     Raises:
         PacsStoreError: the PACS did not store it (the result is unchanged; send again later).
         PacsError: the PACS cannot be reached or refused.
     """
     from . import __version__
-    from .structured_report import build_report, report_uids
+    from .structured_report import build_heatmap_capture, build_report, capture_uids, report_uids
 
     uids = report_uids(instance.sop_uid, point.id, prediction.model_sha)
-    if client.instance_exists(instance.study_uid, uids.sop_uid):
-        return SentReport(uids.sop_uid, already_on_server=True)
-    header = client.instance_metadata(instance)
-    client.store(build_report(header, prediction, point, __version__))
-    return SentReport(uids.sop_uid, already_on_server=False)
+    header = None
+    already = client.instance_exists(instance.study_uid, uids.sop_uid)
+    if not already:
+        header = client.instance_metadata(instance)
+        client.store(build_report(header, prediction, point, __version__))
+    capture = None
+    if heatmap is not None:
+        capture = capture_uids(instance.sop_uid, point.id, prediction.model_sha).sop_uid
+        if not client.instance_exists(instance.study_uid, capture):
+            header = header if header is not None else client.instance_metadata(instance)
+            client.store(build_heatmap_capture(header, heatmap, prediction, point, __version__))
+    return SentReport(uids.sop_uid, already_on_server=already, capture_uid=capture)
+
+
+def heatmap_picture(predictor: "Predictor", image: DecodedImage, scale: "HeatmapScale"):
+    """The Grad-CAM overlay of ``image`` on the fixed ``scale``, at the image's own size, as the
+    Explain page draws it: (h, w, 3) uint8 RGB."""
+    from .explain import GradCam
+
+    raw = GradCam(predictor.model, predictor.metadata.gradcam_layer).raw(image.model_input(predictor.input_size))
+    return scale.overlay(image.pixels, raw)
 
 
 def record_sent(trail: "AuditTrail", result_id: int, sent: SentReport, point: "OperatingPoint", subject: str | None = None) -> int | None:
@@ -832,7 +855,8 @@ def record_sent(trail: "AuditTrail", result_id: int, sent: SentReport, point: "O
     generated UID and the operating point; nothing about the patient), once per report UID."""
     if any(event["detail"].get("sr_uid") == sent.sr_uid for event in trail.events("sr_sent")):
         return None
+    extra = {} if sent.capture_uid is None else {"capture_uid": sent.capture_uid}
     return trail.record_event(
         "sr_sent", subject=subject, result_id=result_id, sr_uid=sent.sr_uid, operating_point=point.id,
-        already_on_server=sent.already_on_server,
+        already_on_server=sent.already_on_server, **extra,
     )

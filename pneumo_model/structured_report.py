@@ -195,3 +195,93 @@ def read_report(dataset: "Dataset") -> dict:
         "comment": values.get("DCM:121106"),
         "image": values.get("image"),
     }
+
+
+# --- the heat map as a picture beside the report ---------------------------------------------
+
+CAPTURE_SERIES_NUMBER = 9902
+CAPTURE_SERIES_DESCRIPTION = "Grad-CAM heat map (not for diagnosis)"
+NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS"
+CAPTURE_NOTE = "Decision support: where the model looked, not where the lesion is."
+# The usual display of a frontal chest film: columns run to the patient's left, rows to the feet.
+FRONTAL_ORIENTATION = ("L", "F")
+
+
+def capture_uids(source_sop_uid: str, operating_point: str, model_sha: str) -> ReportUids:
+    """Deterministic UIDs of the heat-map picture sent beside the report (as ``report_uids``)."""
+    name = "\n".join([source_sop_uid, operating_point, model_sha])
+    return ReportUids(
+        series_uid=f"2.25.{uuid.uuid5(_NAMESPACE, 'capture-series:' + name).int}",
+        sop_uid=f"2.25.{uuid.uuid5(_NAMESPACE, 'capture:' + name).int}",
+    )
+
+
+def burned_in(picture, lines: tuple[str, ...] = (NOT_FOR_DIAGNOSIS, CAPTURE_NOTE)):
+    """``picture`` ((h, w, 3) uint8 RGB, not modified) with a black band on top holding ``lines``
+    in white: the words travel with the pixels, whatever viewer shows them."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    height, width = picture.shape[:2]
+    size = max(14, width // 40)
+    font = ImageFont.load_default(size=size)
+    band = int(size * 1.5 * len(lines) + size)
+    canvas = Image.new("RGB", (width, height + band), "black")
+    canvas.paste(Image.fromarray(picture), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for row, line in enumerate(lines):
+        draw.text((size // 2, size // 2 + row * int(size * 1.5)), line, fill="white", font=font)
+    return np.asarray(canvas)  # (h + band, w, 3) uint8
+
+
+def build_heatmap_capture(
+    source: "Dataset", picture, prediction: "Prediction", point: "OperatingPoint", version: str
+) -> "Dataset":
+    """A Secondary Capture of the Grad-CAM overlay ``picture`` ((h, w, 3) uint8 RGB at the
+    source image's geometry) with "NOT FOR DIAGNOSIS" burned in, in the source's study, in a
+    series of its own, referencing the source image.
+
+    Raises:
+        ValueError: the prediction was not made at ``point``, or ``picture`` is not RGB uint8.
+    """
+    import numpy as np
+    from highdicom.sc import SCImage
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if prediction.operating_point != point.id:
+        raise ValueError("The prediction was made at another operating point than the one given.")
+    if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] != 3:
+        raise ValueError("The heat-map picture must be (h, w, 3) uint8 RGB.")
+    uids = capture_uids(str(source.SOPInstanceUID), point.id, prediction.model_sha)
+    orientation = tuple(source.get("PatientOrientation") or ())
+    if len(orientation) != 2 or not all(orientation):
+        orientation = FRONTAL_ORIENTATION
+    capture = SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=np.ascontiguousarray(burned_in(picture)),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=uids.series_uid,
+        series_number=CAPTURE_SERIES_NUMBER,
+        sop_instance_uid=uids.sop_uid,
+        instance_number=1,
+        manufacturer="pneumo_model",
+        patient_orientation=orientation,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    capture.SeriesDescription = CAPTURE_SERIES_DESCRIPTION
+    capture.BurnedInAnnotation = "YES"
+    capture.SpecificCharacterSet = "ISO_IR 192"
+    capture.ImageComments = (
+        f"{NOT_FOR_DIAGNOSIS}. {CAPTURE_NOTE} {DECISION_SUPPORT} Model {prediction.model_sha[:12]}, "
+        f"operating point {point.id}, {ALGORITHM_NAME} {version}."
+    )
+    reference = Dataset()
+    reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = "121324", "DCM", "Source image"
+    reference.PurposeOfReferenceCodeSequence = [purpose]
+    capture.SourceImageSequence = [reference]
+    return capture

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -486,3 +487,40 @@ def test_the_readme_pacs_speed_lines_are_the_benchs_figures():
     block = (REPO_ROOT / "README.md").read_text().split(README_START, 1)[1].split(README_END, 1)[0]
     assert block == markdown(figures, figures["machine"])
     assert figures["scored"] == figures["images"] >= 100 and figures["short_side_px"][0] >= 1024
+
+
+def test_the_heat_map_goes_beside_the_report_with_not_for_diagnosis_burned_in_and_only_once(tmp_path, predictor):
+    from pneumo_model.explain import HeatmapScale, heatmap_scale_path
+    from pneumo_model.pacs import heatmap_picture
+    from pneumo_model.paths import DEFAULT_MODEL_PATH
+    from pneumo_model.structured_report import CAPTURE_SERIES_DESCRIPTION, capture_uids
+
+    server, study, _ = one_study_server(tmp_path / "orthanc", n_films=1)
+    try:
+        client = client_for(server)
+        (instance,) = client.instances(study.study_uid)
+        (result,) = score_instances(client, predictor, [instance], keep_images=True)
+        scale = HeatmapScale.load(heatmap_scale_path(DEFAULT_MODEL_PATH), predictor.metadata.model_sha256)
+        picture = heatmap_picture(predictor, result.image, scale)
+        assert picture.shape == (*result.image.pixels.shape, 3) and picture.dtype == np.uint8
+        sent = send_report(client, instance, result.prediction, predictor.operating_point, picture)
+        assert sent.capture_uid == capture_uids(instance.sop_uid, predictor.operating_point.id, result.prediction.model_sha).sop_uid
+
+        (stored,) = [i for i in client.instances(study.study_uid) if i.sop_uid == sent.capture_uid]
+        capture = pydicom.dcmread(io.BytesIO(client.retrieve(stored)))
+        assert capture.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and capture.BurnedInAnnotation == "YES"
+        assert capture.StudyInstanceUID == study.study_uid and capture.SeriesDescription == CAPTURE_SERIES_DESCRIPTION
+        assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == instance.sop_uid
+        assert capture.ImageComments.startswith("NOT FOR DIAGNOSIS.")
+        pixels = capture.pixel_array  # (band + h, w, 3)
+        band = pixels.shape[0] - picture.shape[0]
+        assert band > 0 and np.array_equal(pixels[band:], picture)  # the overlay itself, unchanged
+        assert (pixels[:band] > 200).any() and (pixels[:band] == 0).mean() > 0.5  # white words on black
+
+        again = send_report(client, instance, result.prediction, predictor.operating_point, picture)
+        assert again.already_on_server and again.capture_uid == sent.capture_uid
+        assert len(client.instances(study.study_uid)) == 3  # the film, one report, one picture
+    finally:
+        server.remove()
+    refused = run_cli("pacs", "score", "--study", "1.2.3", "--with-heatmap", env={"PNEUMO_DICOMWEB_URL": "http://127.0.0.1:9/dw"})
+    assert refused.returncode == 1 and "give --send too" in refused.stderr

@@ -107,10 +107,11 @@ def test_a_study_from_the_pacs_is_scored_opened_and_its_result_sent_back(pacs_ap
     click_row(page, grid, frontal.sop_uid[-12:], row_height=50)
     expect(main).to_contain_text(f"SOP Instance {frontal.sop_uid}")
     page.get_by_role("button", name="Send result to PACS").click()
-    expect(main).to_contain_text("was stored in the study")
+    expect(main).to_contain_text("was stored in the study with its heat-map picture")
     shot(page, "pacs_sent")
     reports = [i for i in client.instances(pacs_app["study"].study_uid) if i.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.33"]
-    assert len(reports) == 1
+    pictures = [i for i in client.instances(pacs_app["study"].study_uid) if i.sop_class_uid == "1.2.840.10008.5.1.4.1.1.7"]
+    assert len(reports) == 1 and len(pictures) == 1
     page.get_by_role("button", name="Review", exact=True).click()
     expect(page.get_by_test_id("stImage").first).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
@@ -119,7 +120,7 @@ def test_a_study_from_the_pacs_is_scored_opened_and_its_result_sent_back(pacs_ap
 
     trail = AuditTrail(pacs_app["folder"] / "audit.sqlite3")
     (event,) = trail.events("sr_sent")
-    assert event["detail"]["sr_uid"] == reports[0].sop_uid
+    assert event["detail"]["sr_uid"] == reports[0].sop_uid and event["detail"]["capture_uid"] == pictures[0].sop_uid
     with sqlite3.connect(pacs_app["folder"] / "audit.sqlite3") as connection:
         dump = "\n".join(connection.iterdump())
     log = (pacs_app["folder"] / "streamlit.log").read_text(errors="replace")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from pneumo_model.errors import ConfigError
+from pneumo_model.errors import ConfigError, PneumoError
 from pneumo_model.pacs import (
     DEFAULT_MODALITIES,
     ENVIRONMENT,
@@ -32,7 +32,6 @@ from pneumo_model.pacs import (
     record_sent,
     send_report,
 )
-from pneumo_model.pipeline import DecodedImage
 
 from . import audit
 from .markup import plain
@@ -227,24 +226,32 @@ def show_left_out(retrieved: Retrieved) -> bool:
     return st.button("Retry them", icon=":material/refresh:", key="pacs_retry")
 
 
-def send_button(pacs: PacsSettings, instance: Instance, data: bytes, predictor, result_id: int | None, key: str) -> None:
-    """"Send result to PACS": the call shown, as a DICOM Comprehensive SR in the study, once."""
-    from . import access
+def send_button(pacs: PacsSettings, instance: Instance, image, result_id: int | None) -> None:
+    """"Send result to PACS": the call shown (``image`` is the worklist row's ``ChosenImage``), as a
+    DICOM Comprehensive SR in the study, with the Grad-CAM picture beside it if asked; each once."""
+    from . import access, resources
 
     sent = st.session_state.setdefault(SENT_KEY, {})
-    sha = key
-    if sha in sent:
-        st.success(f"Result on the PACS as structured report {sent[sha]}.", icon=":material/cloud_done:")
+    if image.digest in sent:
+        st.success(f"Result on the PACS as structured report {sent[image.digest]}.", icon=":material/cloud_done:")
         return
-    if not st.button("Send result to PACS", icon=":material/cloud_upload:", key=f"pacs_send_{sha[:16]}",
+    with_heatmap = st.checkbox(
+        "With the Grad-CAM picture (marked NOT FOR DIAGNOSIS)", value=True, key=f"pacs_heatmap_{image.digest[:16]}",
+        help="A DICOM Secondary Capture of the heat map on the fixed scale, the words burned into its pixels.",
+    )
+    if not st.button("Send result to PACS", icon=":material/cloud_upload:", key=f"pacs_send_{image.digest[:16]}",
                      help="Stores the call, probability, operating point and flags in the study as a DICOM "
                      "structured report marked \"decision support, not a diagnosis\". Never sent twice."):
         return
+    predictor = resources.predictor()
     try:
         with st.spinner("Sending the result to the PACS..."):
-            prediction = predictor.call(DecodedImage.decode(data))  # the same bytes: the call shown
-            report = send_report(_client(pacs), instance, prediction, predictor.operating_point)
-    except PacsError as error:
+            prediction = resources.prediction(image)  # the call shown
+            picture = None
+            if with_heatmap:
+                picture = resources.heatmap_scale().overlay(resources.decoded(image).pixels, resources.gradcam_heatmap(image))
+            report = send_report(_client(pacs), instance, prediction, predictor.operating_point, picture)
+    except PneumoError as error:
         st.error(plain(error), icon=":material/cloud_off:")
         return
     if result_id is not None:
@@ -254,6 +261,7 @@ def send_button(pacs: PacsSettings, instance: Instance, data: bytes, predictor, 
                         subject=identity.subject if identity else None)
         except audit.AuditError as error:
             st.error(f"The report was sent, but the audit trail could not note it: {plain(error)}")
-    sent[sha] = report.sr_uid
+    sent[image.digest] = report.sr_uid
     words = "was already on the PACS (not sent again)" if report.already_on_server else "was stored in the study"
-    st.success(f"The structured report {report.sr_uid} {words}.", icon=":material/cloud_done:")
+    picture_words = " with its heat-map picture" if report.capture_uid else ""
+    st.success(f"The structured report {report.sr_uid} {words}{picture_words}.", icon=":material/cloud_done:")
