@@ -177,7 +177,7 @@ def mode_words() -> str:
     """What the banner says about access: local mode, or who is signed in."""
     identity = current()
     if identity is None:
-        return "**Local mode**: this computer only, no sign-in."
+        return "**Local mode** (no sign-in)."
     return f"Signed in as **{plain(identity.name)}** ({identity.role})."
 
 
