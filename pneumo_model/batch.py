@@ -183,11 +183,20 @@ def list_items(text_file: Path, limits: ImageLimits = ImageLimits()) -> list[Sou
 
 
 def open_source(source: str | Path, limits: ImageLimits = ImageLimits()) -> list[SourceItem]:
-    """The items of SOURCE: a folder (recursively) or a text file of paths.
+    """The items of SOURCE: a folder (recursively), a text file of paths, or a DICOMweb query
+    (``dicomweb:?...``, ``pneumo_model.pacs.parse_source``; the server from ``PNEUMO_DICOMWEB_*``).
 
     Raises:
         BatchError: SOURCE does not exist, is empty, or is neither.
+        PacsError, ConfigError: a DICOMweb source that cannot be searched or read.
     """
+    if str(source).startswith("dicomweb:"):
+        from .pacs import PacsClient, PacsSettings, source_items
+
+        items = source_items(PacsClient(PacsSettings.from_environment()), str(source), limits)
+        if not items:
+            raise BatchError("The DICOMweb query matches no image. Widen the dates or change the modality.")
+        return items
     path = Path(source)
     if path.is_dir():
         return folder_items(path, limits)

@@ -145,7 +145,10 @@ def _add_batch(commands) -> None:
         "batch", help="score a whole archive (a folder or a list of paths) into a resumable Parquet data set"
     )
     parser.add_argument(
-        "source", metavar="SOURCE", help="a folder of images (searched recursively) or a text file of paths, one per line"
+        "source", metavar="SOURCE",
+        help="a folder of images (searched recursively), a text file of paths, one per line, or a DICOMweb query "
+        "such as 'dicomweb:?date-from=20261101&date-to=20261130&modality=CR,DX' (keys date-from, date-to, modality, "
+        "accession, body-part, study, limit; the server from PNEUMO_DICOMWEB_URL and its credentials)"
     )
     parser.add_argument(
         "--out", type=Path, required=True, metavar="RESULTS",
@@ -186,6 +189,10 @@ def _batch(args) -> int:
 
         trail = AuditTrail(args.audit)
     if args.engine == "ray":
+        if str(args.source).startswith("dicomweb:"):
+            print("error: the Ray engine reads files and object stores; score a DICOMweb source with --engine local.",
+                  file=sys.stderr)
+            return EXIT_ERROR
         from .batch_ray import RayEngine, RaySettings
 
         temp = args.ray_temp or (Path(os.environ["PNEUMO_RAY_TEMP"]) if os.environ.get("PNEUMO_RAY_TEMP") else None)

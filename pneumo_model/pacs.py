@@ -860,3 +860,85 @@ def record_sent(trail: "AuditTrail", result_id: int, sent: SentReport, point: "O
         "sr_sent", subject=subject, result_id=result_id, sr_uid=sent.sr_uid, operating_point=point.id,
         already_on_server=sent.already_on_server, **extra,
     )
+
+
+# --- a DICOMweb query as a batch source ----------------------------------------------------------
+
+SOURCE_PREFIX = "dicomweb:"
+_SOURCE_KEYS = ("date-from", "date-to", "modality", "accession", "body-part", "study", "limit")
+
+
+def parse_source(source: str) -> tuple[StudyQuery, str | None]:
+    """``dicomweb:?date-from=YYYYMMDD&date-to=YYYYMMDD&modality=CR,DX&accession=N&body-part=CHEST``
+    (every key optional), or ``dicomweb:?study=UID``: the query, and the one study asked for.
+
+    Raises:
+        ConfigError: not such a source, an unknown key, or a value ``StudyQuery`` refuses.
+    """
+    from urllib.parse import parse_qs
+
+    if not source.startswith(SOURCE_PREFIX):
+        raise ConfigError(f"A DICOMweb source starts with {SOURCE_PREFIX}")
+    text = source[len(SOURCE_PREFIX):].lstrip("?")
+    try:
+        values = parse_qs(text, keep_blank_values=False, strict_parsing=bool(text), max_num_fields=len(_SOURCE_KEYS))
+    except ValueError:
+        raise ConfigError(
+            "A DICOMweb source reads like dicomweb:?date-from=20261101&modality=CR,DX (keys: "
+            + ", ".join(_SOURCE_KEYS) + ")."
+        ) from None
+    unknown = sorted(set(values) - set(_SOURCE_KEYS))
+    if unknown:
+        raise ConfigError(f"Unknown key '{unknown[0]}' in the DICOMweb source; the keys are {', '.join(_SOURCE_KEYS)}.")
+    one = {key: value[-1] for key, value in values.items()}
+    study = one.get("study")
+    if study is not None:
+        _check_uid(study, "study")
+    try:
+        limit = int(one.get("limit", 10_000))
+    except ValueError:
+        raise ConfigError("The DICOMweb source's limit must be a whole number of studies.") from None
+    query = StudyQuery(
+        date_from=one.get("date-from"), date_to=one.get("date-to"),
+        modalities=tuple(one.get("modality", ",".join(DEFAULT_MODALITIES)).split(",")),
+        accession_number=one.get("accession"), body_part=one.get("body-part"), limit=limit,
+    )
+    return query, study
+
+
+def source_name(instance: Instance) -> str:
+    """What a batch's ``file`` column holds for a PACS image: its three UIDs, nothing about the patient."""
+    return f"{SOURCE_PREFIX}{instance.study_uid}/{instance.series_uid}/{instance.sop_uid}"
+
+
+def source_items(client: PacsClient, source: str, limits: ImageLimits = ImageLimits()) -> list:
+    """The batch items (``pneumo_model.batch.SourceItem``) of a DICOMweb source: every instance of
+    every study that matches, each read by one WADO-RS retrieval when the batch gets to it. An
+    instance that is not scored (not an image, a lateral view) or that the server fails to send is
+    a row with the reason, as an unreadable file is; a server fault is tried again on a rerun.
+
+    Raises:
+        ConfigError: the source cannot be read (``parse_source``).
+        PacsError: the server cannot be searched.
+    """
+    from .batch import SourceItem
+
+    query, study = parse_source(source)
+    studies = [study] if study else [found.study_uid for found in client.query_studies(query)]
+    items = []
+    for study_uid in studies:
+        for instance in client.instances(study_uid):
+            items.append(SourceItem(source_name(instance), _reader(client, instance, limits)))
+    return items
+
+
+def _reader(client: PacsClient, instance: Instance, limits: ImageLimits) -> Callable[[], bytes]:
+    def read() -> bytes:
+        if instance.skip_reason:
+            raise InvalidImageError(f"Not scored: {instance.skip_reason}.")
+        try:
+            return client.retrieve(instance, limits.max_bytes)
+        except PacsError as error:
+            raise InvalidImageError(f"Not retrieved: {error}") from None
+
+    return read

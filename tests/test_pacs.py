@@ -524,3 +524,40 @@ def test_the_heat_map_goes_beside_the_report_with_not_for_diagnosis_burned_in_an
         server.remove()
     refused = run_cli("pacs", "score", "--study", "1.2.3", "--with-heatmap", env={"PNEUMO_DICOMWEB_URL": "http://127.0.0.1:9/dw"})
     assert refused.returncode == 1 and "give --send too" in refused.stderr
+
+
+def test_batch_scores_a_dicomweb_query_one_row_per_instance_and_a_rerun_skips_them(pacs, tmp_path):
+    import pandas as pd
+
+    from pneumo_model.batch import RESULT_COLUMNS
+
+    env = pacs_env(pacs["server"])
+    out = tmp_path / "results"
+    source = f"dicomweb:?accession={SENTINELS['accession_number']}&modality=CR,DX"
+    first = run_cli("batch", source, "--out", str(out), "--no-progress", env=env)
+    assert first.returncode == 2, first.stderr  # four instances are not scored, and say why
+    table = pd.read_parquet(out)
+    assert list(table.columns) == list(RESULT_COLUMNS)
+    client = client_for(pacs["server"])
+    assert len(table) == len(client.instances(pacs["study"].study_uid))  # rows out = instances in (reports too)
+    assert all(name.startswith("dicomweb:" + pacs["study"].study_uid + "/") for name in table["file"])
+    scored = table[table["error"].isna()]
+    assert len(scored) == 5
+    by_sop = {name.rsplit("/", 1)[1]: p for name, p in zip(scored["file"], scored["probability"])}
+    score = run_cli("pacs", "score", "--study", pacs["study"].study_uid, env=env)
+    expected = {r["sop_instance_uid"]: r["probability"] for r in map(json.loads, score.stdout.splitlines()) if "probability" in r}
+    assert by_sop.keys() == expected.keys() and all(abs(by_sop[k] - expected[k]) < 1e-6 for k in expected)
+    reasons = " ".join(table["error"].dropna())
+    assert "Not scored: a lateral view" in reasons and "not an image (Basic Text SR Storage)" in reasons
+
+    again = run_cli("batch", source, "--out", str(out), "--no-progress", env=env)
+    summary = json.loads(again.stdout.splitlines()[-1])
+    assert summary["skipped"] >= 5 and summary["scored"] == 0 and len(pd.read_parquet(out)) == len(table)
+    written = b"".join(path.read_bytes() for path in out.rglob("*") if path.is_file())
+    for text in (SENTINELS["patient_name"], SENTINELS["patient_id"], SENTINELS["accession_number"]):
+        assert text.encode() not in written and text not in again.stdout + again.stderr + first.stdout + first.stderr
+
+    refused = run_cli("batch", source, "--out", str(tmp_path / "r2"), "--engine", "ray", env=env)
+    assert refused.returncode == 1 and "score a DICOMweb source with --engine local" in refused.stderr
+    bad = run_cli("batch", "dicomweb:?colour=red", "--out", str(tmp_path / "r3"), env=env)
+    assert bad.returncode == 1 and "Unknown key 'colour'" in bad.stderr
