@@ -107,11 +107,18 @@ elif held_files and source == UPLOAD_SOURCE:
 st.session_state[HAD_FILES_KEY] = bool(files)
 scored = st.session_state.get(worklist.SESSION_KEY)
 if scored is None:
-    st.info(
-        "Upload images to build a worklist, sorted by probability of pneumonia. Select a row to open that "
-        "image on Review, Explain or Crop & rescore, or to record your verdict.",
-        icon=":material/upload:",
-    )
+    if source == PACS_SOURCE:
+        st.info(
+            "Select a study, then retrieve and score it to build a worklist, sorted by probability of pneumonia. "
+            "Select a row to open that image on Review, Explain or Crop & rescore, or to record your verdict.",
+            icon=":material/download:",
+        )
+    else:
+        st.info(
+            "Upload images to build a worklist, sorted by probability of pneumonia. Select a row to open that "
+            "image on Review, Explain or Crop & rescore, or to record your verdict.",
+            icon=":material/upload:",
+        )
     st.stop()
 pairs = st.session_state[FILES_KEY]
 retrieved = st.session_state.get(pacs_source.RETRIEVED_KEY)

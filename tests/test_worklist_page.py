@@ -254,3 +254,33 @@ def test_an_unreadable_row_says_why_and_offers_nothing_to_open():
     assert not [button for button in app.button if button.label in ("Review", "Explain", "Crop")]
     assert app.session_state.get("chosen_image") is None or app.session_state["chosen_image"].name != "broken.png"
     assert np.isnan(grid(app).value.set_index("file").loc["broken.png", "probability"])
+
+
+def test_the_pacs_source_says_how_to_configure_it_and_what_failed_without_a_traceback(monkeypatch):
+    import socket
+
+    from test_app import start as fresh_start
+
+    monkeypatch.delenv("PNEUMO_DICOMWEB_URL", raising=False)
+    app = open_page(fresh_start(), PAGE)
+    assert "No PACS is configured: an administrator sets PNEUMO_DICOMWEB_URL" in texts(app.caption)
+    assert "worklist_source" not in app.session_state  # no source choice: file upload only
+    assert app.file_uploader(key="worklist_upload") is not None
+
+    monkeypatch.setenv("PNEUMO_DICOMWEB_URL", "pacs.example.org/dicom-web")  # no scheme: cannot work
+    app = open_page(fresh_start(), PAGE)
+    app.session_state["worklist_source"] = "PACS"
+    app.run()
+    assert "The PACS settings cannot be used" in texts(app.error) and "http:// or https://" in texts(app.error)
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("PNEUMO_DICOMWEB_URL", f"http://127.0.0.1:{port}/dicom-web")
+    app = open_page(fresh_start(), PAGE)
+    app.session_state["worklist_source"] = "PACS"
+    app.run()
+    assert "Select a study, then retrieve and score it" in texts(app.info)
+    app.button(key="FormSubmitter:pacs_search-Search the PACS").click().run()
+    assert not app.exception, app.exception
+    assert f"The PACS at http://127.0.0.1:{port} cannot be reached while searching for studies" in texts(app.error)

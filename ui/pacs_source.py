@@ -147,7 +147,7 @@ def study_table(pacs: PacsSettings) -> Study | None:
             "study date": _date(study.study_date),
             "accession": study.accession_number or "",
             "modalities": ", ".join(study.modalities),
-            "images": study.images,
+            "instances": study.images,
             "description": study.description or "",
             **({"patient": study.patient_name or "", "patient id": study.patient_id or ""} if pacs.show_patient_identity else {}),
         }
