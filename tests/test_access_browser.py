@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from pathlib import Path
 
@@ -90,6 +91,11 @@ def test_readers_see_their_own_verdicts_administrators_all_and_the_export_is_rec
 
 
 def test_the_access_probes_give_the_readmes_results(browser, app_url, folder, tmp_path, outside):  # noqa: F811
+    if not probes.NGINX.is_file():  # the deployment guide's proxy rule runs in Debian's nginx (.ci/run installs it)
+        message = f"nginx at {probes.NGINX} (apt-get install nginx)"
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{message} is missing and REQUIRE_BROWSER=1")
+        pytest.skip(f"{message} is missing")
     found = probes.signed_in_probes(browser, app_url, outside) + probes.unconfigured_probes(browser, tmp_path, outside)
     unexpected = [probe for probe in found if not probe.passed]
     assert not unexpected, unexpected

@@ -42,7 +42,8 @@ PAGE_PATHS = {  # page title -> its URL path (Streamlit names a pages/ script's 
     "Model card": "model_card", "Site calibration": "site",
 }
 SIGN_IN_ASKED = "Sign in with your hospital account"
-OPEN_IN_STREAMLIT = "served by Streamlit itself; the deployment guide's proxy rule closes it (not tested here)"
+OPEN_IN_STREAMLIT = "served by Streamlit itself; the deployment guide's nginx rule closes it (probes 24-26)"
+NGINX = Path("/usr/sbin/nginx")  # Debian's nginx package
 NETWORK_PROBE = "the quick start's server on this machine's network address"
 JWT = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.")
 
@@ -183,6 +184,67 @@ def http_status(url: str, cookies: dict[str, str] | None = None) -> int:
         return error.code
 
 
+def readme_proxy_rule() -> str:
+    """The nginx rule of the README's deployment guide, exactly as printed there."""
+    text = (REPO_ROOT / "README.md").read_text()
+    return re.search(r"```nginx\n(.*?)\n[ \t]*```", text, re.DOTALL).group(1)
+
+
+@contextlib.contextmanager
+def nginx_front(app_url: str, folder: Path) -> Iterator[str]:
+    """Debian's nginx on a free localhost port with the README's rule in its ``server`` block, the
+    rule's upstream pointed at ``app_url``; yields the proxy's URL. The rule is the README's text:
+    what is tested is what the guide tells an administrator to write."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    upstream = app_url.split("://", 1)[1].rstrip("/")
+    rule = readme_proxy_rule().replace("127.0.0.1:8501", upstream)
+    temp = {name: folder / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    for path in temp.values():
+        path.mkdir(exist_ok=True)
+    config = folder / "nginx.conf"
+    config.write_text(
+        ("user root;\n" if os.geteuid() == 0 else "")
+        + f"worker_processes 1;\ndaemon off;\npid {folder / 'nginx.pid'};\nerror_log {folder / 'error.log'};\n"
+        "events { worker_connections 64; }\nhttp {\n  access_log off;\n"
+        + "".join(f"  {name}_temp_path {path};\n" for name, path in temp.items())
+        + f"  server {{\n    listen 127.0.0.1:{port};\n{rule}\n  }}\n}}\n"
+    )
+    process = subprocess.Popen([str(NGINX), "-c", str(config), "-p", str(folder)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not connects("127.0.0.1", port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not start: {process.stderr.read().decode(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def proxy_probes(url: str, media_path: str, cookies: dict[str, str], folder: Path) -> list["Probe"]:
+    """Probes 24-26: the metrics and a shown image's ``/media/`` URL through the README's nginx rule."""
+    if not NGINX.is_file():
+        observed = f"not probed: nginx is not installed ({NGINX}; Debian package nginx)"
+        return [Probe(what, expected, observed) for what, expected in PROXY_PROBES]
+    with nginx_front(url, folder) as proxy:
+        observed = [
+            str(http_status(f"{proxy}/_stcore/metrics")),
+            str(http_status(proxy + media_path)),
+            str(http_status(proxy + media_path, cookies)),
+        ]
+    return [Probe(what, expected, seen) for (what, expected), seen in zip(PROXY_PROBES, observed)]
+
+
+PROXY_PROBES = (
+    ("`/_stcore/metrics` through the deployment guide's nginx rule", "403"),
+    ("the shown image's `/media/...` URL through the nginx rule, without any cookie", "403"),
+    ("the same URL through the nginx rule, with the reader's sign-in cookie", "200"),
+)
+
+
 def connects(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as probe:
@@ -255,6 +317,8 @@ def signed_in_probes(browser, url: str, outside: list[str]) -> list[Probe]:
     media_url = media if media.startswith("http") else url + media
     probes.append(Probe("a shown image's `/media/...` URL, fetched without any cookie while the tab shows it", "200",
                         str(http_status(media_url)), OPEN_IN_STREAMLIT + " (an unguessable URL, only while shown)"))
+    signed_in_cookies = {c["name"]: c["value"] for c in context.cookies() if c["name"].startswith("_streamlit_user")}
+    proxied = proxy_probes(url, media_url[len(url):], signed_in_cookies, Path(tempfile.mkdtemp(prefix="nginx_")))
     tab.goto(f"{url}/trail")
     expect(tab.get_by_text("Your own verdicts")).to_be_visible()
     probes.append(Probe("the audit trail's CSV export as a reader", "no export",
@@ -265,14 +329,14 @@ def signed_in_probes(browser, url: str, outside: list[str]) -> list[Probe]:
         probes.append(Probe(f"{title} (`/{path}`) by URL after sign-out", "refused", page_shows(tab, url, path)))
     probes.append(Probe("that image's `/media/...` URL just after sign-out", "200", str(http_status(media_url)),
                         "still served until Streamlit drops the closed session (`server.disconnectedSessionTTL`, "
-                        "120 s); the proxy's rule refuses it to a browser without the sign-in cookie (not tested here)"))
+                        "120 s); the proxy's rule refuses it to a browser without the sign-in cookie (probe 25)"))
     context.close()
 
     context, tab = new_tab(browser, outside)
     context.add_cookies([{"name": name, "value": value, "url": url} for name, value in cookies.items()])
     probes.append(Probe("the reader's identity cookie replayed after sign-out", "refused", page_shows(tab, url, "")))
     context.close()
-    return probes
+    return probes + proxied
 
 
 def record_verdict(tab, verdict: str, note: str) -> None:
