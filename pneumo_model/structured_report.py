@@ -44,12 +44,18 @@ class ReportUids:
 
 
 def report_uids(source_sop_uid: str, operating_point: str, model_sha: str) -> ReportUids:
-    """Deterministic UIDs for the report (see the module's docstring): ``2.25.`` and the integer
-    of a name-based (version 5) UUID of the three, as DICOM PS3.5 B.2 allows."""
+    """Deterministic UIDs for the report (see the module's docstring)."""
+    return _derived_uids("", source_sop_uid, operating_point, model_sha)
+
+
+def _derived_uids(kind: str, source_sop_uid: str, operating_point: str, model_sha: str) -> ReportUids:
+    """``2.25.`` and the integer of a name-based (version 5) UUID of the three and ``kind``, as
+    DICOM PS3.5 B.2 allows: the same inputs always give the same UIDs."""
     name = "\n".join([source_sop_uid, operating_point, model_sha])
+    series, instance = (f"{kind}-series:", f"{kind}:") if kind else ("series:", "report:")
     return ReportUids(
-        series_uid=f"2.25.{uuid.uuid5(_NAMESPACE, 'series:' + name).int}",
-        sop_uid=f"2.25.{uuid.uuid5(_NAMESPACE, 'report:' + name).int}",
+        series_uid=f"2.25.{uuid.uuid5(_NAMESPACE, series + name).int}",
+        sop_uid=f"2.25.{uuid.uuid5(_NAMESPACE, instance + name).int}",
     )
 
 
@@ -209,11 +215,7 @@ FRONTAL_ORIENTATION = ("L", "F")
 
 def capture_uids(source_sop_uid: str, operating_point: str, model_sha: str) -> ReportUids:
     """Deterministic UIDs of the heat-map picture sent beside the report (as ``report_uids``)."""
-    name = "\n".join([source_sop_uid, operating_point, model_sha])
-    return ReportUids(
-        series_uid=f"2.25.{uuid.uuid5(_NAMESPACE, 'capture-series:' + name).int}",
-        sop_uid=f"2.25.{uuid.uuid5(_NAMESPACE, 'capture:' + name).int}",
-    )
+    return _derived_uids("capture", source_sop_uid, operating_point, model_sha)
 
 
 def burned_in(picture, lines: tuple[str, ...] = (NOT_FOR_DIAGNOSIS, CAPTURE_NOTE)):

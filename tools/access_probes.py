@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, free_port
+from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, free_port, stop
 
 SLOW_MS = 180_000
 COOKIE_SECRET = "probe-cookie-secret-" + "k" * 24
@@ -101,12 +101,7 @@ def server(log_path: Path, audit_db: Path, flags: list[str], port: int | None = 
                     time.sleep(0.5)
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 @contextlib.contextmanager
