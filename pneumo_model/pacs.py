@@ -513,6 +513,15 @@ class PacsClient:
             instance_number=_int_or_none(instance_number),
         )
 
+    def study_views(self, study_uid: str) -> tuple[str, ...]:
+        """The views (``ViewPosition``: AP, PA, LL...) of the study's images, sorted, each once
+        (one QIDO-RS instance search)."""
+        items = self._call(
+            "reading the study's views", self._client.search_for_instances,
+            study_instance_uid=study_uid, fields=["00185101"], uid=f"study {study_uid}",
+        )
+        return tuple(sorted({str(view) for view in (_value(item, "00185101") for item in items) if view}))
+
     def instance_exists(self, study_uid: str, sop_uid: str) -> bool:
         """Whether the study holds an instance with this SOP Instance UID (QIDO-RS)."""
         items = self._call(

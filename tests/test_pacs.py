@@ -188,6 +188,7 @@ def test_query_filters_by_date_modality_accession_and_body_part(pacs):
     chest = client.query_studies(StudyQuery(body_part="CHEST"))
     assert extra["hand_dx"].study_uid not in {s.study_uid for s in chest} and len(chest) == 2
     assert client.query_studies(StudyQuery(accession_number="NOSUCH")) == []
+    assert client.study_views(pacs["study"].study_uid) == ("AP", "LL")
     newest_first = [s.study_date for s in client.query_studies()]
     assert newest_first == sorted(newest_first, reverse=True)
     assert len(client.query_studies(StudyQuery(limit=1))) == 1  # which one is the server's choice

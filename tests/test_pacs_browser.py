@@ -88,6 +88,7 @@ def test_a_study_from_the_pacs_is_scored_opened_and_its_result_sent_back(pacs_ap
     studies = page.locator("[data-testid=stDataFrame]").first
     expect(studies).to_contain_text("2026-11-30")
     expect(studies).to_contain_text(SENTINELS["accession_number"])
+    expect(studies).to_contain_text("AP, LL")  # the study's views
     expect(page.get_by_test_id("stMain")).not_to_contain_text(SENTINELS["patient_name"].split("^")[0])  # not allowed here
     shot(page, "pacs_search")
     click_row(page, studies, SENTINELS["accession_number"], row_height=35)

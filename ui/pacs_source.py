@@ -42,6 +42,7 @@ SENT_KEY = "pacs_sent"  # sha256 -> the report's UID, for this tab
 TABLE_KEY = "pacs_study_table"
 MODALITY_CHOICES = ("CR", "DX", "DR", "RG", "OT")
 SEARCH_DAYS = 7  # the default date range: the last week
+VIEWS_FOR = 50  # studies whose views (AP, PA, LL...) are read, one request each
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,11 @@ def search_form(pacs: PacsSettings) -> None:
             )
             with st.spinner("Searching the PACS..."):
                 studies = _client(pacs).query_studies(query)
+                views = {study.study_uid: _client(pacs).study_views(study.study_uid) for study in studies[:VIEWS_FOR]}
         except (ConfigError, PacsError) as error:
             st.error(plain(error), icon=":material/error:")
             return
-        st.session_state[STUDIES_KEY] = (studies, query.limit)
+        st.session_state[STUDIES_KEY] = (studies, query.limit, views)
         st.session_state.pop(TABLE_KEY, None)
 
 
@@ -136,17 +138,20 @@ def study_table(pacs: PacsSettings) -> Study | None:
     if found is None:
         st.info("Search the PACS for a study, then select it to retrieve and score its images.", icon=":material/search:")
         return None
-    studies, limit = found
+    studies, limit, views = found
     if not studies:
         st.info("No study matches. Widen the dates or change the modality.", icon=":material/search_off:")
         return None
     if len(studies) >= limit:
         st.warning(f"The first {limit} studies the PACS returned are shown; there may be more. Narrow the dates.")
+    if len(studies) > VIEWS_FOR:
+        st.caption(f"Views are read for the first {VIEWS_FOR} studies (one request each); narrow the search to see the rest.")
     rows = [
         {
             "study date": _date(study.study_date),
             "accession": study.accession_number or "",
             "modalities": ", ".join(study.modalities),
+            "views": ", ".join(views[study.study_uid]) if study.study_uid in views else "",
             "instances": study.images,
             "description": study.description or "",
             **({"patient": study.patient_name or "", "patient id": study.patient_id or ""} if pacs.show_patient_identity else {}),
