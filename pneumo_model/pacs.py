@@ -685,16 +685,27 @@ class InstanceResult:
 
 
 def _fetch(client: PacsClient, instance: Instance, limits: ImageLimits, decode: bool):
-    """Retrieves (and decodes) one instance: (image or bytes, error, retryable)."""
+    """Retrieves (and decodes) one instance: (image or bytes, error, retryable). A decoder failure
+    the package does not foresee is that instance's error (with the batch command's words), so one
+    odd file cannot stop a study."""
     try:
         data = client.retrieve(instance, limits.max_bytes)
-        return (DecodedImage.decode(data, limits) if decode else data), None, False
     except InvalidImageError as error:
         return None, str(error), False
     except PacsNotFoundError as error:
         return None, str(error), False
     except PacsError as error:
         return None, str(error), True
+    if not decode:
+        return data, None, False
+    try:
+        return DecodedImage.decode(data, limits), None, False
+    except InvalidImageError as error:
+        return None, str(error), False
+    except Exception as error:  # noqa: BLE001 - a row with the reason, not a stopped study
+        from .batch import unexpected_reason
+
+        return None, unexpected_reason(error), False
 
 
 def iter_retrieved(

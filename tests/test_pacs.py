@@ -562,3 +562,23 @@ def test_batch_scores_a_dicomweb_query_one_row_per_instance_and_a_rerun_skips_th
     assert refused.returncode == 1 and "score a DICOMweb source with --engine local" in refused.stderr
     bad = run_cli("batch", "dicomweb:?colour=red", "--out", str(tmp_path / "r3"), env=env)
     assert bad.returncode == 1 and "Unknown key 'colour'" in bad.stderr
+
+
+def test_an_image_that_breaks_the_decoder_unexpectedly_is_its_own_error_and_the_study_goes_on(pacs, predictor, monkeypatch):
+    from pneumo_model import pipeline
+
+    client = client_for(pacs["server"])
+    frontal = [i for i in client.instances(pacs["study"].study_uid) if i.has_pixels and not i.skip_reason][:2]
+    real = pipeline.DecodedImage.decode.__func__
+    calls = []
+
+    def decode(cls, data, limits=pipeline.ImageLimits()):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a decoder bug the package does not foresee")  # a fault no real file is known to cause
+        return real(cls, data, limits)
+
+    monkeypatch.setattr(pipeline.DecodedImage, "decode", classmethod(decode))
+    results = score_instances(client_for(pacs["server"], workers=1), predictor, frontal)
+    assert results[0].prediction is None and "Unexpected error while decoding (RuntimeError" in results[0].error
+    assert not results[0].retryable and results[1].prediction is not None
