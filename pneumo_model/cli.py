@@ -182,6 +182,10 @@ def _batch(args) -> int:
     from .batch import BatchSettings, LocalEngine, open_source, run_batch
 
     settings = BatchSettings(part_rows=args.part_rows, decoders=args.decoders)
+    if args.engine == "ray" and str(args.source).startswith("dicomweb:"):  # before searching the PACS
+        print("error: the Ray engine reads files and object stores; score a DICOMweb source with --engine local.",
+              file=sys.stderr)
+        return EXIT_ERROR
     items = open_source(args.source, settings.limits)  # a bad SOURCE is refused before the model loads
     trail = None
     if args.audit is not None:
@@ -189,10 +193,6 @@ def _batch(args) -> int:
 
         trail = AuditTrail(args.audit)
     if args.engine == "ray":
-        if str(args.source).startswith("dicomweb:"):
-            print("error: the Ray engine reads files and object stores; score a DICOMweb source with --engine local.",
-                  file=sys.stderr)
-            return EXIT_ERROR
         from .batch_ray import RayEngine, RaySettings
 
         temp = args.ray_temp or (Path(os.environ["PNEUMO_RAY_TEMP"]) if os.environ.get("PNEUMO_RAY_TEMP") else None)
@@ -329,8 +329,17 @@ def _pacs_score(args) -> int:
                     record["already_sent"] = sent.already_on_server
                     if sent.capture_uid is not None:
                         record["sent_heatmap_uid"] = sent.capture_uid
+                    if sent.capture_error is not None:
+                        record["heatmap_error"] = sent.capture_error
+                        status = EXIT_ERROR
                     if trail is not None:
-                        record_sent(trail, record["audit_id"], sent, predictor.operating_point)
+                        from .audit import AuditError
+
+                        try:
+                            record_sent(trail, record["audit_id"], sent, predictor.operating_point)
+                        except AuditError as error:  # the report is on the PACS: say so, go on with the study
+                            record["audit_error"] = str(error)
+                            status = EXIT_ERROR
         print(json.dumps(record), flush=True)
 
     # With the heat map, each image is kept until its picture is sent: 16 at a time, not the study.

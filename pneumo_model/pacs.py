@@ -15,9 +15,11 @@ dropped by a filter while a client exists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -324,6 +326,52 @@ def _values(item: Mapping, tag: str) -> list:
     return list(element.get("Value") or [])
 
 
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_dicom():
+    """pydicom's warnings and log records while a header from the PACS is read or copied: they
+    quote the values they complain of (a malformed birth date), which must reach no log."""
+    logger, drop = logging.getLogger("pydicom"), _DropAll()
+    logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.removeFilter(drop)
+
+
+# The Type 2 elements a report copies from the image's header: present (empty if unknown) and
+# valid, or highdicom cannot build it. Dates and times that DICOM does not allow are emptied.
+_COPIED_ELEMENTS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                    "AccessionNumber", "ReferringPhysicianName")
+_VALID_VALUE = {
+    "DA": re.compile(r"^\d{8}$"),
+    "TM": re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$"),
+}
+
+
+def _report_header(header):
+    """A copy of the image's header fit for highdicom: the copied Type 2 elements present, and a
+    date or time DICOM does not allow emptied (the PACS keeps its own record as it is)."""
+    import copy
+
+    header = copy.deepcopy(header)
+    for keyword in _COPIED_ELEMENTS:
+        if keyword not in header:
+            setattr(header, keyword, "")
+            continue
+        element = header[keyword]
+        pattern = _VALID_VALUE.get(element.VR)
+        if pattern is not None and element.value not in (None, "") and not pattern.match(str(element.value).strip()):
+            element.value = ""
+    return header
+
+
 class _NoUrls(logging.Filter):
     """Drops the debug and info records of the HTTP libraries: they print request URLs, and a
     QIDO URL carries the accession number."""
@@ -541,7 +589,13 @@ class PacsClient:
         )
         if isinstance(item, list):  # a server that answers with a list of one
             item = item[0] if item else {}
-        return Dataset.from_json({tag: value for tag, value in item.items() if "BulkDataURI" not in value})
+        try:
+            with _quiet_dicom():  # pydicom's warnings on odd values quote them (a birth date...)
+                return Dataset.from_json({tag: value for tag, value in item.items() if "BulkDataURI" not in value})
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise PacsError(
+                f"The PACS at {self.settings.server} sent an image header that could not be read (reading the image's header)."
+            ) from None
 
     # --- retrieve and store ----------------------------------------------------------------
 
@@ -603,6 +657,11 @@ class PacsClient:
         except requests.exceptions.RequestException as error:
             fault = self._fault(error, "sending the report")
             raise PacsStoreError(f"{fault} The result is kept; send it again later.") from None
+        except (ValueError, KeyError, TypeError, AttributeError):  # an answer dicomweb-client could not read
+            raise PacsStoreError(
+                f"The PACS at {self.settings.server} gave an answer to the report that could not be read; whether it "
+                "was stored is not known. The result is kept; send it again (a report already there is not sent twice)."
+            ) from None
         failed = getattr(answer, "FailedSOPSequence", None) if answer is not None else None
         if failed:
             reason = getattr(failed[0], "FailureReason", None)
@@ -824,11 +883,12 @@ def format_counts(results: Sequence[InstanceResult]) -> str:
 class SentReport:
     """A structured report on the PACS: its SOP Instance UID, whether it was already there (sent
     before for the same image, operating point and model; not sent again), and the UID of the
-    heat-map picture sent beside it, if one was asked for."""
+    heat-map picture sent beside it, if one was asked for (or why it could not be sent)."""
 
     sr_uid: str
     already_on_server: bool
     capture_uid: str | None = None
+    capture_error: str | None = None  # the report is there, its picture could not be sent (send again)
 
 
 def send_report(
@@ -850,15 +910,30 @@ def send_report(
     header = None
     already = client.instance_exists(instance.study_uid, uids.sop_uid)
     if not already:
-        header = client.instance_metadata(instance)
-        client.store(build_report(header, prediction, point, __version__))
-    capture = None
-    if heatmap is not None:
-        capture = capture_uids(instance.sop_uid, point.id, prediction.model_sha).sop_uid
+        header = _built(_report_header, client.instance_metadata(instance))
+        client.store(_built(build_report, header, prediction, point, __version__))
+    if heatmap is None:
+        return SentReport(uids.sop_uid, already_on_server=already)
+    capture = capture_uids(instance.sop_uid, point.id, prediction.model_sha).sop_uid
+    try:  # the report is on the PACS now: a failed picture must not hide that
         if not client.instance_exists(instance.study_uid, capture):
-            header = header if header is not None else client.instance_metadata(instance)
-            client.store(build_heatmap_capture(header, heatmap, prediction, point, __version__))
+            header = header if header is not None else _built(_report_header, client.instance_metadata(instance))
+            client.store(_built(build_heatmap_capture, header, heatmap, prediction, point, __version__))
+    except PacsError as error:
+        return SentReport(uids.sop_uid, already_on_server=already, capture_error=str(error))
     return SentReport(uids.sop_uid, already_on_server=already, capture_uid=capture)
+
+
+def _built(build: Callable, header, *args):
+    """``build(header, *args)``, quiet (see ``_quiet_dicom``), its failures a plain message that
+    quotes no value of the header."""
+    try:
+        with _quiet_dicom():
+            return build(header, *args)
+    except (ValueError, TypeError, AttributeError, KeyError):
+        raise PacsStoreError(
+            "The image's header has values DICOM does not allow, so the report could not be built. The result is kept."
+        ) from None
 
 
 def heatmap_picture(predictor: "Predictor", image: DecodedImage, scale: "HeatmapScale"):

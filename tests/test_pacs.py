@@ -582,3 +582,35 @@ def test_an_image_that_breaks_the_decoder_unexpectedly_is_its_own_error_and_the_
     results = score_instances(client_for(pacs["server"], workers=1), predictor, frontal)
     assert results[0].prediction is None and "Unexpected error while decoding (RuntimeError" in results[0].error
     assert not results[0].retryable and results[1].prediction is not None
+
+
+def test_a_header_with_a_malformed_birth_date_and_no_study_time_still_gets_its_report_and_quotes_nothing(
+    tmp_path, predictor, capsys, caplog
+):
+    server = OrthancServer(tmp_path / "orthanc").start()
+    try:
+        study = sentinel_study()
+        film = pydicom.dcmread(io.BytesIO(chest_dicom(grey(SAMPLES[0]), study, generate_uid())))
+        film.PatientBirthDate = "1980-01-01"  # not a DICOM date, as real files often have
+        del film.StudyTime
+        buffer = io.BytesIO()
+        film.save_as(buffer, enforce_file_format=True)
+        caplog.set_level(logging.DEBUG)
+        caplog.clear()  # from here on, only what retrieving, scoring and sending says
+        capsys.readouterr()
+        server.upload(buffer.getvalue())
+        client = client_for(server)
+        (instance,) = client.instances(study.study_uid)
+        (result,) = score_instances(client, predictor, [instance])
+        sent = send_report(client, instance, result.prediction, predictor.operating_point,
+                           heatmap=np.zeros((8, 8), dtype=np.float64))  # not a picture: its capture fails alone
+        assert not sent.already_on_server and sent.capture_uid is None
+        assert sent.capture_error and "could not be built" in sent.capture_error and "1980" not in sent.capture_error
+        (report,) = [i for i in client.instances(study.study_uid) if i.sop_uid == sent.sr_uid]
+        dataset = pydicom.dcmread(io.BytesIO(client.retrieve(report)))
+        assert dataset.PatientBirthDate == "" and dataset.StudyTime == "" and dataset.PatientID == SENTINELS["patient_id"]
+        out = capsys.readouterr()
+        logged = "\n".join(record.getMessage() for record in caplog.records)
+        assert "1980-01-01" not in out.out + out.err + logged
+    finally:
+        server.remove()

@@ -270,3 +270,6 @@ def send_button(pacs: PacsSettings, instance: Instance, image, result_id: int | 
     words = "was already on the PACS (not sent again)" if report.already_on_server else "was stored in the study"
     picture_words = " with its heat-map picture" if report.capture_uid else ""
     st.success(f"The structured report {report.sr_uid} {words}{picture_words}.", icon=":material/cloud_done:")
+    if report.capture_error:
+        sent.pop(image.digest)  # the picture is still to send: the button stays
+        st.warning(f"The heat-map picture was not sent: {plain(report.capture_error)}", icon=":material/cloud_off:")
