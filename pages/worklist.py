@@ -28,6 +28,23 @@ def forget() -> None:
         st.session_state.pop(key, None)
 
 
+def keep_scored(pairs, ids, retrieved: pacs_source.Retrieved | None = None) -> None:
+    """Scores ``pairs`` (``(name, bytes)``) with a progress bar into this tab's worklist, in place of
+    the last one; ``ids`` says which uploads or study it is, ``retrieved`` the PACS study it came from."""
+    forget()
+    bar = st.progress(0.0, text="Reading images...")
+    scored = worklist.score_files(
+        pairs,
+        model,
+        progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"),
+        decode_slot=resources.decode_slot,
+    )
+    bar.empty()
+    st.session_state.update({worklist.SESSION_KEY: scored, IDS_KEY: ids, FILES_KEY: pairs})
+    if retrieved is not None:
+        st.session_state[pacs_source.RETRIEVED_KEY] = retrieved
+
+
 def first_page() -> None:
     st.session_state[PAGE_KEY] = 1
 
@@ -64,18 +81,7 @@ if source == PACS_SOURCE:
     ):
         retrieved = pacs_source.retrieve(pacs, study)
         if retrieved is not None:
-            forget()
-            bar = st.progress(0.0, text="Scoring...")
-            scored = worklist.score_files(
-                retrieved.files, model,
-                progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"),
-                decode_slot=resources.decode_slot,
-            )
-            bar.empty()
-            st.session_state.update({
-                worklist.SESSION_KEY: scored, IDS_KEY: ("pacs", study.study_uid, len(retrieved.files)),
-                FILES_KEY: retrieved.files, pacs_source.RETRIEVED_KEY: retrieved,
-            })
+            keep_scored(retrieved.files, ("pacs", study.study_uid, len(retrieved.files)), retrieved)
 else:
     files = st.file_uploader(
         f"Upload chest X-rays ({state.UPLOAD_FORMATS}), as many as you like",
@@ -91,17 +97,8 @@ if files:
         st.rerun()  # once per session: the menu's links must carry the new upload mark
     upload_ids = tuple(file.file_id for file in files)
     if st.session_state.get(IDS_KEY) != upload_ids:  # scored once per set of uploads
-        forget()
-        pairs = tuple((file.name, file.getvalue()) for file in files)  # the uploader's own bytes, not copies
-        bar = st.progress(0.0, text="Reading images...")
-        scored = worklist.score_files(
-            pairs,
-            model,
-            progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"),
-            decode_slot=resources.decode_slot,
-        )
-        bar.empty()
-        st.session_state.update({worklist.SESSION_KEY: scored, IDS_KEY: upload_ids, FILES_KEY: pairs})
+        # The uploader's own bytes, not copies.
+        keep_scored(tuple((file.name, file.getvalue()) for file in files), upload_ids)
 elif held_files and source == UPLOAD_SOURCE:
     forget()
 st.session_state[HAD_FILES_KEY] = bool(files)
@@ -124,7 +121,7 @@ pairs = st.session_state[FILES_KEY]
 retrieved = st.session_state.get(pacs_source.RETRIEVED_KEY)
 row_source = "upload" if retrieved is None else "pacs"  # what the sidebar and Review say the image is
 if retrieved is not None:
-    when = pacs_source._date(retrieved.study.study_date)
+    when = pacs_source.date_text(retrieved.study.study_date)
     st.caption(
         f"From the PACS: the study of {when or 'unknown date'}, accession {plain(retrieved.study.accession_number or '—')}, "
         f"{len(retrieved.files)} image(s) retrieved."
@@ -133,13 +130,7 @@ if retrieved is not None:
         again = pacs_source.retrieve(pacs, retrieved.study, only=tuple(i for i, _ in retrieved.failed))
         if again is not None:
             retrieved = pacs_source.merged(retrieved, again)
-            pairs = retrieved.files
-            forget()
-            st.session_state.update({
-                worklist.SESSION_KEY: worklist.score_files(pairs, model, decode_slot=resources.decode_slot),
-                IDS_KEY: ("pacs", retrieved.study.study_uid, len(pairs)), FILES_KEY: pairs,
-                pacs_source.RETRIEVED_KEY: retrieved,
-            })
+            keep_scored(retrieved.files, ("pacs", retrieved.study.study_uid, len(retrieved.files)), retrieved)
             st.rerun()
 elif not files:
     kept, clear = st.columns([5, 1], vertical_alignment="center")

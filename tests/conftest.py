@@ -109,3 +109,21 @@ def tiny_model(synthetic_data, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
     train(config, synthetic_data, path, command="pytest", progress=None, verbose=0)
     return path
+
+
+def same_report(committed, fresh, where="report"):
+    """A committed report and the one the command gives now: equal up to 1e-9 on floats, with
+    ``created_utc`` and the test-log count left out."""
+    if isinstance(committed, dict):
+        skip = {"created_utc", "test_evaluations_so_far"}
+        assert set(committed) - skip == set(fresh) - skip, where
+        for key in set(committed) - skip:
+            same_report(committed[key], fresh[key], f"{where}.{key}")
+    elif isinstance(committed, list):
+        assert len(committed) == len(fresh), where
+        for index, (a, b) in enumerate(zip(committed, fresh)):
+            same_report(a, b, f"{where}[{index}]")
+    elif isinstance(committed, float) and not isinstance(fresh, bool):
+        assert fresh == pytest.approx(committed, abs=1e-9), where
+    else:
+        assert committed == fresh, where

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import FULLRES_DIR, encode
+from conftest import FULLRES_DIR, encode, same_report
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT
 from pneumo_model.crop import (
     CropLimits,
@@ -575,23 +575,6 @@ def test_readme_marker_evaluation_is_the_generated_report():
     assert block == (REPO_ROOT / "reports" / "marker_evaluation.md").read_text()
 
 
-def _same(committed, fresh, where="report"):
-    """Equal up to 1e-9 on floats; ``created_utc`` and the test-log count left out."""
-    if isinstance(committed, dict):
-        skip = {"created_utc", "test_evaluations_so_far"}
-        assert set(committed) - skip == set(fresh) - skip, where
-        for key in set(committed) - skip:
-            _same(committed[key], fresh[key], f"{where}.{key}")
-    elif isinstance(committed, list):
-        assert len(committed) == len(fresh), where
-        for index, (a, b) in enumerate(zip(committed, fresh)):
-            _same(a, b, f"{where}[{index}]")
-    elif isinstance(committed, float) and not isinstance(fresh, bool):
-        assert fresh == pytest.approx(committed, abs=1e-9), where
-    else:
-        assert committed == fresh, where
-
-
 @pytest.mark.data
 @pytest.mark.shipped_model
 def test_committed_marker_report_is_what_the_command_gives(tmp_path):
@@ -603,7 +586,7 @@ def test_committed_marker_report_is_what_the_command_gives(tmp_path):
     argv = ["evaluate", "--crop", "markers", "--reports", str(tmp_path)]
     assert main(argv) == 0
     fresh = json.loads((tmp_path / "marker_evaluation.json").read_text())
-    _same(json.loads(MARKER_REPORT.read_text()), fresh)
+    same_report(json.loads(MARKER_REPORT.read_text()), fresh)
     assert fresh["fullres_detection"]["images"] == 48
 
 

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from conftest import same_report
 from pneumo_model.lab import site_evaluation as se
 from pneumo_model.paths import REPO_ROOT
 
@@ -165,23 +166,6 @@ def test_the_evaluation_scores_through_the_pipeline_and_logs_the_run(tiny_model,
     assert not report["must_reach_met"]  # no 100 or 200 local images here: nothing to judge, nothing met
 
 
-def _same(committed, fresh, where="report"):
-    """Equal up to 1e-9 on floats; ``created_utc`` and the test-log count left out."""
-    if isinstance(committed, dict):
-        skip = {"created_utc", "test_evaluations_so_far"}
-        assert set(committed) - skip == set(fresh) - skip, where
-        for key in set(committed) - skip:
-            _same(committed[key], fresh[key], f"{where}.{key}")
-    elif isinstance(committed, list):
-        assert len(committed) == len(fresh), where
-        for index, (a, b) in enumerate(zip(committed, fresh)):
-            _same(a, b, f"{where}[{index}]")
-    elif isinstance(committed, float) and not isinstance(fresh, bool):
-        assert fresh == pytest.approx(committed, abs=1e-9), where
-    else:
-        assert committed == fresh, where
-
-
 @pytest.mark.data
 @pytest.mark.shipped_model
 def test_committed_site_report_is_what_the_protocol_gives(tmp_path):
@@ -191,7 +175,7 @@ def test_committed_site_report_is_what_the_protocol_gives(tmp_path):
     fresh = se.evaluate_site_calibration(DEFAULT_MODEL_PATH, DEFAULT_DATA_DIR, tmp_path)  # logs in tmp_path, not reports/
     committed = json.loads((REPO_ROOT / "reports" / "site_calibration.json").read_text())
     assert committed["config"]["draws"] == se.DRAWS
-    _same(committed, fresh)
+    same_report(committed, fresh)
     assert (tmp_path / se.FIGURE_PATH).is_file()
 
 

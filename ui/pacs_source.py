@@ -32,6 +32,7 @@ from pneumo_model.pacs import (
     record_sent,
     send_report,
 )
+from pneumo_model.paths import bytes_sha256
 
 from . import audit
 from .markup import plain
@@ -148,7 +149,7 @@ def study_table(pacs: PacsSettings) -> Study | None:
         st.caption(f"Views are read for the first {VIEWS_FOR} studies (one request each); narrow the search to see the rest.")
     rows = [
         {
-            "study date": _date(study.study_date),
+            "study date": date_text(study.study_date),
             "accession": study.accession_number or "",
             "modalities": ", ".join(study.modalities),
             "views": ", ".join(views[study.study_uid]) if study.study_uid in views else "",
@@ -166,7 +167,8 @@ def study_table(pacs: PacsSettings) -> Study | None:
     return studies[chosen[0]] if chosen else None
 
 
-def _date(value: str | None) -> str:
+def date_text(value: str | None) -> str:
+    """A DICOM date (YYYYMMDD) as the pages write dates, YYYY-MM-DD."""
     if value and len(value) == 8 and value.isdigit():
         return f"{value[:4]}-{value[4:6]}-{value[6:]}"
     return value or ""
@@ -193,8 +195,6 @@ def retrieve(pacs: PacsSettings, study: Study, only: tuple[Instance, ...] | None
             else:
                 skipped += ((row_name(instance), error),)
         else:
-            from pneumo_model.paths import bytes_sha256
-
             files.append((row_name(instance), data))
             by_sha[bytes_sha256(data)] = instance
         bar.progress(done / max(1, len(wanted)), text=f"Retrieved {done} of {len(wanted)} images")
