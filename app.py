@@ -9,13 +9,15 @@ the shared frame first (``ui.frame.render``). All model work is in ``pneumo_mode
 
 import streamlit as st
 
-from ui import audit, call_view, drawing, frame, resources, state
-from ui.markup import plain
+from ui import frame
+
+model = frame.render("Review")  # first: the banner shows while the imports below load
+
+from ui import audit, call_view, drawing, resources, state  # noqa: E402
+from ui.markup import plain  # noqa: E402
 
 # The picture's column at 1366 x 768: a demo image (224 px) is drawn at twice its size, pixel for pixel.
 IMAGE_ROOM = 460
-
-model = frame.render("Review")
 
 result_column, image_column = st.columns([5, 6], gap="large")
 with result_column:

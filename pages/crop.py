@@ -1,17 +1,22 @@
 """Crop & rescore: the suggested diaphragm crop, adjustable, burned-in markers painted out or not,
 and the call before and after."""
 
-import contextlib
-import threading
-
 import streamlit as st
-from streamlit.runtime.scriptrunner import add_script_run_ctx
 
-from pneumo_model.crop import CropLimits, RescoreResult, fit_box
-from pneumo_model.errors import ConfigError, PneumoError
-from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar
-from ui import attention, call_view, drawing, frame, resources
-from ui.markup import plain
+from ui import frame
+
+model = frame.render("Crop & rescore")  # first: the banner shows while the imports below load
+
+import contextlib  # noqa: E402
+import threading  # noqa: E402
+
+from streamlit.runtime.scriptrunner import add_script_run_ctx  # noqa: E402
+
+from pneumo_model.crop import CropLimits, RescoreResult, fit_box  # noqa: E402
+from pneumo_model.errors import ConfigError, PneumoError  # noqa: E402
+from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar  # noqa: E402
+from ui import attention, call_view, drawing, resources  # noqa: E402
+from ui.markup import plain  # noqa: E402
 
 # What the page can do to the image before rescoring it: (crop, mask the markers).
 EDITS = {"Crop": (True, False), "Paint out markers": (False, True), "Crop and paint out markers": (True, True)}
@@ -96,7 +101,6 @@ def change_message(result: RescoreResult, edit: str, swayed: str) -> None:
         st.caption(f"The call stays {before} before and after {edit}, outside the grey zone.")
 
 
-model = frame.render("Crop & rescore")
 image = frame.require_image()
 pixels = frame.computed(lambda: resources.decoded(image), image.name).pixels
 whole = frame.computed(lambda: resources.prediction(image), image.name)

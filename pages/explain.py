@@ -2,7 +2,11 @@
 
 import streamlit as st
 
-from pneumo_model.explain import (
+from ui import frame
+
+frame.render("Explain")  # first: the banner shows while the imports below load
+
+from pneumo_model.explain import (  # noqa: E402
     GRADCAM_BAR_WORDS,
     LIME_BAR_WORDS,
     LimeConfig,
@@ -10,10 +14,9 @@ from pneumo_model.explain import (
     lime_colour_bar,
     with_legend,
 )
-from ui import attention, call_view, drawing, frame, resources
-from ui.markup import plain
+from ui import attention, call_view, drawing, resources  # noqa: E402
+from ui.markup import plain  # noqa: E402
 
-frame.render("Explain")
 image = frame.require_image()
 result = frame.computed(lambda: resources.prediction(image), image.name)
 display = frame.computed(lambda: resources.display_pixels(image), image.name)

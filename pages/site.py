@@ -4,12 +4,15 @@ and the threshold explorer, and download the profile. Nothing here activates it.
 
 import streamlit as st
 
-from pneumo_model import site
-from pneumo_model.errors import PneumoError, SiteInputError
-from ui import drawing, frame, reports, resources, site_page, state
-from ui.markup import plain
+from ui import frame
 
-model = frame.render("Site calibration")
+model = frame.render("Site calibration")  # first: the banner shows while the imports below load
+
+from pneumo_model import site  # noqa: E402
+from pneumo_model.errors import PneumoError, SiteInputError  # noqa: E402
+from ui import drawing, reports, resources, site_page, state  # noqa: E402
+from ui.markup import plain  # noqa: E402
+
 active = model.operating_point
 ACTIVE = "Active now, on this sample"
 IMAGE_MB = state.IMAGE_UPLOAD_MB

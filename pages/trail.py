@@ -4,14 +4,17 @@ own verdicts; an administrator sees the whole trail and may export it, and both 
 
 import streamlit as st
 
-from pneumo_model import access as policy
-from pneumo_model.audit import SOURCES, AuditError, AuditTrail, trail_csv
-from pneumo_model.errors import PneumoError
-from pneumo_model.paths import bytes_sha256
-from ui import access, audit, drawing, frame, resources, state, worklist
-from ui.markup import plain
+from ui import frame
 
-frame.render("Audit trail")
+frame.render("Audit trail")  # first: the banner shows while the imports below load
+
+from pneumo_model import access as policy  # noqa: E402
+from pneumo_model.audit import SOURCES, AuditError, AuditTrail, trail_csv  # noqa: E402
+from pneumo_model.errors import PneumoError  # noqa: E402
+from pneumo_model.paths import bytes_sha256  # noqa: E402
+from ui import access, audit, drawing, resources, state, worklist  # noqa: E402
+from ui.markup import plain  # noqa: E402
+
 identity = access.current()
 whole = access.sees_whole_trail()
 # A widget's state lives only while its page is drawn, so its absence means the page was just

@@ -3,10 +3,14 @@ and error flags; filter and sort it, open a row on Review, Explain or Crop, and 
 
 import streamlit as st
 
-from pneumo_model.errors import ConfigError
-from pneumo_model.pacs import ENVIRONMENT
-from ui import audit, call_view, drawing, frame, pacs_source, resources, state, worklist
-from ui.markup import plain
+from ui import frame
+
+model = frame.render("Worklist")  # first: the banner shows while the imports below load
+
+from pneumo_model.errors import ConfigError  # noqa: E402
+from pneumo_model.pacs import ENVIRONMENT  # noqa: E402
+from ui import audit, call_view, drawing, pacs_source, resources, state, worklist  # noqa: E402
+from ui.markup import plain  # noqa: E402
 
 UPLOAD_KEY = "worklist_upload"
 IDS_KEY = "worklist_ids"
@@ -19,8 +23,6 @@ HAD_FILES_KEY = "worklist_had_files"
 SOURCE_KEY = "worklist_source"
 UPLOAD_SOURCE, PACS_SOURCE = "Upload files", "PACS"
 INDETERMINATE_ROW = "background-color: #fdefc8"  # amber, as the indeterminate call on Review: read these carefully
-
-model = frame.render("Worklist")
 
 
 def forget() -> None:

@@ -14,14 +14,16 @@ are labelled in probability, and 0.5 is in the middle as on a linear bar.
 
 from __future__ import annotations
 
-import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch, Rectangle
+from typing import TYPE_CHECKING
 
-from .operating_point import OperatingPoint, logit
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from .operating_point import OperatingPoint
+# matplotlib and the operating point (scipy) are imported where a bar is drawn: the app's banner,
+# drawn before anything heavy is imported, reads the words of this module (``DISCLAIMER``).
 
 DISCLAIMER = "Decision support for trained readers — not a medical device, not a diagnosis."
 CALL_WORDS = {"normal": "Normal", "pneumonia": "Pneumonia"}
@@ -87,6 +89,8 @@ def _checked(probability: float) -> float:
 
 def _position(probability: float) -> float:
     """Where a probability sits on the bar's axis: its log-odds, clamped to the bar's ends."""
+    from .operating_point import logit
+
     return logit(float(np.clip(probability, *BAR_LIMITS)))
 
 
@@ -106,6 +110,9 @@ def draw_probability_bar(ax: Axes, probability: float, point: OperatingPoint, fo
     Raises:
         ValueError: the probability is outside [0, 1].
     """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
+
     p = _checked(probability)
     left, right = (_position(edge) for edge in BAR_LIMITS)
     here, threshold = _position(p), _position(point.threshold)
@@ -187,6 +194,9 @@ def probability_bar(
         dpi: pixels per inch; drawn at about twice the size it is shown, so it stays sharp.
         font_size: of the image's value, in points (the other labels are a little smaller).
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width_in, width_in * 0.36), dpi=dpi)
     canvas = FigureCanvasAgg(figure)
     ax = figure.add_axes((0.0, 0.0, 1.0, 1.0))

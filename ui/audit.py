@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
@@ -20,9 +21,11 @@ import streamlit as st
 
 from pneumo_model.paths import REPO_ROOT
 from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, AuditTrail, ResultRecord
-from pneumo_model.prediction import Prediction
 
 from .markup import plain
+
+if TYPE_CHECKING:  # not at import: the frame imports this module before the model's libraries load
+    from pneumo_model.prediction import Prediction
 
 AUDIT_DB_ENV = "PNEUMO_AUDIT_DB"
 DEFAULT_AUDIT_DB = REPO_ROOT / "audit" / "audit.sqlite3"

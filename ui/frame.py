@@ -10,7 +10,7 @@ first request to a fresh server), shows the disclaimer. The menu is drawn here w
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
@@ -18,10 +18,16 @@ from streamlit.errors import StreamlitPageNotFoundError
 from pneumo_model import presentation
 from pneumo_model.errors import PneumoError
 from pneumo_model.paths import REPO_ROOT
-from pneumo_model.prediction import Prediction, Predictor
 
-from . import access, audit, resources, state
+from . import state
 from .markup import plain
+
+# First paint: every page imports this module and calls ``render`` before anything else, so the
+# banner and the page's layout are on screen before the model's libraries are imported (seconds on
+# a cold server). Only light modules are imported here; the access check, the audit trail and the
+# model (``resources``, which imports TensorFlow) are imported where they are first used.
+if TYPE_CHECKING:
+    from pneumo_model.prediction import Prediction, Predictor
 
 T = TypeVar("T")
 APP_TITLE = "Pneumonia X-ray review"
@@ -48,6 +54,7 @@ PAGES = (
 
 DISCLAIMER = presentation.DISCLAIMER  # the case report prints the same words
 HEATMAP_CAVEAT = "shows where the model looked, not where the lesion is"
+LOADING_MESSAGE = "Loading the model (once per server start; a few seconds)..."
 OOD_MESSAGE = (
     "**This does not look like a frontal chest X-ray; the model's output is not meaningful.** "
     "It is unlike the paediatric chest films the model was trained on (a photo, another body part "
@@ -101,6 +108,8 @@ def operating_point_purpose(model: Predictor) -> str:
         target = model.metadata.train_config.get("operating", {}).get("target_sensitivity")
         aim = f"set for sensitivity {target:.2f} " if target is not None else "set "
         return aim + "on validation data from the training hospital"
+    from . import resources
+
     profile = resources.site_profile()
     return (
         f"set for sensitivity {profile.target_sensitivity:.2f} on this site's {profile.n_normal + profile.n_pneumonia} "
@@ -111,29 +120,61 @@ def operating_point_purpose(model: Predictor) -> str:
 def render(title: str) -> Predictor:
     """Draws the frame of the page named ``title`` (one of ``PAGES``): page settings, banner, sidebar.
 
-    The first call of every page. Stops the page with a plain error when the model cannot load,
-    and before anything else with a plain refusal when this browser may not see it (``ui.access``).
+    The first call of every page, made before the page imports anything heavy (see the note at the
+    top of this module). On a cold server, what needs no model is drawn first (the banner with the
+    intended use, the page's title and the menu), then a "Loading the model..." note while the model
+    loads; the banner is then completed with the model's id and operating point. Stops the page with
+    a plain error when the model cannot load, and with a plain refusal when this browser may not see
+    the page (``ui.access``).
     """
     (page,) = [page for page in PAGES if page.title == title]
     st.set_page_config(page_title=f"{page.title} · {APP_TITLE}", page_icon=str(FAVICON), layout="wide")
+    banner = st.empty()
+    cold = not _load_state()
+    if cold:  # later runs draw the finished banner at once, so it never flickers
+        banner.warning(DISCLAIMER, icon=":material/medical_information:")
+    from . import access  # after the first paint: its imports take a moment on a cold server
+
     access.gate(page.title)
-    try:
-        model = resources.predictor()
-    except PneumoError as error:
-        st.warning(DISCLAIMER, icon=":material/medical_information:")
-        _menu()
-        show_error(error)
-        st.stop()
-    st.warning(
-        f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.description}); "
-        f"operating point {operating_point_line(model)}. {access.mode_words()}",
-        icon=":material/medical_information:",
-    )
+    if not cold:
+        model = _predictor(banner)
     st.subheader(page.title, anchor=False)
+    _menu()
+    if cold:
+        loading = st.empty()
+        loading.info(LOADING_MESSAGE, icon=":material/hourglass_top:")
+        try:
+            model = _predictor(banner)
+        finally:
+            loading.empty()
     lost = state.lost_uploads()
     if lost is not None:
         st.warning(lost, icon=":material/cloud_off:")
     _sidebar(model)
+    return model
+
+
+@st.cache_resource(show_spinner=False)
+def _load_state() -> dict:
+    """Process-wide: holds ``"loaded": True`` once this server has loaded the model."""
+    return {}
+
+
+def _predictor(banner) -> Predictor:
+    """The model (``resources.predictor``) with the banner completed, or a plain error and a stop."""
+    from . import access, resources  # resources imports TensorFlow: after the first paint
+
+    try:
+        model = resources.predictor()
+    except PneumoError as error:
+        show_error(error)
+        st.stop()
+    _load_state()["loaded"] = True
+    banner.warning(
+        f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.description}); "
+        f"operating point {operating_point_line(model)}. {access.mode_words()}",
+        icon=":material/medical_information:",
+    )
     return model
 
 
@@ -149,6 +190,8 @@ def _link(page: Page, label: str | None = None) -> None:
 
 
 def _menu() -> None:
+    from . import access
+
     with st.sidebar:
         for page in PAGES:
             if access.may_see(page.title):
@@ -158,7 +201,7 @@ def _menu() -> None:
 
 
 def _sidebar(model: Predictor) -> None:
-    _menu()
+    """The sidebar under the menu: the chosen image, the demo images and the model's ids."""
     with st.sidebar:
         image = state.chosen()
         if image is None:
@@ -245,6 +288,8 @@ def shown_call(
         ``(may_show, result_id)``: whether the call may be shown, and its audit record (None
         when recording failed, which the page has then said).
     """
+    from . import audit
+
     result_id = audit.record_shown(image.digest, prediction, crop_box=crop_box, markers_masked=markers_masked)
     may_show = ood_gate(prediction, f"{key}_{image.digest[:16]}", message)
     if may_show and prediction.ood:

@@ -62,7 +62,7 @@ class Image(Protocol):
     digest: str
 
 
-@st.cache_resource(show_spinner="Loading the model (once per server start)...")
+@st.cache_resource(show_spinner=False)  # the frame shows its own note (ui.frame.LOADING_MESSAGE)
 def _shipped_predictor() -> Predictor:
     RUNS["model_load"] += 1
     return Predictor.from_file()
