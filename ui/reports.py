@@ -59,6 +59,20 @@ def site_calibration_rows(report: dict, size: int = 200, prevalence: str = "spli
     ]
 
 
+def site_grey_zone_by_size(report: dict | None, prevalence: str = "split") -> list[dict]:
+    """The grey-zone share of the site profiles in ``reports/site_calibration.json``, by the size of the
+    local sample they were fitted on: ``{"size", "normal", "pneumonia", "median", "p5", "p95"}`` per size
+    (the share of the films each profile was not fitted on), ascending; [] without the report."""
+    rows = []
+    for size, results in sorted((report or {}).get("results", {}).items(), key=lambda item: int(item[0])):
+        share = results["prevalence"][prevalence]["site"]["grey_zone_share"]
+        counts = report["config"]["local_counts"][size]
+        if share.get("median") is not None:
+            rows.append({"size": int(size), "normal": counts["normal"], "pneumonia": counts["pneumonia"],
+                         "median": share["median"], "p5": share["p5"], "p95": share["p95"]})
+    return rows
+
+
 def site_calibration_verdict(report: dict) -> str:
     """'Must reach: 6 of 10 items met (missed: ...)', from the report's own checks."""
     rows = report.get("must_reach", [])
