@@ -200,7 +200,9 @@ st.caption(
     "trade-off between sensitivity, specificity, the share of films called pneumonia (the readers' workload) "
     "and the share left in the grey zone. Each row's threshold comes from the same rule as the fitted profile's, "
     "so the row of your target is the fitted profile (highlighted); each row has its own grey zone, by the same "
-    "rule, and its share of films is counted in that band. These in-sample numbers are optimistic (a row's "
+    f"rule, and its share of films is counted in that band. The rule's band is [{site.CHOW_COST:g}, {1 - site.CHOW_COST:g}) "
+    "for any threshold well inside it, so such rows share it; it stretches only around a threshold near or beyond "
+    "its edges. These in-sample numbers are optimistic (a row's "
     "sensitivity reaches its target by construction); judge a profile by the out-of-fold figures above. "
     f"Thresholds and bands on {site_page.AXIS}, as everywhere on this page."
 )

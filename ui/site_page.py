@@ -367,7 +367,7 @@ def explorer_picture(rows: list[dict], profile: site.SiteProfile, active: Operat
     if active is not None:
         axes.axvline(
             np.clip(on_axis(active, profile), _EDGE, 1 - _EDGE), color=GREY, linewidth=1.2, linestyle="--",
-            label=f"active now: {probability(active.threshold)} today = {probability(on_axis(active, profile))} here",
+            label=f"active now ({probability(on_axis(active, profile))} here)",
         )
     axes.axhline(
         profile.target_sensitivity, color=BLUE, linewidth=0.8, linestyle=(0, (2, 3)),
