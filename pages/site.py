@@ -200,7 +200,7 @@ st.caption(
     "trade-off between sensitivity, specificity, the share of films called pneumonia (the readers' workload) "
     "and the share left in the grey zone. Each row's threshold comes from the same rule as the fitted profile's, "
     "so the row of your target is the fitted profile (highlighted); each row has its own grey zone, by the same "
-    f"rule, and its share of films is counted in that band. The rule's band is [{site.CHOW_COST:g}, {1 - site.CHOW_COST:g}) "
+    f"rule, and its share of films is counted in that band. The rule's band is [{', '.join(map(site_page.probability, cost.chow_band))}) "
     "for any threshold well inside it, so such rows share it; it stretches only around a threshold near or beyond "
     "its edges. These in-sample numbers are optimistic (a row's "
     "sensitivity reaches its target by construction); judge a profile by the out-of-fold figures above. "
