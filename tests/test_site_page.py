@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import threading
@@ -418,6 +419,28 @@ def test_a_51_mb_image_is_refused_with_the_package_message_on_review_and_worklis
     assert not review.exception
     assert message in texts(review.error)
     assert metrics(review)["Unreadable"] == "1"
+
+
+def test_the_small_sample_cost_reads_each_case_from_the_package_s_numbers():
+    profile = site.fit_profile(site.ScoredSample(
+        np.r_[np.linspace(-6, 1, 150), np.linspace(-1, 6, 150)], np.r_[np.zeros(150, int), np.ones(150, int)],
+        tuple(f"{i:064x}" for i in range(300)), "a" * 64, files_in=300,
+    ), 0.97, created_utc="2026-12-01T00:00:00+00:00")
+    cost = site.SmallSampleCost(
+        n_normal=150, n_pneumonia=150, target=0.97, rank=4, promised_sensitivity=1 - 4 / 151, next_rank_at=166,
+        chow_band=(0.1, 0.9), grey_zone=(0.1, 0.93), widened_images=2, platt_targets=(1 / 152, 151 / 152),
+    )
+    by_size = [{"size": 100, "normal": 37, "pneumonia": 63, "median": 0.185, "p5": 0.137, "p95": 0.37},
+               {"size": 300, "normal": 112, "pneumonia": 188, "median": 0.142, "p5": 0.114, "p95": 0.176}]
+    lines = site_page.band_cost_lines(cost, profile, by_size)
+    assert lines[0].startswith("Out of fold, the band [0.100, 0.930) held ")
+    assert "**The threshold rests on your 4th lowest pneumonia film.**" in lines[1]
+    assert "the rule then promises 0.974" in lines[1] and "From 166 pneumonia films it would rest on the 5th lowest" in lines[1]
+    assert "its upper edge from 0.900 up to 0.930; 2 films of your sample lie in that stretch" in lines[2]
+    assert "towards 0.007 and 0.993" in lines[3] and "with 112 normal and 188 pneumonia films it would aim at 0.009 and 0.995" in lines[3]
+    assert "profiles fitted on 100 films put a median 18 % of the new films" in lines[4] and "on 300 films 14 % (11 %–18 %)" in lines[4]
+    assert len(site_page.band_cost_lines(dataclasses.replace(cost, grey_zone=(0.1, 0.9)), profile, [])) == 4  # not stretched, no report
+    assert "not stretched" in site_page.band_cost_lines(dataclasses.replace(cost, grey_zone=(0.1, 0.9)), profile, [])[2]
 
 
 def validation_zip(per_class: int = 40) -> bytes:

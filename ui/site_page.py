@@ -261,7 +261,7 @@ def band_cost_lines(cost: site.SmallSampleCost, profile: site.SiteProfile, by_si
         )
     else:
         rank = (
-            f"**The threshold rests on {'one film' if cost.rank == 1 else f'{cost.rank} films'}.** With {n} pneumonia films, "
+            f"**The threshold rests on {'one film' if cost.rank == 1 else f'your {_lowest(cost.rank)} pneumonia film'}.** With {n} pneumonia films, "
             f"a sensitivity of {cost.target:.2f} on new films is promised only by putting the threshold at the "
             f"{_lowest(cost.rank)} of them (the rule then promises {cost.promised_sensitivity:.3f}, more than the "
             f"{cost.target:.2f} asked, because {n + 1} films do not split at exactly {1 - cost.target:.2f}): the threshold "
