@@ -91,14 +91,18 @@ with figures:
         columns = {
             "figure": "",
             "shipped": f"Shipped, {evaluation['image']['n']} films (95 % CI)",
-            "site": f"Site profile, {SITE_SIZE} local films (median, 5th-95th)",
+            "site": reports.site_column_name(SITE_SIZE),
             "published": published.get("name", "published"),
         }
         rows = reports.headline_rows(evaluation, site, card, SITE_SIZE)
-        st.table(pd.DataFrame(rows).rename(columns=columns).set_index(""))
+        headline = pd.DataFrame(rows).rename(columns=columns).set_index("")
+        st.table(headline.map(reports.unbroken))  # a figure and its interval on one line; the long column name wraps
+        draws = (site or {}).get("config", {}).get("draws")
         st.caption(
-            "Official test split. Site profile: the split played a new hospital, scored on films not fitted on "
-            "(below); it moves the threshold, not the ranking (AUC)."
+            "Official test split. The site column is a simulation, not a validation at any hospital: the test split "
+            f"played a new hospital{f' {draws} times' if draws else ''}, each time a profile fitted on {SITE_SIZE} of its "
+            "films was scored on the others (Site calibration, below): the median and, in brackets, the 5th-95th percentile "
+            "over the draws. A profile moves the threshold, not the ranking (AUC)."
         )
 
 with limits:
@@ -135,13 +139,16 @@ if evaluation is not None:
     for column, (key, caption) in zip(
         st.columns(3),
         (("confusion", "Confusion matrix at the operating threshold"), ("roc", "ROC curve"),
-         ("reliability", "Reliability diagram (calibrated probabilities)")),
+         ("reliability", "Reliability diagram: films per bin under the bars, pale bins hold few")),
     ):
         path = reports.figure(plots[key]) if key in plots else None
         if path is None:
             column.info(f"{caption}: figure not generated.")
         else:
             drawing.show(path, caption=caption, where=column)
+    reliability = reports.reliability_lines((card or {}).get("reliability", {}).get("test"))
+    if reliability:
+        st.markdown("**Reliability, read with its counts.** " + " ".join(reliability))
     st.markdown(
         "Sensitivity by pneumonia subtype: "
         + "; ".join(f"{name} {value['sensitivity']:.3f} ({value['n']} films)" for name, value in evaluation["subtype_sensitivity"].items())
@@ -175,7 +182,8 @@ if site is None:
 else:
     st.markdown(
         f"A hospital can fit its own operating point on a few hundred of its labelled films (the Site calibration page). "
-        f"The headline's site column is what that gave at {SITE_SIZE} local films when the test split played the hospital."
+        f"The headline's column *what a site can expect* is what that gave at {SITE_SIZE} local films when the official "
+        "test split played the hospital: a simulation, not a validation at any real site."
     )
     with st.expander("How the site calibration was measured"):
         st.markdown(site["protocol_plain"])

@@ -146,9 +146,10 @@ calibration = profile.calibration
 losses = calibration["cv_log_loss"]
 
 numbers = st.columns([1, 1.4, 1])
-numbers[0].metric("Threshold", threshold)
-numbers[1].metric("Grey zone", f"[{low}, {high})")
+numbers[0].metric("Threshold", threshold, help=f"On {site_page.AXIS}, the page's one axis.")
+numbers[1].metric("Grey zone", f"[{low}, {high})", help=f"On {site_page.AXIS}, the page's one axis.")
 numbers[2].metric("Recalibration", "Platt scaling" if calibration["method"] == "platt" else "Temperature")
+st.markdown(site_page.axis_line(profile, active))
 rank = profile.rule["conformal_rank"]
 lowest = "lowest" if rank == 1 else f"{site_page.ordinal(rank)} lowest"
 method = {"platt": "Platt scaling", "temperature": "temperature scaling"}
@@ -157,8 +158,8 @@ st.markdown(
     f"- **Threshold {threshold}:** a film is called pneumonia when its recalibrated probability is at least "
     f"{threshold}. It is the probability of the {lowest} of your {profile.n_pneumonia} pneumonia films, "
     f"chosen so that new films like these are expected to be called with a sensitivity of at least {target:.2f} "
-    "(split-conformal rule). It is on this site's probability scale: compare it with the active point's "
-    f"{active.threshold:.3f} by their sensitivity and specificity below, not by the number.\n"
+    "(split-conformal rule): the target is what the rule aims at on new films; what it achieves is in the "
+    "figures below.\n"
     f"- **Grey zone [{low}, {high}):** a film scoring in it still gets a call, flagged *indeterminate: "
     "needs a careful read*: your sample says such a call is wrong at least one time in ten. Outside it, "
     "each call's estimated risk of being wrong is below one in ten.\n"
@@ -166,6 +167,13 @@ st.markdown(
     f"predicted held-out images better (cross-validated log loss {losses[calibration['method']]:.3f} against "
     f"{losses[other]:.3f}). The probabilities hold for a case mix like this sample's "
     f"({profile.prevalence:.0%} pneumonia)."
+)
+coverage = reports.read_json("site_calibration")
+cost = site.small_sample_cost(sample.raw_logits, sample.labels, site_page.calibration_of(profile), target)
+cost_lines = site_page.band_cost_lines(cost, profile, reports.site_grey_zone_by_size(coverage))
+st.markdown(
+    f"**The grey zone and the sample's size ({sample.n_normal + sample.n_pneumonia} films).** {cost_lines[0]}\n"
+    + "\n".join(f"- {line}" for line in cost_lines[1:])
 )
 sensitivity = profile.figures["sensitivity"]
 if sensitivity["value"] < target:
@@ -185,42 +193,53 @@ st.markdown(
     "fitted on them). How uncertain the figures are:\n"
     + "\n".join(f"- {plain(line)}" for line in site_page.uncertainty_lines(profile))
 )
-coverage = reports.read_json("site_calibration")
 coverage_line = None if coverage is None else reports.stated_coverage_line(coverage)
 if coverage_line is not None:
     st.caption(coverage_line)
 
 st.markdown("##### 3 · Threshold explorer (in sample)")
 st.caption(
-    "What every threshold would do on this sample itself, as WHO's CAD calibration toolkit shows it: the "
+    "What other targets would do on this sample itself, as WHO's CAD calibration toolkit shows it: the "
     "trade-off between sensitivity, specificity, the share of films called pneumonia (the readers' workload) "
-    "and the share left in the grey zone. These in-sample numbers are optimistic; judge a profile by the "
-    "out-of-fold figures above. The fitted threshold sits at or below the plain in-sample choice for its "
-    "target: the rule leaves that margin so that the sensitivity holds on new films. Thresholds are on the "
-    "fitted profile's recalibrated probability scale."
+    "and the share left in the grey zone. Each row's threshold comes from the same rule as the fitted profile's, "
+    "so the row of your target is the fitted profile (highlighted); each row has its own grey zone, by the same "
+    f"rule, and its share of films is counted in that band. The rule's band is [{', '.join(map(site_page.probability, cost.chow_band))}) "
+    "for any threshold well inside it, so such rows share it; it stretches only around a threshold near or beyond "
+    "its edges. These in-sample numbers are optimistic (a row's "
+    "sensitivity reaches its target by construction); judge a profile by the out-of-fold figures above. "
+    f"Thresholds and bands on {site_page.AXIS}, as everywhere on this page."
 )
 rows = site_page.explorer_rows(sample, profile)
 roc_column, explorer_column = st.columns([4.4, 5.6])
 drawing.show(site_page.roc_picture(sample, profile, active, "active now"), where=roc_column)
-drawing.show(site_page.explorer_picture(rows, profile), where=explorer_column)
-table = site_page.explorer_table(sample, profile, rows)
+drawing.show(site_page.explorer_picture(rows, profile, active), where=explorer_column)
+table = site_page.explorer_table(sample, profile)
 st.dataframe(
     table.style.apply(lambda row: ["background-color: #fbe3d3; font-weight: bold" if row["fitted"] else "" for _ in row], axis=1),
     hide_index=True,
-    column_order=["reason", "threshold", "sensitivity", "specificity", "called_pneumonia", "grey_zone_share"],
+    column_order=["target", "rank", "threshold", "sensitivity", "specificity", "called_pneumonia", "grey_zone", "grey_zone_share"],
     column_config={
-        "reason": st.column_config.TextColumn("row", width=290),
-        "threshold": st.column_config.NumberColumn("threshold", format="%.3f"),
-        "sensitivity": st.column_config.NumberColumn("sensitivity", format="%.3f"),
-        "specificity": st.column_config.NumberColumn("specificity", format="%.3f"),
+        "target": st.column_config.NumberColumn(
+            "target sensitivity", format="%.2f", help="What the rule aims at on new films: the slider's value for the fitted profile"
+        ),
+        "rank": st.column_config.TextColumn(
+            "threshold at", help="The pneumonia film of your sample whose probability the rule takes as the threshold"
+        ),
+        "threshold": st.column_config.NumberColumn("threshold", format="%.3f", help=f"On {site_page.AXIS}"),
+        "sensitivity": st.column_config.NumberColumn(
+            "sensitivity achieved", format="%.3f", help="The share of this sample's pneumonia films at or above the threshold (in sample)"
+        ),
+        "specificity": st.column_config.NumberColumn("specificity achieved", format="%.3f", help="In sample"),
         "called_pneumonia": st.column_config.NumberColumn(
             "called pneumonia", format="%.3f", help="The share of the sample's films called pneumonia: the readers' workload"
         ),
+        "grey_zone": st.column_config.TextColumn("its grey zone", help="The band the rules put around this row's threshold"),
         "grey_zone_share": st.column_config.NumberColumn(
-            "in its grey zone", format="%.3f", help="The share of films in the grey zone the rules would put around that threshold"
+            "films in its grey zone", format="%.3f", help="The share of the sample's films inside this row's own grey zone"
         ),
     },
 )
+st.caption(f"Highlighted: the fitted profile, target {target:.2f}.")
 
 st.markdown("##### 4 · Download, and who activates it")
 st.download_button(

@@ -174,6 +174,24 @@ def grey_zone_around(threshold_logit: float, cost: float = CHOW_COST, min_edge: 
     return GreyZone(low, high)
 
 
+def conformal_threshold(raw: np.ndarray, labels: np.ndarray, calibration: Calibration, target: float) -> tuple[float, GreyZone, int]:
+    """Rules 2 and 3 on a given calibration: the threshold for ``target``, its grey zone and its rank ``k``.
+
+    The calibration does not depend on the target, so for one sample every target's threshold
+    comes from here: a fitted profile's and each row of the page's table alike (they agree exactly).
+
+    Returns:
+        (threshold probability, grey zone, k); the threshold is the k-th lowest pneumonia image's own
+        probability, computed as every call computes it, so that image is called pneumonia and the
+        k - 1 below it normal.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    positives = np.sort(raw[np.asarray(labels).astype(int) == 1])
+    k = conformal_rank(positives.size, target)
+    at_rank = calibration.logits(positives[min(k, positives.size) - 1 : min(k, positives.size)])  # (1,)
+    return float(_sigmoid(at_rank)[0]), grey_zone_around(float(at_rank[0])), k
+
+
 @dataclass(frozen=True)
 class SiteFit:
     """The fitted parts of a site operating point (numbers only)."""
@@ -208,13 +226,7 @@ def fit_operating_point(raw: np.ndarray, labels: np.ndarray, target: float = DEF
     if labels.min(initial=1) == labels.max(initial=0):
         raise SiteInputError("The local sample needs images of both classes.")
     calibration = fit_calibration(raw, labels, seed)
-    positives = np.sort(raw[labels == 1])
-    k = conformal_rank(positives.size, target)
-    # The threshold is that image's own probability, computed as every call computes it, so the
-    # k-th lowest pneumonia image is called pneumonia and the k - 1 below it normal.
-    at_rank = positives[min(k, positives.size) - 1]
-    threshold = float(_sigmoid(calibration.logits(np.array([at_rank])))[0])
-    zone = grey_zone_around(float(calibration.logits(np.array([at_rank]))[0]))
+    threshold, zone, k = conformal_threshold(raw, labels, calibration, target)
     if not zone.low < threshold < zone.high:  # only if the probabilities saturate in float64
         raise SiteInputError(
             f"The local sample's calibrated scores saturate (threshold {threshold!r}), so no grey zone can hold the "
@@ -303,6 +315,130 @@ def threshold_explorer(raw: np.ndarray, labels: np.ndarray, calibration: Calibra
             "grey_zone_share": float(zone.contains(p).mean()),
         })
     return rows
+
+
+def target_rows(raw: np.ndarray, labels: np.ndarray, calibration: Calibration, targets: Sequence[float]) -> list[dict]:
+    """The threshold explorer by target: for each target sensitivity, the threshold rules 2 and 3
+    give on ``calibration`` (``conformal_threshold``: for a profile's own target, its threshold and
+    grey zone exactly), and what that threshold and that row's own grey zone do on the sample itself.
+
+    In sample, not out of fold: the rows show the trade-off between targets, and each achieved
+    sensitivity is at least the target by construction whenever ``k`` is the formula's (enough
+    pneumonia images), which is why the out-of-fold figures are the ones to expect.
+
+    Returns:
+        One row per target, ascending: ``{"target", "rank", "n_pneumonia", "threshold",
+        "grey_zone_low", "grey_zone_high", "sensitivity", "specificity", "called_pneumonia",
+        "grey_zone_share"}``; the shares are of the sample's images, each under that row's threshold and band.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    p = _sigmoid(calibration.logits(raw))  # (n,)
+    rows = []
+    for target in sorted(set(float(t) for t in targets)):
+        threshold, zone, k = conformal_threshold(raw, labels, calibration, target)
+        called = p >= threshold
+        rows.append({
+            "target": target,
+            "rank": k,
+            "n_pneumonia": int(labels.sum()),
+            "threshold": threshold,
+            "grey_zone_low": zone.low,
+            "grey_zone_high": zone.high,
+            "sensitivity": float(called[labels].mean()),
+            "specificity": float((~called[~labels]).mean()),
+            "called_pneumonia": float(called.mean()),
+            "grey_zone_share": float(zone.contains(p).mean()),
+        })
+    return rows
+
+
+def translate(probability: float, source, destination) -> float:
+    """A probability on one operating point's scale, read on another's.
+
+    Both scales are ``sigmoid(scale * raw logit + offset)`` of the same raw logit (an
+    ``OperatingPoint``, a ``Calibration``: anything with ``scale`` and ``offset``), so a threshold
+    of the shipped point and one of a site profile can be placed on one axis: the raw logit the
+    probability stands for, mapped through the other scale. 0 and 1 stay where they are.
+    """
+    p = float(probability)
+    if p <= 0.0 or p >= 1.0:
+        return p
+    raw = (float(np.log(p) - np.log1p(-p)) - float(source.offset)) / float(source.scale)
+    return float(_sigmoid(float(destination.scale) * raw + float(destination.offset)))
+
+
+def pneumonia_images_for_rank(rank: int, target: float) -> int:
+    """The fewest pneumonia images with which rule 2 puts the threshold at the ``rank``-th lowest
+    of them (``conformal_rank`` reaches ``rank``): 66 for the 2nd lowest at 0.97, 99 for the 3rd."""
+    n = max(0, int(math.ceil(rank / (1.0 - target))) - 2)
+    while conformal_rank(n, target) < rank:
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class SmallSampleCost:
+    """Why a profile's grey zone is wide on a small sample, in numbers (the page says it in words).
+
+    Attributes:
+        n_normal, n_pneumonia: the images the profile was fitted on.
+        target: the target sensitivity.
+        rank: rule 2's ``k``: the threshold is the k-th lowest pneumonia image's probability.
+        promised_sensitivity: ``1 - k / (n + 1)``, what the rule guarantees on new images in
+            expectation; above the target when the rank is rounded down (a small ``n``).
+        next_rank_at: pneumonia images from which the threshold would rest on the next rank.
+        chow_band: Chow's band ``(c, 1 - c)`` before rule 3 widens it around the threshold.
+        grey_zone: the fitted band.
+        widened_images: images of the sample in the band only because it was widened to keep the
+            threshold inside (between the widened edge and Chow's).
+        platt_targets: ``(1 / (n- + 2), (n+ + 1) / (n+ + 2))``: where rule 1 aims the probabilities of
+            this sample's clearest normal and pneumonia images instead of 0 and 1 (Platt's correction,
+            wider the smaller the sample).
+    """
+
+    n_normal: int
+    n_pneumonia: int
+    target: float
+    rank: int
+    promised_sensitivity: float
+    next_rank_at: int
+    chow_band: tuple[float, float]
+    grey_zone: tuple[float, float]
+    widened_images: int
+    platt_targets: tuple[float, float]
+
+    @property
+    def widened(self) -> bool:
+        return self.grey_zone[0] < self.chow_band[0] or self.grey_zone[1] > self.chow_band[1]
+
+
+def platt_extremes(n_normal: int, n_pneumonia: int) -> tuple[float, float]:
+    """``platt_targets`` of a sample of that many normal and pneumonia images: (normal's, pneumonia's)."""
+    return 1.0 / (n_normal + 2), (n_pneumonia + 1) / (n_pneumonia + 2)
+
+
+def small_sample_cost(raw: np.ndarray, labels: np.ndarray, calibration: Calibration, target: float) -> SmallSampleCost:
+    """The numbers behind a profile's grey zone on its own sample (see ``SmallSampleCost``)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    threshold, zone, k = conformal_threshold(raw, labels, calibration, target)
+    n_pneumonia, n_normal = int((labels == 1).sum()), int((labels == 0).sum())
+    p = _sigmoid(calibration.logits(raw))
+    chow = (CHOW_COST, 1.0 - CHOW_COST)
+    widened = int(((p >= zone.low) & (p < chow[0])).sum() + ((p >= chow[1]) & (p < zone.high)).sum())
+    return SmallSampleCost(
+        n_normal=n_normal,
+        n_pneumonia=n_pneumonia,
+        target=float(target),
+        rank=k,
+        promised_sensitivity=1.0 - k / (n_pneumonia + 1),
+        next_rank_at=pneumonia_images_for_rank(k + 1, target),
+        chow_band=chow,
+        grey_zone=(zone.low, zone.high),
+        widened_images=widened,
+        platt_targets=platt_extremes(n_normal, n_pneumonia),
+    )
 
 
 def uncertainty_line(n: int, what: str, interval: dict | None) -> str:

@@ -422,7 +422,7 @@ def test_the_model_cards_first_screen_shows_the_intended_use_the_headline_table_
     headline = main.get_by_test_id("stTable")
     expect(headline).to_be_visible()
     expect(headline).to_contain_text("Kermany 2018")
-    expect(headline).to_contain_text("Site profile, 200 local films")
+    expect(headline).to_contain_text("What a site can expect")
     limits = main.get_by_role("heading", name="Limitations and shortcuts")
     for locator in (intended, headline, limits, main.get_by_text("Over-calls normals.").first):
         assert_in_first_screen(locator)  # at 1366 x 768, without scrolling

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -139,12 +140,16 @@ def test_no_raw_key_and_no_hash_outside_the_which_model_line(card):
 
 def test_the_headline_table_reads_the_shipped_the_site_and_the_published_figures(card):
     (table,) = card.main.table
-    headline = table.value
+    headline = table.value.map(lambda cell: cell.replace("\u00a0", " ").replace("\u2011", "-"))  # shown unbroken
     evaluation, site = report("evaluation"), report("site_calibration")
     assert list(headline.index) == ["sensitivity", "specificity", "accuracy", "ROC AUC", "indeterminate"]
     shipped, local, published = headline.columns
     assert shipped == f"Shipped, {evaluation['image']['n']} films (95 % CI)"
-    assert local.startswith("Site profile, 200 local films") and published == "Kermany 2018"
+    # Named for what it is: a simulation on the official test split, not a local validation.
+    assert local == "What a site can expect: simulated on the official test split, profiles fitted on 200 films"
+    assert published == "Kermany 2018"
+    caption = next(c.value for c in card.main.caption if c.value.startswith("Official test split."))
+    assert "a simulation, not a validation at any hospital" in caption and f"{site['config']['draws']} times" in caption
     value, (low, high) = evaluation["image"]["specificity"], evaluation["image_ci95"]["specificity"]
     assert headline.loc["specificity", shipped] == f"{value:.3f} ({low:.3f}-{high:.3f})"
     spread = site["results"]["200"]["prevalence"]["split"]["site"]["sensitivity"]
@@ -156,6 +161,51 @@ def test_the_headline_table_reads_the_shipped_the_site_and_the_published_figures
     confusion = evaluation["image"]["confusion"]
     limitations = "\n".join(element.value for element in card.main.markdown)
     assert f"{confusion['fp']} of {confusion['fp'] + confusion['tn']} normal test films called pneumonia" in limitations
+
+
+def test_the_reliability_counts_add_up_to_every_test_film_and_are_shown_under_the_diagram(card):
+    import csv
+
+    from pneumo_model.lab.metrics import calibration_bins
+
+    evaluation, reliability = report("evaluation"), report("model_card")["reliability"]["test"]
+    films = [b["films"] for b in reliability["bins"]]
+    with open(REPORTS_DIR / "predictions_test.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # Every test film in one bin: the counts add up to the split, the report and the predictions.
+    assert sum(films) == reliability["films"] == evaluation["image"]["n"] == len(rows) == 624
+    assert films == [b["count"] for b in evaluation["calibration_bins"]]
+    recomputed = calibration_bins(np.array([int(r["label"]) for r in rows]), np.array([float(r["probability"]) for r in rows]))
+    assert films == [b["count"] for b in recomputed]
+    assert reliability["figure"] == evaluation["figures"]["reliability"]
+    # The page says them in words beside the diagram, the sparse bins counted.
+    said = next(m.value for m in card.main.markdown if m.value.startswith("**Reliability, read with its counts.**"))
+    assert f"{', '.join(str(n) for n in films)} ({sum(films)} in all)" in said
+    sparse = sum(1 for n in films[1:-1] if n < reliability["sparse_bin_films"])
+    assert f"{len(films) - 2} bins between hold {sum(films[1:-1])} films, {sparse} of them fewer than" in said
+    assert sparse >= 1 and "calibrated probabilities" not in " ".join(shown_texts(card))
+
+
+def test_the_reliability_diagram_is_redrawn_from_the_predictions_and_refuses_predictions_that_disagree(tmp_path):
+    from pneumo_model.lab.metrics import calibration_bins
+    from pneumo_model.lab.model_card import redraw_reliability
+
+    rng = np.random.default_rng(0)
+    labels, probabilities = rng.integers(0, 2, 50), rng.random(50)
+    (tmp_path / "predictions_test.csv").write_text(
+        "file,label,probability\n" + "".join(f"f{i}.jpeg,{y},{p:.9f}\n" for i, (y, p) in enumerate(zip(labels, probabilities)))
+    )
+    bins = calibration_bins(labels, probabilities)
+    evaluation = {"calibration_bins": bins, "figures": {"reliability": "figures/reliability.png"}}
+    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation))
+    drawn = redraw_reliability(tmp_path, "test")
+    assert (tmp_path / "figures" / "reliability.png").stat().st_size > 10_000
+    assert sum(b["films"] for b in drawn["bins"]) == drawn["films"] == 50
+    assert redraw_reliability(tmp_path, "validation") is None  # no such report: nothing drawn
+    evaluation["calibration_bins"] = bins[::-1]
+    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation))
+    with pytest.raises(ValueError, match="disagree on the films per reliability bin"):
+        redraw_reliability(tmp_path, "test")
 
 
 def test_the_developer_detail_is_collapsed_and_holds_every_developer_table(card):

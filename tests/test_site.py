@@ -126,6 +126,70 @@ def test_the_threshold_explorer_trades_sensitivity_for_specificity():
     assert all(a["sensitivity"] >= b["sensitivity"] and a["specificity"] <= b["specificity"] for a, b in zip(rows, rows[1:]))
 
 
+def _small_site(seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """40 normal and 40 pneumonia raw logits that overlap, one pneumonia image scoring among the normals
+    (a small site's least typical pneumonia film)."""
+    rng = np.random.default_rng(seed)
+    raw = np.r_[rng.normal(-3.0, 1.5, 40), rng.normal(3.0, 1.5, 39), -4.0]
+    return raw, np.r_[np.zeros(40, int), np.ones(40, int)]
+
+
+def test_every_row_of_the_target_table_is_the_threshold_a_profile_fitted_for_that_target_would_have():
+    raw, labels = _small_site()
+    targets = (0.80, 0.90, 0.95, 0.97, 0.99)
+    calibration = site.fit_calibration(raw, labels, seed=5)
+    rows = site.target_rows(raw, labels, calibration, targets)
+    assert [row["target"] for row in rows] == list(targets)
+    p = site._sigmoid(calibration.logits(raw))
+    for row in rows:
+        fit = site.fit_operating_point(raw, labels, row["target"], seed=5)  # the calibration does not depend on the target
+        assert row["threshold"] == fit.threshold and row["rank"] == fit.conformal_rank
+        assert (row["grey_zone_low"], row["grey_zone_high"]) == (fit.grey_zone.low, fit.grey_zone.high)
+        # Achieved in the sample, under that row's own threshold and band.
+        assert row["sensitivity"] == (p[labels == 1] >= row["threshold"]).mean()
+        assert row["specificity"] == (p[labels == 0] < row["threshold"]).mean()
+        assert row["grey_zone_share"] == ((p >= row["grey_zone_low"]) & (p < row["grey_zone_high"])).mean()
+    # The lowest pneumonia image sits among the normals: the targets that need it stretch their band
+    # around a low threshold and hold more films than the others.
+    bands = {(row["grey_zone_low"], row["grey_zone_high"]) for row in rows}
+    assert len(bands) >= 2 and len({row["grey_zone_share"] for row in rows}) >= 2
+    (lowest,) = {row["threshold"] for row in rows if row["rank"] == 1}
+    assert lowest == p[labels == 1].min() and lowest < site.CHOW_COST
+
+
+def test_translate_places_a_threshold_of_one_scale_on_another_and_back():
+    shipped = site.Calibration("temperature", 1 / 0.76, 0.0)
+    profile = site.Calibration("platt", 0.8, 1.2)
+    raw = 0.37
+    on_shipped = float(site._sigmoid(shipped.logits(np.array([raw])))[0])
+    on_profile = float(site._sigmoid(profile.logits(np.array([raw])))[0])
+    assert math.isclose(site.translate(on_shipped, shipped, profile), on_profile, rel_tol=1e-12)
+    assert math.isclose(site.translate(on_profile, profile, shipped), on_shipped, rel_tol=1e-12)
+    assert site.translate(0.0, shipped, profile) == 0.0 and site.translate(1.0, shipped, profile) == 1.0
+    point = OperatingPoint.shipped(read_metadata(DEFAULT_MODEL_PATH))  # an OperatingPoint has a scale and an offset too
+    assert math.isclose(site.translate(point.threshold, point, point), point.threshold, rel_tol=1e-12)
+
+
+def test_the_small_sample_cost_counts_the_rank_the_promise_the_stretch_and_the_films_that_would_change_them():
+    assert [site.pneumonia_images_for_rank(k, 0.97) for k in (2, 3)] == [66, 99]
+    for k, target in ((2, 0.97), (3, 0.97), (2, 0.9), (5, 0.95)):
+        n = site.pneumonia_images_for_rank(k, target)
+        assert site.conformal_rank(n, target) == k and site.conformal_rank(n - 1, target) < k
+    raw, labels = _small_site()
+    calibration = site.fit_calibration(raw, labels, seed=5)
+    cost = site.small_sample_cost(raw, labels, calibration, 0.97)
+    assert (cost.n_normal, cost.n_pneumonia, cost.rank) == (40, 40, 1)
+    assert math.isclose(cost.promised_sensitivity, 40 / 41) and cost.promised_sensitivity > 0.97
+    assert cost.next_rank_at == 66
+    assert cost.widened and cost.grey_zone[0] < site.CHOW_COST
+    p = site._sigmoid(calibration.logits(raw))
+    assert cost.widened_images == int(((p >= cost.grey_zone[0]) & (p < site.CHOW_COST)).sum()) >= 1
+    assert cost.platt_targets == (1 / 42, 41 / 42)
+    # 20 pneumonia images cannot promise 0.97 at all: even the lowest leaves 1 in 21 below it.
+    few = site.small_sample_cost(raw[:60], labels[:60], calibration, 0.97)
+    assert few.n_pneumonia == 20 and few.rank == 1 and few.promised_sensitivity < 0.97
+
+
 # --- the profile file --------------------------------------------------------------------
 
 

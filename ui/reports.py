@@ -59,6 +59,20 @@ def site_calibration_rows(report: dict, size: int = 200, prevalence: str = "spli
     ]
 
 
+def site_grey_zone_by_size(report: dict | None, prevalence: str = "split") -> list[dict]:
+    """The grey-zone share of the site profiles in ``reports/site_calibration.json``, by the size of the
+    local sample they were fitted on: ``{"size", "normal", "pneumonia", "median", "p5", "p95"}`` per size
+    (the share of the films each profile was not fitted on), ascending; [] without the report."""
+    rows = []
+    for size, results in sorted((report or {}).get("results", {}).items(), key=lambda item: int(item[0])):
+        share = results["prevalence"][prevalence]["site"]["grey_zone_share"]
+        counts = report["config"]["local_counts"][size]
+        if share.get("median") is not None:
+            rows.append({"size": int(size), "normal": counts["normal"], "pneumonia": counts["pneumonia"],
+                         "median": share["median"], "p5": share["p5"], "p95": share["p95"]})
+    return rows
+
+
 def site_calibration_verdict(report: dict) -> str:
     """'Must reach: 6 of 10 items met (missed: ...)', from the report's own checks."""
     rows = report.get("must_reach", [])
@@ -181,6 +195,40 @@ def headline_rows(evaluation: dict, site: dict | None, card: dict | None, size: 
         "published": DASH,
     })
     return rows
+
+
+def unbroken(text: str) -> str:
+    """``text`` that a browser keeps on one line: no-break spaces and hyphens (a table cell such as
+    '0.992 (0.982-1.000)' then holds its width, and a long column name beside it wraps instead)."""
+    return str(text).replace(" ", "\u00a0").replace("-", "\u2011")
+
+
+def site_column_name(size: int = 200) -> str:
+    """The headline's site column, named for what it is: a simulation on the test split, not a local validation."""
+    return f"What a site can expect: simulated on the official test split, profiles fitted on {size} films"
+
+
+def reliability_lines(reliability: dict | None) -> list[str]:
+    """What the reliability diagram's counts say, in words, from ``model_card.json``'s ``reliability`` entry
+    of one split (films per bin, computed from the committed predictions by ``python -m pneumo_model card``);
+    [] without it."""
+    if not reliability:
+        return []
+    bins = reliability["bins"]
+    films = [b["films"] for b in bins]
+    sparse = reliability["sparse_bin_films"]
+    ends = films[0] + films[-1]
+    middle = [count for count in films[1:-1]]
+    few = [count for count in middle if count < sparse]
+    return [
+        f"Films per bin, from the lowest probability to the highest: {', '.join(str(count) for count in films)} "
+        f"({reliability['films']} in all).",
+        f"{ends} of the {reliability['films']} films ({ends / reliability['films']:.0%}) lie in the two end bins "
+        f"(below {bins[0]['high']:.3f} and from {bins[-1]['low']:.3f}), where the diagram is well measured. The "
+        f"{len(middle)} bins between hold {sum(middle)} films, {len(few)} of them fewer than {sparse} films each (pale bars): "
+        "one film more or less moves such a bin's rate by a tenth or more, so a bar far from the diagonal there is "
+        "within chance (see its 95 % interval), not by itself a sign of miscalibration.",
+    ]
 
 
 def false_calls_line(evaluation: dict) -> str:

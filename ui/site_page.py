@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from pneumo_model.prediction import Predictor
 
 TARGETS = tuple(round(0.90 + 0.01 * step, 2) for step in range(10))  # 0.90 ... 0.99
-# The explorer table's rows: the highest threshold reaching each of these in-sample sensitivities.
-ROUND_SENSITIVITIES = (0.80, 0.85, 0.90, 0.95, 0.97, 0.98, 0.99, 1.00)
+# The explorer table's rows: the threshold rule 2 gives for each of these targets (and the slider's).
+TABLE_TARGETS = (0.80, 0.85, 0.90, 0.95, 0.97, 0.98, 0.99)
+# What the page calls its one axis, wherever a threshold or a band is shown.
+AXIS = "the profile's recalibrated probability"
 FIGURE_NAMES = {
     "sensitivity": "Sensitivity",
     "specificity": "Specificity",
@@ -186,6 +188,11 @@ def probability(p: float) -> str:
     return f"{p:.1g}" if p < 0.5 else f"1 − {1 - p:.0e}"
 
 
+def percent(share: float) -> str:
+    """'12 %': a share as a whole percentage, spaced as the page's other figures."""
+    return f"{100 * share:.0f} %"
+
+
 def ordinal(n: int) -> str:
     """'1st', '2nd', '3rd', '11th', '22nd'."""
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
@@ -199,6 +206,111 @@ def uncertainty_lines(profile: site.SiteProfile) -> list[str]:
     ]
 
 
+# --- one axis: the profile's recalibrated probability ------------------------------------------
+
+
+def on_axis(point: OperatingPoint, profile: site.SiteProfile) -> float:
+    """An operating point's threshold (on its own scale) placed on the page's axis: the profile's scale."""
+    return site.translate(point.threshold, point, calibration_of(profile))
+
+
+def axis_line(profile: site.SiteProfile, active: OperatingPoint) -> str:
+    """The page's statement of its one axis, with the fitted and the active thresholds converted both ways."""
+    today = site.translate(profile.threshold, calibration_of(profile), active)
+    return (
+        f"**One axis.** Every threshold and grey zone from here on (the fitted profile's, the table's, the "
+        f"explorer's and the ROC's points) is on {AXIS}: the probability of pneumonia the app would show with this "
+        f"profile active. Converted with the profile's recalibration: the fitted threshold {probability(profile.threshold)} "
+        f"stands for the same films as a probability of {probability(today)} as the app shows it now, and the active "
+        f"threshold {probability(active.threshold)} is {probability(on_axis(active, profile))} on this axis."
+    )
+
+
+# --- the small sample's cost -------------------------------------------------------------------
+
+
+def _lowest(rank: int) -> str:
+    return "lowest" if rank == 1 else f"{ordinal(rank)} lowest"
+
+
+def _films(n: int) -> str:
+    return f"{n} film" + ("" if n == 1 else "s")
+
+
+def band_cost_lines(cost: site.SmallSampleCost, profile: site.SiteProfile, by_size: list[dict]) -> list[str]:
+    """Why the fitted grey zone is as wide as it is on this sample, and what more films would do, in words.
+
+    Args:
+        cost: ``site.small_sample_cost`` of the sample at the profile's target.
+        profile: the fitted profile (its out-of-fold grey-zone share).
+        by_size: ``reports.site_grey_zone_by_size`` of the test-split simulation ([] without the report).
+    """
+    low, high = (probability(edge) for edge in cost.grey_zone)
+    share = profile.figures["grey_zone_share"]
+    lines = [
+        f"Out of fold, the band [{low}, {high}) held {percent(share['value'])} of your films ({share['count']} of "
+        f"{share['n']}; 95 % interval {percent(share['low'])}–{percent(share['high'])}). How the sample's size shows in it:"
+    ]
+    n = cost.n_pneumonia
+    if cost.promised_sensitivity < cost.target:
+        rank = (
+            f"**The threshold rests on one film.** With {n} pneumonia films no threshold can promise a sensitivity of "
+            f"{cost.target:.2f} on new films: even at the lowest of them the rule promises {cost.promised_sensitivity:.3f} "
+            f"(1 in {n + 1} new pneumonia films may score below it). The threshold sits as low as your least typical "
+            "pneumonia film, however unusual that film is."
+        )
+    else:
+        rank = (
+            f"**The threshold rests on {'one film' if cost.rank == 1 else f'your {_lowest(cost.rank)} pneumonia film'}.** With {n} pneumonia films, "
+            f"a sensitivity of {cost.target:.2f} on new films is promised only by putting the threshold at the "
+            f"{_lowest(cost.rank)} of them (the rule then promises {cost.promised_sensitivity:.3f}, more than the "
+            f"{cost.target:.2f} asked, because {n + 1} films do not split at exactly {1 - cost.target:.2f}): the threshold "
+            f"sits as low as your {'least typical pneumonia film' if cost.rank == 1 else f'{ordinal(cost.rank)} least typical pneumonia film'}."
+        )
+    rank += (
+        f" From {cost.next_rank_at} pneumonia films it would rest on the {_lowest(cost.rank + 1)}, "
+        "closer to what the site's films do than to one unusual film."
+    )
+    lines.append(rank)
+    if cost.widened:
+        chow_low, chow_high = (probability(edge) for edge in cost.chow_band)
+        moved = []
+        if cost.grey_zone[0] < cost.chow_band[0]:
+            moved.append(f"its lower edge from {chow_low} down to {low}")
+        if cost.grey_zone[1] > cost.chow_band[1]:
+            moved.append(f"its upper edge from {chow_high} up to {high}")
+        lines.append(
+            f"**The band is stretched to hold that threshold.** Rule 3 keeps the threshold at least "
+            f"{site.MIN_EDGE_LOGIT} logit inside the band, so it moved {' and '.join(moved)}; "
+            f"{_films(cost.widened_images)} of your sample lie in that stretch."
+        )
+    else:
+        chow_low, chow_high = (probability(edge) for edge in cost.chow_band)
+        lines.append(f"**The band is Chow's [{chow_low}, {chow_high})**, not stretched: the threshold lies far enough inside it.")
+    normal_aim, pneumonia_aim = cost.platt_targets
+    platt = (
+        f"**The probabilities are kept off 0 and 1.** Rule 1 fits the recalibration towards {normal_aim:.3f} and "
+        f"{pneumonia_aim:.3f} rather than 0 and 1 (Platt's correction for {cost.n_normal} normal and {n} pneumonia films), "
+        f"so a small sample's probabilities are flatter and more films land between {cost.chow_band[0]:g} and {cost.chow_band[1]:g}"
+    )
+    largest = max(by_size, key=lambda row: row["size"], default=None)
+    if largest is not None:
+        far_normal, far_pneumonia = site.platt_extremes(largest["normal"], largest["pneumonia"])
+        platt += f"; with {largest['normal']} normal and {largest['pneumonia']} pneumonia films it would aim at {far_normal:.3f} and {far_pneumonia:.3f}"
+    lines.append(platt + ".")
+    if by_size:
+        first, *others = by_size
+        spread = f"profiles fitted on {first['size']} films put a median {percent(first['median'])} of the new films in their grey zone " \
+            f"(5th–95th percentile over the draws {percent(first['p5'])}–{percent(first['p95'])})"
+        spread += "".join(
+            f", on {row['size']} films {percent(row['median'])} ({percent(row['p5'])}–{percent(row['p95'])})" for row in others
+        )
+        lines.append(
+            f"**More films narrow it.** When the official test split played a site (`reports/site_calibration.md`), {spread}."
+        )
+    return lines
+
+
 # --- the threshold explorer ------------------------------------------------------------------
 
 
@@ -207,22 +319,20 @@ def explorer_rows(sample: site.ScoredSample, profile: site.SiteProfile) -> list[
     return site.threshold_explorer(sample.raw_logits, sample.labels, calibration_of(profile))
 
 
-def explorer_table(sample: site.ScoredSample, profile: site.SiteProfile, rows: list[dict]) -> pd.DataFrame:
-    """The explorer's rows worth reading: for each round sensitivity, the highest threshold that
-    reaches it in the sample, and the fitted threshold (``fitted`` True), by ascending sensitivity."""
-    chosen: dict[float, dict] = {}
-    for wanted in ROUND_SENSITIVITIES:
-        reaching = [row for row in rows if row["sensitivity"] is not None and row["sensitivity"] >= wanted - 1e-12]
-        if reaching:
-            row = max(reaching, key=lambda row: row["threshold"])
-            chosen.setdefault(row["threshold"], {**row, "reason": f"sensitivity ≥ {wanted:.2f}", "fitted": False})
-    (fitted,) = site.threshold_explorer(sample.raw_logits, sample.labels, calibration_of(profile), np.array([profile.threshold]))
-    reason = f"fitted profile (target {profile.target_sensitivity:.2f})"
-    same = chosen.get(fitted["threshold"])
-    reason = reason if same is None else f"{reason}; {same['reason']}"
-    chosen[fitted["threshold"]] = {**fitted, "reason": reason, "fitted": True}
-    table = pd.DataFrame(sorted(chosen.values(), key=lambda row: -row["threshold"]))
-    return table[["reason", "threshold", "sensitivity", "specificity", "called_pneumonia", "grey_zone_share", "fitted"]]
+def explorer_table(sample: site.ScoredSample, profile: site.SiteProfile) -> pd.DataFrame:
+    """One row per target sensitivity (``TABLE_TARGETS`` and the profile's), by ascending target: the
+    threshold rule 2 gives for it on the profile's calibration (the fitted row's is the profile's own),
+    what it achieves on this sample, and that row's own grey zone and the share of the sample in it.
+
+    Columns: ``target``, ``rank`` (words: 'lowest of 40'), ``threshold``, ``sensitivity`` (achieved in the
+    sample), ``specificity``, ``called_pneumonia``, ``grey_zone`` ('[0.100, 0.900)'), ``grey_zone_share``, ``fitted``.
+    """
+    rows = site.target_rows(sample.raw_logits, sample.labels, calibration_of(profile), [*TABLE_TARGETS, profile.target_sensitivity])
+    table = pd.DataFrame(rows)
+    table["fitted"] = np.isclose(table["target"], profile.target_sensitivity, rtol=0, atol=1e-9)
+    table["rank"] = [f"{_lowest(row['rank'])} of {row['n_pneumonia']}" for row in rows]
+    table["grey_zone"] = [f"[{probability(row['grey_zone_low'])}, {probability(row['grey_zone_high'])})" for row in rows]
+    return table[["target", "rank", "threshold", "sensitivity", "specificity", "called_pneumonia", "grey_zone", "grey_zone_share", "fitted"]]
 
 
 def _picture(figure: Figure) -> np.ndarray:
@@ -236,9 +346,11 @@ def _picture(figure: Figure) -> np.ndarray:
 _EDGE = 1e-3
 
 
-def explorer_picture(rows: list[dict], profile: site.SiteProfile) -> np.ndarray:
+def explorer_picture(rows: list[dict], profile: site.SiteProfile, active: OperatingPoint | None = None) -> np.ndarray:
     """Sensitivity, specificity, share called pneumonia and share in the grey zone against the
-    threshold (logit axis), the fitted threshold and its grey zone marked."""
+    threshold on the page's one axis (the profile's recalibrated probability, drawn on a logit
+    scale), the fitted threshold and its grey zone marked, and the ``active`` point's threshold
+    converted onto that axis."""
     thresholds = np.clip([row["threshold"] for row in rows], _EDGE, 1 - _EDGE)
     figure = Figure(figsize=(5.6, 4.5), dpi=100, layout="constrained")
     axes = figure.subplots()
@@ -252,6 +364,11 @@ def explorer_picture(rows: list[dict], profile: site.SiteProfile) -> np.ndarray:
     ):
         axes.plot(thresholds, [row[key] for row in rows], style, color=colour, label=label, drawstyle="steps-post", linewidth=1.6)
     axes.axvline(np.clip(profile.threshold, _EDGE, 1 - _EDGE), color=VERMILLION, linewidth=1.6, label=f"fitted threshold {probability(profile.threshold)}")
+    if active is not None:
+        axes.axvline(
+            np.clip(on_axis(active, profile), _EDGE, 1 - _EDGE), color=GREY, linewidth=1.2, linestyle="--",
+            label=f"active now ({probability(on_axis(active, profile))} here)",
+        )
     axes.axhline(
         profile.target_sensitivity, color=BLUE, linewidth=0.8, linestyle=(0, (2, 3)),
         label=f"target sensitivity {profile.target_sensitivity:.2f}",
@@ -261,7 +378,7 @@ def explorer_picture(rows: list[dict], profile: site.SiteProfile) -> np.ndarray:
     axes.set_xticks([0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999], ["0.001", "0.01", "0.1", "0.5", "0.9", "0.99", "0.999"])
     axes.minorticks_off()
     axes.set_ylim(-0.02, 1.02)
-    axes.set(xlabel="threshold (recalibrated probability of pneumonia)", ylabel="share of the sample's images")
+    axes.set(xlabel=f"threshold, on {AXIS}", ylabel="share of the sample's images")
     axes.set_title("What each threshold would do on this sample", fontsize=10)
     figure.legend(loc="outside lower center", ncols=3, fontsize=7.5, frameon=False)
     axes.grid(alpha=0.3)
@@ -280,7 +397,7 @@ def roc_picture(sample: site.ScoredSample, profile: site.SiteProfile, active: Op
     axes.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=0.8, label="chance")
     points = (
         (profile.operating_point(), VERMILLION, "o", f"fitted profile (threshold {probability(profile.threshold)})"),
-        (active, GREY, "s", f"{active_name} (threshold {active.threshold:.3f})"),
+        (active, GREY, "s", f"{active_name} (threshold {probability(on_axis(active, profile))} on this axis)"),
     )
     for point, colour, marker, label in points:
         called = point.probabilities(sample.raw_logits) >= point.threshold

@@ -6,6 +6,7 @@ The text facts (population, caveats) are statements about the data set; the only
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -124,11 +125,57 @@ def measured_shortcut(stress_report: dict) -> dict:
 
 
 def write_model_card(reports_dir: Path, fullres_dir: Path | None) -> dict:
-    """Writes ``model_card.json``; adds the measured shortcut when ``validation_stress.json`` is there."""
+    """Writes ``model_card.json``; adds the measured shortcut when ``validation_stress.json`` is there,
+    and redraws the reliability diagrams the card shows from the committed predictions (``redraw_reliability``)."""
     facts = model_card_facts(fullres_dir)
     stress_path = Path(reports_dir) / "validation_stress.json"
     if stress_path.is_file():
         facts["shortcut_measured"] = measured_shortcut(json.loads(stress_path.read_text()))
     Path(reports_dir).mkdir(parents=True, exist_ok=True)
+    reliability = {split: redraw_reliability(reports_dir, split) for split in ("test", "validation")}
+    facts["reliability"] = {split: drawn for split, drawn in reliability.items() if drawn is not None}
     (Path(reports_dir) / "model_card.json").write_text(json.dumps(facts, indent=2) + "\n")
     return facts
+
+
+def redraw_reliability(reports_dir: Path, split: str = "test") -> dict | None:
+    """Redraws a split's reliability diagram from its committed predictions, without scoring anything.
+
+    The figure's bins are recomputed from ``predictions_<split>.csv`` (labels and probabilities as
+    ``evaluate`` wrote them) and must hold the same films as the report's ``calibration_bins``; the
+    test split is not scored again, so this is no new test-split evaluation.
+
+    Returns:
+        What the card says under the figure: ``{"split", "figure", "films", "bins": [{"low", "high",
+        "films"}], "sparse_bin_films"}``, or None when the split's report or predictions are not there.
+
+    Raises:
+        ValueError: the predictions and the report disagree (regenerate both with ``evaluate``).
+    """
+    from .evaluation import report_name
+    from .metrics import calibration_bins, expected_calibration_error
+    from .plots import SPARSE_BIN_FILMS, reliability_figure
+
+    reports_dir = Path(reports_dir)
+    report_path, predictions = reports_dir / report_name(split), reports_dir / f"predictions_{split}.csv"
+    if not report_path.is_file() or not predictions.is_file():
+        return None
+    report = json.loads(report_path.read_text())
+    with open(predictions, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = np.array([int(row["label"]) for row in rows])
+    probabilities = np.array([float(row["probability"]) for row in rows])
+    bins = calibration_bins(labels, probabilities)
+    if [b["count"] for b in bins] != [b["count"] for b in report["calibration_bins"]]:
+        raise ValueError(
+            f"{predictions.name} and {report_path.name} disagree on the films per reliability bin; "
+            f"regenerate both with `python -m pneumo_model evaluate --split {split}`."
+        )
+    reliability_figure(bins, expected_calibration_error(labels, probabilities), reports_dir / report["figures"]["reliability"])
+    return {
+        "split": split,
+        "figure": report["figures"]["reliability"],
+        "films": int(labels.size),
+        "bins": [{"low": b["low"], "high": b["high"], "films": b["count"]} for b in bins],
+        "sparse_bin_films": SPARSE_BIN_FILMS,
+    }

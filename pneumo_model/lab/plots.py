@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from sklearn.metrics import roc_curve
 
 
@@ -33,19 +34,58 @@ def roc_figure(labels: np.ndarray, probabilities: np.ndarray, threshold: float, 
     return _save(figure, path)
 
 
+# A bin with fewer films than this is drawn pale: one film more or less moves its observed rate by
+# more than 0.1, so a bar far from the diagonal there says little about calibration.
+SPARSE_BIN_FILMS = 10
+
+
 def reliability_figure(bins: Sequence[dict], ece: float, path: Path) -> Path:
-    """Reliability diagram: observed pneumonia rate against mean predicted probability per bin."""
-    figure = Figure(figsize=(4.2, 4.2))
-    axes = figure.subplots()
+    """Reliability diagram: observed pneumonia rate against predicted probability per bin, with each
+    bin's 95 % Wilson interval and, in a strip below, how many films it holds (written under each bar).
+
+    A bin of a few films can sit far from the diagonal by chance alone; the counts and the intervals
+    let a reader tell that from miscalibration. Bins with fewer than ``SPARSE_BIN_FILMS`` films are pale.
+
+    Args:
+        bins: ``metrics.calibration_bins`` (``low``, ``high``, ``count``, ``mean_probability``, ``positive_rate``).
+        ece: the expected calibration error over the same bins.
+        path: where the PNG goes.
+    """
+    from ..site import wilson_interval
+
+    figure = Figure(figsize=(4.2, 5.0))
+    rates, counts = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1.15], "hspace": 0.08})
     filled = [b for b in bins if b["count"]]
-    centres = [(b["low"] + b["high"]) / 2 for b in filled]
-    widths = [b["high"] - b["low"] for b in filled]
-    axes.bar(centres, [b["positive_rate"] for b in filled], width=widths, color="#56B4E9", edgecolor="white", label="observed rate")
-    axes.plot([b["mean_probability"] for b in filled], [b["positive_rate"] for b in filled], "o", color="#0072B2", markersize=3)
-    axes.plot([0, 1], [0, 1], color="0.4", linestyle="--", linewidth=0.8, label="perfect calibration")
-    axes.set(xlabel="predicted probability", ylabel="observed pneumonia rate", title=f"Reliability (ECE {ece:.3f})")
-    axes.set(xlim=(0, 1), ylim=(0, 1))
-    axes.legend(loc="upper left", fontsize=8)
+    total = sum(b["count"] for b in bins)
+    centres = np.array([(b["low"] + b["high"]) / 2 for b in filled])  # (bins,)
+    widths = np.array([b["high"] - b["low"] for b in filled])
+    observed = np.array([b["positive_rate"] for b in filled])
+    sparse = np.array([b["count"] < SPARSE_BIN_FILMS for b in filled])
+    intervals = np.array([wilson_interval(round(b["positive_rate"] * b["count"]), b["count"]) for b in filled])  # (bins, 2)
+    colours = np.where(sparse, "#CBE6F5", "#56B4E9")
+    rates.bar(centres, observed, width=widths, color=colours, edgecolor="white")
+    rates.errorbar(
+        [b["mean_probability"] for b in filled], observed,
+        yerr=np.clip([observed - intervals[:, 0], intervals[:, 1] - observed], 0, None),  # (2, bins); float round-off at 0 and 1
+        fmt="o", color="#0072B2", markersize=3, elinewidth=0.9, capsize=2, label="95 % interval",
+    )
+    rates.plot([0, 1], [0, 1], color="0.4", linestyle="--", linewidth=0.8, label="perfect calibration")
+    rates.set(ylabel="observed pneumonia rate", title=f"Reliability (ECE {ece:.3f}), {total} films", xlim=(0, 1), ylim=(0, 1.02))
+    handles, _ = rates.get_legend_handles_labels()
+    handles = [
+        Patch(color="#56B4E9", label="observed rate"),
+        Patch(color="#CBE6F5", label=f"observed rate, bin of < {SPARSE_BIN_FILMS} films"),
+        *handles,
+    ]
+    rates.legend(handles=handles, loc="upper left", fontsize=7)
+    counts.bar(centres, [b["count"] for b in filled], width=widths, color=colours, edgecolor="white")
+    counts.set_yscale("log")
+    counts.set_ylim(0.7, max(b["count"] for b in filled) * 12)
+    counts.set_yticks([])
+    counts.minorticks_off()
+    for centre, b in zip(centres, filled):
+        counts.text(centre, b["count"] * 1.3, str(b["count"]), ha="center", va="bottom", fontsize=6.5)
+    counts.set(xlabel="predicted probability", ylabel="films")
     return _save(figure, path)
 
 
