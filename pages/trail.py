@@ -11,7 +11,7 @@ from pneumo_model.paths import bytes_sha256
 from ui import access, audit, drawing, frame, resources, state, worklist
 from ui.markup import plain
 
-frame.render("Audit trail")
+model = frame.render("Audit trail")
 identity = access.current()
 whole = access.sees_whole_trail()
 # A widget's state lives only while its page is drawn, so its absence means the page was just
@@ -146,7 +146,7 @@ if found is not None:
         )
 
 with st.spinner("Preparing the trail for the screen..."):
-    table, counts = audit.trail_table(rows, zone, held_thumbnails() | found_picture)
+    table, counts = audit.trail_table(rows, zone, held_thumbnails() | found_picture, audit.gate_grader(model))
 columns[0].metric("Results recorded", counts["results"])
 columns[1].metric("Verdicts recorded", counts["verdicts"])
 columns[2].metric("Disagreements", counts["disagreements"])

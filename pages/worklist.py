@@ -145,7 +145,7 @@ table = scored.table
 audit.record_worklist(list(scored.records))
 records = {record.image_sha256: record for record in scored.records}
 
-flagged = table[table["ood"].eq(True)]
+flagged = table[worklist.hidden_rows(table)]  # the gate's "outside" grade; an "unusual" film keeps its call
 show_flagged = False
 if len(flagged):
     st.error(
@@ -156,7 +156,7 @@ if len(flagged):
     show_flagged = st.checkbox("Show the model's output for them anyway", key="worklist_show_ood")
     if show_flagged:
         for record in scored.records:
-            if record.ood:
+            if record.image_sha256 in set(flagged["sha256"]):
                 audit.note_reveal(audit.recorded_id(record))
 shown = worklist.masked(table, show_flagged)
 numbers = worklist.counts(shown)

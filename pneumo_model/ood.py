@@ -315,6 +315,12 @@ def single_cut_grade(score: float | None) -> str | None:
     return IN_DISTRIBUTION if score <= 1.0 else OUTSIDE
 
 
+def known_grade(grade: str | None, score: float | None) -> str | None:
+    """``grade`` when one was given, else the single cut's grade of ``score`` (a prediction made
+    without grades, or read back from a record that kept only the score)."""
+    return grade if grade is not None else single_cut_grade(score)
+
+
 @dataclass(frozen=True)
 class OodGrades:
     """Where the gate's score is read as in distribution, unusual or outside (see the module's docstring).

@@ -123,8 +123,10 @@ class GradeRule:
     seed: int = 20261123
 
 
-def _grade_shares(grades: OodGrades, scores) -> dict:
-    graded = [grades.grade(float(score)) for score in scores]
+def grade_shares(grader, scores) -> dict:
+    """``{grade: share}`` of ``ood_score`` values read by ``grader`` (an ``OodGrades`` or ``OodGate``), and
+    their count (``images``); shares are None when there are no scores."""
+    graded = [grader.grade(float(score)) for score in scores]
     return {grade: (graded.count(grade) / len(graded) if graded else None) for grade in OOD_GRADES} | {"images": len(graded)}
 
 
@@ -183,11 +185,11 @@ def fix_grades(model_path: Path, data_dir: Path, rule: GradeRule = GradeRule()) 
         ),
         "validation_images": len(whole),
         "validation_highest_score": float(np.max(whole)),
-        "validation_whole": _grade_shares(provisional, whole),
-        "validation_diaphragm_crop": _grade_shares(provisional, cropped),
+        "validation_whole": grade_shares(provisional, whole),
+        "validation_diaphragm_crop": grade_shares(provisional, cropped),
         "corpus_lowest_score": float(lowest),
         "corpus": {
-            category: _grade_shares(provisional, scores) | {"rejected_by_decoder": rejected[category],
+            category: grade_shares(provisional, scores) | {"rejected_by_decoder": rejected[category],
                                                             "lowest_score": float(min(scores)) if scores else None}
             for category, scores in corpus_scores.items()
         },
