@@ -130,3 +130,13 @@ def test_an_older_patient_far_outside_is_told_so_not_that_it_is_no_chest_film(au
     assert NOT_A_CHEST_FILM not in texts(app.error)
     assert "header gives an age of 45 years" in texts(app.warning)
     assert not call_on_screen(app) and show_anyway_boxes(app)
+
+
+@pytest.mark.parametrize("page", ["pages/explain.py", "pages/crop.py"])
+def test_the_population_note_is_said_once_on_the_other_pages_that_show_the_call(page, audit_db):
+    from test_app import open_page
+
+    app, _ = dicom_upload("in_distribution", PatientAge="012Y")
+    open_page(app, page)
+    notes = [element for element in app.warning if POPULATION in str(element.value)]
+    assert len(notes) == 1 and "an age of 12 years" in str(notes[0].value)

@@ -57,8 +57,9 @@ OOD_MESSAGE = (
 )
 # The gate's middle grade (docs/ood_grades.md): near its cut on either side, the call is shown with this.
 UNUSUAL_MESSAGE = (
-    "**Unusual for the films this model was trained on: read with care.** The film is within the range of "
-    "ordinary chest films, but near the edge of it; weigh the call against the film itself."
+    "**Unusual for the films this model was trained on: read with care.** It lies near the edge of the chest "
+    "films the model knows (a tilted, blurred, unusually exposed or positioned film can); weigh the call against "
+    "the film itself."
 )
 # The gate's top grade on a film whose header gives an age outside the trained population: a chest
 # X-ray from another population, not "not a chest X-ray".
@@ -79,13 +80,18 @@ def show_error(error: PneumoError, file_name: str | None = None) -> None:
 
 
 def show_warnings(warnings) -> None:
-    """The decoder's notes on an image (they may quote the file's own tags), as plain text; the
-    population note (a header age outside the trained population) as a warning, beside the call."""
+    """The decoder's notes on an image (they may quote the file's own tags), as plain text. The
+    population note is left out: ``shown_call`` draws it above the call."""
     for warning in warnings:
+        if not is_population_note(warning):
+            st.info(plain(warning), icon=":material/info:")
+
+
+def show_population_note(prediction: Prediction) -> None:
+    """The note for a film whose DICOM header gives an age outside the trained population, if any."""
+    for warning in prediction.info.warnings:
         if is_population_note(warning):
             st.warning(plain(warning), icon=":material/person_alert:")
-        else:
-            st.info(plain(warning), icon=":material/info:")
 
 
 def ood_grade(prediction: Prediction) -> str | None:
@@ -261,8 +267,9 @@ def shown_call(
 ) -> tuple[bool, int | None]:
     """The audit rule for a call a page is about to show, in one place.
 
-    Records the result (once per session), applies the out-of-distribution gate, and records a
-    reveal when the user asks to see a call the gate hid.
+    Records the result (once per session), applies the out-of-distribution gate in graded words,
+    records a reveal when the user asks to see a call the gate hid, and, for the whole image,
+    draws the population note (a header age outside the trained population) above the call.
 
     Args:
         image: the image the call is about.
@@ -280,4 +287,6 @@ def shown_call(
     may_show = ood_gate(prediction, f"{key}_{image.digest[:16]}", message)
     if may_show and ood_grade(prediction) == OUTSIDE:  # only a hidden call is revealed
         audit.note_reveal(result_id)
+    if crop_box is None and not markers_masked:  # once per page: an edit of the image has the same header
+        show_population_note(prediction)
     return may_show, result_id
