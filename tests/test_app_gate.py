@@ -140,3 +140,38 @@ def test_the_population_note_is_said_once_on_the_other_pages_that_show_the_call(
     open_page(app, page)
     notes = [element for element in app.warning if POPULATION in str(element.value)]
     assert len(notes) == 1 and "an age of 12 years" in str(notes[0].value)
+
+
+def test_the_worklist_and_the_trail_flag_each_grade_and_hide_only_outside_calls(audit_db):
+    from test_app import open_page
+
+    from ui import worklist
+
+    files = {
+        "ordinary.dcm": dicom_file(FILMS["in_distribution"]()),
+        "tilted.dcm": dicom_file(FILMS["unusual_above_the_cut"]()),
+        "inverted.dcm": dicom_file(FILMS["outside"]()),
+        "older.dcm": dicom_file(FILMS["in_distribution"](), PatientAge="81"),
+    }
+    grades = {name: resources.predictor().predict_source(data).ood_grade for name, data in files.items()}
+    assert grades == {"ordinary.dcm": IN_DISTRIBUTION, "tilted.dcm": UNUSUAL, "inverted.dcm": OUTSIDE, "older.dcm": IN_DISTRIBUTION}
+    app = open_page(start(), "pages/worklist.py")
+    app.file_uploader(key="worklist_upload").set_value([(name, data, "application/dicom") for name, data in files.items()])
+    app.run()
+    assert not app.exception, app.exception
+    table = app.dataframe[0].value.set_index("file")
+    assert table.loc["ordinary.dcm", "flags"] == ""
+    assert table.loc["tilted.dcm", "flags"] == worklist.UNUSUAL and table.loc["tilted.dcm", "call"] in ("normal", "pneumonia")
+    assert table.loc["inverted.dcm", "flags"] == worklist.NOT_XRAY_LIKE
+    assert table.loc["inverted.dcm", "call"] == worklist.HIDDEN_ON_SCREEN
+    assert table.loc["older.dcm", "flags"] == worklist.OLDER and table.loc["older.dcm", "call"] in ("normal", "pneumonia")
+    assert "inverted.dcm" in texts(app.error) and "tilted.dcm" not in texts(app.error)
+
+    from pneumo_model.paths import bytes_sha256
+
+    trail = open_page(app, "pages/trail.py").dataframe[0].value.set_index("image")
+    flags = {name: trail.loc[bytes_sha256(data)[:12], "flags"].split(", ") for name, data in files.items()}
+    assert "unusual: read with care" in flags["tilted.dcm"] and "not X-ray-like" not in flags["tilted.dcm"]
+    assert "not X-ray-like" in flags["inverted.dcm"] and "unusual: read with care" not in flags["inverted.dcm"]
+    for name in ("ordinary.dcm", "older.dcm"):
+        assert not {"unusual: read with care", "not X-ray-like"} & set(flags[name]), name
