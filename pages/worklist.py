@@ -220,8 +220,10 @@ with table_column:
             "probability": st.column_config.NumberColumn("probability", format="%.3f", width=72),
             "call": st.column_config.TextColumn("call", width=78, help="hidden: the image does not look like a chest X-ray"),
             "flags": st.column_config.TextColumn(
-                "flags", width=100, help="indeterminate: in the grey zone, needs a careful read; not X-ray-like: "
-                "flagged by the out-of-distribution check; unreadable: see the reason above",
+                "flags", width=100, help="indeterminate: in the grey zone, needs a careful read; unusual: near the "
+                "out-of-distribution check's cut, read with care (call shown); not X-ray-like: far outside it (call "
+                "hidden); age over 5: the DICOM header's age is outside the trained population (1-5); unreadable: "
+                "see the reason above",
             ),
             "verdict": st.column_config.TextColumn("verdict", width=62, help="Your verdict, recorded in this tab"),
         },
