@@ -111,7 +111,10 @@ HIDDEN_ON_SCREEN = "hidden"  # the table's narrow call column; its flags column 
 
 
 def hidden_rows(table: pd.DataFrame) -> pd.Series:
-    """Which rows' calls the gate hides: its ``outside`` grade (an ``unusual`` film keeps its call)."""
+    """Which rows' calls the gate hides: its ``outside`` grade (an ``unusual`` film keeps its call). A
+    table scored before the grades were kept (no ``ood_grade`` column) hides by the single cut, as then."""
+    if "ood_grade" not in table:
+        return table["ood"].eq(True)
     return table["ood_grade"].eq(OUTSIDE)
 
 
@@ -191,7 +194,7 @@ def _flagged(table: pd.DataFrame) -> dict[str, np.ndarray]:
     """Which rows carry each flag (a hidden image has no grey-zone flag in the table as shown)."""
     return {
         INDETERMINATE: table["grey_zone"].eq(True).to_numpy(),
-        UNUSUAL: table["ood_grade"].eq(GRADE_UNUSUAL).to_numpy(),
+        UNUSUAL: table["ood_grade"].eq(GRADE_UNUSUAL).to_numpy() if "ood_grade" in table else np.zeros(len(table), bool),
         NOT_XRAY_LIKE: hidden_rows(table).to_numpy(),
         OLDER: np.array([population_note(age) is not None for age in _ages(table)], dtype=bool),
         UNREADABLE: table["error"].notna().to_numpy(),
@@ -199,6 +202,8 @@ def _flagged(table: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def _ages(table: pd.DataFrame) -> list[float | None]:
+    if "age_years" not in table:
+        return [None] * len(table)
     return [None if age is None or pd.isna(age) else float(age) for age in table["age_years"].astype(object)]
 
 
