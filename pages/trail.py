@@ -6,7 +6,7 @@ import streamlit as st
 
 from ui import frame
 
-frame.render("Audit trail")  # first: the banner shows while the imports below load
+model = frame.render("Audit trail")  # first: the banner shows while the imports below load
 
 from pneumo_model import access as policy  # noqa: E402
 from pneumo_model.audit import SOURCES, AuditError, AuditTrail, trail_csv  # noqa: E402
@@ -149,7 +149,7 @@ if found is not None:
         )
 
 with st.spinner("Preparing the trail for the screen..."):
-    table, counts = audit.trail_table(rows, zone, held_thumbnails() | found_picture)
+    table, counts = audit.trail_table(rows, zone, held_thumbnails() | found_picture, audit.gate_grader(model))
 columns[0].metric("Results recorded", counts["results"])
 columns[1].metric("Verdicts recorded", counts["verdicts"])
 columns[2].metric("Disagreements", counts["disagreements"])

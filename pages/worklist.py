@@ -147,7 +147,7 @@ table = scored.table
 audit.record_worklist(list(scored.records))
 records = {record.image_sha256: record for record in scored.records}
 
-flagged = table[table["ood"].eq(True)]
+flagged = table[worklist.hidden_rows(table)]  # the gate's "outside" grade; an "unusual" film keeps its call
 show_flagged = False
 if len(flagged):
     st.error(
@@ -158,7 +158,7 @@ if len(flagged):
     show_flagged = st.checkbox("Show the model's output for them anyway", key="worklist_show_ood")
     if show_flagged:
         for record in scored.records:
-            if record.ood:
+            if record.image_sha256 in set(flagged["sha256"]):
                 audit.note_reveal(audit.recorded_id(record))
 shown = worklist.masked(table, show_flagged)
 numbers = worklist.counts(shown)
@@ -222,8 +222,10 @@ with table_column:
             "probability": st.column_config.NumberColumn("probability", format="%.3f", width=72),
             "call": st.column_config.TextColumn("call", width=78, help="hidden: the image does not look like a chest X-ray"),
             "flags": st.column_config.TextColumn(
-                "flags", width=100, help="indeterminate: in the grey zone, needs a careful read; not X-ray-like: "
-                "flagged by the out-of-distribution check; unreadable: see the reason above",
+                "flags", width=100, help="indeterminate: in the grey zone, needs a careful read; unusual: near the "
+                "out-of-distribution check's cut, read with care (call shown); not X-ray-like: far outside it (call "
+                "hidden); age over 5: the DICOM header's age is outside the trained population (1-5); unreadable: "
+                "see the reason above",
             ),
             "verdict": st.column_config.TextColumn("verdict", width=62, help="Your verdict, recorded in this tab"),
         },

@@ -48,7 +48,7 @@ from .preprocessing import ImageLimits, _too_big_message
 
 # The columns of RESULTS, in order; nothing else is written.
 RESULT_COLUMNS = (
-    "file", "sha256", "probability", "label", "grey_zone", "ood", "ood_score",
+    "file", "sha256", "probability", "label", "grey_zone", "ood", "ood_score", "ood_grade",
     "operating_point", "model_sha", "warnings", "error",
 )
 _PART = re.compile(r"^part-(\d{6,})\.parquet$")
@@ -214,7 +214,7 @@ def result_schema():
 
     return pa.schema([
         ("file", pa.string()), ("sha256", pa.string()), ("probability", pa.float64()), ("label", pa.string()),
-        ("grey_zone", pa.bool_()), ("ood", pa.bool_()), ("ood_score", pa.float64()),
+        ("grey_zone", pa.bool_()), ("ood", pa.bool_()), ("ood_score", pa.float64()), ("ood_grade", pa.string()),
         ("operating_point", pa.string()), ("model_sha", pa.string()), ("warnings", pa.list_(pa.string())),
         ("error", pa.string()),
     ])
@@ -225,7 +225,7 @@ def scored_row(name: str, digest: str, prediction) -> dict:
     return {
         "file": name, "sha256": digest, "probability": float(prediction.probability), "label": prediction.label,
         "grey_zone": bool(prediction.grey_zone), "ood": prediction.ood, "ood_score": prediction.ood_score,
-        "operating_point": prediction.operating_point, "model_sha": prediction.model_sha,
+        "ood_grade": prediction.ood_grade, "operating_point": prediction.operating_point, "model_sha": prediction.model_sha,
         "warnings": list(prediction.info.warnings), "error": None,
     }
 
@@ -234,7 +234,7 @@ def error_row(name: str, digest: str | None, reason: str, model_sha: str, operat
     """The row of a file that could not be scored: the reason, the score columns null."""
     return {
         "file": name, "sha256": digest, "probability": None, "label": None, "grey_zone": None, "ood": None,
-        "ood_score": None, "operating_point": operating_point, "model_sha": model_sha, "warnings": [],
+        "ood_score": None, "ood_grade": None, "operating_point": operating_point, "model_sha": model_sha, "warnings": [],
         "error": reason,
     }
 

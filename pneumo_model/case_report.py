@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
 from .artifacts import ModelMetadata
+from .ood import OUTSIDE, UNUSUAL, known_grade
 from .operating_point import SHIPPED, OperatingPoint
 from .prediction import Prediction
 from .presentation import AMBER, BAR_AXIS_NOTE, DISCLAIMER, INDETERMINATE, INK, MUTED, call_sentence, call_word
@@ -119,9 +120,16 @@ def report_figure(
         f"Pneumonia X-ray review · made {created:%Y-%m-%d %H:%M} UTC",
     )
     write.box(f"{DISCLAIMER} {_who_it_is_for()}", edge=AMBER, fill="#FFF4DB")
-    if prediction.ood:
+    grade = _grade(prediction)
+    if grade == UNUSUAL:
         write.box(
-            f"The out-of-distribution gate flagged this image (score {prediction.ood_score:.2f}; above 1 is flagged): "
+            f"Unusual for the films this model was trained on: read with care (out-of-distribution score "
+            f"{prediction.ood_score:.2f}, near the gate's cut at 1; docs/ood_grades.md).",
+            edge=AMBER, fill="#FFF4DB",
+        )
+    if grade == OUTSIDE:
+        write.box(
+            f"The out-of-distribution gate flagged this image (score {prediction.ood_score:.2f}, far above its cut at 1): "
             "it does not look like a frontal chest X-ray of the kind the model was trained on, and the model's "
             "output is not meaningful. It is reported only because the reader asked to see it.",
             edge=ERROR_RED, fill="#FBE9E9",
@@ -177,8 +185,15 @@ def _calibration(point: OperatingPoint) -> str:
 def _gate(prediction: Prediction) -> str:
     if prediction.ood is None:
         return "this model has no out-of-distribution check"
-    verdict = "flagged: the output is not meaningful" if prediction.ood else "not flagged"
-    return f"out-of-distribution score {prediction.ood_score:.2f} (above 1 is flagged): {verdict}"
+    verdict = {
+        OUTSIDE: "outside: the output is not meaningful",
+        UNUSUAL: "unusual for the training films: read with care",
+    }.get(_grade(prediction), "in distribution")
+    return f"out-of-distribution score {prediction.ood_score:.2f} (the gate's cut is 1): {verdict}"
+
+
+def _grade(prediction: Prediction) -> str | None:
+    return known_grade(prediction.ood_grade, prediction.ood_score)
 
 
 def _check_picture(picture: np.ndarray, name: str, grey: bool) -> None:

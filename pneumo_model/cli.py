@@ -901,8 +901,11 @@ def _bench(args) -> int:
 
 
 def _add_ood(commands) -> None:
-    parser = commands.add_parser("ood", help="fit the out-of-distribution gate, or measure it into reports/ood.json")
-    parser.add_argument("action", choices=("fit", "evaluate"))
+    parser = commands.add_parser(
+        "ood",
+        help="fit the out-of-distribution gate, fix its grade cut-offs (validation and corpus), or measure it into reports/ood.json",
+    )
+    parser.add_argument("action", choices=("fit", "grades", "evaluate"))
     _add_data_flag(parser)
     _add_model_flag(parser)
     parser.add_argument("--reports", type=Path, default=None)
@@ -912,12 +915,17 @@ def _add_ood(commands) -> None:
 def _ood(args) -> int:
     from .data import resolve_data_dir
     from .lab.evaluation import DEFAULT_REPORTS_DIR, evaluate_ood
-    from .lab.ood_fit import fit_for_model
-    from .paths import gate_path
+    from .lab.ood_fit import fit_for_model, fix_grades
+    from .paths import gate_path, grades_path
 
     if args.action == "fit":
         gate = fit_for_model(args.model, resolve_data_dir(args.data))
         print(json.dumps({"gate": str(gate_path(args.model)), "threshold": gate.threshold, **gate.facts}))
+        return EXIT_OK
+    if args.action == "grades":
+        grades = fix_grades(args.model, resolve_data_dir(args.data))
+        print(json.dumps({"grades": str(grades_path(args.model)), "unusual_from": grades.unusual_from,
+                          "outside_from": grades.outside_from, "validation_whole": grades.facts["validation_whole"]}))
         return EXIT_OK
     report = evaluate_ood(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR)
     summary = {"test_pass_rate": report["test_split"]["pass_rate"]}

@@ -6,14 +6,18 @@ header, check the size against the limits, then decode the pixels. pydicom does 
 LUT or window); this module only chooses what to apply and how to map it to uint8 / uint16.
 
 Privacy: only the non-identifying tags in ``DicomTags`` are kept. The patient's age is read to
-warn about a population the model was not trained on, and is then dropped: it never appears in
-a warning, an error, the returned facts or a log. No error message quotes pydicom's own text,
-which could echo header values.
+tell the reader when the film is from outside the trained population (docs/ood_grades.md): it is
+kept in years only (``DicomTags.age_years``, 90 and over said as "90 years or more"), and the
+dates it may be computed from (birth date, study date...) are read, used and dropped: they never
+appear in a warning, an error, the returned facts or a log. No error message quotes pydicom's
+own text, which could echo header values.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import math
 import re
 import struct
 import zlib
@@ -26,8 +30,19 @@ from .errors import InvalidImageError, UnsupportedDicomError
 
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
-# The trained population: children aged 1 to 5 years; older than this gets a warning.
-TRAINED_MAX_AGE_YEARS = 10.0
+# The trained population: children aged 1 to 5 years; more completed years than this gets the population note.
+TRAINED_MAX_AGE_YEARS = 5
+# Ages from this up are kept and said as "90 years or more": ages over 89 identify (HIPAA Safe Harbor).
+AGE_CAP_YEARS = 90
+# An age past this, or a birth after the study, is a malformed header, not an age.
+_OLDEST_AGE_YEARS = 150
+# The dates an age is counted to when the header gives a birth date but no age, in order of preference.
+AGE_REFERENCE_DATES = ("StudyDate", "AcquisitionDate", "ContentDate", "SeriesDate")
+POPULATION_NOTE_START = "This film's header gives an age of"
+AGE_UNREADABLE_NOTE = (
+    "The DICOM header's patient age (or birth date) is not in a form this package reads, so the film could not "
+    "be checked against the trained population (children aged 1-5)."
+)
 
 _RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG", "OT"}  # OT: secondary captures, often of film
 _MODALITY_NAMES = {
@@ -54,6 +69,8 @@ _READ_TAGS = [
     "BodyPartExamined",
     "ViewPosition",
     "PatientAge",
+    "PatientBirthDate",  # only to count an age from when PatientAge is absent; dropped at once
+    *AGE_REFERENCE_DATES,
     "SamplesPerPixel",
     "PhotometricInterpretation",
     "PlanarConfiguration",
@@ -90,6 +107,9 @@ class DicomTags:
         view_position: (0018,5101), e.g. "AP", "PA", "LL".
         photometric_interpretation: (0028,0004), e.g. "MONOCHROME1".
         transfer_syntax: the transfer syntax's name, e.g. "JPEG 2000 Image Compression".
+        age_years: the patient's age in years (two decimals, at most ``AGE_CAP_YEARS``), from
+            Patient's Age or counted from the birth date to the study date (``age_in_years``);
+            None where the header gives none or a malformed one.
     """
 
     modality: str | None
@@ -97,6 +117,92 @@ class DicomTags:
     view_position: str | None
     photometric_interpretation: str | None
     transfer_syntax: str | None
+    age_years: float | None = None
+
+
+@dataclass(frozen=True)
+class AgeReading:
+    """What a header says about the patient's age.
+
+    Attributes:
+        years: the age in years (rounded down to two decimals, capped at ``AGE_CAP_YEARS``), or None.
+        unreadable: an age or birth date is there but malformed (so the age could not be checked).
+    """
+
+    years: float | None
+    unreadable: bool = False
+
+
+def age_in_years(patient_age: str | None, birth_date: str | None = None, reference_dates=()) -> AgeReading:
+    """The patient's age from the header's texts; malformed values give no age, never an error.
+
+    Args:
+        patient_age: Patient's Age (AS): three digits and a unit letter ("081Y", "006M", "010W",
+            "003D"), or, as many exporters write it, digits alone ("81", read as years). Spaces and
+            NULs around it are ignored.
+        birth_date: Patient's Birth Date (DA: "YYYYMMDD", or the old "YYYY.MM.DD"), used only
+            when ``patient_age`` is absent or empty.
+        reference_dates: the dates to count the age to (``AGE_REFERENCE_DATES``' values, in
+            order); the first valid one is used.
+    """
+    text = (patient_age or "").strip(" \x00").upper()
+    if text:
+        match = re.fullmatch(r"(\d{1,3}) ?([DWMY]?)", text)
+        if match is None:
+            return AgeReading(None, unreadable=True)
+        return _reading(int(match.group(1)) / _AGE_UNITS_PER_YEAR[match.group(2) or "Y"])
+    birth_text = (birth_date or "").strip(" \x00")
+    if not birth_text:
+        return AgeReading(None)
+    birth = _date(birth_text)
+    reference = next((day for day in (_date(text) for text in reference_dates if text) if day is not None), None)
+    if birth is None or reference is None or reference < birth:
+        return AgeReading(None, unreadable=True)
+    # Completed years, counted as a birthday is: 29 February counts from 1 March in other years.
+    years = reference.year - birth.year - ((reference.month, reference.day) < (birth.month, birth.day))
+    last_birthday = _anniversary(birth, birth.year + years)
+    return _reading(years + (reference - last_birthday).days / 365.25)
+
+
+def _reading(years: float) -> AgeReading:
+    if not math.isfinite(years) or years < 0 or years > _OLDEST_AGE_YEARS:
+        return AgeReading(None, unreadable=True)
+    # Rounded down, so that the completed years are never overstated (7.997 years is 7.99, aged 7).
+    return AgeReading(min(math.floor(years * 100 + 1e-9) / 100, float(AGE_CAP_YEARS)))
+
+
+def _date(text: str) -> dt.date | None:
+    match = re.fullmatch(r"(\d{4})\.?(\d{2})\.?(\d{2})", text.strip(" \x00"))
+    if match is None:
+        return None
+    try:
+        return dt.date(*(int(part) for part in match.groups()))
+    except ValueError:
+        return None
+
+
+def _anniversary(birth: dt.date, year: int) -> dt.date:
+    try:
+        return birth.replace(year=year)
+    except ValueError:  # 29 February in a year without one
+        return dt.date(year, 3, 1)
+
+
+def population_note(age_years: float | None, max_age_years: int = TRAINED_MAX_AGE_YEARS) -> str | None:
+    """The note for a film whose header gives an age over the trained population's (more than
+    ``max_age_years`` completed years), None otherwise. It names the completed years only."""
+    if age_years is None or math.floor(age_years) <= max_age_years:
+        return None
+    said = f"{AGE_CAP_YEARS} years or more" if age_years >= AGE_CAP_YEARS else f"{math.floor(age_years)} years"
+    return (
+        f"{POPULATION_NOTE_START} {said}; the model was trained on children aged 1-5: its output is from outside "
+        "the trained population."
+    )
+
+
+def is_population_note(warning: str) -> bool:
+    """Whether one of an image's warnings is the population note (pages draw it beside the call)."""
+    return warning.startswith(POPULATION_NOTE_START)
 
 
 def is_dicom(data: bytes) -> bool:
@@ -536,24 +642,31 @@ def _window_output_range(ds) -> tuple[float, float]:
     return low, high
 
 
-def header_facts(ds, warnings: list[str], max_age_years: float = TRAINED_MAX_AGE_YEARS) -> DicomTags:
+def header_facts(ds, warnings: list[str], max_age_years: int = TRAINED_MAX_AGE_YEARS) -> DicomTags:
     """The non-identifying tags, and warnings when they say this is not what the model was trained on.
 
     Warns for a modality other than a radiograph (CT, MR, US...), a body part other than the
-    chest, a view other than frontal (AP/PA), and a patient older than ``max_age_years``. The
-    age itself is not returned or quoted.
+    chest, a view other than frontal (AP/PA), and a patient older than ``max_age_years``
+    completed years (``population_note``); notes an age or birth date that cannot be read. The
+    age is returned in years only; the dates it may come from are not.
 
     Args:
         ds: the data set.
         warnings: list that plain-sentence warnings are appended to.
-        max_age_years: oldest age of the trained population, in years.
+        max_age_years: oldest age of the trained population, in completed years.
     """
+    age = age_in_years(
+        _raw_text(ds, "PatientAge"),
+        _raw_text(ds, "PatientBirthDate"),
+        [_raw_text(ds, keyword) for keyword in AGE_REFERENCE_DATES],
+    )
     tags = DicomTags(
         modality=_code(ds, "Modality"),
         body_part=_code(ds, "BodyPartExamined"),
         view_position=_code(ds, "ViewPosition"),
         photometric_interpretation=_code(ds, "PhotometricInterpretation"),
         transfer_syntax=_syntax_name(ds),
+        age_years=age.years,
     )
     if tags.modality and tags.modality not in _RADIOGRAPH_MODALITIES:
         name = _MODALITY_NAMES.get(tags.modality)
@@ -573,11 +686,11 @@ def header_facts(ds, warnings: list[str], max_age_years: float = TRAINED_MAX_AGE
             f"The DICOM header says the view is {tags.view_position} ({kind}); the model was trained on "
             "frontal (AP or PA) chest radiographs only."
         )
-    if _older_than(ds, max_age_years):
-        warnings.append(
-            f"The DICOM header gives a patient age over {max_age_years:g} years; the model was trained on "
-            "children aged 1 to 5, so its output may be less reliable."
-        )
+    note = population_note(age.years, max_age_years)
+    if note is not None:
+        warnings.append(note)
+    elif age.unreadable:
+        warnings.append(AGE_UNREADABLE_NOTE)
     return tags
 
 
@@ -603,11 +716,3 @@ def _code(ds, keyword: str) -> str | None:
 def _syntax_name(ds) -> str | None:
     syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
     return getattr(syntax, "name", None) if syntax else None
-
-
-def _older_than(ds, max_age_years: float) -> bool:
-    """Whether Patient's Age (AS, e.g. "012Y") exceeds the limit; False when absent or malformed."""
-    match = re.fullmatch(r"(\d{1,3})([DWMY])", _raw_text(ds, "PatientAge").strip(" \x00").upper())
-    if match is None:
-        return False
-    return int(match.group(1)) / _AGE_UNITS_PER_YEAR[match.group(2)] > max_age_years

@@ -23,11 +23,22 @@ scored (``evaluation.evaluate_ood``).
 
 The gate belongs to one model (its activations): it is saved beside the model as
 ``<model>.ood.npz`` (no pickle) and carries the model's SHA-256.
+
+Grades (``OodGrades``, docs/ood_grades.md): one cut at 1 reads too categorically, since the
+gate flags a few ordinary chest films just above it. The score is read in three grades:
+``in_distribution`` (below ``unusual_from``), ``unusual`` (near the cut on either side: the call
+is shown with a note) and ``outside`` (from ``outside_from`` up: the call is hidden). The two
+cut-offs are fixed on validation X-rays and the out-of-distribution corpus, never on the test
+split, and saved in a small side file ``<model>.ood_grades.json`` that carries the SHA-256 of
+the gate file it was fixed for (a refitted gate makes it stale). Without that file a flagged
+image is ``outside`` and any other ``in_distribution``: the single cut as before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +47,13 @@ import cv2
 import numpy as np
 
 from .errors import ModelFileError
-from .paths import gate_path  # noqa: F401 (re-exported)
+from .paths import file_sha256, gate_path, grades_path  # noqa: F401 (re-exported)
 
 GATE_SCHEMA_VERSION = 2
+GRADES_SCHEMA_VERSION = 1
+# The gate's grades, from least to most unlike the training X-rays (``OodGrades``).
+IN_DISTRIBUTION, UNUSUAL, OUTSIDE = "in_distribution", "unusual", "outside"
+OOD_GRADES = (IN_DISTRIBUTION, UNUSUAL, OUTSIDE)
 FIXED_DETECTORS = ("layout", "sharpness", "colour")
 
 
@@ -183,6 +198,7 @@ class OodGate:
         scales: per-detector divisor, in ``detectors`` order.
         threshold: the largest scaled value above which an image is out of distribution.
         facts: how it was fitted (counts, validation pass rates, config).
+        grades: the grade cut-offs from the side file beside the gate, None without one.
     """
 
     model_sha256: str
@@ -195,6 +211,11 @@ class OodGate:
     scales: np.ndarray
     threshold: float
     facts: dict = field(default_factory=dict)
+    grades: OodGrades | None = None
+
+    def grade(self, score: float | None) -> str | None:
+        """The score's grade (``OOD_GRADES``): by the fitted cut-offs, or the single cut at 1 without them."""
+        return single_cut_grade(score) if self.grades is None else self.grades.grade(score)
 
     @property
     def detectors(self) -> tuple[str, ...]:
@@ -244,11 +265,21 @@ class OodGate:
 
     @classmethod
     def load(cls, path: Path) -> "OodGate":
-        """Reads a gate written by ``save`` (no pickle).
+        """Reads a gate written by ``save`` (no pickle), with its grade cut-offs when the side
+        file ``<model>.ood_grades.json`` is beside it.
 
         Raises:
-            ModelFileError: the file is missing, damaged or of another version.
+            ModelFileError: the file is missing, damaged or of another version, or the grade
+                cut-offs beside it are damaged or were fixed for another gate.
         """
+        gate = cls._load_gate(path)
+        beside = Path(path).with_name(Path(path).name.removesuffix(".ood.npz") + ".ood_grades.json")
+        if Path(path).name.endswith(".ood.npz") and beside.is_file():
+            gate = dataclasses.replace(gate, grades=OodGrades.load(beside, Path(path)))
+        return gate
+
+    @classmethod
+    def _load_gate(cls, path: Path) -> "OodGate":
         try:
             with np.load(Path(path), allow_pickle=False) as data:
                 header = json.loads(str(data["header"]))
@@ -275,3 +306,89 @@ class OodGate:
                 f"The out-of-distribution gate {path} cannot be read ({error}). Fit it again with "
                 "`python -m pneumo_model ood fit`."
             ) from None
+
+
+def single_cut_grade(score: float | None) -> str | None:
+    """The grade without fitted grade cut-offs: the gate's own cut at 1 (a NaN score is ``outside``)."""
+    if score is None:
+        return None
+    return IN_DISTRIBUTION if score <= 1.0 else OUTSIDE
+
+
+def known_grade(grade: str | None, score: float | None) -> str | None:
+    """``grade`` when one was given, else the single cut's grade of ``score`` (a prediction made
+    without grades, or read back from a record that kept only the score)."""
+    return grade if grade is not None else single_cut_grade(score)
+
+
+@dataclass(frozen=True)
+class OodGrades:
+    """Where the gate's score is read as in distribution, unusual or outside (see the module's docstring).
+
+    Attributes:
+        gate_sha256: SHA-256 of the ``.ood.npz`` file these cut-offs were fixed for.
+        unusual_from: scores above this (and below ``outside_from``) are ``unusual``; at most 1.
+        outside_from: scores from this up are ``outside`` (the call hidden); at least 1.
+        facts: the rule and the validation and corpus figures that fixed the cut-offs.
+    """
+
+    gate_sha256: str
+    unusual_from: float
+    outside_from: float
+    facts: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not (0.0 < self.unusual_from <= 1.0 <= self.outside_from and math.isfinite(self.outside_from)):
+            raise ValueError(
+                f"grade cut-offs must satisfy 0 < unusual_from <= 1 <= outside_from, got {self.unusual_from}, {self.outside_from}"
+            )
+
+    def grade(self, score: float | None) -> str | None:
+        """``in_distribution``, ``unusual`` or ``outside`` for an ``ood_score`` (None without one;
+        a NaN score, which the gate flags, is ``outside``)."""
+        if score is None:
+            return None
+        if score <= self.unusual_from:
+            return IN_DISTRIBUTION
+        if score < self.outside_from:
+            return UNUSUAL
+        return OUTSIDE
+
+    def save(self, path: Path) -> None:
+        record = {
+            "schema_version": GRADES_SCHEMA_VERSION,
+            "gate_sha256": self.gate_sha256,
+            "unusual_from": self.unusual_from,
+            "outside_from": self.outside_from,
+            "facts": self.facts,
+        }
+        Path(path).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path, gate_file: Path) -> "OodGrades":
+        """Reads the cut-offs and checks that they were fixed for the gate in ``gate_file``.
+
+        Raises:
+            ModelFileError: the file is damaged, of another version, or fixed for another gate.
+        """
+        try:
+            record = json.loads(Path(path).read_text())
+            if record.get("schema_version") != GRADES_SCHEMA_VERSION:
+                raise ModelFileError(f"The gate's grade cut-offs {path} are of another version; fix them again.")
+            grades = cls(
+                gate_sha256=str(record["gate_sha256"]),
+                unusual_from=float(record["unusual_from"]),
+                outside_from=float(record["outside_from"]),
+                facts=record.get("facts", {}),
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ModelFileError(
+                f"The gate's grade cut-offs {path} cannot be read ({error}). Fix them again with "
+                "`python -m pneumo_model ood grades`."
+            ) from None
+        if grades.gate_sha256 != file_sha256(gate_file):
+            raise ModelFileError(
+                f"The gate's grade cut-offs {path} were fixed for another gate than {gate_file} (refitted since?). "
+                "Fix them again with `python -m pneumo_model ood grades`, or delete the file to use the single cut at 1."
+            )
+        return grades

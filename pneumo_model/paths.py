@@ -37,3 +37,8 @@ def metadata_path(model_path: str | Path) -> Path:
 def gate_path(model_path: str | Path) -> Path:
     """The out-of-distribution gate beside a ``.keras`` model (``<model>.ood.npz``)."""
     return Path(model_path).with_suffix(".ood.npz")
+
+
+def grades_path(model_path: str | Path) -> Path:
+    """The gate's grade cut-offs beside a ``.keras`` model (``<model>.ood_grades.json``, ``ood.OodGrades``)."""
+    return Path(model_path).with_suffix(".ood_grades.json")

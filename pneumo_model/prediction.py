@@ -40,6 +40,9 @@ class Prediction:
         ood: True when the out-of-distribution gate says the image does not look like the
             training X-rays (the call is then not meaningful); None when no gate is loaded.
         ood_score: the gate's score (above 1: out of distribution); None without a gate.
+        ood_grade: the score read in words (``ood.OOD_GRADES``): "in_distribution", "unusual"
+            (near the cut on either side: the call is shown with a note) or "outside" (the call
+            is hidden); None without a gate.
     """
 
     probability: float
@@ -52,6 +55,7 @@ class Prediction:
     logit: float
     ood: bool | None = None
     ood_score: float | None = None
+    ood_grade: str | None = None
 
     def to_record(self, file: str) -> dict:
         """The ``predict`` command's JSON object (``PREDICTION_SCHEMA_VERSION``)."""
@@ -67,6 +71,8 @@ class Prediction:
             "warnings": list(self.info.warnings),
             "ood": self.ood,
             "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+            "ood_grade": self.ood_grade,
+            "age_years": self.info.age_years,
         }
 
 
@@ -223,6 +229,7 @@ class Predictor:
                 logit=float(logit),
                 ood=None if score is None else not score <= 1.0,  # a NaN score is flagged
                 ood_score=score,
+                ood_grade=None if score is None else self.gate.grade(score),
             )
             for probability, logit, info, score in zip(probabilities, logits, infos, ood_scores)
         ]

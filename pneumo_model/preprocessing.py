@@ -150,6 +150,12 @@ class ImageInfo:
     colour_spread: float = 0.0
     reduction: int = 1
 
+    @property
+    def age_years(self) -> float | None:
+        """The patient's age in years that a DICOM header gives (``dicom.DicomTags.age_years``); None
+        for other formats and where the header gives no readable age."""
+        return None if self.dicom is None else getattr(self.dicom, "age_years", None)
+
     def to_dict(self) -> dict:
         return {
             "width": self.width,

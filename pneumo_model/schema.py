@@ -10,6 +10,10 @@ History:
     2: adds ``operating_point``, the id of the operating point that made the call (the shipped
        one's content hash, or a site profile's ``id``), so a line says which threshold and grey
        zone its label and flag come from.
+    3: adds ``ood_grade`` (the gate's score in words: "in_distribution", "unusual", "outside";
+       docs/ood_grades.md) and ``age_years`` (the age a DICOM header gives, in years; null
+       where none), so a line says whether the call is hidden and whether the film is from the
+       trained population.
 """
 
-PREDICTION_SCHEMA_VERSION = 2
+PREDICTION_SCHEMA_VERSION = 3

@@ -670,7 +670,7 @@ def test_dicom_identifiers_reach_neither_the_audit_trail_nor_the_logs(audit_db, 
     )
     app = upload(start(), "study.dcm", data, "application/dicom")
     assert probability_shown(app)
-    assert "over 10 years" in texts(app.info)  # the age was read, for a warning that does not quote it
+    assert "gives an age of 87 years" in texts(app.warning)  # the age in years, never the birth date
     app.radio(key="review_verdict_verdict").set_value("agree")
     app.button(key="review_verdict_submit").click().run()
     for page in ("pages/explain.py", "pages/crop.py", "pages/trail.py"):

@@ -44,7 +44,7 @@ def test_predict_prints_the_schema_and_exits_0_when_all_are_scored(tiny_model, f
     record = records[0]
     assert set(record) == {
         "schema_version", "file", "probability", "label", "grey_zone", "threshold", "operating_point", "model_sha",
-        "warnings", "ood", "ood_score",
+        "warnings", "ood", "ood_score", "ood_grade", "age_years",
     }
     from pneumo_model.artifacts import read_metadata
     from pneumo_model.operating_point import OperatingPoint
@@ -54,6 +54,7 @@ def test_predict_prints_the_schema_and_exits_0_when_all_are_scored(tiny_model, f
     assert 0.0 <= record["probability"] <= 1.0
     assert record["label"] == ("pneumonia" if record["probability"] >= record["threshold"] else "normal")
     assert record["ood"] is None and record["ood_score"] is None and record["warnings"] == []
+    assert record["ood_grade"] is None and record["age_years"] is None  # no gate; not a DICOM
 
 
 def test_predict_with_audit_records_each_scored_file_and_no_file_name(tiny_model, files, capsys, tmp_path):

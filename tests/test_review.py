@@ -187,6 +187,10 @@ def test_the_report_is_one_page_with_the_sha_prefix_and_the_call(tmp_path):
     flagged = case_report_pdf(film, overlay, prediction(0.3, site, ood=True), metadata, site, digest, "t", "w" * 400,
                               legend)
     assert pdf_pages(flagged) == 1 and pdf_says(flagged, "The out-of-distribution gate")
+    near = dataclasses.replace(prediction(0.3, at, ood=True), ood_score=1.1, ood_grade="unusual")
+    unusual = case_report_pdf(film, overlay, near, metadata, at, digest, "t", "w", legend)
+    assert pdf_says(unusual, "read with care") and not pdf_says(unusual, "does not look like")
+    assert pdf_says(flagged, "does not look like")  # the check above can fail
 
     with pytest.raises(ValueError, match="64"):
         case_report_pdf(film, overlay, prediction(0.3, at), metadata, at, digest[:12], "t", "w")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,11 +21,12 @@ import streamlit as st
 
 from pneumo_model.paths import REPO_ROOT
 from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, AuditTrail, ResultRecord
+from pneumo_model.ood import OUTSIDE, UNUSUAL, single_cut_grade
 
 from .markup import plain
 
 if TYPE_CHECKING:  # not at import: the frame imports this module before the model's libraries load
-    from pneumo_model.prediction import Prediction
+    from pneumo_model.prediction import Prediction, Predictor
 
 AUDIT_DB_ENV = "PNEUMO_AUDIT_DB"
 DEFAULT_AUDIT_DB = REPO_ROOT / "audit" / "audit.sqlite3"
@@ -232,8 +233,26 @@ def _minute(moment: pd.Timestamp, zone: dt.tzinfo) -> str | None:
     return None if pd.isna(moment) else moment.to_pydatetime().astimezone(zone).strftime(MINUTE)
 
 
+def gate_grader(model: Predictor) -> Callable[[str, float | None], str | None]:
+    """How the trail reads a stored gate score: ``(model SHA-256, ood_score) -> grade``. The trail keeps
+    the score, not the grade; a result of the model in use is graded with its gate's cut-offs
+    (docs/ood_grades.md), one of another model with the single cut at 1 it was flagged by."""
+
+    def grade(model_sha256: str, score: float | None) -> str | None:
+        if score is None or pd.isna(score):
+            return None
+        if model.gate is not None and model_sha256 == model.metadata.model_sha256:
+            return model.gate.grade(float(score))
+        return single_cut_grade(float(score))
+
+    return grade
+
+
 def trail_table(
-    rows: list[dict], zone: dt.tzinfo = dt.timezone.utc, thumbnails: Mapping[str, str] | None = None
+    rows: list[dict],
+    zone: dt.tzinfo = dt.timezone.utc,
+    thumbnails: Mapping[str, str] | None = None,
+    grader: Callable[[str, float | None], str | None] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The trail for the screen, newest first, and its counts.
 
@@ -246,13 +265,15 @@ def trail_table(
         zone: the reader's time zone (``reader_zone``).
         thumbnails: data URLs of pictures of images this session still holds, keyed by SHA-256;
             a row of another image has no picture (the trail keeps no pixels).
+        grader: reads a row's stored gate score as a grade (``gate_grader``); None: the single cut at 1.
 
     Returns:
         The table, with the trail's columns and, for the screen: ``time``, ``day`` (its local
         date, for the date filter), ``shown``, ``verdict_time`` and ``revealed`` (local
         minutes), ``image``, ``model`` (first 12 hex digits), ``point`` (first 8; empty for
-        records made before the trail kept it), ``flags`` (indeterminate, not X-ray-like,
-        cropped, hidden call shown) and ``thumbnail``; and the counts of results, verdicts and
+        records made before the trail kept it), ``flags`` (indeterminate, the gate's
+        grade as "unusual: read with care" or "not X-ray-like", cropped, markers painted out,
+        hidden call shown) and ``thumbnail``; and the counts of results, verdicts and
         disagreements in the whole trail.
     """
     table = pd.DataFrame(rows, columns=TRAIL_COLUMNS)
@@ -264,9 +285,12 @@ def trail_table(
     shown_at = table["recorded_utc"].map(_moment)
     verdict_at = table["verdict_utc"].map(_moment)
     moment = verdict_at.where(verdict_at.notna(), shown_at)
+    grade = grader or (lambda model_sha256, score: None if score is None or pd.isna(score) else single_cut_grade(score))
+    grades = pd.Series([grade(sha, score) for sha, score in zip(table["model_sha256"], table["ood_score"])], index=table.index, dtype=object)
     words = {
         "indeterminate": table["grey_zone"].eq(1),
-        "not X-ray-like": table["ood"].eq(1),
+        "unusual: read with care": grades.eq(UNUSUAL),
+        "not X-ray-like": grades.eq(OUTSIDE) | (grades.isna() & table["ood"].eq(1)),
         "cropped": table["crop_box"].notna(),
         "markers painted out": table["markers_masked"].eq(1),
         "hidden call shown": table["revealed_utc"].notna(),

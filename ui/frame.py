@@ -16,7 +16,9 @@ import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
 from pneumo_model import presentation
+from pneumo_model.dicom import is_population_note, population_note
 from pneumo_model.errors import PneumoError
+from pneumo_model.ood import OUTSIDE, UNUSUAL, known_grade
 from pneumo_model.paths import REPO_ROOT
 
 from . import state
@@ -60,6 +62,18 @@ OOD_MESSAGE = (
     "It is unlike the paediatric chest films the model was trained on (a photo, another body part "
     "or modality, a rotated, inverted or tightly cropped film...)."
 )
+# The gate's middle grade (docs/ood_grades.md): near its cut on either side, the call is shown with this.
+UNUSUAL_MESSAGE = (
+    "**Unusual for the films this model was trained on: read with care.** It lies near the edge of the chest "
+    "films the model knows (a tilted, blurred, unusually exposed or positioned film can); weigh the call against "
+    "the film itself."
+)
+# The gate's top grade on a film whose header gives an age outside the trained population: a chest
+# X-ray from another population, not "not a chest X-ray".
+POPULATION_OUTSIDE_MESSAGE = (
+    "**Far from the films this model was trained on; the model's output is not meaningful.** "
+    "Its header gives an age outside the trained population (see the note below), which can explain it."
+)
 
 
 def show_error(error: PneumoError, file_name: str | None = None) -> None:
@@ -73,23 +87,46 @@ def show_error(error: PneumoError, file_name: str | None = None) -> None:
 
 
 def show_warnings(warnings) -> None:
-    """The decoder's notes on an image (they may quote the file's own tags), as plain text."""
+    """The decoder's notes on an image (they may quote the file's own tags), as plain text. The
+    population note is left out: ``shown_call`` draws it above the call."""
     for warning in warnings:
-        st.info(plain(warning), icon=":material/info:")
+        if not is_population_note(warning):
+            st.info(plain(warning), icon=":material/info:")
+
+
+def show_population_note(prediction: Prediction) -> None:
+    """The note for a film whose DICOM header gives an age outside the trained population, if any."""
+    for warning in prediction.info.warnings:
+        if is_population_note(warning):
+            st.warning(plain(warning), icon=":material/person_alert:")
+
+
+def ood_grade(prediction: Prediction) -> str | None:
+    """The prediction's gate grade (``ood.OOD_GRADES``); the single cut at 1 for one made without grades."""
+    return known_grade(prediction.ood_grade, prediction.ood_score)
 
 
 def ood_gate(prediction: Prediction, key: str, message: str = OOD_MESSAGE) -> bool:
-    """Shows the out-of-distribution verdict; returns whether the model's output may be shown.
+    """Shows the out-of-distribution verdict in graded words; returns whether the model's output may be shown.
 
-    An image the gate flags gets a plain message, and its call stays hidden unless the user
-    ticks the box (``key`` makes the box per page and image).
+    ``outside`` gets ``message`` (on a film whose header gives an age outside the trained
+    population, words that say so instead of the default "does not look like a chest X-ray"),
+    and its call stays hidden unless the user ticks the box (``key`` makes the box per page and
+    image); ``unusual`` gets a note and the call; ``in_distribution`` nothing.
     """
     if prediction.ood is None:
         st.caption("This model has no out-of-distribution check; make sure the image is a frontal chest X-ray.")
         return True
-    if not prediction.ood:
+    grade = ood_grade(prediction)
+    score = f"(Out-of-distribution score {prediction.ood_score:.2f}; the gate's cut is 1.)"
+    if grade == UNUSUAL:
+        st.warning(f"{UNUSUAL_MESSAGE} {score}", icon=":material/visibility:")
         return True
-    st.error(f"{message} (Out-of-distribution score {prediction.ood_score:.2f}; above 1 is flagged.)", icon=":material/block:")
+    if grade != OUTSIDE:
+        return True
+    if message == OOD_MESSAGE and population_note(prediction.info.age_years) is not None:
+        message = POPULATION_OUTSIDE_MESSAGE
+    st.error(f"{message} {score}", icon=":material/block:")
     return st.checkbox("Show the model's output anyway", key=f"show_ood_{key}", value=False)
 
 
@@ -273,8 +310,9 @@ def shown_call(
 ) -> tuple[bool, int | None]:
     """The audit rule for a call a page is about to show, in one place.
 
-    Records the result (once per session), applies the out-of-distribution gate, and records a
-    reveal when the user asks to see a call the gate hid.
+    Records the result (once per session), applies the out-of-distribution gate in graded words,
+    records a reveal when the user asks to see a call the gate hid, and, for the whole image,
+    draws the population note (a header age outside the trained population) above the call.
 
     Args:
         image: the image the call is about.
@@ -292,6 +330,8 @@ def shown_call(
 
     result_id = audit.record_shown(image.digest, prediction, crop_box=crop_box, markers_masked=markers_masked)
     may_show = ood_gate(prediction, f"{key}_{image.digest[:16]}", message)
-    if may_show and prediction.ood:
+    if may_show and ood_grade(prediction) == OUTSIDE:  # only a hidden call is revealed
         audit.note_reveal(result_id)
+    if crop_box is None and not markers_masked:  # once per page: an edit of the image has the same header
+        show_population_note(prediction)
     return may_show, result_id

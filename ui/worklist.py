@@ -15,15 +15,18 @@ from PIL import Image
 
 from pneumo_model.audit import ResultRecord
 from pneumo_model.csv_export import write_csv
+from pneumo_model.dicom import population_note
 from pneumo_model.display import screen_grey
 from pneumo_model.errors import PneumoError
+from pneumo_model.ood import OUTSIDE, known_grade
+from pneumo_model.ood import UNUSUAL as GRADE_UNUSUAL
 from pneumo_model.paths import bytes_sha256
 from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Predictor
 
 COLUMNS = [
-    "file", "probability", "call", "grey_zone", "ood", "ood_score", "operating_point", "error", "sha256", "thumbnail",
-    "upload",
+    "file", "probability", "call", "grey_zone", "ood", "ood_score", "ood_grade", "age_years", "operating_point", "error",
+    "sha256", "thumbnail", "upload",
 ]
 THUMBNAIL_SIDE = 96
 SESSION_KEY = "worklist"  # the page's ``Worklist`` in ``st.session_state``; the trail reads its thumbnails
@@ -44,7 +47,9 @@ class Worklist:
 
     Attributes:
         table: one row per file (``COLUMNS``), sorted by probability, highest first, unreadable
-            files last; ``ood`` is None when the model has no gate; ``operating_point`` is the id of
+            files last; ``ood`` is None when the model has no gate; ``ood_grade`` is the gate's grade
+            (``ood.OOD_GRADES``: an ``outside`` call is hidden); ``age_years`` the age a DICOM header
+            gives (None without one); ``operating_point`` is the id of
             the operating point that made the call (None for an unreadable file); ``sha256`` is the
             file's digest; ``upload`` its position in the list scored (which file a row is, even
             when two files have the same name or the same bytes).
@@ -86,11 +91,13 @@ def score_files(
                 "error": None, "thumbnail": thumbnail(image.pixels), "probability": prediction.probability,
                 "call": prediction.label, "grey_zone": prediction.grey_zone, "ood": prediction.ood,
                 "ood_score": prediction.ood_score, "operating_point": prediction.operating_point,
+                "ood_grade": known_grade(prediction.ood_grade, prediction.ood_score),
+                "age_years": prediction.info.age_years,
             }
             del image
         except PneumoError as error:
             row |= {"error": str(error), "thumbnail": None, "probability": np.nan, "call": None, "grey_zone": None,
-                    "ood": None, "ood_score": np.nan, "operating_point": None}
+                    "ood": None, "ood_score": np.nan, "ood_grade": None, "age_years": None, "operating_point": None}
         rows.append(row)
         if progress is not None:
             progress(index + 1, len(files))
@@ -103,14 +110,22 @@ HIDDEN_CALL = "hidden: not like a chest X-ray"
 HIDDEN_ON_SCREEN = "hidden"  # the table's narrow call column; its flags column says "not X-ray-like"
 
 
+def hidden_rows(table: pd.DataFrame) -> pd.Series:
+    """Which rows' calls the gate hides: its ``outside`` grade (an ``unusual`` film keeps its call). A
+    table scored before the grades were kept (no ``ood_grade`` column) hides by the single cut, as then."""
+    if "ood_grade" not in table:
+        return table["ood"].eq(True)
+    return table["ood_grade"].eq(OUTSIDE)
+
+
 def masked(table: pd.DataFrame, show_flagged: bool) -> pd.DataFrame:
-    """The table as shown: unless ``show_flagged``, images flagged by the out-of-distribution gate
-    lose their probability, call and grey-zone flag and move after the scored ones (their place in
+    """The table as shown: unless ``show_flagged``, images the out-of-distribution gate grades
+    ``outside`` lose their probability, call and grey-zone flag and move after the scored ones (their place in
     the order would give their probability away). A new table; ``table`` is not changed."""
     shown = table.astype({"grey_zone": object, "call": object, "probability": float})
     if show_flagged:
         return shown
-    hidden = shown["ood"].eq(True)
+    hidden = hidden_rows(shown)
     shown.loc[hidden, "probability"] = np.nan
     shown.loc[hidden, "call"] = HIDDEN_CALL
     shown.loc[hidden, "grey_zone"] = None
@@ -125,7 +140,7 @@ def counts(shown: pd.DataFrame) -> dict[str, int]:
         "scored": len(scored),
         "pneumonia": int((scored["call"] == "pneumonia").sum()),
         "grey_zone": int(scored["grey_zone"].eq(True).sum()),
-        "flagged": int(scored["ood"].eq(True).sum()),
+        "flagged": int(hidden_rows(scored).sum()),
         "unreadable": int(shown["error"].notna().sum()),
     }
 
@@ -144,9 +159,11 @@ def to_csv(table: pd.DataFrame, model_sha: str) -> bytes:
 
 # ----------------------------------------------------------------------------- the table on screen
 INDETERMINATE = "indeterminate"
-NOT_XRAY_LIKE = "not X-ray-like"
+NOT_XRAY_LIKE = "not X-ray-like"  # the gate's ``outside`` grade: the call is hidden
+UNUSUAL = "unusual: read with care"  # the gate's ``unusual`` grade: the call is shown
+OLDER = "age over 5"  # the header's age is outside the trained population (children aged 1-5)
 UNREADABLE = "unreadable"
-FLAGS = (INDETERMINATE, NOT_XRAY_LIKE, UNREADABLE)
+FLAGS = (INDETERMINATE, UNUSUAL, NOT_XRAY_LIKE, OLDER, UNREADABLE)
 CALLS = ("pneumonia", "normal")
 # How the rows may be put in order; the first is the order the worklist is scored in.
 ORDERS = {
@@ -160,7 +177,7 @@ ROWS_PER_PAGE = 10
 
 def for_screen(shown: pd.DataFrame, verdicts: dict[str, str] | None = None) -> pd.DataFrame:
     """The shown table (``masked``) with what a reader scans for in words: ``flags`` ("indeterminate",
-    "not X-ray-like", "unreadable", joined by commas; empty when none), ``verdict`` (this tab's
+    "unusual: read with care", "not X-ray-like", "age over 5", "unreadable", joined by commas; empty when none), ``verdict`` (this tab's
     verdict on the row's image, from ``verdicts`` keyed by SHA-256; None when none), and a hidden
     call as ``HIDDEN_ON_SCREEN``. A new table."""
     verdicts = verdicts or {}
@@ -177,9 +194,17 @@ def _flagged(table: pd.DataFrame) -> dict[str, np.ndarray]:
     """Which rows carry each flag (a hidden image has no grey-zone flag in the table as shown)."""
     return {
         INDETERMINATE: table["grey_zone"].eq(True).to_numpy(),
-        NOT_XRAY_LIKE: table["ood"].eq(True).to_numpy(),
+        UNUSUAL: table["ood_grade"].eq(GRADE_UNUSUAL).to_numpy() if "ood_grade" in table else np.zeros(len(table), bool),
+        NOT_XRAY_LIKE: hidden_rows(table).to_numpy(),
+        OLDER: np.array([population_note(age) is not None for age in _ages(table)], dtype=bool),
         UNREADABLE: table["error"].notna().to_numpy(),
     }
+
+
+def _ages(table: pd.DataFrame) -> list[float | None]:
+    if "age_years" not in table:
+        return [None] * len(table)
+    return [None if age is None or pd.isna(age) else float(age) for age in table["age_years"].astype(object)]
 
 
 def selected(

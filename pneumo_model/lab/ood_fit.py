@@ -1,5 +1,6 @@
 """Fitting the out-of-distribution gate (the lab side): detectors on a model's training X-rays,
-scales and threshold on its validation X-rays. The app only loads and scores a fitted gate
+scales and threshold on its validation X-rays; its grade cut-offs (``fix_grades``) on validation
+X-rays and the out-of-distribution corpus. The app only loads and scores a fitted gate
 (``pneumo_model.ood``).
 """
 
@@ -12,8 +13,18 @@ import numpy as np
 
 from ..artifacts import load_model
 from ..data import load_model_inputs, model_split
-from ..ood import FIXED_DETECTORS, ActivationSummaries, Gaussian, OodConfig, OodGate, layout_vectors, log_sharpness
-from ..paths import gate_path
+from ..ood import (
+    FIXED_DETECTORS,
+    OOD_GRADES,
+    ActivationSummaries,
+    Gaussian,
+    OodConfig,
+    OodGate,
+    OodGrades,
+    layout_vectors,
+    log_sharpness,
+)
+from ..paths import file_sha256, gate_path, grades_path
 from .shifts import keep_top
 
 
@@ -87,4 +98,104 @@ def fit_for_model(model_path: Path, data_dir: Path, config: OodConfig = OodConfi
     validation = load_model_inputs(split.validation, metadata.input_size)
     gate = fit_gate(model, metadata.model_sha256, train, validation, config)
     gate.save(gate_path(model_path))
+    grades_path(model_path).unlink(missing_ok=True)  # fixed for the gate just replaced: fix them again
     return gate
+
+
+@dataclasses.dataclass(frozen=True)
+class GradeRule:
+    """How the gate's grade cut-offs are fixed (docs/ood_grades.md), on validation X-rays and the
+    out-of-distribution corpus only.
+
+    Attributes:
+        unusual_quantile: ``unusual_from`` is this quantile of the validation X-rays' scores
+            (whole films, scored as the app scores them): that share of ordinary films reads
+            plainly, the rest "read with care" (the gate's own detectors are scaled at the same
+            quantile).
+        outside_decimals: ``outside_from`` is the lowest score of any corpus image, rounded down
+            to this many decimals, so that every generated non-chest image stays hidden.
+        corpus_xrays, seed: the corpus's validation X-rays and seed (as ``evaluate_ood``'s).
+    """
+
+    unusual_quantile: float = 0.99
+    outside_decimals: int = 2
+    corpus_xrays: int = 20
+    seed: int = 20261123
+
+
+def grade_shares(grader, scores) -> dict:
+    """``{grade: share}`` of ``ood_score`` values read by ``grader`` (an ``OodGrades`` or ``OodGate``), and
+    their count (``images``); shares are None when there are no scores."""
+    graded = [grader.grade(float(score)) for score in scores]
+    return {grade: (graded.count(grade) / len(graded) if graded else None) for grade in OOD_GRADES} | {"images": len(graded)}
+
+
+def fix_grades(model_path: Path, data_dir: Path, rule: GradeRule = GradeRule()) -> OodGrades:
+    """Fixes the gate's grade cut-offs on the model's validation X-rays and the corpus, and saves
+    them beside the model (``grades_path``). The test split is not read.
+
+    Every image goes through ``DecodedImage`` and ``Predictor`` as in the app: validation films
+    whole and with the automatic diaphragm crop (the crop's scores are reported, not used), the
+    corpus as uploaded bytes.
+
+    Raises:
+        ModelFileError: no gate beside the model.
+        DataError: the data folder differs from the data the model was trained on.
+    """
+    from ..crop import find_diaphragm
+    from ..errors import InvalidImageError, ModelFileError
+    from ..prediction import Predictor
+    from .evaluation import _shown_path, _validation_xrays, decoded_batches
+    from .ood_corpus import build_corpus
+
+    model_path = Path(model_path)
+    gate_file = gate_path(model_path)
+    if not gate_file.is_file():
+        raise ModelFileError(f"No out-of-distribution gate beside {model_path}; run `python -m pneumo_model ood fit` first.")
+    grades_path(model_path).unlink(missing_ok=True)  # scored with the single cut, never with stale grades
+    predictor = Predictor.from_file(model_path)
+    split = model_split(predictor.metadata, Path(data_dir))
+    whole, cropped = [], []
+    for batch in decoded_batches([sample.path for sample in split.validation], predictor.batch_size):
+        for image, call in zip(batch, predictor.calls(batch)):
+            whole.append(call.ood_score)
+            found = find_diaphragm(image.pixels)
+            if found.found:
+                cropped.append(predictor.call_on_crop(image, found.box).ood_score)
+    corpus = build_corpus(_validation_xrays(split.validation, rule.corpus_xrays, rule.seed), rule.seed)
+    corpus_scores, rejected = {}, {}
+    for category, files in corpus.items():
+        corpus_scores[category], rejected[category] = [], 0
+        for _, data in files:
+            try:
+                corpus_scores[category].append(predictor.predict_source(data).ood_score)
+            except InvalidImageError:
+                rejected[category] += 1
+    lowest = min(min(scores) for scores in corpus_scores.values() if scores)
+    step = 10.0**rule.outside_decimals
+    outside_from = max(1.0, float(np.floor(lowest * step) / step))
+    unusual_from = min(1.0, float(np.quantile(whole, rule.unusual_quantile)))
+    provisional = OodGrades(file_sha256(gate_file), unusual_from, outside_from)
+    facts = {
+        "rule": {k: v for k, v in dataclasses.asdict(rule).items()},
+        "rule_words": (
+            f"unusual_from: the {rule.unusual_quantile:.0%} quantile of the validation X-rays' scores (whole films); "
+            f"outside_from: the lowest score of any corpus image, rounded down to {rule.outside_decimals} decimals, "
+            "and at least 1"
+        ),
+        "validation_images": len(whole),
+        "validation_highest_score": float(np.max(whole)),
+        "validation_whole": grade_shares(provisional, whole),
+        "validation_diaphragm_crop": grade_shares(provisional, cropped),
+        "corpus_lowest_score": float(lowest),
+        "corpus": {
+            category: grade_shares(provisional, scores) | {"rejected_by_decoder": rejected[category],
+                                                            "lowest_score": float(min(scores)) if scores else None}
+            for category, scores in corpus_scores.items()
+        },
+        "gate_threshold": predictor.gate.threshold,
+        "command": f"python -m pneumo_model ood grades --model {_shown_path(model_path)}",
+    }
+    grades = dataclasses.replace(provisional, facts=facts)
+    grades.save(grades_path(model_path))
+    return grades

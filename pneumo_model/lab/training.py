@@ -282,9 +282,10 @@ def train(
     metadata = metadata_with_band(metadata, zone)  # grey_zone, grey_zone_rule, validation["grey_zone_fraction"]
     saved = save_model(model, metadata, Path(model_path))
     # A gate beside the file belongs to the model just replaced; it would refuse the new one.
-    from ..ood import gate_path
+    from ..ood import gate_path, grades_path
 
     gate_path(Path(model_path)).unlink(missing_ok=True)
+    grades_path(Path(model_path)).unlink(missing_ok=True)
     return saved
 
 
