@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,6 +34,7 @@ NOTE_HELP = "Do not type patient names, ids or dates: the note is stored as writ
 _RECORDED_KEY = "audit_recorded"
 _REVEALED_KEY = "audit_revealed"
 _VERDICTS_KEY = "audit_verdicts"
+_VERDICT_LOG_KEY = "audit_verdict_log"
 # What the screen says instead of the database's location: a server path tells a reader nothing
 # and tells anyone else where the records are. The server log keeps the whole message.
 SERVER_FILE = "on the server"
@@ -130,6 +133,57 @@ def session_verdicts() -> dict[int, str]:
     return dict(st.session_state.get(_VERDICTS_KEY, {}))
 
 
+@dataclass(frozen=True)
+class TabVerdict:
+    """A verdict this tab recorded, as the form recalls it before a second one on the same film.
+
+    Attributes:
+        verdict_id: its record in the trail.
+        result_id: the result it is on.
+        image_sha256: the SHA-256 of the judged image (None where this tab did not record the result).
+        verdict: agree, disagree or unsure.
+        at: when it was recorded, in the reader's time zone (``reader_zone``).
+    """
+
+    verdict_id: int
+    result_id: int
+    image_sha256: str | None
+    verdict: str
+    at: dt.datetime
+
+
+def _image_of(result_id: int) -> str | None:
+    """The SHA-256 of the image whose result this tab recorded as ``result_id`` (None if it did not)."""
+    for key, recorded in st.session_state.get(_RECORDED_KEY, {}).items():
+        if recorded == result_id:
+            return key[0]
+    return None
+
+
+def earlier_verdict(result_id: int) -> TabVerdict | None:
+    """The latest verdict this tab recorded on the film of ``result_id``, or None.
+
+    A reader judges a film, not a database row: the same image scored under another operating
+    point (another result id) was already judged too, so verdicts are matched on the image's
+    SHA-256, and on the result id only where this tab does not know the image.
+    """
+    image = _image_of(result_id)
+    for earlier in reversed(st.session_state.get(_VERDICT_LOG_KEY, [])):
+        if earlier.result_id == result_id or (image is not None and earlier.image_sha256 == image):
+            return earlier
+    return None
+
+
+def second_verdict_question(earlier: TabVerdict, result_id: int) -> str:
+    """"You recorded 'agree' on this image at 10:42 (record 17). Record another verdict?" """
+    on = "" if earlier.result_id == result_id else f", on the call made under another operating point (result {earlier.result_id})"
+    return (
+        f"You recorded **'{earlier.verdict}'** on this image at {earlier.at:%H:%M} (record {earlier.verdict_id}{on}). "
+        "Record another verdict? The first one stays in the audit trail either way (nothing in it is ever changed "
+        "or removed): tick the box below and press **Record verdict** again to add a second one."
+    )
+
+
 def _signed_in():
     """The signed-in user (``ui.access.current``), None in local mode. Imported here: ``ui.access``
     itself reads the trail through this module."""
@@ -138,59 +192,139 @@ def _signed_in():
     return access.current()
 
 
+class _Keys:
+    """The session-state keys of one verdict form (``form_key`` makes them this form's)."""
+
+    def __init__(self, form_key: str) -> None:
+        self.verdict = f"{form_key}_verdict"
+        self.note = f"{form_key}_note"
+        self.reviewer = f"{form_key}_reviewer"
+        self.submit = f"{form_key}_submit"
+        self.outcome = f"{form_key}_outcome"  # (kind, message, icon, where): "choice" under the radio, else under the form
+        self.asked = f"{form_key}_asked"  # the result id a second verdict was asked about
+        self.submission = f"{form_key}_submission"  # the id of the one press the drawn form may record
+        self.result = f"{form_key}_result"  # the result id the fields were typed for
+        self.drafts = f"{form_key}_drafts"  # {result id: (choice, note)} typed on another result and not recorded
+
+    def again(self, submission: str) -> str:
+        """The confirmation box's key: new with every submission id, so it is always drawn unticked."""
+        return f"{self.submission}_again_{submission}"
+
+
+def _follow_result(keys: _Keys, result_id: int) -> None:
+    """Gives the form the fields typed for ``result_id``: a form that now judges another result
+    (Review shows another image) keeps what was typed for the last one as a draft, and never offers
+    it for this one, where it would be recorded against the wrong film."""
+    state = st.session_state
+    previous = state.get(keys.result)
+    if previous == result_id:
+        return
+    drafts = state.setdefault(keys.drafts, {})
+    if previous is not None:
+        typed = (state.get(keys.verdict), state.get(keys.note) or "")
+        if typed != (None, ""):
+            drafts[previous] = typed
+    state[keys.verdict], state[keys.note] = drafts.pop(result_id, (None, ""))
+    for key in (keys.outcome, keys.asked):
+        state.pop(key, None)
+    state[keys.result] = result_id
+
+
 def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True) -> None:
     """A reviewer's verdict on the shown result, appended to the trail on submit.
 
     Offered only for a call on screen: with ``call_shown`` False (the out-of-distribution gate
     hides it) there is nothing to agree or disagree with, and no form is drawn. The verdict is
     recorded by the submit button's callback, before the page runs again, so everything the page
-    draws (the worklist's verdict column) already knows it; what happened is said under the form.
-    Signed in, the verdict carries the user's identity and there is no name to type; in local
-    mode the reviewer's name is typed, as it is optional.
+    draws (the worklist's verdict column) already knows it. Signed in, the verdict carries the
+    user's identity and there is no name to type; in local mode the reviewer's name is typed, as
+    it is optional.
+
+    Nothing typed is lost: a refused press keeps the choice, the note and the name, and says what
+    is missing next to its field; a recorded verdict empties the choice and the note and keeps the
+    name. A second verdict on a film this tab already judged is allowed (a reader may change their
+    mind, and the trail is append-only) but deliberate: the first press says when the earlier
+    one was recorded and asks, and only a press with the confirmation box ticked records it.
+
+    Every drawing of the form carries a submission id, and a press records only under the id that
+    is current: the second click of a double click, sent before the page was drawn again, finds
+    its id spent and records nothing (the form keeps saying what the first click did).
     """
     if result_id is None or not call_shown:
         return
+    keys = _Keys(form_key)
+    _follow_result(keys, result_id)
+    submission = st.session_state.setdefault(keys.submission, uuid.uuid4().hex)
+    outcome = st.session_state.get(keys.outcome)
     identity = _signed_in()
-    with st.form(form_key, clear_on_submit=True, border=True):
+    with st.form(form_key, clear_on_submit=False, border=True):
         st.markdown("**Your verdict** (recorded in the audit trail)")
-        st.radio("Verdict", VERDICTS, horizontal=True, index=None, label_visibility="collapsed", key=f"{form_key}_verdict")
-        st.text_area("Note (optional)", max_chars=2000, help=NOTE_HELP, height=80, key=f"{form_key}_note")
+        st.radio("Verdict", VERDICTS, horizontal=True, index=None, label_visibility="collapsed", key=keys.verdict)
+        if outcome is not None and outcome[3] == "choice":
+            _say(outcome)
+        st.text_area("Note (optional)", max_chars=2000, help=NOTE_HELP, height=80, key=keys.note)
         if identity is None:
-            st.text_input("Reviewer (optional)", max_chars=100, key=f"{form_key}_reviewer")
+            st.text_input("Reviewer (optional)", max_chars=100, key=keys.reviewer)
         else:
             st.caption(f"Recorded as **{plain(identity.name)}**, signed in.")
+        earlier = earlier_verdict(result_id) if st.session_state.get(keys.asked) == result_id else None
+        if earlier is not None:
+            st.warning(second_verdict_question(earlier, result_id), icon=":material/history:")
+            st.checkbox("Yes, record a second verdict on this image", key=keys.again(submission))
         st.form_submit_button(
-            "Record verdict", icon=":material/how_to_reg:", key=f"{form_key}_submit", on_click=_record_verdict,
-            args=(result_id, form_key),
+            "Record verdict", icon=":material/how_to_reg:", key=keys.submit, on_click=_record_verdict,
+            args=(result_id, form_key, submission),
         )
-    outcome = st.session_state.pop(f"{form_key}_outcome", None)
-    if outcome is not None:
-        kind, message, icon = outcome
-        getattr(st, kind)(message, icon=icon)
+    if outcome is not None and outcome[3] != "choice":
+        _say(outcome)
 
 
-def _record_verdict(result_id: int, form_key: str) -> None:
-    verdict = st.session_state.get(f"{form_key}_verdict")
-    outcome_key = f"{form_key}_outcome"
+def _say(outcome: tuple[str, str, str, str]) -> None:
+    kind, message, icon, _ = outcome
+    getattr(st, kind)(message, icon=icon)
+
+
+def _record_verdict(result_id: int, form_key: str, submission: str) -> None:
+    """The submit button's callback: records the verdict, refuses it, or asks before a second one."""
+    state = st.session_state
+    keys = _Keys(form_key)
+    if state.get(keys.submission) != submission:
+        return  # a press of a form already answered (the second click of a double click): its outcome stands
+    verdict = state.get(keys.verdict)
     if verdict is None:
-        st.session_state[outcome_key] = ("warning", "Choose agree, disagree or unsure before recording.", ":material/rule:")
+        state[keys.outcome] = ("warning", "Choose agree, disagree or unsure before recording: your note and name are kept.", ":material/rule:", "choice")
+        return
+    earlier = earlier_verdict(result_id)
+    if earlier is not None and not state.get(keys.again(submission)):
+        state[keys.asked] = result_id
+        state.pop(keys.outcome, None)  # the question says it all
         return
     identity = _signed_in()
     try:
         verdict_id = trail().record_verdict(
             result_id,
             verdict,
-            note=st.session_state.get(f"{form_key}_note") or "",
-            reviewer=identity.name if identity else st.session_state.get(f"{form_key}_reviewer") or "",
+            note=state.get(keys.note) or "",
+            reviewer=identity.name if identity else state.get(keys.reviewer) or "",
             reviewer_subject=identity.subject if identity else None,
         )
     except AuditError as error:
-        message = f"The verdict was not recorded in the audit trail. {plain(screen_message(error))}"
-        st.session_state[outcome_key] = ("error", message, ":material/database:")
+        message = f"The verdict was not recorded in the audit trail; what you typed is kept. {plain(screen_message(error))}"
+        state[keys.outcome] = ("error", message, ":material/database:", "form")
         return
-    st.session_state.setdefault(_VERDICTS_KEY, {})[result_id] = verdict
-    st.session_state[outcome_key] = (
-        "success", f"Verdict **{verdict}** recorded (record {verdict_id}, on result {result_id}).", ":material/task_alt:"
+    state[keys.submission] = uuid.uuid4().hex  # this press is spent: a second click of it records nothing
+    state.setdefault(_VERDICTS_KEY, {})[result_id] = verdict
+    state.setdefault(_VERDICT_LOG_KEY, []).append(
+        TabVerdict(verdict_id, result_id, _image_of(result_id), verdict, dt.datetime.now(reader_zone()[0]))
+    )
+    state[keys.verdict], state[keys.note] = None, ""  # the name stays: the same reader reads the next film
+    state.pop(keys.asked, None)
+    which = "Verdict" if earlier is None else "A second verdict"
+    state[keys.outcome] = (
+        "success",
+        f"{which} **{verdict}** recorded (record {verdict_id}, on result {result_id}).",
+        ":material/task_alt:",
+        "form",
     )
 
 
