@@ -17,28 +17,38 @@ IMAGE_ROOM = 460
 
 model = frame.render("Review")
 
-# What the result areas last showed, in this tab: the image (SHA-256, name and source, as its caption names it).
+# What the result areas last showed, in this tab: the image (SHA-256, name and source, as its caption
+# names it), and which of each column's two slots holds the result.
 SHOWN_KEY = "review_shown"
+SLOT_KEY = "review_slot"
 
 
-def result_areas(image: state.ChosenImage, result_column, image_column):
+def result_areas(image: state.ChosenImage, result_column, image_column) -> list:
     """The two areas the result is drawn in: the call's (with the gate's message, the warnings and
     the verdict form) under the uploader, and the film's.
 
     Streamlit keeps the previous run's elements on screen until each one is replaced, so a new
     image's call would sit beside the previous image's film (or bar, or gate message) until the
-    whole result was drawn again. For an image the areas did not show last, both are therefore
-    emptied first, before anything is computed or drawn: the screen then holds the previous
-    image's result whole or nothing of it, and the new one builds up alone. For the same image
-    (a press on the form, the gate's box) the areas are redrawn in place, with nothing blinking.
+    whole result was drawn again. So, for an image the areas did not show last, the previous
+    result is emptied from both columns before anything is computed or drawn: the screen then
+    holds the previous image's result whole or nothing of it, and the new one builds up alone.
+
+    Each column has two slots, and a new image's result goes to the other one. Emptying a slot
+    and drawing into it again would not do: the server merges what it has not yet sent for one
+    place on the page, and the browser would only see a container replaced by one of its kind,
+    whose old elements it keeps. For the same image (a press on the form, the gate's box) the
+    result is redrawn in its slot, in place, with nothing blinking.
     """
     shown = (image.digest, image.name, image.source)
-    fresh = st.session_state.get(SHOWN_KEY) != shown
+    slot = st.session_state.get(SLOT_KEY, 0)
+    if st.session_state.get(SHOWN_KEY) != shown:
+        slot = 1 - slot
     areas = []
     for column in (result_column, image_column):
         with column:
-            areas.append(st.empty().container() if fresh else st.container())
-    st.session_state[SHOWN_KEY] = shown
+            slots = (st.empty(), st.empty())
+        areas.append(slots[slot].container())
+    st.session_state[SHOWN_KEY], st.session_state[SLOT_KEY] = shown, slot
     return areas
 
 
