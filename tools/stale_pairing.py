@@ -34,10 +34,10 @@ INVERTED = "inverted-IM-0001-0001.png"  # flagged by the out-of-distribution gat
 SLOW_MS = 180_000
 
 # What the page shows of a result at one moment, read after every DOM change.
-OBSERVER = """
+OBSERVER = r"""
 () => {
   const main = document.querySelector('[data-testid=stMain]') || document.body;
-  const text = (element) => element ? element.innerText.replace(/\\u2060/g, '').trim() : null;
+  const text = (element) => element ? element.innerText.replace(/\u2060/g, '').trim() : null;
   const read = () => {
     const metric = [...main.querySelectorAll('[data-testid=stMetric]')].find((m) => m.innerText.includes('Probability of pneumonia'));
     const call = [...main.querySelectorAll('h4')].find((h) => h.innerText.startsWith('Call:'));
@@ -45,8 +45,10 @@ OBSERVER = """
     const gate = [...main.querySelectorAll('[data-testid=stAlert]')].some((a) => /out-of-distribution score/i.test(a.innerText))
       || [...main.querySelectorAll('label')].some((l) => l.innerText.includes("Show the model's output anyway"));
     const captions = [...main.querySelectorAll('[data-testid=stImageCaption], [data-testid=stCaptionContainer]')]
-      .map(text).filter((c) => c && /\\((demo image|upload|from the PACS)/.test(c));
+      .map(text).filter((c) => c && /\((demo image|upload|from the PACS)/.test(c));
     const uploaded = main.querySelector('[data-testid=stFileChipName]');
+    const film = [...main.querySelectorAll('[data-testid=stImageCaption]')].find((c) => /\((demo image|upload|from the PACS)/.test(text(c)));
+    const holder = film ? film.closest('[data-testid=stElementContainer]') : null;
     return {
       t: performance.now(),
       call: text(call),
@@ -55,6 +57,8 @@ OBSERVER = """
       gate: gate,
       caption: captions.length ? captions[0] : null,
       uploader: text(uploaded),
+      // Streamlit's own mark of an element the running script has not drawn again (it fades it).
+      film_stale: holder ? holder.getAttribute('data-stale') === 'true' : null,
     };
   };
   window.__snaps = [];
@@ -80,8 +84,10 @@ class Upload:
     mixed: int = 0
     mixed_ms: float = 0.0
     examples: list[dict] = field(default_factory=list)
-    # Moments that showed the previous film's result (whole) while the uploader already named this one.
+    # Moments that showed the previous film's result (whole) while the uploader already named this
+    # one: all of them, and those Streamlit did not mark as stale (faded).
     previous_result_ms: float = 0.0
+    previous_result_unmarked_ms: float = 0.0
 
 
 def films(folder: Path) -> list[Path]:
@@ -187,6 +193,8 @@ def measure(page, paths: list[Path], uploads: int) -> list[Upload]:
         for index, snap in enumerate(snaps[:-1]):
             if _film_of(snap, names) == previous and _names(snap["uploader"], path.name):
                 upload.previous_result_ms += snaps[index + 1]["t"] - snap["t"]
+                if not snap["film_stale"]:
+                    upload.previous_result_unmarked_ms += snaps[index + 1]["t"] - snap["t"]
         results.append(upload)
         previous = path.name
     return results
@@ -202,6 +210,7 @@ def summary(results: list[Upload]) -> dict:
             {
                 "film": upload.film, "after": upload.previous, "moments": upload.moments, "mixed": upload.mixed,
                 "mixed_ms": round(upload.mixed_ms, 1), "previous_result_with_new_upload_name_ms": round(upload.previous_result_ms, 1),
+                "of_which_not_marked_stale_ms": round(upload.previous_result_unmarked_ms, 1),
                 "examples": upload.examples,
             }
             for upload in results

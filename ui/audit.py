@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -230,15 +231,21 @@ def _follow_result(keys: _Keys, result_id: int) -> None:
     state[keys.result] = result_id
 
 
+# The verdicts written, by submission id, in this server process: the one place a press is known to
+# be spent, safe from Streamlit ending a run (or a callback) between any two of its calls, which it
+# does when a new press arrives (the second click of a double click). Issue 28's unique
+# constraint on the submission id will make the trail itself refuse a second row.
+_WRITTEN: dict[str, TabVerdict] = {}
+_WRITTEN_LOCK = threading.Lock()
+
+
 def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True) -> None:
     """A reviewer's verdict on the shown result, appended to the trail on submit.
 
     Offered only for a call on screen: with ``call_shown`` False (the out-of-distribution gate
-    hides it) there is nothing to agree or disagree with, and no form is drawn. The verdict is
-    recorded by the submit button's callback, before the page runs again, so everything the page
-    draws (the worklist's verdict column) already knows it. Signed in, the verdict carries the
-    user's identity and there is no name to type; in local mode the reviewer's name is typed, as
-    it is optional.
+    hides it) there is nothing to agree or disagree with, and no form is drawn. Signed in, the
+    verdict carries the user's identity and there is no name to type; in local mode the
+    reviewer's name is typed, as it is optional.
 
     Nothing typed is lost: a refused press keeps the choice, the note and the name, and says what
     is missing next to its field; a recorded verdict empties the choice and the note and keeps the
@@ -246,14 +253,16 @@ def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True) 
     mind, and the trail is append-only) but deliberate: the first press says when the earlier
     one was recorded and asks, and only a press with the confirmation box ticked records it.
 
-    Every drawing of the form carries a submission id, and a press records only under the id that
-    is current: the second click of a double click, sent before the page was drawn again, finds
-    its id spent and records nothing (the form keeps saying what the first click did).
+    Every drawing of the form carries a submission id, spent by the one press that writes a row:
+    a press is handled in the page's run and the page runs again at once, so everything it draws
+    (the worklist's verdict column, the form emptied) knows the verdict. A double click's second
+    click finds the id spent and writes nothing.
     """
     if result_id is None or not call_shown:
         return
     keys = _Keys(form_key)
     _follow_result(keys, result_id)
+    _settle(keys)
     submission = st.session_state.setdefault(keys.submission, uuid.uuid4().hex)
     outcome = st.session_state.get(keys.outcome)
     identity = _signed_in()
@@ -271,10 +280,9 @@ def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True) 
         if earlier is not None:
             st.warning(second_verdict_question(earlier, result_id), icon=":material/history:")
             st.checkbox("Yes, record a second verdict on this image", key=keys.again(submission))
-        st.form_submit_button(
-            "Record verdict", icon=":material/how_to_reg:", key=keys.submit, on_click=_record_verdict,
-            args=(result_id, form_key, submission),
-        )
+        pressed = st.form_submit_button("Record verdict", icon=":material/how_to_reg:", key=keys.submit)
+    if pressed:
+        _press(result_id, keys, submission)  # ends with a new run of the page
     if outcome is not None and outcome[3] != "choice":
         _say(outcome)
 
@@ -284,48 +292,90 @@ def _say(outcome: tuple[str, str, str, str]) -> None:
     getattr(st, kind)(message, icon=icon)
 
 
-def _record_verdict(result_id: int, form_key: str, submission: str) -> None:
-    """The submit button's callback: records the verdict, refuses it, or asks before a second one."""
+def _press(result_id: int, keys: _Keys, submission: str) -> None:
+    """A press of "Record verdict": refuses it, asks before a second verdict, or writes the row
+    (once per submission id); then runs the page again, which draws what happened (``_settle``)."""
     state = st.session_state
-    keys = _Keys(form_key)
-    if state.get(keys.submission) != submission:
-        return  # a press of a form already answered (the second click of a double click): its outcome stands
     verdict = state.get(keys.verdict)
+    earlier = earlier_verdict(result_id)
     if verdict is None:
         state[keys.outcome] = ("warning", "Choose agree, disagree or unsure before recording: your note and name are kept.", ":material/rule:", "choice")
-        return
-    earlier = earlier_verdict(result_id)
-    if earlier is not None and not state.get(keys.again(submission)):
+    elif earlier is not None and not state.get(keys.again(submission)) and submission not in _WRITTEN:
         state[keys.asked] = result_id
         state.pop(keys.outcome, None)  # the question says it all
+    else:
+        identity = _signed_in()
+        try:
+            written = _write_once(
+                submission, trail(), result_id, verdict,
+                note=state.get(keys.note) or "",
+                reviewer=identity.name if identity else state.get(keys.reviewer) or "",
+                reviewer_subject=identity.subject if identity else None,
+                image_sha256=_image_of(result_id),
+                zone=reader_zone()[0],
+            )
+        except AuditError as error:
+            message = f"The verdict was not recorded in the audit trail; what you typed is kept. {plain(screen_message(error))}"
+            state[keys.outcome] = ("error", message, ":material/database:", "form")
+        else:
+            _note_written(written)
+    st.rerun()
+
+
+def _write_once(
+    submission: str, audit_trail: AuditTrail, result_id: int, verdict: str, *, note: str, reviewer: str,
+    reviewer_subject: str | None, image_sha256: str | None, zone: dt.tzinfo,
+) -> TabVerdict:
+    """Appends the verdict unless this submission id already wrote one; returns what it wrote.
+
+    Plain Python under a lock, with no Streamlit call between the check and the write: nothing can
+    end it half-way, and two runs of one press (or two presses under one id) write one row.
+
+    Raises:
+        AuditError: the trail refused the verdict or cannot be written (the id is then not spent).
+    """
+    with _WRITTEN_LOCK:
+        written = _WRITTEN.get(submission)
+        if written is None:
+            verdict_id = audit_trail.record_verdict(
+                result_id, verdict, note=note, reviewer=reviewer, reviewer_subject=reviewer_subject
+            )
+            written = _WRITTEN[submission] = TabVerdict(verdict_id, result_id, image_sha256, verdict, dt.datetime.now(zone))
+        return written
+
+
+def _note_written(written: TabVerdict) -> None:
+    """Notes a written verdict in this tab (its log and the worklist's column); safe to repeat."""
+    log = st.session_state.setdefault(_VERDICT_LOG_KEY, [])
+    if all(earlier.verdict_id != written.verdict_id for earlier in log):
+        log.append(written)
+    st.session_state.setdefault(_VERDICTS_KEY, {})[written.result_id] = written.verdict
+
+
+def _settle(keys: _Keys) -> None:
+    """What a written submission leaves on the form, before its widgets are drawn: the choice and
+    the note emptied (the name stays: the same reader reads the next film), the question gone, what
+    happened said, and a new submission id (last: a run ended before it does all this again)."""
+    state = st.session_state
+    written = _WRITTEN.get(state.get(keys.submission, ""))
+    if written is None:
         return
-    identity = _signed_in()
-    try:
-        verdict_id = trail().record_verdict(
-            result_id,
-            verdict,
-            note=state.get(keys.note) or "",
-            reviewer=identity.name if identity else state.get(keys.reviewer) or "",
-            reviewer_subject=identity.subject if identity else None,
-        )
-    except AuditError as error:
-        message = f"The verdict was not recorded in the audit trail; what you typed is kept. {plain(screen_message(error))}"
-        state[keys.outcome] = ("error", message, ":material/database:", "form")
-        return
-    state[keys.submission] = uuid.uuid4().hex  # this press is spent: a second click of it records nothing
-    state.setdefault(_VERDICTS_KEY, {})[result_id] = verdict
-    state.setdefault(_VERDICT_LOG_KEY, []).append(
-        TabVerdict(verdict_id, result_id, _image_of(result_id), verdict, dt.datetime.now(reader_zone()[0]))
-    )
-    state[keys.verdict], state[keys.note] = None, ""  # the name stays: the same reader reads the next film
+    _note_written(written)
+    state[keys.verdict], state[keys.note] = None, ""
     state.pop(keys.asked, None)
-    which = "Verdict" if earlier is None else "A second verdict"
+    others = [
+        earlier for earlier in state.get(_VERDICT_LOG_KEY, [])
+        if earlier.verdict_id != written.verdict_id
+        and (earlier.result_id == written.result_id or (written.image_sha256 is not None and earlier.image_sha256 == written.image_sha256))
+    ]
     state[keys.outcome] = (
         "success",
-        f"{which} **{verdict}** recorded (record {verdict_id}, on result {result_id}).",
+        f"{'Another verdict' if others else 'Verdict'} **{written.verdict}** recorded (record {written.verdict_id}, "
+        f"on result {written.result_id}).",
         ":material/task_alt:",
         "form",
     )
+    state[keys.submission] = uuid.uuid4().hex
 
 
 # ----------------------------------------------------------------------------- the trail for a reader
