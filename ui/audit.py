@@ -180,8 +180,8 @@ def second_verdict_question(earlier: TabVerdict, result_id: int) -> str:
     on = "" if earlier.result_id == result_id else f", on the call made under another operating point (result {earlier.result_id})"
     return (
         f"You recorded **'{earlier.verdict}'** on this image at {earlier.at:%H:%M} (record {earlier.verdict_id}{on}). "
-        "Record another verdict? The first one stays in the audit trail either way (nothing in it is ever changed "
-        "or removed): tick the box below and press **Record verdict** again to add a second one."
+        "Record another verdict? The first one stays in the audit trail either way: tick the box below and press "
+        "**Record verdict** again."
     )
 
 
