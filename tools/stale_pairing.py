@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, streamlit_app
+from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW
 
 SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
 # Films with distinct probabilities (three decimals, as shown), both calls and the grey zone.
