@@ -19,6 +19,41 @@ from ui.markup import plain  # noqa: E402
 # The picture's column at 1366 x 768: a demo image (224 px) is drawn at twice its size, pixel for pixel.
 IMAGE_ROOM = 460
 
+# What the result areas last showed, in this tab: the image (SHA-256, name and source, as its caption
+# names it), and which of each column's two slots holds the result.
+SHOWN_KEY = "review_shown"
+SLOT_KEY = "review_slot"
+
+
+def result_areas(image: state.ChosenImage, result_column, image_column) -> list:
+    """The two areas the result is drawn in: the call's (with the gate's message, the warnings and
+    the verdict form) under the uploader, and the film's.
+
+    Streamlit keeps the previous run's elements on screen until each one is replaced, so a new
+    image's call would sit beside the previous image's film (or bar, or gate message) until the
+    whole result was drawn again. So, for an image the areas did not show last, the previous
+    result is emptied from both columns before anything is computed or drawn: the screen then
+    holds the previous image's result whole or nothing of it, and the new one builds up alone.
+
+    Each column has two slots, and a new image's result goes to the other one. Emptying a slot
+    and drawing into it again would not do: the server merges what it has not yet sent for one
+    place on the page, and the browser would only see a container replaced by one of its kind,
+    whose old elements it keeps. For the same image (a press on the form, the gate's box) the
+    result is redrawn in its slot, in place, with nothing blinking.
+    """
+    shown = (image.digest, image.name, image.source)
+    slot = st.session_state.get(SLOT_KEY, 0)
+    if st.session_state.get(SHOWN_KEY) != shown:
+        slot = 1 - slot
+    areas = []
+    for column in (result_column, image_column):
+        with column:
+            slots = (st.empty(), st.empty())
+        areas.append(slots[slot].container())
+    st.session_state[SHOWN_KEY], st.session_state[SLOT_KEY] = shown, slot
+    return areas
+
+
 result_column, image_column = st.columns([5, 6], gap="large")
 with result_column:
     uploader = state.review_uploader_key()
@@ -34,12 +69,17 @@ with result_column:
     )
     image = state.chosen()
     if image is None:
+        st.session_state.pop(SHOWN_KEY, None)
         st.info(
             f"No image chosen yet. Upload one chest X-ray above ({state.UPLOAD_FORMATS}), or pick a demo image "
             "in the sidebar.",
             icon=":material/image:",
         )
         st.stop()
+
+result_area, film_area = result_areas(image, result_column, image_column)
+with result_area:
+    # Both the call and the film's pixels before anything of the result is drawn.
     result = frame.computed(lambda: resources.prediction(image), image.name, busy="Reading and scoring the image...")
     display = frame.computed(lambda: resources.display_pixels(image), image.name)
 
@@ -49,7 +89,7 @@ with result_column:
     frame.show_warnings(result.info.warnings)
     audit.verdict_form(result_id, "review_verdict", call_shown=may_show)
 
-with image_column:
+with film_area:
     shown, factor = drawing.sharp(display, IMAGE_ROOM)
     info = result.info
     size = f"{info.width} x {info.height} px, {info.bit_depth}-bit {info.format}"

@@ -11,7 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,6 +39,7 @@ NOTE_HELP = "Do not type patient names, ids or dates: the note is stored as writ
 _RECORDED_KEY = "audit_recorded"
 _REVEALED_KEY = "audit_revealed"
 _VERDICTS_KEY = "audit_verdicts"
+_VERDICT_LOG_KEY = "audit_verdict_log"
 # What the screen says instead of the database's location: a server path tells a reader nothing
 # and tells anyone else where the records are. The server log keeps the whole message.
 SERVER_FILE = "on the server"
@@ -134,6 +138,57 @@ def session_verdicts() -> dict[int, str]:
     return dict(st.session_state.get(_VERDICTS_KEY, {}))
 
 
+@dataclass(frozen=True)
+class TabVerdict:
+    """A verdict this tab recorded, as the form recalls it before a second one on the same film.
+
+    Attributes:
+        verdict_id: its record in the trail.
+        result_id: the result it is on.
+        image_sha256: the SHA-256 of the judged image (None where this tab did not record the result).
+        verdict: agree, disagree or unsure.
+        at: when it was recorded, in the reader's time zone (``reader_zone``).
+    """
+
+    verdict_id: int
+    result_id: int
+    image_sha256: str | None
+    verdict: str
+    at: dt.datetime
+
+
+def _image_of(result_id: int) -> str | None:
+    """The SHA-256 of the image whose result this tab recorded as ``result_id`` (None if it did not)."""
+    for key, recorded in st.session_state.get(_RECORDED_KEY, {}).items():
+        if recorded == result_id:
+            return key[0]
+    return None
+
+
+def earlier_verdict(result_id: int) -> TabVerdict | None:
+    """The latest verdict this tab recorded on the film of ``result_id``, or None.
+
+    A reader judges a film, not a database row: the same image scored under another operating
+    point (another result id) was already judged too, so verdicts are matched on the image's
+    SHA-256, and on the result id only where this tab does not know the image.
+    """
+    image = _image_of(result_id)
+    for earlier in reversed(st.session_state.get(_VERDICT_LOG_KEY, [])):
+        if earlier.result_id == result_id or (image is not None and earlier.image_sha256 == image):
+            return earlier
+    return None
+
+
+def second_verdict_question(earlier: TabVerdict, result_id: int) -> str:
+    """"You recorded 'agree' on this image at 10:42 (record 17). Record another verdict?" """
+    on = "" if earlier.result_id == result_id else f", on the call made under another operating point (result {earlier.result_id})"
+    return (
+        f"You recorded **'{earlier.verdict}'** on this image at {earlier.at:%H:%M} (record {earlier.verdict_id}{on}). "
+        "Record another verdict? The first one stays in the audit trail either way: tick the box below and press "
+        "**Record verdict** again."
+    )
+
+
 def _signed_in():
     """The signed-in user (``ui.access.current``), None in local mode. Imported here: ``ui.access``
     itself reads the trail through this module."""
@@ -142,60 +197,189 @@ def _signed_in():
     return access.current()
 
 
+class _Keys:
+    """The session-state keys of one verdict form (``form_key`` makes them this form's)."""
+
+    def __init__(self, form_key: str) -> None:
+        self.verdict = f"{form_key}_verdict"
+        self.note = f"{form_key}_note"
+        self.reviewer = f"{form_key}_reviewer"
+        self.submit = f"{form_key}_submit"
+        self.outcome = f"{form_key}_outcome"  # (kind, message, icon, where): "choice" under the radio, else under the form
+        self.asked = f"{form_key}_asked"  # the result id a second verdict was asked about
+        self.submission = f"{form_key}_submission"  # the id of the one press the drawn form may record
+        self.result = f"{form_key}_result"  # the result id the fields were typed for
+        self.drafts = f"{form_key}_drafts"  # {result id: (choice, note)} typed on another result and not recorded
+
+    def again(self, submission: str) -> str:
+        """The confirmation box's key: new with every submission id, so it is always drawn unticked."""
+        return f"{self.submission}_again_{submission}"
+
+
+def _follow_result(keys: _Keys, result_id: int) -> None:
+    """Gives the form the fields typed for ``result_id``: a form that now judges another result
+    (Review shows another image) keeps what was typed for the last one as a draft, and never offers
+    it for this one, where it would be recorded against the wrong film."""
+    state = st.session_state
+    previous = state.get(keys.result)
+    if previous == result_id:
+        return
+    drafts = state.setdefault(keys.drafts, {})
+    if previous is not None:
+        typed = (state.get(keys.verdict), state.get(keys.note) or "")
+        if typed != (None, ""):
+            drafts[previous] = typed
+    state[keys.verdict], state[keys.note] = drafts.pop(result_id, (None, ""))
+    for key in (keys.outcome, keys.asked):
+        state.pop(key, None)
+    state[keys.result] = result_id
+
+
+# The verdicts written, by submission id, in this server process: the one place a press is known to
+# be spent, safe from Streamlit ending a run (or a callback) between any two of its calls, which it
+# does when a new press arrives (the second click of a double click). Issue 28's unique
+# constraint on the submission id will make the trail itself refuse a second row.
+_WRITTEN: dict[str, TabVerdict] = {}
+_WRITTEN_LOCK = threading.Lock()
+
+
 def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True) -> None:
     """A reviewer's verdict on the shown result, appended to the trail on submit.
 
     Offered only for a call on screen: with ``call_shown`` False (the out-of-distribution gate
-    hides it) there is nothing to agree or disagree with, and no form is drawn. The verdict is
-    recorded by the submit button's callback, before the page runs again, so everything the page
-    draws (the worklist's verdict column) already knows it; what happened is said under the form.
-    Signed in, the verdict carries the user's identity and there is no name to type; in local
-    mode the reviewer's name is typed, as it is optional.
+    hides it) there is nothing to agree or disagree with, and no form is drawn. Signed in, the
+    verdict carries the user's identity and there is no name to type; in local mode the
+    reviewer's name is typed, as it is optional.
+
+    Nothing typed is lost: a refused press keeps the choice, the note and the name, and says what
+    is missing next to its field; a recorded verdict empties the choice and the note and keeps the
+    name. A second verdict on a film this tab already judged is allowed (a reader may change their
+    mind, and the trail is append-only) but deliberate: the first press says when the earlier
+    one was recorded and asks, and only a press with the confirmation box ticked records it.
+
+    Every drawing of the form carries a submission id, spent by the one press that writes a row:
+    a press is handled in the page's run and the page runs again at once, so everything it draws
+    (the worklist's verdict column, the form emptied) knows the verdict. A double click's second
+    click finds the id spent and writes nothing.
     """
     if result_id is None or not call_shown:
         return
+    keys = _Keys(form_key)
+    _follow_result(keys, result_id)
+    _settle(keys)
+    submission = st.session_state.setdefault(keys.submission, uuid.uuid4().hex)
+    outcome = st.session_state.get(keys.outcome)
     identity = _signed_in()
-    with st.form(form_key, clear_on_submit=True, border=True):
+    with st.form(form_key, clear_on_submit=False, border=True):
         st.markdown("**Your verdict** (recorded in the audit trail)")
-        st.radio("Verdict", VERDICTS, horizontal=True, index=None, label_visibility="collapsed", key=f"{form_key}_verdict")
-        st.text_area("Note (optional)", max_chars=2000, help=NOTE_HELP, height=80, key=f"{form_key}_note")
+        st.radio("Verdict", VERDICTS, horizontal=True, index=None, label_visibility="collapsed", key=keys.verdict)
+        if outcome is not None and outcome[3] == "choice":
+            _say(outcome)
+        st.text_area("Note (optional)", max_chars=2000, help=NOTE_HELP, height=80, key=keys.note)
         if identity is None:
-            st.text_input("Reviewer (optional)", max_chars=100, key=f"{form_key}_reviewer")
+            st.text_input("Reviewer (optional)", max_chars=100, key=keys.reviewer)
         else:
             st.caption(f"Recorded as **{plain(identity.name)}**, signed in.")
-        st.form_submit_button(
-            "Record verdict", icon=":material/how_to_reg:", key=f"{form_key}_submit", on_click=_record_verdict,
-            args=(result_id, form_key),
-        )
-    outcome = st.session_state.pop(f"{form_key}_outcome", None)
-    if outcome is not None:
-        kind, message, icon = outcome
-        getattr(st, kind)(message, icon=icon)
+        earlier = earlier_verdict(result_id) if st.session_state.get(keys.asked) == result_id else None
+        if earlier is not None:
+            st.warning(second_verdict_question(earlier, result_id), icon=":material/history:")
+            st.checkbox("Yes, record a second verdict on this image", key=keys.again(submission))
+        pressed = st.form_submit_button("Record verdict", icon=":material/how_to_reg:", key=keys.submit)
+    if pressed:
+        _press(result_id, keys, submission)  # ends with a new run of the page
+    if outcome is not None and outcome[3] != "choice":
+        _say(outcome)
 
 
-def _record_verdict(result_id: int, form_key: str) -> None:
-    verdict = st.session_state.get(f"{form_key}_verdict")
-    outcome_key = f"{form_key}_outcome"
+def _say(outcome: tuple[str, str, str, str]) -> None:
+    kind, message, icon, _ = outcome
+    getattr(st, kind)(message, icon=icon)
+
+
+def _press(result_id: int, keys: _Keys, submission: str) -> None:
+    """A press of "Record verdict": refuses it, asks before a second verdict, or writes the row
+    (once per submission id); then runs the page again, which draws what happened (``_settle``)."""
+    state = st.session_state
+    verdict = state.get(keys.verdict)
+    earlier = earlier_verdict(result_id)
     if verdict is None:
-        st.session_state[outcome_key] = ("warning", "Choose agree, disagree or unsure before recording.", ":material/rule:")
+        state[keys.outcome] = ("warning", "Choose agree, disagree or unsure before recording: your note and name are kept.", ":material/rule:", "choice")
+    elif earlier is not None and not state.get(keys.again(submission)) and submission not in _WRITTEN:
+        state[keys.asked] = result_id
+        state.pop(keys.outcome, None)  # the question says it all
+    else:
+        identity = _signed_in()
+        try:
+            written = _write_once(
+                submission, trail(), result_id, verdict,
+                note=state.get(keys.note) or "",
+                reviewer=identity.name if identity else state.get(keys.reviewer) or "",
+                reviewer_subject=identity.subject if identity else None,
+                image_sha256=_image_of(result_id),
+                zone=reader_zone()[0],
+            )
+        except AuditError as error:
+            message = f"The verdict was not recorded in the audit trail; what you typed is kept. {plain(screen_message(error))}"
+            state[keys.outcome] = ("error", message, ":material/database:", "form")
+        else:
+            _note_written(written)
+    st.rerun()
+
+
+def _write_once(
+    submission: str, audit_trail: AuditTrail, result_id: int, verdict: str, *, note: str, reviewer: str,
+    reviewer_subject: str | None, image_sha256: str | None, zone: dt.tzinfo,
+) -> TabVerdict:
+    """Appends the verdict unless this submission id already wrote one; returns what it wrote.
+
+    Plain Python under a lock, with no Streamlit call between the check and the write: nothing can
+    end it half-way, and two runs of one press (or two presses under one id) write one row.
+
+    Raises:
+        AuditError: the trail refused the verdict or cannot be written (the id is then not spent).
+    """
+    with _WRITTEN_LOCK:
+        written = _WRITTEN.get(submission)
+        if written is None:
+            verdict_id = audit_trail.record_verdict(
+                result_id, verdict, note=note, reviewer=reviewer, reviewer_subject=reviewer_subject
+            )
+            written = _WRITTEN[submission] = TabVerdict(verdict_id, result_id, image_sha256, verdict, dt.datetime.now(zone))
+        return written
+
+
+def _note_written(written: TabVerdict) -> None:
+    """Notes a written verdict in this tab (its log and the worklist's column); safe to repeat."""
+    log = st.session_state.setdefault(_VERDICT_LOG_KEY, [])
+    if all(earlier.verdict_id != written.verdict_id for earlier in log):
+        log.append(written)
+    st.session_state.setdefault(_VERDICTS_KEY, {})[written.result_id] = written.verdict
+
+
+def _settle(keys: _Keys) -> None:
+    """What a written submission leaves on the form, before its widgets are drawn: the choice and
+    the note emptied (the name stays: the same reader reads the next film), the question gone, what
+    happened said, and a new submission id (last: a run ended before it does all this again)."""
+    state = st.session_state
+    written = _WRITTEN.get(state.get(keys.submission, ""))
+    if written is None:
         return
-    identity = _signed_in()
-    try:
-        verdict_id = trail().record_verdict(
-            result_id,
-            verdict,
-            note=st.session_state.get(f"{form_key}_note") or "",
-            reviewer=identity.name if identity else st.session_state.get(f"{form_key}_reviewer") or "",
-            reviewer_subject=identity.subject if identity else None,
-        )
-    except AuditError as error:
-        message = f"The verdict was not recorded in the audit trail. {plain(screen_message(error))}"
-        st.session_state[outcome_key] = ("error", message, ":material/database:")
-        return
-    st.session_state.setdefault(_VERDICTS_KEY, {})[result_id] = verdict
-    st.session_state[outcome_key] = (
-        "success", f"Verdict **{verdict}** recorded (record {verdict_id}, on result {result_id}).", ":material/task_alt:"
+    _note_written(written)
+    state[keys.verdict], state[keys.note] = None, ""
+    state.pop(keys.asked, None)
+    others = [
+        earlier for earlier in state.get(_VERDICT_LOG_KEY, [])
+        if earlier.verdict_id != written.verdict_id
+        and (earlier.result_id == written.result_id or (written.image_sha256 is not None and earlier.image_sha256 == written.image_sha256))
+    ]
+    state[keys.outcome] = (
+        "success",
+        f"{'Another verdict' if others else 'Verdict'} **{written.verdict}** recorded (record {written.verdict_id}, "
+        f"on result {written.result_id}).",
+        ":material/task_alt:",
+        "form",
     )
+    state[keys.submission] = uuid.uuid4().hex
 
 
 # ----------------------------------------------------------------------------- the trail for a reader

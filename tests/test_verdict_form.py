@@ -1,0 +1,172 @@
+"""The verdict form with AppTest: a refused press keeps everything typed and says what is missing
+next to its field; a second verdict on a film this tab already judged is asked about first; a
+press whose submission id is spent (the second click of a double click) records nothing; and
+what was typed for one film is never offered on another.
+
+The real browser's side of the same (typing, a real double click) is in
+``tests/test_review_browser.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from pneumo_model.audit import AuditTrail
+from pneumo_model.paths import REPO_ROOT
+
+pytestmark = pytest.mark.shipped_model
+
+APP = REPO_ROOT / "app.py"
+TIMEOUT = 180
+SAMPLE = "IM-0003-0001.jpeg"
+OTHER_SAMPLE = "IM-0001-0001.jpeg"
+FORM = "review_verdict"
+
+
+def reviewed(name: str = SAMPLE) -> AppTest:
+    """Review with a demo image chosen."""
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    app.button(key=f"sample-{name}").click().run()
+    assert not app.exception, app.exception
+    return app
+
+
+def type_note_and_name(app: AppTest, note: str = "left base hazy, compare with last week", name: str = "Dr Vance") -> None:
+    app.text_area(key=f"{FORM}_note").input(note)
+    app.text_input(key=f"{FORM}_reviewer").input(name)
+
+
+def press(app: AppTest) -> AppTest:
+    app.button(key=f"{FORM}_submit").click().run()
+    assert not app.exception, app.exception
+    return app
+
+
+def verdicts(audit_db) -> list[dict]:
+    return [row for row in AuditTrail(audit_db).trail() if row["verdict_id"] is not None]
+
+
+def texts(elements) -> str:
+    return "\n".join(str(element.value) for element in elements)
+
+
+def test_a_press_without_a_choice_keeps_the_note_and_the_name_and_asks_for_the_choice(audit_db):
+    app = reviewed()
+    type_note_and_name(app)
+    press(app)
+    assert verdicts(audit_db) == []
+    assert app.text_area(key=f"{FORM}_note").value == "left base hazy, compare with last week"
+    assert app.text_input(key=f"{FORM}_reviewer").value == "Dr Vance"
+    assert app.radio(key=f"{FORM}_verdict").value is None
+    (refusal,) = [w for w in app.warning if "Choose agree, disagree or unsure" in w.value]
+    assert "your note and name are kept" in refusal.value
+    # Next to the missing field: inside the form, the element right after the choice.
+    inside = _form_children(app)
+    after_choice = inside[[getattr(child, "key", None) for child in inside].index(f"{FORM}_verdict") + 1]
+    assert "Choose agree, disagree or unsure" in str(after_choice.value)
+
+    app.radio(key=f"{FORM}_verdict").set_value("disagree")
+    press(app)
+    (row,) = verdicts(audit_db)
+    assert (row["verdict"], row["note"], row["reviewer"]) == ("disagree", "left base hazy, compare with last week", "Dr Vance")
+    assert "Verdict **disagree** recorded" in texts(app.success)
+    assert not [w for w in app.warning if "Choose agree" in w.value]
+    # Recorded: the choice and the note are emptied for the next verdict, the reader's name stays.
+    assert app.radio(key=f"{FORM}_verdict").value is None
+    assert app.text_area(key=f"{FORM}_note").value == ""
+    assert app.text_input(key=f"{FORM}_reviewer").value == "Dr Vance"
+
+
+def _form_children(app: AppTest):
+    """The elements inside the verdict form, in order."""
+    (form,) = [block for block in _blocks(app.main) if getattr(block, "type", None) == "form"]
+    return [child for child in form.children.values()]
+
+
+def _blocks(node):
+    for child in getattr(node, "children", {}).values():
+        yield child
+        yield from _blocks(child)
+
+
+def test_a_second_verdict_on_the_same_film_is_asked_about_and_needs_the_box(audit_db):
+    app = reviewed()
+    app.radio(key=f"{FORM}_verdict").set_value("agree")
+    press(app)
+    (first,) = verdicts(audit_db)
+
+    app.radio(key=f"{FORM}_verdict").set_value("disagree")
+    app.text_area(key=f"{FORM}_note").input("on second look, the right base")
+    press(app)
+    assert len(verdicts(audit_db)) == 1  # asked, not written
+    (question,) = [w for w in app.warning if "Record another verdict?" in w.value]
+    assert f"You recorded **'agree'** on this image at " in question.value
+    assert f"(record {first['verdict_id']})" in question.value
+    # What was typed for the second verdict is still there, and pressing again without the box asks again.
+    assert app.radio(key=f"{FORM}_verdict").value == "disagree"
+    assert app.text_area(key=f"{FORM}_note").value == "on second look, the right base"
+    press(app)
+    assert len(verdicts(audit_db)) == 1
+
+    (box,) = [c for c in app.checkbox if c.label == "Yes, record a second verdict on this image"]
+    box.check()
+    press(app)
+    rows = verdicts(audit_db)
+    assert [row["verdict"] for row in rows] == ["agree", "disagree"]
+    assert rows[1]["note"] == "on second look, the right base" and rows[1]["result_id"] == rows[0]["result_id"]
+    assert "Another verdict **disagree** recorded" in texts(app.success)
+    assert not [c for c in app.checkbox if c.label == "Yes, record a second verdict on this image"]
+
+    # A third press is asked about again, the box drawn afresh, unticked.
+    app.radio(key=f"{FORM}_verdict").set_value("unsure")
+    press(app)
+    assert len(verdicts(audit_db)) == 2
+    (question,) = [w for w in app.warning if "Record another verdict?" in w.value]
+    assert "'disagree'" in question.value
+    (box,) = [c for c in app.checkbox if c.label == "Yes, record a second verdict on this image"]
+    assert box.value is False
+
+
+def test_a_spent_submission_records_nothing(audit_db):
+    """The second click of a double click may reach the server in a run that still holds the
+    first click's submission id (Streamlit ends a run between any two of its calls when a new
+    press arrives): the id is found spent, and no second row is written."""
+    app = reviewed()
+    app.radio(key=f"{FORM}_verdict").set_value("agree")
+    spent = app.session_state[f"{FORM}_submission"]
+    press(app)
+    assert len(verdicts(audit_db)) == 1
+    assert app.session_state[f"{FORM}_submission"] != spent
+    # The same press again, under the first id, with the same choice and even the box ticked.
+    app.session_state[f"{FORM}_submission"] = spent
+    app.session_state[f"{FORM}_submission_again_{spent}"] = True
+    app.run()
+    app.radio(key=f"{FORM}_verdict").set_value("agree")
+    press(app)
+    assert len(verdicts(audit_db)) == 1
+    assert "Verdict **agree** recorded" in texts(app.success) or "Record another verdict?" in texts(app.warning)
+
+
+def test_what_was_typed_for_one_film_is_kept_for_it_and_never_offered_on_another(audit_db):
+    app = reviewed()
+    type_note_and_name(app, note="typed for the first film")
+    press(app)  # refused: no choice; the note is now the form's
+    app.button(key=f"sample-{OTHER_SAMPLE}").click().run()
+    assert app.text_area(key=f"{FORM}_note").value == ""  # never recorded against the other film
+    assert app.text_input(key=f"{FORM}_reviewer").value == "Dr Vance"
+    assert not [w for w in app.warning if "Choose agree" in w.value]
+    app.button(key=f"sample-{SAMPLE}").click().run()
+    assert app.text_area(key=f"{FORM}_note").value == "typed for the first film"  # back with its film
+    assert verdicts(audit_db) == []
+
+
+def test_a_verdict_on_another_film_is_not_asked_about(audit_db):
+    app = reviewed()
+    app.radio(key=f"{FORM}_verdict").set_value("agree")
+    press(app)
+    app.button(key=f"sample-{OTHER_SAMPLE}").click().run()
+    app.radio(key=f"{FORM}_verdict").set_value("agree")
+    press(app)
+    assert [row["verdict"] for row in verdicts(audit_db)] == ["agree", "agree"]
+    assert not [w for w in app.warning if "Record another verdict?" in w.value]
