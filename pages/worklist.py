@@ -9,10 +9,7 @@ from ui import audit, call_view, drawing, frame, pacs_source, resources, state, 
 from ui.markup import plain
 
 UPLOAD_KEY = "worklist_upload"
-IDS_KEY = "worklist_ids"
-FILES_KEY = "worklist_files"  # (name, bytes) of each file scored: the worklist outlives the uploader's state
-PAGE_KEY = "worklist_page"
-OPENED_KEY = "worklist_opened"  # the ``upload`` position of the row opened last
+IDS_KEY, FILES_KEY, PAGE_KEY, OPENED_KEY = worklist.IDS_KEY, worklist.FILES_KEY, worklist.PAGE_KEY, worklist.OPENED_KEY
 VIEW_KEY = "worklist_view"  # what the table showed when its selection was last set
 TABLE_KEY = "worklist_table"
 HAD_FILES_KEY = "worklist_had_files"
@@ -32,17 +29,19 @@ def keep_scored(pairs, ids, retrieved: pacs_source.Retrieved | None = None) -> N
     """Scores ``pairs`` (``(name, bytes)``) with a progress bar into this tab's worklist, in place of
     the last one; ``ids`` says which uploads or study it is, ``retrieved`` the PACS study it came from."""
     forget()
-    bar = st.progress(0.0, text="Reading images...")
-    scored = worklist.score_files(
-        pairs,
-        model,
-        progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"),
-        decode_slot=resources.decode_slot,
-    )
-    bar.empty()
-    st.session_state.update({worklist.SESSION_KEY: scored, IDS_KEY: ids, FILES_KEY: pairs})
-    if retrieved is not None:
-        st.session_state[pacs_source.RETRIEVED_KEY] = retrieved
+    # A reload while scoring loses these files (they are the session's): the reloaded tab says so.
+    with state.stopped_by_reload(state.WORKLIST_STOPPED, drop=state.WORKLIST_KEYS):
+        bar = st.progress(0.0, text="Reading images...")
+        scored = worklist.score_files(
+            pairs,
+            model,
+            progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"),
+            decode_slot=resources.decode_slot,
+        )
+        bar.empty()
+        st.session_state.update({worklist.SESSION_KEY: scored, IDS_KEY: ids, FILES_KEY: pairs})
+        if retrieved is not None:
+            st.session_state[pacs_source.RETRIEVED_KEY] = retrieved
 
 
 def first_page() -> None:
