@@ -270,11 +270,12 @@ def _user() -> str | None:
 
 
 def _browser() -> str | None:
+    """The browser's token in Streamlit's XSRF cookie: the same in every tab of one browser."""
     try:
         cookie = st.context.cookies.get("_streamlit_xsrf")
-    except Exception:  # no request behind this run (AppTest)
+    except Exception:  # no request behind this run
         cookie = None
-    return tab_store_module.browser_key(cookie)
+    return tab_store_module.browser_key(cookie if isinstance(cookie, str) else None)  # AppTest: a mock
 
 
 def come_back(mark: str) -> bool:
