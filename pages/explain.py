@@ -14,7 +14,7 @@ from pneumo_model.explain import (  # noqa: E402
     lime_colour_bar,
     with_legend,
 )
-from ui import attention, call_view, drawing, resources  # noqa: E402
+from ui import attention, call_view, drawing, resources, state  # noqa: E402
 from ui.markup import plain  # noqa: E402
 
 image = frame.require_image()
@@ -85,10 +85,11 @@ with lime:
         )
     else:
         _, used_samples, used_segments = request
-        explanation = frame.computed(
-            lambda: resources.lime_explanation(image, used_samples, used_segments), image.name,
-            busy=f"Running LIME ({used_samples} samples)...",
-        )
+        with state.stopped_by_reload(state.LIME_STOPPED, drop=("lime_request",)):  # a reload says it stopped LIME
+            explanation = frame.computed(
+                lambda: resources.lime_explanation(image, used_samples, used_segments), image.name,
+                busy=f"Running LIME ({used_samples} samples)...",
+            )
         config = LimeConfig(num_samples=used_samples, n_segments=used_segments)
         half_width = scale.lime_half_width(explanation)
         all_small = scale.lime_all_small(explanation, config)

@@ -13,10 +13,7 @@ from ui import audit, call_view, drawing, pacs_source, resources, state, worklis
 from ui.markup import plain  # noqa: E402
 
 UPLOAD_KEY = "worklist_upload"
-IDS_KEY = "worklist_ids"
-FILES_KEY = "worklist_files"  # (name, bytes) of each file scored: the worklist outlives the uploader's state
-PAGE_KEY = "worklist_page"
-OPENED_KEY = "worklist_opened"  # the ``upload`` position of the row opened last
+IDS_KEY, FILES_KEY, PAGE_KEY, OPENED_KEY = worklist.IDS_KEY, worklist.FILES_KEY, worklist.PAGE_KEY, worklist.OPENED_KEY
 VIEW_KEY = "worklist_view"  # what the table showed when its selection was last set
 TABLE_KEY = "worklist_table"
 HAD_FILES_KEY = "worklist_had_files"
@@ -34,17 +31,19 @@ def keep_scored(pairs, ids, retrieved: pacs_source.Retrieved | None = None) -> N
     """Scores ``pairs`` (``(name, bytes)``) with a progress bar into this tab's worklist, in place of
     the last one; ``ids`` says which uploads or study it is, ``retrieved`` the PACS study it came from."""
     forget()
-    bar = st.progress(0.0, text="Reading images...")
-    scored = worklist.score_files(
-        pairs,
-        model,
-        progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"),
-        decode_slot=resources.decode_slot,
-    )
-    bar.empty()
-    st.session_state.update({worklist.SESSION_KEY: scored, IDS_KEY: ids, FILES_KEY: pairs})
-    if retrieved is not None:
-        st.session_state[pacs_source.RETRIEVED_KEY] = retrieved
+    # A reload while scoring loses these files (they are the session's): the reloaded tab says so.
+    with state.stopped_by_reload(state.WORKLIST_STOPPED, drop=state.WORKLIST_KEYS):
+        bar = st.progress(0.0, text="Reading images...")
+        scored = worklist.score_files(
+            pairs,
+            model,
+            progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} images"),
+            decode_slot=resources.decode_slot,
+        )
+        bar.empty()
+        st.session_state.update({worklist.SESSION_KEY: scored, IDS_KEY: ids, FILES_KEY: pairs})
+        if retrieved is not None:
+            st.session_state[pacs_source.RETRIEVED_KEY] = retrieved
 
 
 def first_page() -> None:
@@ -85,15 +84,26 @@ if source == PACS_SOURCE:
         if retrieved is not None:
             keep_scored(retrieved.files, ("pacs", study.study_uid, len(retrieved.files)), retrieved)
 else:
-    files = st.file_uploader(
-        f"Upload chest X-rays ({state.UPLOAD_FORMATS}), as many as you like",
-        type=state.UPLOAD_TYPES,
-        max_upload_size=state.IMAGE_UPLOAD_MB,
-        accept_multiple_files=True,
-        key=UPLOAD_KEY,
-    )
-    if not files and pacs is None and pacs_problem is None:
-        st.caption(f"No PACS is configured: an administrator sets {ENVIRONMENT['url']} (README, \"Work from the PACS\").")
+    # Folded once it holds files or a worklist is kept: 30 uploads' chips pushed the table below the
+    # first screen at 1366 x 768. Decided from the uploader's value at the start of the run (its
+    # new files are already there), so the run that scores them draws it folded.
+    holding = bool(st.session_state.get(UPLOAD_KEY)) or worklist.SESSION_KEY in st.session_state
+    with st.expander(
+        f"Upload chest X-rays ({state.UPLOAD_FORMATS}), as many as you like"
+        + (": open to add or remove files, or to start another worklist" if holding else ""),
+        expanded=not holding,
+        icon=":material/upload:",
+    ):
+        files = st.file_uploader(
+            f"Upload chest X-rays ({state.UPLOAD_FORMATS}), as many as you like",
+            type=state.UPLOAD_TYPES,
+            max_upload_size=state.IMAGE_UPLOAD_MB,
+            accept_multiple_files=True,
+            key=UPLOAD_KEY,
+            label_visibility="collapsed",  # the box's title says it
+        )
+        if not files and pacs is None and pacs_problem is None:
+            st.caption(f"No PACS is configured: an administrator sets {ENVIRONMENT['url']} (README, \"Work from the PACS\").")
 if files:
     if state.note_uploads():
         st.rerun()  # once per session: the menu's links must carry the new upload mark
@@ -212,6 +222,16 @@ with table_column:
             "selection": {"rows": [positions.index(opened)] if opened in positions else [], "columns": []}
         }
         st.session_state[VIEW_KEY] = signature
+    first = (page - 1) * worklist.ROWS_PER_PAGE
+    # Above the table, in the left part of its column: the data grid's toolbar (search, full
+    # screen...) appears on hover over the grid's top right corner, so this line is the room it
+    # takes, and the filters above stay clear of it.
+    summary, _ = st.columns([3, 1])
+    summary.caption(
+        f"Page {page} of {pages}: rows {first + 1 if len(view) else 0}–{first + len(view)} of {len(rows)}"
+        + (f" (filtered from {len(shown)})" if len(rows) != len(shown) else "")
+        + f", {order}."
+    )
     event = st.dataframe(
         view.style.apply(lambda row: [INDETERMINATE_ROW if row.grey_zone is True else ""] * len(row), axis=1),
         hide_index=True,
@@ -249,12 +269,7 @@ with table_column:
     back, where, forward = st.columns([1, 2, 1], vertical_alignment="center")
     back.button("Previous", on_click=turn_page, args=(-1,), disabled=page == 1, icon=":material/chevron_left:",
                 width="stretch", key="worklist_previous")
-    first = (page - 1) * worklist.ROWS_PER_PAGE
-    where.caption(
-        f"Page {page} of {pages}: rows {first + 1 if len(view) else 0}–{first + len(view)} of {len(rows)}"
-        + (f" (filtered from {len(shown)})" if len(rows) != len(shown) else "")
-        + f", {order}."
-    )
+    where.caption(f"Page {page} of {pages}")
     forward.button("Next", on_click=turn_page, args=(1,), disabled=page == pages, icon=":material/chevron_right:",
                    width="stretch", key="worklist_next")
 

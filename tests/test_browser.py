@@ -636,7 +636,7 @@ def test_review_draws_the_bar_says_indeterminate_in_amber_and_downloads_a_one_pa
     try:
         with streamlit_app(tmp_path / "streamlit.log", audit_db=tmp_path / "audit.sqlite3") as url:
             tab.goto(url)
-            expect(tab.get_by_role("button", name=f"Bacterial: {Path(GREY_ABOVE).stem}")).to_be_visible()
+            expect(tab.get_by_role("button", name=f"data set label: bacterial pneumonia · {Path(GREY_ABOVE).stem}")).to_be_visible()
             # Every text that is ever on the page, however briefly: a note shown for a second is seen.
             tab.evaluate(
                 """notes => { window.seenNotes = new Set();
@@ -645,7 +645,7 @@ def test_review_draws_the_bar_says_indeterminate_in_amber_and_downloads_a_one_pa
                    .observe(document.body, {childList: true, subtree: true, characterData: true}); }""",
                 list(busy_notes),
             )
-            tab.get_by_role("button", name=f"Bacterial: {Path(GREY_ABOVE).stem}").click()
+            tab.get_by_role("button", name=f"data set label: bacterial pneumonia · {Path(GREY_ABOVE).stem}").click()
 
             heading = tab.get_by_role("heading", name="Call: Pneumonia · indeterminate")
             expect(heading).to_be_visible()

@@ -120,7 +120,7 @@ def crop_page(page: Page, folder: Path) -> None:
 
 # The demo the Review screenshot shows: a borderline one (pneumonia just above the threshold, in
 # the grey zone), so the picture shows the bar, the amber message and the case report's button.
-REVIEW_DEMO = "Bacterial: person153_bacteria_726"
+REVIEW_DEMO = "data set label: bacterial pneumonia · person153_bacteria_726"
 
 
 def review(page: Page, folder: Path) -> None:
@@ -154,7 +154,7 @@ def worklist_case(page: Page, name: str) -> None:
 
 # Explain shows a pneumonia demo: its map on the fixed scale, the colour bar and LIME (a normal demo's
 # weak map is not drawn, and the page says so).
-EXPLAIN_DEMO = "Viral: person10_virus_35"
+EXPLAIN_DEMO = "data set label: viral pneumonia · person10_virus_35"
 
 
 def explain_page(page: Page, folder: Path) -> None:
@@ -192,7 +192,7 @@ def main() -> None:
             page = browser.new_page(viewport=WINDOW, timezone_id="Europe/Berlin")  # the trail's times are the reader's
             page.goto(url)
             review(page, args.out)
-            page.get_by_role("button", name="Normal: IM-0003-0001").click()
+            page.get_by_role("button", name="data set label: normal · IM-0003-0001").click()
             expect(page.get_by_text("Probability of pneumonia")).to_be_visible(timeout=SLOW_MS)
             page.get_by_text("agree", exact=True).click()
             page.get_by_role("button", name="Record verdict").click()

@@ -75,7 +75,7 @@ def measure(files: list[Path], at_once: int = 1) -> list[dict]:
                 for tab in tabs:
                     tab.set_default_timeout(TIMEOUT_MS)
                     tab.goto(url)
-                    tab.get_by_role("button", name="Normal: IM-0001-0001").click()  # warm-up: model, pages
+                    tab.get_by_role("button", name="data set label: normal · IM-0001-0001").click()  # warm-up: model, pages
                     expect(tab.get_by_test_id("stMetric").first).to_be_visible(timeout=TIMEOUT_MS)
                 idle = _settle(server.pid)
                 Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS

@@ -6,7 +6,9 @@ the user leaves the page), so it stays selected across pages until another image
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from pneumo_model.paths import REPO_ROOT, bytes_sha256
 from pneumo_model.data import parse_name
 from pneumo_model.errors import DataError
 from pneumo_model.preprocessing import SUPPORTED_FORMATS, ImageLimits
+
+from . import tab_store as tab_store_module
 
 SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
 _CHOSEN_KEY = "chosen_image"
@@ -58,6 +62,11 @@ class ChosenImage:
         object.__setattr__(self, "digest", bytes_sha256(self.data))
 
 
+# The data set's diagnosis of each demo, as its button says it: words that cannot be read as the
+# model's call ("Bacterial" beside the model's "Pneumonia · indeterminate" once read as its verdict).
+_LABEL_WORDS = {"Normal": "normal", "Bacterial": "bacterial pneumonia", "Viral": "viral pneumonia"}
+
+
 @dataclass(frozen=True)
 class Sample:
     """A demo image from ``assets/samples`` and the label its file name carries."""
@@ -67,7 +76,8 @@ class Sample:
 
     @property
     def title(self) -> str:
-        return f"{self.label}: {self.path.stem}"
+        """The button's words: 'data set label: bacterial pneumonia · person153_bacteria_726'."""
+        return f"data set label: {_LABEL_WORDS[self.label]} · {self.path.stem}"
 
 
 def samples() -> list[Sample]:
@@ -98,6 +108,7 @@ def choose(image: ChosenImage, widget_key: str | None = None) -> None:
     emptied from the server; a widget under a new key is a new, empty one (``review_uploader_key``).
     """
     st.session_state[_CHOSEN_KEY] = image
+    note_uploads()  # the tab keeps its choice through a reload (``keep_tab``)
     held = review_uploader_key()
     if widget_key != held and st.session_state.get(held) is not None:
         st.session_state[_REVIEW_ROUND_KEY] = st.session_state.get(_REVIEW_ROUND_KEY, 0) + 1
@@ -125,15 +136,16 @@ def choose_upload(widget_key: str) -> None:
     uploaded = st.session_state.get(widget_key)
     if uploaded is not None:
         choose(ChosenImage(name=uploaded.name, data=uploaded.getvalue(), source="upload"), widget_key)
-        note_uploads()
 
 
 # ----------------------------------------------------------------------------- lost uploads
 # Uploaded files live only in the server's memory, with the session. When the server restarts
 # (or the tab is reloaded), the browser reconnects to a new, empty session: the worklist's file
 # chips stay on screen in red and nothing else would say the files are gone. A tab that uploaded
-# something carries a mark in its URL (``?uploads=...``) and its menu links, which survive a
-# restart; a new session that finds a mark this server never issued knows its files were lost.
+# or chose something carries a mark in its URL (``?uploads=...``) and its menu links, which survive
+# a reload and a restart; a new session that finds a mark this server never issued knows its files
+# were lost. A mark this server issued is the key of what the tab keeps through a reload
+# (``ui.tab_store``): a new session gets it back only if it is that tab come back.
 UPLOADS_PARAM = "uploads"
 _MARK_KEY = "uploads_mark"
 _LOST_KEY = "uploads_lost"
@@ -141,6 +153,27 @@ SERVER_RESTARTED = (
     "**The server was restarted, so the files uploaded earlier in this tab are gone** (uploads are "
     "kept only in the server's memory, never on disk). Upload them again."
 )
+OTHER_TAB = (
+    "**This link belongs to another tab; its images are not shown here.** Each tab keeps its own "
+    "images and worklist: upload files or pick a demo image to start in this one."
+)
+LIME_STOPPED = "**The LIME explanation that was running was stopped by the reload**; run it again."
+WORKLIST_STOPPED = (
+    "**The worklist that was being scored was stopped by the reload**, and its files went with it; upload "
+    "them again."
+)
+# What a tab keeps through a reload: the chosen image, the worklist (its files, scored table, page
+# and opened row; ``pages/worklist.py`` and ``ui.worklist``), what it recorded in the audit trail
+# (so a reload records nothing twice, and the table still marks its verdicts), the PACS study and
+# reports sent, and the last LIME asked for. Widgets' own states (filters, ticks) start afresh.
+KEPT_KEYS = (
+    _CHOSEN_KEY,
+    "audit_recorded", "audit_revealed", "audit_verdicts",  # ui.audit
+    "worklist", "worklist_ids", "worklist_files", "worklist_page", "worklist_opened",  # ui.worklist
+    "pacs_retrieved", "pacs_sent",  # ui.pacs_source
+    "lime_request",  # pages/explain.py
+)
+WORKLIST_KEYS = KEPT_KEYS[4:9] + ("pacs_retrieved",)
 
 
 @st.cache_resource(show_spinner=False)
@@ -148,8 +181,14 @@ def _marks_of_this_server() -> set[str]:
     return set()
 
 
+@st.cache_resource(show_spinner=False)
+def kept_tabs() -> tab_store_module.TabStore:
+    """The server's one store of what tabs keep through a reload (in memory, never on disk)."""
+    return tab_store_module.TabStore(tab_store_module.StoreLimits())
+
+
 def note_uploads() -> bool:
-    """Marks this tab as holding uploads (call it whenever files are uploaded).
+    """Marks this tab as holding uploads or a chosen image (call it whenever files are uploaded).
 
     Returns:
         True when the mark is new: the page's menu was drawn without it, so a page that calls this
@@ -159,11 +198,17 @@ def note_uploads() -> bool:
     mark = st.session_state.get(_MARK_KEY)
     new = mark is None
     if new:
-        mark = secrets.token_urlsafe(9)
-        _marks_of_this_server().add(mark)
-        st.session_state[_MARK_KEY] = mark
+        mark = _new_mark()
     st.query_params[UPLOADS_PARAM] = mark
     return new
+
+
+def _new_mark() -> str:
+    """A mark nobody can guess (128 random bits): it is all that stands between a URL and a tab's films."""
+    mark = secrets.token_urlsafe(16)
+    _marks_of_this_server().add(mark)
+    st.session_state[_MARK_KEY] = mark
+    return mark
 
 
 def upload_mark() -> dict[str, str] | None:
@@ -173,20 +218,135 @@ def upload_mark() -> dict[str, str] | None:
 
 
 def lost_uploads() -> str | None:
-    """What to tell the user when this tab's earlier uploads are gone, else None; keeps the URL mark.
+    """What to tell the user when this tab's earlier work is gone, else None; keeps the URL mark.
 
-    Called once per run, before the page: a new session finding a mark this server never issued
-    learns that the server restarted and its uploads were lost. (A mark this server issued, in a
-    reloaded tab or a link opened in a new tab, says nothing: the other tab may still hold its
-    files, and a reloaded uploader shows itself empty.) The message stays until something is
-    uploaded again.
+    Called once per run, before the page (``ui.frame.render``), which makes it also the place
+    where a tab's work is kept and given back:
+
+    - a new session finding a mark this server never issued learns that the server restarted and
+      its uploads were lost (``SERVER_RESTARTED``);
+    - a new session finding a mark this server issued gets that tab's chosen image and worklist
+      back when it is that tab reloaded (``come_back``), with a word on anything the reload
+      stopped; a second tab or a pasted link gets nothing but ``OTHER_TAB``;
+    - every run keeps this tab's values for the next reload (``keep_tab``).
+
+    The message stays until something is uploaded or chosen again.
     """
     seen = st.query_params.get(UPLOADS_PARAM)
     mark = st.session_state.get(_MARK_KEY)
     if mark is None and seen is not None:
         if seen not in _marks_of_this_server():
             st.session_state[_LOST_KEY] = SERVER_RESTARTED
-        del st.query_params[UPLOADS_PARAM]
+            del st.query_params[UPLOADS_PARAM]
+        elif not come_back(seen):
+            del st.query_params[UPLOADS_PARAM]
     elif mark is not None and seen != mark:
         st.query_params[UPLOADS_PARAM] = mark  # a page switch dropped it
+    keep_tab()
     return st.session_state.get(_LOST_KEY)
+
+
+# ----------------------------------------------------------------------------- kept through a reload
+def _session_id() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    context = get_script_run_ctx()
+    return context.session_id if context is not None else ""
+
+
+def _session_alive(session_id: str) -> bool:
+    """Whether that session's tab is still connected (Streamlit's runtime; none under AppTest)."""
+    from streamlit import runtime
+
+    return runtime.exists() and runtime.get_instance().is_active_session(session_id)
+
+
+def _user() -> str | None:
+    """The signed-in user's subject; None in local mode (one workstation, no sign-in)."""
+    from . import access
+
+    identity = access.current()
+    return None if identity is None else identity.subject
+
+
+def _browser() -> str | None:
+    """The browser's token in Streamlit's XSRF cookie: the same in every tab of one browser."""
+    try:
+        cookie = st.context.cookies.get("_streamlit_xsrf")
+    except Exception:  # no request behind this run
+        cookie = None
+    return tab_store_module.browser_key(cookie if isinstance(cookie, str) else None)  # AppTest: a mock
+
+
+def come_back(mark: str) -> bool:
+    """Gives this new session the values kept under ``mark`` if it is the tab that owned them,
+    come back (reloaded); says what was lost or that the mark is another tab's.
+
+    Returns:
+        Whether this session now owns the mark (keep it in the URL).
+    """
+    claim = kept_tabs().claim(mark, _session_id(), _user(), _browser(), _session_alive)
+    if claim.outcome == tab_store_module.RESTORED:
+        st.session_state.update(claim.values)
+        st.session_state[_MARK_KEY] = mark
+        if claim.lost:
+            st.session_state[_LOST_KEY] = " ".join(claim.lost)
+        kept = restored_words(claim.values)
+        if kept:
+            st.toast(f"Kept through the reload: {kept}.", icon=":material/restore_page:")
+        return True
+    if claim.outcome == tab_store_module.OTHER_TAB:
+        st.session_state[_LOST_KEY] = OTHER_TAB
+    elif claim.outcome == tab_store_module.DROPPED:
+        st.session_state[_LOST_KEY] = " ".join(claim.lost)
+    return False
+
+
+def restored_words(values) -> str:
+    """'the chosen image person153_bacteria_726.jpeg and the worklist of 30 files', from kept values."""
+    from .markup import plain
+
+    words = []
+    image = values.get(_CHOSEN_KEY)
+    if image is not None:
+        words.append(f"the chosen image {plain(image.name)}")
+    files = values.get("worklist_files")
+    if files:
+        words.append(f"the worklist of {len(files)} file{'s' if len(files) != 1 else ''}")
+    return " and ".join(words)
+
+
+def keep_tab() -> None:
+    """Keeps this tab's values (``KEPT_KEYS``) for its next reload; nothing without a mark.
+
+    Called at the start of every run (by ``lost_uploads``) and after a page changes them in the
+    middle of a run (a worklist scored). A new run also means that nothing of the last one is
+    still running.
+    """
+    mark = st.session_state.get(_MARK_KEY)
+    if mark is None:
+        return
+    store, me = kept_tabs(), _session_id()
+    store.finished(mark, me)
+    values = {key: st.session_state[key] for key in KEPT_KEYS if key in st.session_state}
+    if not store.save(mark, me, _user(), _browser(), values):
+        # This tab came back after another session took its mark over (its link opened while it
+        # was away): it keeps its own work under a new mark.
+        mark = _new_mark()
+        st.query_params[UPLOADS_PARAM] = mark
+        store.save(mark, me, _user(), _browser(), values)
+
+
+@contextlib.contextmanager
+def stopped_by_reload(note: str, drop: Iterable[str] = ()) -> Iterator[None]:
+    """Around work that a reload stops (LIME, scoring a worklist): a tab reloaded meanwhile is told
+    ``note`` and does not get the keys ``drop`` back (they would start the work again unasked)."""
+    mark = st.session_state.get(_MARK_KEY)
+    if mark is not None:
+        kept_tabs().running(mark, _session_id(), note, drop)
+    yield
+    # Not reached when the run is stopped or rerun: the note stays for a reload, and the next run
+    # of this session (``keep_tab``) clears it.
+    if st.session_state.get(_LOST_KEY) == note:
+        st.session_state.pop(_LOST_KEY)  # done again, so no longer lost
+    keep_tab()

@@ -30,6 +30,11 @@ COLUMNS = [
 ]
 THUMBNAIL_SIDE = 96
 SESSION_KEY = "worklist"  # the page's ``Worklist`` in ``st.session_state``; the trail reads its thumbnails
+# The worklist page's other values in ``st.session_state`` (``ui.state.KEPT_KEYS`` keeps them through a reload).
+IDS_KEY = "worklist_ids"  # which uploads or PACS study the worklist is
+FILES_KEY = "worklist_files"  # (name, bytes) of each file scored: the worklist outlives the uploader's state
+PAGE_KEY = "worklist_page"
+OPENED_KEY = "worklist_opened"  # the ``upload`` position of the row opened last
 
 
 def thumbnail(pixels: np.ndarray) -> str:
