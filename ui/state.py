@@ -166,14 +166,15 @@ WORKLIST_STOPPED = (
 # and opened row; ``pages/worklist.py`` and ``ui.worklist``), what it recorded in the audit trail
 # (so a reload records nothing twice, and the table still marks its verdicts), the PACS study and
 # reports sent, and the last LIME asked for. Widgets' own states (filters, ticks) start afresh.
+WORKLIST_KEYS = ("worklist", "worklist_ids", "worklist_files", "worklist_page", "worklist_opened", "pacs_retrieved")
 KEPT_KEYS = (
     _CHOSEN_KEY,
-    "audit_recorded", "audit_revealed", "audit_verdicts",  # ui.audit
-    "worklist", "worklist_ids", "worklist_files", "worklist_page", "worklist_opened",  # ui.worklist
-    "pacs_retrieved", "pacs_sent",  # ui.pacs_source
+    # ui.audit: results recorded once, reveals, and the verdicts given (a second one asks first)
+    "audit_recorded", "audit_revealed", "audit_verdicts", "audit_verdict_log",
+    *WORKLIST_KEYS,  # ui.worklist, ui.pacs_source
+    "pacs_sent",  # ui.pacs_source
     "lime_request",  # pages/explain.py
 )
-WORKLIST_KEYS = KEPT_KEYS[4:9] + ("pacs_retrieved",)
 
 
 @st.cache_resource(show_spinner=False)
