@@ -847,12 +847,11 @@ def check_rescore(box: Sequence | None, width: int, height: int, lungs: Diaphrag
     low, high = rule.aspect_range()
     if not low <= change <= high:
         shape = "a wide, short strip" if change < low else "a tall, narrow strip"
-        factor = 1 / change if change < 1 else change
         return (
-            f"The box is {shape}: {factor:.1f} times {'wider' if change < 1 else 'taller'} for its size than the film. "
-            "Rescored, it would be squashed into the model's square input out of every proportion the model learnt "
-            f"from (the original films differ at most {rule.films.spread:.2f} times), so the score would not be "
-            "meaningful. Keep both lungs and most of the film's width and height."
+            f"The box is {shape} (it keeps {(y1 - y0) / height:.0%} of the film's height and {(x1 - x0) / width:.0%} "
+            "of its width). Rescored, it would be squashed into the model's square input far more than any film the "
+            "model learnt from, so the score would not be meaningful. Keep both lungs and most of the film's width "
+            "and height."
         )
     if lungs is None:
         return None

@@ -53,7 +53,7 @@ def test_a_25_percent_strip_is_refused_as_a_squashed_shape(chest, box):
     _, lungs = chest
     reason = check_rescore(box, SIDE, SIDE, lungs)
     assert reason is not None and "wide, short strip" in reason and "squashed" in reason
-    assert "4.0 times wider" in reason  # a quarter of the height, all of the width
+    assert "keeps 25% of the film's height and 100% of its width" in reason
 
 
 @pytest.mark.parametrize("box", [(0, 0, SIDE // 2, SIDE), (SIDE // 2, 0, SIDE, SIDE)], ids=["left", "right"])
