@@ -6,7 +6,10 @@ lungs. This module finds where the lungs end (``find_diaphragm``), crops an imag
 paints out bright burned-in markers such as the letter R (``find_markers``), makes the pixels a
 rescore calls (``edit_pixels``: the markers painted out, then the crop), and compares the calls
 before and after (``RescoreResult``, made by ``Predictor.rescore``; ``call_changed`` only when
-the call leaves the grey zone on the other side of the threshold).
+the call leaves the grey zone on the other side of the threshold). A crop that cuts into a lung
+field or squashes the film out of the original films' proportions is refused, not rescored
+(``RescoreRule``, ``check_rescore``; docs/crop_rule.md), and a call within a hair of the grey
+zone's edge is said to be so (``just_past_grey_zone``).
 
 Coordinates: every box is ``(x0, y0, x1, y1)`` in pixels of the image passed in (the full
 upload, not the model input), with the origin at the top-left corner, x to the right, y down,

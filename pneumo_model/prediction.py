@@ -257,6 +257,9 @@ class Predictor:
     def call_on_crop(self, image: DecodedImage, box, limits: CropLimits = CropLimits()) -> Prediction:
         """The call, with the gate, on the image cropped to ``box`` (``crop.apply_crop``'s coordinates).
 
+        The rescore rule is not applied here: ``rescore`` applies it, and the Crop page asks
+        ``rescore_refusal`` before it calls this.
+
         Raises:
             ConfigError: the box does not fit the image or keeps too little of it.
         """
