@@ -245,7 +245,7 @@ def test_committed_crop_boxes_report_meets_the_targets():
 @pytest.mark.data
 @pytest.mark.shipped_model
 def test_committed_crop_boxes_report_is_what_the_command_gives(tmp_path):
-    # About 4 minutes on the 2-core CPU (11 boxes on each of 624 films). It logs its test-split use
+    # About a minute on the 2-core CPU (11 boxes on each of 624 films). It logs its test-split use
     # in tmp_path, not in reports/.
     argv = ["evaluate", "--crop", "boxes", "--reports", str(tmp_path)]
     assert main(argv) == 0
