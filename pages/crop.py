@@ -12,7 +12,7 @@ import threading  # noqa: E402
 
 from streamlit.runtime.scriptrunner import add_script_run_ctx  # noqa: E402
 
-from pneumo_model.crop import CropLimits, RescoreResult, fit_box  # noqa: E402
+from pneumo_model.crop import CropLimits, RescoreResult, fit_box, just_past_grey_zone  # noqa: E402
 from pneumo_model.errors import ConfigError, PneumoError  # noqa: E402
 from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar  # noqa: E402
 from ui import attention, call_view, drawing, resources  # noqa: E402
@@ -56,14 +56,41 @@ def busy(text: str):
         line.empty()
 
 
-def change_message(result: RescoreResult, edit: str, swayed: str) -> None:
-    """What the change means, in words: a change of call only when it goes from one confident side to the other."""
+def just_past(probability: float, grey_zone: bool, zone) -> bool:
+    """A call outside the grey zone ``zone`` by a hair (``crop.just_past_grey_zone``): not confident either way."""
+    return not grey_zone and just_past_grey_zone(probability, zone.low, zone.high)
+
+
+def after_heading(result: RescoreResult, zone) -> str:
+    """The call after, as the "Call:" line spells it; one just past the grey zone's edge says so, not a bare call."""
+    if just_past(result.probability_after, result.grey_zone_after, zone):
+        side = "pneumonia" if result.probability_after >= result.threshold else "normal"
+        return f"just past the grey zone's edge, on the {side} side"
+    return reading(result.probability_after, result.grey_zone_after, result.threshold, heading=True)
+
+
+def change_message(result: RescoreResult, edit: str, swayed: str, zone=None) -> None:
+    """What the change means, in words: a change of call only when it goes from one confident side to the
+    other, and never for a call that leaves the grey zone ``zone`` by a hair."""
     moved = (
         f"The probability moved from {result.probability_before:.3f} to {result.probability_after:.3f}, across the "
         f"threshold {result.threshold:.3f}"
     )
     before = reading(result.probability_before, result.grey_zone_before, result.threshold)
     after = reading(result.probability_after, result.grey_zone_after, result.threshold)
+    edge_after = zone is not None and just_past(result.probability_after, result.grey_zone_after, zone)
+    edge_before = zone is not None and just_past(result.probability_before, result.grey_zone_before, zone)
+    if edge_after or edge_before:
+        which, probability = ("after", result.probability_after) if edge_after else ("before", result.probability_before)
+        edge = zone.high if probability >= zone.high else zone.low
+        st.warning(
+            f"**Just past the grey zone's edge {which} {edit}.** The probability moved from "
+            f"{result.probability_before:.3f} to {result.probability_after:.3f}; {probability:.3f} lies just outside "
+            f"the grey zone's edge {edge:.3f}, closer to it than any change a reader should lean on. This is not a "
+            "confident call on either side: the image needs a careful read.",
+            icon=":material/help:",
+        )
+        return
     if result.call_changed:
         st.warning(
             f"**The call changes with {edit}:** {before} before, {after} after, both outside the grey zone. "
@@ -175,12 +202,31 @@ if crop:
 
 edit, swayed = EDIT_WORDS[(crop, mask)]
 try:
-    with busy(f"Rescoring the image after {edit}..."):
-        after = resources.cropped_prediction(image, box, mask)
-        edited, heatmap = resources.cropped_gradcam(image, box, mask)
+    refusal = resources.rescore_refusal(image, box)  # the package's rescore rule (docs/crop_rule.md), as `crop`'s
+    if refusal is None:
+        with busy(f"Rescoring the image after {edit}..."):
+            after = resources.cropped_prediction(image, box, mask)
+            edited, heatmap = resources.cropped_gradcam(image, box, mask)
 except ConfigError as error:  # never expected (the box was fitted), but a box must never replace the page
     st.error(f"This box cannot be rescored. {plain(error)} Press **Suggested** or move the sliders.", icon=":material/crop:")
     drawing.show(display, caption=plain(image.name), width=440)
+    st.stop()
+if refusal is not None:
+    # No call after, so nothing after is shown or recorded: the whole image's call (recorded above) stands.
+    drawn, numbers = st.columns([4, 7], gap="medium")
+    drawing.show(
+        drawing.draw_crop(display, box, pixels.shape),
+        caption=f"{plain(image.name)}: the box asked for (the dimmed part would be removed).",
+        where=drawn,
+    )
+    with numbers:
+        st.error(f"**This box is not rescored.** {refusal}", icon=":material/crop_free:")
+        before_words = reading(whole.probability, whole.grey_zone, whole.threshold, heading=True)
+        st.markdown(f"The whole image's call stands: **{before_words}** (probability {whole.probability:.3f}).")
+        st.caption(
+            "Press **Suggested** for the automatic crop, or move the sliders so that the box keeps both lungs. "
+            "A refused box is not recorded in the audit trail."
+        )
     st.stop()
 result = RescoreResult.from_calls(whole, after, box, markers if mask else None)  # the very calls shown
 
@@ -234,9 +280,9 @@ with numbers:
         )
         st.markdown(
             f"Call: **{reading(result.probability_before, result.grey_zone_before, result.threshold, heading=True)}** → "
-            f"**{reading(result.probability_after, result.grey_zone_after, result.threshold, heading=True)}**"
+            f"**{after_heading(result, model.grey_zone)}**"
         )
-        change_message(result, edit, swayed)
+        change_message(result, edit, swayed, model.grey_zone)
         st.caption(
             f"Threshold {result.threshold:.3f}; grey zone [{model.grey_zone.low:.3f}, {model.grey_zone.high:.3f}), "
             "where no call is trusted. A change of call is one from a confident normal to a confident pneumonia, "

@@ -583,9 +583,11 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("--reports", type=Path, default=None, help="report folder (default: reports/)")
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument(
-        "--crop", choices=("none", "auto", "markers"), default="none",
+        "--crop", choices=("none", "auto", "markers", "boxes"), default="none",
         help="auto: score with and without the automatic diaphragm crop (crop_evaluation report); markers: with "
-        "and without the burned-in markers painted out, alone and with the automatic crop (marker_evaluation report)",
+        "and without the burned-in markers painted out, alone and with the automatic crop (marker_evaluation report); "
+        "boxes: strips, halves, random allowed boxes and the automatic crop rescored under the rescore rule "
+        "(crop_boxes report)",
     )
     parser.add_argument(
         "--fullres", type=Path, default=None,
@@ -609,6 +611,13 @@ def _evaluate(args) -> int:
         summary["markers_found_fraction"] = report["markers"]["found_fraction"]
         summary["calls_changed_by_masking"] = report["changes"]["masking"]["call_changed"]
         print(json.dumps(summary))
+        return EXIT_OK
+    if args.crop == "boxes":
+        from .lab.crop_boxes import evaluate_crop_boxes
+
+        report = evaluate_crop_boxes(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, split=args.split)
+        keys = ("pairs", "refused_share", "manufactured_share", "lost_share")
+        print(json.dumps({kind: {k: row[k] for k in keys} for kind, row in report["kinds"].items()}))
         return EXIT_OK
     if args.crop == "auto":
         from .lab.evaluation import evaluate_crop
@@ -751,12 +760,12 @@ def _crop(args) -> int:
     image = DecodedImage.decode(args.image)
     pixels = image.pixels
     record = {"file": args.image, "warnings": list(image.info.warnings), "reduction": image.info.reduction}
+    detection = None if args.no_crop else find_diaphragm(pixels)  # the lung outline the rescore rule checks
     if args.box is not None:
         box, source, reason = _parse_box(args.box), "given", None
     elif args.no_crop:
         box, source, reason = None, "none", None
     else:
-        detection = find_diaphragm(pixels)
         box, source, reason = detection.box, "automatic", detection.reason
     markers = find_markers(pixels) if args.mask_markers else None
     if markers is not None:
@@ -767,8 +776,12 @@ def _crop(args) -> int:
                    "probability_after": None, "delta": None, "ood_before": before.ood,
                    "ood_score_before": None if before.ood_score is None else round(before.ood_score, 4)}
     else:
-        result = predictor.rescore(image, box, markers=markers)  # both calls through the gate, as predict's
-        record |= result.to_dict() | {"box_source": source, "reason": reason}
+        # Both calls through the gate, as predict's; a crop breaking the rescore rule (docs/crop_rule.md)
+        # is refused as the Crop page refuses it: exit 0, "refused": true, its reason, nothing after.
+        result = predictor.rescore(image, box, markers=markers, lungs=detection)
+        record |= result.to_dict() | {"box_source": source, "box_reason": reason}
+        if not result.refused:
+            record["reason"] = reason
     if args.out is not None and (box is not None or markers is not None):
         grey = Image.fromarray(screen_grey(pixels, max_side=max(pixels.shape))).convert("RGB")
         draw = ImageDraw.Draw(grey)

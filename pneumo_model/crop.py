@@ -6,7 +6,10 @@ lungs. This module finds where the lungs end (``find_diaphragm``), crops an imag
 paints out bright burned-in markers such as the letter R (``find_markers``), makes the pixels a
 rescore calls (``edit_pixels``: the markers painted out, then the crop), and compares the calls
 before and after (``RescoreResult``, made by ``Predictor.rescore``; ``call_changed`` only when
-the call leaves the grey zone on the other side of the threshold).
+the call leaves the grey zone on the other side of the threshold). A crop that cuts into a lung
+field or squashes the film out of the original films' proportions is refused, not rescored
+(``RescoreRule``, ``check_rescore``; docs/crop_rule.md), and a call within a hair of the grey
+zone's edge is said to be so (``just_past_grey_zone``).
 
 Coordinates: every box is ``(x0, y0, x1, y1)`` in pixels of the image passed in (the full
 upload, not the model input), with the origin at the top-left corner, x to the right, y down,
@@ -29,7 +32,7 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from .errors import ConfigError, InvalidImageError
-from .preprocessing import to_unit_range
+from .preprocessing import ORIGINAL_FILMS, FilmAspect, to_unit_range
 
 Box = tuple[int, int, int, int]
 
@@ -170,16 +173,19 @@ class RescoreResult:
         markers_masked: True when burned-in markers were painted out before the call after.
         marker_count: markers found and painted out (0 when none was found); None when not masked.
         marker_area_fraction: share of the image's pixels painted out; None when not masked.
+        refused: True when the edit breaks the rescore rule (``check_rescore``): the edited image
+            was not called, and every "after" field (and ``delta``) is None.
+        reason: why it was refused, in plain words; None when not refused.
     """
 
     probability_before: float
-    probability_after: float
-    delta: float
+    probability_after: float | None
+    delta: float | None
     box: Box | None
     label_before: str
-    label_after: str
+    label_after: str | None
     grey_zone_before: bool
-    grey_zone_after: bool
+    grey_zone_after: bool | None
     threshold: float
     ood_before: bool | None = None
     ood_after: bool | None = None
@@ -188,11 +194,13 @@ class RescoreResult:
     markers_masked: bool = False
     marker_count: int | None = None
     marker_area_fraction: float | None = None
+    refused: bool = False
+    reason: str | None = None
 
     @property
     def label_changed(self) -> bool:
-        """The probability crossed the threshold (in the grey zone that is not a change of call)."""
-        return self.label_before != self.label_after
+        """The probability crossed the threshold (in the grey zone that is not a change of call); never for a refusal."""
+        return not self.refused and self.label_before != self.label_after
 
     @property
     def reading_before(self) -> str:
@@ -200,7 +208,10 @@ class RescoreResult:
         return "indeterminate" if self.grey_zone_before else self.label_before
 
     @property
-    def reading_after(self) -> str:
+    def reading_after(self) -> str | None:
+        """As ``reading_before``, for the edited image; None when the rescore was refused."""
+        if self.refused:
+            return None
         return "indeterminate" if self.grey_zone_after else self.label_after
 
     @property
@@ -235,8 +246,34 @@ class RescoreResult:
             marker_area_fraction=None if markers is None else markers.area_fraction,
         )
 
+    @classmethod
+    def refusal(cls, before, box: Sequence | None, reason: str, markers: "MarkerResult | None" = None) -> "RescoreResult":
+        """A refused rescore: the whole image's call (a ``Prediction``), the edit asked for, and why
+        it was refused (``check_rescore``); nothing after."""
+        return cls(
+            probability_before=before.probability,
+            probability_after=None,
+            delta=None,
+            box=None if box is None else tuple(int(v) for v in box),
+            label_before=before.label,
+            label_after=None,
+            grey_zone_before=before.grey_zone,
+            grey_zone_after=None,
+            threshold=before.threshold,
+            ood_before=before.ood,
+            ood_score_before=before.ood_score,
+            markers_masked=markers is not None,
+            marker_count=None if markers is None else markers.count,
+            marker_area_fraction=None if markers is None else markers.area_fraction,
+            refused=True,
+            reason=reason,
+        )
+
     def to_dict(self) -> dict:
+        """The ``crop`` command's JSON: with ``refused`` and its ``reason``; a refusal's "after" fields are null."""
         return {
+            "refused": self.refused,
+            "reason": self.reason,
             "probability_before": self.probability_before,
             "probability_after": self.probability_after,
             "delta": self.delta,
@@ -709,6 +746,156 @@ def edit_pixels(
             )
         pixels = markers.masked
     return pixels.copy() if box is None else apply_crop(pixels, box, limits)
+
+
+# ----------------------------------------------------------------------------- when a crop may be rescored
+
+
+@dataclass(frozen=True)
+class RescoreRule:
+    """When a crop may be rescored: the rule of docs/crop_rule.md, its cut-offs fixed on the validation split.
+
+    A crop is squashed into the model's square input like a whole film. The model has seen whole
+    films squashed, no wider than the widest original film and no taller than the squarest, and
+    both lungs on every one: a crop that cuts into a lung field, or has proportions no film had,
+    is scored on a picture the model never learnt and may come out a confident call either way
+    (a 25 % strip of a normal film read as pneumonia). Such a crop is refused, not rescored.
+
+    Attributes:
+        lung_width_keep: each lung outlined on the whole film (``find_diaphragm``'s
+            ``lung_boxes``; one lung outlined: it and its mirror image about the film's centre
+            column) must keep at least this share of its box's width inside the crop.
+        lung_height_keep: and at least this share of its box's height (lower than the width's:
+            a lung's box reaches below the diaphragm dome into the costophrenic recesses, which
+            the automatic crop removes on purpose).
+        aspect_margin: the crop may change the film's height / width (``relative_aspect``) by at
+            most the original films' spread (``films.spread``: how much their height / width differ
+            among themselves) times this factor, either way.
+        films: the original films' proportions.
+
+    When no lung is outlined on the whole film, the whole film stands for the lungs' box: the
+    crop must keep ``lung_width_keep`` of the film's width and ``lung_height_keep`` of its height.
+    """
+
+    lung_width_keep: float = 0.9
+    lung_height_keep: float = 0.6
+    aspect_margin: float = 1.1
+    films: FilmAspect = ORIGINAL_FILMS
+
+    def aspect_range(self) -> tuple[float, float]:
+        """The smallest and largest ``relative_aspect`` a crop may have."""
+        widest = self.films.spread * self.aspect_margin
+        return 1.0 / widest, widest
+
+    def __post_init__(self):
+        for name in ("lung_width_keep", "lung_height_keep"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1]; got {getattr(self, name)}.")
+        if self.aspect_margin < 1.0:
+            raise ConfigError(f"aspect_margin must be at least 1 (a factor that widens the range); got {self.aspect_margin}.")
+
+
+def relative_aspect(box: Sequence, width: int, height: int) -> float:
+    """The crop's height / width over the whole image's: how much the crop changes the squash into the
+    model's square input (below 1: the crop is squashed more, top to bottom).
+
+    The same for a full-size film and for its square 224 px copy, whose model inputs are the same
+    picture; the film's own proportions (which the model knows) are not counted.
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return ((y1 - y0) / height) / ((x1 - x0) / width)
+
+
+def _kept(box: Sequence, inner: Sequence) -> tuple[float, float]:
+    """The shares of ``inner``'s width and of its height that ``box`` keeps."""
+    x0, y0, x1, y1 = box
+    a0, b0, a1, b1 = inner
+    width = max(0, min(x1, a1) - max(x0, a0)) / max(1, a1 - a0)
+    height = max(0, min(y1, b1) - max(y0, b0)) / max(1, b1 - b0)
+    return width, height
+
+
+def lung_boxes_to_keep(lungs: DiaphragmResult) -> tuple[Box, ...]:
+    """The lung boxes a crop must keep: both outlined, or the one outlined and its mirror image about
+    the film's centre column; none when no lung is outlined."""
+    boxes = tuple(lungs.lung_boxes)
+    if len(boxes) == 1:
+        x0, y0, x1, y1 = boxes[0]
+        boxes += ((lungs.width - x1, y0, lungs.width - x0, y1),)
+    return boxes
+
+
+def lung_share_kept(box: Sequence, lungs: DiaphragmResult) -> tuple[float, float] | None:
+    """The smallest shares of a lung box's width and of its height that ``box`` keeps
+    (``lung_boxes_to_keep``); None when no lung is outlined."""
+    kept = [_kept(box, lung) for lung in lung_boxes_to_keep(lungs)]
+    return (min(k[0] for k in kept), min(k[1] for k in kept)) if kept else None
+
+
+def check_rescore(box: Sequence | None, width: int, height: int, lungs: DiaphragmResult | None, rule: RescoreRule = RescoreRule()) -> str | None:
+    """Why a crop may not be rescored, in plain words; None when it may (``RescoreRule``).
+
+    Args:
+        box: the crop, in pixels of the whole image; None (no crop: markers painted out only,
+            which keeps the film's shape) is always allowed.
+        width, height: size of the whole image.
+        lungs: ``find_diaphragm`` of the whole image (its lung outline); None when not looked for,
+            and then only the proportions are checked.
+        rule: the cut-offs.
+    """
+    if box is None:
+        return None
+    x0, y0, x1, y1 = (int(v) for v in box)
+    change = relative_aspect(box, width, height)
+    low, high = rule.aspect_range()
+    if not low <= change <= high:
+        shape = "a wide, short strip" if change < low else "a tall, narrow strip"
+        return (
+            f"The box is {shape} (it keeps {(y1 - y0) / height:.0%} of the film's height and {(x1 - x0) / width:.0%} "
+            "of its width). Rescored, it would be squashed into the model's square input far more than any film the "
+            "model learnt from, so the score would not be meaningful. Keep both lungs and most of the film's width "
+            "and height."
+        )
+    if lungs is None:
+        return None
+    kept = lung_share_kept(box, lungs)
+    if kept is None:  # no outline: the whole film stands for the lungs' box
+        kept = _kept(box, (0, 0, width, height))
+        if kept[0] < rule.lung_width_keep or kept[1] < rule.lung_height_keep:
+            return (
+                f"The lungs could not be outlined on this film, so the box must keep at least {rule.lung_width_keep:.0%} "
+                f"of the film's width and {rule.lung_height_keep:.0%} of its height, and this one does not. Enlarge the box."
+            )
+        return None
+    if kept[0] < rule.lung_width_keep or kept[1] < rule.lung_height_keep:
+        return (
+            "The box cuts into a lung field (as outlined on the whole film). The model learnt from films showing both "
+            "lungs whole; on part of a lung its score is not meaningful. Keep both lungs in the box."
+        )
+    return None
+
+
+# How far past the grey zone's edge, on the calibrated log-odds scale the grey zone is symmetric on,
+# a call counts as "just past" it: the grey-zone rule's floor (docs/grey_zone_rule.md), the smallest
+# distance from the threshold that rule treats as meaningful.
+JUST_PAST_LOGIT = 0.25
+
+
+def just_past_grey_zone(probability: float, low: float, high: float, margin: float = JUST_PAST_LOGIT) -> bool:
+    """True when ``probability`` lies outside the grey zone ``[low, high)`` but within ``margin``
+    of its nearer edge on the log-odds scale (0.635 against an edge at 0.625, say)."""
+    p = min(max(float(probability), 1e-12), 1 - 1e-12)
+    z = math.log(p) - math.log1p(-p)
+
+    def logit(q: float) -> float:
+        q = min(max(float(q), 1e-12), 1 - 1e-12)
+        return math.log(q) - math.log1p(-q)
+
+    if p >= high:
+        return z - logit(high) < margin
+    if p < low:
+        return logit(low) - z <= margin
+    return False
 
 
 # ----------------------------------------------------------------------------- burned-in markers

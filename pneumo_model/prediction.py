@@ -14,7 +14,19 @@ from .artifacts import DEFAULT_MODEL_PATH, ModelMetadata, load_model
 from .errors import ConfigError, ModelFileError, SiteProfileError
 from .operating_point import OperatingPoint
 from .ood import ActivationSummaries, OodGate, gate_path
-from .crop import CropLimits, MarkerResult, MarkerSettings, RescoreResult, edit_pixels, find_markers
+from .crop import (
+    CropLimits,
+    DiaphragmResult,
+    MarkerResult,
+    MarkerSettings,
+    RescoreResult,
+    RescoreRule,
+    check_rescore,
+    edit_pixels,
+    find_diaphragm,
+    find_markers,
+    validate_box,
+)
 from .pipeline import DecodedImage
 from .preprocessing import ImageInfo, ImageLimits, preprocess
 from .schema import PREDICTION_SCHEMA_VERSION
@@ -252,6 +264,9 @@ class Predictor:
     def call_on_crop(self, image: DecodedImage, box, limits: CropLimits = CropLimits()) -> Prediction:
         """The call, with the gate, on the image cropped to ``box`` (``crop.apply_crop``'s coordinates).
 
+        The rescore rule is not applied here: ``rescore`` applies it, and the Crop page asks
+        ``rescore_refusal`` before it calls this.
+
         Raises:
             ConfigError: the box does not fit the image or keeps too little of it.
         """
@@ -282,20 +297,69 @@ class Predictor:
             markers = find_markers(image.pixels, settings)
         return self._call_edited(image, box, markers, limits)
 
+    def calls_on_crops(self, jobs, limits: CropLimits = CropLimits()) -> list[Prediction]:
+        """``call_on_crop`` on many ``(image, box)`` pairs, in batched forward passes (as one by one,
+        up to float32 round-off). The rescore rule is not applied here (``rescore`` applies it).
+
+        Raises:
+            ConfigError: a box does not fit its image or keeps too little of it.
+        """
+        jobs = list(jobs)
+        if not jobs:
+            return []
+        inputs = np.stack([preprocess(edit_pixels(image.pixels, box, None, limits), self.input_size) for image, box in jobs])
+        return self.predict_inputs(inputs, [image.info for image, _ in jobs])
+
     def _call_edited(self, image: DecodedImage, box, markers: MarkerResult | None, limits: CropLimits) -> Prediction:
         # The one path of every edited call: edit the decoded pixels, preprocess, call with the
         # gate and the active operating point (the decoded image's facts feed the gate).
         return self.predict_input(preprocess(edit_pixels(image.pixels, box, markers, limits), self.input_size), image.info)
 
+    @staticmethod
+    def rescore_refusal(
+        image: DecodedImage,
+        box,
+        lungs: DiaphragmResult | None = None,
+        rule: RescoreRule = RescoreRule(),
+        limits: CropLimits = CropLimits(),
+    ) -> str | None:
+        """Why ``box`` may not be rescored on ``image`` (``crop.check_rescore``, docs/crop_rule.md), or
+        None when it may: the one rule of the Crop page and the ``crop`` command.
+
+        Args:
+            lungs: ``crop.find_diaphragm(image.pixels)`` when already made (the app keeps it);
+                None looks for the lungs here.
+
+        Raises:
+            ConfigError: the box does not fit the image or keeps too little of it.
+        """
+        if box is None:
+            return None
+        height, width = image.pixels.shape[:2]
+        box = validate_box(box, width, height, limits)
+        if lungs is None:
+            lungs = find_diaphragm(image.pixels)
+        return check_rescore(box, width, height, lungs, rule)
+
     def rescore(
-        self, image: DecodedImage, box=None, limits: CropLimits = CropLimits(), markers: MarkerResult | None = None
+        self,
+        image: DecodedImage,
+        box=None,
+        limits: CropLimits = CropLimits(),
+        markers: MarkerResult | None = None,
+        *,
+        lungs: DiaphragmResult | None = None,
+        rule: RescoreRule = RescoreRule(),
     ) -> RescoreResult:
         """The whole image and its edit (a crop, the markers painted out, or both), both called
-        with the gate, side by side.
+        with the gate, side by side; or, for a crop that breaks the rescore rule
+        (``rescore_refusal``), the whole image's call and the refusal, with no call after.
 
         Args:
             box: a crop box, or None for no crop.
             markers: ``crop.find_markers(image.pixels)`` to paint them out, or None.
+            lungs: the whole image's ``find_diaphragm``, when already made.
+            rule: when a crop may be rescored.
 
         Raises:
             ConfigError: neither a box nor markers are given (nothing to compare), the box does
@@ -303,6 +367,9 @@ class Predictor:
         """
         if box is None and markers is None:
             raise ConfigError("Nothing to rescore: give a crop box, the markers to paint out, or both.")
+        reason = self.rescore_refusal(image, box, lungs, rule, limits)
+        if reason is not None:
+            return RescoreResult.refusal(self.call(image), box, reason, markers)
         after = self._call_edited(image, box, markers, limits)
         return RescoreResult.from_calls(self.call(image), after, box, markers)
 

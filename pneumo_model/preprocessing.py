@@ -57,6 +57,61 @@ _STRIP_PIXELS = 2**20  # a strip converted to 32 bits takes 4 MB
 
 
 @dataclass(frozen=True)
+class FilmAspect:
+    """The height / width ratios of the data set's original films, which the model saw squashed to a square.
+
+    Every training image is a whole film squashed to the model's square input, so the model knows
+    the squash of films in this range and no other. The range is the smallest and largest height /
+    width of the 48 full-size originals in ``chest_xray_fullres_sample`` (809 / 1450 and 1905 /
+    1948; checked by ``tests/test_crop_rule.py``); the 224 px copies are all square and say
+    nothing about it. Used by the crop rule (``crop.RescoreRule``: a crop's proportions) and by the
+    squashed-film warning below (a whole image's; a crop is judged by how much it changes its film's
+    proportions, against ``spread``).
+
+    Attributes:
+        low: the smallest height / width (the widest film).
+        high: the largest height / width (the squarest film).
+        squashed: a whole image whose height / width lies more than this factor outside
+            ``[low, high]`` is scored with a warning that it was squashed (``aspect_warning``).
+    """
+
+    low: float = 0.557
+    high: float = 0.978
+    squashed: float = 1.5
+
+    @property
+    def spread(self) -> float:
+        """``high / low``: how much the films' height / width differ among themselves."""
+        return self.high / self.low
+
+    def widened(self, factor: float) -> tuple[float, float]:
+        """``(low / factor, high * factor)``: the range widened by ``factor`` on both sides (a ratio scale)."""
+        return self.low / factor, self.high * factor
+
+
+ORIGINAL_FILMS = FilmAspect()
+
+
+def aspect_warning(width: int, height: int, films: FilmAspect = ORIGINAL_FILMS) -> str | None:
+    """A plain warning when an image is far narrower or wider than the original films, else None.
+
+    Such an image is squashed into the model's square input further than any training film was,
+    so its call rests on a geometry the model never saw. A square image (the data set's own 224 px
+    copies) is inside the widened range and gets no warning.
+    """
+    low, high = films.widened(films.squashed)
+    ratio = height / width
+    if low <= ratio <= high:
+        return None
+    shape = "tall and narrow" if ratio > high else "wide and short"
+    return (
+        f"The image is {shape} (height / width {ratio:.2f}; the original films of the training data run from "
+        f"{films.low:.2f} to {films.high:.2f}). It was squashed into the model's square input further than any "
+        "training film, so the call may not be meaningful: check that it is the whole film, uncropped."
+    )
+
+
+@dataclass(frozen=True)
 class ImageLimits:
     """What an input may be before it is refused, and the size it is worked on at.
 
@@ -498,6 +553,9 @@ def _load_with_pillow(data: bytes, limits: ImageLimits, draft_side: int = 0) -> 
     pixels, colour_spread = _to_grey(image, warnings)
     if reduction > 1:
         warnings.append(_reduced_warning(width, height, working or pixels.shape))
+    squashed = aspect_warning(width, height)
+    if squashed is not None:
+        warnings.append(squashed)
     info = ImageInfo(
         width=width,
         height=height,
@@ -530,6 +588,9 @@ def _load_dicom(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, ImageInfo
         pixels, colour_spread = _to_grey(Image.fromarray(pixels), warnings)  # (rows, columns, 3) uint8: RGB
     if reduction > 1:
         warnings.append(_reduced_warning(width, height, pixels.shape))
+    squashed = aspect_warning(width, height)
+    if squashed is not None:
+        warnings.append(squashed)
     info = ImageInfo(
         width=width,
         height=height,

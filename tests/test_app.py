@@ -218,10 +218,13 @@ def test_crop_page_rescores_the_suggested_and_the_adjusted_crop():
     # The caption and the slider say the same edge: the bottom edge, in pixels from the top.
     assert f"bottom edge is {suggested[1]} px from the top" in texts(app.caption)
 
-    rows.set_value((0, pixels.shape[0] // 2)).run()
+    rows.set_value((0, pixels.shape[0] // 2)).run()  # half the film squashed to a square: refused (docs/crop_rule.md)
+    assert not app.exception and "This box is not rescored." in texts(app.error) and "After" not in metric_values(app)
+    bottom = min(pixels.shape[0], suggested[1] + 12)  # a little more than suggested: rescored
+    rows.set_value((0, bottom)).run()
     assert not app.exception and not app.error
     expected = resources.predictor().probabilities(
-        preprocess(pixels[: pixels.shape[0] // 2], resources.predictor().input_size)[np.newaxis]
+        preprocess(pixels[:bottom], resources.predictor().input_size)[np.newaxis]
     )[0]
     assert metric_values(app)["After"] == f"{expected:.3f}"
 
@@ -254,8 +257,13 @@ def test_crop_sliders_at_their_extremes_never_replace_the_page(rows, columns):
     assert validate_box(box, 224, 224) == box  # what the sliders show is a box the package accepts...
     assert "grown back to the smallest crop accepted" in texts(app.info)
     assert f"edges at {top} and {bottom} px from the top, {left} and {right} px from the left" in texts(app.info)
-    expected = resources.predictor().call_on_crop(resources.decoded(chosen(sample_bytes())), box)
-    if expected.ood:  # a box this small can look unlike a chest film: the gate hides the score, in words
+    decoded = resources.decoded(chosen(sample_bytes()))
+    refusal = resources.predictor().rescore_refusal(decoded, box, resources.diaphragm(chosen(sample_bytes())))
+    expected = resources.predictor().call_on_crop(decoded, box)
+    if refusal is not None:  # a strip or a box cutting a lung: refused in words, no call after (docs/crop_rule.md)
+        assert "This box is not rescored." in texts(app.error) and refusal in texts(app.error)
+        assert "After" not in metric_values(app) and "The call changes" not in texts(app.warning)
+    elif expected.ood:  # a box this small can look unlike a chest film: the gate hides the score, in words
         assert "After the crop, the image does not look like a frontal chest X-ray" in texts(app.error)
         assert "After" not in metric_values(app) and metric_values(app)["Before"]
     else:
@@ -294,14 +302,8 @@ def test_crossing_the_threshold_inside_the_grey_zone_is_not_called_a_change():
     assert "The call changes" not in texts(app.warning)
 
 
-def test_a_change_from_one_confident_side_to_the_other_is_called_a_change():
-    box = (14, 0, 168, 224)  # a normal film without its right third: confident normal whole, confident pneumonia cropped
-    result = resources.predictor().rescore(resources.decoded(chosen(sample_bytes("IM-0001-0001.jpeg"))), box)
-    assert result.call_changed and (result.reading_before, result.reading_after) == ("normal", "pneumonia")
-    assert not result.ood_after
-    app = rescored_with_box("IM-0001-0001.jpeg", box)
-    assert "The call changes with the crop:** normal before, pneumonia after, both outside the grey zone" in texts(app.warning)
-    assert "stays indeterminate" not in texts(app.warning)
+# A change from one confident side to the other, and the refusal of the box that used to make one
+# here (IM-0001-0001 without its right third), are in tests/test_crop_page.py.
 
 
 def lettered_film() -> bytes:
@@ -728,6 +730,8 @@ def test_every_full_size_original_shows_on_review_explain_and_crop(path):
         open_page(app, page)
         if flagged:  # the gate hides the call; the picture is still shown
             assert shows(app, f"Original: {path.name}") or shows(app, path.name)
+        elif "This box is not rescored." in texts(app.error):  # a suggested crop the rescore rule refuses (1 of 48)
+            assert page == "pages/crop.py" and shows(app, f"{path.name}: the box asked for"), image_captions(app)
         else:
             assert shows(app, caption), image_captions(app)
     assert len(FULLRES_FILES) == 48

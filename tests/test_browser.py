@@ -317,9 +317,17 @@ def test_crop_sliders_dragged_to_the_end_stop_at_the_smallest_crop_and_keep_the_
     expect(bottom).to_have_attribute("aria-valuetext", "56")  # 56 of 224 rows: a quarter of the image
     expect(page.get_by_text("edges at 0 and 56 px from the top")).to_be_visible()
     expect(page.get_by_text("does not fit")).to_have_count(0)
-    expect(page.get_by_text("Probability of pneumonia")).to_be_visible()
+    # A quarter strip squashed to a square is a picture the model never saw: refused in words,
+    # with no call after and never "The call changes" (docs/crop_rule.md).
+    expect(page.get_by_text("This box is not rescored.")).to_be_visible()
+    expect(page.get_by_text("squashed into the model's square input")).to_be_visible()
+    expect(page.get_by_text("The whole image's call stands")).to_be_visible()
+    expect(page.get_by_text("The call changes")).to_have_count(0)
+    expect(page.get_by_test_id("stMetric").filter(has_text="After")).to_have_count(0)
     page.get_by_role("button", name="Suggested").click()
     expect(bottom).to_have_attribute("aria-valuetext", "193")
+    expect(page.get_by_text("Probability of pneumonia")).to_be_visible()
+    expect(page.get_by_text("This box is not rescored.")).to_have_count(0)
 
 
 def test_a_restarted_server_tells_the_worklist_tab_its_files_are_gone(browser, tmp_path):

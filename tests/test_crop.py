@@ -209,17 +209,17 @@ def test_rescore_calls_the_whole_image_and_the_crop_through_the_one_pipeline(tin
     pixels[100:] = 255  # bright 'abdomen' in the lower half
     image = DecodedImage.decode(encode(pixels))
     predictor = Predictor.from_file(tiny_model)
-    result = predictor.rescore(image, (0, 0, 100, 100))
+    result = predictor.rescore(image, (0, 0, 100, 140))  # the top 70 %: a crop the rescore rule allows
     np.testing.assert_array_equal(image.pixels, pixels)  # the decoded image is not changed
     assert result.probability_before == predictor.call(image).probability
     size = predictor.input_size
-    after = float(predictor.probabilities(preprocess(pixels[:100], size)[np.newaxis])[0])
+    after = float(predictor.probabilities(preprocess(pixels[:140], size)[np.newaxis])[0])
     assert result.probability_after == pytest.approx(after, abs=1e-6)
     assert result.delta == result.probability_after - result.probability_before
     assert result.label_after == predictor.label_for(result.probability_after)
     assert result.grey_zone_after == bool(predictor.grey_zone.contains(result.probability_after))
-    assert result.box == (0, 0, 100, 100) and result.threshold == predictor.threshold
-    assert result.to_dict()["box"] == [0, 0, 100, 100]
+    assert result.box == (0, 0, 100, 140) and result.threshold == predictor.threshold
+    assert result.to_dict()["box"] == [0, 0, 100, 140]
 
 
 def test_rescore_refuses_a_bad_box(tiny_model):

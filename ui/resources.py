@@ -341,6 +341,18 @@ def cropped_prediction(image: Image, box: tuple[int, int, int, int] | None, mask
     return cache().get_or_compute(key, predict)
 
 
+def rescore_refusal(image: Image, box: tuple[int, int, int, int] | None) -> str | None:
+    """Why ``box`` may not be rescored on this image, in plain words (``Predictor.rescore_refusal``,
+    on the whole image's lung outline, ``diaphragm``); None when it may, or with no box.
+
+    Raises:
+        ConfigError: the box does not fit the image or keeps too little of it.
+    """
+    if box is None:
+        return None
+    return predictor().rescore_refusal(decoded(image), box, diaphragm(image))  # cheap: the outline is cached
+
+
 def cropped_gradcam(
     image: Image, box: tuple[int, int, int, int] | None, mask_markers: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:

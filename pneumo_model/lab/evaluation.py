@@ -333,27 +333,33 @@ def evaluate_crop(
 
     Every image is decoded once (``DecodedImage``) and called whole (``Predictor.calls``); the
     diaphragm is looked for (``crop.find_diaphragm``) and where a crop is suggested the crop is
-    called as the crop page does (``Predictor.call_on_crop``); images with no suggestion are
-    scored uncropped in both columns. Same threshold and calibration, the gate on both.
+    called as the crop page does (``Predictor.call_on_crop``); images with no suggestion, and
+    those whose suggestion the rescore rule refuses (``crop.check_rescore``, docs/crop_rule.md,
+    as the page and ``crop`` refuse it), are scored uncropped in both columns. Same threshold
+    and calibration, the gate on both.
 
     Writes ``crop_evaluation[_validation].{json,md}`` and returns the report.
 
     Raises:
         DataError: the data folder differs from the data the model was trained on (``model_split``).
     """
-    from ..crop import DiaphragmSettings, find_diaphragm
+    from ..crop import DiaphragmSettings, RescoreRule, check_rescore, find_diaphragm
 
     settings = settings or DiaphragmSettings()
     predictor = Predictor.from_file(model_path)
     metadata = predictor.metadata
     data_split = model_split(metadata, Path(data_dir))
     samples = data_split.test if split == "test" else data_split.validation
-    whole_calls, crop_calls, kept = [], [], []
+    whole_calls, crop_calls, kept, refused = [], [], [], 0
     for batch in decoded_batches([s.path for s in samples], predictor.batch_size):
         for image, call in zip(batch, predictor.calls(batch)):
             whole_calls.append(call)
             result = find_diaphragm(image.pixels, settings)
-            if result.found and result.box is not None:
+            height, width = image.pixels.shape[:2]
+            allowed = result.found and result.box is not None
+            if allowed and check_rescore(result.box, width, height, result, RescoreRule()) is not None:
+                allowed, refused = False, refused + 1
+            if allowed:
                 kept.append((result.box[3] - result.box[1]) / image.pixels.shape[0])
                 crop_calls.append(predictor.call_on_crop(image, result.box))
             else:
@@ -377,8 +383,11 @@ def evaluate_crop(
         "threshold": threshold,
         "crop_settings": dataclasses.asdict(settings),
         "images": int(len(samples)),
-        "crop_found_fraction": float(found.mean()),
+        "crop_found_fraction": float((found.sum() + refused) / len(found)),
         "mean_height_kept": float(np.mean([k for k in kept if k is not None])) if found.any() else None,
+        "rescore_rule": dataclasses.asdict(RescoreRule()),
+        "crop_refused": int(refused),
+        "crop_used_fraction": float(found.mean()),
         "metrics": columns,
         "mean_delta": {
             "normal": float(delta[labels == 0].mean()),
@@ -405,8 +414,10 @@ def crop_markdown(report: dict) -> str:
     lines = [
         f"Model `{report['model_sha256'][:12]}`, {report['split']} split ({report['images']} images), threshold "
         f"{report['threshold']:.3f}. The automatic diaphragm crop was suggested on "
-        f"{report['crop_found_fraction']:.1%} of images (keeping {report['mean_height_kept']:.1%} of the height on "
-        "average); the others are scored uncropped in both columns.",
+        f"{report['crop_found_fraction']:.1%} of images; {report.get('crop_refused', 0)} of these crops were refused "
+        "by the rescore rule (docs/crop_rule.md), as the Crop page and `crop` refuse them; the crops used keep "
+        f"{report['mean_height_kept']:.1%} of the height on average; the other images are scored uncropped in both "
+        "columns.",
         "",
         "| metric | without crop | with automatic crop |",
         "|---|---|---|",
