@@ -25,20 +25,24 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..artifacts import REPO_ROOT
-from ..crop import find_markers
+from ..crop import find_diaphragm, find_markers
 from ..data import Sample, model_split
 from ..display import screen_grey
 from ..explain import GradCam, HeatmapScale, heatmap_scale_path, overlay_heatmap
 from ..pipeline import DecodedImage
 from ..prediction import Predictor
 from ..thorax import (
+    MOST,
     MOSTLY_OUTSIDE,
+    REGIONS,
     RULE_DOCUMENT,
     AttentionRule,
     ThoraxMask,
     attention_inside,
     attention_on_markers,
     attention_path,
+    attention_regions,
+    anatomy_map,
     thorax_mask,
 )
 from .evaluation import DEFAULT_REPORTS_DIR, decoded_batches, json_safe, record_test_use
@@ -67,6 +71,10 @@ class ImageAttention:
         outline_found: whether ``thorax_mask`` found the body.
         whole_image: the outline is the whole image (no background visible).
         markers: how many markers ``find_markers`` found.
+        regions: the share of the heat per region (``attention_regions``: the lung fields, the
+            heart and mediastinum, below the diaphragm, the rest of the body, outside); None when
+            the lungs were not both outlined or the map holds no heat.
+        anatomy_reason: why the heat was not placed on the anatomy ("" when it was).
     """
 
     file: str
@@ -80,6 +88,8 @@ class ImageAttention:
     outline_found: bool
     whole_image: bool
     markers: int
+    regions: dict | None = None
+    anatomy_reason: str = ""
 
     @property
     def correct(self) -> bool:
@@ -89,6 +99,11 @@ class ImageAttention:
     def judged(self) -> bool:
         """The map is judged: not weak, and its share is defined."""
         return not self.weak and self.share_inside is not None
+
+    @property
+    def placed(self) -> bool:
+        """The map is judged and its heat was placed on the anatomy (both lungs outlined)."""
+        return self.judged and self.regions is not None
 
 
 def measure(
@@ -121,6 +136,7 @@ def measure(
             sample = samples[start + offset]
             found = find_markers(image.pixels)
             mask = thorax_mask(image.pixels, markers=found.mask)
+            anatomy = anatomy_map(find_diaphragm(image.pixels))
             result = ImageAttention(
                 file=sample.path.name,
                 label=int(sample.label),
@@ -133,6 +149,8 @@ def measure(
                 outline_found=mask.found,
                 whole_image=mask.whole_image,
                 markers=len(found.boxes),
+                regions=attention_regions(heat, mask, anatomy, found.mask),
+                anatomy_reason="" if anatomy.found else anatomy.reason,
             )
             results.append(result)
             if keep is not None and keep(result):
@@ -191,6 +209,7 @@ def summary(results: Sequence[ImageAttention], rule: AttentionRule) -> dict:
     on_markers = [r.share_on_markers for r in with_markers if r.share_on_markers is not None]
     return {
         "n_images": len(results),
+        "anatomy": anatomy_summary(results, rule),
         "left_out": {"no_outline": no_outline, "no_heat": no_heat, "weak": len(weak)},
         "weak_by_class": {"normal": sum(r.label == 0 for r in weak), "pneumonia": sum(r.label == 1 for r in weak)},
         "whole_image_outline": sum(r.whole_image for r in results),
@@ -201,6 +220,50 @@ def summary(results: Sequence[ImageAttention], rule: AttentionRule) -> dict:
             name: {"share_inside": distribution([r.share_inside for r in group if r.judged]), **_rates(group, rule)}
             for name, group in _groups(results).items()
         },
+    }
+
+
+def _not_placed_reason(reason: str) -> str:
+    """The kind of outline failure, from ``AnatomyMap.reason``: for counting, not for showing."""
+    if "one lung only" in reason:
+        return "one lung only"
+    if "no lung field" in reason:
+        return "no lung"
+    if "to their apex" in reason:
+        return "an outline short of its apex"
+    return "the diaphragm refused (a hazy base, or no diaphragm in view)"
+
+
+def anatomy_summary(results: Sequence[ImageAttention], rule: AttentionRule) -> dict:
+    """Where the heat lies on the anatomy, per group: the shares per region over the judged maps
+    placed on it, why the others were not placed, and how often each anatomy level fires."""
+    judged = [r for r in results if r.judged]
+    not_placed: dict[str, int] = {}
+    for r in judged:
+        if r.regions is None:
+            kind = _not_placed_reason(r.anatomy_reason)
+            not_placed[kind] = not_placed.get(kind, 0) + 1
+
+    def block(group: Sequence[ImageAttention]) -> dict:
+        placed = [r for r in group if r.placed]
+        n = len(placed)
+        most = {name: sum(max(r.regions, key=r.regions.get) == name for r in placed) for name in REGIONS}
+        out = {
+            "n_judged": sum(r.judged for r in group),
+            "n_placed": n,
+            "shares": {name: distribution([r.regions[name] for r in placed]) for name in REGIONS},
+            "largest_region": most,
+            "lungs_at_most_half": sum(r.regions["lungs"] <= MOST for r in placed),
+        }
+        if rule.lungs_unusual is not None:
+            out["off_lungs"] = sum(r.regions["lungs"] < rule.lungs_unusual for r in placed)
+            out["off_lungs_rate"] = out["off_lungs"] / n if n else None
+        return out
+
+    return {
+        "not_placed": not_placed,
+        "groups": {name: block(group) for name, group in _groups(results).items() if name in (
+            "all", "correct", "wrong", "normal", "pneumonia")},
     }
 
 
@@ -225,6 +288,12 @@ def fit_rule(model_path: Path, data_dir: Path, progress: Callable[[int, int], No
             "No validation image had a body outline and a map that is not weak, so no cut-off can be fitted."
         )
     unusual = max(MOSTLY_OUTSIDE, shares["p5"])
+    lungs = distribution([r.regions["lungs"] for r in results if r.placed])
+    if lungs["n"] == 0:
+        raise ConfigError(
+            "On no validation image were both lungs outlined under a map that is not weak, so the anatomy "
+            "cut-off cannot be fitted."
+        )
     rule = AttentionRule(
         model_sha256=metadata.model_sha256,
         mostly_outside=MOSTLY_OUTSIDE,
@@ -232,6 +301,8 @@ def fit_rule(model_path: Path, data_dir: Path, progress: Callable[[int, int], No
         validation_median=shares["median"],
         heatmap_scale_id=scale.id,
         rule=RULE_DOCUMENT,
+        lungs_unusual=lungs["p5"],
+        lungs_median=lungs["median"],
     )
     facts = {
         "split": "validation",
