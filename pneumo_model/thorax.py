@@ -477,14 +477,21 @@ class AnatomySettings:
         max_apex: each lung's outline must reach above this row (its apex); one that starts lower
             was outlined in part only (its upper zone hazy or consolidated), and the heat there
             would be put on the shoulders.
+        min_height: each lung's outline must span at least this much of the height, apex to base;
+            a shorter one stops above the lung's base (hazy or consolidated), the diaphragm line
+            under it is too high, and lung would be called "below the diaphragm".
     """
 
     grow: float = 0.02
     max_apex: float = 0.40
+    min_height: float = 0.35
 
     def __post_init__(self):
-        if not 0.0 <= self.grow < 0.2 or not 0.0 < self.max_apex <= 1.0:
-            raise ConfigError(f"grow must lie in [0, 0.2) and max_apex in (0, 1]; got {self.grow}, {self.max_apex}.")
+        if not 0.0 <= self.grow < 0.2 or not 0.0 < self.max_apex <= 1.0 or not 0.0 <= self.min_height < 1.0:
+            raise ConfigError(
+                f"grow must lie in [0, 0.2), max_apex in (0, 1] and min_height in [0, 1); got {self.grow}, "
+                f"{self.max_apex}, {self.min_height}."
+            )
 
 
 def anatomy_map(diaphragm, settings: AnatomySettings = AnatomySettings()) -> AnatomyMap:
@@ -516,7 +523,15 @@ def anatomy_map(diaphragm, settings: AnatomySettings = AnatomySettings()) -> Ana
         )
     lungs = [_filled_lung(np.asarray(mask, bool)) for mask in masks]
     size = lungs[0].shape[0]
-    apexes = [int(np.flatnonzero(mask.any(axis=1))[0]) for mask in lungs]
+    spans = [np.flatnonzero(mask.any(axis=1))[[0, -1]] for mask in lungs]
+    apexes = [int(top) for top, _ in spans]
+    shortest = min(int(bottom - top + 1) for top, bottom in spans) / size
+    if shortest < settings.min_height:
+        return not_found(
+            f"The lungs could not both be outlined down to their base on this film (one outline spans only "
+            f"{100 * shortest:.0f} % of the film's height; its base may be hazy or consolidated), so the heat is not "
+            "placed on the anatomy."
+        )
     if max(apexes) >= settings.max_apex * size:
         return not_found(
             f"The lungs could not both be outlined to their apex on this film (one outline starts "
@@ -736,9 +751,9 @@ class AttentionRule:
             elsewhere = [REGION_WORDS[name] for name in named if name != "lungs"] or ["elsewhere"]
             return made(
                 "off_lungs",
-                f"The model's heat is not on the lungs: only {lungs} lies over the lung fields, less than on 19 "
-                f"validation films in 20 (they had at least {cut}).{placed}{markers} The call may rest on what lies "
-                f"{' and '.join(elsewhere)} rather than on the lungs: read the lung fields yourself.",
+                f"The model's heat is not on the lungs: only {lungs} lies over the lung fields (19 validation films "
+                f"in 20 had at least {cut}).{placed}{markers} The call may rest on what lies {' and '.join(elsewhere)} "
+                "rather than on the lungs: read the lung fields yourself.",
             )
         if share_inside < self.unusual:
             return made(
