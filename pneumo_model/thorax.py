@@ -358,7 +358,7 @@ REGION_WORDS = {
     "lungs": "over the lung fields",
     "heart": "over the heart and mediastinum",
     "below": "below the diaphragm",
-    "elsewhere": "over the chest wall, shoulders or neck",
+    "elsewhere": "beside or above the outlined lungs (chest wall, shoulders, neck)",
     "outside": "outside the body",
 }
 _BODY_REGIONS = REGIONS[:4]  # the labels of ``AnatomyMap.labels``, 0..3
@@ -483,7 +483,7 @@ class AnatomySettings:
     """
 
     grow: float = 0.02
-    max_apex: float = 0.40
+    max_apex: float = 1 / 3
     min_height: float = 0.35
 
     def __post_init__(self):
