@@ -605,13 +605,15 @@ def _share(value: float) -> str:
     return f"{100 * value:.0f} %"
 
 
-def regions_sentence(shares: dict[str, float]) -> tuple[str, tuple[str, ...]]:
+def regions_sentence(shares: dict[str, float], lungs_said: bool = False) -> tuple[str, tuple[str, ...]]:
     """Where the heat lies, in one sentence, and the regions it names as holding most of it.
 
     "Most" is more than half, by the word (``MOST``): the fewest largest regions whose shares
     together pass half are named first, with their shares; every other region holding at least
     half a per cent follows with its share, the lung fields always ("Most of the heat lies below
     the diaphragm (61 %) and over the heart and mediastinum (25 %); 14 % over the lung fields.").
+    With ``lungs_said`` (the words before it gave the lung fields' share) the lung fields are not
+    repeated after the named regions.
     """
     ordered = sorted(REGIONS, key=lambda name: -shares[name])
     named: list[str] = []
@@ -624,7 +626,7 @@ def regions_sentence(shares: dict[str, float]) -> tuple[str, tuple[str, ...]]:
     rest = [
         f"{_share(shares[name])} {REGION_WORDS[name]}"
         for name in ordered
-        if name not in named and (shares[name] >= 0.005 or name == "lungs")
+        if name not in named and not (lungs_said and name == "lungs") and (shares[name] >= 0.005 or name == "lungs")
     ]
     return head + (f"; {', '.join(rest)}." if rest else "."), tuple(named)
 
@@ -748,6 +750,7 @@ class AttentionRule:
             return made("outside", f"{OUTSIDE_MESSAGE} {inside}{placed}{markers}")
         if regions is not None and regions["lungs"] < self.lungs_unusual:
             lungs, cut = _percents(regions["lungs"], self.lungs_unusual)
+            placed = f" {regions_sentence(regions, lungs_said=True)[0]}"
             elsewhere = [REGION_WORDS[name] for name in named if name != "lungs"] or ["elsewhere"]
             return made(
                 "off_lungs",

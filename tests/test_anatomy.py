@@ -203,6 +203,7 @@ def test_little_heat_over_the_lungs_warns_and_names_where_the_call_may_rest():
     assert "only 5 % lies over the lung fields (19 validation films in 20 had at least 12 %)" in check.message
     assert "Most of the heat lies below the diaphragm (68 %)" in check.message
     assert "may rest on what lies below the diaphragm rather than on the lungs" in check.message
+    assert "5 % over the lung fields" not in check.message  # the lung fields' share is said once
 
 
 def test_a_usual_share_over_the_lungs_is_said_in_a_caption_with_the_validation_median():
