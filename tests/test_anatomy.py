@@ -416,3 +416,16 @@ def test_the_report_gives_the_shares_per_region_and_why_maps_were_not_placed():
     assert "| warning *not on the lungs* (under 12.0 % over the lung fields) | 1 (33 %) |" in text
     assert "on validation it fired on 10 of 200 placed maps" in text
     assert anatomy_markdown({"test": {}, "lungs_unusual": None}) == []
+
+
+def test_the_model_card_gives_the_anatomy_figures_from_the_report_or_the_old_limit():
+    from ui import reports
+
+    placed = {"n_judged": 436, "n_placed": 150, "off_lungs": 7,
+              "shares": {name: {"median": value} for name, value in zip(REGIONS, (0.36, 0.38, 0.1, 0.12, 0.01))}}
+    report = {"lungs_unusual": 0.228, "test": {"anatomy": {"groups": {"all": placed}}}}
+    text = " ".join(reports.anatomy_lines(report))
+    assert "on 150 of the 436 test maps strong enough to judge" in text
+    assert "a median 36 % of the heat lay over the lung fields, 38 % over the heart and mediastinum and 10 % below" in text
+    assert "under 23 % over the lung fields, the 5th percentile on validation) fired on 7" in text
+    assert "What this cannot show" in " ".join(reports.anatomy_lines({"test": {}}))
