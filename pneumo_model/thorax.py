@@ -8,6 +8,10 @@ lung is bright, so a dark-pixel lung mask would put a real pneumonia "outside th
 off any detected marker; ``AttentionRule`` turns the share into plain words by the rule in
 ``docs/attention_rule.md`` (a map the heat-map scale calls weak is not judged), with the cut-off
 fixed on the model's validation split and stored beside the model (``attention_path``).
+``anatomy_map`` builds the chest's regions from the two lungs the diaphragm finder outlines (the
+lung fields, the heart and mediastinum, below the diaphragm, the rest of the body), and
+``attention_regions`` splits the heat inside the body between them, so that the words name where
+the heat lies (amendment 2 of the rule); where the lungs are not both outlined, they say so.
 
 The mask is checked by eye on 36 images by the rule in ``assets/annotations/thorax.md``
 (verdicts in ``assets/annotations/thorax_check.csv``).
