@@ -460,7 +460,7 @@ def _spread(block: dict) -> str:
 
 REGION_NAMES = {
     "lungs": "lung fields", "heart": "heart and mediastinum", "below": "below the diaphragm",
-    "elsewhere": "chest wall, shoulders, neck", "outside": "outside the body",
+    "elsewhere": "beside or above the outlined lungs", "outside": "outside the body",
 }
 
 
