@@ -759,8 +759,8 @@ class AttentionRule:
             return made(
                 "off_lungs",
                 f"The model's heat is not on the lungs: only {lungs} lies over the lung fields (19 validation films "
-                f"in 20 had at least {cut}).{placed}{markers} The call may rest on what lies {' and '.join(elsewhere)} "
-                "rather than on the lungs: read the lung fields yourself.",
+                f"in 20 had at least {cut}).{placed}{markers} What raised the pneumonia score lies mostly outside the lung "
+                f"fields, {' and '.join(elsewhere)}: read the lung fields yourself.",
             )
         if share_inside < self.unusual:
             return made(

@@ -202,7 +202,7 @@ def test_little_heat_over_the_lungs_warns_and_names_where_the_call_may_rest():
     assert check.level == "off_lungs" and check.warns
     assert "only 5 % lies over the lung fields (19 validation films in 20 had at least 12 %)" in check.message
     assert "Most of the heat lies below the diaphragm (68 %)" in check.message
-    assert "may rest on what lies below the diaphragm rather than on the lungs" in check.message
+    assert "What raised the pneumonia score lies mostly outside the lung fields, below the diaphragm: read" in check.message
     assert "5 % over the lung fields" not in check.message  # the lung fields' share is said once
 
 
@@ -322,7 +322,7 @@ def test_a_real_film_with_little_heat_over_the_lungs_is_warned():
     assert check.regions["lungs"] < rule.lungs_unusual and max(check.regions, key=check.regions.get) == "below"
     assert check.level == "off_lungs" and check.warns
     assert "Most of the heat lies below the diaphragm (" in check.message
-    assert "rather than on the lungs: read the lung fields yourself" in check.message
+    assert "lies mostly outside the lung fields, below the diaphragm: read the lung fields yourself." in check.message
 
 
 @pytest.mark.data
