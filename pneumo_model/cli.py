@@ -1035,7 +1035,8 @@ def _zone(args) -> int:
 def _add_attention(commands) -> None:
     parser = commands.add_parser(
         "attention",
-        help="fit the attention-outside-the-body cut-off on validation (docs/attention_rule.md) beside the model; "
+        help="fit the attention cut-offs (outside the body; little heat over the lung fields) on validation "
+        "(docs/attention_rule.md) beside the model; "
         "--test measures the official test split into reports/attention.{json,md}",
     )
     _add_data_flag(parser)
@@ -1060,7 +1061,8 @@ def _attention(args) -> int:
     rule = fit_rule(args.model, data_dir)
     path, written = write_rule(rule, args.model)
     summary = {"file": str(path), "written": written, "mostly_outside": rule.mostly_outside, "unusual": rule.unusual,
-               "validation_median": rule.validation_median, "validation_warning_rate": rule.facts["groups"]["all"]["warning_rate"]}
+               "validation_median": rule.validation_median, "validation_warning_rate": rule.facts["groups"]["all"]["warning_rate"],
+               "lungs_unusual": rule.lungs_unusual, "lungs_median": rule.lungs_median}
     if args.sheet:
         summary["sheet"] = str(check_sheet(data_dir.parent, reports / SHEET_FIGURE))
     if args.test:

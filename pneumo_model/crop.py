@@ -24,7 +24,7 @@ changes its input.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import cv2
@@ -139,6 +139,10 @@ class DiaphragmResult:
         lung_boxes: bounding box of each lung used, in pixels of the image passed in.
         width: width of the image passed in.
         height: height of the image passed in.
+        lung_masks: each outlined lung's mask (as in ``lung_boxes``), bool (work_size, work_size) on
+            the square working copy (the whole image squashed), read-only: where the attention check
+            places the heat on the anatomy (``thorax.anatomy_map``).
+        dome_rows: each lung's diaphragm dome top, in rows of the working copy (float, same order).
     """
 
     found: bool
@@ -149,6 +153,8 @@ class DiaphragmResult:
     lung_boxes: tuple[Box, ...]
     width: int
     height: int
+    lung_masks: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
+    dome_rows: tuple[float, ...] = ()
 
 
 # What a call says, read with its grey zone: a confident call on one side, or needs a careful read.
@@ -507,9 +513,11 @@ def find_diaphragm(
     size = settings.work_size
     unit = _resize(to_unit_range(pixels), size, size)  # (size, size) float32 in [0, 1]
 
-    def not_found(reason: str, lungs: Sequence[np.ndarray] = ()) -> DiaphragmResult:
+    def not_found(reason: str, lungs: Sequence[np.ndarray] = (), domes: Sequence[tuple[float, int]] = ()) -> DiaphragmResult:
         boxes = tuple(_to_image_box(mask, width, height) for mask in lungs)
-        return DiaphragmResult(False, None, None, reason, len(lungs), boxes, width, height)
+        return DiaphragmResult(
+            False, None, None, reason, len(lungs), boxes, width, height, _read_only(lungs), tuple(float(d) for d, _ in domes)
+        )
 
     fine = unit - cv2.GaussianBlur(unit, (0, 0), 0.005 * size)  # (size, size) pixel-scale detail and noise
     coarse = cv2.GaussianBlur(unit, (0, 0), 0.02 * size)  # (size, size) anatomy-scale shapes
@@ -547,21 +555,21 @@ def find_diaphragm(
         return not_found(
             f"The lung outline ends at {100 * fraction:.0f} % of the image height, too high for the "
             "diaphragm (the lung bases may be hazy or consolidated). Draw the crop box by hand.",
-            lungs,
+            lungs, domes,
         )
     if fraction > settings.dome_rows[1]:
         return not_found(
             f"The lung outline reaches {100 * fraction:.0f} % of the image height, so the diaphragm "
             "seems to lie at or below the bottom edge and there is nothing to remove. Draw the crop "
             "box by hand if needed.",
-            lungs,
+            lungs, domes,
         )
     diaphragm_y = min(height - 1, max(0, int(round(fraction * height - 0.5))))
     box = (0, 0, width, min(height, diaphragm_y + 1 + int(round(settings.margin * height))))
     try:
         validate_box(box, width, height, limits)
     except ConfigError as error:
-        return not_found(f"The suggested crop would be too small: {error}", lungs)
+        return not_found(f"The suggested crop would be too small: {error}", lungs, domes)
 
     if len(lungs) == 2:
         which = "both lungs. The top of the higher"
@@ -573,7 +581,15 @@ def find_diaphragm(
         f"the top, so it keeps the top {box[3]} of {height} rows."
     )
     boxes = tuple(_to_image_box(mask, width, height) for mask in lungs)
-    return DiaphragmResult(True, diaphragm_y, box, reason, len(lungs), boxes, width, height)
+    return DiaphragmResult(
+        True, diaphragm_y, box, reason, len(lungs), boxes, width, height, _read_only(lungs), tuple(float(d) for d, _ in domes)
+    )
+
+
+def _read_only(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    for mask in masks:
+        mask.setflags(write=False)
+    return tuple(masks)
 
 
 # ----------------------------------------------------------------------------- cropping and rescoring

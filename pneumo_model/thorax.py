@@ -8,6 +8,10 @@ lung is bright, so a dark-pixel lung mask would put a real pneumonia "outside th
 off any detected marker; ``AttentionRule`` turns the share into plain words by the rule in
 ``docs/attention_rule.md`` (a map the heat-map scale calls weak is not judged), with the cut-off
 fixed on the model's validation split and stored beside the model (``attention_path``).
+``anatomy_map`` builds the chest's regions from the two lungs the diaphragm finder outlines (the
+lung fields, the heart and mediastinum, below the diaphragm, the rest of the body), and
+``attention_regions`` splits the heat inside the body between them, so that the words name where
+the heat lies (amendment 2 of the rule); where the lungs are not both outlined, they say so.
 
 The mask is checked by eye on 36 images by the rule in ``assets/annotations/thorax.md``
 (verdicts in ``assets/annotations/thorax_check.csv``).
@@ -34,8 +38,9 @@ from .errors import ConfigError, InvalidImageError, ModelFileError
 from .preprocessing import to_unit_range
 
 RULE_DOCUMENT = "docs/attention_rule.md"
-ATTENTION_SCHEMA_VERSION = 1
+ATTENTION_SCHEMA_VERSION = 2  # 2 adds the anatomy cut-offs (lungs_unusual, lungs_median); 1 is still read
 MOSTLY_OUTSIDE = 0.5  # fixed by the words "mostly outside" (docs/attention_rule.md), not fitted
+MOST = 0.5  # "most of the heat lies ...": more than half, fixed by the word (amendment 2), not fitted
 OUTSIDE_MESSAGE = (
     "The model's attention is mostly outside the chest: the call may rest on something other than the lungs."
 )
@@ -349,6 +354,245 @@ def attention_on_markers(heatmap: np.ndarray, markers: np.ndarray | None) -> flo
 
 
 # --------------------------------------------------------------------------------------------
+# Where the heat lies on the anatomy
+
+# The regions, in the order the shares are kept; "outside" is outside the body or on a marker.
+REGIONS = ("lungs", "heart", "below", "elsewhere", "outside")
+REGION_WORDS = {
+    "lungs": "over the lung fields",
+    "heart": "over the heart and mediastinum",
+    "below": "below the diaphragm",
+    "elsewhere": "beside or above the outlined lungs (chest wall, shoulders, neck)",
+    "outside": "outside the body",
+}
+_BODY_REGIONS = REGIONS[:4]  # the labels of ``AnatomyMap.labels``, 0..3
+
+
+@dataclass(frozen=True, eq=False)
+class AnatomyMap:
+    """The chest's regions on one image, from the two lungs the diaphragm finder outlines.
+
+    Every cell of the square working copy (the whole image squashed, like the model input) is
+    labelled: 0 the lung fields (each lung's outline, its holes and notches filled), 1 the heart
+    and mediastinum (not lung, between the two lungs' centres, from the lung apices down to the
+    diaphragm), 2 below the diaphragm (under the line through both lungs' lower edges and dome
+    tops), 3 the rest (the chest wall beside the lungs, the shoulders and neck above them). The
+    body's outline (``ThoraxMask``) decides, separately, what is outside the body.
+
+    Attributes:
+        found: True when both lungs were outlined and ``labels`` holds the regions.
+        reason: a plain sentence: what was outlined, or why the heat is not placed on the anatomy.
+        labels: (size, size) uint8 region index (``REGIONS[:4]``), read-only; None when not found.
+        width, height: size of the image it was found on.
+        diaphragm_rows: (size,) float, the diaphragm line's row in each column of the working
+            copy (below it is "below the diaphragm"); None when not found.
+    """
+
+    found: bool
+    reason: str
+    labels: np.ndarray | None
+    width: int
+    height: int
+    diaphragm_rows: np.ndarray | None = None
+
+    def fractions(self, height: int, width: int) -> np.ndarray:
+        """Each region's share of each cell of a (height, width) grid over the whole image.
+
+        Returns:
+            New (4, height, width) float32 array, summing to 1 over the first axis: lungs, heart
+            and mediastinum, below the diaphragm, the rest (``REGIONS[:4]``).
+
+        Raises:
+            ConfigError: the regions were not found.
+        """
+        if not self.found:
+            raise ConfigError(f"No lung outline to place the heat on: {self.reason}")
+        size = self.labels.shape[0]
+        interpolation = cv2.INTER_AREA if height * width < size * size else cv2.INTER_NEAREST
+        planes = np.stack([
+            cv2.resize((self.labels == index).astype(np.float32), (width, height), interpolation=interpolation)
+            for index in range(len(_BODY_REGIONS))
+        ])  # (4, height, width)
+        return planes / np.maximum(planes.sum(axis=0, keepdims=True), 1e-9)
+
+    def crop(self, box: Sequence[int]) -> "AnatomyMap":
+        """The regions of the image cropped to ``box`` = (x0, y0, x1, y1), pixels of the image: the
+        whole image's regions inside the box (a crop may cut the lungs, so they are not looked for again)."""
+        if not self.found:
+            return AnatomyMap(False, self.reason, None, *_box_size(box))
+        x0, y0, x1, y1 = (int(v) for v in box)
+        if not (0 <= x0 < x1 <= self.width and 0 <= y0 < y1 <= self.height):
+            raise ConfigError(f"The box {tuple(box)} does not fit inside the {self.width} x {self.height} image.")
+        size = self.labels.shape[0]
+        rows = _cells(y0, y1, self.height, size)
+        columns = _cells(x0, x1, self.width, size)
+        labels = cv2.resize(self.labels[rows, columns], (size, size), interpolation=cv2.INTER_NEAREST)
+        labels.setflags(write=False)
+        return AnatomyMap(True, "The whole image's regions, inside the crop's box.", labels, x1 - x0, y1 - y0)
+
+
+def _box_size(box: Sequence[int]) -> tuple[int, int]:
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return max(1, x1 - x0), max(1, y1 - y0)
+
+
+def _cells(start: int, end: int, side: int, size: int) -> slice:
+    first = min(size - 1, int(start * size / side))
+    return slice(first, max(first + 1, int(np.ceil(end * size / side))))
+
+
+def _filled_lung(mask: np.ndarray) -> np.ndarray:
+    """One lung's outline with its holes and notches filled: each row and each column closed
+    between its first and last lung cell. A consolidation that bites into the dark lung from
+    inside (it is bright, so the dark-pixel outline leaves it out) is lung field again."""
+    rows_filled = np.zeros_like(mask)
+    for row in np.flatnonzero(mask.any(axis=1)):
+        columns = np.flatnonzero(mask[row])
+        rows_filled[row, columns[0] : columns[-1] + 1] = True
+    columns_filled = np.zeros_like(mask)
+    for column in np.flatnonzero(mask.any(axis=0)):
+        rows = np.flatnonzero(mask[:, column])
+        columns_filled[rows[0] : rows[-1] + 1, column] = True
+    return binary_fill_holes(rows_filled | columns_filled)
+
+
+def _diaphragm_line(lungs: Sequence[np.ndarray], domes: Sequence[float]) -> np.ndarray:
+    """The diaphragm's row in each column: under each lung, its lower edge where that lies at or
+    below the lung's dome top (the lateral recess), else the dome top (where the lung ends higher,
+    over the heart or the hilum); between the lungs, a straight line from one lung's inner edge to
+    the other's; beside them, level with the nearest lung edge."""
+    size = lungs[0].shape[0]
+    line = np.full(size, np.nan)
+    for mask, dome in zip(lungs, domes):
+        present = mask.any(axis=0)
+        lowest = size - 1 - np.argmax(mask[::-1], axis=0)  # (size,) lowest lung row per column
+        line[present] = np.maximum(lowest[present], dome)
+    known = np.flatnonzero(np.isfinite(line))
+    return np.interp(np.arange(size), known, line[known])  # straight between, level beyond
+
+
+@dataclass(frozen=True)
+class AnatomySettings:
+    """How ``anatomy_map`` turns the outlined lungs into regions (fractions of the working copy's side).
+
+    Attributes:
+        grow: each lung's outline is grown by this much: the dark-pixel outline stops short of the
+            lung's edge, and a Grad-CAM cell on the edge is lung.
+        max_apex: each lung's outline must reach above this row (its apex); one that starts lower
+            was outlined in part only (its upper zone hazy or consolidated), and the heat there
+            would be put on the shoulders.
+        min_height: each lung's outline must span at least this much of the height, apex to base;
+            a shorter one stops above the lung's base (hazy or consolidated), the diaphragm line
+            under it is too high, and lung would be called "below the diaphragm".
+    """
+
+    grow: float = 0.02
+    max_apex: float = 1 / 3
+    min_height: float = 0.35
+
+    def __post_init__(self):
+        if not 0.0 <= self.grow < 0.2 or not 0.0 < self.max_apex <= 1.0 or not 0.0 <= self.min_height < 1.0:
+            raise ConfigError(
+                f"grow must lie in [0, 0.2), max_apex in (0, 1] and min_height in [0, 1); got {self.grow}, "
+                f"{self.max_apex}, {self.min_height}."
+            )
+
+
+def anatomy_map(diaphragm, settings: AnatomySettings = AnatomySettings()) -> AnatomyMap:
+    """The chest's regions from the diaphragm finder's result (``crop.find_diaphragm``).
+
+    The heat is placed on the anatomy only when the finder outlined both lungs and found the
+    diaphragm: with one lung, none, or a dome it refused (a hazy or consolidated base), the
+    lungs' shape is not known and ``found`` is False with a reason that says so.
+
+    Args:
+        diaphragm: a ``DiaphragmResult`` (its ``lung_masks`` and ``dome_rows``).
+    """
+    width, height = diaphragm.width, diaphragm.height
+
+    def not_found(reason: str) -> AnatomyMap:
+        return AnatomyMap(False, reason, None, width, height)
+
+    masks = tuple(diaphragm.lung_masks)
+    if len(masks) != 2 or len(diaphragm.dome_rows) != 2:
+        found = "one lung only" if len(masks) == 1 else "no lung field" if not masks else f"{len(masks)} lungs"
+        return not_found(
+            f"The lungs could not both be outlined on this film ({found} was found; the other may be hazy, "
+            "consolidated or hidden), so the heat is not placed on the anatomy."
+        )
+    if not diaphragm.found:
+        return not_found(
+            f"The lungs could not both be outlined down to the diaphragm on this film ({_first_sentence(diaphragm.reason)}), "
+            "so the heat is not placed on the anatomy."
+        )
+    lungs = [_filled_lung(np.asarray(mask, bool)) for mask in masks]
+    size = lungs[0].shape[0]
+    spans = [np.flatnonzero(mask.any(axis=1))[[0, -1]] for mask in lungs]
+    apexes = [int(top) for top, _ in spans]
+    shortest = min(int(bottom - top + 1) for top, bottom in spans) / size
+    if shortest < settings.min_height:
+        return not_found(
+            f"The lungs could not both be outlined down to their base on this film (one outline spans only "
+            f"{100 * shortest:.0f} % of the film's height; its base may be hazy or consolidated), so the heat is not "
+            "placed on the anatomy."
+        )
+    if max(apexes) >= settings.max_apex * size:
+        return not_found(
+            f"The lungs could not both be outlined to their apex on this film (one outline starts "
+            f"{100 * max(apexes) / size:.0f} % of the way down; its upper zone may be hazy or consolidated), "
+            "so the heat is not placed on the anatomy."
+        )
+    line = _diaphragm_line(lungs, diaphragm.dome_rows)  # (size,)
+    rows, columns = np.mgrid[0:size, 0:size]
+    radius = max(1, round(settings.grow * size))
+    lung = cv2.dilate((lungs[0] | lungs[1]).astype(np.uint8), _disc(radius)) > 0
+    centres = sorted(float(np.flatnonzero(mask.any(axis=0)).mean()) for mask in lungs)
+    apex = min(apexes)
+    below = rows > line[np.newaxis, :]
+    between = (columns > centres[0]) & (columns < centres[1]) & (rows >= apex)
+    labels = np.full((size, size), 3, np.uint8)  # the rest: chest wall, shoulders, neck
+    labels[between] = 1
+    labels[below] = 2
+    labels[lung & ~below] = 0
+    labels.setflags(write=False)
+    line.setflags(write=False)
+    return AnatomyMap(True, "Outlined both lungs and the diaphragm.", labels, width, height, line)
+
+
+def _first_sentence(text: str) -> str:
+    first = text.split(". ")[0].rstrip(".")
+    return first[:1].lower() + first[1:]
+
+
+def attention_regions(
+    heatmap: np.ndarray, mask: ThoraxMask, anatomy: AnatomyMap, markers: np.ndarray | None = None
+) -> dict[str, float] | None:
+    """The share of a heat map's heat in each region (``REGIONS``): the lung fields, the heart and
+    mediastinum, below the diaphragm, the rest of the body, and outside the body (or on a marker).
+
+    The shares inside the body add up to ``attention_inside`` exactly: the body's outline and the
+    markers decide what is inside, the regions split it.
+
+    Returns:
+        A dict region -> share in [0, 1], summing to 1; None when the map holds no heat, or the
+        body's outline or the lungs were not found.
+
+    Raises:
+        ConfigError: the heat map is not a finite, non-negative 2-D float array.
+    """
+    heat = _check_heatmap(heatmap)
+    total = float(heat.sum())
+    if not mask.found or not anatomy.found or total <= 1e-9 * heat.size:
+        return None
+    height, width = heat.shape
+    inside = heat * mask.coverage(height, width) * (1.0 - marker_coverage(markers, height, width))  # (h, w)
+    planes = anatomy.fractions(height, width)  # (4, h, w)
+    shares = {name: float(np.clip((inside * plane).sum() / total, 0.0, 1.0)) for name, plane in zip(_BODY_REGIONS, planes)}
+    shares["outside"] = float(max(0.0, 1.0 - sum(shares.values())))
+    return shares
+
+
+# --------------------------------------------------------------------------------------------
 # The rule: the cut-offs and their words
 
 
@@ -361,6 +605,36 @@ def _percents(value: float, other: float) -> tuple[str, str]:
             return f"{first} %", f"{second} %"
 
 
+def _share(value: float) -> str:
+    return f"{100 * value:.0f} %"
+
+
+def regions_sentence(shares: dict[str, float], lungs_said: bool = False) -> tuple[str, tuple[str, ...]]:
+    """Where the heat lies, in one sentence, and the regions it names as holding most of it.
+
+    "Most" is more than half, by the word (``MOST``): the fewest largest regions whose shares
+    together pass half are named first, with their shares; every other region holding at least
+    half a per cent follows with its share, the lung fields always ("Most of the heat lies below
+    the diaphragm (61 %) and over the heart and mediastinum (25 %); 14 % over the lung fields.").
+    With ``lungs_said`` (the words before it gave the lung fields' share) the lung fields are not
+    repeated after the named regions.
+    """
+    ordered = sorted(REGIONS, key=lambda name: -shares[name])
+    named: list[str] = []
+    for name in ordered:
+        named.append(name)
+        if sum(shares[n] for n in named) > MOST:
+            break
+    words = [f"{REGION_WORDS[name]} ({_share(shares[name])})" for name in named]
+    head = f"Most of the heat lies {' and '.join(words)}"
+    rest = [
+        f"{_share(shares[name])} {REGION_WORDS[name]}"
+        for name in ordered
+        if name not in named and not (lungs_said and name == "lungs") and (shares[name] >= 0.005 or name == "lungs")
+    ]
+    return head + (f"; {', '.join(rest)}." if rest else "."), tuple(named)
+
+
 @dataclass(frozen=True)
 class AttentionCheck:
     """Where one map's heat lies, in words.
@@ -368,20 +642,26 @@ class AttentionCheck:
     Attributes:
         share_inside: the share of the heat inside the body (``attention_inside``), or None.
         share_on_markers: the share on detected markers, or None.
-        level: "outside" (mostly outside: the warning), "unusual" (more outside than on 19
-            validation films in 20: a note), "inside", "weak" (a weak map, not judged), or
-            "unknown" (no share: no outline, or a map without heat).
+        level: "outside" (mostly outside the body: the warning), "off_lungs" (less heat over the
+            lung fields than on 19 validation films in 20: a warning), "unusual" (more outside the
+            body than on 19 validation films in 20: a note), "inside" (the words, as a caption),
+            "weak" (a weak map, not judged), or "unknown" (no share: no outline, or a map without heat).
         message: the plain sentence the pages show.
+        regions: the share of the heat in each region (``attention_regions``), or None when the
+            heat was not placed on the anatomy.
+        anatomy_reason: why the heat was not placed on the anatomy, when it was not ("" otherwise).
     """
 
     share_inside: float | None
     share_on_markers: float | None
     level: str
     message: str
+    regions: dict | None = None
+    anatomy_reason: str = ""
 
     @property
     def warns(self) -> bool:
-        return self.level == "outside"
+        return self.level in ("outside", "off_lungs")
 
 
 @dataclass(frozen=True)
@@ -399,6 +679,10 @@ class AttentionRule:
         rule: the rule's document.
         facts: how it was fitted (images used and left out, quartiles, how often each level fired).
         created_utc: when it was fitted.
+        lungs_unusual: the "not on the lungs" warning fires below this share of the heat over the
+            lung fields: its 5th percentile over the validation maps placed on the anatomy
+            (amendment 2 of the rule); None in a file made before it (no anatomy words then).
+        lungs_median: the median share over the lung fields on those validation maps.
     """
 
     model_sha256: str
@@ -409,9 +693,22 @@ class AttentionRule:
     rule: str = RULE_DOCUMENT
     facts: dict = field(default_factory=dict)
     created_utc: str = ""
+    lungs_unusual: float | None = None
+    lungs_median: float | None = None
+
+    @property
+    def places_on_anatomy(self) -> bool:
+        """The file holds the anatomy cut-offs (amendment 2), so the check can name the regions."""
+        return self.lungs_unusual is not None and self.lungs_median is not None
 
     def check(
-        self, share_inside: float | None, share_on_markers: float | None = None, weak: bool = False, reason: str = ""
+        self,
+        share_inside: float | None,
+        share_on_markers: float | None = None,
+        weak: bool = False,
+        reason: str = "",
+        regions: dict[str, float] | None = None,
+        anatomy_reason: str = "",
     ) -> AttentionCheck:
         """The words for one map.
 
@@ -421,6 +718,9 @@ class AttentionRule:
             weak: the map is weak by the model's heat-map scale (``HeatmapScale.is_weak``): it
                 is not judged (amendment 1 of the rule).
             reason: why there is no share, when there is none (the outline's reason).
+            regions: ``attention_regions`` of the map, or None when the lungs were not outlined
+                (then ``anatomy_reason`` says why, and the words say the heat is not placed).
+            anatomy_reason: why the heat was not placed on the anatomy (``AnatomyMap.reason``).
         """
         markers = (
             f" {100 * share_on_markers:.0f} % lies on burned-in markers (letters, text, electrodes)."
@@ -433,20 +733,52 @@ class AttentionRule:
             )
         if share_inside is None:
             return AttentionCheck(None, share_on_markers, "unknown", reason or "Where the model looked was not measured.")
+        if not self.places_on_anatomy:
+            regions, anatomy_reason = None, ""
+        elif regions is None and not anatomy_reason:
+            anatomy_reason = "The heat was not placed on the anatomy."
+
+        def made(level: str, message: str) -> AttentionCheck:
+            return AttentionCheck(share_inside, share_on_markers, level, message, regions, anatomy_reason)
+
         shown, cut_off = _percents(share_inside, self.unusual)
         inside = f"{shown} of the Grad-CAM heat lies inside the body's outline."
+        placed = ""
+        named: tuple[str, ...] = ()
+        if regions is not None:
+            placed, named = regions_sentence(regions)
+            placed = f" {placed}"
+        elif anatomy_reason:
+            placed = f" {anatomy_reason}"
         if share_inside < self.mostly_outside:
-            return AttentionCheck(share_inside, share_on_markers, "outside", f"{OUTSIDE_MESSAGE} {inside}{markers}")
+            return made("outside", f"{OUTSIDE_MESSAGE} {inside}{placed}{markers}")
+        if regions is not None and regions["lungs"] < self.lungs_unusual:
+            lungs, cut = _percents(regions["lungs"], self.lungs_unusual)
+            placed = f" {regions_sentence(regions, lungs_said=True)[0]}"
+            elsewhere = [REGION_WORDS[name] for name in named if name != "lungs"] or ["elsewhere"]
+            return made(
+                "off_lungs",
+                f"The model's heat is not on the lungs: only {lungs} lies over the lung fields (19 validation films "
+                f"in 20 had at least {cut}).{placed}{markers} What raised the pneumonia score lies mostly outside the lung "
+                f"fields, {' and '.join(elsewhere)}: read the lung fields yourself.",
+            )
         if share_inside < self.unusual:
-            return AttentionCheck(
-                share_inside, share_on_markers, "unusual",
+            return made(
+                "unusual",
                 f"More of the model's attention lies outside the chest than on 19 validation films in 20: {inside} "
-                f"On validation, 19 films in 20 had at least {cut_off}.{markers} Look at where the rest lies on the "
-                "overlay: does the call rest on the lungs?",
+                f"On validation, 19 films in 20 had at least {cut_off}.{placed}{markers} Look at where the rest lies on "
+                "the overlay: does the call rest on the lungs?",
+            )
+        if regions is not None:
+            median = _percents(self.lungs_median, regions["lungs"])[0]
+            return made(
+                "inside", f"{placed.strip()} The median over the lung fields on validation films: {median}.{markers}"
             )
         median = _percents(self.validation_median, share_inside)[0]
-        return AttentionCheck(
-            share_inside, share_on_markers, "inside",
+        if anatomy_reason:
+            return made("inside", f"{anatomy_reason} {inside} The median on validation films: {median}.{markers}")
+        return made(
+            "inside",
             f"{inside} The median on validation films: {median}.{markers} Inside the outline is on the patient, not on "
             "the corners, letters or border; it may still be the heart or the diaphragm rather than the lungs.",
         )
@@ -459,6 +791,8 @@ class AttentionRule:
             "unusual": self.unusual,
             "validation_median": self.validation_median,
             "heatmap_scale_id": self.heatmap_scale_id,
+            "lungs_unusual": self.lungs_unusual,
+            "lungs_median": self.lungs_median,
             "rule": self.rule,
             "facts": self.facts,
             "created_utc": self.created_utc or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -484,7 +818,7 @@ class AttentionRule:
             raise ModelFileError(f"The attention cut-off file {path.name} is missing; make it with `{command}`.")
         try:
             data = json.loads(path.read_text())
-            if data.get("schema_version") != ATTENTION_SCHEMA_VERSION:
+            if data.get("schema_version") not in (1, ATTENTION_SCHEMA_VERSION):
                 raise ValueError(f"schema {data.get('schema_version')!r}")
             rule = cls(
                 model_sha256=str(data["model_sha256"]),
@@ -495,6 +829,8 @@ class AttentionRule:
                 rule=str(data.get("rule", RULE_DOCUMENT)),
                 facts=dict(data.get("facts", {})),
                 created_utc=str(data.get("created_utc", "")),
+                lungs_unusual=_optional_share(data.get("lungs_unusual")),
+                lungs_median=_optional_share(data.get("lungs_median")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelFileError(
@@ -510,6 +846,10 @@ class AttentionRule:
                 f"The attention cut-off file {path.name} was fitted with heat-map scale {rule.heatmap_scale_id}, not with "
                 f"the scale in use ({heatmap_scale_id}), which judges other maps weak. Make it again with `{command}`."
             )
-        if not 0.0 <= rule.mostly_outside <= 1.0 or not 0.0 <= rule.unusual <= 1.0:
+        if not all(0.0 <= value <= 1.0 for value in (rule.mostly_outside, rule.unusual, rule.lungs_unusual or 0.0, rule.lungs_median or 0.0)):
             raise ModelFileError(f"The attention cut-off file {path.name} holds cut-offs outside [0, 1]; make it again.")
         return rule
+
+
+def _optional_share(value) -> float | None:
+    return None if value is None else float(value)

@@ -337,9 +337,35 @@ def attention_lines(report: dict) -> list[str]:
         f"the milder note (more outside than on 19 validation films in 20) on {every['noted']}. The other "
         f"{test['left_out']['weak']} maps ({test['weak_by_class']['normal']} of them normal films) were too weak to "
         "judge: no region raised the pneumonia score much.",
-        "What this cannot show: a shortcut inside the body. The outline separates the chest from the corners and the "
-        "letters; it cannot tell the lungs from the heart, the diaphragm or the body's overall shape, which this data "
-        "set's models are known to lean on (see the limitations above).",
+        *anatomy_lines(report),
+    ]
+
+
+def anatomy_lines(report: dict) -> list[str]:
+    """Where the heat lies inside the body (amendment 2 of ``docs/attention_rule.md``), every number
+    from the report; the old limit in words for a report made before it."""
+    anatomy = report["test"].get("anatomy")
+    if not anatomy or report.get("lungs_unusual") is None:
+        return [
+            "What this cannot show: a shortcut inside the body. The outline separates the chest from the corners and "
+            "the letters; it cannot tell the lungs from the heart, the diaphragm or the body's overall shape, which "
+            "this data set's models are known to lean on (see the limitations above)."
+        ]
+    every = anatomy["groups"]["all"]
+    shares = every["shares"]
+
+    def median(region: str) -> str:
+        value = shares[region]["median"]
+        return "n/a" if value is None else f"{100 * value:.0f} %"
+
+    return [
+        "Inside the body, the pages place the heat on the anatomy where the diaphragm finder outlines both lungs: on "
+        f"{every['n_placed']} of the {every['n_judged']} test maps strong enough to judge. There a median {median('lungs')} "
+        f"of the heat lay over the lung fields, {median('heart')} over the heart and mediastinum and {median('below')} "
+        f"below the diaphragm; the warning (*the model's heat is not on the lungs*, under "
+        f"{100 * report['lungs_unusual']:.0f} % over the lung fields, the 5th percentile on validation) fired on "
+        f"{every.get('off_lungs', 0)}. On the other maps the lungs could not both be outlined (most often one lung's "
+        "base is hazy, as in pneumonia), and the pages say the heat is not placed rather than guess."
     ]
 
 

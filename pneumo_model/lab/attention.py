@@ -25,20 +25,24 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..artifacts import REPO_ROOT
-from ..crop import find_markers
+from ..crop import find_diaphragm, find_markers
 from ..data import Sample, model_split
 from ..display import screen_grey
 from ..explain import GradCam, HeatmapScale, heatmap_scale_path, overlay_heatmap
 from ..pipeline import DecodedImage
 from ..prediction import Predictor
 from ..thorax import (
+    MOST,
     MOSTLY_OUTSIDE,
+    REGIONS,
     RULE_DOCUMENT,
     AttentionRule,
     ThoraxMask,
     attention_inside,
     attention_on_markers,
     attention_path,
+    attention_regions,
+    anatomy_map,
     thorax_mask,
 )
 from .evaluation import DEFAULT_REPORTS_DIR, decoded_batches, json_safe, record_test_use
@@ -67,6 +71,10 @@ class ImageAttention:
         outline_found: whether ``thorax_mask`` found the body.
         whole_image: the outline is the whole image (no background visible).
         markers: how many markers ``find_markers`` found.
+        regions: the share of the heat per region (``attention_regions``: the lung fields, the
+            heart and mediastinum, below the diaphragm, the rest of the body, outside); None when
+            the lungs were not both outlined or the map holds no heat.
+        anatomy_reason: why the heat was not placed on the anatomy ("" when it was).
     """
 
     file: str
@@ -80,6 +88,8 @@ class ImageAttention:
     outline_found: bool
     whole_image: bool
     markers: int
+    regions: dict | None = None
+    anatomy_reason: str = ""
 
     @property
     def correct(self) -> bool:
@@ -89,6 +99,11 @@ class ImageAttention:
     def judged(self) -> bool:
         """The map is judged: not weak, and its share is defined."""
         return not self.weak and self.share_inside is not None
+
+    @property
+    def placed(self) -> bool:
+        """The map is judged and its heat was placed on the anatomy (both lungs outlined)."""
+        return self.judged and self.regions is not None
 
 
 def measure(
@@ -121,6 +136,7 @@ def measure(
             sample = samples[start + offset]
             found = find_markers(image.pixels)
             mask = thorax_mask(image.pixels, markers=found.mask)
+            anatomy = anatomy_map(find_diaphragm(image.pixels))
             result = ImageAttention(
                 file=sample.path.name,
                 label=int(sample.label),
@@ -133,6 +149,8 @@ def measure(
                 outline_found=mask.found,
                 whole_image=mask.whole_image,
                 markers=len(found.boxes),
+                regions=attention_regions(heat, mask, anatomy, found.mask),
+                anatomy_reason="" if anatomy.found else anatomy.reason,
             )
             results.append(result)
             if keep is not None and keep(result):
@@ -191,6 +209,7 @@ def summary(results: Sequence[ImageAttention], rule: AttentionRule) -> dict:
     on_markers = [r.share_on_markers for r in with_markers if r.share_on_markers is not None]
     return {
         "n_images": len(results),
+        "anatomy": anatomy_summary(results, rule),
         "left_out": {"no_outline": no_outline, "no_heat": no_heat, "weak": len(weak)},
         "weak_by_class": {"normal": sum(r.label == 0 for r in weak), "pneumonia": sum(r.label == 1 for r in weak)},
         "whole_image_outline": sum(r.whole_image for r in results),
@@ -201,6 +220,52 @@ def summary(results: Sequence[ImageAttention], rule: AttentionRule) -> dict:
             name: {"share_inside": distribution([r.share_inside for r in group if r.judged]), **_rates(group, rule)}
             for name, group in _groups(results).items()
         },
+    }
+
+
+def _not_placed_reason(reason: str) -> str:
+    """The kind of outline failure, from ``AnatomyMap.reason``: for counting, not for showing."""
+    if "one lung only" in reason:
+        return "one lung only"
+    if "no lung field" in reason:
+        return "no lung"
+    if "to their apex" in reason:
+        return "an outline short of its apex"
+    if "down to their base" in reason:
+        return "an outline short of its base"
+    return "the diaphragm refused (a hazy base, or no diaphragm in view)"
+
+
+def anatomy_summary(results: Sequence[ImageAttention], rule: AttentionRule) -> dict:
+    """Where the heat lies on the anatomy, per group: the shares per region over the judged maps
+    placed on it, why the others were not placed, and how often each anatomy level fires."""
+    judged = [r for r in results if r.judged]
+    not_placed: dict[str, int] = {}
+    for r in judged:
+        if r.regions is None:
+            kind = _not_placed_reason(r.anatomy_reason)
+            not_placed[kind] = not_placed.get(kind, 0) + 1
+
+    def block(group: Sequence[ImageAttention]) -> dict:
+        placed = [r for r in group if r.placed]
+        n = len(placed)
+        most = {name: sum(max(r.regions, key=r.regions.get) == name for r in placed) for name in REGIONS}
+        out = {
+            "n_judged": sum(r.judged for r in group),
+            "n_placed": n,
+            "shares": {name: distribution([r.regions[name] for r in placed]) for name in REGIONS},
+            "largest_region": most,
+            "lungs_at_most_half": sum(r.regions["lungs"] <= MOST for r in placed),
+        }
+        if rule.lungs_unusual is not None:
+            out["off_lungs"] = sum(r.regions["lungs"] < rule.lungs_unusual for r in placed)
+            out["off_lungs_rate"] = out["off_lungs"] / n if n else None
+        return out
+
+    return {
+        "not_placed": not_placed,
+        "groups": {name: block(group) for name, group in _groups(results).items() if name in (
+            "all", "correct", "wrong", "normal", "pneumonia")},
     }
 
 
@@ -225,6 +290,12 @@ def fit_rule(model_path: Path, data_dir: Path, progress: Callable[[int, int], No
             "No validation image had a body outline and a map that is not weak, so no cut-off can be fitted."
         )
     unusual = max(MOSTLY_OUTSIDE, shares["p5"])
+    lungs = distribution([r.regions["lungs"] for r in results if r.placed])
+    if lungs["n"] == 0:
+        raise ConfigError(
+            "On no validation image were both lungs outlined under a map that is not weak, so the anatomy "
+            "cut-off cannot be fitted."
+        )
     rule = AttentionRule(
         model_sha256=metadata.model_sha256,
         mostly_outside=MOSTLY_OUTSIDE,
@@ -232,6 +303,8 @@ def fit_rule(model_path: Path, data_dir: Path, progress: Callable[[int, int], No
         validation_median=shares["median"],
         heatmap_scale_id=scale.id,
         rule=RULE_DOCUMENT,
+        lungs_unusual=lungs["p5"],
+        lungs_median=lungs["median"],
     )
     facts = {
         "split": "validation",
@@ -349,7 +422,13 @@ def evaluate_test(model_path: Path, data_dir: Path, reports_dir: Path = DEFAULT_
         "rule": rule.rule,
         "mostly_outside": rule.mostly_outside,
         "unusual": rule.unusual,
+        "lungs_unusual": rule.lungs_unusual,
+        "lungs_median": rule.lungs_median,
         "validation": {
+            "anatomy": {
+                key: rule.facts.get("anatomy", {}).get("groups", {}).get("all", {}).get(key)
+                for key in ("n_placed", "off_lungs")
+            } if rule.places_on_anatomy else {},
             "median": rule.validation_median,
             "p5": rule.facts.get("p5_measured"),
             "groups": {k: rule.facts["groups"][k] for k in ("all", "correct", "wrong", "normal", "pneumonia") if k in rule.facts.get("groups", {})},
@@ -377,6 +456,51 @@ def _spread(block: dict) -> str:
     if block["median"] is None:
         return "n/a"
     return f"{_percent(block['median'])} ({100 * block['q1']:.1f}-{_percent(block['q3'])})"
+
+
+REGION_NAMES = {
+    "lungs": "lung fields", "heart": "heart and mediastinum", "below": "below the diaphragm",
+    "elsewhere": "beside or above the outlined lungs", "outside": "outside the body",
+}
+
+
+def anatomy_markdown(report: dict) -> list[str]:
+    """The anatomy section of the report (amendment 2): the shares per region, why maps were not
+    placed, how often the "not on the lungs" warning fired; empty for a report made before it."""
+    anatomy = report["test"].get("anatomy")
+    if not anatomy or report.get("lungs_unusual") is None:
+        return []
+    groups = anatomy["groups"]
+    every = groups["all"]
+    names = [name for name in ("all", "correct", "wrong", "normal", "pneumonia") if name in groups]
+    lines = [
+        f"**Where the heat lies on the anatomy** (amendment 2 of the rule): the heat is placed on the regions only "
+        f"where both lungs were outlined; that was so for {every['n_placed']} of the {every['n_judged']} judged maps. "
+        "Not placed: " + (", ".join(f"{kind} {count}" for kind, count in anatomy["not_placed"].items()) or "none") + ".",
+        "",
+        "| share of the heat: median (quartiles) | " + " | ".join(f"{name} ({groups[name]['n_placed']})" for name in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for region in REGIONS:
+        lines.append(f"| {REGION_NAMES[region]} | " + " | ".join(_spread(groups[name]["shares"][region]) for name in names) + " |")
+    lines.append(
+        "| largest region: lungs / heart / below / rest / outside | "
+        + " | ".join(" / ".join(str(groups[name]["largest_region"][r]) for r in REGIONS) for name in names) + " |"
+    )
+    lines.append(
+        f"| warning *not on the lungs* (under {_percent(report['lungs_unusual'])} over the lung fields) | "
+        + " | ".join(f"{groups[name].get('off_lungs', 0)} ({_percent(groups[name].get('off_lungs_rate'), 0)})" for name in names)
+        + " |"
+    )
+    validation = report.get("validation", {}).get("anatomy", {})
+    lines += [
+        "",
+        f"The warning's cut-off is the 5th percentile of the share over the lung fields on validation (median "
+        f"{_percent(report.get('lungs_median'))}), fixed before the test split was measured"
+        + (f"; on validation it fired on {validation['off_lungs']} of {validation['n_placed']} placed maps." if validation else "."),
+        "",
+    ]
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -419,6 +543,7 @@ def markdown(report: dict) -> str:
         f"{_percent(report['validation']['median'])} inside, warning {validation.get('warned', 'n/a')}, note "
         f"{validation.get('noted', 'n/a')}.",
         "",
+        *anatomy_markdown(report),
         f"Generated by `python -m pneumo_model attention --test`. The test split has been evaluated "
         f"{report['test_evaluations_logged']} time(s) in this repository's log.",
         "",
