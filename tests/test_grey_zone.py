@@ -280,8 +280,10 @@ def test_zone_without_write_changes_no_file(shipped_zone):
 def test_the_shipped_grey_zone_is_what_the_rule_gives_on_validation(shipped_zone):
     _, summary, _, _ = shipped_zone
     metadata = read_metadata(DEFAULT_MODEL_PATH)
-    np.testing.assert_allclose(metadata.grey_zone, summary["grey_zone"], rtol=0, atol=1e-9)
+    # 1e-6: the validation logits are recomputed in float32 on this machine's CPU kernels (about
+    # 1e-7 from the machine that wrote the metadata); a band that moved would move far more.
+    np.testing.assert_allclose(metadata.grey_zone, summary["grey_zone"], rtol=0, atol=1e-6)
     _assert_band_around(GreyZone(*metadata.grey_zone), metadata.threshold)
     assert metadata.grey_zone_rule["name"] == RULE_NAME
     assert metadata.grey_zone_rule["n_images"] == summary["n_images"] == metadata.validation["n"]
-    assert metadata.grey_zone_rule["w"] == pytest.approx(summary["w"], abs=1e-9)
+    assert metadata.grey_zone_rule["w"] == pytest.approx(summary["w"], abs=1e-6)

@@ -18,8 +18,10 @@ from pneumo_model import presentation
 from pneumo_model.access import AccessSettings, AccessSettingsError, Identity
 from pneumo_model.audit import AuditError
 
-from . import audit
 from .markup import plain
+
+# ``ui.audit`` (pandas) is imported where the trail is used: the frame runs ``gate`` before the
+# first paint of every page, so this module stays light.
 
 _log = logging.getLogger(__name__)
 _LOGGED_KEY = "access_logged"
@@ -78,10 +80,14 @@ def _refuse(message: str, sign_in: bool = False, sign_out: bool = False) -> None
 def _ended(path: str) -> set[str]:
     """The sign-ins ended by a sign-out (``policy.sign_in_key``), read once per server process
     from the audit trail and added to as users sign out."""
+    from . import audit
+
     return {str(event["detail"].get("sign_in")) for event in audit.trail().events("signed_out")}
 
 
 def _ended_sign_ins() -> set[str]:
+    from . import audit
+
     return _ended(str(audit.audit_path()))
 
 
@@ -184,6 +190,8 @@ def mode_words() -> str:
 def record_event(kind: str, **detail) -> None:
     """Records an audit event done by the signed-in user (no subject in local mode); a failure is
     said on the page and logged, and the page goes on."""
+    from . import audit
+
     identity = current()
     try:
         audit.trail().record_event(kind, subject=identity.subject if identity else None, **detail)
@@ -194,6 +202,8 @@ def record_event(kind: str, **detail) -> None:
 def sign_out_now() -> None:
     """Ends the sign-in: recorded in the audit trail (which sign-in, by digest, so a copy of its
     cookie replayed later is refused, even by a restarted server), then Streamlit's sign-out."""
+    from . import audit
+
     user = st.user.to_dict()
     if user.get("is_logged_in"):
         key = policy.sign_in_key(user)

@@ -21,7 +21,7 @@ from pneumo_model.errors import PneumoError
 from pneumo_model.ood import OUTSIDE, UNUSUAL, known_grade
 from pneumo_model.paths import REPO_ROOT
 
-from . import state
+from . import access, state
 from .markup import plain
 
 # First paint: every page imports this module and calls ``render`` before anything else, so the
@@ -166,14 +166,12 @@ def render(title: str) -> Predictor:
     """
     (page,) = [page for page in PAGES if page.title == title]
     st.set_page_config(page_title=f"{page.title} · {APP_TITLE}", page_icon=str(FAVICON), layout="wide")
+    access.gate(page.title)  # a refused browser sees the refusal alone: no banner, no menu
     banner = st.empty()
     cold = not _load_state()
     if cold:  # later runs draw the finished banner at once, so it never flickers
         banner.warning(DISCLAIMER, icon=":material/medical_information:")
-    from . import access  # after the first paint: its imports take a moment on a cold server
-
-    access.gate(page.title)
-    if not cold:
+    else:
         model = _predictor(banner)
     st.subheader(page.title, anchor=False)
     _menu()
@@ -199,7 +197,7 @@ def _load_state() -> dict:
 
 def _predictor(banner) -> Predictor:
     """The model (``resources.predictor``) with the banner completed, or a plain error and a stop."""
-    from . import access, resources  # resources imports TensorFlow: after the first paint
+    from . import resources  # it imports TensorFlow: after the first paint
 
     try:
         model = resources.predictor()
@@ -227,8 +225,6 @@ def _link(page: Page, label: str | None = None) -> None:
 
 
 def _menu() -> None:
-    from . import access
-
     with st.sidebar:
         for page in PAGES:
             if access.may_see(page.title):

@@ -344,13 +344,26 @@ def must_reach(results: dict) -> list[dict]:
 
 
 def rule_commit(repo: Path = REPO_ROOT) -> str | None:
-    """The last commit that touched the rules' document, or None where git or the history is unavailable."""
-    try:
-        done = subprocess.run(["git", "log", "-1", "--format=%H", "--", RULE], cwd=repo, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
+    """The first commit in which the rules' document read as it reads now, or None where git or the
+    history is unavailable (or the document differs from every committed version).
+
+    The first with this content, not the last to touch the file: a change undone later (a section
+    added by mistake, then taken out) leaves the rules as they were, and so their commit.
+    """
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    now = git("hash-object", "--", RULE)
+    commits = git("log", "--format=%H", "--", RULE)
+    if not now or not commits:
         return None
-    commit = done.stdout.strip()
-    return commit if done.returncode == 0 and commit else None
+    same = [commit for commit in commits.split() if git("rev-parse", f"{commit}:{RULE}") == now]
+    return same[-1] if same else None  # git log lists the newest first
 
 
 def score_split(predictor: Predictor, data_dir: Path) -> ScoredSplit:
