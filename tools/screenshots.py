@@ -193,8 +193,10 @@ def main() -> None:
             page.goto(url)
             review(page, args.out)
             page.get_by_role("button", name="data set label: normal · IM-0003-0001").click()
-            expect(page.get_by_text("Probability of pneumonia")).to_be_visible(timeout=SLOW_MS)
-            page.get_by_text("agree", exact=True).click()
+            # The previous demo's result stays whole on screen until the new run replaces it: wait for this film's.
+            expect(page.get_by_text("IM-0003-0001.jpeg (demo image")).to_be_visible(timeout=SLOW_MS)
+            wait_until_idle(page)
+            page.get_by_test_id("stRadioGroup").get_by_text("agree", exact=True).click()
             page.get_by_role("button", name="Record verdict").click()
             expect(page.get_by_text("Verdict agree recorded")).to_be_visible(timeout=SLOW_MS)
 
