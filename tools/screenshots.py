@@ -30,8 +30,11 @@ SLOW_MS = 180_000
 
 
 def open_page(page: Page, title: str) -> None:
-    """Clicks a page in the sidebar navigation (a full reload would start a new session)."""
+    """Clicks a page in the sidebar navigation (a full reload would start a new session), once the
+    current run is over (a click during a run's last rerun can be lost), and waits for its title."""
+    wait_until_idle(page)
     page.get_by_test_id("stSidebar").get_by_role("link", name=title, exact=True).click()
+    expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(timeout=SLOW_MS)
 
 
 def wait_until_idle(page: Page) -> None:
