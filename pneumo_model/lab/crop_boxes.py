@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -29,7 +28,10 @@ import numpy as np
 from ..crop import CropLimits, DiaphragmSettings, RescoreRule, check_rescore, find_diaphragm, fit_box
 from ..data import model_split
 from ..prediction import Predictor
-from .evaluation import DEFAULT_REPORTS_DIR, REPORT_SCHEMA_VERSION, decoded_batches, json_safe, record_test_use
+from .evaluation import (
+    DEFAULT_REPORTS_DIR, REPORT_SCHEMA_VERSION, decoded_batches, json_safe, record_test_use,
+    write_split_report,
+)
 
 RANDOM_BOXES = 5
 SEED = 20261207
@@ -207,11 +209,7 @@ def evaluate_crop_boxes(
         report["test_evaluations_so_far"] = record_test_use(Path(reports_dir), metadata.model_sha256, "test")
     report = json_safe(report)
     if not limit:
-        suffix = "" if split == "test" else f"_{split}"
-        reports_dir = Path(reports_dir)
-        reports_dir.mkdir(parents=True, exist_ok=True)
-        (reports_dir / f"crop_boxes{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
-        (reports_dir / f"crop_boxes{suffix}.md").write_text(boxes_markdown(report))
+        write_split_report(reports_dir, "crop_boxes", split, report, boxes_markdown(report))
     return report
 
 

@@ -399,12 +399,17 @@ def evaluate_crop(
     if split == "test":
         report["test_evaluations_so_far"] = record_test_use(Path(reports_dir), metadata.model_sha256, "test")
     report = json_safe(report)
+    write_split_report(reports_dir, "crop_evaluation", split, report, crop_markdown(report))
+    return report
+
+
+def write_split_report(reports_dir: str | Path, name: str, split: str, report: dict, markdown: str) -> None:
+    """Writes ``<name>.json`` and ``<name>.md`` (``<name>_<split>.*`` for a split other than test)."""
     suffix = "" if split == "test" else f"_{split}"
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    (reports_dir / f"crop_evaluation{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (reports_dir / f"crop_evaluation{suffix}.md").write_text(crop_markdown(report))
-    return report
+    (reports_dir / f"{name}{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (reports_dir / f"{name}{suffix}.md").write_text(markdown)
 
 
 def crop_markdown(report: dict) -> str:
