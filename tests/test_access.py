@@ -15,7 +15,7 @@ from pneumo_model import access
 from pneumo_model.access import ADMINISTRATOR, READER, AccessSettings, AccessSettingsError, Identity
 from pneumo_model.audit import AuditTrail
 from test_app import APP, PAGES, TIMEOUT, pick_sample, texts
-from ui import frame
+from ui import audit, frame
 
 SETTINGS = AccessSettings.from_mapping(
     {"role_claim": "groups", "reader_values": ["pneumo-readers"], "administrator_values": ["pneumo-admins"],
@@ -217,7 +217,7 @@ def test_the_verdict_carries_the_identity_and_the_reader_sees_only_their_own(aud
     pick_sample(app)
     assert not app.text_input, "no reviewer name to type when signed in"
     app.radio(key="review_verdict_verdict").set_value("agree")
-    app.button(key="review_verdict_submit").click().run()
+    app.button(key=audit.submit_key("review_verdict", app.session_state)).click().run()
     trail = AuditTrail(audit_db)
     (verdict,) = [row for row in trail.trail() if row["verdict"]]
     assert (verdict["reviewer"], verdict["reviewer_subject"]) == ("Dr r-1", "r-1")

@@ -19,7 +19,7 @@ from pneumo_model.artifacts import REPO_ROOT
 from pneumo_model.data import DEFAULT_DATA_DIR
 from pneumo_model.preprocessing import preprocess
 from conftest import encode, synthetic_xray
-from ui import frame, resources, state, worklist
+from ui import audit, frame, resources, state, worklist
 
 pytestmark = pytest.mark.shipped_model
 
@@ -573,7 +573,7 @@ def test_a_result_is_recorded_once_per_session_and_verdicts_point_at_it(audit_db
     app.radio(key="review_verdict_verdict").set_value("disagree")
     app.text_area(key="review_verdict_note").input("lower lobe looks clear")
     app.text_input(key="review_verdict_reviewer").input("Dr Test")
-    app.button(key="review_verdict_submit").click().run()
+    app.button(key=audit.submit_key("review_verdict", app.session_state)).click().run()
     assert "Verdict **disagree** recorded" in texts(app.success)
     rows = trail_rows(audit_db)
     assert len(rows) == 1 and rows[0]["verdict"] == "disagree"
@@ -585,7 +585,7 @@ def test_a_result_is_recorded_once_per_session_and_verdicts_point_at_it(audit_db
 
 def test_a_verdict_needs_a_choice(audit_db):
     app = pick_sample(start())
-    app.button(key="review_verdict_submit").click().run()
+    app.button(key=audit.submit_key("review_verdict", app.session_state)).click().run()
     assert "Choose agree, disagree or unsure" in texts(app.warning)
     assert trail_rows(audit_db)[0]["verdict"] is None
 
@@ -674,7 +674,7 @@ def test_dicom_identifiers_reach_neither_the_audit_trail_nor_the_logs(audit_db, 
     assert probability_shown(app)
     assert "gives an age of 87 years" in texts(app.warning)  # the age in years, never the birth date
     app.radio(key="review_verdict_verdict").set_value("agree")
-    app.button(key="review_verdict_submit").click().run()
+    app.button(key=audit.submit_key("review_verdict", app.session_state)).click().run()
     for page in ("pages/explain.py", "pages/crop.py", "pages/trail.py"):
         open_page(app, page)
     worklist_app = open_page(start(), "pages/worklist.py")
@@ -707,7 +707,7 @@ def test_an_unusable_audit_trail_is_said_and_the_result_still_shown(tmp_path, mo
     assert probability_shown(app)
     (error,) = [e for e in app.error]
     assert "not recorded in the audit trail" in error.value and "is a folder" in error.value
-    assert not [button for button in app.button if button.key == "review_verdict_submit"]
+    assert not [button for button in app.button if (button.key or "").startswith("review_verdict_submission_press_")]
     trail_page = open_page(app, "pages/trail.py")
     assert "cannot be read" in texts(trail_page.error)
 

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from test_app import APP, TIMEOUT, open_page, pick_sample, sample_bytes, shows, start, texts, trail_rows
 from test_worklist_page import BORDERLINE, CLEAR_NORMAL, CLEAR_PNEUMONIA, on_screen, select, worklist_app
-from ui import frame, state, tab_store, worklist
+from ui import audit, frame, state, tab_store, worklist
 
 pytestmark = pytest.mark.shipped_model
 
@@ -62,7 +62,7 @@ def test_a_verdict_given_before_a_reload_is_still_marked_in_the_table(audit_db):
     app = select(worklist_app(), BORDERLINE)
     key = f"worklist_verdict_{state.ChosenImage(BORDERLINE, sample_bytes(BORDERLINE), 'upload').digest[:16]}"
     app.radio(key=f"{key}_verdict").set_value("agree")
-    app.button(key=f"{key}_submit").click().run()
+    app.button(key=audit.submit_key(key, app.session_state)).click().run()
     back = reloaded(app, "pages/worklist.py")
     table = [frame for frame in back.dataframe if frame.key == "worklist_table"][0].value
     assert table.loc[table["file"] == BORDERLINE, "verdict"].item() == "agree"

@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from pneumo_model.audit import AuditTrail
 from pneumo_model.paths import REPO_ROOT
+from ui import audit
 
 pytestmark = pytest.mark.shipped_model
 
@@ -38,7 +39,7 @@ def type_note_and_name(app: AppTest, note: str = "left base hazy, compare with l
 
 
 def press(app: AppTest) -> AppTest:
-    app.button(key=f"{FORM}_submit").click().run()
+    app.button(key=audit.submit_key(FORM, app.session_state)).click().run()
     assert not app.exception, app.exception
     return app
 

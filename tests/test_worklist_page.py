@@ -16,7 +16,7 @@ from pneumo_model.artifacts import REPO_ROOT
 from pneumo_model.audit import AuditTrail
 from pneumo_model.paths import bytes_sha256
 from test_app import inverted_sample, open_page, sample_bytes, shows, start, texts
-from ui import resources, state, worklist
+from ui import audit, resources, state, worklist
 
 pytestmark = pytest.mark.shipped_model
 
@@ -124,7 +124,7 @@ def test_a_verdict_recorded_from_the_worklist_lands_in_the_trail(audit_db):
     app.radio(key=f"{form}_verdict").set_value("disagree")
     app.text_area(key=f"{form}_note").input("consolidation right lower lobe")
     app.text_input(key=f"{form}_reviewer").input("Dr Worklist")
-    app.button(key=f"{form}_submit").click().run()
+    app.button(key=audit.submit_key(form, app.session_state)).click().run()
     assert not app.exception, app.exception
     assert "Verdict **disagree** recorded" in texts(app.success)
 

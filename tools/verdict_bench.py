@@ -108,7 +108,8 @@ def measure(url: str, browser, readers: int, rounds: int) -> list[float]:
             for tab in tabs:
                 while (times := tab.evaluate("() => window.__verdict"))["confirmed"] is None:
                     if time.monotonic() > deadline:
-                        raise RuntimeError("a confirmation did not come within the time limit")
+                        alerts = tab.get_by_test_id("stAlert").all_inner_texts()
+                        raise RuntimeError(f"a confirmation did not come within the time limit; on screen: {alerts}")
                     tab.wait_for_timeout(20)
                 waits.append((times["confirmed"] - times["pressed"]) / 1000)
             for tab in tabs:

@@ -21,7 +21,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 import streamlit as st
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from pneumo_model.paths import REPO_ROOT
 from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, AuditTrail, ResultRecord, VerdictWrite
@@ -205,7 +204,6 @@ class _Keys:
         self.verdict = f"{form_key}_verdict"
         self.note = f"{form_key}_note"
         self.reviewer = f"{form_key}_reviewer"
-        self.submit = f"{form_key}_submit"
         self.outcome = f"{form_key}_outcome"  # (kind, message, icon, where): "choice" under the radio, else under the form
         self.asked = f"{form_key}_asked"  # the result id a second verdict was asked about
         self.submission = f"{form_key}_submission"  # the id of the drawn form, which the trail writes once
@@ -214,6 +212,10 @@ class _Keys:
         self.settled_at = f"{form_key}_settled_at"  # time.monotonic() of the last verdict settled
         self.result = f"{form_key}_result"  # the result id the fields were typed for
         self.drafts = f"{form_key}_drafts"  # {result id: (choice, note)} typed on another result and not recorded
+
+    def submit_of(self, submission: str) -> str:
+        """The key of the drawing's "Record verdict" button: it names the submission it sends."""
+        return f"{self.submission}_press_{submission}"
 
     def again(self, submission: str) -> str:
         """The confirmation box's key: new with every submission id, so it is always drawn unticked."""
@@ -284,6 +286,9 @@ def _form_fragment(result_id: int, form_key: str, page_follows: bool) -> None:
     keys = _Keys(form_key)
     _follow_result(keys, result_id)
     _settle(keys)
+    pressed = _pressed(keys)
+    if pressed is not None:
+        _press(result_id, keys, pressed)  # before the widgets are drawn: a written verdict empties them now
     submission = st.session_state.setdefault(keys.submission, uuid.uuid4().hex)
     if st.query_params.get(SUBMISSION_PARAM) != submission:
         st.query_params[SUBMISSION_PARAM] = submission
@@ -310,13 +315,33 @@ def _form_fragment(result_id: int, form_key: str, page_follows: bool) -> None:
         if earlier is not None:
             st.warning(second_verdict_question(earlier, result_id), icon=":material/history:")
             st.checkbox("Yes, record a second verdict on this image", key=keys.again(submission))
-        pressed = st.form_submit_button("Record verdict", icon=":material/how_to_reg:", key=keys.submit)
-    if pressed:
-        _press(result_id, keys, submission)  # ends with a new run of the form
+        st.form_submit_button("Record verdict", icon=":material/how_to_reg:", key=keys.submit_of(submission))
     if outcome is not None and outcome[3] != "choice":
         _say(outcome)
     if st.session_state.pop(keys.page_stale, False) and page_follows:
         st.rerun()  # the confirmation is on screen: now the rest of the page (the worklist's table)
+
+
+def _pressed(keys: _Keys) -> str | None:
+    """The submission id of the "Record verdict" button pressed for this run, or None.
+
+    The button's key carries the submission id of the drawing it belongs to, so a press names its
+    submission itself: the second click of a double click that reaches the server after its first
+    click's verdict was written presses the old drawing's button (or one Streamlit no longer
+    knows, which does nothing), never the new drawing's, and is told "Already recorded".
+    """
+    prefix = keys.submit_of("")
+    for key in list(st.session_state.keys()):
+        if isinstance(key, str) and key.startswith(prefix) and st.session_state[key] is True:
+            return key[len(prefix):]
+    return None
+
+
+def submit_key(form_key: str, state) -> str:
+    """The key of the "Record verdict" button that the form ``form_key`` is drawn with now (a test
+    presses it through ``AppTest``)."""
+    keys = _Keys(form_key)
+    return keys.submit_of(state[keys.submission])
 
 
 def _say(outcome: tuple[str, str, str, str]) -> None:
@@ -325,21 +350,28 @@ def _say(outcome: tuple[str, str, str, str]) -> None:
 
 
 def _press(result_id: int, keys: _Keys, submission: str) -> None:
-    """A press of "Record verdict": refuses it, asks before a second verdict, or sends the verdict
-    to the trail under the form's submission id; then runs the form again, which draws what
-    happened (``_settle``).
+    """A press of "Record verdict" for the drawing ``submission``, handled in the form's run before
+    its widgets are drawn: refuses it, asks before a second verdict, or sends the verdict to the
+    trail under the submission id and settles the form (``_settle``), which is then drawn as it
+    now is. One run of the form, no second one.
 
     Handled in the form's run, not in a callback: when a second press arrives (a double click),
-    Streamlit ends the running callback at its next session-state access and does not call it
-    again, so a press could be lost; a run is ended too, but the next run sees its own press, with
-    the same submission id, and the trail's unique index makes the two one row.
+    Streamlit ends a running callback at its next session-state access and does not call it
+    again, so a press could be lost; a run that is ended leaves the next run its own press, with the
+    same submission id, and the trail's unique index makes the two one row.
     """
     state = st.session_state
+    if submission != state.get(keys.submission):
+        # The button of an earlier drawing (a double click's second click): the trail says whether
+        # that submission was written; a resend is never a new row.
+        state[keys.pending] = submission
+        _settle(keys)
+        return
     verdict = state.get(keys.verdict)
     earlier = earlier_verdict(result_id)
     if verdict is None and time.monotonic() - state.get(keys.settled_at, -DOUBLE_CLICK_S) < DOUBLE_CLICK_S:
-        pass  # the second click of a double click, on the form its first click emptied: it is recorded
-    elif verdict is None:
+        return  # the second click of a double click, on the form its first click emptied: it is recorded
+    if verdict is None:
         state[keys.outcome] = ("warning", "Choose agree, disagree or unsure before recording: your note and name are kept.", ":material/rule:", "choice")
     elif earlier is not None and not state.get(keys.again(submission)):
         state[keys.asked] = result_id
@@ -358,14 +390,8 @@ def _press(result_id: int, keys: _Keys, submission: str) -> None:
             state.pop(keys.pending, None)
             message = f"The verdict was not recorded in the audit trail; what you typed is kept. {plain(screen_message(error))}"
             state[keys.outcome] = ("error", message, ":material/database:", "form")
-    _rerun_form()
-
-
-def _rerun_form() -> None:
-    """Runs the form again: the fragment alone in a fragment run (the browser's press), the page in
-    a run of the whole page (where Streamlit allows no fragment-scoped rerun: ``AppTest``)."""
-    ctx = get_script_run_ctx()
-    st.rerun(scope="fragment" if ctx is not None and ctx.fragment_ids_this_run else "app")
+            return
+        _settle(keys)
 
 
 def _note_written(written: TabVerdict) -> None:

@@ -220,13 +220,34 @@ def _predictor(banner) -> Predictor:
     except PneumoError as error:
         show_error(error)
         st.stop()
-    _load_state()["loaded"] = True
+    loaded = _load_state()
+    if not loaded.get("frozen"):
+        _freeze_heap()
+        loaded["frozen"] = True
+    loaded["loaded"] = True
     banner.warning(
         f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.description}); "
         f"operating point {operating_point_line(model)}. {access.mode_words()}",
         icon=":material/medical_information:",
     )
     return model
+
+
+def _freeze_heap() -> None:
+    """Leaves the libraries and the model, loaded once per server, out of every later garbage
+    collection (``gc.freeze``).
+
+    Streamlit collects garbage after every run (``runner.postScriptGC``), and Python's own
+    collections come as often: with TensorFlow and the model loaded, a full collection walks
+    millions of long-lived objects and holds the interpreter for 0.4-0.9 s, during which no message
+    reaches a browser. A verdict's confirmation, a fragment's run of 50 ms, waited for it. Frozen,
+    those objects are never freed (they live as long as the server anyway) and a collection walks
+    only what the sessions made since (docs/review_result_and_verdict.md).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _link(page: Page, label: str | None = None) -> None:
