@@ -1,7 +1,7 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
 Commands: ``predict``, ``batch``, ``explain``, ``crop``, ``site``, ``train``, ``evaluate``, ``compare``,
-``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``zone``, ``attention``. Exit codes: 0 success, 1 a usage
+``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``export-onnx``, ``zone``, ``attention``. Exit codes: 0 success, 1 a usage
 or model error, 2 (``predict``, ``batch``) when any file was rejected, (``site``) when the labelled sample is refused.
 
 Each command is one function that adds its sub-parser, with ``set_defaults(handler=...)``, and
@@ -975,6 +975,28 @@ def _heatmap_scale(args) -> int:
     return EXIT_OK
 
 
+# --- export-onnx ---------------------------------------------------------------------------
+
+
+def _add_export_onnx(commands) -> None:
+    parser = commands.add_parser(
+        "export-onnx",
+        help="export the model to the ONNX graph the app and the run-time commands score with "
+        "(<model>.onnx and its record <model>.onnx.json beside it; the model itself is not changed)",
+    )
+    _add_model_flag(parser)
+    parser.set_defaults(handler=_export_onnx)
+
+
+def _export_onnx(args) -> int:
+    from .lab.onnx_export import export_onnx
+    from .onnx_model import onnx_path
+
+    record = export_onnx(args.model)
+    print(json.dumps({"onnx": str(onnx_path(args.model)), **record.to_dict()}))
+    return EXIT_OK
+
+
 # --- card ----------------------------------------------------------------------------------
 
 
@@ -1076,7 +1098,7 @@ def _attention(args) -> int:
 # --- the parser and main -------------------------------------------------------------------
 
 # One function per command, in the order ``--help`` lists them; each sets its command's handler.
-COMMANDS = (_add_predict, _add_batch, _add_pacs, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_card, _add_grey_zone, _add_attention)
+COMMANDS = (_add_predict, _add_batch, _add_pacs, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_export_onnx, _add_card, _add_grey_zone, _add_attention)
 
 
 def _leaves(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:

@@ -172,7 +172,7 @@ def _speed(model_path: Path, data_dir: Path, fullres_dir: Path | None, config: B
     from ..pipeline import DecodedImage
     from ..prediction import Predictor
 
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     size = predictor.input_size
     rng = np.random.default_rng(config.seed)
     test = scan_split(Path(data_dir), "test")
@@ -508,7 +508,7 @@ def request_peak(image: Path, model_path: Path, limits: dict | None = None) -> d
     from ..preprocessing import ImageLimits
 
     image_limits = ImageLimits(**(limits or {}))
-    predictor = Predictor.from_file(Path(model_path))
+    predictor = Predictor.from_file(Path(model_path), runtime="keras")
     gradcam = GradCam(predictor.model, predictor.metadata.gradcam_layer)
 
     def upload(data: bytes):

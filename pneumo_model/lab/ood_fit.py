@@ -153,7 +153,7 @@ def fix_grades(model_path: Path, data_dir: Path, rule: GradeRule = GradeRule()) 
     if not gate_file.is_file():
         raise ModelFileError(f"No out-of-distribution gate beside {model_path}; run `python -m pneumo_model ood fit` first.")
     grades_path(model_path).unlink(missing_ok=True)  # scored with the single cut, never with stale grades
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     split = model_split(predictor.metadata, Path(data_dir))
     whole, cropped = [], []
     for batch in decoded_batches([sample.path for sample in split.validation], predictor.batch_size):
