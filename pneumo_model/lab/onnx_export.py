@@ -141,7 +141,7 @@ def serving_function(model: keras.Model, metadata: ModelMetadata, summary_layers
     size = metadata.input_size
 
     def serve(image):
-        logit, *maps = network(image, training=False)
+        logit, *maps = tf.nest.flatten(network(image, training=False))  # a one-output model gives a tensor, not a list
         features, summaries = maps[: len(names)], maps[len(names) :]
         # Grad-CAM's weighted sum before its ReLU: sum over members of einsum(F_k, w_k), (batch, h, w).
         outputs = {LOGIT: logit}
@@ -227,3 +227,50 @@ def export_onnx(model_path: Path, check_images: np.ndarray | None = None) -> Onn
     record = OnnxRecord(**{**record.__dict__, "max_logit_difference": float(f"{difference:.3g}")})
     onnx_record_path(model_path).write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n")
     return record
+
+
+def parity(model_path: Path, paths: Sequence[Path], with_cam: bool = True) -> dict:
+    """Both engines on the same films: how far the exported graph's answers are from Keras'.
+
+    Every film goes through the one pipeline (``evaluation.call_files``: decoded once, called
+    with the gate and the shipped operating point) once per runtime.
+
+    Returns:
+        ``films``; the largest differences in logit, probability, gate score (relative) and raw
+        Grad-CAM map (in logit units, and over the heat-map scale's full colour ``S``); and the
+        counts of films whose call, grey-zone flag, gate flag or gate grade differ.
+    """
+    from ..explain import GradCam, HeatmapScale, heatmap_scale_path
+    from ..prediction import Predictor
+    from .evaluation import call_files
+
+    onnx = Predictor.from_file(Path(model_path), runtime="onnx")
+    tensorflow = Predictor.from_file(Path(model_path), runtime="keras")
+    served, inputs = call_files(onnx, paths)
+    reference, _ = call_files(tensorflow, paths)
+
+    def largest(values) -> float:
+        return float(np.max(values)) if len(values) else 0.0
+
+    scores = [(a.ood_score, b.ood_score) for a, b in zip(served, reference) if a.ood_score is not None]
+    result = {
+        "films": len(paths),
+        "max_abs_logit_difference": largest([abs(a.logit - b.logit) for a, b in zip(served, reference)]),
+        "max_abs_probability_difference": largest([abs(a.probability - b.probability) for a, b in zip(served, reference)]),
+        "max_rel_gate_score_difference": largest([abs(a - b) / max(abs(b), 1e-12) for a, b in scores]),
+        "changed_calls": sum(a.label != b.label for a, b in zip(served, reference)),
+        "changed_grey_zone_flags": sum(a.grey_zone != b.grey_zone for a, b in zip(served, reference)),
+        "changed_gate_flags": sum(a.ood != b.ood for a, b in zip(served, reference)),
+        "changed_gate_grades": sum(a.ood_grade != b.ood_grade for a, b in zip(served, reference)),
+    }
+    if with_cam:
+        onnx_cam = GradCam(onnx.model, onnx.metadata.gradcam_layer)
+        tensorflow_cam = GradCam(tensorflow.model, tensorflow.metadata.gradcam_layer)
+        difference = 0.0
+        for start in range(0, len(inputs), 64):
+            chunk = inputs[start : start + 64]
+            difference = max(difference, largest(np.abs(onnx_cam.raw_heatmaps(chunk) - tensorflow_cam.raw_heatmaps(chunk)).reshape(-1)))
+        scale = HeatmapScale.load(heatmap_scale_path(model_path), onnx.metadata.model_sha256)
+        result["max_abs_cam_difference"] = difference
+        result["max_cam_difference_over_scale"] = difference / scale.gradcam_scale
+    return result
