@@ -881,7 +881,7 @@ def _add_bench(commands) -> None:
     parser.add_argument("--naive-images", type=int, default=3)
     parser.add_argument("--samples", type=int, default=1000, help="LIME samples, both ways")
     parser.add_argument(
-        "--only", choices=("speed", "memory", "draft", "batch", "pacs"), default=None,
+        "--only", choices=("speed", "memory", "draft", "batch", "pacs", "onnx"), default=None,
         help="measure one part and keep the others' figures in bench.json; memory: the peak of one upload "
         "(decode to Grad-CAM and the screen copy) above the idle process, for each of the worst accepted "
         "files, each in a fresh interpreter (a few minutes), and the worst one against the bound (300 MB); "
@@ -889,7 +889,9 @@ def _add_bench(commands) -> None:
         "(reports/draft_decode.md); batch: full-size images/s through predict, batch local and batch ray "
         "on the same files, and a scale run of --scale-files files (linear cost, bounded memory); pacs: a "
         "100-image study of full-size films on a real Orthanc on localhost, queried, retrieved and scored, against "
-        "one instance at a time, and the share of time in retrieval and in scoring",
+        "one instance at a time, and the share of time in retrieval and in scoring; onnx: the run time on ONNX Runtime "
+        "against TensorFlow in the same run (predict on one film, whole process: wall time and peak memory; a Ray "
+        "actor's start; batch local and ray on each; parity on the validation and test films)",
     )
     parser.add_argument("--scale-files", type=int, default=10_000, help="distinct files of the batch part's scale run")
     parser.add_argument("--reports", type=Path, default=None)

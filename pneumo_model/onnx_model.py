@@ -164,6 +164,9 @@ class OnnxModel:
             )
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
+        # Idle threads sleep instead of spinning: on 2 shared cores a spinning pool starved the
+        # decoding threads and halved the forward passes' own rate (92 against 189 images/s).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
