@@ -221,6 +221,19 @@ class OnnxModel:
         (logit,) = self.run(images, [LOGIT], batch_size)
         return logit.reshape(-1).astype(np.float64)
 
+    def check_summaries(self, layers: Sequence[str]) -> None:
+        """Refuses gate layers the graph has no summary of.
+
+        Raises:
+            ModelFileError: the gate was refitted on other layers after the export.
+        """
+        missing = [layer for layer in layers if summary_output(layer) not in self.output_names]
+        if missing:
+            raise ModelFileError(
+                f"The ONNX graph has no summary of layer(s) {', '.join(missing)} that the out-of-distribution gate "
+                f"reads (the gate was fitted after the export). Export the model again with `{EXPORT_COMMAND}`."
+            )
+
     def logits_and_summaries(
         self, images: np.ndarray, layers: Sequence[str], batch_size: int = 32
     ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -230,12 +243,7 @@ class OnnxModel:
             ModelFileError: the graph has no summary of a layer the gate reads (the gate was
                 refitted on other layers after the export).
         """
-        missing = [layer for layer in layers if summary_output(layer) not in self.output_names]
-        if missing:
-            raise ModelFileError(
-                f"The ONNX graph has no summary of layer(s) {', '.join(missing)} that the out-of-distribution gate "
-                f"reads (the gate was fitted after the export). Export the model again with `{EXPORT_COMMAND}`."
-            )
+        self.check_summaries(layers)
         if len(images) == 0:
             raise ValueError("no images to summarise")
         logit, *summaries = self.run(images, [LOGIT, *map(summary_output, layers)], batch_size)

@@ -440,9 +440,7 @@ class _OnnxForward:
         self.model = model
         self.batch_size = batch_size
         self.gate_layers = gate_layers
-        missing = [layer for layer in gate_layers or () if layer not in model.record.summary_layers]
-        if missing:  # refused when loading, as the Keras path refuses a layer the model lacks
-            model.logits_and_summaries(np.zeros((1, model.input_size, model.input_size, 1), np.float32), gate_layers)
+        model.check_summaries(gate_layers or ())  # refused when loading, as the Keras path refuses a missing layer
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self.model.logits(images, self.batch_size)

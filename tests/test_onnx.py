@@ -203,3 +203,16 @@ def test_both_engines_agree_on_every_validation_and_test_film():
     assert result["max_abs_cam_difference"] <= 1e-5  # in logit units, as the heat-map scale
     assert (result["changed_calls"], result["changed_grey_zone_flags"], result["changed_gate_flags"],
             result["changed_gate_grades"]) == (0, 0, 0, 0)
+
+
+@pytest.mark.shipped_model
+def test_a_gate_reading_a_layer_the_graph_does_not_summarise_is_refused_when_loading(model_copy):
+    import dataclasses
+
+    from pneumo_model.ood import OodGate, gate_path
+    from pneumo_model.prediction import Predictor
+
+    gate = OodGate.load(gate_path(model_copy))
+    other = dataclasses.replace(gate, layers=(*gate.layers[:-1], "block2_relu1"), grades=None)
+    with pytest.raises(ModelFileError, match=r"no summary of layer\(s\) block2_relu1.*export-onnx"):
+        Predictor(Predictor.from_file(model_copy).model, read_metadata(model_copy), gate=other)

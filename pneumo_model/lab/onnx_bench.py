@@ -171,7 +171,7 @@ def throughput(model_path: Path, fullres_dir: Path, work: Path, copies: int, log
     return results
 
 
-def run_onnx_bench(model_path: Path, data_dir: Path, fullres_dir: Path, repeats: int = 5, copies: int = 10,
+def run_onnx_bench(model_path: Path, data_dir: Path, fullres_dir: Path, repeats: int = 3, copies: int = 5,
                    log: Callable[[str], None] = print, work_dir: Path | None = None) -> dict:
     """Every figure of the section, and the targets' verdicts."""
     import tempfile
