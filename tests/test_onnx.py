@@ -216,3 +216,23 @@ def test_a_gate_reading_a_layer_the_graph_does_not_summarise_is_refused_when_loa
     other = dataclasses.replace(gate, layers=(*gate.layers[:-1], "block2_relu1"), grades=None)
     with pytest.raises(ModelFileError, match=r"no summary of layer\(s\) block2_relu1.*export-onnx"):
         Predictor(Predictor.from_file(model_copy).model, read_metadata(model_copy), gate=other)
+
+
+def test_the_class_activation_map_of_an_ensemble_is_its_grad_cam():
+    import cv2
+    import keras
+
+    from pneumo_model.explain import GradCam
+    from pneumo_model.lab.models import average_logits, build_pneumonet
+    from pneumo_model.lab.onnx_export import cam_channel_weights
+
+    keras.utils.set_random_seed(5)
+    ensemble = average_logits([build_pneumonet(32, widths=(8, 8, 8)), build_pneumonet(32, widths=(8, 8, 8))])
+    names = ("features", "m1_features")
+    images = np.random.default_rng(5).random((3, 32, 32, 1), dtype=np.float32)
+    features = keras.Model(ensemble.inputs, [ensemble.get_layer(name).output for name in names])(images, training=False)
+    cells = sum(np.einsum("bhwc,c->bhw", np.asarray(f), w) for f, w in zip(features, cam_channel_weights(ensemble, names)))
+    maps = np.stack([cv2.resize(np.maximum(cell, 0).astype(np.float32), (32, 32), interpolation=cv2.INTER_LINEAR) for cell in cells])
+    expected = GradCam(ensemble, names).raw_heatmaps(images)
+    assert expected.max() > 0
+    np.testing.assert_allclose(maps, expected, atol=1e-6 * max(1.0, float(expected.max())))
