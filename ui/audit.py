@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from pneumo_model.paths import REPO_ROOT
 from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, AuditTrail, ResultRecord, VerdictWrite
@@ -309,9 +310,9 @@ def _form_fragment(result_id: int, form_key: str, page_follows: bool) -> None:
         if earlier is not None:
             st.warning(second_verdict_question(earlier, result_id), icon=":material/history:")
             st.checkbox("Yes, record a second verdict on this image", key=keys.again(submission))
-        st.form_submit_button(
-            "Record verdict", icon=":material/how_to_reg:", key=keys.submit, on_click=_press, args=(result_id, keys, submission)
-        )
+        pressed = st.form_submit_button("Record verdict", icon=":material/how_to_reg:", key=keys.submit)
+    if pressed:
+        _press(result_id, keys, submission)  # ends with a new run of the form
     if outcome is not None and outcome[3] != "choice":
         _say(outcome)
     if st.session_state.pop(keys.page_stale, False) and page_follows:
@@ -324,20 +325,21 @@ def _say(outcome: tuple[str, str, str, str]) -> None:
 
 
 def _press(result_id: int, keys: _Keys, submission: str) -> None:
-    """A press of "Record verdict" (a callback: it runs before the form is drawn again): refuses
-    it, asks before a second verdict, or sends the verdict to the trail under the form's submission
-    id; the form then draws what happened (``_settle``)."""
+    """A press of "Record verdict": refuses it, asks before a second verdict, or sends the verdict
+    to the trail under the form's submission id; then runs the form again, which draws what
+    happened (``_settle``).
+
+    Handled in the form's run, not in a callback: when a second press arrives (a double click),
+    Streamlit ends the running callback at its next session-state access and does not call it
+    again, so a press could be lost; a run is ended too, but the next run sees its own press, with
+    the same submission id, and the trail's unique index makes the two one row.
+    """
     state = st.session_state
-    if submission != state.get(keys.submission):
-        # A press of a form drawn before this one's verdict was settled (a double click's second
-        # click): the trail says what it did, under its own id.
-        state[keys.pending] = submission
-        return
     verdict = state.get(keys.verdict)
     earlier = earlier_verdict(result_id)
     if verdict is None and time.monotonic() - state.get(keys.settled_at, -DOUBLE_CLICK_S) < DOUBLE_CLICK_S:
-        return  # the second click of a double click, on the form its first click emptied: it is recorded
-    if verdict is None:
+        pass  # the second click of a double click, on the form its first click emptied: it is recorded
+    elif verdict is None:
         state[keys.outcome] = ("warning", "Choose agree, disagree or unsure before recording: your note and name are kept.", ":material/rule:", "choice")
     elif earlier is not None and not state.get(keys.again(submission)):
         state[keys.asked] = result_id
@@ -356,8 +358,14 @@ def _press(result_id: int, keys: _Keys, submission: str) -> None:
             state.pop(keys.pending, None)
             message = f"The verdict was not recorded in the audit trail; what you typed is kept. {plain(screen_message(error))}"
             state[keys.outcome] = ("error", message, ":material/database:", "form")
-            return
-        _settle(keys)
+    _rerun_form()
+
+
+def _rerun_form() -> None:
+    """Runs the form again: the fragment alone in a fragment run (the browser's press), the page in
+    a run of the whole page (where Streamlit allows no fragment-scoped rerun: ``AppTest``)."""
+    ctx = get_script_run_ctx()
+    st.rerun(scope="fragment" if ctx is not None and ctx.fragment_ids_this_run else "app")
 
 
 def _note_written(written: TabVerdict) -> None:

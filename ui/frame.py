@@ -21,7 +21,7 @@ from pneumo_model.errors import PneumoError
 from pneumo_model.ood import OUTSIDE, UNUSUAL, known_grade
 from pneumo_model.paths import REPO_ROOT
 
-from . import access, state
+from . import access, server_log, state
 from .markup import plain
 
 # First paint: every page imports this module and calls ``render`` before anything else, so the
@@ -166,6 +166,7 @@ def render(title: str) -> Predictor:
     """
     (page,) = [page for page in PAGES if page.title == title]
     st.set_page_config(page_title=f"{page.title} · {APP_TITLE}", page_icon=str(FAVICON), layout="wide")
+    server_log.install()
     access.gate(page.title)  # a refused browser sees the refusal alone: no banner, no menu
     _connection_watch()
     banner = st.empty()
