@@ -17,6 +17,7 @@ the calling code, not in the user's upload, which ``load_image`` has already che
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import cv2
 import numpy as np
-from lime import lime_image
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -756,25 +756,33 @@ def _lime_fill(
     return (1.0 - opacity) * rgb + opacity * colours
 
 
-class _QuietLimeExplainer(lime_image.LimeImageExplainer):
-    """LIME's image explainer without its progress bar (tqdm on stderr, one per explanation, which
-    filled the server's log), and building each batch of perturbed images at once.
+@functools.cache
+def _quiet_lime_explainer() -> type:
+    """``_QuietLimeExplainer``, defined on first use: importing LIME loads scikit-learn (a second
+    or two of a cold server's start), which nothing but a LIME explanation needs."""
+    from lime import lime_image
 
-    ``data_labels`` draws the same random on/off matrix as LIME's own (same calls on
-    ``random_state``), so a seed gives the same explanation; only the loop that builds the images
-    one by one, with a progress bar, is replaced.
-    """
+    class _QuietLimeExplainer(lime_image.LimeImageExplainer):
+        """LIME's image explainer without its progress bar (tqdm on stderr, one per explanation, which
+        filled the server's log), and building each batch of perturbed images at once.
 
-    def data_labels(self, image, fudged_image, segments, classifier_fn, num_samples, batch_size=10):
-        n_features = np.unique(segments).shape[0]
-        data = self.random_state.randint(0, 2, num_samples * n_features).reshape((num_samples, n_features))
-        data[0, :] = 1
-        labels = []
-        for start in range(0, num_samples, batch_size):
-            shown = data[start : start + batch_size].astype(bool)[:, segments]  # (batch, H, W)
-            batch = np.where(shown[..., np.newaxis], image[np.newaxis], fudged_image[np.newaxis])  # (batch, H, W, 3)
-            labels.extend(classifier_fn(batch))
-        return data, np.array(labels)
+        ``data_labels`` draws the same random on/off matrix as LIME's own (same calls on
+        ``random_state``), so a seed gives the same explanation; only the loop that builds the images
+        one by one, with a progress bar, is replaced.
+        """
+
+        def data_labels(self, image, fudged_image, segments, classifier_fn, num_samples, batch_size=10):
+            n_features = np.unique(segments).shape[0]
+            data = self.random_state.randint(0, 2, num_samples * n_features).reshape((num_samples, n_features))
+            data[0, :] = 1
+            labels = []
+            for start in range(0, num_samples, batch_size):
+                shown = data[start : start + batch_size].astype(bool)[:, segments]  # (batch, H, W)
+                batch = np.where(shown[..., np.newaxis], image[np.newaxis], fudged_image[np.newaxis])  # (batch, H, W, 3)
+                labels.extend(classifier_fn(batch))
+            return data, np.array(labels)
+
+    return _QuietLimeExplainer
 
 
 def slic_segments(image: np.ndarray, config: LimeConfig = LimeConfig()) -> np.ndarray:
@@ -852,7 +860,7 @@ def explain_lime(
         return np.stack([1.0 - p, p], axis=1)  # (n, 2): [normal, pneumonia]
 
     hide_value = float(grey.mean()) if config.hide_value is None else config.hide_value
-    explainer = _QuietLimeExplainer(kernel_width=config.kernel_width, feature_selection="none", random_state=config.seed)
+    explainer = _quiet_lime_explainer()(kernel_width=config.kernel_width, feature_selection="none", random_state=config.seed)
     explanation = explainer.explain_instance(
         np.repeat(grey, 3, axis=2),  # (H, W, 3) float32, three equal channels
         classifier_fn,
