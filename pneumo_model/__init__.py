@@ -39,6 +39,7 @@ _EXPORTS = {
     "save_model": "artifacts",
     "Prediction": "prediction",
     "Predictor": "prediction",
+    "OnnxModel": "onnx_model",
     "DecodedImage": "pipeline",
     "BatchError": "batch",
     "BatchSettings": "batch",

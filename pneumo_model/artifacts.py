@@ -15,11 +15,13 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from .errors import ModelFileError
 from .paths import DEFAULT_MODEL_PATH, REPO_ROOT, file_sha256, metadata_path  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    import keras
 
 METADATA_SCHEMA_VERSION = 1
 
@@ -157,12 +159,11 @@ def read_metadata(model_path: Path) -> ModelMetadata:
         raise ModelFileError(f"The model metadata '{path}' is unreadable ({error}).") from None
 
 
-def load_model(model_path: Path = DEFAULT_MODEL_PATH) -> tuple[keras.Model, ModelMetadata]:
-    """Loads a model in Keras safe mode after checking it against its metadata.
+def check_model_file(model_path: Path = DEFAULT_MODEL_PATH) -> ModelMetadata:
+    """The model's metadata, after checking the ``.keras`` file against it (no Keras needed).
 
     Raises:
-        ModelFileError: a file is missing, the SHA-256 differs from the metadata, or the model
-            was saved by another Keras major version.
+        ModelFileError: the file or its metadata is missing, or the SHA-256 differs.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -177,6 +178,20 @@ def load_model(model_path: Path = DEFAULT_MODEL_PATH) -> tuple[keras.Model, Mode
             f"The model file '{model_path}' does not match its metadata (SHA-256 {actual[:12]} instead of "
             f"{metadata.model_sha256[:12]}): it was changed or replaced. Restore the shipped model files."
         )
+    return metadata
+
+
+def load_model(model_path: Path = DEFAULT_MODEL_PATH) -> tuple[keras.Model, ModelMetadata]:
+    """Loads a model in Keras safe mode after checking it against its metadata.
+
+    Raises:
+        ModelFileError: a file is missing, the SHA-256 differs from the metadata, or the model
+            was saved by another Keras major version.
+    """
+    import keras
+
+    model_path = Path(model_path)
+    metadata = check_model_file(model_path)
     saved_major = metadata.keras_version.split(".")[0]
     running_major = keras.__version__.split(".")[0]
     if saved_major != running_major:

@@ -4,7 +4,9 @@
 ``pyarrow`` file systems) in light tasks; ``map_batches`` hands batches of modest size to a pool
 of actors (``_Scorer``), each loading the model once and running the one pipeline
 (``batch.decode_item``, ``batch.score_decoded``: ``DecodedImage.decode`` and ``Predictor.calls``
-with the gate and the operating point) with TensorFlow's threads set to the CPUs Ray gave it.
+with the gate and the operating point) on ONNX Runtime (no TensorFlow: an actor starts in about
+a second), its threads set to the CPUs Ray gave it; ``RaySettings.runtime`` "keras" scores with
+TensorFlow instead (the lab's comparison, ``bench --only batch``).
 Every row's failure is caught inside the call and becomes that file's row (Ray's own error
 handling would drop a whole block, or stop the job); a file Ray never read comes back as no row,
 which ``batch.run_batch`` turns into an error row. The driver only streams rows into RESULTS.
@@ -42,6 +44,7 @@ class RaySettings:
         batch_size: files per call of an actor (a forward pass of the predictor's batch size).
         limits: what an input may be (``ImageLimits``).
         connect_timeout_s: how long a given address may take to answer before the run is refused.
+        runtime: what the actors score with (``prediction.RUNTIMES``): "onnx", or "keras" (TensorFlow).
     """
 
     address: str | None = None
@@ -50,23 +53,27 @@ class RaySettings:
     batch_size: int = 32
     limits: ImageLimits = ImageLimits()
     connect_timeout_s: float = 5.0
+    runtime: str = "onnx"
 
 
 class _Scorer:
-    """A Ray actor's scorer: the model loaded once, TensorFlow and the decoding threads on the
+    """A Ray actor's scorer: the model loaded once, its runtime and the decoding threads on the
     actor's own CPUs (decoding releases the GIL, as in ``batch.LocalEngine``)."""
 
-    def __init__(self, model_path: str, site: str | None, threads: int, limits: ImageLimits):
+    def __init__(self, model_path: str, site: str | None, threads: int, limits: ImageLimits, runtime: str = "onnx"):
         from concurrent.futures import ThreadPoolExecutor
 
-        import tensorflow as tf
+        if runtime == "keras":
+            import tensorflow as tf
 
-        # Before any TensorFlow work: afterwards the thread pools are fixed.
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+            # Before any TensorFlow work: afterwards the thread pools are fixed.
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
         from .prediction import Predictor
 
-        self.predictor = Predictor.from_file(Path(model_path), site=None if site is None else Path(site))
+        self.predictor = Predictor.from_file(
+            Path(model_path), site=None if site is None else Path(site), runtime=runtime, threads=threads
+        )
         self.limits = limits
         self.decoders = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
@@ -120,7 +127,7 @@ class RayEngine:
 
         # Loaded here too: a bad model or profile is refused before any cluster work, and the
         # run's identity (model, operating point) is known to the results folder.
-        predictor = Predictor.from_file(Path(model_path), site=site)
+        predictor = Predictor.from_file(Path(model_path), site=site, runtime=settings.runtime)
         self.model_sha = predictor.metadata.model_sha256
         self.operating_point = predictor.operating_point.id
         self.threshold = predictor.operating_point.threshold
@@ -154,7 +161,7 @@ class RayEngine:
         self._started = True
 
     def _actors(self) -> tuple[int, float, int]:
-        """(actors, CPUs each, TensorFlow threads each) for the cluster's CPUs."""
+        """(actors, CPUs each, runtime threads each) for the cluster's CPUs."""
         import ray
 
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -178,7 +185,7 @@ class RayEngine:
         scored = dataset.map_batches(
             _Scorer,
             fn_constructor_kwargs={"model_path": self.model_path, "site": self.site, "threads": threads,
-                                   "limits": self.settings.limits},
+                                   "limits": self.settings.limits, "runtime": self.settings.runtime},
             batch_size=self.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),

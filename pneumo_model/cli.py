@@ -1,7 +1,7 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
 Commands: ``predict``, ``batch``, ``explain``, ``crop``, ``site``, ``train``, ``evaluate``, ``compare``,
-``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``zone``, ``attention``. Exit codes: 0 success, 1 a usage
+``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``export-onnx``, ``zone``, ``attention``. Exit codes: 0 success, 1 a usage
 or model error, 2 (``predict``, ``batch``) when any file was rejected, (``site``) when the labelled sample is refused.
 
 Each command is one function that adds its sub-parser, with ``set_defaults(handler=...)``, and
@@ -881,7 +881,7 @@ def _add_bench(commands) -> None:
     parser.add_argument("--naive-images", type=int, default=3)
     parser.add_argument("--samples", type=int, default=1000, help="LIME samples, both ways")
     parser.add_argument(
-        "--only", choices=("speed", "memory", "draft", "batch", "pacs"), default=None,
+        "--only", choices=("speed", "memory", "draft", "batch", "pacs", "onnx"), default=None,
         help="measure one part and keep the others' figures in bench.json; memory: the peak of one upload "
         "(decode to Grad-CAM and the screen copy) above the idle process, for each of the worst accepted "
         "files, each in a fresh interpreter (a few minutes), and the worst one against the bound (300 MB); "
@@ -889,7 +889,9 @@ def _add_bench(commands) -> None:
         "(reports/draft_decode.md); batch: full-size images/s through predict, batch local and batch ray "
         "on the same files, and a scale run of --scale-files files (linear cost, bounded memory); pacs: a "
         "100-image study of full-size films on a real Orthanc on localhost, queried, retrieved and scored, against "
-        "one instance at a time, and the share of time in retrieval and in scoring",
+        "one instance at a time, and the share of time in retrieval and in scoring; onnx: the run time on ONNX Runtime "
+        "against TensorFlow in the same run (predict on one film, whole process: wall time and peak memory; a Ray "
+        "actor's start; batch local and ray on each; parity on the validation and test films)",
     )
     parser.add_argument("--scale-files", type=int, default=10_000, help="distinct files of the batch part's scale run")
     parser.add_argument("--reports", type=Path, default=None)
@@ -972,6 +974,28 @@ def _heatmap_scale(args) -> int:
     scale.save(out)
     numbers = {k: v for k, v in scale.to_dict().items() if k not in ("facts", "schema_version")}
     print(json.dumps({"scale": str(out), **numbers, **scale.facts}))
+    return EXIT_OK
+
+
+# --- export-onnx ---------------------------------------------------------------------------
+
+
+def _add_export_onnx(commands) -> None:
+    parser = commands.add_parser(
+        "export-onnx",
+        help="export the model to the ONNX graph the app and the run-time commands score with "
+        "(<model>.onnx and its record <model>.onnx.json beside it; the model itself is not changed)",
+    )
+    _add_model_flag(parser)
+    parser.set_defaults(handler=_export_onnx)
+
+
+def _export_onnx(args) -> int:
+    from .lab.onnx_export import export_onnx
+    from .onnx_model import onnx_path
+
+    record = export_onnx(args.model)
+    print(json.dumps({"onnx": str(onnx_path(args.model)), **record.to_dict()}))
     return EXIT_OK
 
 
@@ -1076,7 +1100,7 @@ def _attention(args) -> int:
 # --- the parser and main -------------------------------------------------------------------
 
 # One function per command, in the order ``--help`` lists them; each sets its command's handler.
-COMMANDS = (_add_predict, _add_batch, _add_pacs, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_card, _add_grey_zone, _add_attention)
+COMMANDS = (_add_predict, _add_batch, _add_pacs, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_export_onnx, _add_card, _add_grey_zone, _add_attention)
 
 
 def _leaves(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:

@@ -29,7 +29,6 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from scipy.ndimage import median_filter
 
 from .errors import ConfigError, InvalidImageError
 from .preprocessing import ORIGINAL_FILMS, FilmAspect, to_unit_range
@@ -451,6 +450,8 @@ def _dome_row(mask: np.ndarray, midline: int, settings: DiaphragmSettings) -> tu
     lowest = (size - 1 - np.argmax(columns[::-1], axis=0)).astype(float)  # lowest lung row per column
     lowest[~columns.any(axis=0)] = -1.0
     half = max(1, round(0.015 * size))
+    from scipy.ndimage import median_filter  # here: SciPy's import costs predict a third of a second
+
     lowest = median_filter(lowest, size=2 * half + 1, mode="nearest")
 
     jumps = np.flatnonzero(np.abs(np.diff(lowest)) > settings.jump * size)

@@ -17,24 +17,27 @@ the calling code, not in the user's upload, which ``load_image`` has already che
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import cv2
-import keras
 import numpy as np
-import tensorflow as tf
-from lime import lime_image
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from skimage.segmentation import find_boundaries, slic
 
 from .errors import ExplanationError, ModelFileError
+from .onnx_model import OnnxModel
 from .preprocessing import to_unit_range
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 # Okabe-Ito colours, told apart by readers with any common colour-vision deficiency.
 VERMILLION = (213, 94, 0)
@@ -113,7 +116,14 @@ def _to_uint8(rgb: np.ndarray) -> np.ndarray:
 
 
 class GradCam:
-    """Grad-CAM heat maps for the pneumonia logit of a flat functional Keras model.
+    """Grad-CAM heat maps for the pneumonia logit of a flat functional Keras model, or of its
+    exported ONNX graph.
+
+    Given an ``onnx_model.OnnxModel`` (the app and the run-time commands), the maps come from the
+    graph's ``cam`` output: the last feature layer weighted by the dense head's weights, which for
+    a head of global average pooling, dropout and one dense unit is exactly Grad-CAM's weighted
+    sum (the export refuses any other head, ``lab.onnx_export``); only the ReLU and the bilinear
+    resizing are done here, as the TensorFlow path does them. No gradients, no TensorFlow.
 
     The constructor builds one sub-model sharing the model's layers and weights, returning the
     target layers' activations and the logit, and traces one graph for any batch size; build it
@@ -141,10 +151,29 @@ class GradCam:
             layers differ in height and width.
     """
 
-    def __init__(self, model: keras.Model, layer_name: str | Sequence[str], epsilon: float = 1e-7):
+    def __init__(self, model: keras.Model | OnnxModel, layer_name: str | Sequence[str], epsilon: float = 1e-7):
         names = (layer_name,) if isinstance(layer_name, str) else tuple(layer_name)
         if not names:
             raise ExplanationError("Grad-CAM needs at least one target layer.")
+        self.layer_name = layer_name
+        self.epsilon = epsilon
+        if isinstance(model, OnnxModel):
+            if model.record.cam_refusal is not None:
+                raise ExplanationError(f"The model's exported graph has no Grad-CAM map: {model.record.cam_refusal}")
+            exported = model.record.gradcam_layer
+            exported = (exported,) if isinstance(exported, str) else tuple(exported or ())
+            if names != exported:
+                raise ExplanationError(
+                    f"The model's exported graph computes Grad-CAM on {', '.join(exported) or 'no layer'}, not on "
+                    f"{', '.join(names)}; use the Keras model (the lab side) for another layer."
+                )
+            self.input_shape = (model.input_size, model.input_size, 1)
+            self._onnx = model
+            return
+        import keras
+        import tensorflow as tf
+
+        self._onnx = None
         targets = []
         for name in names:
             try:
@@ -159,8 +188,6 @@ class GradCam:
             targets.append(layer.output)
         if len({tuple(target.shape[1:3]) for target in targets}) != 1:
             raise ExplanationError(f"Grad-CAM's target layers {', '.join(names)} differ in height and width.")
-        self.layer_name = layer_name
-        self.epsilon = epsilon
         self.input_shape = tuple(model.inputs[0].shape[1:])  # (H, W, 1)
         self._grad_model = keras.Model(model.inputs, [*targets, model.output])
         self._raw_heatmaps = tf.function(
@@ -169,9 +196,13 @@ class GradCam:
 
     def channel_weights(self, activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
         """Grad-CAM's weight per channel: the gradient averaged over space, (batch, channels)."""
+        import tensorflow as tf
+
         return tf.reduce_mean(gradients, axis=(1, 2))
 
     def _compute(self, images: tf.Tensor) -> tf.Tensor:
+        import tensorflow as tf
+
         with tf.GradientTape() as tape:
             *activations, logits = self._grad_model(images, training=False)  # k x (batch, h, w, c), (batch, 1)
             pneumonia = logits[:, 0]  # (batch,)
@@ -201,7 +232,19 @@ class GradCam:
                 f"got shape {images.shape}."
             )
         _check_unit_range(images, "images")
+        if self._onnx is not None:
+            return self._onnx_heatmaps(images)
+        import tensorflow as tf
+
         return np.maximum(self._raw_heatmaps(tf.constant(images, dtype=tf.float32)).numpy(), 0.0)
+
+    def _onnx_heatmaps(self, images: np.ndarray) -> np.ndarray:
+        cells = np.maximum(self._onnx.cam(images.astype(np.float32)), 0.0)  # (n, h, w): the ReLU
+        height, width = self.input_shape[:2]
+        # cv2's bilinear resizing of float maps uses half-pixel centres and clamps at the edges,
+        # as tf.image.resize does (``_compute``): the two paths agree to float32 round-off.
+        resized = [cv2.resize(cell, (width, height), interpolation=cv2.INTER_LINEAR) for cell in cells]
+        return np.maximum(np.stack(resized).astype(np.float32), 0.0) if resized else np.zeros((0, height, width), np.float32)
 
     def raw(self, image: np.ndarray) -> np.ndarray:
         """The raw heat map of one model input (H, W, 1) or (H, W) float32 in [0, 1]: (H, W) float32 >= 0."""
@@ -713,25 +756,33 @@ def _lime_fill(
     return (1.0 - opacity) * rgb + opacity * colours
 
 
-class _QuietLimeExplainer(lime_image.LimeImageExplainer):
-    """LIME's image explainer without its progress bar (tqdm on stderr, one per explanation, which
-    filled the server's log), and building each batch of perturbed images at once.
+@functools.cache
+def _quiet_lime_explainer() -> type:
+    """``_QuietLimeExplainer``, defined on first use: importing LIME loads scikit-learn (a second
+    or two of a cold server's start), which nothing but a LIME explanation needs."""
+    from lime import lime_image
 
-    ``data_labels`` draws the same random on/off matrix as LIME's own (same calls on
-    ``random_state``), so a seed gives the same explanation; only the loop that builds the images
-    one by one, with a progress bar, is replaced.
-    """
+    class _QuietLimeExplainer(lime_image.LimeImageExplainer):
+        """LIME's image explainer without its progress bar (tqdm on stderr, one per explanation, which
+        filled the server's log), and building each batch of perturbed images at once.
 
-    def data_labels(self, image, fudged_image, segments, classifier_fn, num_samples, batch_size=10):
-        n_features = np.unique(segments).shape[0]
-        data = self.random_state.randint(0, 2, num_samples * n_features).reshape((num_samples, n_features))
-        data[0, :] = 1
-        labels = []
-        for start in range(0, num_samples, batch_size):
-            shown = data[start : start + batch_size].astype(bool)[:, segments]  # (batch, H, W)
-            batch = np.where(shown[..., np.newaxis], image[np.newaxis], fudged_image[np.newaxis])  # (batch, H, W, 3)
-            labels.extend(classifier_fn(batch))
-        return data, np.array(labels)
+        ``data_labels`` draws the same random on/off matrix as LIME's own (same calls on
+        ``random_state``), so a seed gives the same explanation; only the loop that builds the images
+        one by one, with a progress bar, is replaced.
+        """
+
+        def data_labels(self, image, fudged_image, segments, classifier_fn, num_samples, batch_size=10):
+            n_features = np.unique(segments).shape[0]
+            data = self.random_state.randint(0, 2, num_samples * n_features).reshape((num_samples, n_features))
+            data[0, :] = 1
+            labels = []
+            for start in range(0, num_samples, batch_size):
+                shown = data[start : start + batch_size].astype(bool)[:, segments]  # (batch, H, W)
+                batch = np.where(shown[..., np.newaxis], image[np.newaxis], fudged_image[np.newaxis])  # (batch, H, W, 3)
+                labels.extend(classifier_fn(batch))
+            return data, np.array(labels)
+
+    return _QuietLimeExplainer
 
 
 def slic_segments(image: np.ndarray, config: LimeConfig = LimeConfig()) -> np.ndarray:
@@ -809,7 +860,7 @@ def explain_lime(
         return np.stack([1.0 - p, p], axis=1)  # (n, 2): [normal, pneumonia]
 
     hide_value = float(grey.mean()) if config.hide_value is None else config.hide_value
-    explainer = _QuietLimeExplainer(kernel_width=config.kernel_width, feature_selection="none", random_state=config.seed)
+    explainer = _quiet_lime_explainer()(kernel_width=config.kernel_width, feature_selection="none", random_state=config.seed)
     explanation = explainer.explain_instance(
         np.repeat(grey, 3, axis=2),  # (H, W, 3) float32, three equal channels
         classifier_fn,

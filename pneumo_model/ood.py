@@ -102,6 +102,43 @@ def log_sharpness(images: np.ndarray) -> np.ndarray:
     return np.array([np.log(np.mean(np.abs(cv2.Laplacian(plane, cv2.CV_32F))) + 1e-6) for plane in planes])
 
 
+def summarise_activation(activation):
+    """A TensorFlow tensor (batch, h, w, c) of one layer -> its gate summary (batch, 5c): per
+    channel, the mean in each quarter of the image (2 x 2 grid) and the standard deviation.
+
+    Written once in TensorFlow ops, for ``ActivationSummaries`` and for the ONNX export
+    (``lab.onnx_export``), which puts it into the exported graph, so both give the same numbers.
+    """
+    import tensorflow as tf
+
+    _, h, w, c = activation.shape
+    quarters = tf.reshape(activation, (-1, 2, h // 2, 2, w // 2, c))
+    grid = tf.reshape(tf.reduce_mean(quarters, axis=[2, 4]), (-1, 4 * c))  # (batch, 4c)
+    spread = tf.math.reduce_std(activation, axis=[1, 2])  # (batch, c)
+    return tf.concat([grid, spread], axis=1)  # (batch, 5c)
+
+
+def check_summary_layers(model, layers: tuple[str, ...]) -> None:
+    """Refuses gate layers a Keras model lacks, or whose height or width is odd.
+
+    Raises:
+        ModelFileError: a layer is missing, or cannot be split into a 2 x 2 grid.
+    """
+    known = {layer.name for layer in model.layers}
+    missing = [name for name in layers if name not in known]
+    if missing:
+        raise ModelFileError(
+            f"The model has no layer {', '.join(missing)} that its out-of-distribution gate needs; "
+            "fit the gate again for this model."
+        )
+    odd = [name for name in layers if any(side % 2 for side in model.get_layer(name).output.shape[1:3])]
+    if odd:
+        raise ModelFileError(
+            f"The layer(s) {', '.join(odd)} have an odd height or width, which the gate's 2 x 2 summary "
+            "cannot split; fit the gate on other layers."
+        )
+
+
 class ActivationSummaries:
     """Logits and per-layer activation summaries of a model in one forward pass.
 
@@ -118,19 +155,7 @@ class ActivationSummaries:
         import keras
         import tensorflow as tf
 
-        known = {layer.name for layer in model.layers}
-        missing = [name for name in layers if name not in known]
-        if missing:
-            raise ModelFileError(
-                f"The model has no layer {', '.join(missing)} that its out-of-distribution gate needs; "
-                "fit the gate again for this model."
-            )
-        odd = [name for name in layers if any(side % 2 for side in model.get_layer(name).output.shape[1:3])]
-        if odd:
-            raise ModelFileError(
-                f"The layer(s) {', '.join(odd)} have an odd height or width, which the gate's 2 x 2 summary "
-                "cannot split; fit the gate on other layers."
-            )
+        check_summary_layers(model, layers)
         network = keras.Model(model.inputs, [model.outputs[0], *[model.get_layer(name).output for name in layers]])
         size = model.inputs[0].shape[1]
         self.layers = tuple(layers)
@@ -138,14 +163,7 @@ class ActivationSummaries:
 
         def summarise(images):
             logit, *maps = network(images, training=False)
-            summaries = []
-            for activation in maps:  # (batch, h, w, c)
-                _, h, w, c = activation.shape
-                quarters = tf.reshape(activation, (-1, 2, h // 2, 2, w // 2, c))
-                grid = tf.reshape(tf.reduce_mean(quarters, axis=[2, 4]), (-1, 4 * c))  # (batch, 4c)
-                spread = tf.math.reduce_std(activation, axis=[1, 2])  # (batch, c)
-                summaries.append(tf.concat([grid, spread], axis=1))  # (batch, 5c)
-            return logit, summaries
+            return logit, [summarise_activation(activation) for activation in maps]
 
         self._run = tf.function(summarise, input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)])
 

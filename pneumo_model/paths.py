@@ -42,3 +42,13 @@ def gate_path(model_path: str | Path) -> Path:
 def grades_path(model_path: str | Path) -> Path:
     """The gate's grade cut-offs beside a ``.keras`` model (``<model>.ood_grades.json``, ``ood.OodGrades``)."""
     return Path(model_path).with_suffix(".ood_grades.json")
+
+
+def onnx_path(model_path: str | Path) -> Path:
+    """The ONNX graph the run time serves, beside a ``.keras`` model (``<model>.onnx``, ``onnx_model``)."""
+    return Path(model_path).with_suffix(".onnx")
+
+
+def onnx_record_path(model_path: str | Path) -> Path:
+    """The ONNX graph's record beside a ``.keras`` model (``<model>.onnx.json``: its SHA-256 and the model's)."""
+    return Path(model_path).with_suffix(".onnx.json")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from .artifacts import DEFAULT_MODEL_PATH, ModelMetadata, load_model
+from .artifacts import DEFAULT_MODEL_PATH, ModelMetadata, check_model_file, load_model
 from .errors import ConfigError, ModelFileError, SiteProfileError
+from .onnx_model import OnnxModel
 from .operating_point import OperatingPoint
-from .ood import ActivationSummaries, OodGate, gate_path
+from .ood import OodGate, gate_path
 from .crop import (
     CropLimits,
     DiaphragmResult,
@@ -31,9 +31,15 @@ from .pipeline import DecodedImage
 from .preprocessing import ImageInfo, ImageLimits, preprocess
 from .schema import PREDICTION_SCHEMA_VERSION
 
+if TYPE_CHECKING:
+    import keras
+
 # Images per forward pass. On the 2-core CPU, pneumonet at 128 px ran at about 930 images/s in
 # batches of 32 against 420 in batches of 256 (the activations of a small batch stay in cache).
 DEFAULT_BATCH_SIZE = 32
+# What scores: the exported graph on ONNX Runtime (the app and the run-time commands, no
+# TensorFlow), or the Keras model on TensorFlow (the lab: training, evaluation, comparison).
+RUNTIMES = ("onnx", "keras")
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,8 @@ class Predictor:
     """A loaded model with its metadata; read-only, safe to share between users.
 
     Args:
-        model: a Keras model mapping (batch, size, size, 1) images to (batch, 1) logits.
+        model: the model's exported graph (``onnx_model.OnnxModel``: ONNX Runtime, no TensorFlow),
+            or a Keras model mapping (batch, size, size, 1) images to (batch, 1) logits (TensorFlow).
         metadata: the model's metadata (input size, temperature, threshold, grey zone).
         batch_size: images per forward pass.
         gate: the model's out-of-distribution gate, or None to score without one.
@@ -105,7 +112,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: keras.Model,
+        model: OnnxModel | keras.Model,
         metadata: ModelMetadata,
         batch_size: int = DEFAULT_BATCH_SIZE,
         gate: OodGate | None = None,
@@ -129,30 +136,43 @@ class Predictor:
                 f"{self.operating_point.model_sha256[:12]}, not for the model in use ({metadata.model_sha256[:12]}). "
                 "Fit a new profile for this model with `python -m pneumo_model site fit`."
             )
-        size = metadata.input_size
-        # One traced graph for every batch size: far faster than model.predict on small batches.
-        self._forward = tf.function(
-            lambda images: self.model(images, training=False),
-            input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)],
-        )
-        # Single images go through one pass that also returns what the gate needs.
-        self._with_summaries = None if gate is None else ActivationSummaries(model, gate.layers, batch_size)
+        layers = None if gate is None else gate.layers
+        if isinstance(model, OnnxModel):
+            self._forward = _OnnxForward(model, batch_size, layers)
+        else:
+            self._forward = _KerasForward(model, metadata.input_size, batch_size, layers)
 
     @classmethod
     def from_file(
-        cls, model_path: Path = DEFAULT_MODEL_PATH, batch_size: int = DEFAULT_BATCH_SIZE, site: Path | None = None
+        cls,
+        model_path: Path = DEFAULT_MODEL_PATH,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        site: Path | None = None,
+        runtime: str = "onnx",
+        threads: int | None = None,
     ) -> "Predictor":
         """Loads the model, its metadata and, when ``<model>.ood.npz`` is beside it, its gate.
 
         Args:
             site: a site profile JSON (``site.SiteProfile``) whose operating point replaces the
                 shipped one; None for the shipped one.
+            runtime: "onnx" scores with the exported graph ``<model>.onnx`` on ONNX Runtime, without
+                importing TensorFlow (the app and the run-time commands); "keras" loads the
+                ``.keras`` file on TensorFlow (the lab). Never one in place of the other.
+            threads: ONNX Runtime's threads per pass (None: its default, the cores); "keras" ignores it.
 
         Raises:
-            ModelFileError: the model files are missing or altered.
+            ModelFileError: the model files (or, for "onnx", its exported graph) are missing or altered.
             SiteProfileError: the profile is unreadable, altered or made for another model.
+            ConfigError: an unknown runtime.
         """
-        model, metadata = load_model(model_path)
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"Unknown runtime '{runtime}'. Choose one of: {', '.join(RUNTIMES)}.")
+        if runtime == "onnx":
+            metadata = check_model_file(model_path)
+            model = OnnxModel.load(model_path, metadata, threads)
+        else:
+            model, metadata = load_model(model_path)
         path = gate_path(model_path)
         gate = OodGate.load(path) if path.is_file() else None
         operating_point = None
@@ -175,6 +195,11 @@ class Predictor:
         return self.metadata.input_size
 
     @property
+    def runtime(self) -> str:
+        """What scores: "onnx" (the exported graph on ONNX Runtime) or "keras" (TensorFlow)."""
+        return "onnx" if isinstance(self.model, OnnxModel) else "keras"
+
+    @property
     def threshold(self) -> float:
         return self.operating_point.threshold
 
@@ -191,16 +216,7 @@ class Predictor:
         Returns:
             (n,) float64 logits.
         """
-        images = np.asarray(images)
-        if images.dtype == np.uint8:
-            images = images.astype(np.float32) / 255.0
-        outputs = [
-            self._forward(tf.constant(images[start : start + self.batch_size], dtype=tf.float32)).numpy()
-            for start in range(0, len(images), self.batch_size)
-        ]
-        if not outputs:
-            return np.empty(0, dtype=np.float64)
-        return np.concatenate(outputs).reshape(-1).astype(np.float64)  # (n,)
+        return self._forward.logits(images)  # (n,)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of pneumonia at the operating point, shape (n,)."""
@@ -224,7 +240,7 @@ class Predictor:
         if self.gate is None:
             logits = self.logits(model_inputs)
         else:
-            logits, summaries = self._with_summaries(model_inputs)
+            logits, summaries = self._forward.logits_and_summaries(model_inputs)
             colour = np.array([info.colour_spread for info in infos])
             ood_scores = [float(score) for score in self.gate.scores(model_inputs, summaries, colour)]
         point = self.operating_point
@@ -380,6 +396,57 @@ class Predictor:
             InvalidImageError: the image cannot be used (see ``load_image``).
         """
         return self.call(DecodedImage.decode(source, limits))
+
+
+class _KerasForward:
+    """The TensorFlow path (the lab's): one traced graph for every batch size, far faster than
+    ``model.predict`` on small batches, and the gate's ``ActivationSummaries``."""
+
+    def __init__(self, model, size: int, batch_size: int, gate_layers: tuple[str, ...] | None):
+        import tensorflow as tf
+
+        from .ood import ActivationSummaries
+
+        self._tf = tf
+        self.batch_size = batch_size
+        self._graph = tf.function(
+            lambda images: model(images, training=False),
+            input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)],
+        )
+        # Single images go through one pass that also returns what the gate needs.
+        self._summaries = None if gate_layers is None else ActivationSummaries(model, gate_layers, batch_size)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        tf = self._tf
+        images = np.asarray(images)
+        if images.dtype == np.uint8:
+            images = images.astype(np.float32) / 255.0
+        outputs = [
+            self._graph(tf.constant(images[start : start + self.batch_size], dtype=tf.float32)).numpy()
+            for start in range(0, len(images), self.batch_size)
+        ]
+        if not outputs:
+            return np.empty(0, dtype=np.float64)
+        return np.concatenate(outputs).reshape(-1).astype(np.float64)  # (n,)
+
+    def logits_and_summaries(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self._summaries(images)
+
+
+class _OnnxForward:
+    """The ONNX Runtime path: logits, and the gate's summaries from the same graph's outputs."""
+
+    def __init__(self, model: OnnxModel, batch_size: int, gate_layers: tuple[str, ...] | None):
+        self.model = model
+        self.batch_size = batch_size
+        self.gate_layers = gate_layers
+        model.check_summaries(gate_layers or ())  # refused when loading, as the Keras path refuses a missing layer
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self.model.logits(images, self.batch_size)
+
+    def logits_and_summaries(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self.model.logits_and_summaries(images, self.gate_layers, self.batch_size)
 
 
 def forward_throughput(predictor: Predictor, n_images: int = 512, repeats: int = 3) -> float:

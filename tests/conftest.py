@@ -111,6 +111,18 @@ def tiny_model(synthetic_data, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_pneumonet(synthetic_data, tmp_path_factory) -> Path:
+    """The production architecture at 32 px, trained for 2 epochs: its head (global average pooling,
+    dropout, one dense unit) gives the exported graph an exact Grad-CAM map; returns the .keras path."""
+    from pneumo_model.lab.training import TrainConfig, train
+
+    config = TrainConfig(architecture="pneumonet", input_size=32, epochs=2, batch_size=8, val_fraction=0.25, patience=2)
+    path = tmp_path_factory.mktemp("pneumonet") / "tiny_pneumonet.keras"
+    train(config, synthetic_data, path, command="pytest", progress=None, verbose=0)
+    return path
+
+
 def same_report(committed, fresh, where="report"):
     """A committed report and the one the command gives now: equal up to a relative 1e-6 on floats
     (the model runs in float32, and the same films give logits that differ by about 1e-7 from one

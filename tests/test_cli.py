@@ -111,6 +111,7 @@ MINIMAL_ARGV = {
     "bench": ["bench"],
     "ood": ["ood", "fit"],
     "heatmap_scale": ["heatmap-scale"],
+    "export_onnx": ["export-onnx"],
     "card": ["card"],
     # A command with sub-commands has one handler per sub-command, named after both.
     "site_fit": ["site", "fit", "--folder", "d", "--out", "p.json"],
@@ -225,7 +226,7 @@ def test_module_entry_point_scores_the_bundled_samples_with_the_shipped_model():
     assert np.mean(right) >= 0.75
 
 
-def test_explain_writes_overlays_at_the_uploads_own_size(tiny_model, tmp_path, rng, capsys):
+def test_explain_writes_overlays_at_the_uploads_own_size(tiny_pneumonet, tmp_path, rng, capsys):
     import shutil
 
     from PIL import Image
@@ -236,8 +237,8 @@ def test_explain_writes_overlays_at_the_uploads_own_size(tiny_model, tmp_path, r
     image = tmp_path / "wide.png"
     image.write_bytes(encode(synthetic_xray(rng, 96)[:, :80]))  # 80 wide, 96 tall
     model = tmp_path / "tiny.keras"  # a copy, with a heat-map scale of its own beside it
-    for suffix in (".keras", ".json"):
-        shutil.copy(tiny_model.with_suffix(suffix), model.with_suffix(suffix))
+    for suffix in (".keras", ".json", ".onnx", ".onnx.json"):
+        shutil.copy(tiny_pneumonet.with_suffix(suffix), model.with_suffix(suffix))
     HeatmapScale(
         model_sha256=read_metadata(model).model_sha256, gradcam_scale=1.0, gradcam_weak_below=0.0,
         lime_small_below=0.01, lime_num_samples=64, lime_n_segments=12,

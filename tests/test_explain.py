@@ -204,7 +204,8 @@ def test_gradcam_on_the_shipped_model_is_a_unit_map_at_input_size(predictor):
 
 
 @pytest.mark.shipped_model
-def test_gradcam_leaves_the_shared_model_unchanged(predictor):
+def test_gradcam_leaves_the_shared_model_unchanged():
+    predictor = Predictor.from_file(DEFAULT_MODEL_PATH, runtime="keras")  # the Keras model: weights to compare
     model = predictor.model
     model_input = preprocess(load_image(SAMPLE)[0], predictor.input_size)
     config = model.get_config()
@@ -603,7 +604,7 @@ def test_fit_scale_follows_the_written_rule(tiny_model, synthetic_data):
     from pneumo_model.lab.cam_scale import lime_draw
     from pneumo_model.pipeline import DecodedImage
 
-    predictor = Predictor.from_file(tiny_model)
+    predictor = Predictor.from_file(tiny_model, runtime="keras")  # the lab fits the scale on TensorFlow
     validation = model_split(predictor.metadata, synthetic_data).validation
     rule = CamScaleRule(lime_per_class=3, lime=LimeConfig(num_samples=60, batch_size=60, n_segments=20))
     scale = fit_scale(predictor, validation, rule)
@@ -670,11 +671,13 @@ def test_explain_command_refuses_a_scale_made_for_another_model(tmp_path, capsys
     import shutil
 
     from pneumo_model.cli import main
-    from pneumo_model.paths import metadata_path
+    from pneumo_model.paths import metadata_path, onnx_path, onnx_record_path
 
     model = tmp_path / "pneumonet.keras"
     shutil.copy(DEFAULT_MODEL_PATH, model)
     shutil.copy(metadata_path(DEFAULT_MODEL_PATH), metadata_path(model))
+    for path in (onnx_path, onnx_record_path):  # the graph the command scores with
+        shutil.copy(path(DEFAULT_MODEL_PATH), path(model))
     out = tmp_path / "cam.png"
     assert main(["explain", str(NORMAL_DEMO), "--out", str(out), "--model", str(model)]) == 1
     assert "no heat-map scale beside the model" in capsys.readouterr().err

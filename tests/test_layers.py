@@ -1,5 +1,6 @@
 """The package's two sides, one direction: what the app and ``predict`` run imports nothing of the lab
-side (training, evaluation, stress, comparison, bench, model card, gate fitting) and no Streamlit."""
+side (training, evaluation, stress, comparison, bench, model card, gate fitting) and no Streamlit;
+and it runs on ONNX Runtime, so it imports neither TensorFlow nor Keras either."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ APP_SIDE = [
     "pneumo_model.crop", "pneumo_model.display", "pneumo_model.audit", "pneumo_model.csv_export",
     "pneumo_model.calibration", "pneumo_model.data", "pneumo_model.artifacts", "pneumo_model.cli",
     "pneumo_model.batch", "pneumo_model.batch_ray", "pneumo_model.pacs", "pneumo_model.structured_report",
+    "pneumo_model.onnx_model", "pneumo_model.site", "pneumo_model.operating_point",
 ]
+DATA = REPO.parent / "shared" / "data" / "chest_xray_224"
 
 
 def imported_after(code: str) -> list[str]:
@@ -35,10 +38,15 @@ def lab_and_streamlit(modules: list[str]) -> list[str]:
     return [name for name in modules if name.startswith(("pneumo_model.lab", "streamlit"))]
 
 
+def tensorflow_and_keras(modules: list[str]) -> list[str]:
+    return [name for name in modules if name.split(".")[0] in ("tensorflow", "keras", "tf_keras")]
+
+
 def test_importing_the_app_side_loads_no_lab_module_and_no_streamlit():
     modules = imported_after("\n".join(f"import {name}" for name in APP_SIDE))
     assert set(APP_SIDE) <= set(modules)  # they were really imported
     assert lab_and_streamlit(modules) == []
+    assert tensorflow_and_keras(modules) == []
 
 
 @pytest.mark.shipped_model
@@ -60,8 +68,84 @@ assert cli.main(["crop", {str(SAMPLE)!r}]) == 0
 assert cli.main(["explain", {str(SAMPLE)!r}, "--method", "gradcam", "--out", {str(tmp_path / "g.png")!r}]) == 0
 """
     modules = imported_after(code)
-    assert "pneumo_model.prediction" in modules and "tensorflow" in modules
+    assert "pneumo_model.prediction" in modules and "onnxruntime" in modules
     assert lab_and_streamlit(modules) == []
+    assert tensorflow_and_keras(modules) == []
+
+
+@pytest.mark.shipped_model
+def test_every_run_time_command_runs_on_a_real_film_without_tensorflow_or_keras(tmp_path):
+    # Each command is run, not only imported, in a fresh interpreter; then sys.modules is read.
+    folder = tmp_path / "films"
+    folder.mkdir()
+    for index, sample in enumerate(sorted(SAMPLE.parent.glob("*.jpeg"))[:3]):
+        (folder / f"film{index}{sample.suffix}").write_bytes(sample.read_bytes())
+    code = f"""
+import io, json, contextlib
+import numpy as np
+from pneumo_model import cli
+from pneumo_model.batch_ray import _Scorer
+from pneumo_model.explain import HeatmapScale, heatmap_scale_path
+from pneumo_model.pacs import Instance, heatmap_picture, score_instances
+from pneumo_model.paths import DEFAULT_MODEL_PATH
+from pneumo_model.pipeline import DecodedImage
+from pneumo_model.prediction import Predictor
+from pneumo_model.preprocessing import ImageLimits
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    assert cli.main(["predict", {str(SAMPLE)!r}]) == 0
+    assert cli.main(["crop", {str(SAMPLE)!r}, "--mask-markers"]) == 0
+    assert cli.main(["explain", {str(SAMPLE)!r}, "--method", "gradcam", "--out", {str(tmp_path / "g.png")!r}]) == 0
+    assert cli.main(["explain", {str(SAMPLE)!r}, "--method", "lime", "--samples", "60", "--out", {str(tmp_path / "l.png")!r}]) == 0
+    assert cli.main(["batch", {str(folder)!r}, "--out", {str(tmp_path / "local")!r}]) == 0
+predicted = json.loads(out.getvalue().splitlines()[0])
+assert predicted["label"] in ("normal", "pneumonia") and predicted["ood"] is not None
+# What a Ray actor runs for the `batch --engine ray` command, in this process.
+import pyarrow as pa
+files = sorted({str(folder)!r} and __import__("pathlib").Path({str(folder)!r}).iterdir())
+scorer = _Scorer(str(DEFAULT_MODEL_PATH), None, 1, ImageLimits())
+table = scorer(pa.table({{"path": [str(f) for f in files], "bytes": [f.read_bytes() for f in files]}}))
+assert table.num_rows == len(files) and all(row["probability"] is not None for row in table.to_pylist())
+# PACS scoring: the one pipeline behind a client that hands back the film's bytes.
+class Client:
+    class settings:
+        workers = 1
+    def retrieve(self, instance, max_bytes):
+        return {str(SAMPLE)!r} and open({str(SAMPLE)!r}, "rb").read()
+instance = Instance("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.1", "CR", "PA", 1, True)
+predictor = Predictor.from_file()
+(result,) = score_instances(Client(), predictor, [instance], keep_images=True)
+assert result.prediction is not None
+scale = HeatmapScale.load(heatmap_scale_path(DEFAULT_MODEL_PATH), predictor.metadata.model_sha256)
+assert heatmap_picture(predictor, result.image, scale) is not None
+"""
+    modules = imported_after(code)
+    assert {"onnxruntime", "pneumo_model.batch", "pneumo_model.pacs", "pneumo_model.explain", "lime"} <= set(modules)
+    assert tensorflow_and_keras(modules) == []
+    assert lab_and_streamlit(modules) == []
+
+
+@pytest.mark.data
+@pytest.mark.shipped_model
+def test_site_fit_and_check_run_without_tensorflow_or_keras(tmp_path):
+    sample = tmp_path / "sample"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (sample / label).mkdir(parents=True)
+        for film in sorted((DATA / "train" / label).glob("*.jpeg"))[:30]:
+            (sample / label / film.name).symlink_to(film)
+    profile = tmp_path / "site.json"
+    code = f"""
+import contextlib, io
+from pneumo_model import cli
+with contextlib.redirect_stdout(io.StringIO()):
+    status = cli.main(["site", "fit", "--folder", {str(sample)!r}, "--out", {str(profile)!r}])
+    assert status in (0, 2), status
+    if status == 0:
+        assert cli.main(["site", "check", {str(profile)!r}, "--folder", {str(sample)!r}]) in (0, 2)
+"""
+    modules = imported_after(code)
+    assert "pneumo_model.site" in modules and "onnxruntime" in modules
+    assert tensorflow_and_keras(modules) == []
 
 
 def test_the_lab_side_is_all_in_pneumo_model_lab():
@@ -69,5 +153,5 @@ def test_the_lab_side_is_all_in_pneumo_model_lab():
     top = {path.stem for path in (REPO / "pneumo_model").glob("*.py")}
     assert {"training", "evaluation", "stress", "shifts", "comparison", "bench", "model_card", "augmentation",
             "attention", "draft_check", "batch_bench", "pacs_files", "orthanc", "pacs_bench",
-            "models", "ood_corpus", "ood_fit", "metrics", "plots", "grey_zone", "site_evaluation", "cam_scale", "crop_boxes"} == lab
+            "models", "ood_corpus", "ood_fit", "metrics", "plots", "grey_zone", "site_evaluation", "cam_scale", "crop_boxes", "onnx_export", "onnx_bench"} == lab
     assert not lab & top

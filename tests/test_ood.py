@@ -14,6 +14,7 @@ from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT, load_model, re
 from pneumo_model.crop import apply_crop, find_diaphragm
 from pneumo_model.errors import ModelFileError
 from pneumo_model.lab.ood_fit import fit_gate
+from pneumo_model.lab.onnx_export import export_onnx
 from pneumo_model.ood import ActivationSummaries, OodConfig, OodGate, gate_path
 from pneumo_model.prediction import Predictor
 from pneumo_model.preprocessing import load_image, preprocess
@@ -38,6 +39,7 @@ def tiny_gate(tiny_model, tmp_path_factory):
     model, metadata = load_model(model_path)
     gate = fit_gate(model, metadata.model_sha256, synthetic_inputs(1, 200), synthetic_inputs(2, 200), TINY_CONFIG)
     gate.save(gate_path(model_path))
+    export_onnx(model_path)  # the graph the run time scores with, summarising the gate's layers
     return model_path, gate
 
 

@@ -72,7 +72,7 @@ def test_training_several_members_ships_one_calibrated_ensemble(synthetic_data, 
     assert {"ensemble_logit", "conv2", "m1_conv2"} <= {layer.name for layer in model.layers}
     # The threshold was set on the ensemble's own validation probabilities.
     split = make_split(synthetic_data, "official", 0.25, config.seed)
-    predictor = Predictor.from_file(tmp_path / "ensemble.keras")
+    predictor = Predictor.from_file(tmp_path / "ensemble.keras", runtime="keras")  # as training calibrated it
     # Exactly the inputs training calibrated on: the threshold is one of their probabilities.
     images = load_model_inputs(split.validation, 32, None).astype(np.float32) / 255.0
     labels = np.array([s.label for s in split.validation])
@@ -131,9 +131,10 @@ def test_evaluation_scores_exactly_what_the_app_scores(tiny_model, synthetic_dat
         assert float(row["probability"]) == pytest.approx(app.probability, abs=1e-5), row["file"]
         assert int(row["call"]) == (app.label == "pneumonia") and int(row["grey_zone"]) == app.grey_zone
         assert row["ood"] == ""  # the tiny model has no gate
-    # call_files gives the report's figures, in file order, from the app's float32 model inputs.
+    # call_files gives the report's figures, in file order, from the app's float32 model inputs; the
+    # lab's evaluation scores on TensorFlow (the app on its ONNX export, to the 1e-5 above).
     paths = list(folder.values())
-    calls, inputs = call_files(predictor, paths)
+    calls, inputs = call_files(Predictor.from_file(tiny_model, runtime="keras"), paths)
     assert inputs.dtype == np.float32 and inputs.shape == (len(paths), 32, 32, 1)
     np.testing.assert_array_equal(inputs[3], DecodedImage.decode(paths[3]).model_input(32))  # the same file order
     assert [c.probability for c in calls] == pytest.approx([float(row["probability"]) for row in rows], abs=1e-9)

@@ -279,7 +279,7 @@ def fit_rule(model_path: Path, data_dir: Path, progress: Callable[[int, int], No
     """
     from ..errors import ConfigError
 
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     metadata = predictor.metadata
     scale = HeatmapScale.load(heatmap_scale_path(model_path), metadata.model_sha256)
     validation = model_split(metadata, Path(data_dir)).validation
@@ -393,7 +393,7 @@ def evaluate_test(model_path: Path, data_dir: Path, reports_dir: Path = DEFAULT_
         ModelFileError: the model has no heat-map scale or cut-off file of its own, or the cut-off
             was fitted with another scale (``AttentionRule.load``).
     """
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     metadata = predictor.metadata
     scale = HeatmapScale.load(heatmap_scale_path(model_path), metadata.model_sha256)
     rule = AttentionRule.load(attention_path(model_path), metadata.model_sha256, scale.id)

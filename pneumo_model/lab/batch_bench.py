@@ -117,7 +117,7 @@ def full_size_speed(model_path: Path, fullres_dir: Path, work: Path, copies: int
 
     originals = sorted(Path(fullres_dir).glob("**/*.jpeg"))
     paths = write_variants(originals, work / "fullsize", len(originals) * copies)
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     predictor.call(DecodedImage.decode(paths[0]))  # warm-up: tracing
     results = {"files": len(paths), "from_originals": len(originals)}
     results["predict_before_draft"] = _loop_rate(predictor, paths, ImageLimits(draft_side=0))
@@ -203,7 +203,7 @@ def batch_in_this_process(model_path: Path, listing: Path, out: Path) -> dict:
     from ..batch import LocalEngine, open_source, run_batch
     from ..prediction import Predictor
 
-    engine = LocalEngine(Predictor.from_file(Path(model_path)))
+    engine = LocalEngine(Predictor.from_file(Path(model_path), runtime="keras"))
     summary = run_batch(open_source(listing), engine, out, progress=False)
     with open("/proc/self/status") as status:
         peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))

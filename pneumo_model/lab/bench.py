@@ -37,7 +37,7 @@ TARGETS = {
     "batch_images_per_s": 50.0,
     "lime_speedup_vs_naive": 3.0,
 }
-BENCH_PARTS = ("speed", "memory", "draft", "batch", "pacs")
+BENCH_PARTS = ("speed", "memory", "draft", "batch", "pacs", "onnx")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ class BenchConfig:
         seed: which images are drawn.
         parts: what to measure, of ``BENCH_PARTS`` ("speed", "memory", "draft": the JPEG draft
             decode against the whole decode, "batch": ``batch`` on full-size films and at scale,
-            ``lab.batch_bench``); a run of some parts keeps the other parts' figures in ``bench.json``.
+            ``lab.batch_bench``, "onnx": ONNX Runtime against TensorFlow, ``lab.onnx_bench``); a run
+            of some parts keeps the other parts' figures in ``bench.json``.
         scale_files: distinct files of the batch part's scale run.
     """
 
@@ -146,6 +147,14 @@ def run_bench(
 
         report["pacs"] = {"created_utc": _now(), "machine": _machine(), **run_pacs_bench(model_path, Path(fullres_dir), log=log)}
         write_readme_block(REPO_ROOT / "README.md", markdown(report["pacs"], report["pacs"]["machine"]))
+    if "onnx" in config.parts:
+        from .onnx_bench import run_onnx_bench
+
+        report["onnx"] = {"created_utc": _now(), "machine": _machine(),
+                          "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                          **run_onnx_bench(model_path, Path(data_dir), Path(fullres_dir), log=log)}
+        for key, verdict in report["onnx"]["targets"].items():
+            log(f"{key}: {verdict['measured']:.4g} (target {verdict['target']:g}) {'met' if verdict['met'] else 'MISSED'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     if "speed" in config.parts:
@@ -172,7 +181,7 @@ def _speed(model_path: Path, data_dir: Path, fullres_dir: Path | None, config: B
     from ..pipeline import DecodedImage
     from ..prediction import Predictor
 
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     size = predictor.input_size
     rng = np.random.default_rng(config.seed)
     test = scan_split(Path(data_dir), "test")
@@ -508,7 +517,7 @@ def request_peak(image: Path, model_path: Path, limits: dict | None = None) -> d
     from ..preprocessing import ImageLimits
 
     image_limits = ImageLimits(**(limits or {}))
-    predictor = Predictor.from_file(Path(model_path))
+    predictor = Predictor.from_file(Path(model_path))  # the app's runtime: ONNX Runtime
     gradcam = GradCam(predictor.model, predictor.metadata.gradcam_layer)
 
     def upload(data: bytes):

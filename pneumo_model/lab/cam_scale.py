@@ -121,6 +121,6 @@ def measure_model(
         ModelFileError: the model files are missing or altered.
         DataError: the data folder differs from the data the model was trained on.
     """
-    predictor = Predictor.from_file(Path(model_path))
+    predictor = Predictor.from_file(Path(model_path), runtime="keras")
     validation = model_split(predictor.metadata, Path(data_dir)).validation
     return fit_scale(predictor, validation, rule, log)

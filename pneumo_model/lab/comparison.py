@@ -38,7 +38,7 @@ def _run_variants(
     for name, config in variants.items():
         model_path = Path(work_dir) / f"{name}.keras"
         metadata = train(config, Path(data_dir), model_path, command=command, progress=None, verbose=0)
-        predictor = Predictor.from_file(model_path)
+        predictor = Predictor.from_file(model_path, runtime="keras")
         row = {
             "variant": name,
             "architecture": config.architecture,

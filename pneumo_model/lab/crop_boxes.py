@@ -182,7 +182,7 @@ def evaluate_crop_boxes(
     Args:
         limit: score only the first ``limit`` films (a quick look; never for a written report).
     """
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     metadata = predictor.metadata
     data_split = model_split(metadata, Path(data_dir))
     samples = data_split.test if split == "test" else data_split.validation

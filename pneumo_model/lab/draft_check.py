@@ -31,7 +31,7 @@ def measure_agreement(fullres_dir: Path, model_path: Path = DEFAULT_MODEL_PATH) 
     from ..prediction import Predictor
     from ..preprocessing import ImageLimits
 
-    predictor = Predictor.from_file(Path(model_path))
+    predictor = Predictor.from_file(Path(model_path), runtime="keras")
     files = sorted(Path(fullres_dir).glob("**/*.jpeg"))
     whole_limits = ImageLimits(draft_side=0)
     size = predictor.input_size

@@ -136,7 +136,7 @@ def evaluate(
     Raises:
         DataError: the data folder differs from the data the model was trained on (``model_split``).
     """
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     metadata = predictor.metadata
     data_split = model_split(metadata, Path(data_dir))
     samples = data_split.test if split == "test" else data_split.validation
@@ -346,7 +346,7 @@ def evaluate_crop(
     from ..crop import DiaphragmSettings, RescoreRule, check_rescore, find_diaphragm
 
     settings = settings or DiaphragmSettings()
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     metadata = predictor.metadata
     data_split = model_split(metadata, Path(data_dir))
     samples = data_split.test if split == "test" else data_split.validation
@@ -515,7 +515,7 @@ def evaluate_markers(
 
     marker_settings = marker_settings or MarkerSettings()
     crop_settings = crop_settings or DiaphragmSettings()
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     metadata = predictor.metadata
     data_split = model_split(metadata, Path(data_dir))
     samples = data_split.test if split == "test" else data_split.validation
@@ -739,7 +739,7 @@ def evaluate_ood(model_path: Path, data_dir: Path, reports_dir: Path, corpus_xra
     from ..errors import InvalidImageError, ModelFileError
     from .ood_corpus import build_corpus
 
-    predictor = Predictor.from_file(Path(model_path))
+    predictor = Predictor.from_file(Path(model_path), runtime="keras")
     if predictor.gate is None:
         raise ModelFileError(f"No out-of-distribution gate beside {model_path}; run `python -m pneumo_model ood fit` first.")
     split = model_split(predictor.metadata, Path(data_dir))

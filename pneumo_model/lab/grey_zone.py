@@ -276,7 +276,7 @@ def measure_model(model_path: Path, data_dir: Path, rule: GreyZoneRule = GreyZon
     from ..data import model_split
     from ..prediction import Predictor
 
-    predictor = Predictor.from_file(Path(model_path))
+    predictor = Predictor.from_file(Path(model_path), runtime="keras")
     metadata = predictor.metadata
     validation = model_split(metadata, Path(data_dir)).validation
     return measure(predictor, [s.path for s in validation], metadata.temperature, metadata.threshold, rule)

@@ -99,6 +99,13 @@ def fit_for_model(model_path: Path, data_dir: Path, config: OodConfig = OodConfi
     gate = fit_gate(model, metadata.model_sha256, train, validation, config)
     gate.save(gate_path(model_path))
     grades_path(model_path).unlink(missing_ok=True)  # fixed for the gate just replaced: fix them again
+    # The run time reads the gate's summaries from the exported graph: export again if it lacks them.
+    from ..onnx_model import OnnxRecord, onnx_record_path
+    from .onnx_export import export_onnx
+
+    record = onnx_record_path(model_path)
+    if not record.is_file() or not set(gate.layers) <= set(OnnxRecord.load(record).summary_layers):
+        export_onnx(Path(model_path))
     return gate
 
 
@@ -153,7 +160,7 @@ def fix_grades(model_path: Path, data_dir: Path, rule: GradeRule = GradeRule()) 
     if not gate_file.is_file():
         raise ModelFileError(f"No out-of-distribution gate beside {model_path}; run `python -m pneumo_model ood fit` first.")
     grades_path(model_path).unlink(missing_ok=True)  # scored with the single cut, never with stale grades
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     split = model_split(predictor.metadata, Path(data_dir))
     whole, cropped = [], []
     for batch in decoded_batches([sample.path for sample in split.validation], predictor.batch_size):

@@ -48,7 +48,7 @@ def run_pacs_bench(model_path: Path, fullres_dir: Path, n_images: int = 100, log
     reason = missing()
     if reason:
         raise FileNotFoundError(reason)
-    predictor = Predictor.from_file(model_path)
+    predictor = Predictor.from_file(model_path, runtime="keras")
     films = _films(fullres_dir, n_images)
     with tempfile.TemporaryDirectory(prefix="pacs_bench_") as folder:
         server = OrthancServer(Path(folder) / "orthanc").start()

@@ -641,7 +641,7 @@ def evaluate_site_calibration(
     """
     sizes = tuple(int(size) for size in sizes)
     target = DEFAULT_TARGET_SENSITIVITY
-    predictor = Predictor.from_file(Path(model_path))
+    predictor = Predictor.from_file(Path(model_path), runtime="keras")
     scored = score_split(predictor, Path(data_dir))
     reports_dir = Path(reports_dir)
     count = record_test_use(reports_dir, predictor.metadata.model_sha256, "test")

@@ -199,7 +199,7 @@ def stress_report(model_paths: list[Path], data_dir: Path, reports_dir: Path, co
 
     results, details, drift = {}, {}, {}
     for path in model_paths:
-        predictor = Predictor.from_file(Path(path))
+        predictor = Predictor.from_file(Path(path), runtime="keras")
         validation = model_split(predictor.metadata, Path(data_dir)).validation
         labels = np.array([s.label for s in validation])
         names = [s.path.name for s in validation]

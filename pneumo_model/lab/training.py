@@ -286,6 +286,10 @@ def train(
 
     gate_path(Path(model_path)).unlink(missing_ok=True)
     grades_path(Path(model_path)).unlink(missing_ok=True)
+    # The graph the app and the run-time commands score with, beside the model (``onnx_model``).
+    from .onnx_export import export_onnx
+
+    export_onnx(Path(model_path), x_val[:16].astype(np.float32) / 255.0)
     return saved
 
 
