@@ -141,9 +141,14 @@ def operating_point_purpose(model: Predictor) -> str:
     """What the threshold was set for, in words: 'set for sensitivity 0.97 on validation data from the
     training hospital' or 'set for sensitivity 0.97 on this site's 200 labelled images (site profile 3f2a…)'."""
     point = model.operating_point
-    if point.kind == "shipped":
+    if point.kind in ("shipped", "label-free"):
         target = model.metadata.train_config.get("operating", {}).get("target_sensitivity")
         aim = f"set for sensitivity {target:.2f} " if target is not None else "set "
+        if point.kind == "label-free":
+            return aim + (
+                "on validation data from the training hospital, and read through a label-free alignment to this site's "
+                f"unlabelled films (site profile {point.short_id}…; provisional until `site check` on labelled films confirms it)"
+            )
         return aim + "on validation data from the training hospital"
     from . import resources
 
@@ -207,10 +212,22 @@ def _predictor(banner) -> Predictor:
     _load_state()["loaded"] = True
     banner.warning(
         f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.description}); "
-        f"operating point {operating_point_line(model)}. {access.mode_words()}",
+        f"operating point {operating_point_line(model)}. {label_free_words(model)}{access.mode_words()}",
         icon=":material/medical_information:",
     )
     return model
+
+
+LABEL_FREE_BANNER = (
+    "**A label-free site profile is active: provisional.** Its threshold was aligned to this site's films without "
+    "any diagnosis; it holds only until `python -m pneumo_model site check` on labelled films confirms it. A labelled "
+    "profile (`site fit`) is the better evidence. "
+)
+
+
+def label_free_words(model: Predictor) -> str:
+    """The banner's sentence when the active operating point is a label-free profile; empty otherwise."""
+    return LABEL_FREE_BANNER if model.operating_point.kind == "label-free" else ""
 
 
 def _link(page: Page, label: str | None = None) -> None:
