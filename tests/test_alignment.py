@@ -378,3 +378,34 @@ def test_the_app_with_a_label_free_profile_says_on_every_page_that_it_is_provisi
     for page in PAGES[1:]:
         app.switch_page(page).run()
         assert not app.exception and "A label-free site profile is active: provisional" in texts(app.warning), page
+
+
+# --- the committed evaluation -------------------------------------------------------------------
+
+
+def test_the_label_free_report_says_what_it_must_and_judges_by_its_numbers():
+    from pneumo_model.lab import label_free as lf
+
+    report = json.loads((REPO_ROOT / "reports" / "site_label_free.json").read_text())
+    assert report["config"]["draws"] >= 200 and set(report["results"]) == {"100|split", "250|split", "500|split", "100|low", "250|low"}
+    assert report["rule"]["document"] == alignment.RULE and report["rule"]["commit"]
+    assert report["rule"]["sha256"] == hashlib.sha256((REPO_ROOT / alignment.RULE).read_bytes()).hexdigest()  # rules unchanged since
+    for row in report["must_reach"]:
+        block = report["results"][f"{row['size']}|{row['prevalence']}"]
+        value = block["refused_share"] if row["figure"] == "refused_share" else block["points"]["label_free"][row["figure"]][row["statistic"]]
+        assert row["value"] == pytest.approx(value, rel=1e-6)
+        assert row["met"] == (value >= row["target"] if row["op"] == ">=" else value <= row["target"])
+    assert (REPO_ROOT / "reports" / "site_label_free.md").read_text() == lf.label_free_markdown(report)
+
+
+@pytest.mark.data
+@pytest.mark.shipped_model
+def test_committed_label_free_report_is_what_site_evaluate_label_free_gives(tmp_path):
+    from conftest import same_report
+    from pneumo_model.data import DEFAULT_DATA_DIR
+    from pneumo_model.lab import label_free as lf
+
+    fresh = lf.evaluate_label_free(DEFAULT_MODEL_PATH, DEFAULT_DATA_DIR, tmp_path)  # logs in tmp_path, not reports/
+    committed = json.loads((REPO_ROOT / "reports" / "site_label_free.json").read_text())
+    same_report(committed, fresh)
+    assert (tmp_path / lf.EVAL_FIGURE_PATH).is_file()
