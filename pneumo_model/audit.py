@@ -20,7 +20,12 @@ before them; 5 adds ``verdicts.reviewer_subject`` (the signed-in reviewer's stab
 identity provider; NULL in local mode and before) and the ``events`` table: what was done with the
 trail or a result that is not a result or a verdict (a structured report sent to the PACS, the full
 trail opened or exported), each with its kind, the subject who did it (NULL in local mode), the
-result it concerns if any, and a small JSON detail that never holds patient data. Opening an older
+result it concerns if any, and a small JSON detail that never holds patient data; 6 adds
+``results.logit`` (the model's raw logit, so that any operating point can be recomputed: what site
+alignment and the drift monitor read) and ``results.age_years`` (the age in the DICOM header, in
+years, NULL when it says none), and ``verdicts.submission_id`` with a unique index: the id of the
+one drawing of a verdict form a verdict came from, so that the same submission sent twice (a
+double click, a resend after a lost answer) is one row. Opening an older
 database brings it up to date in one transaction and keeps every record as it was; a database
 written by a newer version is refused and left untouched.
 """
@@ -28,10 +33,11 @@ written by a newer version is refused and left untouched.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +48,8 @@ from .errors import PneumoError
 if TYPE_CHECKING:
     from .prediction import Prediction
 
-SCHEMA_VERSION = 5  # 2: reveals; 3: results.operating_point; 4: results.markers_masked; 5: events, reviewer_subject
+SCHEMA_VERSION = 6  # 2: reveals; 3: results.operating_point; 4: results.markers_masked; 5: events, reviewer_subject;
+# 6: results.logit and age_years, verdicts.submission_id (unique)
 # What an event records (``AuditTrail.record_event``): a DICOM structured report sent to the PACS,
 # the whole trail opened or exported by an administrator, a sign-out (its detail names the sign-in
 # it ended, by digest, so that a replayed copy of its cookie is refused, even after a restart).
@@ -72,7 +79,9 @@ _SCHEMA = (
     ood_score REAL,
     crop_box TEXT,
     operating_point TEXT,
-    markers_masked INTEGER CHECK (markers_masked IN (0, 1))
+    markers_masked INTEGER CHECK (markers_masked IN (0, 1)),
+    logit REAL,
+    age_years REAL CHECK (age_years >= 0)
 )""",
     """CREATE TABLE IF NOT EXISTS verdicts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -81,7 +90,8 @@ _SCHEMA = (
     verdict TEXT NOT NULL CHECK (verdict IN ('agree', 'disagree', 'unsure')),
     note TEXT NOT NULL DEFAULT '',
     reviewer TEXT NOT NULL DEFAULT '',
-    reviewer_subject TEXT
+    reviewer_subject TEXT,
+    submission_id TEXT CHECK (length(submission_id) BETWEEN 8 AND 64)
 )""",
     """CREATE TABLE IF NOT EXISTS reveals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -165,6 +175,14 @@ _ADDED_COLUMNS = (
     ("results", "operating_point", "TEXT"),
     ("results", "markers_masked", "INTEGER CHECK (markers_masked IN (0, 1))"),
     ("verdicts", "reviewer_subject", "TEXT"),
+    ("results", "logit", "REAL"),
+    ("results", "age_years", "REAL CHECK (age_years >= 0)"),
+    ("verdicts", "submission_id", "TEXT CHECK (length(submission_id) BETWEEN 8 AND 64)"),
+)
+# After the columns they index exist. Old verdicts have no submission id: NULLs never collide.
+_INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS verdicts_submission ON verdicts (submission_id)",
+    "CREATE INDEX IF NOT EXISTS results_image ON results (image_sha256, model_sha256)",  # scored_films
 )
 
 
@@ -183,6 +201,8 @@ def _upgrade(connection: sqlite3.Connection) -> None:
                 columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
                     connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            for statement in _INDEXES:
+                connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
@@ -217,6 +237,10 @@ class ResultRecord:
         operating_point: the id of the operating point that made the call
             (``Prediction.operating_point``). Required: None is refused when recording, and only
             records written before the trail kept it have none.
+        logit: the model's raw logit (``Prediction.logit``); None only in records written
+            before the trail kept it (``scored_films`` then recomputes it where that is exact).
+        age_years: the patient's age by the DICOM header (``ImageInfo.age_years``), None when it
+            gives none: alignment and monitoring leave out films of another population.
     """
 
     image_sha256: str
@@ -231,6 +255,8 @@ class ResultRecord:
     crop_box: Sequence[int] | None = None
     operating_point: str | None = None
     markers_masked: bool = False
+    logit: float | None = None
+    age_years: float | None = None
 
     def row(self) -> tuple:
         """The values of an INSERT into ``results``, stamped with the current UTC time.
@@ -259,6 +285,8 @@ class ResultRecord:
             _box_text(self.crop_box),
             self.operating_point,
             int(bool(self.markers_masked)),
+            None if self.logit is None else float(self.logit),
+            None if self.age_years is None else round(float(self.age_years), 2),
         )
 
     @classmethod
@@ -285,6 +313,8 @@ class ResultRecord:
             crop_box=None if crop_box is None else tuple(int(value) for value in crop_box),
             operating_point=prediction.operating_point,
             markers_masked=bool(markers_masked),
+            logit=prediction.logit,
+            age_years=prediction.info.age_years,
         )
 
 
@@ -359,8 +389,8 @@ class AuditTrail:
         try:
             return self._insert(
                 "INSERT INTO results (recorded_utc, source, image_sha256, model_sha256, threshold, probability, "
-                "label, grey_zone, ood, ood_score, crop_box, operating_point, markers_masked) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "label, grey_zone, ood, ood_score, crop_box, operating_point, markers_masked, logit, age_years) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         except sqlite3.IntegrityError as error:
@@ -383,22 +413,132 @@ class AuditTrail:
             AuditError: an unknown verdict or result, a note or name that is too long, or the
                 database cannot be written.
         """
-        if verdict not in VERDICTS:
-            raise AuditError(f"A verdict is one of {', '.join(VERDICTS)}; got '{verdict}'.")
-        note, reviewer = note.strip(), reviewer.strip()
-        if len(note) > MAX_NOTE_CHARS:
-            raise AuditError(f"The note has {len(note)} characters; at most {MAX_NOTE_CHARS} are kept. Shorten it.")
-        if len(reviewer) > MAX_REVIEWER_CHARS:
-            raise AuditError(f"The reviewer name has more than {MAX_REVIEWER_CHARS} characters. Shorten it.")
-        subject = _subject_text(reviewer_subject)
+        values = _verdict_values(result_id, verdict, note, reviewer, reviewer_subject)
         try:
             return self._insert(
                 "INSERT INTO verdicts (recorded_utc, result_id, verdict, note, reviewer, reviewer_subject) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(_utc_now(), int(result_id), verdict, note, reviewer, subject)],
+                [values],
             )[0]
         except sqlite3.IntegrityError:
             raise AuditError(f"There is no recorded result {result_id} to attach the verdict to.") from None
+
+    def record_verdict_once(
+        self,
+        submission_id: str,
+        result_id: int,
+        verdict: str,
+        note: str = "",
+        reviewer: str = "",
+        reviewer_subject: str | None = None,
+    ) -> "VerdictWrite":
+        """Appends a verdict unless its submission already wrote one; says which happened.
+
+        ``submission_id`` names the one drawing of a verdict form the press came from. The trail
+        keeps it under a unique index, so the same submission sent twice (a double click, a resend
+        after an answer lost to a restart, two server processes) is one row, whoever sends it;
+        the second send gets the first one's record back with ``new`` False. Checked and written in
+        one transaction under the write lock.
+
+        Raises:
+            AuditError: an unknown verdict or result, a note or name that is too long, a
+                submission id that is not 8 to 64 characters, or the database cannot be written.
+        """
+        submission_id = str(submission_id)
+        if not 8 <= len(submission_id) <= 64:
+            raise AuditError("A verdict's submission id has 8 to 64 characters; nothing was recorded.")
+        values = _verdict_values(result_id, verdict, note, reviewer, reviewer_subject)
+        with self._connection() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                written = _verdict_of_submission(connection, submission_id)
+                if written is None:
+                    connection.execute(
+                        "INSERT INTO verdicts (recorded_utc, result_id, verdict, note, reviewer, reviewer_subject, "
+                        "submission_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (*values, submission_id),
+                    )
+                    written = _verdict_of_submission(connection, submission_id)
+                    written = replace(written, new=True)
+                connection.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                connection.execute("ROLLBACK")
+                raise AuditError(f"There is no recorded result {result_id} to attach the verdict to.") from None
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        return written
+
+    def verdict_of_submission(self, submission_id: str) -> "VerdictWrite | None":
+        """The verdict a submission wrote (``new`` False), or None: how a form that lost its answer
+        (a restart between the write and the confirmation) learns that it was saved."""
+        with self._connection() as connection:
+            return _verdict_of_submission(connection, str(submission_id))
+
+    def scored_films(
+        self,
+        model_sha256: str,
+        *,
+        scales: Mapping[str, tuple[float, float]] | None = None,
+        last: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> "ScoredFilms":
+        """The films the model scored, each image once, in the order they were first scored: what
+        label-free site alignment and the drift monitor read.
+
+        A film counts once (its SHA-256), at its first record for ``model_sha256`` of the whole,
+        unmasked image (a crop or a film with its markers painted out is another input, not another
+        film). Its logit is the recorded one; a record from before the trail kept it gets it back
+        from its probability where its operating point is in ``scales`` (exact: the probability is
+        ``sigmoid(scale * logit + offset)``, kept as a float64), else it is left out and counted.
+
+        Args:
+            model_sha256: the model whose scores are read (the scores of two models do not mix).
+            scales: ``{operating point id: (scale, offset)}`` of the points whose old records may
+                be recomputed (``OperatingPoint.scale`` and ``offset``).
+            last: only the last ``last`` films.
+            since, until: only films first scored on or after ``since`` and on or before
+                ``until`` (ISO dates, ``YYYY-MM-DD``, UTC, both days inclusive).
+
+        Raises:
+            AuditError: a date that is not ``YYYY-MM-DD``, or the database cannot be read.
+        """
+        clauses, arguments = ["first.model_sha256 = ?"], [model_sha256]
+        for day, operator, suffix in ((since, ">=", ""), (until, "<", "~")):  # "~" sorts after any time of the day
+            if day is not None:
+                try:
+                    datetime.strptime(day, "%Y-%m-%d")
+                except (TypeError, ValueError):
+                    raise AuditError(f"A date is given as YYYY-MM-DD; got '{day}'.") from None
+                clauses.append(f"first.recorded_utc {operator} ?")
+                arguments.append(day + suffix)
+        query = f"""
+            SELECT first.image_sha256, first.recorded_utc, first.logit, first.probability, first.operating_point,
+                   first.ood, first.ood_score, first.age_years
+            FROM results AS first
+            WHERE first.id = (SELECT min(r.id) FROM results AS r
+                              WHERE r.image_sha256 = first.image_sha256 AND r.model_sha256 = first.model_sha256
+                                AND r.crop_box IS NULL AND coalesce(r.markers_masked, 0) = 0)
+              AND {" AND ".join(clauses)}
+            ORDER BY first.id"""
+        with self._connection() as connection:
+            rows = connection.execute(query, arguments).fetchall()
+        scales = dict(scales or {})
+        films, left_out = [], 0
+        for sha, utc, stored, probability, point, ood, ood_score, age in rows:
+            value = stored
+            if value is None and point in scales and 0.0 < probability < 1.0:
+                scale, offset = scales[point]
+                value = (math.log(probability) - math.log1p(-probability) - offset) / scale
+            if value is None:
+                left_out += 1
+                continue
+            films.append(ScoredFilm(sha, utc, float(value), None if ood is None else bool(ood), ood_score, age))
+        if last is not None:
+            films = films[-int(last):] if last > 0 else []
+        return ScoredFilms(tuple(films), left_out)
 
     def record_reveal(self, result_id: int) -> int:
         """Appends that a user asked to see the call of a result the out-of-distribution gate
@@ -471,6 +611,77 @@ class AuditTrail:
         """``PRAGMA integrity_check`` returns ok."""
         with self._connection() as connection:
             return connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@dataclass(frozen=True)
+class VerdictWrite:
+    """A verdict as the trail holds it, and whether this call wrote it.
+
+    Attributes:
+        verdict_id: its record.
+        result_id, verdict: what it says.
+        recorded_utc: when it was written (ISO, UTC).
+        new: True when this call wrote it; False when its submission had written it before.
+    """
+
+    verdict_id: int
+    result_id: int
+    verdict: str
+    recorded_utc: str
+    new: bool = False
+
+
+def _verdict_of_submission(connection: sqlite3.Connection, submission_id: str) -> VerdictWrite | None:
+    row = connection.execute(
+        "SELECT id, result_id, verdict, recorded_utc FROM verdicts WHERE submission_id = ?", (submission_id,)
+    ).fetchone()
+    return None if row is None else VerdictWrite(int(row[0]), int(row[1]), row[2], row[3])
+
+
+def _verdict_values(result_id: int, verdict: str, note: str, reviewer: str, reviewer_subject: str | None) -> tuple:
+    """The checked values of a verdict row, stamped with the current UTC time.
+
+    Raises:
+        AuditError: an unknown verdict, or a note, name or subject that is too long.
+    """
+    if verdict not in VERDICTS:
+        raise AuditError(f"A verdict is one of {', '.join(VERDICTS)}; got '{verdict}'.")
+    note, reviewer = note.strip(), reviewer.strip()
+    if len(note) > MAX_NOTE_CHARS:
+        raise AuditError(f"The note has {len(note)} characters; at most {MAX_NOTE_CHARS} are kept. Shorten it.")
+    if len(reviewer) > MAX_REVIEWER_CHARS:
+        raise AuditError(f"The reviewer name has more than {MAX_REVIEWER_CHARS} characters. Shorten it.")
+    return (_utc_now(), int(result_id), verdict, note, reviewer, _subject_text(reviewer_subject))
+
+
+@dataclass(frozen=True)
+class ScoredFilm:
+    """A film as ``AuditTrail.scored_films`` reads it (no patient data: the image's SHA-256 only).
+
+    Attributes:
+        image_sha256: the image bytes' SHA-256.
+        first_utc: when the model first scored it (ISO, UTC).
+        logit: the model's raw logit.
+        ood: whether the gate flagged it (None: the model had no gate).
+        ood_score: the gate's score, None without a gate.
+        age_years: the age in the DICOM header, None when there was none.
+    """
+
+    image_sha256: str
+    first_utc: str
+    logit: float
+    ood: bool | None
+    ood_score: float | None
+    age_years: float | None
+
+
+@dataclass(frozen=True)
+class ScoredFilms:
+    """The films ``AuditTrail.scored_films`` read, and how many it left out (old records whose
+    logit cannot be recomputed exactly)."""
+
+    films: tuple[ScoredFilm, ...]
+    left_out: int
 
 
 def _subject_text(subject: str | None) -> str | None:

@@ -227,6 +227,8 @@ def scored_row(name: str, digest: str, prediction) -> dict:
         "grey_zone": bool(prediction.grey_zone), "ood": prediction.ood, "ood_score": prediction.ood_score,
         "ood_grade": prediction.ood_grade, "operating_point": prediction.operating_point, "model_sha": prediction.model_sha,
         "warnings": list(prediction.info.warnings), "error": None,
+        # For the audit trail only (``_recorder``); RESULTS keeps ``RESULT_COLUMNS``.
+        "logit": float(prediction.logit), "age_years": prediction.info.age_years,
     }
 
 
@@ -708,6 +710,7 @@ def _recorder(trail, threshold: float, summary: BatchSummary) -> Callable[[list[
                 image_sha256=row["sha256"], model_sha256=row["model_sha"], threshold=threshold,
                 probability=row["probability"], label=row["label"], grey_zone=row["grey_zone"], source="cli",
                 ood=row["ood"], ood_score=row["ood_score"], operating_point=row["operating_point"],
+                logit=row.get("logit"), age_years=row.get("age_years"),
             )
             for row in rows if row["error"] is None
         ]

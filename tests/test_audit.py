@@ -14,11 +14,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pneumo_model.artifacts import REPO_ROOT
 from pneumo_model.audit import SCHEMA_VERSION, TRAIL_COLUMNS, AuditError, AuditTrail, ResultRecord
 from pneumo_model.prediction import Prediction
+from pneumo_model.dicom import DicomTags
 from pneumo_model.preprocessing import ImageInfo
 
 IMAGE_SHA = "a" * 64
@@ -335,10 +337,11 @@ def test_a_version_2_trail_gets_the_operating_point_and_keeps_every_record(tmp_p
 
     trail = AuditTrail(path)
     after = _tables(path)
-    assert after["results"] == [row + (None, None) for row in before["results"]]  # the new column, last, NULL
-    assert after["verdicts"] == [row + (None,) for row in before["verdicts"]]  # reviewer_subject, NULL
+    # the new columns, last, NULL: operating_point, markers_masked, logit, age_years
+    assert after["results"] == [row + (None,) * 4 for row in before["results"]]
+    assert after["verdicts"] == [row + (None, None) for row in before["verdicts"]]  # reviewer_subject, submission_id
     assert after["reveals"] == before["reveals"]
-    assert _pragma(path, "user_version") == SCHEMA_VERSION == 5
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 6
     assert trail.integrity_ok()
 
     rows = trail.trail()
@@ -400,8 +403,8 @@ def test_a_version_1_trail_gets_the_reveals_table_and_the_operating_point(tmp_pa
 
     trail = AuditTrail(path)
     after = _tables(path)
-    assert after["results"] == [row + (None, None) for row in before["results"]]
-    assert after["verdicts"] == [row + (None,) for row in before["verdicts"]]  # reviewer_subject, NULL
+    assert after["results"] == [row + (None,) * 4 for row in before["results"]]
+    assert after["verdicts"] == [row + (None, None) for row in before["verdicts"]]  # reviewer_subject, submission_id
     assert after["reveals"] == []
     assert _pragma(path, "user_version") == SCHEMA_VERSION
     result = record(trail)
@@ -475,8 +478,8 @@ def test_processes_opening_an_old_trail_at_once_migrate_it_once(tmp_path):
         ids.append(int(out))
     after = _tables(path)
     assert sorted(ids) == [4, 5, 6, 7, 8, 9]
-    assert after["results"][:3] == [row + (None, None) for row in before["results"]]
-    assert [row[-2:] for row in after["results"][3:]] == [("0123456789abcdef", 0)] * 6
+    assert after["results"][:3] == [row + (None,) * 4 for row in before["results"]]
+    assert [row[-4:-2] for row in after["results"][3:]] == [("0123456789abcdef", 0)] * 6
     columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(results)")]
     assert columns.count("operating_point") == 1 and columns.count("markers_masked") == 1
     assert _pragma(path, "user_version") == SCHEMA_VERSION
@@ -493,10 +496,10 @@ def test_a_version_3_trail_gets_the_markers_column_and_a_masked_call_says_so(tmp
 
     trail = AuditTrail(path)
     after = _tables(path)
-    assert after["results"] == [row + (None,) for row in before["results"]]  # markers_masked, last, NULL
-    assert after["verdicts"] == [row + (None,) for row in before["verdicts"]]  # reviewer_subject, NULL
+    assert after["results"] == [row + (None,) * 3 for row in before["results"]]  # markers_masked, logit, age_years
+    assert after["verdicts"] == [row + (None, None) for row in before["verdicts"]]  # reviewer_subject, submission_id
     assert after["reveals"] == before["reveals"]
-    assert _pragma(path, "user_version") == SCHEMA_VERSION == 5
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 6
     masked = trail.record_result(
         image_sha256="a" * 64, model_sha256="b" * 64, threshold=0.24, probability=0.3, label="pneumonia",
         grey_zone=True, source="app", operating_point="0123456789abcdef", markers_masked=True,
@@ -553,10 +556,13 @@ def test_events_are_kept_with_their_detail_and_are_append_only(tmp_path):
 
 def test_a_version_4_trail_gets_the_events_table_and_the_subject_column(tmp_path):
     path = _old_copy(tmp_path)
-    AuditTrail(path)  # now version 5: take the version 5 parts away again to make a version 4 file
+    AuditTrail(path)  # now version 6: take the version 5 and 6 parts away again to make a version 4 file
     connection = sqlite3.connect(path)
     connection.execute("DROP TABLE events")
-    connection.execute("ALTER TABLE verdicts DROP COLUMN reviewer_subject")
+    for index in ("verdicts_submission", "results_image"):
+        connection.execute(f"DROP INDEX {index}")
+    for table, column in (("verdicts", "reviewer_subject"), ("verdicts", "submission_id"), ("results", "logit"), ("results", "age_years")):
+        connection.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     connection.execute("PRAGMA user_version = 4")
     connection.commit()
     connection.close()
@@ -565,8 +571,165 @@ def test_a_version_4_trail_gets_the_events_table_and_the_subject_column(tmp_path
 
     trail = AuditTrail(path)
     after = _tables(path)
-    assert after["results"] == before["results"] and after["reveals"] == before["reveals"]
-    assert after["verdicts"] == [row + (None,) for row in before["verdicts"]]
-    assert after["events"] == [] and _pragma(path, "user_version") == SCHEMA_VERSION == 5
+    assert after["results"] == [row + (None, None) for row in before["results"]] and after["reveals"] == before["reveals"]
+    assert after["verdicts"] == [row + (None, None) for row in before["verdicts"]]
+    assert after["events"] == [] and _pragma(path, "user_version") == SCHEMA_VERSION == 6
     trail.record_event("trail_exported", subject="admin-7", rows=3)
     assert trail.events()[0]["detail"] == {"rows": 3}
+
+
+# ----------------------------------------------------------------------------- schema 6
+AUDIT_V5 = Path(__file__).parent / "data" / "audit_v5.sqlite3"  # written by commit d844464 (tests/data/README.md)
+
+
+def test_a_trail_written_by_version_5_code_keeps_every_record_and_gains_the_new_columns(tmp_path):
+    path = tmp_path / "audit.sqlite3"
+    shutil.copy(AUDIT_V5, path)
+    before = _tables(path)
+    assert [len(before[table]) for table in ("results", "verdicts", "reveals", "events")] == [5, 3, 1, 1]
+
+    trail = AuditTrail(path)
+    after = _tables(path)
+    assert after["results"] == [row + (None, None) for row in before["results"]]  # logit, age_years
+    assert after["verdicts"] == [row + (None,) for row in before["verdicts"]]  # submission_id
+    assert after["reveals"] == before["reveals"] and after["events"] == before["events"]
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 6
+    assert trail.integrity_ok()
+    # the two verdicts of a double click before submission ids stay two rows: nothing is rewritten
+    assert [row["verdict_id"] for row in trail.trail() if row["result_id"] == 1] == [1, 2]
+    connection = sqlite3.connect(path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        connection.execute("UPDATE verdicts SET submission_id = 'abcdefgh' WHERE id = 1")
+    connection.close()
+    # old verdicts have no submission id, and NULLs never collide: new verdicts with ids still go in
+    first = trail.record_verdict_once("f" * 32, 1, "unsure")
+    assert first.new and first.verdict_id == 4
+
+
+def test_the_same_submission_sent_twice_is_one_row(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    result = record(trail)
+    first = trail.record_verdict_once("a" * 32, result, "agree", note="consolidation", reviewer="Dr A")
+    again = trail.record_verdict_once("a" * 32, result, "agree", note="consolidation", reviewer="Dr A")
+    assert first.new and not again.new
+    assert (again.verdict_id, again.result_id, again.verdict, again.recorded_utc) == (
+        first.verdict_id, first.result_id, first.verdict, first.recorded_utc,
+    )
+    assert trail.counts()["verdicts"] == 1
+    assert trail.verdict_of_submission("a" * 32) == again
+    assert trail.verdict_of_submission("b" * 32) is None
+    other = trail.record_verdict_once("b" * 32, result, "disagree")
+    assert other.new and other.verdict_id == first.verdict_id + 1 and trail.counts()["verdicts"] == 2
+    # the database itself refuses a second row with the id, whoever writes it
+    connection = sqlite3.connect(tmp_path / "audit.sqlite3")
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        connection.execute(
+            "INSERT INTO verdicts (recorded_utc, result_id, verdict, submission_id) VALUES ('x', ?, 'agree', ?)",
+            (result, "a" * 32),
+        )
+    connection.close()
+
+
+@pytest.mark.parametrize("submission", ["", "short", "x" * 65])
+def test_a_submission_id_of_the_wrong_length_is_refused_and_nothing_is_written(tmp_path, submission):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    result = record(trail)
+    with pytest.raises(AuditError, match="8 to 64 characters"):
+        trail.record_verdict_once(submission, result, "agree")
+    with pytest.raises(AuditError, match="no recorded result 999"):
+        trail.record_verdict_once("c" * 32, 999, "agree")
+    assert trail.counts()["verdicts"] == 0
+
+
+_RESENDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from pneumo_model.audit import AuditTrail
+    go = Path(sys.argv[2])
+    while not go.exists():
+        time.sleep(0.001)
+    written = AuditTrail(sys.argv[1]).record_verdict_once("e" * 32, 1, "agree", note="resent")
+    print(written.verdict_id, int(written.new))
+    """
+)
+
+
+def test_processes_sending_one_submission_at_once_write_one_row(tmp_path):
+    path = tmp_path / "audit.sqlite3"
+    record(AuditTrail(path))
+    script, go = tmp_path / "resender.py", tmp_path / "go"
+    script.write_text(_RESENDER)
+    senders = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(path), str(go)],
+            cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(5)
+    ]
+    time.sleep(1.0)
+    go.touch()
+    answers = []
+    for sender in senders:
+        out, err = sender.communicate(timeout=120)
+        assert sender.returncode == 0, err
+        answers.append(tuple(int(value) for value in out.split()))
+    assert sorted(answers) == [(1, 0)] * 4 + [(1, 1)]  # one wrote it, four were told it was written
+    assert AuditTrail(path).counts()["verdicts"] == 1
+
+
+def test_a_result_keeps_the_raw_logit_and_the_age(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    info = ImageInfo(width=800, height=600, bit_depth=16, format="DICOM", dicom=DicomTags("DX", "CHEST", "PA", "MONOCHROME2", None, age_years=3.4567))
+    prediction = Prediction(
+        probability=0.8, label="pneumonia", grey_zone=False, threshold=0.6, model_sha=MODEL_SHA, info=info,
+        operating_point=POINT, logit=2.75,
+    )
+    result = trail.record_results([ResultRecord.of(prediction, IMAGE_SHA, "cli")])[0]
+    row = sqlite3.connect(tmp_path / "audit.sqlite3").execute(
+        "SELECT logit, age_years FROM results WHERE id = ?", (result,)
+    ).fetchone()
+    assert row == (2.75, 3.46)
+    with pytest.raises(AuditError, match="not acceptable"):
+        record(trail, age_years=-1.0)
+
+
+def test_scored_films_reads_each_film_once_and_recomputes_old_logits_only_where_exact(tmp_path):
+    path = tmp_path / "audit.sqlite3"
+    shutil.copy(AUDIT_V5, path)
+    trail = AuditTrail(path)
+    scale, offset = 1 / 1.7, 0.0  # what the fixture's "0123456789abcdef" stands for here
+    new = record(trail, image_sha256="4" * 64, model_sha256="b" * 64, logit=-1.25, age_years=2.0)
+    record(trail, image_sha256="4" * 64, model_sha256="b" * 64, logit=9.0)  # the same film again: not counted
+    record(trail, image_sha256="5" * 64, model_sha256="b" * 64, logit=0.5, crop_box=(0, 0, 10, 10))  # a crop only
+
+    read = trail.scored_films("b" * 64, scales={"0123456789abcdef": (scale, offset)})
+    assert [film.image_sha256[0] for film in read.films] == ["1", "4"]  # film 1 once, at its first record
+    one, four = read.films
+    assert one.logit == pytest.approx((np.log(0.81) - np.log1p(-0.81)) / scale, rel=1e-12)
+    assert (one.ood, one.ood_score, one.age_years) == (False, 0.42, None)
+    assert (four.logit, four.age_years) == (-1.25, 2.0)
+    assert read.left_out == 1  # film 2: its operating point's scale is not given, so its logit is unknown
+    assert trail.scored_films("b" * 64).left_out == 2
+    assert [film.image_sha256[0] for film in trail.scored_films("c" * 64, scales={"0123456789abcdef": (1.0, 0.0)}).films] == ["3"]
+    assert [film.image_sha256[0] for film in trail.scored_films("b" * 64, scales={"0123456789abcdef": (scale, 0.0)}, last=1).films] == ["4"]
+    assert trail.scored_films("b" * 64, last=0).films == ()
+    connection = sqlite3.connect(path)  # three films of another model, on days the test chooses
+    for sha, day in (("6", "2026-01-14"), ("7", "2026-01-15"), ("8", "2026-01-16")):
+        connection.execute(
+            "INSERT INTO results (recorded_utc, source, image_sha256, model_sha256, threshold, probability, label, "
+            "grey_zone, operating_point, logit) VALUES (?, 'cli', ?, ?, 0.6, 0.5, 'normal', 0, 'p', 0.0)",
+            (f"{day}T23:59:59.999999+00:00", sha * 64, "d" * 64),
+        )
+    connection.commit()
+    connection.close()
+    days = {
+        ("2026-01-15", None): ["7", "8"], (None, "2026-01-15"): ["6", "7"], ("2026-01-15", "2026-01-15"): ["7"],
+        ("2026-01-17", None): [], (None, "2026-01-13"): [], (None, None): ["6", "7", "8"],
+    }
+    for (since, until), films in days.items():
+        assert [film.image_sha256[0] for film in trail.scored_films("d" * 64, since=since, until=until).films] == films
+    with pytest.raises(AuditError, match="YYYY-MM-DD"):
+        trail.scored_films("b" * 64, since="7 Dec")
+    assert new > 5
