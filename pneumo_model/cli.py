@@ -573,7 +573,9 @@ def _site_align(args) -> int:
     if args.audit is not None:
         from .alignment import scores_from_audit
 
-        scores = scores_from_audit(args.audit, predictor.metadata.model_sha256, **window)
+        # An old record without its logit gets it back from its probability where its operating point was the shipped one.
+        shipped = predictor.operating_point
+        scores = scores_from_audit(args.audit, predictor.metadata.model_sha256, {shipped.id: (shipped.scale, shipped.offset)}, **window)
     else:
         from .batch import folder_items, list_items
 

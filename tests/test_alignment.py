@@ -409,3 +409,25 @@ def test_committed_label_free_report_is_what_site_evaluate_label_free_gives(tmp_
     committed = json.loads((REPO_ROOT / "reports" / "site_label_free.json").read_text())
     same_report(committed, fresh)
     assert (tmp_path / lf.EVAL_FIGURE_PATH).is_file()
+
+
+def test_site_align_reads_the_films_batch_audit_recorded_each_once(aligned_model, tmp_path, capsys):
+    model, root = aligned_model
+    trail = tmp_path / "trail.sqlite3"
+    assert main(["batch", str(root), "--out", str(tmp_path / "results"), "--audit", str(trail), "--model", str(model), "--no-progress"]) == 0
+    # The same films scored again count once.
+    assert main(["batch", str(root), "--out", str(tmp_path / "again"), "--audit", str(trail), "--model", str(model), "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "from_trail.json"
+    code, lines, _ = _run(capsys, ["site", "align", "--audit", str(trail), "--out", str(out), "--model", str(model)])
+    last = json.loads(lines[-1])
+    counts = last["counts"]
+    assert counts["files_in"] == 130 and counts["used"] + counts["excluded_by_gate"] == 130
+    code_folder, lines_folder, _ = _run(capsys, ["site", "align", "--folder", str(root), "--out", str(tmp_path / "f.json"), "--model", str(model)])
+    assert code == code_folder  # the trail's films are the folder's films
+    if code == 0:
+        assert last["id"] == json.loads(lines_folder[-1])["id"] or last["n"] == json.loads(lines_folder[-1])["n"]
+    code, lines, _ = _run(capsys, ["site", "align", "--audit", str(trail), "--last", "40", "--out", str(tmp_path / "l.json"), "--model", str(model)])
+    assert code == 2 and json.loads(lines[-1])["counts"]["files_in"] == 40
+    code, lines, _ = _run(capsys, ["site", "align", "--audit", str(trail), "--since", "2099-01-01", "--out", str(tmp_path / "s.json"), "--model", str(model)])
+    assert code == 2 and json.loads(lines[-1])["counts"]["files_in"] == 0

@@ -82,3 +82,30 @@ def test_uploaded_films_give_the_profile_site_align_would_write(downloads):  # n
     assert isinstance(profile, alignment.LabelFreeProfile) and profile.id == expected.id
     assert predictor.operating_point.id != profile.id  # downloading activated nothing
     assert "administrator's act" in texts(app.info)
+
+
+def test_the_trail_s_last_films_are_aligned_on_request(tmp_path, monkeypatch):
+    from pneumo_model.cli import main
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    for name, data in unlabelled(110):
+        (folder / name).write_bytes(data)
+    trail = tmp_path / "trail.sqlite3"
+    assert main(["batch", str(folder), "--out", str(tmp_path / "results"), "--audit", str(trail), "--no-progress"]) == 0
+    monkeypatch.setenv("PNEUMO_AUDIT_DB", str(trail))
+    app = open_without_labels()
+    app.number_input(key="align_last").set_value(100).run()
+    app.button(key="align_trail").click().run()
+    assert not app.exception, app.exception
+    shown = texts(app.markdown)
+    assert "distinct films used of 100" in shown  # the last 100 of the 110 the trail holds
+    assert app.error or app.get("download_button")  # a refusal in words, or the profile
+
+
+def test_a_missing_trail_is_said_in_plain_words_and_not_created(tmp_path, monkeypatch):
+    trail = tmp_path / "none.sqlite3"
+    monkeypatch.setenv("PNEUMO_AUDIT_DB", str(trail))
+    app = open_without_labels()
+    app.button(key="align_trail").click().run()
+    assert "There is no audit trail" in texts(app.error) and not trail.exists()
