@@ -119,11 +119,15 @@ def label_free_section() -> None:
     )
     drawing.show(label_free.alignment_picture(resources.validation_reference(), scores.logits, profile))
     st.caption("Your films' scores before (dotted) and after (green) the alignment, against the validation films' (grey).")
-    table = label_free.expected_table(reports.read_json("site_label_free"))
+    evaluation = reports.read_json("site_label_free")
+    table = label_free.expected_table(evaluation)
     if table is not None:
         st.markdown("**What to expect: the official test split playing a new site** (`reports/site_label_free.md`)")
         st.dataframe(table, hide_index=True)
-        st.caption("Median (5th–95th percentile) over seeded draws, on the films not drawn; one hospital's data: a real site may land outside these ranges.")
+        st.caption(
+            "Median (5th–95th percentile) over seeded draws, on the films not drawn; one hospital's data: a real site may "
+            f"land outside these ranges. {reports.label_free_verdict(evaluation)}"
+        )
     st.download_button(
         "Download the label-free profile (JSON)", profile.to_json(), file_name=f"site_profile_label_free_{profile.id[:8]}.json",
         mime="application/json", on_click="ignore", icon=":material/download:", key="align_download",

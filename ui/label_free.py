@@ -121,4 +121,5 @@ def alignment_picture(reference: alignment.Reference, local: np.ndarray, profile
     axes.set_xlim(-12, 12)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
     return _picture(figure)
