@@ -36,7 +36,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .calibration import GreyZone
-from .errors import PneumoError, SiteProfileError
+from .errors import InvalidImageError, PneumoError, SiteProfileError
 from .operating_point import LABEL_FREE, OperatingPoint, content_id
 
 LABEL_FREE_SCHEMA_VERSION = 1
@@ -394,7 +394,6 @@ def score_unlabelled(
         items: objects with ``name`` and ``read()`` (``batch.SourceItem``).
         progress: called with (files done, files in all).
     """
-    from .errors import InvalidImageError
     from .pipeline import DecodedImage
 
     unreadable, seen = [], set()

@@ -559,7 +559,7 @@ def _audit_window(args) -> dict | None:
 
 
 def _site_align(args) -> int:
-    from .alignment import AlignmentRefused, Reference, align, reference_path, score_unlabelled
+    from .alignment import MAX_AGE_YEARS, AlignmentRefused, Reference, align, reference_path, score_unlabelled
     from .prediction import Predictor
 
     window = _audit_window(args)
@@ -591,7 +591,7 @@ def _site_align(args) -> int:
     print(
         f"{counts['used']} distinct films used, of {counts['files_in']} given ({counts['unreadable']} unreadable, "
         f"{counts['duplicates_merged']} duplicates counted once, {counts['excluded_by_gate']} flagged by the gate, "
-        f"{counts['excluded_over_age']} over {5} years by the header)."
+        f"{counts['excluded_over_age']} over {MAX_AGE_YEARS} years by the header)."
     )
     try:
         profile = align(predictor.metadata, reference, scores)

@@ -431,3 +431,36 @@ def test_site_align_reads_the_films_batch_audit_recorded_each_once(aligned_model
     assert code == 2 and json.loads(lines[-1])["counts"]["files_in"] == 40
     code, lines, _ = _run(capsys, ["site", "align", "--audit", str(trail), "--since", "2099-01-01", "--out", str(tmp_path / "s.json"), "--model", str(model)])
     assert code == 2 and json.loads(lines[-1])["counts"]["files_in"] == 0
+
+
+@pytest.mark.shipped_model
+def test_site_check_reports_whether_a_label_free_profile_held_and_rewrites_nothing(tmp_path, capsys):
+    from test_site_page import labelled_images
+
+    profile, path = _shipped_label_free(tmp_path)
+    before = path.read_bytes()
+    root = tmp_path / "labelled"
+    for label, name, data in labelled_images(normal=24, pneumonia=26):
+        (root / label.upper()).mkdir(parents=True, exist_ok=True)
+        (root / label.upper() / name).write_bytes(data)
+    code, lines, _ = _run(capsys, ["site", "check", str(path), "--folder", str(root)])
+    last = json.loads(lines[-1])
+    assert code == 0 and last["id"] == profile.id and last["kind"] == "label-free"
+    assert last["held"] == alignment.held({k: last[k] for k in ("sensitivity", "specificity")})["held"]
+    assert any(line.startswith("the label-free profile") for line in lines)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.shipped_model
+def test_the_model_card_shows_the_label_free_figures_and_the_verdict():
+    from ui import reports
+
+    app = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=180).run()
+    app.switch_page("pages/model_card.py").run()
+    assert not app.exception, app.exception
+    report = json.loads((REPO_ROOT / "reports" / "site_label_free.json").read_text())
+    shown = [str(element.value) for element in app.markdown]
+    assert reports.label_free_verdict(report) in shown
+    table = next(frame.value for frame in app.dataframe if "label-free alignment" in frame.value.columns)
+    specificity = report["results"]["250|split"]["points"]["label_free"]["specificity"]
+    assert f"{specificity['median']:.3f} ({specificity['p5']:.3f}-{specificity['p95']:.3f})" in list(table["label-free alignment"])

@@ -48,8 +48,8 @@ def score_validation(model_path: Path, data_dir: Path, shift_names=tuple(SIMULAT
     from ..paths import file_sha256
 
     predictor = Predictor.from_file(Path(model_path))
-    validation = model_split(predictor.metadata, Path(data_dir)).validation
     split = model_split(predictor.metadata, Path(data_dir))
+    validation = split.validation
     paths = [s.path for s in validation]
     calls, inputs = call_files(predictor, paths)  # inputs: (n, size, size, 1) float32
     logits = {"plain": np.array([call.logit for call in calls], dtype=np.float64)}
