@@ -358,7 +358,8 @@ def translate(probability: float, source, destination) -> float:
     """A probability on one operating point's scale, read on another's.
 
     Both scales are ``sigmoid(scale * raw logit + offset)`` of the same raw logit (an
-    ``OperatingPoint``, a ``Calibration``: anything with ``scale`` and ``offset``), so a threshold
+    ``OperatingPoint``, a ``Calibration``: anything with ``scale`` and ``offset``; a label-free
+    point's ``mapping`` is applied to the raw logit first), so a threshold
     of the shipped point and one of a site profile can be placed on one axis: the raw logit the
     probability stands for, mapped through the other scale. 0 and 1 stay where they are.
     """
@@ -366,6 +367,15 @@ def translate(probability: float, source, destination) -> float:
     if p <= 0.0 or p >= 1.0:
         return p
     raw = (float(np.log(p) - np.log1p(-p)) - float(source.offset)) / float(source.scale)
+    # A label-free point reads the raw logit through its monotone map first (``alignment``).
+    if getattr(source, "mapping", None) is not None:
+        from .alignment import piecewise_linear
+
+        raw = float(piecewise_linear(source.mapping[1], source.mapping[0], np.array([raw]))[0])
+    if getattr(destination, "mapping", None) is not None:
+        from .alignment import piecewise_linear
+
+        raw = float(piecewise_linear(*destination.mapping, np.array([raw]))[0])
     return float(_sigmoid(float(destination.scale) * raw + float(destination.offset)))
 
 

@@ -464,3 +464,14 @@ def test_the_model_card_shows_the_label_free_figures_and_the_verdict():
     table = next(frame.value for frame in app.dataframe if "label-free alignment" in frame.value.columns)
     specificity = report["results"]["250|split"]["points"]["label_free"]["specificity"]
     assert f"{specificity['median']:.3f} ({specificity['p5']:.3f}-{specificity['p95']:.3f})" in list(table["label-free alignment"])
+
+
+def test_translate_reads_a_label_free_threshold_through_its_mapping(reference):
+    scores, _ = _local(300, 0.6, shift=1.5)
+    point = alignment.align(Metadata, reference, scores).operating_point()
+    labelled = site.Calibration("platt", 0.8, -0.3)
+    # The film at the label-free threshold, on the labelled scale, and back.
+    raw = float(alignment.Mapping(*point.mapping).inverse(np.array([math.log(point.threshold / (1 - point.threshold))]))[0])
+    expected = 1 / (1 + math.exp(-(0.8 * raw - 0.3)))
+    assert site.translate(point.threshold, point, labelled) == pytest.approx(expected, rel=1e-9)
+    assert site.translate(expected, labelled, point) == pytest.approx(point.threshold, rel=1e-9)
