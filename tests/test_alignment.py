@@ -5,6 +5,7 @@ the app's banner with a label-free profile active."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -475,3 +476,38 @@ def test_translate_reads_a_label_free_threshold_through_its_mapping(reference):
     expected = 1 / (1 + math.exp(-(0.8 * raw - 0.3)))
     assert site.translate(point.threshold, point, labelled) == pytest.approx(expected, rel=1e-9)
     assert site.translate(expected, labelled, point) == pytest.approx(point.threshold, rel=1e-9)
+
+
+def test_scoring_unlabelled_films_excludes_and_counts_duplicates_gate_flags_ages_and_unreadable_files(tiny_model):
+    from pneumo_model.prediction import Predictor
+    from test_inputs import dicom_file
+
+    predictor = Predictor.from_file(tiny_model)
+    rng = np.random.default_rng(21)
+    film = synthetic_xray(rng)  # (64, 64) uint8
+    child = encode(synthetic_xray(rng, lesion=True))
+    items = [
+        Upload("child.png", child),
+        Upload("copy.png", child),  # the same bytes: one film
+        Upload("six.dcm", dicom_file(film, PatientAge="006Y")),
+        Upload("five.dcm", dicom_file(film, PatientAge="071M", PatientName="Other^Film")),
+        Upload("born.dcm", dicom_file(film, PatientAge="", PatientBirthDate="20150101", StudyDate="20240101")),
+        Upload("text.png", b"not an image"),
+    ]
+    scores = alignment.score_unlabelled(predictor, items)
+    counts = scores.counts()
+    assert counts["files_in"] == 6 and counts["unreadable"] == 1 and scores.unreadable[0][0] == "text.png"
+    assert counts["duplicates_merged"] == 1
+    assert counts["excluded_over_age"] == 2 and counts["with_header_age"] == 3  # 6 years, and 9 years from dates
+    assert counts["used"] + counts["excluded_by_gate"] == 2  # the child film and the 5-year-old's
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """A file as ``alignment.score_unlabelled`` takes it."""
+
+    name: str
+    data: bytes
+
+    def read(self) -> bytes:
+        return self.data
