@@ -201,6 +201,27 @@ else:
         path = reports.figure(site["figure"]) if "figure" in site else None
         if path is not None:
             drawing.show(path, width=900)
+label_free = reports.read_json("site_label_free")
+if label_free is not None:
+    with st.expander("Without labels: label-free alignment, measured the same way"):
+        st.markdown(
+            "A site with no confirmed diagnoses can align the tool on a few hundred of its unlabelled films "
+            "(`site align`, rules in `docs/label_free_rules.md`, fixed on validation before this run). The official test "
+            "split played the site again; its labels were never shown to the method. A labelled profile stays the better evidence."
+        )
+        for key, title in (("250|split", "the split's prevalence"), ("250|low", "30 % prevalence")):
+            rows = reports.label_free_rows(label_free, key)
+            if rows:
+                block = label_free["results"][key]
+                st.markdown(
+                    f"At **250 unlabelled films, {title}** (refused in {block['refused']} of {block['draws']} draws), on the "
+                    "remaining test films: median (5th-95th percentile) over the draws."
+                )
+                st.dataframe(pd.DataFrame(rows), hide_index=True, width="content")
+        st.markdown(reports.label_free_verdict(label_free))
+        path = reports.figure(label_free["figure"]) if "figure" in label_free else None
+        if path is not None:
+            drawing.show(path, width=900)
 
 section("Which model, which data")
 st.markdown(

@@ -24,6 +24,123 @@ def refusal(error: PneumoError) -> None:
     st.error("  \n".join(plain(line) for line in str(error).splitlines()), icon=":material/block:")
 
 
+def label_free_section() -> None:
+    """"Without labels": align on the trail's last films or on uploaded unlabelled films (``site align``'s rules)."""
+    from pneumo_model import alignment
+    from pneumo_model.audit import AuditError
+    from ui import audit, label_free
+
+    st.markdown("##### Without labels")
+    st.markdown(
+        "Most departments have no confirmed diagnoses when they start, but within a day or two they have a few "
+        "hundred films the tool has already scored. **Label-free alignment** maps the distribution of your films' "
+        "scores onto the validation films' scores (a monotone quantile mapping: it never changes which film scores "
+        "higher), at a share of pneumonia estimated from the films themselves, and keeps the validated threshold "
+        f"and grey zone. At least {alignment.MIN_FILMS} distinct films; the rules are in `docs/label_free_rules.md`. "
+        "**A profile fitted on labelled films stays the better evidence**; an aligned profile is provisional until "
+        "`python -m pneumo_model site check` on labelled films confirms it."
+    )
+    source = st.radio(
+        "Films", ["The audit trail's last films", "Upload unlabelled films"], horizontal=True, key="align_source"
+    )
+    result = st.session_state.get("align_result")
+    if result is not None and result["key"][0] != ("trail" if source.startswith("The audit trail") else "upload"):
+        result = None  # the other source's films
+    if source.startswith("The audit trail"):
+        last = st.number_input(
+            "How many of the trail's last distinct films", min_value=alignment.MIN_FILMS, value=label_free.DEFAULT_LAST,
+            step=50, key="align_last",
+        )
+        if st.button("Align on the trail's films", key="align_trail", icon=":material/tune:"):
+            bar = st.progress(0.0, text="Reading the audit trail...")
+            points = {point.id: (point.scale, point.offset) for point in (model.operating_point,) if point.mapping is None}
+            try:
+                scores = alignment.scores_from_audit(audit.audit_path(), model.metadata.model_sha256, points, last=int(last))
+            except AuditError as error:
+                bar.empty()
+                refusal(error)
+                return
+            bar.progress(1.0, text=f"Read {scores.files_in} films")
+            result = {"key": ("trail", int(last)), "scores": scores}
+            bar.empty()
+    else:
+        uploads = st.file_uploader(
+            f"Unlabelled films ({state.UPLOAD_FORMATS})", type=state.UPLOAD_TYPES, accept_multiple_files=True,
+            key="align_files", max_upload_size=IMAGE_MB,
+        )
+        if not uploads:
+            st.info(f"Upload at least {alignment.MIN_FILMS} of your films, or use the audit trail's.", icon=":material/upload:")
+            return
+        key = ("upload", site_page.content_key("align", [(file.name, digest) for file, digest in zip(uploads, site_page.upload_digests(uploads, st.session_state.setdefault("align_digests", {})))]))
+        if result is None or result["key"] != key:
+            bar = st.progress(0.0, text="Scoring your films...")
+            try:
+                scores = label_free.score_uploads(
+                    model, [(file.name, file.getvalue()) for file in uploads],
+                    progress=lambda done, total: bar.progress(done / total, text=f"Scored {done} of {total} films"),
+                    decode_slot=resources.decode_slot,
+                )
+            except PneumoError as error:
+                bar.empty()
+                refusal(error)
+                return
+            bar.empty()
+            result = {"key": key, "scores": scores}
+    if result is None:
+        return
+    if "profile" not in result and "refused" not in result:
+        try:
+            reference = resources.validation_reference()
+            result["profile"] = alignment.align(model.metadata, reference, result["scores"])
+        except alignment.AlignmentRefused as refused:
+            result["refused"] = refused
+        except PneumoError as error:
+            refusal(error)
+            return
+    st.session_state["align_result"] = result
+    scores = result["scores"]
+    st.markdown(plain(label_free.counts_line(scores)))
+    if "refused" in result:
+        st.error(label_free.refusal_text(result["refused"]), icon=":material/block:")
+        return
+    profile = result["profile"]
+    low, high = profile.prevalence_interval
+    numbers = st.columns(3)
+    numbers[0].metric(
+        "Estimated share of pneumonia", f"{profile.estimated_prevalence:.0%}", help=f"Without labels; 90 % bootstrap range {low:.0%}–{high:.0%}."
+    )
+    numbers[1].metric("Threshold (validated, kept)", site_page.probability(profile.threshold))
+    numbers[2].metric("Threshold moved by", f"{profile.threshold_move:+.2f} log-odds", help="How far your films' scores sit from validation's at the threshold.")
+    st.markdown(
+        f"Estimated share of pneumonia among these films: **{profile.estimated_prevalence:.0%}** (bootstrap range "
+        f"{low:.0%}–{high:.0%}), estimated without any label. The probability the app would show is the shipped "
+        "calibration read through this alignment; the threshold and the grey zone "
+        f"[{site_page.probability(profile.grey_zone[0])}, {site_page.probability(profile.grey_zone[1])}) are the validated ones."
+    )
+    drawing.show(label_free.alignment_picture(resources.validation_reference(), scores.logits, profile))
+    st.caption("Your films' scores before (dotted) and after (green) the alignment, against the validation films' (grey).")
+    evaluation = reports.read_json("site_label_free")
+    table = label_free.expected_table(evaluation)
+    if table is not None:
+        st.markdown("**What to expect: the official test split playing a new site** (`reports/site_label_free.md`)")
+        st.dataframe(table, hide_index=True)
+        st.caption(
+            "Median (5th–95th percentile) over seeded draws, on the films not drawn; one hospital's data: a real site may "
+            f"land outside these ranges. {reports.label_free_verdict(evaluation)}"
+        )
+    st.download_button(
+        "Download the label-free profile (JSON)", profile.to_json(), file_name=f"site_profile_label_free_{profile.id[:8]}.json",
+        mime="application/json", on_click="ignore", icon=":material/download:", key="align_download",
+    )
+    st.info(
+        "**Downloading activates nothing.** Activating is an administrator's act: put the file on the server, set "
+        f"`PNEUMO_SITE=/path/to/site_profile_label_free_{profile.id[:8]}.json` for the app's server process and restart it. "
+        "Every page's banner then says that a provisional, label-free profile is active. Confirm it with "
+        f"`python -m pneumo_model site check site_profile_label_free_{profile.id[:8]}.json --folder DIR` on labelled films.",
+        icon=":material/admin_panel_settings:",
+    )
+
+
 st.markdown(
     "Fit this model's **operating point** to your hospital's films: a recalibrated probability, a "
     "threshold for the sensitivity you choose, and a grey zone, all from a labelled sample of your own "
@@ -34,6 +151,18 @@ st.info(
     f"**{plain(active.description)}** (`{active.short_id}`, pneumonia at probability ≥ {active.threshold:.3f}).",
     icon=":material/info:",
 )
+
+evidence = st.radio(
+    "What do you have?",
+    ["Labelled films (the better evidence)", "Without labels (provisional)"],
+    horizontal=True,
+    key="site_evidence",
+    help="A profile fitted on labelled films is the better evidence; without labels, the alignment is provisional "
+    "until `site check` on labelled films confirms it.",
+)
+if evidence.startswith("Without labels"):
+    label_free_section()
+    st.stop()
 
 st.markdown("##### 1 · Your labelled sample")
 st.markdown(

@@ -179,6 +179,11 @@ def _who_it_is_for() -> str:
 def _calibration(point: OperatingPoint) -> str:
     if point.kind == SHIPPED:
         return f"calibrated by temperature scaling (T = {1.0 / point.scale:.3f}) on validation data"
+    if point.mapping is not None:
+        return (
+            f"temperature scaling (T = {1.0 / point.scale:.3f}) on validation data, after a label-free alignment to the "
+            "site's unlabelled films (provisional)"
+        )
     return f"recalibrated on the site's own labelled images (log-odds x {point.scale:.3f} {point.offset:+.3f})"
 
 

@@ -1,8 +1,9 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
 Commands: ``predict``, ``batch``, ``explain``, ``crop``, ``site``, ``train``, ``evaluate``, ``compare``,
-``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``export-onnx``, ``zone``, ``attention``. Exit codes: 0 success, 1 a usage
-or model error, 2 (``predict``, ``batch``) when any file was rejected, (``site``) when the labelled sample is refused.
+``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``export-onnx``, ``zone``, ``attention``. Exit codes: 0
+success, 1 a usage or model error, 2 (``predict``, ``batch``) when any file was rejected, (``site``) when the labelled
+sample is refused or ``site align`` refuses the unlabelled films.
 
 Each command is one function that adds its sub-parser, with ``set_defaults(handler=...)``, and
 the handler beside it; ``main`` calls the parsed command's handler. Building the parser imports
@@ -372,6 +373,27 @@ def _add_site(commands) -> None:
     _add_model_flag(fit)
     fit.set_defaults(handler=_site_fit)
 
+    align = actions.add_parser(
+        "align", help="a label-free site profile from unlabelled local films (exit 2: refused, nothing written)"
+    )
+    films = align.add_mutually_exclusive_group(required=True)
+    films.add_argument("--folder", type=Path, metavar="DIR", help="every image file under this folder")
+    films.add_argument("--files", type=Path, metavar="LIST.txt", help="a text file of image paths, one per line")
+    films.add_argument("--audit", type=Path, metavar="DB", help="the films of this audit trail scored by this model")
+    align.add_argument("--last", type=int, default=None, metavar="N", help="with --audit: the last N distinct films only")
+    align.add_argument("--since", default=None, metavar="YYYY-MM-DD", help="with --audit: films recorded on or after this day (UTC)")
+    align.add_argument("--until", default=None, metavar="YYYY-MM-DD", help="with --audit and --since: on or before this day (UTC)")
+    align.add_argument("--out", type=Path, required=True, metavar="PROFILE.json", help="where to write the profile")
+    _add_model_flag(align)
+    align.set_defaults(handler=_site_align)
+
+    reference = actions.add_parser(
+        "reference", help="write the model's validation reference (<model>.reference.json) that `site align` aligns to"
+    )
+    _add_data_flag(reference)
+    _add_model_flag(reference)
+    reference.set_defaults(handler=_site_reference)
+
     check = actions.add_parser("check", help="score a fresh labelled sample with a profile and report its figures")
     check.add_argument("profile", type=Path, metavar="PROFILE.json")
     _add_sample_flags(check)
@@ -385,6 +407,10 @@ def _add_site(commands) -> None:
     _add_model_flag(evaluate)
     evaluate.add_argument("--reports", type=Path, default=None, help="report folder (default: reports/)")
     evaluate.add_argument("--draws", type=int, default=200, help="seeded draws per sample size (default 200)")
+    evaluate.add_argument(
+        "--label-free", action="store_true",
+        help="evaluate label-free alignment (`site align`) instead: unlabelled samples of 100, 250 and 500 films",
+    )
     evaluate.set_defaults(handler=_site_evaluate)
 
 
@@ -479,7 +505,117 @@ def _site_check(args) -> int:
     stated = check_profile(profile, sample)
     print(f"{profile.description}: threshold {profile.threshold:.4f}, grey zone [{profile.grey_zone[0]:.4f}, {profile.grey_zone[1]:.4f})")
     _print_figures(stated, sample, out_of_fold=False)
-    print(json.dumps(summary(profile.id, profile.threshold, profile.grey_zone, sample.n_normal, sample.n_pneumonia, stated)))
+    line = summary(profile.id, profile.threshold, profile.grey_zone, sample.n_normal, sample.n_pneumonia, stated)
+    if getattr(profile, "kind", "labelled") == "label-free":
+        from .alignment import held
+
+        verdict = held(stated)
+        line |= {"kind": profile.kind, "held": verdict["held"], "reasons": verdict["reasons"]}
+        print(("the label-free profile held: " if verdict["held"] else "the label-free profile did NOT hold: ") + " ".join(verdict["reasons"]))
+    print(json.dumps(line))
+    return EXIT_OK
+
+
+def _site_reference(args) -> int:
+    from .data import resolve_data_dir
+    from .lab.label_free import write_reference
+
+    path = write_reference(args.model, resolve_data_dir(args.data), args.command_line)
+    print(json.dumps({"reference": str(path)}))
+    return EXIT_OK
+
+
+def _audit_window(args) -> dict | None:
+    """``--last`` / ``--since`` / ``--until`` checked; their keywords for the trail's reading, or None (usage error printed)."""
+    import datetime as dt
+
+    if args.audit is None:
+        if args.last is not None or args.since is not None or args.until is not None:
+            print("error: --last, --since and --until go with --audit only.", file=sys.stderr)
+            return None
+        return {}
+    if args.last is not None and (args.since is not None or args.until is not None):
+        print("error: give --last N or --since/--until, not both.", file=sys.stderr)
+        return None
+    if args.until is not None and args.since is None:
+        print("error: --until needs --since.", file=sys.stderr)
+        return None
+    if args.last is not None and args.last < 1:
+        print(f"error: --last must be at least 1; got {args.last}.", file=sys.stderr)
+        return None
+    window = {}
+    for name in ("since", "until"):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        try:
+            window[name] = dt.date.fromisoformat(value).isoformat()
+        except ValueError:
+            print(f"error: --{name} must be a date YYYY-MM-DD; got {value!r}.", file=sys.stderr)
+            return None
+    if args.last is not None:
+        window["last"] = args.last
+    return window
+
+
+def _site_align(args) -> int:
+    from .alignment import MAX_AGE_YEARS, AlignmentRefused, Reference, align, reference_path, score_unlabelled
+    from .prediction import Predictor
+
+    window = _audit_window(args)
+    if window is None:
+        return EXIT_ERROR
+    if args.out.is_dir():
+        print(f"error: --out {args.out} is a folder; give a file name such as site_profile.json.", file=sys.stderr)
+        return EXIT_ERROR
+    predictor = Predictor.from_file(args.model)
+    reference = Reference.load(reference_path(args.model), predictor.metadata.model_sha256)
+    if args.audit is not None:
+        from .alignment import scores_from_audit
+
+        # An old record without its logit gets it back from its probability where its operating point was the shipped one.
+        shipped = predictor.operating_point
+        scores = scores_from_audit(args.audit, predictor.metadata.model_sha256, {shipped.id: (shipped.scale, shipped.offset)}, **window)
+    else:
+        from .batch import folder_items, list_items
+
+        items = folder_items(args.folder) if args.folder is not None else list_items(args.files)
+
+        def progress(done: int, total: int) -> None:
+            print(f"\rscoring {done}/{total} films", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+        scores = score_unlabelled(predictor, items, progress)
+    for name, reason in scores.unreadable:
+        print(f"left out: {name}: {reason}", file=sys.stderr)
+    counts = scores.counts()
+    print(
+        f"{counts['used']} distinct films used, of {counts['files_in']} given ({counts['unreadable']} unreadable, "
+        f"{counts['duplicates_merged']} duplicates counted once, {counts['excluded_by_gate']} flagged by the gate, "
+        f"{counts['excluded_over_age']} over {MAX_AGE_YEARS} years by the header)."
+    )
+    try:
+        profile = align(predictor.metadata, reference, scores)
+    except AlignmentRefused as refused:
+        for reason in refused.reasons:
+            print(f"refused: {reason}", file=sys.stderr)
+        print(json.dumps({"refused": True, "reasons": refused.reasons, **refused.facts}))
+        return EXIT_REJECTED
+    low, high = profile.prevalence_interval
+    print(
+        f"estimated prevalence {profile.estimated_prevalence:.2f} ({low:.2f}-{high:.2f}, without labels); threshold "
+        f"{profile.threshold:.4f} and grey zone [{profile.grey_zone[0]:.4f}, {profile.grey_zone[1]:.4f}) kept from validation, "
+        f"in the aligned probability; the threshold moved by {profile.threshold_move:+.2f} log-odds."
+    )
+    profile.save(args.out)
+    print(
+        f"wrote {args.out} ({profile.description}); activate it with PNEUMO_SITE={args.out} or predict --site {args.out}. "
+        "A labelled profile (`site fit`) stays the better evidence; confirm this one with `site check` on labelled films."
+    )
+    print(json.dumps({
+        "id": profile.id, "kind": profile.kind, "n": profile.n, "estimated_prevalence": profile.estimated_prevalence,
+        "prevalence_interval": [low, high], "threshold": profile.threshold, "grey_zone": list(profile.grey_zone),
+        "threshold_move": profile.threshold_move, "counts": profile.counts, "written": str(args.out),
+    }))
     return EXIT_OK
 
 
@@ -491,6 +627,12 @@ def _site_evaluate(args) -> int:
     if args.draws < 1:
         print(f"error: --draws must be at least 1; got {args.draws}.", file=sys.stderr)
         return EXIT_ERROR
+    if args.label_free:
+        from .lab.label_free import evaluate_label_free
+
+        report = evaluate_label_free(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, draws=args.draws)
+        print(json.dumps({"must_reach": report["must_reach"], "must_reach_met": report["must_reach_met"]}))
+        return EXIT_OK
     report = evaluate_site_calibration(
         args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, draws=args.draws
     )

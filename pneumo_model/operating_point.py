@@ -1,10 +1,11 @@
 """The operating point: how a model's logit becomes a probability, a call and a grey-zone flag.
 
-Two kinds exist. The one shipped with the model is fixed on validation data (temperature,
+Three kinds exist. The one shipped with the model is fixed on validation data (temperature,
 threshold and grey zone in the model's metadata). A site profile (``site``) is fitted on a
-hospital's own labelled films. Either way every call goes through one ``OperatingPoint``:
+hospital's own labelled films; a label-free profile (``alignment``) maps a site's unlabelled score
+distribution onto validation's first. Every call goes through one ``OperatingPoint``:
 
-    probability = sigmoid(scale * logit + offset)
+    probability = sigmoid(scale * mapping(logit) + offset)     (mapping: the identity but for label-free)
     label       = "pneumonia" if probability >= threshold else "normal"
     grey zone   = low <= probability < high
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from .calibration import GreyZone
 
-SHIPPED, SITE = "shipped", "site"
+SHIPPED, SITE, LABEL_FREE = "shipped", "site", "label-free"
 ID_HEX_DIGITS = 16
 
 
@@ -55,6 +56,9 @@ class OperatingPoint:
         grey_zone: the ``[low, high)`` band of probability that needs a careful read.
         description: one line for the page banner and the CLI, e.g. "as shipped: fixed on
             validation data from one paediatric hospital".
+        mapping: for a label-free profile (``alignment``), the knots ``(x, y)`` of the monotone
+            piecewise-linear map from the site's raw logit to validation's, applied before
+            ``scale`` and ``offset`` (slope 1 beyond the end knots); None: no map.
     """
 
     id: str
@@ -65,6 +69,7 @@ class OperatingPoint:
     threshold: float
     grey_zone: GreyZone
     description: str
+    mapping: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @classmethod
     def shipped(cls, metadata) -> "OperatingPoint":
@@ -88,7 +93,12 @@ class OperatingPoint:
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of pneumonia from raw model logits (float64, same shape)."""
-        z = self.scale * np.asarray(logits, dtype=np.float64) + self.offset
+        raw = np.asarray(logits, dtype=np.float64)
+        if self.mapping is not None:
+            from .alignment import piecewise_linear
+
+            raw = piecewise_linear(*self.mapping, raw)
+        z = self.scale * raw + self.offset
         return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
 
     def label(self, probability: float) -> str:

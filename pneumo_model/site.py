@@ -41,9 +41,10 @@ from scipy.optimize import minimize
 
 from .calibration import GreyZone, fit_temperature
 from .errors import InvalidImageError, SiteInputError, SiteProfileError
-from .operating_point import SITE, OperatingPoint, content_id
+from .operating_point import LABEL_FREE, SITE, OperatingPoint, content_id
 
 SITE_PROFILE_SCHEMA_VERSION = 1
+LABELLED = "labelled"  # a profile's ``kind``; label-free ones (``alignment``) are "label-free"
 LABELS = ("normal", "pneumonia")
 DEFAULT_TARGET_SENSITIVITY = 0.97
 FOLDS = 5
@@ -357,7 +358,8 @@ def translate(probability: float, source, destination) -> float:
     """A probability on one operating point's scale, read on another's.
 
     Both scales are ``sigmoid(scale * raw logit + offset)`` of the same raw logit (an
-    ``OperatingPoint``, a ``Calibration``: anything with ``scale`` and ``offset``), so a threshold
+    ``OperatingPoint``, a ``Calibration``: anything with ``scale`` and ``offset``; a label-free
+    point's ``mapping`` is applied to the raw logit first), so a threshold
     of the shipped point and one of a site profile can be placed on one axis: the raw logit the
     probability stands for, mapped through the other scale. 0 and 1 stay where they are.
     """
@@ -365,6 +367,15 @@ def translate(probability: float, source, destination) -> float:
     if p <= 0.0 or p >= 1.0:
         return p
     raw = (float(np.log(p) - np.log1p(-p)) - float(source.offset)) / float(source.scale)
+    # A label-free point reads the raw logit through its monotone map first (``alignment``).
+    if getattr(source, "mapping", None) is not None:
+        from .alignment import piecewise_linear
+
+        raw = float(piecewise_linear(source.mapping[1], source.mapping[0], np.array([raw]))[0])
+    if getattr(destination, "mapping", None) is not None:
+        from .alignment import piecewise_linear
+
+        raw = float(piecewise_linear(*destination.mapping, np.array([raw]))[0])
     return float(_sigmoid(float(destination.scale) * raw + float(destination.offset)))
 
 
@@ -469,6 +480,8 @@ class SiteProfile:
         threshold, grey_zone: the operating point, in calibrated probability.
         figures: out-of-fold sensitivity, specificity, grey-zone share and accuracy outside it.
         created_utc: when it was fitted.
+        kind: ``"labelled"`` (a profile written before kinds existed reads as one; its id, made
+            without the field, stays valid because a labelled kind is left out of the hash).
     """
 
     id: str
@@ -484,6 +497,7 @@ class SiteProfile:
     figures: dict
     created_utc: str
     schema_version: int = SITE_PROFILE_SCHEMA_VERSION
+    kind: str = LABELLED
 
     @property
     def n_normal(self) -> int:
@@ -520,13 +534,25 @@ class SiteProfile:
 
     @staticmethod
     def content_id(data: dict) -> str:
-        return content_id({key: value for key, value in data.items() if key not in ("id", "created_utc")})
+        left_out = ("id", "created_utc") + (("kind",) if data.get("kind", LABELLED) == LABELLED else ())
+        return content_id({key: value for key, value in data.items() if key not in left_out})
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "the site profile") -> "SiteProfile":
-        """Raises SiteProfileError: not a profile, a newer schema, or changed since it was fitted."""
+    def from_dict(cls, data: dict, source: str = "the site profile"):
+        """A labelled ``SiteProfile``, or a ``alignment.LabelFreeProfile`` when ``kind`` says so.
+
+        Raises SiteProfileError: not a profile, an unknown kind, a newer schema, or changed since it was fitted.
+        """
         if not isinstance(data, dict) or "model_sha256" not in data or "id" not in data:
             raise SiteProfileError(f"{source} is not a site profile (no id or model_sha256).")
+        kind = data.get("kind", LABELLED)
+        if kind == LABEL_FREE:
+            from .alignment import LabelFreeProfile
+
+            return LabelFreeProfile.from_dict(data, source)
+        if kind != LABELLED:
+            raise SiteProfileError(f"{source} is of an unknown kind {kind!r}; this version reads labelled and label-free profiles.")
+        data = {**data, "kind": LABELLED}
         if data.get("schema_version") != SITE_PROFILE_SCHEMA_VERSION:
             raise SiteProfileError(
                 f"{source} has schema version {data.get('schema_version')}; this version reads "
@@ -545,8 +571,8 @@ class SiteProfile:
         return cls(**values)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SiteProfile":
-        """Reads a profile JSON (``PNEUMO_SITE`` or ``--site``).
+    def load(cls, path: str | Path):
+        """Reads a profile JSON (``PNEUMO_SITE`` or ``--site``) of either kind (see ``from_dict``).
 
         Raises:
             SiteProfileError: missing, unreadable or altered.
@@ -565,16 +591,20 @@ class SiteProfile:
 
     def save(self, path: str | Path) -> None:
         """Writes the profile atomically (a half-written profile is never left at ``path``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(handle, "w") as file:
-                file.write(self.to_json())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(Path(path), self.to_json())
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file in the same folder, then renames it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 # --- the sample: files with labels, scored through the pipeline -----------------------------

@@ -43,7 +43,7 @@ def wait_until_idle(page: Page) -> None:
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=SLOW_MS)
 
 
-SHOTS = ("review", "explain", "crop", "review_ood", "worklist", "trail", "model_card", "site_calibration")
+SHOTS = ("review", "explain", "crop", "review_ood", "worklist", "trail", "model_card", "site_calibration", "site_label_free")
 # The screenshots this run saves (``--only``); the others are left as they are in docs/screenshots.
 WANTED: set[str] = set(SHOTS)
 
@@ -94,6 +94,24 @@ def site_calibration(page: Page, scratch: Path, folder: Path) -> None:
     page.get_by_test_id("stMain").locator("input[type=file]").set_input_files(str(sample))
     expect(page.get_by_text("Download the site profile")).to_be_visible(timeout=SLOW_MS)
     take(page, "site_calibration", folder, full_page=True)
+
+
+def site_label_free(page: Page, folder: Path, data_dir: Path = DEFAULT_DATA_DIR) -> None:
+    """The Site calibration page's "Without labels" part aligned on 250 unlabelled training films
+    (95 normal, 155 pneumonia; a picture only, never a figure), the whole page."""
+    films = sorted((data_dir / "train" / "NORMAL").glob("*.jpeg"))[:95] + sorted((data_dir / "train" / "PNEUMONIA").glob("*.jpeg"))[:155]
+    if len(films) < 250:
+        print(f"No {data_dir}: the label-free screenshot is left as it is.")
+        return
+    open_page(page, "Site calibration")
+    expect(page.get_by_text("Nothing on this page changes how the app calls films")).to_be_visible(timeout=SLOW_MS)
+    page.get_by_test_id("stMain").get_by_text("Without labels (provisional)").click()
+    expect(page.get_by_text("Upload unlabelled films", exact=True)).to_be_visible(timeout=SLOW_MS)
+    page.get_by_test_id("stMain").get_by_text("Upload unlabelled films", exact=True).click()
+    expect(page.get_by_text("Unlabelled films (")).to_be_visible(timeout=SLOW_MS)
+    page.get_by_test_id("stMain").locator("input[type=file]").set_input_files([str(film) for film in films])
+    expect(page.get_by_text("Download the label-free profile (JSON)").or_(page.get_by_text("Not aligned")).first).to_be_visible(timeout=SLOW_MS)
+    take(page, "site_label_free", folder, full_page=True)
 
 
 # A full-size original (a training image: for screenshots only, never for figures) with burned-in
@@ -226,6 +244,8 @@ def main() -> None:
             expect(page.get_by_test_id("stTable").filter(has_text="Kermany 2018")).to_be_visible(timeout=SLOW_MS)
             take(page, "model_card", args.out)
 
+            if "site_label_free" in WANTED:
+                site_label_free(page, args.out)
             if "site_calibration" in WANTED:  # it logs a test-split use: only when asked for
                 site_calibration(page, scratch, args.out)
             browser.close()

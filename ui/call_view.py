@@ -14,7 +14,12 @@ import streamlit as st
 from pneumo_model import presentation
 from pneumo_model.case_report import SHA_PREFIX_DIGITS, case_report_pdf
 from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar
-from pneumo_model.operating_point import SHIPPED
+from pneumo_model.operating_point import LABEL_FREE, SHIPPED
+
+LABEL_FREE_PROBABILITY = (
+    "The shipped calibration (temperature-scaled on validation data from the training hospital), read through the "
+    "label-free alignment: this site's score distribution mapped onto validation's, without labels (provisional)."
+)
 from pneumo_model.prediction import Prediction, Predictor
 
 from . import drawing, frame, resources, state
@@ -47,6 +52,7 @@ def show_call(result: Prediction, model: Predictor) -> None:
         help=(
             "Temperature-scaled on validation data from the training hospital."
             if point.kind == SHIPPED
+            else LABEL_FREE_PROBABILITY if point.kind == LABEL_FREE
             else "Recalibrated on this site's own labelled images (the site profile)."
         ),
     )
@@ -70,8 +76,15 @@ def numbers_help(model: Predictor) -> str:
     """What the probability, the threshold and the grey zone mean, with this operating point's numbers."""
     point = model.operating_point
     low, high = point.grey_zone.low, point.grey_zone.high
-    if point.kind == SHIPPED:
+    if point.kind in (SHIPPED, LABEL_FREE):
         where = "validation films from the training hospital"
+        if point.kind == LABEL_FREE:
+            where += (
+                ", read through a label-free alignment: this site's unlabelled films' scores were mapped onto the "
+                "validation films' scores (at a prevalence estimated from the films themselves), so the probability, "
+                "the threshold and the grey zone are the validated ones on the aligned scale. It is provisional until "
+                "`site check` on labelled films confirms it"
+            )
         rule = model.metadata.grey_zone_rule
         parameters = rule.get("parameters", {})
         share = rule.get("validation_shares", {}).get("in_band")

@@ -141,9 +141,14 @@ def operating_point_purpose(model: Predictor) -> str:
     """What the threshold was set for, in words: 'set for sensitivity 0.97 on validation data from the
     training hospital' or 'set for sensitivity 0.97 on this site's 200 labelled images (site profile 3f2a…)'."""
     point = model.operating_point
-    if point.kind == "shipped":
+    if point.kind in ("shipped", "label-free"):
         target = model.metadata.train_config.get("operating", {}).get("target_sensitivity")
         aim = f"set for sensitivity {target:.2f} " if target is not None else "set "
+        if point.kind == "label-free":
+            return aim + (
+                "on validation data from the training hospital, and read through a label-free alignment to this site's "
+                f"unlabelled films (site profile {point.short_id}…; provisional until `site check` on labelled films confirms it)"
+            )
         return aim + "on validation data from the training hospital"
     from . import resources
 
@@ -227,7 +232,7 @@ def _predictor(banner) -> Predictor:
     loaded["loaded"] = True
     banner.warning(
         f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.description}); "
-        f"operating point {operating_point_line(model)}. {access.mode_words()}",
+        f"operating point {operating_point_line(model)}. {label_free_words(model)}{access.mode_words()}",
         icon=":material/medical_information:",
     )
     return model
@@ -238,7 +243,7 @@ def _freeze_heap() -> None:
     collection (``gc.freeze``).
 
     Streamlit collects garbage after every run (``runner.postScriptGC``), and Python's own
-    collections come as often: with TensorFlow and the model loaded, a full collection walks
+    collections come as often: with the model's libraries loaded, a full collection walks
     millions of long-lived objects and holds the interpreter for 0.4-0.9 s, during which no message
     reaches a browser. A verdict's confirmation, a fragment's run of 50 ms, waited for it. Frozen,
     those objects are never freed (they live as long as the server anyway) and a collection walks
@@ -248,6 +253,18 @@ def _freeze_heap() -> None:
 
     gc.collect()
     gc.freeze()
+
+
+LABEL_FREE_BANNER = (
+    "**A label-free site profile is active: provisional.** Its threshold was aligned to this site's films without "
+    "any diagnosis; it holds only until `python -m pneumo_model site check` on labelled films confirms it. A labelled "
+    "profile (`site fit`) is the better evidence. "
+)
+
+
+def label_free_words(model: Predictor) -> str:
+    """The banner's sentence when the active operating point is a label-free profile; empty otherwise."""
+    return LABEL_FREE_BANNER if model.operating_point.kind == "label-free" else ""
 
 
 def _link(page: Page, label: str | None = None) -> None:

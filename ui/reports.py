@@ -81,6 +81,31 @@ def site_calibration_verdict(report: dict) -> str:
     return text + (f" (missed: {'; '.join(missed)})." if missed else ".")
 
 
+LABEL_FREE_POINTS = (("label_free", "label-free alignment"), ("labelled_200", "labelled profile, 200 films"), ("shipped", "shipped operating point"))
+
+
+def label_free_rows(report: dict, key: str = "250|split") -> list[dict]:
+    """Label-free alignment beside the labelled profile and the shipped point, from
+    ``reports/site_label_free.json``: one row per figure, "median (5th-95th percentile)" on the
+    films not drawn; [] when the report has no such setting."""
+    block = report.get("results", {}).get(key)
+    if block is None:
+        return []
+    return [
+        {"figure": name, **{title: _spread_text(block["points"][point][figure]) for point, title in LABEL_FREE_POINTS}}
+        for figure, name in SITE_FIGURES if figure in block["points"]["label_free"]
+    ]
+
+
+def label_free_verdict(report: dict) -> str:
+    """'Must reach: 7 of 9 items met (missed: ...)', from the label-free report's own checks."""
+    rows = report.get("must_reach", [])
+    where = {"split": "the split's prevalence", "low": "30 %"}
+    missed = [f"{row['statistic']} {row['figure'].replace('_', ' ')} at {row['size']} films, {where[row['prevalence']]}" for row in rows if not row["met"]]
+    text = f"Must reach: {len(rows) - len(missed)} of {len(rows)} items met"
+    return text + (f" (missed: {'; '.join(missed)}; the rules were not retuned)." if missed else ".")
+
+
 def stated_coverage_line(report: dict, size: int = 200) -> str | None:
     """How often a profile's own 95 % intervals held the figure later found on new images, in the
     test-split protocol at ``size`` local images, as one sentence; None when the report lacks it."""

@@ -69,6 +69,19 @@ def _shipped_predictor() -> Predictor:
 
 
 @st.cache_resource(show_spinner=False)
+def validation_reference():
+    """The shipped model's validation reference (``alignment.Reference``), that label-free alignment aligns to.
+
+    Raises:
+        SiteProfileError: the side file is missing, unreadable or another model's.
+    """
+    from pneumo_model.alignment import Reference, reference_path
+    from pneumo_model.paths import DEFAULT_MODEL_PATH
+
+    return Reference.load(reference_path(DEFAULT_MODEL_PATH), _shipped_predictor().metadata.model_sha256)
+
+
+@st.cache_resource(show_spinner=False)
 def _site_predictor(profile_path: str) -> Predictor:
     # Cached per path: an administrator changes the profile by changing PNEUMO_SITE and restarting.
     return _shipped_predictor().with_operating_point(_site_profile(profile_path).operating_point())

@@ -343,7 +343,7 @@ def must_reach(results: dict) -> list[dict]:
     return rows
 
 
-def rule_commit(repo: Path = REPO_ROOT) -> str | None:
+def rule_commit(repo: Path = REPO_ROOT, document: str = RULE) -> str | None:
     """The first commit in which the rules' document read as it reads now, or None where git or the
     history is unavailable (or the document differs from every committed version).
 
@@ -358,11 +358,11 @@ def rule_commit(repo: Path = REPO_ROOT) -> str | None:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
-    now = git("hash-object", "--", RULE)
-    commits = git("log", "--format=%H", "--", RULE)
+    now = git("hash-object", "--", document)
+    commits = git("log", "--format=%H", "--", document)
     if not now or not commits:
         return None
-    same = [commit for commit in commits.split() if git("rev-parse", f"{commit}:{RULE}") == now]
+    same = [commit for commit in commits.split() if git("rev-parse", f"{commit}:{document}") == now]
     return same[-1] if same else None  # git log lists the newest first
 
 
