@@ -69,5 +69,6 @@ def test_the_lab_side_is_all_in_pneumo_model_lab():
     top = {path.stem for path in (REPO / "pneumo_model").glob("*.py")}
     assert {"training", "evaluation", "stress", "shifts", "comparison", "bench", "model_card", "augmentation",
             "attention", "draft_check", "batch_bench", "pacs_files", "orthanc", "pacs_bench",
-            "models", "ood_corpus", "ood_fit", "metrics", "plots", "grey_zone", "site_evaluation", "cam_scale", "crop_boxes"} == lab
+            "models", "ood_corpus", "ood_fit", "metrics", "plots", "grey_zone", "site_evaluation", "cam_scale", "crop_boxes",
+            "monitor_rules"} == lab
     assert not lab & top
