@@ -41,12 +41,12 @@ except monitor.MonitorError as error:
         st.info(message, icon=":material/monitoring:")
     st.stop()
 
-headline, actions = monitor_page.alert_words(result)
+headline, reasons, actions = monitor_page.alert_words(result)  # the package's own words and numbers
 if result["alert"]:
-    st.error(plain(headline), icon=":material/warning:")
+    st.error(headline + "\n" + "\n".join(f"- {reason[0].upper()}{reason[1:]}." for reason in reasons), icon=":material/warning:")
     st.markdown("**What to do**\n" + "\n".join(f"{number}. {action}" for number, action in enumerate(actions, start=1)))
 else:
-    st.success(plain(headline), icon=":material/check_circle:")
+    st.success(headline, icon=":material/check_circle:")
 
 baseline = result["baseline"]
 left, middle, right = st.columns(3)

@@ -210,13 +210,14 @@ def test_usage_errors_exit_1(argv, tmp_path, monkeypatch):
     assert not (tmp_path / "x.sqlite3").exists()
 
 
-def write_trail(path, logits, flagged, metadata) -> None:
+def write_trail(path, logits, flagged, metadata, first: int = 0) -> None:
+    """Records one result per logit, the shipped point's call on it, as films ``first``, ``first + 1``..."""
     shipped = OperatingPoint.shipped(metadata)
     probabilities = shipped.probabilities(np.asarray(logits))
     trail = AuditTrail(path)
     trail.record_results([
         ResultRecord(
-            image_sha256=f"{index:064x}", model_sha256=metadata.model_sha256, threshold=shipped.threshold,
+            image_sha256=f"{first + index:064x}", model_sha256=metadata.model_sha256, threshold=shipped.threshold,
             probability=float(p), label=shipped.label(float(p)), grey_zone=shipped.in_grey_zone(float(p)),
             source="cli", ood=bool(flag), ood_score=0.5, operating_point=shipped.id, logit=float(logit),
         )

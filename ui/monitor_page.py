@@ -60,30 +60,46 @@ def _picture(figure: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
+def _points(axes, times: list, values: np.ndarray, alert: np.ndarray, full: np.ndarray, colour: str) -> None:
+    """Each window's point: vermillion when it alerts, hollow when it is partial."""
+    times = np.array(times, dtype=object)
+    for mask, face in ((full, None), (~full, "none")):
+        for chosen, tint, size in ((mask & ~alert, colour, 26), (mask & alert, VERMILLION, 44)):
+            if chosen.any():
+                axes.scatter(times[chosen], values[chosen], color=tint, facecolors=face, s=size, zorder=3)
+
+
 def windows_picture(result: dict) -> np.ndarray:
-    """Three panels against time (each window at its last film): the shift against its limit, the
-    estimated prevalence with its interval beside the share called pneumonia, and the share the
-    out-of-distribution check flagged. Alerting windows are marked in vermillion, a partial window hollow."""
+    """Four panels against time (each window at its last film): the films' move and the mix's shift,
+    each against the limit that raises its alert; the estimated prevalence with its interval beside
+    the share called pneumonia; the share the out-of-distribution check flagged. Alerting windows
+    are vermillion, a partial window hollow, the baseline window grey."""
     rows = result["windows"]
     times = [_time(row["last_utc"]) for row in rows]
     alert = np.array([row["alert"] for row in rows])
     full = np.array([row["full"] for row in rows])
-    figure = Figure(figsize=(9.0, 6.2), dpi=100, layout="constrained")
-    shift_axes, prevalence_axes, flag_axes = figure.subplots(3, 1, sharex=True)
+    judged = np.array([row["shift_limit"] is not None for row in rows])
+    rule = monitor.MonitorRule()
+    figure = Figure(figsize=(9.0, 7.6), dpi=100, layout="constrained")
+    films_axes, mix_axes, prevalence_axes, flag_axes = figure.subplots(4, 1, sharex=True)
+
+    films = np.array([row["films_shift"] for row in rows])
+    films_axes.axhline(rule.films_constant, color=VERMILLION, linestyle="--", linewidth=1.0,
+                       label=f"limit {rule.films_constant:g}: above it, the films changed")
+    films_axes.plot(times, np.where(judged, films, np.nan), color=BLUE, linewidth=1.2)
+    _points(films_axes, times, np.where(judged, films, np.nan), alert, full, BLUE)
+    films_axes.set_ylim(0, max(rule.films_constant * 1.4, np.nanmax(np.where(judged, films, 0.0)) * 1.15))
+    films_axes.set_ylabel("films' move\n(rank-test z)")
+    films_axes.set_title("Did the films change? Normal-looking and pneumonia-looking films against the baseline's", fontsize=9, loc="left")
 
     shift = np.array([row["shift"] for row in rows])
     limit = np.array([np.nan if row["shift_limit"] is None else row["shift_limit"] for row in rows])
-    shift_axes.plot(times, shift, color=BLUE, linewidth=1.4, label="shift against the baseline (KS distance)")
-    shift_axes.plot(times, limit, color=GREY, linestyle="--", linewidth=1.0, label="limit for a change of mix")
-    for mask, face in ((full, None), (~full, "none")):
-        ok, bad = mask & ~alert, mask & alert
-        shift_axes.scatter(np.array(times, dtype=object)[ok], shift[ok], color=BLUE, facecolors=face, s=30, zorder=3)
-        shift_axes.scatter(np.array(times, dtype=object)[bad], shift[bad], color=VERMILLION, facecolors=face, s=48, zorder=4)
-    if alert.any():
-        shift_axes.scatter([], [], color=VERMILLION, s=48, label="alert")
-    shift_axes.set_ylabel("shift")
-    shift_axes.set_ylim(bottom=0)
-    shift_axes.legend(loc="upper left", fontsize=7.5, frameon=False)
+    mix_axes.plot(times, limit, color=GREY, linestyle="--", linewidth=1.0, label="limit: above it, the mix changed")
+    mix_axes.plot(times, np.where(judged, shift, np.nan), color=BLUE, linewidth=1.2)
+    _points(mix_axes, times, np.where(judged, shift, np.nan), alert, full, BLUE)
+    mix_axes.set_ylim(0, max(0.3, np.nanmax(np.concatenate([shift, np.nan_to_num(limit)])) * 1.15))
+    mix_axes.set_ylabel("scores' shift\n(KS distance)")
+    mix_axes.set_title("Did the mix of scores change? (more or fewer sick children move it too)", fontsize=9, loc="left")
 
     low = [row["prevalence_low"] for row in rows]
     high = [row["prevalence_high"] for row in rows]
@@ -96,20 +112,20 @@ def windows_picture(result: dict) -> np.ndarray:
                             label="baseline's estimate")
     prevalence_axes.set_ylim(0, 1)
     prevalence_axes.set_ylabel("share of films")
-    prevalence_axes.legend(loc="upper left", fontsize=7.5, frameon=False, ncols=2)
 
-    flagged = [np.nan if row["share_flagged"] is None else row["share_flagged"] for row in rows]
-    flag_axes.bar(times, flagged, width=_bar_width(times), color=[VERMILLION if a else GREY for a in alert], alpha=0.8)
+    flagged = np.array([np.nan if row["share_flagged"] is None else row["share_flagged"] for row in rows], dtype=float)
+    flag_axes.bar(times, np.nan_to_num(flagged), width=_bar_width(times), color=[VERMILLION if a else GREY for a in alert], alpha=0.8)
     baseline_flagged = result["baseline"]["share_flagged"]
     if baseline_flagged is not None:
-        flag_axes.axhline(baseline_flagged, color=GREY, linewidth=0.8, linestyle=":", label="baseline")
-        flag_axes.legend(loc="upper left", fontsize=7.5, frameon=False)
+        flag_axes.axhline(baseline_flagged, color=GREY, linewidth=0.8, linestyle=":", label="baseline's share")
+    flag_axes.set_ylim(0, max(0.1, float(np.nanmax(np.nan_to_num(flagged))) * 1.25))
     flag_axes.set_ylabel("share flagged\n(not like training)")
-    flag_axes.set_ylim(0, max(0.1, np.nanmax(flagged + [0.0]) * 1.2) if not np.all(np.isnan(flagged)) else 0.1)
-    flag_axes.set_xlabel("time of each window's last film (UTC)")
-    figure.autofmt_xdate()
-    for axes in (shift_axes, prevalence_axes, flag_axes):
+    flag_axes.set_xlabel("time of each window's last film (UTC); vermillion: alert")
+    for axes in (films_axes, mix_axes, prevalence_axes, flag_axes):
         axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(loc="lower left" if axes is prevalence_axes else "upper left", fontsize=7.5, frameon=False, ncols=2)
+    figure.autofmt_xdate()
     return _picture(figure)
 
 
@@ -141,12 +157,12 @@ def windows_table(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def alert_words(result: dict) -> tuple[str, list[str]]:
-    """The last full window's state in one sentence, and what to do (empty without an alert)."""
+def alert_words(result: dict) -> tuple[str, list[str], list[str]]:
+    """The last full window's state in one sentence, its reasons and what to do (both empty without an alert)."""
     full = [row for row in result["windows"] if row["full"]]
     last = full[-1]
     when = f"window {last['index'] + 1} ({last['first_utc'][:10]} to {last['last_utc'][:10]}, {last['n']} films)"
     if not last["alert"]:
-        return f"No change beyond what chance gives in the last full {when}.", []
+        return f"No change beyond what chance gives in the last full {when}.", [], []
     cause = monitor.CAUSE_WORDS[result["cause"]]
-    return f"**{cause}** in the last full {when}: " + "; ".join(last["reasons"]) + ".", list(result["actions"])
+    return f"**{cause}** in the last full {when}.", list(last["reasons"]), list(result["actions"])
