@@ -281,3 +281,53 @@ def test_monitor_on_a_trail_made_by_batch_without_and_with_a_deliberate_shift(tm
     assert windows[2]["alert"] and windows[2]["cause"] == FILMS  # the first full shifted window
     assert report["alert"] is True
     assert math.isfinite(windows[2]["shift"]) and windows[2]["shift"] > windows[1]["shift"]
+
+
+# --- the rule's lab side and its committed report ----------------------------------------------
+
+
+def synthetic_validation(rng, n: int = 600):
+    from pneumo_model.lab.monitor_rules import ValidationScores
+
+    labels = (rng.random(n) < 0.7).astype(int)
+    plain = np.where(labels == 1, rng.normal(MU, SIGMA, n), rng.normal(-MU, SIGMA, n))
+    moved = plain + np.where(labels == 0, 2.5, 0.5)
+    return ValidationScores(
+        model_sha256="0" * 64, labels=labels, logits={"plain": plain, "moved": moved},
+        flagged={"plain": np.zeros(n, bool), "moved": rng.random(n) < 0.05},
+        threshold_logit=-1.0, temperature=REFERENCE.temperature,
+    )
+
+
+def test_the_labs_fast_rule_is_the_monitors_own_and_sees_a_moved_stream(rng):
+    from pneumo_model.lab.monitor_rules import FIRST, alerts, draw_statistics, qualifying_shifts
+
+    scores = synthetic_validation(rng)
+    assert set(qualifying_shifts(scores)) == {"moved"}
+    for shift in ("plain", "moved"):
+        stats = draw_statistics(scores, REFERENCE, 100, FIRST, 60, seed=3, shift=shift)
+        alert, _ = alerts(stats, MonitorRule())
+        assert np.array_equal(alert, stats["judged_alert"])
+    assert stats["judged_alert"].mean() > 0.9  # the moved stream
+    assert np.all((stats["true_prevalence"] > 0.5) & (stats["true_prevalence"] < 0.9))
+
+
+def test_the_committed_report_is_of_the_committed_rule_and_its_verdicts_follow_its_numbers():
+    from pneumo_model.paths import REPO_ROOT
+
+    report = json.loads((REPO_ROOT / "reports" / "monitor_rule.json").read_text())
+    calibration = json.loads((REPO_ROOT / "reports" / "monitor_rule_calibration.json").read_text())
+    rule = MonitorRule()
+    for source in (report["rule"], calibration):
+        assert (source["shift_constant"], source["films_constant"], source["flag_alpha"]) == (
+            rule.shift_constant, rule.films_constant, rule.flag_alpha)
+    assert report["model_sha256"] == read_metadata(DEFAULT_MODEL_PATH).model_sha256 == calibration["model_sha256"]
+    measured = report["measured"]
+    qualifying = {name for name, row in report["shifts"].items() if row["qualifies"]}
+    assert qualifying == set(measured["qualifying_shifts"])
+    assert all(abs(report["shifts"][name]["specificity_change"]) >= 0.05 - 1e-9 for name in qualifying)
+    for key, meets in measured["meets"].items():
+        assert meets["false_alarms_at_most_1_in_100"] == (measured["false_alarms"][key]["rate"] <= 0.01)
+        detected = [row["rate"] >= 0.9 for row in measured["detection"][key].values()]
+        assert meets["each_qualifying_shift_detected_90"] == all(detected)
+        assert meets["share_of_shifts_detected_90"] == pytest.approx(sum(detected) / len(detected))

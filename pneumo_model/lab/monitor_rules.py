@@ -221,7 +221,8 @@ def draw_statistics(
     Returns:
         {"shift": (draws,) KS distances divided by sqrt((n + m) / (n m)), so that they compare with
         the rule's constant; "films": (draws,) ``films_moved``; "flag_p": (draws,) one-sided p-values; "prevalence":
-        (draws,) the window's EM estimate; "true_prevalence": (draws,)}.
+        (draws,) the window's EM estimate; "true_prevalence": (draws,);
+        "judged_alert": (draws,) ``monitor.judge``'s alert at the committed rule}.
     """
     from .. import monitor
 
@@ -230,6 +231,7 @@ def draw_statistics(
     plain, plain_flags = scores.logits["plain"], scores.flagged["plain"]
     shifted, shifted_flags = scores.logits[shift], scores.flagged[shift]
     out = {key: np.empty(draws) for key in ("shift", "films", "flag_p", "prevalence", "true_prevalence")}
+    out["judged_alert"] = np.zeros(draws, dtype=bool)  # the monitor's own verdict at the committed rule
     rule = monitor.MonitorRule(window=window)
     for draw in range(draws):
         base, rest = _split(rng, plain.size, n_baseline)
@@ -248,6 +250,7 @@ def draw_statistics(
         out["flag_p"][draw] = verdict.flag_p
         out["prevalence"][draw] = verdict.estimated_prevalence
         out["true_prevalence"][draw] = scores.labels[chosen].mean()
+        out["judged_alert"][draw] = verdict.alert
     return out
 
 
