@@ -125,6 +125,12 @@ def test_a_label_free_profile_sample_is_read_from_its_percentiles(rng):
     assert ks_distance(baseline.logits, sample) < 0.02
     assert baseline.prevalence == pytest.approx(em_prevalence(sample, REFERENCE)[0], abs=0.02)
     assert baseline_from_profile({"id": "x", "kind": "labelled"}, REFERENCE) is None  # labelled: no sample
+    # With the sample as baseline, every window is judged, the first one too.
+    report = monitor(films_of(np.concatenate([scores(rng, 100, 0.6), scores(rng, 100, 0.6, normal_move=2.0)])),
+                     point(), REFERENCE, MonitorRule(), baseline)
+    assert report["baseline"]["kind"] == SITE_SAMPLE and "label-free" in report["baseline"]["description"]
+    assert [row["alert"] for row in report["windows"]] == [False, True]
+    assert report["windows"][0]["reasons"] != ["this window is the baseline"]
     broken = json.loads(json.dumps(profile))
     broken["sample"]["logit_quantiles"] = broken["sample"]["logit_quantiles"][::-1]
     with pytest.raises(MonitorError, match="101 increasing"):
@@ -245,6 +251,24 @@ def test_the_command_reads_a_trail_once_per_film_and_ends_with_one_json_line(tmp
     assert report["alert"] is True  # window 4, the last full one
     assert report["windows"][3]["share_flagged"] == pytest.approx(12 / 40)
     assert report["baseline"]["kind"] == FIRST_WINDOW
+
+
+def test_with_a_labelled_profile_the_first_window_is_the_baseline_and_its_calls_are_counted(tmp_path, rng, capsys):
+    from test_site import _shipped_profile
+
+    profile, path = _shipped_profile(tmp_path)
+    metadata = read_metadata(DEFAULT_MODEL_PATH)
+    logits = np.concatenate([rng.normal(-4, 1.1, 30), rng.normal(3.5, 1.5, 50)])
+    db = tmp_path / "audit.sqlite3"
+    write_trail(db, logits, [False] * 80, metadata)
+    assert main(["monitor", "--audit", str(db), "--window", "40", "--site", str(path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])
+    assert report["baseline"]["kind"] == FIRST_WINDOW and out[0].startswith("baseline: the trail's first window")
+    first = logits[:40]
+    called = profile.operating_point().probabilities(first) >= profile.threshold
+    assert report["windows"][0]["share_pneumonia"] == pytest.approx(called.mean())
+    assert main(["monitor", "--audit", str(db), "--site", str(tmp_path / "missing.json")]) == 1
 
 
 @pytest.mark.data
