@@ -45,8 +45,11 @@ headline, reasons, actions = monitor_page.alert_words(result)  # the package's o
 if result["alert"]:
     st.error(headline + "\n" + "\n".join(f"- {reason[0].upper()}{reason[1:]}." for reason in reasons), icon=":material/warning:")
     st.markdown("**What to do**\n" + "\n".join(f"{number}. {action}" for number, action in enumerate(actions, start=1)))
-else:
+elif result["windows"]:
     st.success(headline, icon=":material/check_circle:")
+else:  # a site sample as baseline and no film scored yet
+    st.info(headline, icon=":material/monitoring:")
+    st.stop()
 
 baseline = result["baseline"]
 left, middle, right = st.columns(3)

@@ -12,16 +12,17 @@ baseline; it only supplies the reference that reads a prevalence out of unlabell
 - ``estimated_prevalence`` with a 95 % bootstrap interval: EM prior adjustment (Saerens,
   Latinne and Decaestecker, Neural Computation 2002) of the reference's calibrated posteriors;
 - ``films_shift``: how far the normal-looking films and the pneumonia-looking films each moved
-  (``location_shift``, two-sample z of their means on either side of the logit where a film is
-  as likely sick as well): a change in the share of sick children changes how many films fall on
+  (``location_shift``: Mann-Whitney rank-test z on either side of the logit where a film is as
+  likely sick as well): a change in the share of sick children changes how many films fall on
   each side, not where they lie;
 - the share the out-of-distribution gate flagged, tested one-sided against the baseline's.
 
 The alert rule (``MonitorRule``; its constants fixed on validation draws and written in
 docs/monitor_rule.md before it was judged): "the films changed" when ``films_shift`` exceeds its
 limit or the gate flags significantly more films; else "the share of sick children changed" when
-the plain shift exceeds its limit while the films stayed where they were. Numbers only here: reading the trail is ``trail_films``, the command is
-``cli``'s ``monitor``, the page is ``pages/monitoring.py``.
+the plain shift exceeds its limit while the films stayed where they were. Numbers only here:
+reading the trail is ``trail_films``, the command is ``cli``'s ``monitor``, the page is
+``pages/monitoring.py``.
 """
 
 from __future__ import annotations

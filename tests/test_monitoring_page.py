@@ -85,3 +85,11 @@ def test_a_reader_is_refused_and_an_administrator_opens_it():
     assert "Monitoring" not in [link.label for link in app.sidebar.get("page_link")]
     app = signed_in(claims("a-1", groups=["pneumo-admins"]), PAGE)
     assert not app.exception and app.subheader[0].value == "Monitoring"
+
+
+def test_with_no_full_window_the_words_say_nothing_was_judged():
+    from ui import monitor_page
+
+    result = {"windows": [], "window": 100, "films": 0, "alert": False, "cause": None, "actions": []}
+    headline, reasons, actions = monitor_page.alert_words(result)
+    assert headline == "No full window of 100 films yet (0 films so far): nothing judged." and not reasons and not actions

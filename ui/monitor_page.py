@@ -160,6 +160,8 @@ def windows_table(result: dict) -> pd.DataFrame:
 def alert_words(result: dict) -> tuple[str, list[str], list[str]]:
     """The last full window's state in one sentence, its reasons and what to do (both empty without an alert)."""
     full = [row for row in result["windows"] if row["full"]]
+    if not full:
+        return f"No full window of {result['window']} films yet ({result['films']} films so far): nothing judged.", [], []
     last = full[-1]
     when = f"window {last['index'] + 1} ({last['first_utc'][:10]} to {last['last_utc'][:10]}, {last['n']} films)"
     if not last["alert"]:
