@@ -308,7 +308,9 @@ with case_column:
         if place.button(target.title.split(" ")[0], key=f"worklist_open_{target.title}", width="stretch"):
             state.choose_bytes(*pairs[selected], row_source)  # again: another image may have been chosen since
             st.switch_page(target.script, query_params=state.upload_mark())
-    audit.verdict_form(audit.recorded_id(records[row.sha256]), f"worklist_verdict_{row.sha256[:16]}", call_shown=not hidden)
+    audit.verdict_form(
+        audit.recorded_id(records[row.sha256]), f"worklist_verdict_{row.sha256[:16]}", call_shown=not hidden, page_follows=True
+    )
     if retrieved is not None and pacs is not None and row.sha256 in retrieved.instances and not hidden:
         instance = retrieved.instances[row.sha256]
         st.caption(

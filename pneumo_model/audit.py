@@ -621,6 +621,7 @@ class VerdictWrite:
         verdict_id: its record.
         result_id, verdict: what it says.
         recorded_utc: when it was written (ISO, UTC).
+        image_sha256: the SHA-256 of the judged image (its result's).
         new: True when this call wrote it; False when its submission had written it before.
     """
 
@@ -628,14 +629,17 @@ class VerdictWrite:
     result_id: int
     verdict: str
     recorded_utc: str
+    image_sha256: str
     new: bool = False
 
 
 def _verdict_of_submission(connection: sqlite3.Connection, submission_id: str) -> VerdictWrite | None:
     row = connection.execute(
-        "SELECT id, result_id, verdict, recorded_utc FROM verdicts WHERE submission_id = ?", (submission_id,)
+        "SELECT v.id, v.result_id, v.verdict, v.recorded_utc, r.image_sha256 FROM verdicts AS v "
+        "JOIN results AS r ON r.id = v.result_id WHERE v.submission_id = ?",
+        (submission_id,),
     ).fetchone()
-    return None if row is None else VerdictWrite(int(row[0]), int(row[1]), row[2], row[3])
+    return None if row is None else VerdictWrite(int(row[0]), int(row[1]), row[2], row[3], row[4])
 
 
 def _verdict_values(result_id: int, verdict: str, note: str, reviewer: str, reviewer_subject: str | None) -> tuple:

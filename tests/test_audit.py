@@ -612,8 +612,8 @@ def test_the_same_submission_sent_twice_is_one_row(tmp_path):
     first = trail.record_verdict_once("a" * 32, result, "agree", note="consolidation", reviewer="Dr A")
     again = trail.record_verdict_once("a" * 32, result, "agree", note="consolidation", reviewer="Dr A")
     assert first.new and not again.new
-    assert (again.verdict_id, again.result_id, again.verdict, again.recorded_utc) == (
-        first.verdict_id, first.result_id, first.verdict, first.recorded_utc,
+    assert (again.verdict_id, again.result_id, again.verdict, again.recorded_utc, again.image_sha256) == (
+        first.verdict_id, first.result_id, first.verdict, first.recorded_utc, IMAGE_SHA,
     )
     assert trail.counts()["verdicts"] == 1
     assert trail.verdict_of_submission("a" * 32) == again

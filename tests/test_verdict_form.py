@@ -128,10 +128,10 @@ def test_a_second_verdict_on_the_same_film_is_asked_about_and_needs_the_box(audi
     assert box.value is False
 
 
-def test_a_spent_submission_records_nothing(audit_db):
-    """The second click of a double click may reach the server in a run that still holds the
-    first click's submission id (Streamlit ends a run between any two of its calls when a new
-    press arrives): the id is found spent, and no second row is written."""
+def test_a_spent_submission_records_nothing_and_says_already_recorded(audit_db):
+    """The second click of a double click (or a resend) may reach the server under the first
+    click's submission id: the trail's unique index finds it written, no second row is written,
+    and the reader is told it was already recorded, with the record's number."""
     app = reviewed()
     app.radio(key=f"{FORM}_verdict").set_value("agree")
     spent = app.session_state[f"{FORM}_submission"]
@@ -145,7 +145,7 @@ def test_a_spent_submission_records_nothing(audit_db):
     app.radio(key=f"{FORM}_verdict").set_value("agree")
     press(app)
     assert len(verdicts(audit_db)) == 1
-    assert "Verdict **agree** recorded" in texts(app.success) or "Record another verdict?" in texts(app.warning)
+    assert "Already recorded: verdict **agree** (record 1, on result 1)." in texts(app.success)
 
 
 def test_what_was_typed_for_one_film_is_kept_for_it_and_never_offered_on_another(audit_db):
@@ -170,3 +170,37 @@ def test_a_verdict_on_another_film_is_not_asked_about(audit_db):
     press(app)
     assert [row["verdict"] for row in verdicts(audit_db)] == ["agree", "agree"]
     assert not [w for w in app.warning if "Record another verdict?" in w.value]
+
+
+def test_a_verdict_whose_answer_was_lost_shows_as_recorded_when_the_tab_opens_the_film_again(audit_db):
+    """A restart between the write and the confirmation: the tab's URL still names the form's
+    submission, and a new session (nothing of the old one left) finds the verdict in the trail."""
+    app = reviewed()
+    submission = app.session_state[f"{FORM}_submission"]
+    assert app.query_params["verdict"] == submission  # the tab's URL names the form on screen
+    # The write happened (as if by the press whose answer never came back), nothing else did.
+    (result_id,) = {row["result_id"] for row in AuditTrail(audit_db).trail()}
+    AuditTrail(audit_db).record_verdict_once(submission, result_id, "disagree", note="lost answer")
+
+    fresh = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    fresh.query_params["verdict"] = submission
+    fresh.run()
+    fresh.button(key=f"sample-{SAMPLE}").click().run()
+    assert not fresh.exception, fresh.exception
+    (said,) = [s for s in fresh.success if "before this tab lost its connection" in s.value]
+    assert f"Your verdict **disagree** on this image was recorded at" in said.value and "(record 1)" in said.value
+    # A verdict now is a second one on this film, asked about first, as for any verdict of this tab.
+    fresh.radio(key=f"{FORM}_verdict").set_value("agree")
+    press(fresh)
+    assert len(verdicts(audit_db)) == 1
+    assert "Record another verdict?" in texts(fresh.warning)
+
+
+def test_a_press_on_the_form_just_emptied_by_a_verdict_is_the_double_clicks_second_click(audit_db):
+    app = reviewed()
+    app.radio(key=f"{FORM}_verdict").set_value("unsure")
+    press(app)
+    press(app)  # at once, on the emptied form
+    assert len(verdicts(audit_db)) == 1
+    assert "Verdict **unsure** recorded (record 1, on result 1)." in texts(app.success)
+    assert "Choose agree, disagree or unsure" not in texts(app.warning)

@@ -44,7 +44,11 @@ def streamlit_app(
 
 @contextlib.contextmanager
 def streamlit_server(
-    log_path: Path, audit_db: Path | None = None, startup_timeout: float = 120.0, port: int | None = None
+    log_path: Path,
+    audit_db: Path | None = None,
+    startup_timeout: float = 120.0,
+    port: int | None = None,
+    root: Path = REPO_ROOT,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Runs the app on a free port (or ``port``) until the block ends; yields its URL and its process.
 
@@ -53,6 +57,7 @@ def streamlit_server(
         audit_db: the audit trail the app writes (``$PNEUMO_AUDIT_DB``); None keeps the caller's setting.
         startup_timeout: seconds to wait for the health endpoint.
         port: the port to listen on (a restarted server keeps its port); None picks a free one.
+        root: the checkout whose app is served (a benchmark serves an older commit beside this one).
 
     Raises:
         RuntimeError: the server exited or did not become healthy in time.
@@ -68,7 +73,7 @@ def streamlit_server(
     if audit_db is not None:
         environment["PNEUMO_AUDIT_DB"] = str(audit_db)
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        server = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=environment)
         try:
             deadline = time.monotonic() + startup_timeout
             while True:

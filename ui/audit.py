@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,9 +21,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from pneumo_model.paths import REPO_ROOT
-from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, AuditTrail, ResultRecord
+from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, AuditTrail, ResultRecord, VerdictWrite
 from pneumo_model.ood import OUTSIDE, UNUSUAL, single_cut_grade
 
 from .markup import plain
@@ -207,7 +208,10 @@ class _Keys:
         self.submit = f"{form_key}_submit"
         self.outcome = f"{form_key}_outcome"  # (kind, message, icon, where): "choice" under the radio, else under the form
         self.asked = f"{form_key}_asked"  # the result id a second verdict was asked about
-        self.submission = f"{form_key}_submission"  # the id of the one press the drawn form may record
+        self.submission = f"{form_key}_submission"  # the id of the drawn form, which the trail writes once
+        self.pending = f"{form_key}_pending"  # a submission id sent to the trail whose answer was not seen yet
+        self.page_stale = f"{form_key}_page_stale"  # a verdict the rest of the page does not show yet
+        self.settled_at = f"{form_key}_settled_at"  # time.monotonic() of the last verdict settled
         self.result = f"{form_key}_result"  # the result id the fields were typed for
         self.drafts = f"{form_key}_drafts"  # {result id: (choice, note)} typed on another result and not recorded
 
@@ -235,15 +239,17 @@ def _follow_result(keys: _Keys, result_id: int) -> None:
     state[keys.result] = result_id
 
 
-# The verdicts written, by submission id, in this server process: the one place a press is known to
-# be spent, safe from Streamlit ending a run (or a callback) between any two of its calls, which it
-# does when a new press arrives (the second click of a double click). Issue 28's unique
-# constraint on the submission id will make the trail itself refuse a second row.
-_WRITTEN: dict[str, TabVerdict] = {}
-_WRITTEN_LOCK = threading.Lock()
+# The tab's URL carries the id of the verdict form on screen (``?verdict=...``): the one thing of a
+# tab that outlives its server. A verdict written just before a restart, whose answer never reached
+# the tab, is found by it in the trail the next time the tab draws a verdict form.
+SUBMISSION_PARAM = "verdict"
+# A press on an empty form this soon after a verdict emptied it is that press's second click.
+DOUBLE_CLICK_S = 2.0
+_RECOVERED_KEY = "audit_recovered"  # {image SHA-256: TabVerdict} found in the trail by the URL's id
+_RECOVERY_DONE_KEY = "audit_recovery_done"
 
 
-def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True) -> None:
+def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True, page_follows: bool = False) -> None:
     """A reviewer's verdict on the shown result, appended to the trail on submit.
 
     Offered only for a call on screen: with ``call_shown`` False (the out-of-distribution gate
@@ -251,25 +257,45 @@ def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True) 
     verdict carries the user's identity and there is no name to type; in local mode the
     reviewer's name is typed, as it is optional.
 
+    The form is a fragment: a press reruns the form alone, so the confirmation, which names the
+    record, comes as soon as the row is written, however busy the page around it. With
+    ``page_follows`` (the worklist, whose table marks the verdicts given) the page is run again
+    after the confirmation is on screen.
+
     Nothing typed is lost: a refused press keeps the choice, the note and the name, and says what
     is missing next to its field; a recorded verdict empties the choice and the note and keeps the
     name. A second verdict on a film this tab already judged is allowed (a reader may change their
     mind, and the trail is append-only) but deliberate: the first press says when the earlier
     one was recorded and asks, and only a press with the confirmation box ticked records it.
 
-    Every drawing of the form carries a submission id, spent by the one press that writes a row:
-    a press is handled in the page's run and the page runs again at once, so everything it draws
-    (the worklist's verdict column, the form emptied) knows the verdict. A double click's second
-    click finds the id spent and writes nothing.
+    Exactly once: every drawing of the form has a submission id, which the trail stores under a
+    unique index (``AuditTrail.record_verdict_once``). A press sent twice (a double click, a resend)
+    writes one row and is told "already recorded (record N)"; a press whose answer was lost (the run
+    ended, the server restarted) is found in the trail by its id the next time the form is drawn.
     """
     if result_id is None or not call_shown:
         return
+    _recover_from_url()
+    _form_fragment(result_id, form_key, page_follows)
+
+
+@st.fragment
+def _form_fragment(result_id: int, form_key: str, page_follows: bool) -> None:
     keys = _Keys(form_key)
     _follow_result(keys, result_id)
     _settle(keys)
     submission = st.session_state.setdefault(keys.submission, uuid.uuid4().hex)
+    if st.query_params.get(SUBMISSION_PARAM) != submission:
+        st.query_params[SUBMISSION_PARAM] = submission
     outcome = st.session_state.get(keys.outcome)
     identity = _signed_in()
+    recovered = _recovered_on(result_id)
+    if recovered is not None and outcome is None:
+        st.success(
+            f"Your verdict **{recovered.verdict}** on this image was recorded at {recovered.at:%H:%M} (record "
+            f"{recovered.verdict_id}) before this tab lost its connection to the server: it is in the audit trail.",
+            icon=":material/task_alt:",
+        )
     with st.form(form_key, clear_on_submit=False, border=True):
         st.markdown("**Your verdict** (recorded in the audit trail)")
         st.radio("Verdict", VERDICTS, horizontal=True, index=None, label_visibility="collapsed", key=keys.verdict)
@@ -286,9 +312,11 @@ def verdict_form(result_id: int | None, form_key: str, call_shown: bool = True) 
             st.checkbox("Yes, record a second verdict on this image", key=keys.again(submission))
         pressed = st.form_submit_button("Record verdict", icon=":material/how_to_reg:", key=keys.submit)
     if pressed:
-        _press(result_id, keys, submission)  # ends with a new run of the page
+        _press(result_id, keys, submission)  # ends with a new run of the form
     if outcome is not None and outcome[3] != "choice":
         _say(outcome)
+    if st.session_state.pop(keys.page_stale, False) and page_follows:
+        st.rerun()  # the confirmation is on screen: now the rest of the page (the worklist's table)
 
 
 def _say(outcome: tuple[str, str, str, str]) -> None:
@@ -297,55 +325,47 @@ def _say(outcome: tuple[str, str, str, str]) -> None:
 
 
 def _press(result_id: int, keys: _Keys, submission: str) -> None:
-    """A press of "Record verdict": refuses it, asks before a second verdict, or writes the row
-    (once per submission id); then runs the page again, which draws what happened (``_settle``)."""
+    """A press of "Record verdict": refuses it, asks before a second verdict, or sends the verdict
+    to the trail under the form's submission id; then runs the form again, which draws what
+    happened (``_settle``).
+
+    Handled in the form's run, not in a callback: when a second press arrives (a double click),
+    Streamlit ends the running callback at its next session-state access and does not call it
+    again, so a press could be lost; a run is ended too, but the next run sees its own press, with
+    the same submission id, and the trail's unique index makes the two one row.
+    """
     state = st.session_state
     verdict = state.get(keys.verdict)
     earlier = earlier_verdict(result_id)
-    if verdict is None:
+    if verdict is None and time.monotonic() - state.get(keys.settled_at, -DOUBLE_CLICK_S) < DOUBLE_CLICK_S:
+        pass  # the second click of a double click, on the form its first click emptied: it is recorded
+    elif verdict is None:
         state[keys.outcome] = ("warning", "Choose agree, disagree or unsure before recording: your note and name are kept.", ":material/rule:", "choice")
-    elif earlier is not None and not state.get(keys.again(submission)) and submission not in _WRITTEN:
+    elif earlier is not None and not state.get(keys.again(submission)):
         state[keys.asked] = result_id
         state.pop(keys.outcome, None)  # the question says it all
     else:
         identity = _signed_in()
+        state[keys.pending] = submission  # before the write: a run ended after it still finds the row
         try:
-            written = _write_once(
-                submission, trail(), result_id, verdict,
+            trail().record_verdict_once(
+                submission, result_id, verdict,
                 note=state.get(keys.note) or "",
                 reviewer=identity.name if identity else state.get(keys.reviewer) or "",
                 reviewer_subject=identity.subject if identity else None,
-                image_sha256=_image_of(result_id),
-                zone=reader_zone()[0],
             )
         except AuditError as error:
+            state.pop(keys.pending, None)
             message = f"The verdict was not recorded in the audit trail; what you typed is kept. {plain(screen_message(error))}"
             state[keys.outcome] = ("error", message, ":material/database:", "form")
-        else:
-            _note_written(written)
-    st.rerun()
+    _rerun_form()
 
 
-def _write_once(
-    submission: str, audit_trail: AuditTrail, result_id: int, verdict: str, *, note: str, reviewer: str,
-    reviewer_subject: str | None, image_sha256: str | None, zone: dt.tzinfo,
-) -> TabVerdict:
-    """Appends the verdict unless this submission id already wrote one; returns what it wrote.
-
-    Plain Python under a lock, with no Streamlit call between the check and the write: nothing can
-    end it half-way, and two runs of one press (or two presses under one id) write one row.
-
-    Raises:
-        AuditError: the trail refused the verdict or cannot be written (the id is then not spent).
-    """
-    with _WRITTEN_LOCK:
-        written = _WRITTEN.get(submission)
-        if written is None:
-            verdict_id = audit_trail.record_verdict(
-                result_id, verdict, note=note, reviewer=reviewer, reviewer_subject=reviewer_subject
-            )
-            written = _WRITTEN[submission] = TabVerdict(verdict_id, result_id, image_sha256, verdict, dt.datetime.now(zone))
-        return written
+def _rerun_form() -> None:
+    """Runs the form again: the fragment alone in a fragment run (the browser's press), the page in
+    a run of the whole page (where Streamlit allows no fragment-scoped rerun: ``AppTest``)."""
+    ctx = get_script_run_ctx()
+    st.rerun(scope="fragment" if ctx is not None and ctx.fragment_ids_this_run else "app")
 
 
 def _note_written(written: TabVerdict) -> None:
@@ -356,30 +376,79 @@ def _note_written(written: TabVerdict) -> None:
     st.session_state.setdefault(_VERDICTS_KEY, {})[written.result_id] = written.verdict
 
 
+def _tab_verdict(written: VerdictWrite) -> TabVerdict:
+    moment = dt.datetime.fromisoformat(written.recorded_utc).astimezone(reader_zone()[0])
+    return TabVerdict(written.verdict_id, written.result_id, written.image_sha256, written.verdict, moment)
+
+
 def _settle(keys: _Keys) -> None:
-    """What a written submission leaves on the form, before its widgets are drawn: the choice and
-    the note emptied (the name stays: the same reader reads the next film), the question gone, what
-    happened said, and a new submission id (last: a run ended before it does all this again)."""
+    """What a submission sent to the trail leaves on the form, before its widgets are drawn: the
+    choice and the note emptied (the name stays: the same reader reads the next film), the
+    question gone, what happened said ("recorded", or "already recorded" for a submission the
+    trail had written before), and a new submission id (last: a run ended before it does all this
+    again). The trail is asked, so a press whose run ended after the write is settled too."""
     state = st.session_state
-    written = _WRITTEN.get(state.get(keys.submission, ""))
-    if written is None:
+    pending = state.get(keys.pending)
+    if pending is None:
         return
-    _note_written(written)
-    state[keys.verdict], state[keys.note] = None, ""
-    state.pop(keys.asked, None)
+    try:
+        written = trail().verdict_of_submission(pending)
+    except AuditError as error:
+        state[keys.outcome] = ("error", f"Whether the verdict was recorded cannot be read now. {plain(screen_message(error))}", ":material/database:", "form")
+        return
+    if written is None:  # the run ended before the write: nothing was recorded, the fields are as typed
+        state.pop(keys.pending, None)
+        return
+    known = any(earlier.verdict_id == written.verdict_id for earlier in state.get(_VERDICT_LOG_KEY, []))
+    tab_verdict = _tab_verdict(written)
     others = [
         earlier for earlier in state.get(_VERDICT_LOG_KEY, [])
         if earlier.verdict_id != written.verdict_id
-        and (earlier.result_id == written.result_id or (written.image_sha256 is not None and earlier.image_sha256 == written.image_sha256))
+        and (earlier.result_id == written.result_id or earlier.image_sha256 == written.image_sha256)
     ]
+    _note_written(tab_verdict)
+    if written.new or not known:
+        what = f"{'Another verdict' if others else 'Verdict'} **{written.verdict}** recorded"
+    else:
+        what = f"Already recorded: verdict **{written.verdict}**"
     state[keys.outcome] = (
-        "success",
-        f"{'Another verdict' if others else 'Verdict'} **{written.verdict}** recorded (record {written.verdict_id}, "
-        f"on result {written.result_id}).",
-        ":material/task_alt:",
-        "form",
+        "success", f"{what} (record {written.verdict_id}, on result {written.result_id}).", ":material/task_alt:", "form",
     )
-    state[keys.submission] = uuid.uuid4().hex
+    if pending == state.get(keys.submission):
+        state[keys.verdict], state[keys.note] = None, ""
+        state.pop(keys.asked, None)
+        state[keys.page_stale] = True
+        state[keys.settled_at] = time.monotonic()
+        state[keys.submission] = uuid.uuid4().hex
+    state.pop(keys.pending, None)
+
+
+def _recover_from_url() -> None:
+    """Once per session: the verdict of the submission id in the tab's URL, if the trail has it and
+    this session does not know it (its answer was lost to a restart or a reload)."""
+    state = st.session_state
+    if state.get(_RECOVERY_DONE_KEY):
+        return
+    state[_RECOVERY_DONE_KEY] = True
+    submission = st.query_params.get(SUBMISSION_PARAM)
+    if not submission or not 8 <= len(submission) <= 64:
+        return
+    try:
+        written = trail().verdict_of_submission(submission)
+    except AuditError:
+        return  # the form itself says when the trail cannot be used
+    if written is None or any(earlier.verdict_id == written.verdict_id for earlier in state.get(_VERDICT_LOG_KEY, [])):
+        return
+    tab_verdict = _tab_verdict(written)
+    _note_written(tab_verdict)
+    state.setdefault(_RECOVERED_KEY, {})[written.image_sha256] = tab_verdict
+
+
+def _recovered_on(result_id: int) -> TabVerdict | None:
+    """The recovered verdict (``_recover_from_url``) on the film of ``result_id``, said once."""
+    recovered = st.session_state.get(_RECOVERED_KEY, {})
+    image = _image_of(result_id)
+    return recovered.pop(image, None) if image is not None else None
 
 
 # ----------------------------------------------------------------------------- the trail for a reader

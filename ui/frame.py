@@ -21,7 +21,7 @@ from pneumo_model.errors import PneumoError
 from pneumo_model.ood import OUTSIDE, UNUSUAL, known_grade
 from pneumo_model.paths import REPO_ROOT
 
-from . import access, state
+from . import access, server_log, state
 from .markup import plain
 
 # First paint: every page imports this module and calls ``render`` before anything else, so the
@@ -167,7 +167,9 @@ def render(title: str) -> Predictor:
     """
     (page,) = [page for page in PAGES if page.title == title]
     st.set_page_config(page_title=f"{page.title} · {APP_TITLE}", page_icon=str(FAVICON), layout="wide")
+    server_log.install()
     access.gate(page.title)  # a refused browser sees the refusal alone: no banner, no menu
+    _connection_watch()
     banner = st.empty()
     cold = not _load_state()
     if cold:  # later runs draw the finished banner at once, so it never flickers
@@ -176,6 +178,9 @@ def render(title: str) -> Predictor:
         model = _predictor(banner)
     st.subheader(page.title, anchor=False)
     _menu()
+    lost = state.lost_uploads()  # before a cold server's model load: a restarted server says so at once
+    if lost is not None:
+        st.warning(lost, icon=":material/cloud_off:")
     if cold:
         loading = st.empty()
         loading.info(LOADING_MESSAGE, icon=":material/hourglass_top:")
@@ -183,11 +188,22 @@ def render(title: str) -> Predictor:
             model = _predictor(banner)
         finally:
             loading.empty()
-    lost = state.lost_uploads()
-    if lost is not None:
-        st.warning(lost, icon=":material/cloud_off:")
     _sidebar(model)
     return model
+
+
+# A tab whose server restarted reconnects by itself (Streamlit retries every few seconds) to a new,
+# empty session, and by default keeps showing the old page without running it: a form on it looks
+# alive, and a press inside a fragment (the verdict form) is dropped by the new session, which
+# knows no such fragment. Streamlit's client runs the page again on reconnecting when the page has
+# a fragment that reruns itself on a timer; this empty one is there for that, so the new session
+# draws the page at once, with the restart notice (``state.lost_uploads``) where work was lost.
+CONNECTION_WATCH_S = 60.0
+
+
+@st.fragment(run_every=CONNECTION_WATCH_S)
+def _connection_watch() -> None:
+    """Draws nothing; its timer makes a reconnected tab run its page again (see above)."""
 
 
 @st.cache_resource(show_spinner=False)
