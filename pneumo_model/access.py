@@ -43,6 +43,7 @@ PAGE_ROLES: Mapping[str, frozenset[str]] = {
     "Audit trail": frozenset(ROLES),  # a reader sees only their own verdicts there
     "Model card": frozenset(ROLES),
     "Site calibration": frozenset({ADMINISTRATOR}),
+    "Monitoring": frozenset({ADMINISTRATOR}),
 }
 
 _LOOPBACK_NAMES = ("localhost", "localhost.")

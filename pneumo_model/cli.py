@@ -1,9 +1,10 @@
 """Command line: ``python -m pneumo_model COMMAND``.
 
 Commands: ``predict``, ``batch``, ``explain``, ``crop``, ``site``, ``train``, ``evaluate``, ``compare``,
-``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``export-onnx``, ``zone``, ``attention``. Exit codes: 0
-success, 1 a usage or model error, 2 (``predict``, ``batch``) when any file was rejected, (``site``) when the labelled
-sample is refused or ``site align`` refuses the unlabelled films.
+``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``export-onnx``, ``zone``, ``attention``, ``monitor``.
+Exit codes: 0 success, 1 a usage or model error, 2 (``predict``, ``batch``) when any file was rejected, (``site``) when
+the labelled sample is refused or ``site align`` refuses the unlabelled films, (``monitor``) when the audit trail is
+missing or unreadable.
 
 Each command is one function that adds its sub-parser, with ``set_defaults(handler=...)``, and
 the handler beside it; ``main`` calls the parsed command's handler. Building the parser imports
@@ -1242,7 +1243,63 @@ def _attention(args) -> int:
 # --- the parser and main -------------------------------------------------------------------
 
 # One function per command, in the order ``--help`` lists them; each sets its command's handler.
-COMMANDS = (_add_predict, _add_batch, _add_pacs, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_export_onnx, _add_card, _add_grey_zone, _add_attention)
+# --- monitor -------------------------------------------------------------------------------
+
+
+def _add_monitor(commands) -> None:
+    parser = commands.add_parser(
+        "monitor",
+        help="windows of the audit trail's films against a baseline: has the stream of films changed? "
+        "(exit 0 alert or not; 2 no readable trail; 1 usage)",
+        description="The audit trail's distinct films in recording order, in windows, each compared with the "
+        "baseline (the site profile's own sample, else the trail's first window) by the rule of "
+        "docs/monitor_rule.md. The last stdout line is one JSON object {\"windows\": [...], \"alert\": ...}.",
+    )
+    parser.add_argument("--audit", type=Path, required=True, metavar="DB", help="the audit trail to read (never created)")
+    parser.add_argument("--window", type=int, default=None, metavar="N", help="films per window (default 100)")
+    parser.add_argument("--site", type=Path, default=None, metavar="PROFILE.json",
+                        help="the active site profile: its calls are counted, and its sample (a label-free profile) is the baseline")
+    _add_model_flag(parser)
+    parser.set_defaults(handler=_monitor)
+
+
+def _monitor(args) -> int:
+    from .artifacts import read_metadata
+    from .monitor import DEFAULT_WINDOW, MonitorError, MonitorRule, Reference, baseline_from_profile, monitor, summary_lines, trail_films
+    from .operating_point import OperatingPoint
+
+    try:
+        rule = MonitorRule(window=DEFAULT_WINDOW if args.window is None else args.window)
+    except MonitorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    metadata = read_metadata(args.model)
+    reference = Reference.from_metadata(metadata)
+    shipped = OperatingPoint.shipped(metadata)
+    point, baseline = shipped, None
+    if args.site is not None:
+        from .site import SiteProfile
+
+        point = SiteProfile.load(args.site).operating_point()
+        baseline = baseline_from_profile(json.loads(args.site.read_text()), reference)
+    if point.model_sha256 != metadata.model_sha256:
+        print(f"error: the site profile was fitted for model {point.model_sha256[:12]}, not {metadata.short_sha}.", file=sys.stderr)
+        return EXIT_ERROR
+    # Old records (before the trail kept the logit) get it back from either point's probability.
+    scales = {each.id: (each.scale, each.offset) for each in (shipped, point)}
+    try:
+        films = trail_films(args.audit, metadata.model_sha256, scales)
+    except MonitorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_REJECTED
+    report = monitor(films, point, reference, rule, baseline)
+    for line in summary_lines(report):
+        print(line)
+    print(json.dumps(report, allow_nan=False))
+    return EXIT_OK
+
+
+COMMANDS = (_add_predict, _add_batch, _add_pacs, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_export_onnx, _add_card, _add_grey_zone, _add_attention, _add_monitor)
 
 
 def _leaves(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
@@ -1282,9 +1339,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv, argparse.Namespace(command_line=_command_line(argv)))
     except SystemExit as exit:
-        # ``site`` and ``pacs`` keep exit 2 for a refused sample or image, so their usage errors exit 1
+        # ``site``, ``pacs`` and ``monitor`` keep exit 2 for a refused sample, image or trail, so their usage errors exit 1
         # (argparse's own is 2).
-        if argv[:1] in (["site"], ["pacs"]) and exit.code == 2:
+        if argv[:1] in (["site"], ["pacs"], ["monitor"]) and exit.code == 2:
             return EXIT_ERROR
         raise
     try:

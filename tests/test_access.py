@@ -94,7 +94,7 @@ def test_pages_by_role_and_an_unknown_page_is_for_administrators():
     for title in titles:
         assert access.may_open(title, ADMINISTRATOR)
         assert not access.may_open(title, None)
-    assert [title for title in titles if not access.may_open(title, READER)] == ["Site calibration"]
+    assert [title for title in titles if not access.may_open(title, READER)] == ["Site calibration", "Monitoring"]
     assert not access.may_open("A page added later", READER) and access.may_open("A page added later", ADMINISTRATOR)
 
 

@@ -121,6 +121,7 @@ MINIMAL_ARGV = {
     "pacs_score": ["pacs", "score", "--study", "1.2.3"],
     "zone": ["zone"],
     "attention": ["attention"],
+    "monitor": ["monitor", "--audit", "a.sqlite3"],
 }
 
 

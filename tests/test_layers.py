@@ -19,7 +19,8 @@ APP_SIDE = [
     "pneumo_model.crop", "pneumo_model.display", "pneumo_model.audit", "pneumo_model.csv_export",
     "pneumo_model.calibration", "pneumo_model.data", "pneumo_model.artifacts", "pneumo_model.cli",
     "pneumo_model.batch", "pneumo_model.batch_ray", "pneumo_model.pacs", "pneumo_model.structured_report",
-    "pneumo_model.onnx_model", "pneumo_model.site", "pneumo_model.operating_point",
+    "pneumo_model.onnx_model", "pneumo_model.site", "pneumo_model.operating_point", "pneumo_model.alignment",
+    "pneumo_model.monitor",
 ]
 DATA = REPO.parent / "shared" / "data" / "chest_xray_224"
 
@@ -154,5 +155,5 @@ def test_the_lab_side_is_all_in_pneumo_model_lab():
     assert {"training", "evaluation", "stress", "shifts", "comparison", "bench", "model_card", "augmentation",
             "attention", "draft_check", "batch_bench", "pacs_files", "orthanc", "pacs_bench",
             "models", "ood_corpus", "ood_fit", "metrics", "plots", "grey_zone", "site_evaluation", "cam_scale", "crop_boxes",
-            "onnx_export", "onnx_bench", "label_free"} == lab
+            "onnx_export", "onnx_bench", "label_free", "monitor_rules"} == lab
     assert not lab & top

@@ -52,6 +52,7 @@ PAGES = (
     Page("pages/trail.py", "Audit trail", ":material/history:"),
     Page("pages/model_card.py", "Model card", ":material/description:"),
     Page("pages/site.py", "Site calibration", ":material/tune:"),
+    Page("pages/monitoring.py", "Monitoring", ":material/monitoring:"),
 )
 
 DISCLAIMER = presentation.DISCLAIMER  # the case report prints the same words
