@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import encode
 from pneumo_model.crop import DiaphragmResult, find_diaphragm
 from pneumo_model.errors import ConfigError, ModelFileError
 from pneumo_model.paths import DEFAULT_MODEL_PATH, REPO_ROOT

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from test_app import APP, TIMEOUT, open_page, pick_sample, sample_bytes, shows, start, texts, trail_rows
 from test_worklist_page import BORDERLINE, CLEAR_NORMAL, CLEAR_PNEUMONIA, on_screen, select, worklist_app
-from ui import audit, frame, state, tab_store, worklist
+from ui import audit, state, tab_store, worklist
 
 pytestmark = pytest.mark.shipped_model
 

@@ -102,7 +102,7 @@ def test_a_second_verdict_on_the_same_film_is_asked_about_and_needs_the_box(audi
     press(app)
     assert len(verdicts(audit_db)) == 1  # asked, not written
     (question,) = [w for w in app.warning if "Record another verdict?" in w.value]
-    assert f"You recorded **'agree'** on this image at " in question.value
+    assert "You recorded **'agree'** on this image at " in question.value
     assert f"(record {first['verdict_id']})" in question.value
     # What was typed for the second verdict is still there, and pressing again without the box asks again.
     assert app.radio(key=f"{FORM}_verdict").value == "disagree"
@@ -189,7 +189,7 @@ def test_a_verdict_whose_answer_was_lost_shows_as_recorded_when_the_tab_opens_th
     fresh.button(key=f"sample-{SAMPLE}").click().run()
     assert not fresh.exception, fresh.exception
     (said,) = [s for s in fresh.success if "before this tab lost its connection" in s.value]
-    assert f"Your verdict **disagree** on this image was recorded at" in said.value and "(record 1)" in said.value
+    assert "Your verdict **disagree** on this image was recorded at" in said.value and "(record 1)" in said.value
     # A verdict now is a second one on this film, asked about first, as for any verdict of this tab.
     fresh.radio(key=f"{FORM}_verdict").set_value("agree")
     press(fresh)

@@ -137,7 +137,7 @@ def simulate(cache: dict, threshold: float, temperature: float, grey_zone: tuple
     aligned by each candidate rule, and the figures are computed on the whole site half."""
     from threadpoolctl import threadpool_limits
 
-    from ..alignment import ClassDensities, Reference, estimate_prevalence, piecewise_linear, quantile_mapping
+    from ..alignment import ClassDensities, Reference, estimate_prevalence, quantile_mapping
 
     labels, groups, ood = cache["labels"], cache["groups"], cache["ood"]
     t_raw = temperature * (np.log(threshold) - np.log1p(-threshold))

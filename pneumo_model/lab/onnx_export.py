@@ -39,7 +39,6 @@ from ..onnx_model import (
     CAM,
     FEATURES,
     LOGIT,
-    ONNX_SCHEMA_VERSION,
     OnnxModel,
     OnnxRecord,
     onnx_path,
