@@ -1,4 +1,4 @@
-"""Command line: ``python -m pneumo_model COMMAND``.
+"""Command line: ``python -m pneumo_model COMMAND`` in the repository, ``pneumo COMMAND`` once installed.
 
 Commands: ``predict``, ``batch``, ``explain``, ``crop``, ``site``, ``train``, ``evaluate``, ``compare``,
 ``stress``, ``card``, ``bench``, ``ood``, ``heatmap-scale``, ``export-onnx``, ``zone``, ``attention``, ``monitor``.
@@ -39,6 +39,11 @@ _TRAIN_FIELDS = (
     "architecture", "input_size", "epochs", "batch_size", "learning_rate", "label_smoothing",
     "imbalance", "patience", "val_fraction", "protocol", "seed", "members",
 )
+
+
+def _prog() -> str:
+    """The command's name in usage lines: ``pneumo`` when run as the installed console command."""
+    return "pneumo" if Path(sys.argv[0]).name == "pneumo" else "python -m pneumo_model"
 
 
 def _command_line(argv: list[str]) -> str:
@@ -780,12 +785,18 @@ def _evaluate(args) -> int:
 def _add_explain(commands) -> None:
     parser = commands.add_parser(
         "explain",
-        help="write a Grad-CAM or LIME overlay at the image's own size, on the model's fixed heat-map scale, "
-        "with its colour bar",
+        help="write a Grad-CAM or LIME overlay at the image's own size, on the model's fixed heat-map scale "
+        "(its colour bar to a second file with --legend-out)",
     )
     parser.add_argument("image")
     parser.add_argument("--method", choices=("gradcam", "lime"), default="gradcam")
-    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="PNG file to write: the overlay, at the image's own size (to lay over the film)"
+    )
+    parser.add_argument(
+        "--legend-out", type=Path, default=None, metavar="FILE",
+        help="also write the overlay's colour bar to this PNG file (at least 640 px wide, else the image's width)",
+    )
     parser.add_argument("--alpha", type=float, default=0.4, help="overlay opacity where the map is strongest")
     parser.add_argument("--samples", type=int, default=1000, help="LIME perturbation samples")
     parser.add_argument("--segments", type=int, default=50, help="LIME superpixels (SLIC)")
@@ -806,7 +817,6 @@ def _explain(args) -> int:
         gradcam_colour_bar,
         heatmap_scale_path,
         lime_colour_bar,
-        with_legend,
     )
     from .pipeline import DecodedImage
     from .prediction import Predictor
@@ -818,24 +828,25 @@ def _explain(args) -> int:
     pixels, model_input = image.pixels, image.model_input(predictor.input_size)  # (size, size, 1)
     prediction = predictor.call(image)
     record = prediction.to_record(args.image) | {"method": args.method, "out": str(args.out), "heatmap_scale": scale.id}
+    if args.legend_out is not None:
+        record["legend_out"] = str(args.legend_out)
     legend_width = max(640, pixels.shape[1])
+    # The overlay alone, at the image's own size, so a viewer can lay it over the film; the colour bar
+    # (as wide as the film, at least 640 px) is drawn only when asked for, into its own file.
     if args.method == "gradcam":
         raw = GradCam(predictor.model, predictor.metadata.gradcam_layer).raw(model_input)  # (size, size)
         peak = scale.peak(raw)
-        picture = with_legend(
-            scale.overlay(pixels, raw, alpha=args.alpha),
-            gradcam_colour_bar(scale, args.alpha, peak=peak, width=legend_width),
-        )
+        picture = scale.overlay(pixels, raw, alpha=args.alpha)  # (h, w, 3)
+        legend = gradcam_colour_bar(scale, args.alpha, peak=peak, width=legend_width) if args.legend_out else None
         record |= {"gradcam_peak": round(peak, 4), "gradcam_weak": scale.is_weak(raw)}
     else:
         config = LimeConfig(num_samples=args.samples, n_segments=args.segments, seed=args.seed)
         explanation = explain_lime(model_input, predictor, config)
         half_width = scale.lime_half_width(explanation)
         all_small = scale.lime_all_small(explanation, config)
-        picture = with_legend(
-            explanation.overlay(pixels, half_width=half_width, alpha=args.alpha),
-            lime_colour_bar(half_width, None if all_small is None else scale.lime_small_below, args.alpha, width=legend_width),
-        )
+        picture = explanation.overlay(pixels, half_width=half_width, alpha=args.alpha)  # (h, w, 3)
+        small_below = None if all_small is None else scale.lime_small_below
+        legend = lime_colour_bar(half_width, small_below, args.alpha, width=legend_width) if args.legend_out else None
         record |= {
             "towards_pneumonia": list(explanation.positive),
             "away_from_pneumonia": list(explanation.negative),
@@ -844,6 +855,9 @@ def _explain(args) -> int:
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(args.out)
+    if legend is not None:
+        args.legend_out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(legend).save(args.legend_out)
     print(json.dumps(record))
     return EXIT_OK
 
@@ -1316,7 +1330,7 @@ def build_parser() -> argparse.ArgumentParser:
     Raises:
         TypeError: a command's parser sets no handler (it would otherwise run nothing, or another's).
     """
-    parser = argparse.ArgumentParser(prog="python -m pneumo_model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for add_command in COMMANDS:
         add_command(commands)

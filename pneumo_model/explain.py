@@ -579,8 +579,7 @@ def with_legend(picture: np.ndarray, legend: np.ndarray, grow: bool = False) -> 
         legend: uint8 (h, w, 3), e.g. ``gradcam_colour_bar``; a narrower one is enlarged to the
             picture's width.
         grow: a picture narrower than the legend is enlarged to its width (a page shows both at
-            the column's width); False: it keeps its own size, centred (the ``explain`` command
-            writes the overlay at the image's own size).
+            the column's width); False: it keeps its own size, centred.
 
     Returns:
         New (h_picture + h_legend, width, 3) uint8 RGB picture.

@@ -244,17 +244,22 @@ def test_explain_writes_overlays_at_the_uploads_own_size(tiny_pneumonet, tmp_pat
         model_sha256=read_metadata(model).model_sha256, gradcam_scale=1.0, gradcam_weak_below=0.0,
         lime_small_below=0.01, lime_num_samples=64, lime_n_segments=12,
     ).save(heatmap_scale_path(model))
+    lime_flags = ["--samples", "64", "--segments", "12"]
     for method in ("gradcam", "lime"):
-        out = tmp_path / f"{method}.png"
+        out, legend = tmp_path / f"{method}.png", tmp_path / f"{method}_legend.png"
         argv = ["explain", str(image), "--method", method, "--out", str(out), "--model", str(model)]
-        code, records, _ = _run(capsys, argv + (["--samples", "64", "--segments", "12"] if method == "lime" else []))
+        code, records, _ = _run(capsys, argv + (lime_flags if method == "lime" else []))
         assert code == 0 and records[0]["method"] == method and 0.0 <= records[0]["probability"] <= 1.0
+        assert "legend_out" not in records[0] and not legend.exists()  # the colour bar only when asked for
         with Image.open(out) as written:
-            # The overlay at the upload's own 80 x 96, centred above its colour bar (640 px wide).
-            assert written.mode == "RGB" and written.width == 640 and written.height > 96
-            picture = np.asarray(written)
-            assert np.all(picture[:96, :280] == 255) and np.all(picture[:96, 360:] == 255)
-            assert not np.all(picture[:96, 280:360] == 255)
+            # The bare overlay at the upload's own 80 x 96, so it lies exactly over the film in a viewer.
+            assert written.mode == "RGB" and written.size == (80, 96)
+            overlay = np.asarray(written)
+        code, records, _ = _run(capsys, argv + ["--legend-out", str(legend)] + (lime_flags if method == "lime" else []))
+        assert code == 0 and records[0]["legend_out"] == str(legend)
+        with Image.open(out) as again, Image.open(legend) as bar:
+            assert np.array_equal(np.asarray(again), overlay)  # the same overlay, with or without the bar
+            assert bar.mode == "RGB" and bar.width == 640 and bar.height < 200  # the bar alone, 640 px wide
     assert records[0]["towards_pneumonia"] or records[0]["away_from_pneumonia"]
 
 

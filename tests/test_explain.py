@@ -648,19 +648,22 @@ def test_explain_command_draws_on_the_fixed_scale_with_its_legend(method, predic
     from pneumo_model.cli import main
     from pneumo_model.pipeline import DecodedImage
 
-    out = tmp_path / "explained.png"
-    argv = ["explain", str(PNEUMONIA_DEMO), "--method", method, "--out", str(out)]
+    out, legend_out = tmp_path / "explained.png", tmp_path / "legend" / "bar.png"
+    argv = ["explain", str(PNEUMONIA_DEMO), "--method", method, "--out", str(out), "--legend-out", str(legend_out)]
     assert main(argv + (["--samples", "200"] if method == "lime" else [])) == 0
     record = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert record["heatmap_scale"] == shipped_scale.id
-    picture = np.asarray(Image.open(out))
-    assert picture.shape[0] > 224 and picture.shape[1] == 640  # the 224 px film with its legend under it
+    assert record["heatmap_scale"] == shipped_scale.id and record["legend_out"] == str(legend_out)
+    decoded = DecodedImage.decode(PNEUMONIA_DEMO)
+    picture, legend = np.asarray(Image.open(out)), np.asarray(Image.open(legend_out))
+    # The overlay at the film's own size (to lay over it in a viewer); the colour bar in its own file.
+    assert picture.shape == (*decoded.pixels.shape[:2], 3)
+    assert legend.shape[1] == 640 and legend.shape[0] < 224
     if method == "gradcam":
-        raw = GradCam(predictor.model, predictor.metadata.gradcam_layer).raw(
-            DecodedImage.decode(PNEUMONIA_DEMO).model_input(predictor.input_size)
-        )
+        raw = GradCam(predictor.model, predictor.metadata.gradcam_layer).raw(decoded.model_input(predictor.input_size))
         assert record["gradcam_peak"] == round(shipped_scale.peak(raw), 4)
         assert record["gradcam_weak"] is shipped_scale.is_weak(raw)
+        assert np.array_equal(picture, shipped_scale.overlay(decoded.pixels, raw, alpha=0.4))
+        assert np.array_equal(legend, gradcam_colour_bar(shipped_scale, 0.4, peak=shipped_scale.peak(raw), width=640))
     else:
         assert record["lime_all_small"] is None  # 200 samples: not the settings the cut was fitted with
         assert record["lime_scale"] >= round(shipped_scale.lime_small_below, 4)
