@@ -10,7 +10,14 @@ import hashlib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_PATH = REPO_ROOT / "assets" / "model" / "pneumonet.keras"
+# The shipped model and its side files. An installed package carries them inside itself
+# (pyproject.toml maps the repository's assets/model to pneumo_model/shipped_model), so `pneumo predict`
+# works from any folder; a repository checkout has no such folder and reads the owner's assets/model.
+# The package's own copy comes first: an installed package's REPO_ROOT is site-packages, where any
+# other distribution may have left an assets/ folder.
+INSTALLED_MODEL_DIR = Path(__file__).resolve().parent / "shipped_model"
+MODEL_DIR = INSTALLED_MODEL_DIR if INSTALLED_MODEL_DIR.is_dir() else REPO_ROOT / "assets" / "model"
+DEFAULT_MODEL_PATH = MODEL_DIR / "pneumonet.keras"
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "chest_xray_224"
 REPORTS_DIR = REPO_ROOT / "reports"
 

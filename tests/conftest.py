@@ -25,6 +25,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "shipped_model: needs the committed model in assets/model")
     config.addinivalue_line("markers", "browser: drives Chromium (set REQUIRE_BROWSER=1 to fail instead of skip)")
     config.addinivalue_line("markers", "pacs: starts Debian's Orthanc (set REQUIRE_PACS=1 to fail instead of skip)")
+    config.addinivalue_line("markers", "install: builds the wheel and installs it into a fresh venv (about 15 s)")
 
 
 def _require(available: bool, what: str) -> None:
