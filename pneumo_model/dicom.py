@@ -241,7 +241,7 @@ def read_dataset(data: bytes, max_unpacked_bytes: int):
             dataset.buffer = None  # pydicom keeps what it read from, for a deflated file the whole inflated copy
     except InvalidImageError:
         raise
-    except Exception:
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds for bytes that are not DICOM; one message
         dataset = None
     if dataset is None:
         raise InvalidImageError(
@@ -288,7 +288,7 @@ def image_size(ds) -> tuple[int, int]:
         bits_allocated = int(ds.BitsAllocated)
         bits_stored = int(ds.get("BitsStored", bits_allocated))
         photometric = str(ds.PhotometricInterpretation).strip().upper()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a missing or malformed tag, in whatever form pydicom meets it
         raise UnsupportedDicomError(
             "The DICOM file lacks the tags that describe its image (rows, columns, bit depth, "
             "photometric interpretation). Export the image again from the PACS."
@@ -385,7 +385,7 @@ def decode_pixels(ds, warnings: list[str], reduction: int = 1) -> np.ndarray:
     syntax = ds.file_meta.TransferSyntaxUID  # read_dataset made sure it is there
     try:
         available = get_decoder(syntax).is_available
-    except Exception:  # NotImplementedError for syntaxes pydicom has no decoder for (video, private)
+    except Exception:  # noqa: BLE001 - NotImplementedError for syntaxes pydicom has no decoder for (video, private)
         available = False
     if not available:
         raise UnsupportedDicomError(
@@ -401,7 +401,7 @@ def decode_pixels(ds, warnings: list[str], reduction: int = 1) -> np.ndarray:
         raise damaged
     try:
         stored = pixel_array(ds, index=0 if frames > 1 else None)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a damaged pixel stream, in whatever form the decoder meets it
         raise damaged from None
     if frames > 1:
         warnings.append(f"The DICOM file holds {frames} frames; only the first was used.")
@@ -412,7 +412,7 @@ def decode_pixels(ds, warnings: list[str], reduction: int = 1) -> np.ndarray:
         warnings.append("The DICOM image is MONOCHROME1 (bright background); it was inverted so that bone is bright.")
     try:
         plain = _is_plain_8_bit(ds)
-    except Exception:  # a malformed rescale value
+    except Exception:  # noqa: BLE001 - a malformed rescale value
         raise _invalid_rescale() from None
     if plain:
         grey = _reduced(_strips(stored, reduction, lambda strip: strip.astype(np.uint8)), stored.shape, reduction, np.uint8)
@@ -497,7 +497,7 @@ def _grey_levels(stored: np.ndarray, ds, warnings: list[str], inverted: bool, re
     def modality(strip: np.ndarray) -> np.ndarray:
         try:
             return apply_modality_lut(strip, ds)
-        except Exception:  # a malformed rescale value or modality LUT, in whatever form pydicom meets it
+        except Exception:  # noqa: BLE001 - a malformed rescale value or modality LUT, in whatever form pydicom meets it
             raise _invalid_rescale() from None
 
     def mapped(values: np.ndarray, low: float, high: float) -> np.ndarray:  # (rows, columns) uint16
@@ -512,14 +512,14 @@ def _grey_levels(stored: np.ndarray, ds, warnings: list[str], inverted: bool, re
     if _has_voi(ds):
         try:
             voi, low, high = _voi(ds)
-        except Exception:  # malformed VOI settings, in whatever form pydicom meets them
+        except Exception:  # noqa: BLE001 - malformed VOI settings, in whatever form pydicom meets them
             voi = None
 
         def through_voi(strip: np.ndarray) -> np.ndarray:
             values = modality(strip)
             try:
                 values = voi(values)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a VOI LUT that does not fit the values, in whatever form pydicom meets it
                 raise _VoiFailed from None
             return mapped(values, low, high)
 
@@ -564,7 +564,7 @@ def _first_frame_matches(ds, frames: int) -> bool:
         return True  # RLE is decoded into the size the header gives
     try:
         frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a codestream get_frame cannot split: refused as damaged
         return False
     # Every other syntax pydicom decodes is a JPEG, JPEG-LS or JPEG 2000 codestream; one whose
     # size cannot be found is refused, as its decoder might still find one (libjpeg skips junk).
@@ -699,7 +699,7 @@ def _raw_text(ds, keyword: str) -> str:
     which (depending on pydicom's settings) warns quoting the value, and that may be the age."""
     try:
         element = ds.get_item(keyword)
-    except Exception:
+    except Exception:  # noqa: BLE001 - an element pydicom cannot read: no text
         return ""
     value = getattr(element, "value", None)
     if isinstance(value, (bytes, bytearray)):

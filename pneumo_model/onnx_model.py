@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ModelFileError
-from .paths import file_sha256, onnx_path, onnx_record_path  # noqa: F401 (re-exported)
+from .paths import file_sha256, onnx_path, onnx_record_path
 
 ONNX_SCHEMA_VERSION = 1
 EXPORT_COMMAND = "python -m pneumo_model export-onnx"
@@ -172,7 +172,7 @@ class OnnxModel:
             options.inter_op_num_threads = 1
         try:
             session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # ONNX Runtime raises its own types for a damaged graph; one message for all.
+        except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types for a damaged graph; one message
             raise ModelFileError(f"The ONNX graph '{path.name}' cannot be loaded ({error}). {again}") from None
         stamped = session.get_modelmeta().custom_metadata_map.get("model_sha256")
         if stamped != metadata.model_sha256:
