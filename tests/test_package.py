@@ -9,6 +9,8 @@ dependencies, which the fresh venv reads from this venv's site-packages.
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
 import shutil
@@ -143,3 +145,47 @@ def test_pip_install_gives_pneumo_predict_from_any_folder_with_no_setting(tmp_pa
     assert (elsewhere / "overlay.png").is_file()
     usage = run(str(venv / "bin" / "pneumo"), "--help")
     assert usage.returncode == 0 and usage.stdout.startswith("usage: pneumo ")
+
+
+# --------------------------------------------------------------------------------------------
+# The lazy export list and its documented use
+
+INSTALL_DOC = REPO_ROOT / "docs" / "install.md"
+
+
+def python_example() -> str:
+    """The code block of docs/install.md's "From Python" section."""
+    section = INSTALL_DOC.read_text().split("## From Python", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_package_exports_resolve_lazily_none_from_the_lab_each_documented():
+    import pneumo_model
+
+    code = "import sys, pneumo_model; print(sorted(m for m in sys.modules if m.startswith('pneumo_model')))"
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "['pneumo_model']"  # importing the package loads none of its modules
+    documented = INSTALL_DOC.read_text().split("## From Python", 1)[1].split("```", 1)[0]
+    for name in pneumo_model.__all__:
+        module = pneumo_model._EXPORTS[name]
+        assert not module.startswith("lab"), name
+        assert getattr(pneumo_model, name) is getattr(importlib.import_module(f"pneumo_model.{module}"), name)
+        assert f"`{name}`" in documented, f"{name} is exported but docs/install.md does not name it"
+    with pytest.raises(AttributeError, match="no attribute 'train'"):
+        pneumo_model.train  # noqa: B018 - the lab's names are no longer at the top
+
+
+@pytest.mark.shipped_model
+def test_the_documented_python_example_prints_what_pneumo_predict_prints(tmp_path, monkeypatch, capsys):
+    from pneumo_model.audit import AuditTrail
+    from pneumo_model.cli import main
+    from pneumo_model.paths import bytes_sha256
+
+    monkeypatch.chdir(tmp_path)
+    example = python_example().replace('"film.jpeg"', repr(str(DEMO_FILM)))
+    exec(compile(example, str(INSTALL_DOC), "exec"), {})
+    printed = capsys.readouterr().out
+    assert main(["predict", str(DEMO_FILM)]) == 0
+    assert ast.literal_eval(printed) == json.loads(capsys.readouterr().out)  # a dict's repr: the same object
+    (row,) = AuditTrail(tmp_path / "audit.sqlite3").trail()
+    assert row["image_sha256"] == bytes_sha256(DEMO_FILM.read_bytes()) and row["source"] == "cli"
