@@ -21,7 +21,7 @@ _EXPORTS = {
     "ImageLimits": "preprocessing",
     "load_image": "preprocessing",
     "preprocess": "preprocessing",
-    "load_and_preprocess": "preprocessing",
+    "load_and_preprocess": "pipeline",
     "Sample": "data",
     "resolve_data_dir": "data",
     "scan_split": "data",

@@ -37,7 +37,8 @@ from scipy.optimize import minimize
 
 from .calibration import GreyZone
 from .errors import InvalidImageError, PneumoError, SiteProfileError
-from .operating_point import LABEL_FREE, OperatingPoint, content_id
+from .paths import write_atomically
+from .operating_point import LABEL_FREE, OperatingPoint, content_id, piecewise_linear  # noqa: F401 (re-exported)
 
 LABEL_FREE_SCHEMA_VERSION = 1
 REFERENCE_SCHEMA_VERSION = 1
@@ -295,14 +296,6 @@ class Mapping:
 
     def to_dict(self) -> dict:
         return {"x": list(self.x), "y": list(self.y)}
-
-
-def piecewise_linear(x: Sequence[float], y: Sequence[float], values: np.ndarray) -> np.ndarray:
-    """The map through the knots ``(x, y)`` (both increasing), slope 1 beyond the ends (float64)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
-    inside = np.interp(values, x, y)
-    return np.where(values < x[0], y[0] + (values - x[0]), np.where(values > x[-1], y[-1] + (values - x[-1]), inside))
 
 
 def quantile_mapping(reference: Reference, local: np.ndarray, prevalence: float, levels: Sequence[float] = KNOT_LEVELS) -> Mapping:
@@ -598,8 +591,6 @@ class LabelFreeProfile:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        from .site import write_atomically
-
         write_atomically(Path(path), self.to_json())
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import DataError
 from .paths import DEFAULT_DATA_DIR, REPO_ROOT, file_sha256  # noqa: F401 (re-exported)
-from .preprocessing import load_and_preprocess
+from .pipeline import load_and_preprocess
 
 if TYPE_CHECKING:  # artifacts imports Keras; data must stay light
     from .artifacts import ModelMetadata

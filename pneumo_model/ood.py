@@ -326,6 +326,13 @@ class OodGate:
             ) from None
 
 
+def grade_shares(grader, scores) -> dict:
+    """``{grade: share}`` of ``ood_score`` values read by ``grader`` (an ``OodGrades`` or ``OodGate``), and
+    their count (``images``); shares are None when there are no scores."""
+    graded = [grader.grade(float(score)) for score in scores]
+    return {grade: (graded.count(grade) / len(graded) if graded else None) for grade in OOD_GRADES} | {"images": len(graded)}
+
+
 def single_cut_grade(score: float | None) -> str | None:
     """The grade without fitted grade cut-offs: the gate's own cut at 1 (a NaN score is ``outside``)."""
     if score is None:

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import encode, synthetic_xray
+from helpers import encode, synthetic_xray
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT
 from pneumo_model.dicom import AGE_UNREADABLE_NOTE, age_in_years, is_population_note, population_note
 from pneumo_model.errors import ModelFileError

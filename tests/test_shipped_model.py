@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FULLRES_DIR
+from helpers import FULLRES_DIR
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT, file_sha256
 from pneumo_model.data import DEFAULT_DATA_DIR, scan_split
 from pneumo_model.lab.evaluation import call_files, report_markdown

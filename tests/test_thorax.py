@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import encode
+from helpers import encode
 from pneumo_model.errors import ConfigError, InvalidImageError, ModelFileError
 from pneumo_model.paths import DEFAULT_MODEL_PATH, REPO_ROOT, bytes_sha256
 from pneumo_model.thorax import (
