@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .bundle import gate_path, grades_path, metadata_path, onnx_path, onnx_record_path  # noqa: F401 (re-exported)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_PATH = REPO_ROOT / "assets" / "model" / "pneumonet.keras"
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "chest_xray_224"
@@ -29,31 +31,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def metadata_path(model_path: str | Path) -> Path:
-    """The metadata JSON beside a ``.keras`` model."""
-    return Path(model_path).with_suffix(".json")
-
-
-def gate_path(model_path: str | Path) -> Path:
-    """The out-of-distribution gate beside a ``.keras`` model (``<model>.ood.npz``)."""
-    return Path(model_path).with_suffix(".ood.npz")
-
-
-def grades_path(model_path: str | Path) -> Path:
-    """The gate's grade cut-offs beside a ``.keras`` model (``<model>.ood_grades.json``, ``ood.OodGrades``)."""
-    return Path(model_path).with_suffix(".ood_grades.json")
-
-
-def onnx_path(model_path: str | Path) -> Path:
-    """The ONNX graph the run time serves, beside a ``.keras`` model (``<model>.onnx``, ``onnx_model``)."""
-    return Path(model_path).with_suffix(".onnx")
-
-
-def onnx_record_path(model_path: str | Path) -> Path:
-    """The ONNX graph's record beside a ``.keras`` model (``<model>.onnx.json``: its SHA-256 and the model's)."""
-    return Path(model_path).with_suffix(".onnx.json")
 
 
 def write_atomically(path: Path, text: str) -> None:
