@@ -54,23 +54,21 @@ def write_synthetic_dataset(root: Path, n_per_class: int = 24, seed: int = 0) ->
     return root
 
 
-def same_report(committed, fresh, where="report", rel=1e-6):
-    """A committed report and the one the command gives now: equal up to a relative ``rel`` on floats
+def same_report(committed, fresh, where="report"):
+    """A committed report and the one the command gives now: equal up to a relative 1e-6 on floats
     (the model runs in float32, and the same films give logits that differ by about 1e-7 from one
     CPU's kernels to another's, so a report written on one machine and recomputed on another
-    differs in the 8th digit; a figure fitted by a numerical optimiser on those logits moves more,
-    and its test passes a larger ``rel`` saying why), with ``created_utc`` and the test-log count
-    left out."""
+    differs in the 8th digit), with ``created_utc`` and the test-log count left out."""
     if isinstance(committed, dict):
         skip = {"created_utc", "test_evaluations_so_far"}
         assert set(committed) - skip == set(fresh) - skip, where
         for key in set(committed) - skip:
-            same_report(committed[key], fresh[key], f"{where}.{key}", rel)
+            same_report(committed[key], fresh[key], f"{where}.{key}")
     elif isinstance(committed, list):
         assert len(committed) == len(fresh), where
         for index, (a, b) in enumerate(zip(committed, fresh)):
-            same_report(a, b, f"{where}[{index}]", rel)
+            same_report(a, b, f"{where}[{index}]")
     elif isinstance(committed, float) and not isinstance(fresh, bool):
-        assert fresh == pytest.approx(committed, rel=rel, abs=1e-9), where
+        assert fresh == pytest.approx(committed, rel=1e-6, abs=1e-9), where
     else:
         assert committed == fresh, where

@@ -408,11 +408,7 @@ def test_committed_label_free_report_is_what_site_evaluate_label_free_gives(tmp_
 
     fresh = lf.evaluate_label_free(DEFAULT_MODEL_PATH, DEFAULT_DATA_DIR, tmp_path)  # logs in tmp_path, not reports/
     committed = json.loads((REPO_ROOT / "reports" / "site_label_free.json").read_text())
-    # The alignments are fitted by scipy's minimize on the films' logits: the ~1e-7 another CPU's
-    # float32 kernels move a logit by moves a fitted median by up to ~1e-5 relative (6.5e-6 seen:
-    # 0.1649594 against the committed 0.1649605 on this machine). The report prints 3 decimals;
-    # 1e-4 keeps every printed figure and survives another machine.
-    same_report(committed, fresh, rel=1e-4)
+    same_report(committed, fresh)
     assert (tmp_path / lf.EVAL_FIGURE_PATH).is_file()
 
 
