@@ -35,9 +35,11 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
+from .bundle import REFERENCE, read_side_json, reference_path  # noqa: F401 (reference_path re-exported)
 from .calibration import GreyZone
 from .errors import InvalidImageError, PneumoError, SiteProfileError
-from .operating_point import LABEL_FREE, OperatingPoint, content_id
+from .paths import write_atomically
+from .operating_point import LABEL_FREE, OperatingPoint, content_id, piecewise_linear  # noqa: F401 (re-exported)
 
 LABEL_FREE_SCHEMA_VERSION = 1
 REFERENCE_SCHEMA_VERSION = 1
@@ -72,11 +74,6 @@ class AlignmentRefused(PneumoError):
 
 
 # --- the reference: validation's scores ------------------------------------------------------
-
-
-def reference_path(model_path: str | Path) -> Path:
-    """The validation reference beside a ``.keras`` model (``<model>.reference.json``)."""
-    return Path(model_path).with_suffix(".reference.json")
 
 
 @dataclass(frozen=True)
@@ -125,22 +122,16 @@ class Reference:
             SiteProfileError: missing, unreadable, or made for another model.
         """
         path = Path(path)
-        if not path.is_file():
-            raise SiteProfileError(
-                f"The validation reference '{path.name}' is not beside the model; make it with "
-                "`python -m pneumo_model site reference` (it scores the model's own validation split)."
-            )
+        data = read_side_json(
+            path, REFERENCE, schemas={REFERENCE_SCHEMA_VERSION}, model_sha256=model_sha256, error=SiteProfileError
+        )
         try:
-            data = json.loads(path.read_text())
             logits = np.asarray(data["logits"], dtype=np.float64)
             labels = np.asarray(data["labels"], dtype=int)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise SiteProfileError(f"The validation reference '{path.name}' is unreadable ({error}).") from None
-        if data.get("model_sha256") != model_sha256:
+        except (ValueError, KeyError, TypeError) as error:
             raise SiteProfileError(
-                f"The validation reference '{path.name}' was made for model {str(data.get('model_sha256'))[:12]}, not "
-                f"for {model_sha256[:12]}. Make it again with `python -m pneumo_model site reference`."
-            )
+                f"The validation reference '{path.name}' is unreadable ({error}). Make it again with `{REFERENCE.command}`."
+            ) from None
         if logits.shape != labels.shape or logits.size == 0 or set(np.unique(labels)) != {0, 1}:
             raise SiteProfileError(f"The validation reference '{path.name}' needs logits and labels of both classes.")
         facts = {k: v for k, v in data.items() if k not in ("logits", "labels", "model_sha256", "schema_version")}
@@ -295,14 +286,6 @@ class Mapping:
 
     def to_dict(self) -> dict:
         return {"x": list(self.x), "y": list(self.y)}
-
-
-def piecewise_linear(x: Sequence[float], y: Sequence[float], values: np.ndarray) -> np.ndarray:
-    """The map through the knots ``(x, y)`` (both increasing), slope 1 beyond the ends (float64)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
-    inside = np.interp(values, x, y)
-    return np.where(values < x[0], y[0] + (values - x[0]), np.where(values > x[-1], y[-1] + (values - x[-1]), inside))
 
 
 def quantile_mapping(reference: Reference, local: np.ndarray, prevalence: float, levels: Sequence[float] = KNOT_LEVELS) -> Mapping:
@@ -598,8 +581,6 @@ class LabelFreeProfile:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        from .site import write_atomically
-
         write_atomically(Path(path), self.to_json())
 
 

@@ -288,7 +288,8 @@ def _pacs_query(args) -> int:
 
 
 def _pacs_score(args) -> int:
-    from .pacs import PacsError, exit_status, format_counts, heatmap_picture, record_sent, score_instances, send_report
+    from .pacs import PacsError
+    from .pacs_workflow import exit_status, format_counts, heatmap_picture, record_sent, score_instances, send_report
     from .prediction import Predictor
 
     if args.with_heatmap and not args.send:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import DataError
 from .paths import DEFAULT_DATA_DIR, REPO_ROOT, file_sha256  # noqa: F401 (re-exported)
-from .preprocessing import load_and_preprocess
+from .pipeline import load_and_preprocess
 
 if TYPE_CHECKING:  # artifacts imports Keras; data must stay light
     from .artifacts import ModelMetadata
@@ -179,12 +179,18 @@ def split_groups(
     return [np.flatnonzero(image_part == part) for part in range(len(fractions))]
 
 
-def data_fingerprint(samples: Sequence[Sample], hashes: Sequence[str], root: Path) -> str:
-    """SHA-256 over the sorted (relative path, file SHA-256) pairs: names the exact data used."""
+def data_fingerprint(samples: Sequence[Sample], hashes: Sequence[str]) -> str:
+    """SHA-256 over the sorted (relative path, file SHA-256) pairs: names the exact data used.
+
+    The relative path is the sample's place in the data set's layout (``train/NORMAL/name``), not
+    a path computed against the folder as it was reached: the same bytes give the same fingerprint
+    whether the folder is reached directly, through a symlink (``../shared`` a link, as servers
+    often mount data) or from another working directory.
+    """
     digest = hashlib.sha256()
-    for sample, file_hash in sorted(zip(samples, hashes), key=lambda pair: str(pair[0].path)):
-        relative = os.path.relpath(sample.path, root)
-        digest.update(f"{relative}\t{file_hash}\n".encode())
+    relative = [f"{sample.split}/{CLASSES[sample.label]}/{sample.path.name}" for sample in samples]
+    for name, file_hash in sorted(zip(relative, hashes)):
+        digest.update(f"{name}\t{file_hash}\n".encode())
     return digest.hexdigest()
 
 
@@ -229,7 +235,7 @@ def make_split(data_dir: Path, protocol: str, val_fraction: float, seed: int) ->
     chosen = [[pool[i] for i in part] for part in parts]
     test = test_samples if protocol == "official" else chosen[2]
     hash_of = {s.path: h for s, h in zip(everything, hashes)}
-    fingerprint = data_fingerprint(pool, [hash_of[s.path] for s in pool], Path(data_dir))
+    fingerprint = data_fingerprint(pool, [hash_of[s.path] for s in pool])
     return DataSplit(chosen[0], chosen[1], test, group_of, fingerprint)
 
 

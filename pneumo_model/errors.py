@@ -40,3 +40,7 @@ class SiteProfileError(PneumoError):
 
 class SiteInputError(PneumoError):
     """A labelled local sample cannot be used to fit or check a site profile (the message lists why)."""
+
+
+class BatchError(PneumoError):
+    """A batch run cannot start or go on: a bad SOURCE or RESULTS, or a cluster that does not answer."""

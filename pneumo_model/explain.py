@@ -31,6 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from skimage.segmentation import find_boundaries, slic
 
+from .bundle import HEATMAP_SCALE, heatmap_scale_path, read_side_json  # noqa: F401 (heatmap_scale_path re-exported)
 from .errors import ExplanationError, ModelFileError
 from .onnx_model import OnnxModel
 from .preprocessing import to_unit_range
@@ -45,7 +46,7 @@ BLUE = (0, 114, 178)
 
 HEATMAP_SCALE_SCHEMA_VERSION = 1
 HEATMAP_SCALE_RULE = "docs/heatmap_scale.md"
-FIT_COMMAND = "python -m pneumo_model heatmap-scale"
+FIT_COMMAND = HEATMAP_SCALE.command
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,11 +328,6 @@ def overlay_heatmap(
 # One fixed scale for every image
 
 
-def heatmap_scale_path(model_path: str | Path) -> Path:
-    """The heat-map scale beside a ``.keras`` model (``<model>.cam.json``)."""
-    return Path(model_path).with_suffix(".cam.json")
-
-
 @dataclass(frozen=True)
 class HeatmapScale:
     """The fixed scale every heat map of one model is drawn on (``docs/heatmap_scale.md``).
@@ -440,14 +436,9 @@ class HeatmapScale:
                 another model (the message says how to fit it again).
         """
         path = Path(path)
-        refit = f"Fit it for this model with `{FIT_COMMAND}`."
-        if not path.is_file():
-            raise ModelFileError(f"There is no heat-map scale beside the model ({path.name} is missing). {refit}")
+        data = read_side_json(path, HEATMAP_SCALE, schemas={HEATMAP_SCALE_SCHEMA_VERSION}, model_sha256=model_sha256)
         try:
-            data = json.loads(path.read_text())
-            if data.get("schema_version") != HEATMAP_SCALE_SCHEMA_VERSION:
-                raise ModelFileError(f"The heat-map scale {path.name} is of another version. {refit}")
-            scale = cls(
+            return cls(
                 model_sha256=str(data["model_sha256"]),
                 gradcam_scale=float(data["gradcam_scale"]),
                 gradcam_weak_below=float(data["gradcam_weak_below"]),
@@ -456,14 +447,10 @@ class HeatmapScale:
                 lime_n_segments=int(data["lime_n_segments"]),
                 facts=dict(data.get("facts", {})),
             )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ModelFileError(f"The heat-map scale {path.name} cannot be read ({error}). {refit}") from None
-        if model_sha256 is not None and scale.model_sha256 != model_sha256:
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelFileError(
-                f"The heat-map scale {path.name} was fitted for model {scale.model_sha256[:12]}, not for the model "
-                f"in use ({model_sha256[:12]}), whose maps are in another unit. {refit}"
-            )
-        return scale
+                f"The heat-map scale {path.name} cannot be read ({error}). Make it again with `{FIT_COMMAND}`."
+            ) from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,18 +19,18 @@ replaced by another engine.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .bundle import ONNX, ONNX_RECORD, onnx_path, onnx_record_path, read_side_json
 from .errors import ModelFileError
-from .paths import file_sha256, onnx_path, onnx_record_path
+from .paths import file_sha256
 
 ONNX_SCHEMA_VERSION = 1
-EXPORT_COMMAND = "python -m pneumo_model export-onnx"
+EXPORT_COMMAND = ONNX.command
 LOGIT, FEATURES, CAM = "logit", "features", "cam"
 INPUT = "image"
 
@@ -76,22 +76,19 @@ class OnnxRecord:
         return data
 
     @classmethod
-    def load(cls, path: Path) -> "OnnxRecord":
+    def load(cls, path: Path, model_sha256: str | None = None) -> "OnnxRecord":
         """Reads a record written by the export.
 
+        Args:
+            model_sha256: the model the graph must have been exported from; None accepts any.
+
         Raises:
-            ModelFileError: the file is missing, unreadable or of another version.
+            ModelFileError: the file is missing, unreadable, of another version, or made for
+                another model.
         """
         path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(
-                f"The ONNX graph's record '{path}' is missing. Export the model with `{EXPORT_COMMAND}` "
-                "(it needs TensorFlow: requirements.txt)."
-            )
+        data = read_side_json(path, ONNX_RECORD, schemas={ONNX_SCHEMA_VERSION}, model_sha256=model_sha256)
         try:
-            data = json.loads(path.read_text())
-            if data.get("schema_version") != ONNX_SCHEMA_VERSION:
-                raise ValueError(f"schema version {data.get('schema_version')}, expected {ONNX_SCHEMA_VERSION}")
             layer = data["gradcam_layer"]
             return cls(
                 model_sha256=str(data["model_sha256"]),
@@ -104,7 +101,7 @@ class OnnxRecord:
                 max_logit_difference=float(data["max_logit_difference"]),
                 cam_refusal=data.get("cam_refusal"),
             )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelFileError(
                 f"The ONNX graph's record '{path}' cannot be read ({error}). Export the model again with `{EXPORT_COMMAND}`."
             ) from None
@@ -150,12 +147,7 @@ class OnnxModel:
                 f"The ONNX graph '{path}' that the app and the run-time commands score with is missing. "
                 f"Export the model with `{EXPORT_COMMAND}` (it needs TensorFlow: requirements.txt)."
             )
-        record = OnnxRecord.load(onnx_record_path(model_path))
-        if record.model_sha256 != metadata.model_sha256:
-            raise ModelFileError(
-                f"The ONNX graph '{path.name}' was exported from model {record.model_sha256[:12]}, not from the model "
-                f"in use ({metadata.model_sha256[:12]}). {again}"
-            )
+        record = OnnxRecord.load(onnx_record_path(model_path), metadata.model_sha256)
         actual = file_sha256(path)
         if actual != record.onnx_sha256:
             raise ModelFileError(

@@ -46,6 +46,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .bundle import GATE, GRADES, read_side_json
 from .errors import ModelFileError
 from .paths import file_sha256, gate_path, grades_path  # noqa: F401 (re-exported)
 
@@ -291,8 +292,8 @@ class OodGate:
                 cut-offs beside it are damaged or were fixed for another gate.
         """
         gate = cls._load_gate(path)
-        beside = Path(path).with_name(Path(path).name.removesuffix(".ood.npz") + ".ood_grades.json")
-        if Path(path).name.endswith(".ood.npz") and beside.is_file():
+        beside = Path(path).with_name(Path(path).name.removesuffix(GATE.suffix) + GRADES.suffix)
+        if Path(path).name.endswith(GATE.suffix) and beside.is_file():
             gate = dataclasses.replace(gate, grades=OodGrades.load(beside, Path(path)))
         return gate
 
@@ -324,6 +325,13 @@ class OodGate:
                 f"The out-of-distribution gate {path} cannot be read ({error}). Fit it again with "
                 "`python -m pneumo_model ood fit`."
             ) from None
+
+
+def grade_shares(grader, scores) -> dict:
+    """``{grade: share}`` of ``ood_score`` values read by ``grader`` (an ``OodGrades`` or ``OodGate``), and
+    their count (``images``); shares are None when there are no scores."""
+    graded = [grader.grade(float(score)) for score in scores]
+    return {grade: (graded.count(grade) / len(graded) if graded else None) for grade in OOD_GRADES} | {"images": len(graded)}
 
 
 def single_cut_grade(score: float | None) -> str | None:
@@ -389,20 +397,17 @@ class OodGrades:
         Raises:
             ModelFileError: the file is damaged, of another version, or fixed for another gate.
         """
+        record = read_side_json(path, GRADES, schemas={GRADES_SCHEMA_VERSION}, model_sha256=None)  # tied to the gate
         try:
-            record = json.loads(Path(path).read_text())
-            if record.get("schema_version") != GRADES_SCHEMA_VERSION:
-                raise ModelFileError(f"The gate's grade cut-offs {path} are of another version; fix them again.")
             grades = cls(
                 gate_sha256=str(record["gate_sha256"]),
                 unusual_from=float(record["unusual_from"]),
                 outside_from=float(record["outside_from"]),
                 facts=record.get("facts", {}),
             )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelFileError(
-                f"The gate's grade cut-offs {path} cannot be read ({error}). Fix them again with "
-                "`python -m pneumo_model ood grades`."
+                f"The gate's grade cut-offs {path} cannot be read ({error}). Fix them again with `{GRADES.command}`."
             ) from None
         if grades.gate_sha256 != file_sha256(gate_file):
             raise ModelFileError(

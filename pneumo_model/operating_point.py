@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,8 +96,6 @@ class OperatingPoint:
         """Calibrated probabilities of pneumonia from raw model logits (float64, same shape)."""
         raw = np.asarray(logits, dtype=np.float64)
         if self.mapping is not None:
-            from .alignment import piecewise_linear
-
             raw = piecewise_linear(*self.mapping, raw)
         z = self.scale * raw + self.offset
         return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
@@ -116,3 +115,11 @@ class OperatingPoint:
             "grey_zone": [self.grey_zone.low, self.grey_zone.high],
             "description": self.description,
         }
+
+
+def piecewise_linear(x: Sequence[float], y: Sequence[float], values: np.ndarray) -> np.ndarray:
+    """The map through the knots ``(x, y)`` (both increasing), slope 1 beyond the ends (float64)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    inside = np.interp(values, x, y)
+    return np.where(values < x[0], y[0] + (values - x[0]), np.where(values > x[-1], y[-1] + (values - x[-1]), inside))

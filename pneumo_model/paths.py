@@ -7,7 +7,11 @@ the repository's root (the model card reading ``reports/``) does not pay for Ten
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
+
+from .bundle import gate_path, grades_path, metadata_path, onnx_path, onnx_record_path  # noqa: F401 (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The shipped model and its side files. An installed package carries them inside itself
@@ -36,26 +40,14 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def metadata_path(model_path: str | Path) -> Path:
-    """The metadata JSON beside a ``.keras`` model."""
-    return Path(model_path).with_suffix(".json")
-
-
-def gate_path(model_path: str | Path) -> Path:
-    """The out-of-distribution gate beside a ``.keras`` model (``<model>.ood.npz``)."""
-    return Path(model_path).with_suffix(".ood.npz")
-
-
-def grades_path(model_path: str | Path) -> Path:
-    """The gate's grade cut-offs beside a ``.keras`` model (``<model>.ood_grades.json``, ``ood.OodGrades``)."""
-    return Path(model_path).with_suffix(".ood_grades.json")
-
-
-def onnx_path(model_path: str | Path) -> Path:
-    """The ONNX graph the run time serves, beside a ``.keras`` model (``<model>.onnx``, ``onnx_model``)."""
-    return Path(model_path).with_suffix(".onnx")
-
-
-def onnx_record_path(model_path: str | Path) -> Path:
-    """The ONNX graph's record beside a ``.keras`` model (``<model>.onnx.json``: its SHA-256 and the model's)."""
-    return Path(model_path).with_suffix(".onnx.json")
+def write_atomically(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file in the same folder, then renames it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from .paths import bytes_sha256
-from .preprocessing import DRAFT_RATIO, ImageInfo, ImageLimits, load_image, load_model_pixels, preprocess, read_image_bytes
+from .preprocessing import (
+    DEFAULT_INPUT_SIZE, DRAFT_RATIO, ImageInfo, ImageLimits, load_image, load_model_pixels, preprocess, read_image_bytes
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,3 +95,12 @@ class DecodedImage:
                 model_input.flags.writeable = False
                 self._inputs[size] = model_input
             return self._inputs[size]
+
+
+def load_and_preprocess(
+    source: str | Path | bytes, size: int = DEFAULT_INPUT_SIZE, limits: ImageLimits = ImageLimits()
+) -> tuple[np.ndarray, ImageInfo]:
+    """The model input and the image facts, as every face makes them (``DecodedImage.decode``, then
+    ``model_input``: from the JPEG draft where it is large enough, else from ``load_image``'s pixels)."""
+    image = DecodedImage.decode(source, limits)
+    return image.model_input(size), image.info

@@ -663,13 +663,3 @@ def preprocess(pixels: np.ndarray, size: int = DEFAULT_INPUT_SIZE) -> np.ndarray
     resized = cv2.resize(unit, (size, size), interpolation=cv2.INTER_AREA)  # (size, size)
     return np.clip(resized, 0.0, 1.0).astype(np.float32)[:, :, np.newaxis]  # (size, size, 1)
 
-
-def load_and_preprocess(
-    source: str | Path | bytes, size: int = DEFAULT_INPUT_SIZE, limits: ImageLimits = ImageLimits()
-) -> tuple[np.ndarray, ImageInfo]:
-    """The model input and the image facts, as every face makes them (``DecodedImage.decode``, then
-    ``model_input``: from the JPEG draft where it is large enough, else from ``load_image``'s pixels)."""
-    from .pipeline import DecodedImage  # the pipeline is built on this module
-
-    image = DecodedImage.decode(source, limits)
-    return image.model_input(size), image.info

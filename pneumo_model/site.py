@@ -28,8 +28,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +39,8 @@ from scipy.optimize import minimize
 
 from .calibration import GreyZone, fit_temperature
 from .errors import InvalidImageError, SiteInputError, SiteProfileError
-from .operating_point import LABEL_FREE, SITE, OperatingPoint, content_id
+from .operating_point import LABEL_FREE, SITE, OperatingPoint, content_id, piecewise_linear
+from .paths import write_atomically  # noqa: F401 (re-exported)
 
 SITE_PROFILE_SCHEMA_VERSION = 1
 LABELLED = "labelled"  # a profile's ``kind``; label-free ones (``alignment``) are "label-free"
@@ -369,12 +368,8 @@ def translate(probability: float, source, destination) -> float:
     raw = (float(np.log(p) - np.log1p(-p)) - float(source.offset)) / float(source.scale)
     # A label-free point reads the raw logit through its monotone map first (``alignment``).
     if getattr(source, "mapping", None) is not None:
-        from .alignment import piecewise_linear
-
         raw = float(piecewise_linear(source.mapping[1], source.mapping[0], np.array([raw]))[0])
     if getattr(destination, "mapping", None) is not None:
-        from .alignment import piecewise_linear
-
         raw = float(piecewise_linear(*destination.mapping, np.array([raw]))[0])
     return float(_sigmoid(float(destination.scale) * raw + float(destination.offset)))
 
@@ -592,19 +587,6 @@ class SiteProfile:
     def save(self, path: str | Path) -> None:
         """Writes the profile atomically (a half-written profile is never left at ``path``)."""
         write_atomically(Path(path), self.to_json())
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file in the same folder, then renames it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # --- the sample: files with labels, scored through the pipeline -----------------------------

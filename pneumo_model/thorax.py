@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import binary_fill_holes
 
+from .bundle import ATTENTION, attention_path, read_side_json  # noqa: F401 (attention_path re-exported)
 from .crop import find_markers
 from .errors import ConfigError, InvalidImageError, ModelFileError
 from .preprocessing import to_unit_range
@@ -44,11 +45,6 @@ MOST = 0.5  # "most of the heat lies ...": more than half, fixed by the word (am
 OUTSIDE_MESSAGE = (
     "The model's attention is mostly outside the chest: the call may rest on something other than the lungs."
 )
-
-
-def attention_path(model_path: str | Path) -> Path:
-    """The attention cut-off file beside a ``.keras`` model (``<model>.attention.json``)."""
-    return Path(model_path).with_suffix(".attention.json")
 
 
 # --------------------------------------------------------------------------------------------
@@ -813,13 +809,9 @@ class AttentionRule:
                 another model or another heat-map scale (its cut-off says nothing about these maps).
         """
         path = Path(path)
-        command = "python -m pneumo_model attention"
-        if not path.is_file():
-            raise ModelFileError(f"The attention cut-off file {path.name} is missing; make it with `{command}`.")
+        command = ATTENTION.command
+        data = read_side_json(path, ATTENTION, schemas={1, ATTENTION_SCHEMA_VERSION}, model_sha256=model_sha256)
         try:
-            data = json.loads(path.read_text())
-            if data.get("schema_version") not in (1, ATTENTION_SCHEMA_VERSION):
-                raise ValueError(f"schema {data.get('schema_version')!r}")
             rule = cls(
                 model_sha256=str(data["model_sha256"]),
                 mostly_outside=float(data["mostly_outside"]),
@@ -836,11 +828,6 @@ class AttentionRule:
             raise ModelFileError(
                 f"The attention cut-off file {path.name} cannot be read ({error}); make it again with `{command}`."
             ) from None
-        if rule.model_sha256 != model_sha256:
-            raise ModelFileError(
-                f"The attention cut-off file {path.name} was fitted for model {rule.model_sha256[:12]}, not for "
-                f"model {model_sha256[:12]}; its cut-off says nothing about this model. Make it again with `{command}`."
-            )
         if heatmap_scale_id is not None and rule.heatmap_scale_id != heatmap_scale_id:
             raise ModelFileError(
                 f"The attention cut-off file {path.name} was fitted with heat-map scale {rule.heatmap_scale_id}, not with "

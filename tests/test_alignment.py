@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import encode, synthetic_xray
+from helpers import encode, synthetic_xray
 from pneumo_model import alignment, site
 from pneumo_model.alignment import AlignmentRefused, LocalScores, Reference
 from pneumo_model.artifacts import read_metadata
@@ -402,7 +402,7 @@ def test_the_label_free_report_says_what_it_must_and_judges_by_its_numbers():
 @pytest.mark.data
 @pytest.mark.shipped_model
 def test_committed_label_free_report_is_what_site_evaluate_label_free_gives(tmp_path):
-    from conftest import same_report
+    from helpers import same_report
     from pneumo_model.data import DEFAULT_DATA_DIR
     from pneumo_model.lab import label_free as lf
 

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from pneumo_model.artifacts import REPO_ROOT
 from pneumo_model.data import DEFAULT_DATA_DIR
 from pneumo_model.preprocessing import preprocess
-from conftest import encode, synthetic_xray
+from helpers import encode, synthetic_xray
 from ui import audit, frame, resources, state, worklist
 
 pytestmark = pytest.mark.shipped_model

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode
+from helpers import encode
 from pneumo_model.data import DEFAULT_DATA_DIR
 from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, streamlit_app
 from ui import frame

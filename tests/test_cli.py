@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import encode, synthetic_xray
+from helpers import encode, synthetic_xray
 from pneumo_model import cli
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH
 from pneumo_model.cli import build_parser, main

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import FULLRES_DIR, encode, same_report
+from helpers import FULLRES_DIR, encode, same_report
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT
 from pneumo_model.crop import (
     CropLimits,

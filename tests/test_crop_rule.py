@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FULLRES_DIR, encode, same_report
+from helpers import FULLRES_DIR, encode, same_report
 from test_crop import synthetic_chest
 from pneumo_model.artifacts import REPO_ROOT
 from pneumo_model.cli import main

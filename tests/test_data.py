@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo_model.artifacts import ModelMetadata, read_metadata
+from pneumo_model.artifacts import DEFAULT_MODEL_PATH, ModelMetadata, read_metadata
 from pneumo_model.data import (
     DEFAULT_DATA_DIR,
     Sample,
@@ -203,6 +203,36 @@ def test_model_split_refuses_data_that_differ_from_the_training_data(synthetic_d
         model_split(metadata, removed)
     with pytest.raises(DataError, match="does not exist"):
         model_split(metadata, tmp_path / "nowhere")
+
+
+def test_the_fingerprint_does_not_depend_on_how_the_folder_is_reached(synthetic_data, tmp_path, monkeypatch):
+    # The same bytes, reached through a symlinked parent (as ``../shared`` often is on a server),
+    # a symlink to the folder itself, and a relative path from another working directory.
+    direct = make_split(synthetic_data, "official", 0.25, 20261123).fingerprint
+    (tmp_path / "mounted").symlink_to(synthetic_data.parent, target_is_directory=True)
+    (tmp_path / "link").symlink_to(synthetic_data, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    for reached in (tmp_path / "mounted" / synthetic_data.name, tmp_path / "link", Path("link")):
+        assert make_split(reached, "official", 0.25, 20261123).fingerprint == direct, reached
+    # ... and it still names the bytes: one file changed, another fingerprint.
+    changed = shutil.copytree(synthetic_data, tmp_path / "changed")
+    first = sorted((changed / "train" / "NORMAL").iterdir())[0]
+    first.write_bytes(first.read_bytes() + b"\0")
+    assert make_split(changed, "official", 0.25, 20261123).fingerprint != direct
+
+
+@pytest.mark.data
+@pytest.mark.shipped_model
+def test_the_shipped_model_rebuilds_its_split_through_a_symlinked_data_folder(tmp_path):
+    # The fingerprint the shipped model records stays valid on the unchanged data folder, reached
+    # directly or through a link to ../shared (a fresh clone on a server that mounts its data).
+    metadata = read_metadata(DEFAULT_MODEL_PATH)
+    (tmp_path / "shared").symlink_to(DEFAULT_DATA_DIR.parent.parent, target_is_directory=True)
+    linked = tmp_path / "shared" / DEFAULT_DATA_DIR.parent.name / DEFAULT_DATA_DIR.name
+    assert linked.resolve() == DEFAULT_DATA_DIR.resolve() and linked != DEFAULT_DATA_DIR
+    through_link = model_split(metadata, linked)
+    assert through_link.fingerprint == metadata.data_fingerprint
+    assert through_link == model_split(metadata, DEFAULT_DATA_DIR)
 
 
 def test_model_split_refuses_metadata_that_disagrees_with_itself(synthetic_data):

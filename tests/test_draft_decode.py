@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FULLRES_DIR, encode, synthetic_xray
+from helpers import FULLRES_DIR, encode, synthetic_xray
 from pneumo_model.lab.draft_check import measure_agreement
 from pneumo_model.pipeline import DecodedImage
-from pneumo_model.preprocessing import DRAFT_RATIO, ImageLimits, load_and_preprocess, load_image, preprocess
+from pneumo_model.pipeline import load_and_preprocess
+from pneumo_model.preprocessing import DRAFT_RATIO, ImageLimits, load_image, preprocess
 
 
 def film(rng, width: int, height: int) -> np.ndarray:

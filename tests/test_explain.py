@@ -551,14 +551,14 @@ def test_the_scale_draws_full_opacity_from_the_weak_cut_and_fades_below_it():
 def test_the_scale_file_is_refused_for_another_model_and_when_unusable(tmp_path):
     assert heatmap_scale_path(tmp_path / "m.keras") == tmp_path / "m.cam.json"
     path = heatmap_scale_path(tmp_path / "m.keras")
-    with pytest.raises(ModelFileError, match=r"no heat-map scale beside the model \(m.cam.json is missing\).*heatmap-scale"):
+    with pytest.raises(ModelFileError, match=r"heat-map scale \(m.cam.json\) is missing: it goes beside the model.*heatmap-scale"):
         HeatmapScale.load(path, "a" * 64)
     scale = make_scale()
     scale.save(path)
     loaded = HeatmapScale.load(path, "a" * 64)
     assert loaded == scale and loaded.facts == scale.facts and loaded.id == scale.id
     assert json.loads(path.read_text())["rule"] == "docs/heatmap_scale.md"
-    with pytest.raises(ModelFileError, match=r"fitted for model aaaaaaaaaaaa, not for the model in use \(bbbbbbbbbbbb\)"):
+    with pytest.raises(ModelFileError, match=r"made for model aaaaaaaaaaaa, not for the model in use \(bbbbbbbbbbbb\)"):
         HeatmapScale.load(path, "b" * 64)
     for text, message in (
         ("{", "cannot be read"),
@@ -683,10 +683,10 @@ def test_explain_command_refuses_a_scale_made_for_another_model(tmp_path, capsys
         shutil.copy(path(DEFAULT_MODEL_PATH), path(model))
     out = tmp_path / "cam.png"
     assert main(["explain", str(NORMAL_DEMO), "--out", str(out), "--model", str(model)]) == 1
-    assert "no heat-map scale beside the model" in capsys.readouterr().err
+    assert "heat-map scale (pneumonet.cam.json) is missing" in capsys.readouterr().err
     make_scale(model_sha256="c" * 64).save(heatmap_scale_path(model))
     assert main(["explain", str(NORMAL_DEMO), "--out", str(out), "--model", str(model)]) == 1
-    assert "fitted for model cccccccccccc" in capsys.readouterr().err
+    assert "made for model cccccccccccc" in capsys.readouterr().err
     assert not out.exists()  # no map stretched to its own maximum instead
 
 

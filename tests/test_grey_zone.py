@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import encode, synthetic_xray
+from helpers import encode, synthetic_xray
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT, metadata_path, read_metadata
 from pneumo_model.calibration import GreyZone
 from pneumo_model.cli import main

@@ -13,15 +13,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "assets" / "samples" / "person100_bacteria_475.jpeg"
-APP_SIDE = [
-    "pneumo_model", "pneumo_model.paths", "pneumo_model.errors", "pneumo_model.preprocessing", "pneumo_model.dicom",
-    "pneumo_model.pipeline", "pneumo_model.prediction", "pneumo_model.ood", "pneumo_model.explain",
-    "pneumo_model.crop", "pneumo_model.display", "pneumo_model.audit", "pneumo_model.csv_export",
-    "pneumo_model.calibration", "pneumo_model.data", "pneumo_model.artifacts", "pneumo_model.cli",
-    "pneumo_model.batch", "pneumo_model.batch_ray", "pneumo_model.pacs", "pneumo_model.structured_report",
-    "pneumo_model.onnx_model", "pneumo_model.site", "pneumo_model.operating_point", "pneumo_model.alignment",
-    "pneumo_model.monitor",
-]
+
+
+def app_side_modules() -> list[str]:
+    """Every module of ``pneumo_model`` outside ``lab/``, found on disk: a module added tomorrow is
+    covered the day it is added. ``__main__`` is left out (importing it runs the command line)."""
+    package = REPO / "pneumo_model"
+    names = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        if parts[0] == "lab" or parts[-1] == "__main__":
+            continue
+        names.append(".".join(("pneumo_model", *(parts[:-1] if parts[-1] == "__init__" else parts))))
+    return names
+
+
+APP_SIDE = app_side_modules()
 DATA = REPO.parent / "shared" / "data" / "chest_xray_224"
 
 
@@ -44,6 +51,10 @@ def tensorflow_and_keras(modules: list[str]) -> list[str]:
 
 
 def test_importing_the_app_side_loads_no_lab_module_and_no_streamlit():
+    # The modules the issue found missing from the hand-written list are found on disk now.
+    assert {"pneumo_model", "pneumo_model.thorax", "pneumo_model.site", "pneumo_model.schema",
+            "pneumo_model.presentation", "pneumo_model.case_report"} <= set(APP_SIDE)
+    assert not any(name.startswith("pneumo_model.lab") for name in APP_SIDE)
     modules = imported_after("\n".join(f"import {name}" for name in APP_SIDE))
     assert set(APP_SIDE) <= set(modules)  # they were really imported
     assert lab_and_streamlit(modules) == []
@@ -87,7 +98,8 @@ import numpy as np
 from pneumo_model import cli
 from pneumo_model.batch_ray import _Scorer
 from pneumo_model.explain import HeatmapScale, heatmap_scale_path
-from pneumo_model.pacs import Instance, heatmap_picture, score_instances
+from pneumo_model.pacs import Instance
+from pneumo_model.pacs_workflow import heatmap_picture, score_instances
 from pneumo_model.paths import DEFAULT_MODEL_PATH
 from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Predictor

@@ -84,7 +84,7 @@ def test_a_graph_exported_from_another_model_is_refused(model_copy):
     record = json.loads(onnx_record_path(model_copy).read_text())
     record["model_sha256"] = "0" * 64
     onnx_record_path(model_copy).write_text(json.dumps(record))
-    assert "exported from model 000000000000" in refusal(model_copy)
+    assert "made for model 000000000000, not for the model in use" in refusal(model_copy)
 
 
 @pytest.mark.shipped_model

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import encode, synthetic_xray
+from helpers import encode, synthetic_xray
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT, load_model, read_metadata
 from pneumo_model.crop import apply_crop, find_diaphragm
 from pneumo_model.errors import ModelFileError

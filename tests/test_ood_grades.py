@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import encode, synthetic_xray
+from helpers import encode, synthetic_xray
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT
 from pneumo_model.dicom import AGE_UNREADABLE_NOTE, age_in_years, is_population_note, population_note
 from pneumo_model.errors import ModelFileError
@@ -59,7 +59,7 @@ def test_cut_offs_that_do_not_bracket_the_gate_cut_are_refused(unusual_from, out
 def gated_copy(tiny_gate, tmp_path):  # noqa: F811
     """The tiny model and its gate in a fresh folder (the grades file is written per test)."""
     model_path, _ = tiny_gate
-    for suffix in (".keras", ".json", ".ood.npz"):
+    for suffix in (".keras", ".json", ".ood.npz", ".onnx", ".onnx.json"):  # the run time scores the ONNX graph
         shutil.copy(model_path.with_suffix(suffix), tmp_path / f"tiny{suffix}")
     return tmp_path / "tiny.keras"
 

@@ -1,4 +1,6 @@
 """PACS over DICOMweb against a real Orthanc (Debian's packages), started by the fixtures here.
+What needs no server (settings, queries, multipart answers, building the structured report) is in
+``test_pacs_offline.py`` and runs everywhere.
 
 Studies are made in the tests from the sample films (CR and DX, MONOCHROME1 and 2, JPEG baseline
 and uncompressed, a lateral view, a multi-frame image, a text report, a PDF and a video syntax),
@@ -41,12 +43,8 @@ from pneumo_model.pacs import (
     PacsStoreError,
     PacsUnreachableError,
     StudyQuery,
-    _dicom_part,
-    exit_status,
-    record_sent,
-    score_instances,
-    send_report,
 )
+from pneumo_model.pacs_workflow import exit_status, record_sent, score_instances, send_report
 from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Predictor
 from pneumo_model.structured_report import SERIES_DESCRIPTION, read_report, report_uids
@@ -102,70 +100,6 @@ def settings_for(server, **changes) -> PacsSettings:
 
 def client_for(server, **changes) -> PacsClient:
     return PacsClient(settings_for(server, **changes))
-
-
-# --- settings and queries, no server -------------------------------------------------------
-
-
-def test_settings_come_from_the_environment_and_hide_the_credentials():
-    settings = PacsSettings.from_environment({
-        "PNEUMO_DICOMWEB_URL": "https://pacs.example.org/dicom-web/", "PNEUMO_DICOMWEB_USER": "reader",
-        "PNEUMO_DICOMWEB_PASSWORD": "hunter2-secret", "PNEUMO_DICOMWEB_TIMEOUT_S": "12",
-    })
-    assert settings.url == "https://pacs.example.org/dicom-web" and settings.server == "https://pacs.example.org"
-    assert settings.verify_tls and not settings.show_patient_identity and settings.read_timeout_s == 12
-    assert "hunter2-secret" not in repr(settings)
-    token = PacsSettings.from_environment({"PNEUMO_DICOMWEB_URL": "http://127.0.0.1:1/x", "PNEUMO_DICOMWEB_TOKEN": "tok-abc"})
-    assert token.token == "tok-abc" and "tok-abc" not in repr(token)
-    assert PacsSettings.from_mapping({"url": "http://127.0.0.1:1/x", "show_patient_identity": True}).show_patient_identity
-
-
-@pytest.mark.parametrize(
-    ("environ", "message"),
-    [
-        ({}, "No PACS is configured: set PNEUMO_DICOMWEB_URL"),
-        ({"PNEUMO_DICOMWEB_URL": "pacs.example.org"}, "must be an http:// or https:// URL"),
-        ({"PNEUMO_DICOMWEB_URL": "https://user:pw@pacs.example.org/dw"}, "must not carry credentials"),
-        ({"PNEUMO_DICOMWEB_URL": "https://pacs.example.org/dw", "PNEUMO_DICOMWEB_USER": "reader"}, "Give both"),
-        ({"PNEUMO_DICOMWEB_URL": "https://p.example.org/dw", "PNEUMO_DICOMWEB_USER": "a", "PNEUMO_DICOMWEB_PASSWORD": "b",
-          "PNEUMO_DICOMWEB_TOKEN": "c"}, "not both"),
-        ({"PNEUMO_DICOMWEB_URL": "https://p.example.org/dw", "PNEUMO_DICOMWEB_TIMEOUT_S": "soon"}, "number of seconds"),
-        ({"PNEUMO_DICOMWEB_URL": "https://p.example.org/dw", "PNEUMO_DICOMWEB_TIMEOUT_S": "0"}, "between 0 and 600"),
-        ({"PNEUMO_DICOMWEB_URL": "https://p.example.org/dw", "PNEUMO_DICOMWEB_CA_FILE": "/no/such/ca.pem"}, "does not exist"),
-        ({"PNEUMO_DICOMWEB_URL": "https://p.example.org/dw", "PNEUMO_DICOMWEB_VERIFY_TLS": "maybe"}, "is 1 or 0"),
-    ],
-)
-def test_settings_that_cannot_work_are_refused_with_what_to_set(environ, message):
-    with pytest.raises(ConfigError, match=message):
-        PacsSettings.from_environment(environ)
-
-
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [
-        ({"date_from": "2026-11-30"}, "date from must be a date as YYYYMMDD"),
-        ({"date_to": "20261332"}, "date to must be a date"),
-        ({"date_from": "20261201", "date_to": "20261130"}, "after the date to"),
-        ({"modalities": ("C R;",)}, "Modalities are DICOM codes"),
-        ({"modalities": ()}, "Modalities are DICOM codes"),
-        ({"accession_number": "ACC*"}, "no wildcard"),
-        ({"accession_number": "A" * 17}, "1 to 16 characters"),
-        ({"body_part": "chest/abdomen"}, "body part is a DICOM code"),
-        ({"limit": 0}, "between 1 and 10000"),
-    ],
-)
-def test_queries_that_cannot_be_asked_are_refused(fields, message):
-    with pytest.raises(ConfigError, match=message):
-        StudyQuery(**fields)
-
-
-def test_a_bare_or_multipart_answer_gives_the_dicom_file_inside():
-    body = b"DICM-bytes\r\nwith a line break"
-    multipart = b"--abc\r\nContent-Type: application/dicom\r\n\r\n" + body + b"\r\n--abc--\r\n"
-    assert _dicom_part(multipart, 'multipart/related; type="application/dicom"; boundary=abc') == body
-    assert _dicom_part(body, "application/dicom") == body
-    assert _dicom_part(multipart, "multipart/related") is None  # no boundary: unreadable, never guessed
-    assert _dicom_part(b"--abc--\r\n", "multipart/related; boundary=abc") is None
 
 
 # --- query -----------------------------------------------------------------------------------
@@ -492,7 +426,7 @@ def test_the_readme_pacs_speed_lines_are_the_benchs_figures():
 
 def test_the_heat_map_goes_beside_the_report_with_not_for_diagnosis_burned_in_and_only_once(tmp_path, predictor):
     from pneumo_model.explain import HeatmapScale, heatmap_scale_path
-    from pneumo_model.pacs import heatmap_picture
+    from pneumo_model.pacs_workflow import heatmap_picture
     from pneumo_model.paths import DEFAULT_MODEL_PATH
     from pneumo_model.structured_report import CAPTURE_SERIES_DESCRIPTION, capture_uids
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode, synthetic_xray
+from helpers import encode, synthetic_xray
 from pneumo_model.errors import InvalidImageError
 from pneumo_model.preprocessing import ImageLimits, load_image, preprocess, to_unit_range
 

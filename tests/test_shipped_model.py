@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FULLRES_DIR
+from helpers import FULLRES_DIR
 from pneumo_model.artifacts import DEFAULT_MODEL_PATH, REPO_ROOT, file_sha256
 from pneumo_model.data import DEFAULT_DATA_DIR, scan_split
 from pneumo_model.lab.evaluation import call_files, report_markdown
@@ -46,6 +46,8 @@ def test_committed_report_matches_the_committed_model(predictor):
     probabilities = np.array([call.probability for call in calls])
     recomputed = binary_metrics(labels, probabilities, predictor.metadata.threshold)
     assert recomputed["confusion"] == report["image"]["confusion"]
+    # Ratios of the counts checked equal above: exact on any machine, so a tight tolerance. The AUC
+    # ranks float32 probabilities, which another CPU's kernels move in the 7th digit; 1e-4 allows it.
     for key in ("accuracy", "sensitivity", "specificity"):
         assert recomputed[key] == pytest.approx(report["image"][key], abs=1e-12)
     assert recomputed["roc_auc"] == pytest.approx(report["image"]["roc_auc"], abs=1e-4)

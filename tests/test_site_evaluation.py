@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import same_report
+from helpers import same_report
 from pneumo_model.lab import site_evaluation as se
 from pneumo_model.paths import REPO_ROOT
 

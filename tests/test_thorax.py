@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import encode
+from helpers import encode
 from pneumo_model.errors import ConfigError, InvalidImageError, ModelFileError
 from pneumo_model.paths import DEFAULT_MODEL_PATH, REPO_ROOT, bytes_sha256
 from pneumo_model.thorax import (
@@ -265,7 +265,7 @@ def test_the_cut_off_file_is_read_back_and_refused_for_another_model_or_scale(tm
     rule().save(path)
     loaded = AttentionRule.load(path, SHA, SCALE_ID)
     assert (loaded.unusual, loaded.validation_median, loaded.facts) == (0.943, 0.983, {"split": "validation"})
-    with pytest.raises(ModelFileError, match="fitted for model ababababab.*not for model cdcdcdcdcdcd"):
+    with pytest.raises(ModelFileError, match=r"made for model ababababab.*not for the model in use \(cdcdcdcdcdcd"):
         AttentionRule.load(path, "cd" * 32)
     with pytest.raises(ModelFileError, match="heat-map scale"):
         AttentionRule.load(path, SHA, "ffffffffffff")
@@ -374,6 +374,8 @@ def test_the_committed_cut_off_is_what_the_command_gives_on_validation():
     fitted = fit_rule(DEFAULT_MODEL_PATH, DEFAULT_DATA_DIR).to_dict()
     for key in ("model_sha256", "mostly_outside", "heatmap_scale_id", "rule"):
         assert fitted[key] == committed[key], key
+    # Shares of float32 heat maps: another CPU's kernels move them in the 7th digit, so the committed
+    # file is checked to 1e-6, far below what would change a cut-off's call.
     for key in ("unusual", "validation_median", "lungs_unusual", "lungs_median"):  # lungs_*: amendment 2
         assert fitted[key] == pytest.approx(committed[key], abs=1e-6), key
     assert fitted["facts"]["anatomy"]["not_placed"] == committed["facts"]["anatomy"]["not_placed"]

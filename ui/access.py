@@ -19,9 +19,7 @@ from pneumo_model.access import AccessSettings, AccessSettingsError, Identity
 from pneumo_model.audit import AuditError
 
 from .markup import plain
-
-# ``ui.audit`` (pandas) is imported where the trail is used: the frame runs ``gate`` before the
-# first paint of every page, so this module stays light.
+from .trail import audit_path, screen_message, trail  # light: the frame runs ``gate`` before every first paint
 
 _log = logging.getLogger(__name__)
 _LOGGED_KEY = "access_logged"
@@ -80,15 +78,11 @@ def _refuse(message: str, sign_in: bool = False, sign_out: bool = False) -> None
 def _ended(path: str) -> set[str]:
     """The sign-ins ended by a sign-out (``policy.sign_in_key``), read once per server process
     from the audit trail and added to as users sign out."""
-    from . import audit
-
-    return {str(event["detail"].get("sign_in")) for event in audit.trail().events("signed_out")}
+    return {str(event["detail"].get("sign_in")) for event in trail().events("signed_out")}
 
 
 def _ended_sign_ins() -> set[str]:
-    from . import audit
-
-    return _ended(str(audit.audit_path()))
+    return _ended(str(audit_path()))
 
 
 def gate(page_title: str) -> Identity | None:
@@ -190,26 +184,22 @@ def mode_words() -> str:
 def record_event(kind: str, **detail) -> None:
     """Records an audit event done by the signed-in user (no subject in local mode); a failure is
     said on the page and logged, and the page goes on."""
-    from . import audit
-
     identity = current()
     try:
-        audit.trail().record_event(kind, subject=identity.subject if identity else None, **detail)
+        trail().record_event(kind, subject=identity.subject if identity else None, **detail)
     except AuditError as error:
-        st.error(f"This was not recorded in the audit trail. {audit.screen_message(error)}", icon=":material/database:")
+        st.error(f"This was not recorded in the audit trail. {screen_message(error)}", icon=":material/database:")
 
 
 def sign_out_now() -> None:
     """Ends the sign-in: recorded in the audit trail (which sign-in, by digest, so a copy of its
     cookie replayed later is refused, even by a restarted server), then Streamlit's sign-out."""
-    from . import audit
-
     user = st.user.to_dict()
     if user.get("is_logged_in"):
         key = policy.sign_in_key(user)
         subject = user.get("sub") if isinstance(user.get("sub"), str) else None
         try:
-            audit.trail().record_event("signed_out", subject=subject, sign_in=key)
+            trail().record_event("signed_out", subject=subject, sign_in=key)
         except AuditError as error:
             _log.error("Access: a sign-out was not recorded in the audit trail (%s); refused in memory only", error)
         try:

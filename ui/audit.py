@@ -10,67 +10,34 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 import streamlit as st
 
-from pneumo_model.paths import REPO_ROOT
-from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, AuditTrail, ResultRecord, VerdictWrite
+from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, ResultRecord, VerdictWrite
 from pneumo_model.ood import OUTSIDE, UNUSUAL, single_cut_grade
 
+from . import access
 from .markup import plain
+from .trail import (  # noqa: F401 (re-exported: pages and tests reach the trail as ``audit.trail()``)
+    AUDIT_DB_ENV, BUSY_TIMEOUT_S, DEFAULT_AUDIT_DB, SERVER_FILE, audit_path, screen_message, trail,
+)
 
 if TYPE_CHECKING:  # not at import: the frame imports this module before the model's libraries load
     from pneumo_model.prediction import Prediction, Predictor
 
-AUDIT_DB_ENV = "PNEUMO_AUDIT_DB"
-DEFAULT_AUDIT_DB = REPO_ROOT / "audit" / "audit.sqlite3"
-# A busy database makes a page wait at most this long before saying the record failed.
-BUSY_TIMEOUT_S = 5.0
 NOTE_HELP = "Do not type patient names, ids or dates: the note is stored as written."
 _RECORDED_KEY = "audit_recorded"
 _REVEALED_KEY = "audit_revealed"
 _VERDICTS_KEY = "audit_verdicts"
 _VERDICT_LOG_KEY = "audit_verdict_log"
-# What the screen says instead of the database's location: a server path tells a reader nothing
-# and tells anyone else where the records are. The server log keeps the whole message.
-SERVER_FILE = "on the server"
 _log = logging.getLogger(__name__)
-
-
-def audit_path() -> Path:
-    """``$PNEUMO_AUDIT_DB`` if set, else ``audit/audit.sqlite3`` in the repository."""
-    return Path(os.environ.get(AUDIT_DB_ENV) or DEFAULT_AUDIT_DB).resolve()
-
-
-@st.cache_resource(show_spinner=False)
-def _open(path: str) -> AuditTrail:
-    return AuditTrail(Path(path), busy_timeout_s=BUSY_TIMEOUT_S)
-
-
-def trail() -> AuditTrail:
-    """The app's audit trail (``audit_path``).
-
-    Raises:
-        AuditError: it cannot be opened.
-    """
-    return _open(str(audit_path()))
-
-
-def screen_message(error: AuditError) -> str:
-    """The error's words for the screen, with the audit file's location replaced by "on the server"
-    (the whole message goes to the server log, for an administrator)."""
-    _log.warning("Audit trail: %s", error)
-    path = audit_path()
-    return str(error).replace(str(path), SERVER_FILE).replace(str(path.parent), SERVER_FILE)
 
 
 def _not_recorded(error: AuditError, what: str = "This result was") -> None:
@@ -190,10 +157,7 @@ def second_verdict_question(earlier: TabVerdict, result_id: int) -> str:
 
 
 def _signed_in():
-    """The signed-in user (``ui.access.current``), None in local mode. Imported here: ``ui.access``
-    itself reads the trail through this module."""
-    from . import access
-
+    """The signed-in user (``ui.access.current``), None in local mode."""
     return access.current()
 
 

@@ -28,10 +28,8 @@ from pneumo_model.pacs import (
     PacsSettings,
     Study,
     StudyQuery,
-    iter_retrieved,
-    record_sent,
-    send_report,
 )
+from pneumo_model.pacs_workflow import iter_retrieved, record_sent, send_report
 from pneumo_model.paths import bytes_sha256
 
 from . import audit

@@ -25,9 +25,8 @@ from ..data import model_split
 from .metrics import binary_metrics, bootstrap_intervals, calibration_bins, expected_calibration_error
 from ..pipeline import DecodedImage
 from .plots import confusion_figure, gallery_figure, reliability_figure, roc_figure
-from ..ood import OUTSIDE
+from ..ood import OUTSIDE, grade_shares
 from ..prediction import Prediction, Predictor, forward_throughput
-from .ood_fit import grade_shares
 
 DEFAULT_REPORTS_DIR = REPO_ROOT / "reports"
 TEST_LOG_NAME = "test_evaluations.jsonl"

@@ -15,12 +15,12 @@ from ..artifacts import load_model
 from ..data import load_model_inputs, model_split
 from ..ood import (
     FIXED_DETECTORS,
-    OOD_GRADES,
     ActivationSummaries,
     Gaussian,
     OodConfig,
     OodGate,
     OodGrades,
+    grade_shares,
     layout_vectors,
     log_sharpness,
 )
@@ -128,13 +128,6 @@ class GradeRule:
     outside_decimals: int = 2
     corpus_xrays: int = 20
     seed: int = 20261123
-
-
-def grade_shares(grader, scores) -> dict:
-    """``{grade: share}`` of ``ood_score`` values read by ``grader`` (an ``OodGrades`` or ``OodGate``), and
-    their count (``images``); shares are None when there are no scores."""
-    graded = [grader.grade(float(score)) for score in scores]
-    return {grade: (graded.count(grade) / len(graded) if graded else None) for grade in OOD_GRADES} | {"images": len(graded)}
 
 
 def fix_grades(model_path: Path, data_dir: Path, rule: GradeRule = GradeRule()) -> OodGrades:

@@ -39,7 +39,8 @@ def run_pacs_bench(model_path: Path, fullres_dir: Path, n_images: int = 100, log
     """Loads an Orthanc with an ``n_images`` study and measures it (see the module's docstring)."""
     from pydicom.uid import generate_uid
 
-    from ..pacs import PacsClient, PacsSettings, StudyQuery, iter_retrieved, score_instances
+    from ..pacs import PacsClient, PacsSettings, StudyQuery
+    from ..pacs_workflow import iter_retrieved, score_instances
     from ..pipeline import DecodedImage
     from ..prediction import Predictor
     from .orthanc import PASSWORD, USER, OrthancServer, missing
