@@ -18,7 +18,7 @@ from tools import access_probes as probes
 from tools.app_server import REPO_ROOT
 
 pytestmark = [pytest.mark.shipped_model, pytest.mark.browser]
-README = REPO_ROOT / "docs" / "deployment.md"  # the probe table's home
+GUIDE = REPO_ROOT / "docs" / "deployment.md"  # the deployment guide, home of the probe table
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_the_access_probes_give_the_readmes_results(browser, app_url, folder, tm
     assert len(found) >= 15
     ended = AuditTrail(folder / "audit.sqlite3").events("signed_out")
     assert [event["subject"] for event in ended] == ["reader-1"]  # the sign-out is on the record
-    readme = README.read_text()
+    readme = GUIDE.read_text()
     copy = readme.split("<!-- access_probes:start -->\n")[1].split("\n<!-- access_probes:end -->")[0]
     table = probes.table(found)
     if probes.NETWORK_PROBE not in table:  # a machine with no network address: the table's last row is not probed

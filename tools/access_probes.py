@@ -179,7 +179,7 @@ def http_status(url: str, cookies: dict[str, str] | None = None) -> int:
         return error.code
 
 
-def readme_proxy_rule() -> str:
+def guide_proxy_rule() -> str:
     """The nginx rule of the deployment guide (docs/deployment.md), exactly as printed there."""
     text = (REPO_ROOT / "docs" / "deployment.md").read_text()
     return re.search(r"```nginx\n(.*?)\n[ \t]*```", text, re.DOTALL).group(1)
@@ -193,7 +193,7 @@ def nginx_front(app_url: str, folder: Path) -> Iterator[str]:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     upstream = app_url.split("://", 1)[1].rstrip("/")
-    rule = readme_proxy_rule().replace("127.0.0.1:8501", upstream)
+    rule = guide_proxy_rule().replace("127.0.0.1:8501", upstream)
     temp = {name: folder / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for path in temp.values():
         path.mkdir(exist_ok=True)
