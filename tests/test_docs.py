@@ -70,6 +70,11 @@ def test_the_readme_headline_is_the_committed_reports():
     readme = " ".join(README.read_text().split())
     assert f"{evaluation['image']['specificity']:.3f} against 0.85" in readme
     assert f"{confusion['tn']} of {confusion['tn'] + confusion['fp']} normal films called normal" in readme
+    site = json.loads((REPO_ROOT / "reports" / "site_calibration.json").read_text())
+    label_free = json.loads((REPO_ROOT / "reports" / "site_label_free.json").read_text())
+    assert site["config"]["draws"] == label_free["results"]["250|split"]["draws"]
+    assert f"over {site['config']['draws']} draws" in readme
+    assert sum(not row["met"] for row in site["must_reach"]) == 1, "the README says the site figures miss one item"
 
 
 def test_the_readme_test_command_is_what_ci_runs():
