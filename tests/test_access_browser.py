@@ -90,7 +90,7 @@ def test_readers_see_their_own_verdicts_administrators_all_and_the_export_is_rec
     assert_log_clean(folder / "streamlit.log", cookies)
 
 
-def test_the_access_probes_give_the_readmes_results(browser, app_url, folder, tmp_path, outside):  # noqa: F811
+def test_the_access_probes_give_the_deployment_guides_results(browser, app_url, folder, tmp_path, outside):  # noqa: F811
     if not probes.NGINX.is_file():  # the deployment guide's proxy rule runs in Debian's nginx (.ci/run installs it)
         message = f"nginx at {probes.NGINX} (apt-get install nginx)"
         if os.environ.get("REQUIRE_BROWSER") == "1":
