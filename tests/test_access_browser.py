@@ -1,6 +1,6 @@
 """Sign-in end to end: `streamlit run app.py` with a real OpenID Connect provider
 (``oidc-provider-mock`` on a free localhost port) and Debian's Chromium. One provider and one
-server for the module; the README's probe table is what ``tools.access_probes`` observes here."""
+server for the module; docs/deployment.md's probe table is what ``tools.access_probes`` observes here."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tools import access_probes as probes
 from tools.app_server import REPO_ROOT
 
 pytestmark = [pytest.mark.shipped_model, pytest.mark.browser]
-README = REPO_ROOT / "README.md"
+GUIDE = REPO_ROOT / "docs" / "deployment.md"  # the deployment guide, home of the probe table
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_readers_see_their_own_verdicts_administrators_all_and_the_export_is_rec
     assert_log_clean(folder / "streamlit.log", cookies)
 
 
-def test_the_access_probes_give_the_readmes_results(browser, app_url, folder, tmp_path, outside):  # noqa: F811
+def test_the_access_probes_give_the_deployment_guides_results(browser, app_url, folder, tmp_path, outside):  # noqa: F811
     if not probes.NGINX.is_file():  # the deployment guide's proxy rule runs in Debian's nginx (.ci/run installs it)
         message = f"nginx at {probes.NGINX} (apt-get install nginx)"
         if os.environ.get("REQUIRE_BROWSER") == "1":
@@ -102,10 +102,10 @@ def test_the_access_probes_give_the_readmes_results(browser, app_url, folder, tm
     assert len(found) >= 15
     ended = AuditTrail(folder / "audit.sqlite3").events("signed_out")
     assert [event["subject"] for event in ended] == ["reader-1"]  # the sign-out is on the record
-    readme = README.read_text()
+    readme = GUIDE.read_text()
     copy = readme.split("<!-- access_probes:start -->\n")[1].split("\n<!-- access_probes:end -->")[0]
     table = probes.table(found)
-    if probes.NETWORK_PROBE not in table:  # a machine with no network address: the README's last row is not probed
+    if probes.NETWORK_PROBE not in table:  # a machine with no network address: the table's last row is not probed
         copy = "\n".join(line for line in copy.splitlines() if probes.NETWORK_PROBE not in line)
-    assert copy == table, f"README's probe table differs; replace it with:\n{table}"
+    assert copy == table, f"docs/deployment.md's probe table differs; replace it with:\n{table}"
     assert_log_clean(folder / "streamlit.log", [])

@@ -75,8 +75,8 @@ def test_committed_predictions_are_what_the_app_gives_for_the_same_files(predict
         assert (int(row["call"]), int(row["grey_zone"]), int(row["ood"])) == (app.label == "pneumonia", app.grey_zone, app.ood), name
 
 
-def test_readme_results_are_the_generated_report():
-    readme = (REPO_ROOT / "README.md").read_text()
+def test_results_doc_is_the_generated_report():
+    readme = (REPO_ROOT / "docs" / "results.md").read_text()
     block = readme.split("<!-- evaluation:start -->\n", 1)[1].split("<!-- evaluation:end -->", 1)[0]
     assert block == (REPO_ROOT / "reports" / "evaluation.md").read_text()
     # The Markdown (with its bar and goal verdicts) is what the code makes of the committed figures.
@@ -84,15 +84,15 @@ def test_readme_results_are_the_generated_report():
 
 
 @pytest.mark.shipped_model
-def test_readme_training_command_reproduces_the_shipped_settings():
-    """The README's command, parsed by the CLI, gives exactly the settings the shipped model was trained with."""
+def test_documented_training_command_reproduces_the_shipped_settings():
+    """docs/model.md's command, parsed by the CLI, gives exactly the settings the shipped model was trained with."""
     import shlex
 
     from pneumo_model.artifacts import read_metadata
     from pneumo_model.cli import build_parser, train_config_from_args
     from pneumo_model.lab.training import TrainConfig, _config_dict
 
-    readme = (REPO_ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "docs" / "model.md").read_text()
     block = readme.split("The shipped model was produced by:", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     (line,) = [line for line in block.splitlines() if line.startswith("python -m pneumo_model train ")]
     argv = shlex.split(line.split("#", 1)[0])[3:]

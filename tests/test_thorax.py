@@ -412,12 +412,12 @@ def test_the_report_counts_only_judged_maps_and_says_how_many_were_weak():
     assert "2 had a weak map (normal 2, pneumonia 0; 1 of them without any heat at all)" in text
 
 
-def test_the_readme_and_the_model_card_give_the_committed_reports_figures():
+def test_the_results_doc_and_the_model_card_give_the_committed_reports_figures():
     from ui import reports
 
     report = json.loads((REPO_ROOT / "reports" / "attention.json").read_text())
     every = report["test"]["groups"]["all"]
-    readme = (REPO_ROOT / "README.md").read_text().replace("\n", " ")
+    readme = (REPO_ROOT / "docs" / "results.md").read_text().replace("\n", " ")
     for figure in (
         f"below {100 * report['unusual']:.1f} % (the 5th percentile",
         f"fired on {'none' if every['warned'] == 0 else every['warned']} of the {every['n']} maps",

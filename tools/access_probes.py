@@ -2,8 +2,8 @@
 OpenID Connect provider (``oidc-provider-mock``, on a free localhost port), driven by Debian's
 Chromium; every result below is observed, never typed.
 
-Usage: ``.venv/bin/python -m tools.access_probes`` prints the README's probe table
-(``tests/test_access_browser.py`` runs the same probes and checks the README's copy). Nothing is
+Usage: ``.venv/bin/python -m tools.access_probes`` prints the probe table of docs/deployment.md
+(``tests/test_access_browser.py`` runs the same probes and checks that copy). Nothing is
 written to the repository's ``.streamlit/``: the server reads a temporary ``secrets.toml``.
 """
 
@@ -179,21 +179,21 @@ def http_status(url: str, cookies: dict[str, str] | None = None) -> int:
         return error.code
 
 
-def readme_proxy_rule() -> str:
-    """The nginx rule of the README's deployment guide, exactly as printed there."""
-    text = (REPO_ROOT / "README.md").read_text()
+def guide_proxy_rule() -> str:
+    """The nginx rule of the deployment guide (docs/deployment.md), exactly as printed there."""
+    text = (REPO_ROOT / "docs" / "deployment.md").read_text()
     return re.search(r"```nginx\n(.*?)\n[ \t]*```", text, re.DOTALL).group(1)
 
 
 @contextlib.contextmanager
 def nginx_front(app_url: str, folder: Path) -> Iterator[str]:
-    """Debian's nginx on a free localhost port with the README's rule in its ``server`` block, the
-    rule's upstream pointed at ``app_url``; yields the proxy's URL. The rule is the README's text:
+    """Debian's nginx on a free localhost port with the deployment guide's rule in its ``server`` block, the
+    rule's upstream pointed at ``app_url``; yields the proxy's URL. The rule is the guide's text:
     what is tested is what the guide tells an administrator to write."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     upstream = app_url.split("://", 1)[1].rstrip("/")
-    rule = readme_proxy_rule().replace("127.0.0.1:8501", upstream)
+    rule = guide_proxy_rule().replace("127.0.0.1:8501", upstream)
     temp = {name: folder / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for path in temp.values():
         path.mkdir(exist_ok=True)
@@ -220,7 +220,7 @@ def nginx_front(app_url: str, folder: Path) -> Iterator[str]:
 
 
 def proxy_probes(url: str, media_path: str, cookies: dict[str, str], folder: Path) -> list["Probe"]:
-    """Probes 24-26: the metrics and a shown image's ``/media/`` URL through the README's nginx rule."""
+    """Probes 24-26: the metrics and a shown image's ``/media/`` URL through the deployment guide's nginx rule."""
     if not NGINX.is_file():
         observed = f"not probed: nginx is not installed ({NGINX}; Debian package nginx)"
         return [Probe(what, expected, observed) for what, expected in PROXY_PROBES]
@@ -391,7 +391,7 @@ def unconfigured_probes(browser, folder: Path, outside: list[str]) -> list[Probe
 
 
 def table(probes: list[Probe]) -> str:
-    """The README's probe table."""
+    """The probe table of docs/deployment.md."""
     lines = ["| # | probe (real server, real provider, Chromium) | result |", "|---|---|---|"]
     for number, probe in enumerate(probes, 1):
         observed = probe.observed.split(":", 1)[0] if probe.observed.startswith("refused") else probe.observed

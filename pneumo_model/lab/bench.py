@@ -146,7 +146,7 @@ def run_bench(
         from .pacs_bench import markdown, write_readme_block
 
         report["pacs"] = {"created_utc": _now(), "machine": _machine(), **run_pacs_bench(model_path, Path(fullres_dir), log=log)}
-        write_readme_block(REPO_ROOT / "README.md", markdown(report["pacs"], report["pacs"]["machine"]))
+        write_readme_block(REPO_ROOT / "docs" / "pacs.md", markdown(report["pacs"], report["pacs"]["machine"]))
     if "onnx" in config.parts:
         from .onnx_bench import run_onnx_bench
 

@@ -267,7 +267,7 @@ def _cell(report: dict, key: str) -> str:
 
 
 def report_markdown(report: dict) -> str:
-    """The headline table of a report, as Markdown (copied into the README between markers)."""
+    """The headline table of a report, as Markdown (copied into docs/results.md between markers)."""
     official = report["split"] == "test" and report["protocol"] == "official"
     lines = [
         f"Model `{report['model_sha256'][:12]}` ({report['architecture']}), {report['split_description']}, "
@@ -613,7 +613,7 @@ def _auc_verdict(change: float) -> str:
 
 
 def marker_markdown(report: dict) -> str:
-    """The four-column table and a one-line answer (its headline is copied into the README)."""
+    """The four-column table and a one-line answer (its headline is copied into docs/results.md)."""
     markers, metrics, changes = report["markers"], report["metrics"], report["changes"]
     zone = report["grey_zone"]
     lines = [
@@ -815,7 +815,7 @@ def evaluate_ood(model_path: Path, data_dir: Path, reports_dir: Path, corpus_xra
 
 
 def ood_markdown(report: dict) -> str:
-    """The report's headline table (pasted in the README between the ``ood`` markers)."""
+    """The report's headline table (pasted in docs/results.md between the ``ood`` markers)."""
     test = report["test_split"]
     gate = report["gate"]
     lines = [

@@ -97,7 +97,7 @@ def build_pneumonet(size: int, widths: tuple[int, ...] = PNEUMONET_WIDTHS, dropo
     At 128 px: a strided stem and one plain convolution at 64 px, pooled to 32 px, then one
     separable double-conv block per width with max pooling between blocks, so the last block
     (the Grad-CAM target ``features``) is 8 x 8. About 70 k parameters; measured here at about
-    400 images/s forward and 90 images/s training on 2 cores (architecture sweep in the README).
+    400 images/s forward and 90 images/s training on 2 cores (architecture sweep in docs/model.md).
     """
     inputs = _input(size)
     x = _centre(inputs)

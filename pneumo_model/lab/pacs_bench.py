@@ -123,7 +123,7 @@ README_START, README_END = "<!-- pacs_bench:start -->\n", "<!-- pacs_bench:end -
 
 
 def markdown(figures: dict, machine: dict) -> str:
-    """The README's lines on the PACS bench, made from its figures (``reports/bench.json``'s ``pacs``)."""
+    """docs/pacs.md's lines on the PACS bench, made from its figures (``reports/bench.json``'s ``pacs``)."""
     verdict = "met" if figures["met"] else "missed"
     return (
         f"**Speed** (`python -m pneumo_model bench --only pacs`, {machine['cpus']} cores, same run): a study of "
@@ -140,7 +140,7 @@ def markdown(figures: dict, machine: dict) -> str:
 
 
 def write_readme_block(readme: Path, text: str) -> None:
-    """Puts ``text`` between the README's ``pacs_bench`` markers."""
+    """Puts ``text`` between the ``pacs_bench`` markers of ``readme`` (docs/pacs.md since issue 26)."""
     content = Path(readme).read_text()
     head, rest = content.split(README_START, 1)
     _, tail = rest.split(README_END, 1)

@@ -398,7 +398,7 @@ def model_facts(predictor: Predictor) -> dict:
 
 
 def plain_protocol(sizes, target: float, shipped: dict) -> str:
-    """The protocol in words a clinician can follow (the report, the README and the model card show it)."""
+    """The protocol in words a clinician can follow (the report, docs/site_calibration.md and the model card show it)."""
     listed = ", ".join(str(size) for size in sizes[:-1]) + (f" or {sizes[-1]}" if len(sizes) > 1 else str(sizes[0]))
     return (
         "A hospital collects a few hundred of its own chest films whose diagnosis is known, taken as its films "
@@ -484,7 +484,7 @@ def _must_reach_line(row: dict, draws: int) -> str:
 
 
 def report_markdown(report: dict) -> str:
-    """The report as Markdown (copied into the README between the site_calibration markers)."""
+    """The report as Markdown (copied into docs/site_calibration.md between the site_calibration markers)."""
     sizes = report["config"]["sizes"]
     split = report["split"]
     low_share = report["config"]["low_prevalence"]
