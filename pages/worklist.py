@@ -103,7 +103,7 @@ else:
             label_visibility="collapsed",  # the box's title says it
         )
         if not files and pacs is None and pacs_problem is None:
-            st.caption(f"No PACS is configured: an administrator sets {ENVIRONMENT['url']} (README, \"Work from the PACS\").")
+            st.caption(f"No PACS is configured: an administrator sets {ENVIRONMENT['url']} (docs/pacs.md).")
 if files:
     if state.note_uploads():
         st.rerun()  # once per session: the menu's links must carry the new upload mark

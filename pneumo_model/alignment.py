@@ -39,7 +39,7 @@ from .bundle import REFERENCE, read_side_json, reference_path  # noqa: F401 (ref
 from .calibration import GreyZone
 from .errors import InvalidImageError, PneumoError, SiteProfileError
 from .paths import write_atomically
-from .operating_point import LABEL_FREE, OperatingPoint, content_id, piecewise_linear  # noqa: F401 (re-exported)
+from .operating_point import LABEL_FREE, OperatingPoint, content_id, piecewise_linear
 
 LABEL_FREE_SCHEMA_VERSION = 1
 REFERENCE_SCHEMA_VERSION = 1

@@ -40,7 +40,7 @@ from scipy.optimize import minimize
 from .calibration import GreyZone, fit_temperature
 from .errors import InvalidImageError, SiteInputError, SiteProfileError
 from .operating_point import LABEL_FREE, SITE, OperatingPoint, content_id, piecewise_linear
-from .paths import write_atomically  # noqa: F401 (re-exported)
+from .paths import write_atomically
 
 SITE_PROFILE_SCHEMA_VERSION = 1
 LABELLED = "labelled"  # a profile's ``kind``; label-free ones (``alignment``) are "label-free"

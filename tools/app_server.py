@@ -95,6 +95,20 @@ def streamlit_server(
             stop(server)
 
 
+@contextlib.contextmanager
+def checkout(ref: str) -> Iterator[Path]:
+    """A temporary worktree of commit ``ref``, removed afterwards: a benchmark serves an older app
+    beside this one (``streamlit_server(root=...)``) to compare in the same run."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="app_checkout_"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(folder / "app"), ref], cwd=REPO_ROOT, check=True, capture_output=True)
+    try:
+        yield folder / "app"
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder / "app")], cwd=REPO_ROOT, check=False, capture_output=True)
+
+
 def stop(process: subprocess.Popen) -> None:
     """Ends a server process: SIGTERM, then SIGKILL after 20 s."""
     process.terminate()

@@ -23,15 +23,13 @@ import json
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, streamlit_server
+from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, checkout, streamlit_server
 
 SAMPLES = sorted((REPO_ROOT / "assets" / "samples").glob("*.jpeg"))
 TIMEOUT_MS = 180_000
@@ -120,16 +118,6 @@ def measure(url: str, browser, readers: int, rounds: int) -> list[float]:
     return waits
 
 
-@contextlib.contextmanager
-def _checkout(ref: str) -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="verdict_bench_"))
-    subprocess.run(["git", "worktree", "add", "--detach", str(folder / "app"), ref], cwd=REPO_ROOT, check=True, capture_output=True)
-    try:
-        yield folder / "app"
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(folder / "app")], cwd=REPO_ROOT, check=False, capture_output=True)
-
-
 def _summary(waits: list[float]) -> dict:
     return {
         "presses": len(waits),
@@ -156,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, dict] = {}
     with contextlib.ExitStack() as stack, sync_playwright() as playwright:
         if args.baseline:
-            servers["full page run"] = stack.enter_context(_checkout(args.baseline))
+            servers["full page run"] = stack.enter_context(checkout(args.baseline))
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         logs = Path(tempfile.mkdtemp(prefix="verdict_bench_logs_"))
         for name, root in servers.items():

@@ -98,7 +98,7 @@ def gate(page_title: str) -> Identity | None:
         _log_once(
             "refusing every page: the server is bound to %r, beyond this computer, and no identity provider is "
             "configured ([auth] in .streamlit/secrets.toml). Set server.address = \"localhost\" for one workstation, "
-            "or configure sign-in (README, deployment guide).",
+            "or configure sign-in (docs/deployment.md).",
             address or "every interface",
         )
         _refuse(

@@ -174,6 +174,7 @@ class _Keys:
         self.pending = f"{form_key}_pending"  # a submission id sent to the trail whose answer was not seen yet
         self.page_stale = f"{form_key}_page_stale"  # a verdict the rest of the page does not show yet
         self.settled_at = f"{form_key}_settled_at"  # time.monotonic() of the last verdict settled
+        self.last_settled = f"{form_key}_last_settled"  # (submission id, outcome) of the last verdict settled
         self.result = f"{form_key}_result"  # the result id the fields were typed for
         self.drafts = f"{form_key}_drafts"  # {result id: (choice, note)} typed on another result and not recorded
 
@@ -389,6 +390,17 @@ def _settle(keys: _Keys) -> None:
     if written is None:  # the run ended before the write: nothing was recorded, the fields are as typed
         state.pop(keys.pending, None)
         return
+    settled = state.get(keys.last_settled)
+    if settled is not None and settled[0] == pending:
+        # The submission this form settled last, pressed again (a double click's second click, which
+        # carries the choice and the note as they were before the first emptied them): the same
+        # confirmation, said to be one record, and the fields emptied again.
+        kind, message, icon, where = settled[1]
+        state[keys.outcome] = (kind, f"{message} Pressed again: already recorded, still one record.", icon, where)
+        state[keys.verdict], state[keys.note] = None, ""
+        state.pop(keys.asked, None)
+        state.pop(keys.pending, None)
+        return
     known = any(earlier.verdict_id == written.verdict_id for earlier in state.get(_VERDICT_LOG_KEY, []))
     tab_verdict = _tab_verdict(written)
     others = [
@@ -409,6 +421,7 @@ def _settle(keys: _Keys) -> None:
         state.pop(keys.asked, None)
         state[keys.page_stale] = True
         state[keys.settled_at] = time.monotonic()
+        state[keys.last_settled] = (pending, state[keys.outcome])
         state[keys.submission] = uuid.uuid4().hex
     state.pop(keys.pending, None)
 

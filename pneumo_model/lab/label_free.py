@@ -47,7 +47,7 @@ def score_validation(model_path: Path, data_dir: Path, shift_names=tuple(SIMULAT
     """
     from ..paths import file_sha256
 
-    predictor = Predictor.from_file(Path(model_path))
+    predictor = Predictor.from_file(Path(model_path), runtime="keras")  # the lab scores on TensorFlow, as its reports
     split = model_split(predictor.metadata, Path(data_dir))
     validation = split.validation
     paths = [s.path for s in validation]
@@ -583,7 +583,7 @@ def evaluate_label_free(model_path: Path, data_dir: Path, reports_dir: Path, dra
     from .evaluation import json_safe, record_test_use
     from .site_evaluation import model_facts, score_split
 
-    predictor = Predictor.from_file(Path(model_path))
+    predictor = Predictor.from_file(Path(model_path), runtime="keras")  # the lab scores on TensorFlow, as its reports
     reference = Reference.load(reference_path(model_path), predictor.metadata.model_sha256)
     scored = score_split(predictor, Path(data_dir))
     reports_dir = Path(reports_dir)

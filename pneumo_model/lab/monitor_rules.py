@@ -123,7 +123,7 @@ def score_validation(model_path: Path, data_dir: Path, progress: Callable[[str],
     from ..prediction import Predictor
     from .evaluation import call_files
 
-    predictor = Predictor.from_file(Path(model_path))
+    predictor = Predictor.from_file(Path(model_path), runtime="keras")  # the lab scores on TensorFlow
     validation = model_split(predictor.metadata, Path(data_dir)).validation
     labels = np.array([sample.label for sample in validation], dtype=int)
     calls, inputs = call_files(predictor, [sample.path for sample in validation])  # inputs: (n, size, size, 1)
