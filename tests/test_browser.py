@@ -670,7 +670,10 @@ def test_review_draws_the_bar_says_indeterminate_in_amber_and_downloads_a_one_pa
 
             button = tab.get_by_role("button", name=REPORT_LABEL)
             expect(button).to_be_visible()
-            assert sorted(tab.evaluate("() => [...window.seenNotes]")) == sorted(busy_notes)
+            seen = set(tab.evaluate("() => [...window.seenNotes]"))
+            # The report's note always shows; scoring a demo film on ONNX Runtime can end before
+            # Streamlit's spinner delay, so its note shows only when the scoring is slow.
+            assert REPORT_BUSY in seen and seen <= set(busy_notes)
             with tab.expect_download() as download:
                 button.click()
             report = Path(download.value.path()).read_bytes()

@@ -146,7 +146,8 @@ def test_a_spent_submission_records_nothing_and_says_already_recorded(audit_db):
     app.radio(key=f"{FORM}_verdict").set_value("agree")
     press(app)
     assert len(verdicts(audit_db)) == 1
-    assert "Already recorded: verdict **agree** (record 1, on result 1)." in texts(app.success)
+    # The submission this form settled last, sent again: the same confirmation, said to be one record.
+    assert "Verdict **agree** recorded (record 1, on result 1). Pressed again: already recorded, still one record." in texts(app.success)
 
 
 def test_what_was_typed_for_one_film_is_kept_for_it_and_never_offered_on_another(audit_db):
@@ -205,3 +206,20 @@ def test_a_press_on_the_form_just_emptied_by_a_verdict_is_the_double_clicks_seco
     assert len(verdicts(audit_db)) == 1
     assert "Verdict **unsure** recorded (record 1, on result 1)." in texts(app.success)
     assert "Choose agree, disagree or unsure" not in texts(app.warning)
+
+
+def test_a_submission_the_trail_already_holds_is_one_row_and_said_already_recorded(audit_db):
+    """A resend after a lost answer: the trail wrote the form's submission (the first send), the
+    tab never heard; the press sends it again and is told so, with the record's number."""
+    app = reviewed()
+    submission = app.session_state[f"{FORM}_submission"]
+    (result_id,) = {row["result_id"] for row in AuditTrail(audit_db).trail()}
+    first = AuditTrail(audit_db).record_verdict_once(submission, result_id, "agree")
+    app.radio(key=f"{FORM}_verdict").set_value("agree")
+    press(app)
+    assert len(verdicts(audit_db)) == 1
+    assert (
+        f"Already recorded: verdict **agree** (record {first.verdict_id}, on result {result_id}); sent again, it is "
+        "still one record."
+    ) in texts(app.success)
+    assert app.radio(key=f"{FORM}_verdict").value is None  # settled: the form is empty for the next film

@@ -345,7 +345,7 @@ def _press(result_id: int, keys: _Keys, submission: str) -> None:
         identity = _signed_in()
         state[keys.pending] = submission  # before the write: a run ended after it still finds the row
         try:
-            trail().record_verdict_once(
+            written = trail().record_verdict_once(
                 submission, result_id, verdict,
                 note=state.get(keys.note) or "",
                 reviewer=identity.name if identity else state.get(keys.reviewer) or "",
@@ -356,7 +356,7 @@ def _press(result_id: int, keys: _Keys, submission: str) -> None:
             message = f"The verdict was not recorded in the audit trail; what you typed is kept. {plain(screen_message(error))}"
             state[keys.outcome] = ("error", message, ":material/database:", "form")
             return
-        _settle(keys)
+        _settle(keys, written)
 
 
 def _note_written(written: TabVerdict) -> None:
@@ -372,18 +372,20 @@ def _tab_verdict(written: VerdictWrite) -> TabVerdict:
     return TabVerdict(written.verdict_id, written.result_id, written.image_sha256, written.verdict, moment)
 
 
-def _settle(keys: _Keys) -> None:
+def _settle(keys: _Keys, written: VerdictWrite | None = None) -> None:
     """What a submission sent to the trail leaves on the form, before its widgets are drawn: the
     choice and the note emptied (the name stays: the same reader reads the next film), the
     question gone, what happened said ("recorded", or "already recorded" for a submission the
     trail had written before), and a new submission id (last: a run ended before it does all this
-    again). The trail is asked, so a press whose run ended after the write is settled too."""
+    again). ``written`` is what this run's write returned; without it the trail is asked, so a
+    press whose run ended after the write is settled too."""
     state = st.session_state
     pending = state.get(keys.pending)
     if pending is None:
         return
     try:
-        written = trail().verdict_of_submission(pending)
+        if written is None:
+            written = trail().verdict_of_submission(pending)
     except AuditError as error:
         state[keys.outcome] = ("error", f"Whether the verdict was recorded cannot be read now. {plain(screen_message(error))}", ":material/database:", "form")
         return
@@ -401,7 +403,6 @@ def _settle(keys: _Keys) -> None:
         state.pop(keys.asked, None)
         state.pop(keys.pending, None)
         return
-    known = any(earlier.verdict_id == written.verdict_id for earlier in state.get(_VERDICT_LOG_KEY, []))
     tab_verdict = _tab_verdict(written)
     others = [
         earlier for earlier in state.get(_VERDICT_LOG_KEY, [])
@@ -409,13 +410,12 @@ def _settle(keys: _Keys) -> None:
         and (earlier.result_id == written.result_id or earlier.image_sha256 == written.image_sha256)
     ]
     _note_written(tab_verdict)
-    if written.new or not known:
-        what = f"{'Another verdict' if others else 'Verdict'} **{written.verdict}** recorded"
-    else:
-        what = f"Already recorded: verdict **{written.verdict}**"
-    state[keys.outcome] = (
-        "success", f"{what} (record {written.verdict_id}, on result {written.result_id}).", ":material/task_alt:", "form",
-    )
+    where = f"(record {written.verdict_id}, on result {written.result_id})"
+    if written.new:
+        message = f"{'Another verdict' if others else 'Verdict'} **{written.verdict}** recorded {where}."
+    else:  # this submission reached the trail before (a resend after a lost answer): still one record
+        message = f"Already recorded: verdict **{written.verdict}** {where}; sent again, it is still one record."
+    state[keys.outcome] = ("success", message, ":material/task_alt:", "form")
     if pending == state.get(keys.submission):
         state[keys.verdict], state[keys.note] = None, ""
         state.pop(keys.asked, None)
