@@ -47,7 +47,8 @@ ATTENTION = SideFile(".attention.json", "attention cut-off file", "python -m pne
 REFERENCE = SideFile(".reference.json", "validation reference", "python -m pneumo_model site reference")
 ONNX = SideFile(".onnx", "ONNX graph", "python -m pneumo_model export-onnx")
 ONNX_RECORD = SideFile(".onnx.json", "ONNX graph's record", "python -m pneumo_model export-onnx")
-SIDE_FILES = (METADATA, GATE, GRADES, HEATMAP_SCALE, ATTENTION, REFERENCE, ONNX, ONNX_RECORD)
+SUBTYPE_MODEL = SideFile(".subtype.keras", "subtype pattern's model", "python -m pneumo_model train-subtype")
+SIDE_FILES = (METADATA, GATE, GRADES, HEATMAP_SCALE, ATTENTION, REFERENCE, ONNX, ONNX_RECORD, SUBTYPE_MODEL)
 
 
 def side_path(model_path: str | Path, side: SideFile) -> Path:
@@ -93,6 +94,15 @@ def onnx_path(model_path: str | Path) -> Path:
 def onnx_record_path(model_path: str | Path) -> Path:
     """The ONNX graph's record beside a ``.keras`` model (``<model>.onnx.json``: its SHA-256 and the model's)."""
     return side_path(model_path, ONNX_RECORD)
+
+
+def subtype_model_path(model_path: str | Path) -> Path:
+    """The subtype pattern's own model beside a ``.keras`` model (``<model>.subtype.keras``, ``subtype``).
+
+    A second network with its own metadata and side files (``<model>.subtype.json``,
+    ``<model>.subtype.onnx``, ...), so the main model's SHA and side files stay as they are.
+    """
+    return side_path(model_path, SUBTYPE_MODEL)
 
 
 def read_side_json(

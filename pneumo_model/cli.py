@@ -656,6 +656,42 @@ def _add_train(commands) -> None:
     parser = commands.add_parser("train", help="train, calibrate on validation, write model + metadata")
     _add_data_flag(parser)
     _add_model_flag(parser)
+    _add_train_flags(parser)
+    parser.set_defaults(handler=_train)
+
+
+def _add_train_subtype(commands) -> None:
+    parser = commands.add_parser(
+        "train-subtype",
+        help="train the subtype pattern's network (bacterial-like / viral-like) on train's pneumonia films "
+        "(docs/subtype_rule.md)",
+    )
+    _add_data_flag(parser)
+    _add_model_flag(parser)
+    parser.add_argument("--out", type=Path, default=None, help="the subtype model to write (default: <model>.subtype.keras)")
+    parser.add_argument(
+        "--init-from", type=Path, default=None,
+        help="start from this model's weights (all but its last dense unit); default: random weights",
+    )
+    _add_train_flags(parser)
+    parser.set_defaults(handler=_train_subtype)
+
+
+def _train_subtype(args) -> int:
+    from .bundle import subtype_model_path
+    from .data import resolve_data_dir
+    from .lab.subtype_training import train_subtype
+
+    config = train_config_from_args(args)
+    out = args.out or subtype_model_path(args.model)
+    metadata = train_subtype(config, resolve_data_dir(args.data), out, init_from=args.init_from, command=args.command_line)
+    summary = {k: metadata.to_dict()[k] for k in ("model_sha256", "temperature", "threshold", "grey_zone", "training_seconds")}
+    summary["validation"] = {k: metadata.validation[k] for k in ("roc_auc", "undetermined_fraction", "viral_recall_outside_band")}
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
+def _add_train_flags(parser) -> None:
     parser.add_argument("--architecture")
     parser.add_argument("--input-size", type=int)
     parser.add_argument("--epochs", type=int)
@@ -686,7 +722,6 @@ def _add_train(commands) -> None:
         "--target-sensitivity", type=float,
         help="validation sensitivity the threshold is set for",
     )
-    parser.set_defaults(handler=_train)
 
 
 def train_config_from_args(args) -> TrainConfig:
@@ -1314,7 +1349,7 @@ def _monitor(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = (_add_predict, _add_batch, _add_pacs, _add_site, _add_train, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_export_onnx, _add_card, _add_grey_zone, _add_attention, _add_monitor)
+COMMANDS = (_add_predict, _add_batch, _add_pacs, _add_site, _add_train, _add_train_subtype, _add_evaluate, _add_explain, _add_crop, _add_compare, _add_stress, _add_bench, _add_ood, _add_heatmap_scale, _add_export_onnx, _add_card, _add_grey_zone, _add_attention, _add_monitor)
 
 
 def _leaves(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
