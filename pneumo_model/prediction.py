@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from .crop import (
 from .pipeline import DecodedImage
 from .preprocessing import ImageInfo, ImageLimits, preprocess
 from .schema import PREDICTION_SCHEMA_VERSION
+from .subtype import SubtypeModel, enabled as subtype_enabled
 
 if TYPE_CHECKING:
     import keras
@@ -61,6 +64,11 @@ class Prediction:
         ood_grade: the score read in words (``ood.OOD_GRADES``): "in_distribution", "unusual"
             (near the cut on either side: the call is shown with a note) or "outside" (the call
             is hidden); None without a gate.
+        subtype: the radiographic pattern ("bacterial-like", "viral-like", "undetermined";
+            ``subtype.PATTERNS``), only for a film called pneumonia that the gate does not flag;
+            None when not applicable, when the pattern is off, or the model has no subtype network.
+        subtype_probability: calibrated probability of the viral pattern; None with ``subtype``.
+        subtype_logit: the subtype network's raw logit; None with ``subtype``.
     """
 
     probability: float
@@ -74,6 +82,14 @@ class Prediction:
     ood: bool | None = None
     ood_score: float | None = None
     ood_grade: str | None = None
+    subtype: str | None = None
+    subtype_probability: float | None = None
+    subtype_logit: float | None = None
+
+    @property
+    def subtype_applies(self) -> bool:
+        """Whether the film is one the pattern is for: called pneumonia, not flagged by the gate."""
+        return self.label == "pneumonia" and self.ood is not True
 
     def to_record(self, file: str) -> dict:
         """The ``predict`` command's JSON object (``PREDICTION_SCHEMA_VERSION``)."""
@@ -91,6 +107,8 @@ class Prediction:
             "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
             "ood_grade": self.ood_grade,
             "age_years": self.info.age_years,
+            "subtype": self.subtype,
+            "subtype_probability": None if self.subtype_probability is None else round(self.subtype_probability, 6),
         }
 
 
@@ -104,6 +122,8 @@ class Predictor:
         batch_size: images per forward pass.
         gate: the model's out-of-distribution gate, or None to score without one.
         operating_point: how logits become calls; None for the one shipped in the metadata.
+        subtype: the subtype pattern's network, asked about every film called pneumonia that the
+            gate does not flag; None for no pattern (the fields stay null).
 
     Raises:
         ModelFileError: the gate was fitted for another model.
@@ -117,7 +137,14 @@ class Predictor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         gate: OodGate | None = None,
         operating_point: OperatingPoint | None = None,
+        subtype: SubtypeModel | None = None,
     ):
+        if subtype is not None and subtype.input_size != metadata.input_size:
+            raise ModelFileError(
+                f"The subtype pattern's model takes {subtype.input_size} px inputs, the model {metadata.input_size} px: "
+                "train it for this model with `python -m pneumo_model train-subtype`."
+            )
+        self.subtype = subtype
         if gate is not None and gate.model_sha256 != metadata.model_sha256:
             raise ModelFileError(
                 f"The out-of-distribution gate was fitted for model {gate.model_sha256[:12]}, not for "
@@ -150,6 +177,7 @@ class Predictor:
         site: Path | None = None,
         runtime: str = "onnx",
         threads: int | None = None,
+        subtype: bool | None = None,
     ) -> "Predictor":
         """Loads the model, its metadata and, when ``<model>.ood.npz`` is beside it, its gate.
 
@@ -160,6 +188,10 @@ class Predictor:
                 importing TensorFlow (the app and the run-time commands); "keras" loads the
                 ``.keras`` file on TensorFlow (the lab). Never one in place of the other.
             threads: ONNX Runtime's threads per pass (None: its default, the cores); "keras" ignores it.
+            subtype: load the subtype pattern's network beside the model (``<model>.subtype.keras``);
+                None follows ``PNEUMO_SUBTYPE`` and its default (``subtype.enabled``). Asked for
+                explicitly (True, or ``PNEUMO_SUBTYPE=1``), a missing one is an error; on by default,
+                a model without one simply has no pattern.
 
         Raises:
             ModelFileError: the model files (or, for "onnx", its exported graph) are missing or altered.
@@ -180,7 +212,7 @@ class Predictor:
             from .site import SiteProfile
 
             operating_point = SiteProfile.load(site).operating_point()
-        return cls(model, metadata, batch_size, gate, operating_point)
+        return cls(model, metadata, batch_size, gate, operating_point, _load_subtype(model_path, runtime, threads, subtype))
 
     def with_operating_point(self, operating_point: OperatingPoint | None) -> "Predictor":
         """The same model and gate (shared, not copied) with another operating point (None: the shipped one).
@@ -188,7 +220,7 @@ class Predictor:
         Raises:
             SiteProfileError: the operating point was fitted for another model.
         """
-        return Predictor(self.model, self.metadata, self.batch_size, self.gate, operating_point)
+        return Predictor(self.model, self.metadata, self.batch_size, self.gate, operating_point, self.subtype)
 
     @property
     def input_size(self) -> int:
@@ -245,7 +277,7 @@ class Predictor:
             ood_scores = [float(score) for score in self.gate.scores(model_inputs, summaries, colour)]
         point = self.operating_point
         probabilities = point.probabilities(logits)  # (n,)
-        return [
+        predictions = [
             Prediction(
                 probability=float(probability),
                 label=point.label(float(probability)),
@@ -261,6 +293,19 @@ class Predictor:
             )
             for probability, logit, info, score in zip(probabilities, logits, infos, ood_scores)
         ]
+        return self._with_subtype(model_inputs, predictions)
+
+    def _with_subtype(self, model_inputs: np.ndarray, predictions: list[Prediction]) -> list[Prediction]:
+        """The predictions, each film the pattern applies to with its pattern (one batched pass)."""
+        rows = [index for index, prediction in enumerate(predictions) if prediction.subtype_applies]
+        if self.subtype is None or not rows:
+            return predictions
+        predictions = list(predictions)
+        for index, call in zip(rows, self.subtype.calls(model_inputs[rows])):
+            predictions[index] = dataclasses.replace(
+                predictions[index], subtype=call.pattern, subtype_probability=call.probability, subtype_logit=call.logit
+            )
+        return predictions
 
     def predict_input(self, model_input: np.ndarray, info: ImageInfo) -> Prediction:
         """Scores one preprocessed image (size, size, 1), and asks the gate whether it is in distribution."""
@@ -396,6 +441,19 @@ class Predictor:
             InvalidImageError: the image cannot be used (see ``load_image``).
         """
         return self.call(DecodedImage.decode(source, limits))
+
+
+def _load_subtype(model_path: Path, runtime: str, threads: int | None, asked: bool | None) -> SubtypeModel | None:
+    """The subtype network ``Predictor.from_file`` loads, or None (see its ``subtype`` argument)."""
+    wanted = subtype_enabled() if asked is None else asked
+    if not wanted:
+        return None
+    from .bundle import subtype_model_path
+
+    explicit = asked is True or os.environ.get("PNEUMO_SUBTYPE", "").strip() == "1"
+    if not explicit and not subtype_model_path(model_path).is_file():
+        return None
+    return SubtypeModel.load(model_path, runtime, threads)
 
 
 class _KerasForward:

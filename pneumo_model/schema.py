@@ -14,6 +14,10 @@ History:
        docs/ood_grades.md) and ``age_years`` (the age a DICOM header gives, in years; null
        where none), so a line says whether the call is hidden and whether the film is from the
        trained population.
+    4: adds ``subtype`` ("bacterial-like", "viral-like", "undetermined") and
+       ``subtype_probability`` (calibrated probability of the viral pattern), the radiographic
+       pattern of a film called pneumonia that the gate does not flag (docs/subtype_rule.md);
+       both null when not applicable or when the pattern is off (``PNEUMO_SUBTYPE``).
 """
 
-PREDICTION_SCHEMA_VERSION = 3
+PREDICTION_SCHEMA_VERSION = 4

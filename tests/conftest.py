@@ -85,3 +85,25 @@ def tiny_pneumonet(synthetic_data, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pneumonet") / "tiny_pneumonet.keras"
     train(config, synthetic_data, path, command="pytest", progress=None, verbose=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_subtype(tiny_pneumonet, synthetic_data, tmp_path_factory) -> Path:
+    """A copy of ``tiny_pneumonet`` with a subtype pattern network trained beside it in seconds
+    (``<model>.subtype.keras`` and its ONNX graph); returns the main model's .keras path."""
+    import shutil
+
+    from pneumo_model.bundle import subtype_model_path
+    from pneumo_model.lab.subtype_training import train_subtype
+    from pneumo_model.lab.training import TrainConfig
+
+    folder = tmp_path_factory.mktemp("with_subtype")
+    for side in tiny_pneumonet.parent.glob(tiny_pneumonet.stem + ".*"):
+        shutil.copy(side, folder / side.name)
+    model_path = folder / tiny_pneumonet.name
+    config = TrainConfig(
+        architecture="pneumonet", input_size=32, epochs=2, batch_size=4, val_fraction=0.25, patience=2,
+        imbalance="class_weight",
+    )
+    train_subtype(config, synthetic_data, subtype_model_path(model_path), command="pytest", verbose=0)
+    return model_path
