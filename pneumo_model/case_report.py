@@ -14,10 +14,10 @@ import io
 import textwrap
 from datetime import datetime, timezone
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.patches import FancyBboxPatch
 
 from .artifacts import ModelMetadata
 from .ood import OUTSIDE, UNUSUAL, known_grade
@@ -25,6 +25,9 @@ from .operating_point import SHIPPED, OperatingPoint
 from .prediction import Prediction
 from .presentation import AMBER, BAR_AXIS_NOTE, DISCLAIMER, INDETERMINATE, INK, MUTED, call_sentence, call_word
 from .presentation import draw_probability_bar
+
+if TYPE_CHECKING:  # matplotlib is imported where a report is drawn, not on the pages' way to a call
+    from matplotlib.figure import Figure
 
 A4_INCHES = (8.27, 11.69)
 # Pictures are embedded at most this many pixels a side: sharp on paper, a PDF of about 1 MB.
@@ -113,6 +116,8 @@ def report_figure(
     sentence, the two pictures side by side (as large as the rest of the page leaves room for),
     what the heat map's colours mean, the facts, and the small print.
     """
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=A4_INCHES)
     write = _Writer(figure)
     write.title(
@@ -271,6 +276,8 @@ class _Writer:
         pad = 0.12
         lines = self._lines(text, size, self.text_width - 2 * pad)
         height = len(lines) * self._line_height(size) + 2 * pad
+        from matplotlib.patches import FancyBboxPatch
+
         self.figure.patches.append(
             FancyBboxPatch(
                 self._box(self.MARGIN, self.top, self.text_width, height)[:2], self.text_width / self.width,

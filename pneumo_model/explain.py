@@ -26,19 +26,18 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import cv2
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from skimage.segmentation import find_boundaries, slic
 
 from .bundle import HEATMAP_SCALE, heatmap_scale_path, read_side_json  # noqa: F401 (heatmap_scale_path re-exported)
 from .errors import ExplanationError, ModelFileError
 from .onnx_model import OnnxModel
 from .preprocessing import to_unit_range
 
+# Matplotlib (colour maps, legends) and scikit-image (LIME's superpixels) are imported where they
+# are used: together about a second of a cold server's start, and the Review page's call needs neither.
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
+    from matplotlib.figure import Figure
 
 # Okabe-Ito colours, told apart by readers with any common colour-vision deficiency.
 VERMILLION = (213, 94, 0)
@@ -319,6 +318,8 @@ def overlay_heatmap(
     stretched = np.clip(
         cv2.resize(heatmap.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0
     )  # (H, W)
+    from matplotlib import colormaps
+
     colours = colormaps[colormap](stretched)[:, :, :3]  # (H, W, 3) float64 in [0, 1]
     opacity = alpha * np.minimum(stretched / fade_until, 1.0)[:, :, np.newaxis] if fade else alpha  # (H, W, 1) or a number
     return _to_uint8((1.0 - opacity) * _grey_rgb(grey) + opacity * colours)  # (H, W, 3) uint8
@@ -458,6 +459,8 @@ class HeatmapScale:
 
 
 def _figure_pixels(figure: Figure) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()  # (h, w, 3) uint8
@@ -469,6 +472,8 @@ def _legend_axes(width: int) -> tuple[Figure, object, float]:
     The font is a 21st of the width: drawn at under half its size in a page column (about 290 px
     at 1366 x 768), the words are about 11 px high, as the page's captions.
     """
+    from matplotlib.figure import Figure
+
     font = width / 21
     height = round(font * 5.6)
     figure = Figure(figsize=(width / 72, height / 72), dpi=72, facecolor="white")
@@ -710,6 +715,8 @@ class LimeExplanation:
         cols = np.arange(width) * self.segments.shape[1] // width  # (W,)
         segments = self.segments[rows[:, np.newaxis], cols[np.newaxis, :]]  # (H, W)
         rgb = _lime_fill(grey, self.weights[segments], half_width, alpha, positive_colour, negative_colour)
+        from skimage.segmentation import find_boundaries
+
         kernel = np.ones((line_width, line_width), np.uint8)
         for ids, colour in ((self.negative, negative_colour), (self.positive, positive_colour)):
             colour = np.asarray(colour, dtype=np.float32) / 255.0  # (3,)
@@ -781,6 +788,8 @@ def slic_segments(image: np.ndarray, config: LimeConfig = LimeConfig()) -> np.nd
     Returns:
         New (H, W) int32 array of superpixel ids numbered 0..n-1 without gaps (LIME needs that).
     """
+    from skimage.segmentation import slic
+
     grey = _check_model_input(image)[:, :, 0]  # (H, W)
     labels = slic(
         grey,

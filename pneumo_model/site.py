@@ -35,7 +35,6 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from scipy.optimize import minimize
 
 from .calibration import GreyZone, fit_temperature
 from .errors import InvalidImageError, SiteInputError, SiteProfileError
@@ -119,6 +118,8 @@ def _fit_platt(raw: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         z = a * raw + b
         residual = _sigmoid(z) - labels  # d loss / d z
         return _log_loss(z, labels), np.array([np.mean(residual * raw), np.mean(residual)])
+
+    from scipy.optimize import minimize  # here: SciPy's optimisers cost the app's start a tenth of a second or more
 
     result = minimize(loss_and_gradient, start, jac=True, method="L-BFGS-B")
     a, b = (float(value) for value in result.x)

@@ -8,7 +8,8 @@ when the "Loading the model..." note shows, and when the banner carries the mode
 loaded). The old frame drew its banner only once the model had loaded, so "model in the banner" is
 also when the naive order would have shown anything at all: the ratio compares the two in the same
 run. With ``--demo`` it then presses the first demo image in the sidebar, at once, and records
-when its call ("Probability of pneumonia") is on screen: the cold server's first call. With
+when its call ("Probability of pneumonia") is on screen: the cold server's first call; and when
+the probability bar under it is (its picture, drawn with matplotlib, comes right after). With
 ``--baseline REF`` the same runs are made, in the same run of this tool, on the app of commit REF
 served from a temporary worktree (the TensorFlow run time before ``d8350f2``'s successor merged
 ONNX Runtime, say), and the medians' ratios printed.
@@ -31,7 +32,7 @@ from tools.app_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WINDOW, checkou
 # Milliseconds since navigation start at which each text first appeared in the page (null: never).
 OBSERVER = """
 (() => {
-  const marks = {page: null, banner: null, loading: null, model: null, call: null};
+  const marks = {page: null, banner: null, loading: null, model: null, call: null, bar: null};
   document.addEventListener("DOMContentLoaded", () => { marks.page = performance.now(); });
   window.__firstPaint = marks;
   const look = () => {
@@ -41,6 +42,7 @@ OBSERVER = """
     if (marks.loading === null && text.includes(%(loading)s)) marks.loading = now;
     if (marks.model === null && /Model \\w{12}/.test(text)) marks.model = now;
     if (marks.call === null && text.includes("Probability of pneumonia")) marks.call = now;
+    if (marks.bar === null && document.querySelector(".st-key-probability_bar img")) marks.bar = now;
   };
   new MutationObserver(look).observe(document, {subtree: true, childList: true, characterData: true});
 })();
@@ -70,7 +72,9 @@ def measure(browser, path: str = "", timeout_s: float = 180.0, demo: bool = Fals
                 if demo:
                     demos = tab.get_by_test_id("stSidebar").get_by_role("button", name=re.compile("data set label"))
                     demos.first.click(timeout=timeout_s * 1000)
-                    tab.wait_for_function("window.__firstPaint.call !== null", timeout=timeout_s * 1000)
+                    tab.wait_for_function(
+                        "window.__firstPaint.call !== null && window.__firstPaint.bar !== null", timeout=timeout_s * 1000
+                    )
                 marks = tab.evaluate("window.__firstPaint")
             finally:
                 context.close()
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if not CHROMIUM.is_file():
         print(f"Chromium is missing at {CHROMIUM} (apt-get install chromium)", file=sys.stderr)
         return 2
-    names = ("page", "banner", "loading", "model") + (("call",) if args.demo else ())
+    names = ("page", "banner", "loading", "model") + (("call", "bar") if args.demo else ())
     apps = {"this checkout": REPO_ROOT}
     results: dict[str, dict] = {}
     with contextlib.ExitStack() as stack, sync_playwright() as playwright:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import pandas as pd
 import streamlit as st
 
 from pneumo_model.audit import TRAIL_COLUMNS, VERDICTS, AuditError, ResultRecord, VerdictWrite
@@ -30,6 +29,8 @@ from .trail import (  # noqa: F401 (re-exported: pages and tests reach the trail
 )
 
 if TYPE_CHECKING:  # not at import: the frame imports this module before the model's libraries load
+    import pandas as pd  # the trail's tables only: half a second of a cold server's way to its first call
+
     from pneumo_model.prediction import Prediction, Predictor
 
 NOTE_HELP = "Do not type patient names, ids or dates: the note is stored as written."
@@ -482,10 +483,14 @@ def reader_zone() -> tuple[dt.tzinfo, str | None]:
 
 
 def _moment(text: str | None) -> pd.Timestamp:
+    import pandas as pd
+
     return pd.Timestamp(dt.datetime.fromisoformat(text)) if isinstance(text, str) else pd.NaT
 
 
 def _minute(moment: pd.Timestamp, zone: dt.tzinfo) -> str | None:
+    import pandas as pd
+
     return None if pd.isna(moment) else moment.to_pydatetime().astimezone(zone).strftime(MINUTE)
 
 
@@ -495,6 +500,8 @@ def gate_grader(model: Predictor) -> Callable[[str, float | None], str | None]:
     (docs/ood_grades.md), one of another model with the single cut at 1 it was flagged by."""
 
     def grade(model_sha256: str, score: float | None) -> str | None:
+        import pandas as pd
+
         if score is None or pd.isna(score):
             return None
         if model.gate is not None and model_sha256 == model.metadata.model_sha256:
@@ -532,6 +539,8 @@ def trail_table(
         hidden call shown) and ``thumbnail``; and the counts of results, verdicts and
         disagreements in the whole trail.
     """
+    import pandas as pd
+
     table = pd.DataFrame(rows, columns=TRAIL_COLUMNS)
     counts = {
         "results": int(table["result_id"].nunique()),
@@ -587,6 +596,8 @@ def trail_selected(
         sources: "app", "cli".
         image_sha256: only the records of the image with this SHA-256.
     """
+    import pandas as pd
+
     keep = pd.Series(True, index=table.index)
     if days:
         first, last = days[0], days[-1]

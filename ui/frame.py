@@ -27,7 +27,7 @@ from .markup import plain
 # First paint: every page imports this module and calls ``render`` before anything else, so the
 # banner and the page's layout are on screen before the model's libraries are imported (seconds on
 # a cold server). Only light modules are imported here; the access check, the audit trail and the
-# model (``resources``, which imports TensorFlow) are imported where they are first used.
+# model (``resources``, which imports ONNX Runtime) are imported where they are first used.
 if TYPE_CHECKING:
     from pneumo_model.prediction import Prediction, Predictor
 
@@ -194,6 +194,8 @@ def render(title: str) -> Predictor:
         finally:
             loading.empty()
     _sidebar(model)
+    if not _load_state().get("frozen"):  # once per server, when its first page is usable
+        _after_first_paint()
     return model
 
 
@@ -226,17 +228,29 @@ def _predictor(banner) -> Predictor:
     except PneumoError as error:
         show_error(error)
         st.stop()
-    loaded = _load_state()
-    if not loaded.get("frozen"):
-        _freeze_heap()
-        loaded["frozen"] = True
-    loaded["loaded"] = True
+    _load_state()["loaded"] = True
     banner.warning(
         f"{DISCLAIMER} Model `{model.metadata.short_sha}` ({model.metadata.description}); "
         f"operating point {operating_point_line(model)}. {label_free_words(model)}{access.mode_words()}",
         icon=":material/medical_information:",
     )
     return model
+
+
+def _after_first_paint() -> None:
+    """A cold server's first page is drawn (banner, model, menu, demo images): the heap is frozen
+    (``_freeze_heap``), and the libraries the pages need after a call is on screen are imported in
+    the background (``resources.load_later``) and frozen in their turn.
+
+    Both used to come before: the heap was frozen before the banner named the model, and every
+    library was imported on the way to the first call (a cold server's first call measured by
+    ``tools.first_paint --demo``, docs/onnx.md).
+    """
+    from . import resources
+
+    _freeze_heap()
+    _load_state()["frozen"] = True
+    resources.load_later(then=_freeze_heap)
 
 
 def _freeze_heap() -> None:

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,8 @@ def held_bytes(value: Any, _seen: set[int] | None = None) -> int:
         return len(value)
     if isinstance(value, np.ndarray):
         return value.nbytes
-    if isinstance(value, pd.DataFrame):
+    pandas = sys.modules.get("pandas")  # a table exists only once pandas is loaded: not imported here (half a second)
+    if pandas is not None and isinstance(value, pandas.DataFrame):
         return int(value.memory_usage(index=True, deep=True).sum())
     if isinstance(value, Mapping):
         return 64 + sum(held_bytes(k, seen) + held_bytes(v, seen) for k, v in value.items())
