@@ -1,0 +1,92 @@
+"""A cold server's first call waits for nothing it does not use (issue 25: a demo's call on screen
+within 4 s of the server answering, ``tools.first_paint --demo``).
+
+The Review page's way to a call (the frame, the model, the page's own imports, then a demo image's
+call) imports no display or table library: they are imported in the background once the first page
+is drawn (``ui.resources.load_later``), and the heap is frozen before and after them, as it was when
+everything was imported up front (``ui.frame._freeze_heap``: full collections stay short). Each
+check runs the page in a fresh interpreter, where nothing was imported before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ui import resources
+
+REPO = Path(__file__).resolve().parent.parent
+# Libraries the Review page's call does not use; each costs a 2-core server a tenth of a second or more.
+NOT_ON_THE_WAY = ("matplotlib", "pandas", "scipy", "skimage", "sklearn", "lime", "pyarrow", "tensorflow", "keras")
+
+pytestmark = pytest.mark.shipped_model
+
+
+def run_fresh(code: str, audit_db: Path) -> dict:
+    """Runs ``code`` in a fresh interpreter in the repository; returns the JSON it printed last."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "PNEUMO_AUDIT_DB": str(audit_db), "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def loaded(modules: list[str], names=NOT_ON_THE_WAY) -> list[str]:
+    return sorted({name.split(".")[0] for name in modules} & set(names))
+
+
+def test_the_review_pages_way_to_a_demo_call_imports_no_display_or_table_library(audit_db):
+    # The background imports are left out here (the next test has them): what the page itself
+    # imports, up to the moment the call is drawn, is read from inside ``show_call``.
+    code = f"""
+import json, sys
+from streamlit.testing.v1 import AppTest
+from ui import call_view, resources
+resources.load_later = lambda then=None: None
+seen = {{}}
+show_call = call_view.show_call
+def noting(*args, **kwargs):
+    seen.setdefault("modules", sorted(sys.modules))
+    return show_call(*args, **kwargs)
+call_view.show_call = noting
+app = AppTest.from_file({str(REPO / "app.py")!r}, default_timeout=120).run()
+first = sorted(sys.modules)
+demos = [button for button in app.sidebar.button if button.label.startswith("data set label")]
+demos[0].click().run()
+assert not app.exception, app.exception
+print(json.dumps({{"first": first, "call": seen["modules"], "metrics": [metric.label for metric in app.metric]}}))
+"""
+    found = run_fresh(code, audit_db)
+    assert "onnxruntime" in found["first"] and "ui.call_view" in found["first"]  # the model and the page loaded
+    assert loaded(found["first"]) == []
+    assert loaded(found["call"]) == []
+    assert any(label.startswith("Probability of pneumonia") for label in found["metrics"])  # the call was drawn
+
+
+def test_a_cold_server_loads_the_rest_in_the_background_and_freezes_the_heap_before_and_after(audit_db):
+    code = f"""
+import gc, json, sys
+from streamlit.testing.v1 import AppTest
+from ui import resources
+app = AppTest.from_file({str(REPO / "app.py")!r}, default_timeout=120).run()
+assert not app.exception, app.exception
+thread = resources.load_later()
+frozen_with_the_page = gc.get_freeze_count()
+thread.join(timeout=240)
+print(json.dumps({{
+    "alive": thread.is_alive(), "frozen_first": frozen_with_the_page, "frozen_after": gc.get_freeze_count(),
+    "same_thread": resources.load_later() is thread, "modules": sorted(sys.modules),
+}}))
+"""
+    found = run_fresh(code, audit_db)
+    assert not found["alive"] and found["same_thread"]  # one thread per process, done
+    assert set(resources.LATER_MODULES) <= set(found["modules"])
+    assert loaded(found["modules"], ("lime", "sklearn", "tensorflow", "keras")) == []  # LIME waits for its page
+    # Frozen once the page was drawn (the model and its libraries), and again with the rest.
+    assert 0 < found["frozen_first"] < found["frozen_after"]
