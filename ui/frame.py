@@ -9,6 +9,9 @@ first request to a fresh server), shows the disclaimer. The menu is drawn here w
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
@@ -239,18 +242,43 @@ def _predictor(banner) -> Predictor:
 
 def _after_first_paint() -> None:
     """A cold server's first page is drawn (banner, model, menu, demo images): the heap is frozen
-    (``_freeze_heap``), and the libraries the pages need after a call is on screen are imported in
-    the background (``resources.load_later``) and frozen in their turn.
+    (``_freeze_heap``), and kept frozen from then on by a background thread (``_keep_heap_frozen``).
 
-    Both used to come before: the heap was frozen before the banner named the model, and every
-    library was imported on the way to the first call (a cold server's first call measured by
-    ``tools.first_paint --demo``, docs/onnx.md).
+    The freeze used to come before the banner named the model, and every library the pages use was
+    imported on the way to the first call. Now each is imported where it is first used (the
+    probability bar's matplotlib by the first call, once the call is drawn), and frozen once the
+    page that imported it has run (a cold server's first call: ``tools.first_paint --demo``,
+    docs/onnx.md).
     """
-    from . import resources
-
     _freeze_heap()
     _load_state()["frozen"] = True
-    resources.load_later(then=_freeze_heap)
+    with _KEEPER_LOCK:
+        if not _KEEPER:
+            keeper = threading.Thread(target=_keep_heap_frozen, args=(len(sys.modules),), name="heap", daemon=True)
+            keeper.start()
+            _KEEPER.append(keeper)
+
+
+# While a page runs, Streamlit runs it in a thread of this name (one per session, ended when its runs
+# are done); if a later Streamlit names it otherwise, the heap is frozen again without waiting.
+PAGE_THREAD = "ScriptRunner.scriptThread"
+HEAP_CHECK_S = 0.5
+_KEEPER: list[threading.Thread] = []
+_KEEPER_LOCK = threading.Lock()
+
+
+def _keep_heap_frozen(modules: int) -> None:
+    """Forever: once modules were imported since the last freeze (``modules`` of them were loaded
+    then) and no page is running, freezes the heap again, so that a library a page loaded (matplotlib,
+    pandas, scikit-image...) is left out of later collections too. Waiting for the pages keeps the
+    collection (a tenth of a second or two) out of their runs."""
+    while True:
+        time.sleep(HEAP_CHECK_S)
+        if len(sys.modules) != modules and not any(
+            thread.name == PAGE_THREAD and thread.is_alive() for thread in threading.enumerate()
+        ):
+            modules = len(sys.modules)  # read first: a module imported during the freeze is seen next time
+            _freeze_heap()
 
 
 def _freeze_heap() -> None:

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
-import logging
 import os
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
@@ -52,32 +49,6 @@ DECODE_WAIT_S = 120.0
 # Everything the per-image cache may hold: about ten full-size 16-bit films (at most 32 MB each
 # after ``ImageLimits.max_working_pixels``) plus the small results of hundreds of images.
 CACHE_BYTES = 384 * 2**20
-# The libraries the pages use once a call is on screen, never on the way to it: the probability bar,
-# the heat-map legends and the case report (matplotlib), the trail's and the worklist's tables
-# (pandas), the crop's filter and LIME's superpixels (SciPy, scikit-image). Together about two
-# seconds of a 2-core server's start; ``load_later`` imports them after the first page is drawn,
-# a piece at a time (each a few tenths of a second at most), the probability bar's first. LIME
-# itself (scikit-learn) still waits for the first explanation.
-LATER_MODULES = (
-    "matplotlib",
-    "matplotlib.colors",
-    "matplotlib.artist",
-    "matplotlib.backend_bases",
-    "matplotlib.backends.backend_agg",
-    "matplotlib.axes",
-    "matplotlib.figure",
-    "pandas",
-    "scipy.linalg",
-    "scipy.ndimage",
-    "scipy.optimize",
-    "skimage.segmentation",
-)
-# While a page runs, Streamlit runs it in a thread of this name (one per session, ended when its
-# runs are done). If a later Streamlit names it otherwise, ``load_later`` only stops yielding.
-PAGE_THREAD = "ScriptRunner.scriptThread"
-PAGE_WAIT_S = 0.05
-_LATER: list[threading.Thread] = []
-_LATER_LOCK = threading.Lock()
 
 
 class ServerBusyError(PneumoError):
@@ -178,45 +149,6 @@ def heatmap_scale() -> HeatmapScale:
     """
     # Keyed on the model's SHA-256: a scale loaded for one model is never handed to another.
     return _heatmap_scale(str(heatmap_scale_path(DEFAULT_MODEL_PATH)), predictor().metadata.model_sha256)
-
-
-def load_later(then: Callable[[], None] | None = None) -> threading.Thread:
-    """Imports ``LATER_MODULES`` in a background thread, once per process, then calls ``then``.
-
-    A cold server's first call waits for nothing it does not use: the frame calls this once the
-    first page is drawn, and by the time a reader has picked an image the probability bar's library
-    is usually loaded (if not, the page's own import waits for the thread's). The thread yields to
-    the pages: before each module, and before ``then``, it waits until no page is running, so that
-    on two cores a reader's first call does not share the interpreter with it. ``then`` runs in the
-    thread when the imports are done (the frame freezes the heap with them). A module that fails to
-    import is left for the page that needs it, which then says what went wrong.
-
-    Returns:
-        The thread (started by the first call; later calls return it, and ignore ``then``).
-    """
-    with _LATER_LOCK:
-        if not _LATER:
-            thread = threading.Thread(target=_import_later, args=(then,), name="load_later", daemon=True)
-            thread.start()
-            _LATER.append(thread)
-        return _LATER[0]
-
-
-def _import_later(then: Callable[[], None] | None) -> None:
-    for name in LATER_MODULES:
-        _wait_while_a_page_runs()
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 (the page that imports it reports it)
-            logging.getLogger(__name__).info("load_later: %s not imported", name, exc_info=True)
-    if then is not None:
-        _wait_while_a_page_runs()
-        then()
-
-
-def _wait_while_a_page_runs() -> None:
-    while any(thread.name == PAGE_THREAD and thread.is_alive() for thread in threading.enumerate()):
-        time.sleep(PAGE_WAIT_S)
 
 
 @st.cache_resource(show_spinner=False)
