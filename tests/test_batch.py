@@ -162,6 +162,99 @@ def test_results_of_another_model_or_operating_point_are_refused_and_left_as_the
     assert len(pd.read_parquet(out)) == 1
 
 
+# --- the subtype pattern's columns ------------------------------------------------------------
+
+# RESULTS as the command wrote it before the subtype columns (results schema 1: no metadata).
+SCHEMA_1 = pa.schema([
+    ("file", pa.string()), ("sha256", pa.string()), ("probability", pa.float64()), ("label", pa.string()),
+    ("grey_zone", pa.bool_()), ("ood", pa.bool_()), ("ood_score", pa.float64()), ("ood_grade", pa.string()),
+    ("operating_point", pa.string()), ("model_sha", pa.string()), ("warnings", pa.list_(pa.string())),
+    ("error", pa.string()),
+])
+
+
+def _split_at_the_median(predictor: Predictor, images: list[Path]) -> Predictor:
+    """``predictor`` at an operating point whose threshold is the films' median probability, so that
+    some are called pneumonia and some normal whatever the tiny model learned."""
+    from dataclasses import replace
+
+    from pneumo_model.calibration import GreyZone
+
+    probabilities = [call.probability for call in predictor.calls([DecodedImage.decode(path) for path in images])]
+    threshold = float(np.median(probabilities))
+    point = replace(predictor.operating_point, id="median0123456789", kind="site", threshold=threshold,
+                    grey_zone=GreyZone(threshold, threshold))
+    return predictor.with_operating_point(point)
+
+
+def test_a_pneumonia_call_has_its_pattern_and_a_normal_call_or_a_bad_file_none(tiny_subtype, tmp_path):
+    from pneumo_model.subtype import PATTERNS
+
+    images = write_archive(tmp_path / "archive", n=8)
+    predictor = _split_at_the_median(Predictor.from_file(tiny_subtype, subtype=True), images)
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    summary = run_batch(open_source(tmp_path / "archive"), LocalEngine(predictor), tmp_path / "results", trail=trail, progress=False)
+    table = read_results(tmp_path / "results")
+    assert list(table.columns) == list(RESULT_COLUMNS)
+    called = table[table["label"] == "pneumonia"]
+    others = table[table["label"] != "pneumonia"]  # normal calls and the two unusable files
+    assert len(called) >= 1 and (table["label"] == "normal").sum() >= 1 and table["error"].notna().sum() == 2
+    assert called["subtype"].isin(PATTERNS).all() and called["subtype_probability"].between(0, 1).all()
+    assert others["subtype"].isna().all() and others["subtype_probability"].isna().all()
+    for path in images:  # predict's pattern, film by film
+        call = predictor.call(DecodedImage.decode(path))
+        row = table.set_index("file").loc[str(path.resolve())]
+        assert row["subtype"] == call.subtype or (pd.isna(row["subtype"]) and call.subtype is None)
+        if call.subtype is not None:
+            assert row["subtype_probability"] == pytest.approx(call.subtype_probability, abs=1e-6)
+    assert summary.subtypes == called["subtype"].value_counts().to_dict()
+    assert summary.to_dict()["subtype"] == dict(sorted(summary.subtypes.items()))
+    assert any(line.startswith("radiographic pattern of the pneumonia calls") for line in summary.lines())
+    recorded = {(row["image_sha256"], row["subtype"], row["subtype_probability"]) for row in trail.trail()}
+    written = table[table["error"].isna()]
+    assert recorded == {
+        (sha, None if pd.isna(pattern) else pattern, None if pd.isna(p) else p)
+        for sha, pattern, p in zip(written["sha256"], written["subtype"], written["subtype_probability"])
+    }
+    metadata = pq.read_schema(next((tmp_path / "results").glob("part-*.parquet"))).metadata
+    assert metadata[b"pneumo.results_schema"] == b"2"
+    assert metadata[b"pneumo.subtype_model"] == predictor.subtype.metadata.model_sha256.encode()
+
+
+def test_results_written_before_the_pattern_columns_are_refused_and_left_as_they_are(predictor, tiny_model, tmp_path, capsys):
+    write_archive(tmp_path / "archive", n=2)
+    out = tmp_path / "results"
+    out.mkdir()
+    old = {column: None for column in SCHEMA_1.names} | {
+        "file": "/x/a.png", "sha256": "b" * 64, "probability": 0.7, "label": "pneumonia", "grey_zone": False,
+        "operating_point": predictor.operating_point.id, "model_sha": predictor.metadata.model_sha256, "warnings": [],
+    }
+    pq.write_table(pa.Table.from_pylist([old], schema=SCHEMA_1), out / "part-000001.parquet")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(BatchError, match=r"results schema 1; this one writes 2.*give a new --out folder"):
+        run_batch(open_source(tmp_path / "archive"), LocalEngine(predictor), out, progress=False)
+    argv = ["batch", str(tmp_path / "archive"), "--out", str(out), "--model", str(tiny_model), "--no-progress"]
+    assert cli.main(argv) == cli.EXIT_ERROR
+    error = capsys.readouterr().err
+    assert error.startswith("error: RESULTS was written by another version") and "give a new --out folder" in error
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.name != "_lock"} == {
+        name: data for name, data in before.items()
+    }
+    assert list(pd.read_parquet(out).columns) == SCHEMA_1.names  # never mixed: the old table as it was
+
+
+def test_results_with_the_pattern_off_are_not_continued_with_it_on_nor_the_other_way(tiny_subtype, tmp_path):
+    write_archive(tmp_path / "archive", n=2)
+    off, on = (Predictor.from_file(tiny_subtype, subtype=flag) for flag in (False, True))
+    run_batch(open_source(tmp_path / "archive"), LocalEngine(off), tmp_path / "off", progress=False)
+    run_batch(open_source(tmp_path / "archive"), LocalEngine(on), tmp_path / "on", progress=False)
+    with pytest.raises(BatchError, match=r"subtype pattern off; this run has the subtype pattern of network .*give a new --out folder"):
+        run_batch(open_source(tmp_path / "archive"), LocalEngine(on), tmp_path / "off", progress=False)
+    with pytest.raises(BatchError, match=r"subtype pattern of network .*; this run has the subtype pattern off"):
+        run_batch(open_source(tmp_path / "archive"), LocalEngine(off), tmp_path / "on", progress=False)
+    assert len(pd.read_parquet(tmp_path / "off")) == len(pd.read_parquet(tmp_path / "on")) == 4
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -261,3 +354,23 @@ def test_the_ray_engine_gives_the_local_rows(local_ray, tiny_model, predictor, t
     for column in ("sha256", "label", "grey_zone", "error", "operating_point", "model_sha"):
         assert on_ray[column].equals(local[column]), column
     assert local_ray.is_initialized()  # a cluster the caller started is left running
+
+
+def test_the_ray_engine_loads_the_pattern_as_the_driver_does_and_gives_the_local_rows(local_ray, tiny_subtype, tmp_path, monkeypatch):
+    from pneumo_model.batch_ray import RayEngine, RaySettings
+
+    # Asked for in the driver only: the Ray workers were started without PNEUMO_SUBTYPE.
+    monkeypatch.setenv("PNEUMO_SUBTYPE", "1")
+    write_archive(tmp_path / "archive", n=24, size=80)
+    items = open_source(tmp_path / "archive")
+    run_batch(items, LocalEngine(Predictor.from_file(tiny_subtype)), tmp_path / "local", progress=False)
+    engine = RayEngine(tiny_subtype, settings=RaySettings(batch_size=8))
+    assert engine.subtype_sha is not None
+    run_batch(items, engine, tmp_path / "ray", progress=False)
+    local, on_ray = read_results(tmp_path / "local"), read_results(tmp_path / "ray")
+    assert on_ray["file"].tolist() == local["file"].tolist() and local["subtype"].notna().any()
+    assert on_ray["subtype"].equals(local["subtype"]) and on_ray["label"].equals(local["label"])
+    np.testing.assert_allclose(
+        on_ray["subtype_probability"].to_numpy(float), local["subtype_probability"].to_numpy(float), atol=1e-6, equal_nan=True
+    )
+    assert (local["subtype"].notna() == (local["label"] == "pneumonia")).all()  # no gate here: every pneumonia call
