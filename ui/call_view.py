@@ -15,18 +15,22 @@ from pneumo_model import presentation
 from pneumo_model.case_report import SHA_PREFIX_DIGITS, case_report_pdf
 from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar
 from pneumo_model.operating_point import LABEL_FREE, SHIPPED
+from pneumo_model.prediction import Prediction, Predictor
+
+from . import drawing, frame, resources, state
 
 LABEL_FREE_PROBABILITY = (
     "The shipped calibration (temperature-scaled on validation data from the training hospital), read through the "
     "label-free alignment: this site's score distribution mapped onto validation's, without labels (provisional)."
 )
-from pneumo_model.prediction import Prediction, Predictor
-
-from . import drawing, frame, resources, state
-
 INDETERMINATE = presentation.INDETERMINATE
 PROBABILITY_LABEL = "Probability of pneumonia (calibrated)"
 HELP_TITLE = "What these numbers mean"
+PATTERN_TITLE = "Pattern"
+PATTERN_INDETERMINATE = "The call itself is indeterminate"
+PATTERN_CAVEAT_TITLE = "A pattern, not a cause: read before use"
+# The pattern's bar is smaller than the call's (about 500 px in Review's column at 1366 x 768).
+PATTERN_BAR_WIDTH = 360
 REPORT_LABEL = "Download the case report (PDF)"
 REPORT_BUSY = "Preparing the case report (PDF)..."
 # The Explain page's default opacity: the report shows the overlay a reader first sees there.
@@ -70,6 +74,52 @@ def show_call(result: Prediction, model: Predictor) -> None:
     )
     with st.expander(HELP_TITLE, icon=":material/info:"):
         st.markdown(numbers_help(model))
+    show_pattern(result, model, "review")
+
+
+def show_pattern(
+    result: Prediction, model: Predictor, key: str, bar_width: int | str = PATTERN_BAR_WIDTH, title: str = PATTERN_TITLE
+) -> None:
+    """The subtype pattern under a call that is shown: in words, with its own bar, the caveat one click away.
+
+    A boxed, smaller block under the call, never a heading of its own: the call stays the headline.
+    For a film called normal or flagged by the gate, one grey line says why there is no pattern (a
+    reader who knows the feature would otherwise wonder); with the pattern off (``PNEUMO_SUBTYPE``,
+    or no subtype network beside the model), nothing at all: a line on every film about a feature
+    that is off would be noise.
+
+    Args:
+        result: the call shown above (``Prediction``), with its ``subtype`` fields.
+        model: the predictor that made it (``model.subtype``: the band and threshold to draw).
+        key: what makes the block's key this page's (``<key>_pattern``; a browser finds it by it).
+        bar_width: screen pixels the bar is shown at ("stretch": the column's width).
+        title: what the block's first words call it ("Pattern after the crop" on Crop & rescore).
+    """
+    subtype = model.subtype
+    if subtype is None:
+        return
+    if result.subtype is None:
+        if not result.subtype_applies:  # a call that applies and has none cannot come from ``model``: say nothing
+            st.caption(f"{title}: not applicable ({presentation.pattern_absent_reason(result.label, result.ood)}).")
+        return
+    with st.container(border=True, key=f"{key}_pattern"):
+        words = presentation.pattern_words(result.subtype, strong="**")
+        st.markdown(f"**{title}:** {words}.")
+        if result.grey_zone:
+            st.caption(
+                f"{PATTERN_INDETERMINATE}: the pattern is read as if the film had pneumonia. Weigh it only if "
+                "your own reading finds pneumonia."
+            )
+        bar = presentation.pattern_bar(result.subtype_probability, subtype.threshold, subtype.band)
+        drawing.show(bar, width=bar_width)
+        low, high = subtype.band
+        st.caption(
+            f"{presentation.PATTERN_PROBABILITY_LABEL[0].upper()}{presentation.PATTERN_PROBABILITY_LABEL[1:]}: "
+            f"{result.subtype_probability:.3f}. Viral-like at ≥ {subtype.threshold:.3f}, undetermined inside "
+            f"[{low:.3f}, {high:.3f}) (amber), both fixed on validation films (`docs/subtype_rule.md`)."
+        )
+        with st.expander(PATTERN_CAVEAT_TITLE, icon=":material/info:"):
+            st.markdown(presentation.PATTERN_CAVEAT)
 
 
 def numbers_help(model: Predictor) -> str:
