@@ -167,5 +167,5 @@ def test_the_lab_side_is_all_in_pneumo_model_lab():
     assert {"training", "evaluation", "stress", "shifts", "comparison", "bench", "model_card", "augmentation",
             "attention", "draft_check", "batch_bench", "pacs_files", "orthanc", "pacs_bench",
             "models", "ood_corpus", "ood_fit", "metrics", "plots", "grey_zone", "site_evaluation", "cam_scale", "crop_boxes",
-            "onnx_export", "onnx_bench", "label_free", "monitor_rules"} == lab
+            "onnx_export", "onnx_bench", "label_free", "monitor_rules", "subtype_training", "subtype_evaluation"} == lab
     assert not lab & top
