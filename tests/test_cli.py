@@ -134,6 +134,7 @@ MINIMAL_ARGV = {
     "predict": ["predict", "a.png"],
     "batch": ["batch", "archive", "--out", "results"],
     "train": ["train"],
+    "train_subtype": ["train-subtype"],
     "evaluate": ["evaluate"],
     "explain": ["explain", "a.png", "--out", "a_gradcam.png"],
     "crop": ["crop", "a.png"],
