@@ -356,21 +356,28 @@ def test_the_ray_engine_gives_the_local_rows(local_ray, tiny_model, predictor, t
     assert local_ray.is_initialized()  # a cluster the caller started is left running
 
 
-def test_the_ray_engine_loads_the_pattern_as_the_driver_does_and_gives_the_local_rows(local_ray, tiny_subtype, tmp_path, monkeypatch):
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_the_ray_engine_loads_the_pattern_as_the_driver_does_and_gives_the_local_rows(
+    local_ray, tiny_subtype, tmp_path, monkeypatch, setting
+):
     from pneumo_model.batch_ray import RayEngine, RaySettings
 
-    # Asked for in the driver only: the Ray workers were started without PNEUMO_SUBTYPE.
-    monkeypatch.setenv("PNEUMO_SUBTYPE", "1")
+    # Set in the driver only: the Ray workers were started without PNEUMO_SUBTYPE (so with its
+    # default), and must follow the driver whichever way it is set.
+    monkeypatch.setenv("PNEUMO_SUBTYPE", setting)
     write_archive(tmp_path / "archive", n=24, size=80)
     items = open_source(tmp_path / "archive")
     run_batch(items, LocalEngine(Predictor.from_file(tiny_subtype)), tmp_path / "local", progress=False)
     engine = RayEngine(tiny_subtype, settings=RaySettings(batch_size=8))
-    assert engine.subtype_sha is not None
+    assert (engine.subtype_sha is not None) == (setting == "1")
     run_batch(items, engine, tmp_path / "ray", progress=False)
     local, on_ray = read_results(tmp_path / "local"), read_results(tmp_path / "ray")
-    assert on_ray["file"].tolist() == local["file"].tolist() and local["subtype"].notna().any()
-    assert on_ray["subtype"].equals(local["subtype"]) and on_ray["label"].equals(local["label"])
+    assert on_ray["file"].tolist() == local["file"].tolist() and on_ray["label"].equals(local["label"])
+    assert on_ray["subtype"].equals(local["subtype"])
     np.testing.assert_allclose(
         on_ray["subtype_probability"].to_numpy(float), local["subtype_probability"].to_numpy(float), atol=1e-6, equal_nan=True
     )
-    assert (local["subtype"].notna() == (local["label"] == "pneumonia")).all()  # no gate here: every pneumonia call
+    if setting == "1":  # no gate here: every pneumonia call has its pattern
+        assert local["subtype"].notna().any() and (local["subtype"].notna() == (local["label"] == "pneumonia")).all()
+    else:
+        assert local["subtype"].isna().all()
