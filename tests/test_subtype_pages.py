@@ -274,3 +274,43 @@ def test_crop_and_rescore_shows_the_pattern_of_the_new_call(pattern_on):
     shown_words = [m.value for m in app.markdown if m.value.startswith("**Pattern after the crop:**")]
     assert shown_words == [f"**Pattern after the crop:** {presentation.pattern_words(after.subtype, '**')}."]
     assert f"(calibrated): {after.subtype_probability:.3f}" in texts(app.caption)
+
+
+# ----------------------------------------------------------------------------- in a real browser
+@pytest.mark.shipped_model
+@pytest.mark.browser
+def test_a_pneumonia_demo_uploaded_in_chromium_shows_its_pattern_with_its_bar(browser, tmp_path, monkeypatch):
+    from playwright.sync_api import expect
+
+    from test_browser import SLOW_MS
+    from tools.app_server import WINDOW, streamlit_app
+
+    if not subtype_model_path(DEFAULT_MODEL_PATH).is_file():
+        pytest.skip(f"no {subtype_model_path(DEFAULT_MODEL_PATH).name} beside the shipped model")
+    monkeypatch.setenv("PNEUMO_SUBTYPE", "1")  # the server's environment
+    film = REPO_ROOT / "assets" / "samples" / CONFIDENT_PNEUMONIA
+    expected = Predictor.from_file(subtype=True).predict_source(film.read_bytes())
+    context = browser.new_context(viewport=WINDOW)
+    tab = context.new_page()
+    tab.set_default_timeout(SLOW_MS)
+    try:
+        with streamlit_app(tmp_path / "streamlit.log", audit_db=tmp_path / "audit.sqlite3") as url:
+            tab.goto(url)
+            tab.locator("input[type=file]").first.set_input_files(str(film))
+            heading = tab.get_by_role("heading", name="Call: Pneumonia")
+            expect(heading).to_be_visible()
+            block = tab.locator(".st-key-review_pattern")
+            expect(block).to_contain_text(f"Pattern: {presentation.pattern_words(expected.subtype)}.")
+            expect(block).to_contain_text(f"(calibrated): {expected.subtype_probability:.3f}")
+            bar = block.locator("img")
+            expect(bar).to_be_visible()
+            tab.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=bar.element_handle())
+            call_bar = tab.locator(".st-key-probability_bar img")
+            # Under the call, and smaller than the call's own bar: the call stays the headline.
+            assert block.bounding_box()["y"] > call_bar.bounding_box()["y"] + call_bar.bounding_box()["height"]
+            assert bar.bounding_box()["width"] < 0.85 * call_bar.bounding_box()["width"]
+            expect(block.get_by_text("Virkki")).to_be_hidden()  # one click away
+            block.get_by_text("A pattern, not a cause").click()
+            expect(block.get_by_text("Virkki", exact=False)).to_be_visible()
+    finally:
+        context.close()
