@@ -223,8 +223,9 @@ def pattern_films(data_dir: Path = DEFAULT_DATA_DIR, searched: int = 80) -> dict
 
 
 def review_patterns(browser, scratch: Path, folder: Path) -> None:
-    """Review with the subtype pattern on: each film of ``pattern_films`` uploaded, the page
-    scrolled to the pattern (under the call), on a server of its own started with PNEUMO_SUBTYPE=1."""
+    """Review with the subtype pattern on, the whole page (the pattern is under the call, below the
+    first screen): each film of ``pattern_films`` uploaded, on a server of its own started with
+    PNEUMO_SUBTYPE=1."""
     import os
     from unittest import mock
 
@@ -250,10 +251,7 @@ def review_patterns(browser, scratch: Path, folder: Path) -> None:
             expect(page.get_by_test_id("stSidebar").get_by_text(films[kind].name)).to_be_visible(timeout=SLOW_MS)
             shown = page.locator(".st-key-review_pattern") if kind != "normal" else page.get_by_text("Pattern: not applicable")
             expect(shown).to_be_visible(timeout=SLOW_MS)
-            wait_until_idle(page)
-            page.get_by_role("heading", name="Call:").scroll_into_view_if_needed()
-            page.get_by_test_id("stMain").evaluate("main => main.scrollBy(0, 180)")  # the call's heading and the pattern
-            take(page, name, folder)
+            take(page, name, folder, full_page=True)  # the pattern is under the call, below the first screen
             print(f"{name}: {films[kind].name}")
         page.close()
 

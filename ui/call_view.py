@@ -30,8 +30,8 @@ HELP_TITLE = "What these numbers mean"
 PATTERN_TITLE = "Pattern"
 PATTERN_INDETERMINATE = "The call itself is indeterminate"
 PATTERN_CAVEAT_TITLE = "A pattern, not a cause: read before use"
-# The pattern's bar is smaller than the call's (about 500 px in Review's column at 1366 x 768).
-PATTERN_BAR_WIDTH = 360
+# The pattern's bar is smaller than the call's (about 380 px in Review's column at 1366 x 768): the call is the headline.
+PATTERN_BAR_WIDTH = 320
 REPORT_LABEL = "Download the case report (PDF)"
 REPORT_BUSY = "Preparing the case report (PDF)..."
 # The Explain page's default opacity: the report shows the overlay a reader first sees there.
@@ -118,8 +118,8 @@ def show_pattern(
         st.caption(
             f"{presentation.PATTERN_PROBABILITY_LABEL[0].upper()}{presentation.PATTERN_PROBABILITY_LABEL[1:]}: "
             f"{result.subtype_probability:.3f}. Bacterial-like below {low:.3f}, viral-like from {high:.3f}, "
-            f"undetermined in between (amber; the black line is the threshold {subtype.threshold:.3f}); fixed on "
-            "validation films (`docs/subtype_rule.md`)."
+            f"undetermined in between (amber; the black line is the threshold {subtype.threshold:.3f}), all fixed on "
+            "validation films from the training hospital."
         )
         with st.expander(PATTERN_CAVEAT_TITLE, icon=":material/info:"):
             st.markdown(presentation.PATTERN_CAVEAT)
