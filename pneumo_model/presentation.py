@@ -48,6 +48,8 @@ MUTED = "#595959"
 # pattern, never a cause; what it is not is said one click away, wherever it is shown.
 PATTERN_BAR_ENDS = ("bacterial-like", "viral-like")
 UNDETERMINED_BAND = "undetermined"
+# The value over the pattern's bar: not "this image", which the call's bar above says of pneumonia.
+PATTERN_MARKER = "viral pattern"
 PATTERN_KINDS = {"bacterial-like": "bacterial", "viral-like": "viral"}
 PATTERN_CAVEAT = (
     "A radiographic pattern, not a cause. The radiograph alone cannot reliably tell bacterial from viral "
@@ -153,7 +155,7 @@ def draw_probability_bar(ax: Axes, probability: float, point: OperatingPoint, fo
         ValueError: the probability is outside [0, 1].
     """
     band = (point.grey_zone.low, point.grey_zone.high)
-    _draw_bar(ax, probability, point.threshold, band, ("normal", "pneumonia"), "grey zone", font_size)
+    _draw_bar(ax, probability, point.threshold, band, ("normal", "pneumonia"), "grey zone", "this image", font_size)
 
 
 def draw_pattern_bar(
@@ -174,15 +176,15 @@ def draw_pattern_bar(
     Raises:
         ValueError: the probability is outside [0, 1].
     """
-    _draw_bar(ax, probability, threshold, band, PATTERN_BAR_ENDS, UNDETERMINED_BAND, font_size)
+    _draw_bar(ax, probability, threshold, band, PATTERN_BAR_ENDS, UNDETERMINED_BAND, PATTERN_MARKER, font_size)
 
 
 def _draw_bar(
     ax: Axes, probability: float, threshold_p: float, band: tuple[float, float], end_names: tuple[str, str],
-    band_name: str, font_size: float,
+    band_name: str, marker_name: str, font_size: float,
 ) -> None:
     """The one drawing of both bars (see ``draw_probability_bar``): ``end_names`` are the left and
-    right ends' words, ``band_name`` the amber band's in the legend."""
+    right ends' words, ``band_name`` the amber band's in the legend, ``marker_name`` the value's."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
 
@@ -210,7 +212,7 @@ def _draw_bar(
 
     ax.plot([here], [1.65], marker="v", markersize=font_size * 1.1, color=INK, linestyle="none")
     value = ax.text(
-        here, 2.05, f"this image: {p:.3f}", va="bottom", ha="center", fontsize=font_size, color=INK, fontweight="bold"
+        here, 2.05, f"{marker_name}: {p:.3f}", va="bottom", ha="center", fontsize=font_size, color=INK, fontweight="bold"
     )
     _keep_inside(ax, value)
     legend = ax.legend(

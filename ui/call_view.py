@@ -16,6 +16,7 @@ from pneumo_model.case_report import SHA_PREFIX_DIGITS, case_report_pdf
 from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar
 from pneumo_model.operating_point import LABEL_FREE, SHIPPED
 from pneumo_model.prediction import Prediction, Predictor
+from pneumo_model.subtype import SubtypeModel
 
 from . import drawing, frame, resources, state
 
@@ -29,8 +30,8 @@ HELP_TITLE = "What these numbers mean"
 PATTERN_TITLE = "Pattern"
 PATTERN_INDETERMINATE = "The call itself is indeterminate"
 PATTERN_CAVEAT_TITLE = "A pattern, not a cause: read before use"
-# The pattern's bar is smaller than the call's (about 500 px in Review's column at 1366 x 768).
-PATTERN_BAR_WIDTH = 360
+# The pattern's bar is smaller than the call's (about 380 px in Review's column at 1366 x 768): the call is the headline.
+PATTERN_BAR_WIDTH = 320
 REPORT_LABEL = "Download the case report (PDF)"
 REPORT_BUSY = "Preparing the case report (PDF)..."
 # The Explain page's default opacity: the report shows the overlay a reader first sees there.
@@ -74,11 +75,12 @@ def show_call(result: Prediction, model: Predictor) -> None:
     )
     with st.expander(HELP_TITLE, icon=":material/info:"):
         st.markdown(numbers_help(model))
-    show_pattern(result, model, "review")
+    show_pattern(result, model.subtype, "review")
 
 
 def show_pattern(
-    result: Prediction, model: Predictor, key: str, bar_width: int | str = PATTERN_BAR_WIDTH, title: str = PATTERN_TITLE
+    result: Prediction, subtype: SubtypeModel | None, key: str, bar_width: int | str = PATTERN_BAR_WIDTH,
+    title: str = PATTERN_TITLE,
 ) -> None:
     """The subtype pattern under a call that is shown: in words, with its own bar, the caveat one click away.
 
@@ -90,16 +92,16 @@ def show_pattern(
 
     Args:
         result: the call shown above (``Prediction``), with its ``subtype`` fields.
-        model: the predictor that made it (``model.subtype``: the band and threshold to draw).
+        subtype: the subtype network that gave it (``Predictor.subtype``: the band and threshold to draw);
+            None when the pattern is off.
         key: what makes the block's key this page's (``<key>_pattern``; a browser finds it by it).
         bar_width: screen pixels the bar is shown at ("stretch": the column's width).
         title: what the block's first words call it ("Pattern after the crop" on Crop & rescore).
     """
-    subtype = model.subtype
     if subtype is None:
         return
     if result.subtype is None:
-        if not result.subtype_applies:  # a call that applies and has none cannot come from ``model``: say nothing
+        if not result.subtype_applies:  # one that applies always has one from ``subtype``: nothing to say otherwise
             st.caption(f"{title}: not applicable ({presentation.pattern_absent_reason(result.label, result.ood)}).")
         return
     with st.container(border=True, key=f"{key}_pattern"):
@@ -115,8 +117,9 @@ def show_pattern(
         low, high = subtype.band
         st.caption(
             f"{presentation.PATTERN_PROBABILITY_LABEL[0].upper()}{presentation.PATTERN_PROBABILITY_LABEL[1:]}: "
-            f"{result.subtype_probability:.3f}. Viral-like at ≥ {subtype.threshold:.3f}, undetermined inside "
-            f"[{low:.3f}, {high:.3f}) (amber), both fixed on validation films (`docs/subtype_rule.md`)."
+            f"{result.subtype_probability:.3f}. Bacterial-like below {low:.3f}, viral-like from {high:.3f}, "
+            f"undetermined in between (amber; the black line is the threshold {subtype.threshold:.3f}), all fixed on "
+            "validation films from the training hospital."
         )
         with st.expander(PATTERN_CAVEAT_TITLE, icon=":material/info:"):
             st.markdown(presentation.PATTERN_CAVEAT)
