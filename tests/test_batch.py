@@ -173,52 +173,43 @@ SCHEMA_1 = pa.schema([
 ])
 
 
-def _split_at_the_median(predictor: Predictor, images: list[Path]) -> Predictor:
-    """``predictor`` at an operating point whose threshold is the films' median probability, so that
-    some are called pneumonia and some normal whatever the tiny model learned."""
-    from dataclasses import replace
-
-    from pneumo_model.calibration import GreyZone
-
-    probabilities = [call.probability for call in predictor.calls([DecodedImage.decode(path) for path in images])]
-    threshold = float(np.median(probabilities))
-    point = replace(predictor.operating_point, id="median0123456789", kind="site", threshold=threshold,
-                    grey_zone=GreyZone(threshold, threshold))
-    return predictor.with_operating_point(point)
-
-
 def test_a_pneumonia_call_has_its_pattern_and_a_normal_call_or_a_bad_file_none(tiny_subtype, tmp_path):
+    from helpers import calling_every_film
     from pneumo_model.subtype import PATTERNS
 
-    images = write_archive(tmp_path / "archive", n=8)
-    predictor = _split_at_the_median(Predictor.from_file(tiny_subtype, subtype=True), images)
+    images = write_archive(tmp_path / "archive", n=6)
+    with_pattern = Predictor.from_file(tiny_subtype, subtype=True)
     trail = AuditTrail(tmp_path / "audit.sqlite3")
-    summary = run_batch(open_source(tmp_path / "archive"), LocalEngine(predictor), tmp_path / "results", trail=trail, progress=False)
-    table = read_results(tmp_path / "results")
-    assert list(table.columns) == list(RESULT_COLUMNS)
-    called = table[table["label"] == "pneumonia"]
-    others = table[table["label"] != "pneumonia"]  # normal calls and the two unusable files
-    assert len(called) >= 1 and (table["label"] == "normal").sum() >= 1 and table["error"].notna().sum() == 2
-    assert called["subtype"].isin(PATTERNS).all() and called["subtype_probability"].between(0, 1).all()
-    assert others["subtype"].isna().all() and others["subtype_probability"].isna().all()
-    for path in images:  # predict's pattern, film by film
-        call = predictor.call(DecodedImage.decode(path))
-        row = table.set_index("file").loc[str(path.resolve())]
-        assert row["subtype"] == call.subtype or (pd.isna(row["subtype"]) and call.subtype is None)
-        if call.subtype is not None:
-            assert row["subtype_probability"] == pytest.approx(call.subtype_probability, abs=1e-6)
-    assert summary.subtypes == called["subtype"].value_counts().to_dict()
-    assert summary.to_dict()["subtype"] == dict(sorted(summary.subtypes.items()))
-    assert any(line.startswith("radiographic pattern of the pneumonia calls") for line in summary.lines())
-    recorded = {(row["image_sha256"], row["subtype"], row["subtype_probability"]) for row in trail.trail()}
-    written = table[table["error"].isna()]
-    assert recorded == {
-        (sha, None if pd.isna(pattern) else pattern, None if pd.isna(p) else p)
-        for sha, pattern, p in zip(written["sha256"], written["subtype"], written["subtype_probability"])
-    }
-    metadata = pq.read_schema(next((tmp_path / "results").glob("part-*.parquet"))).metadata
-    assert metadata[b"pneumo.results_schema"] == b"2"
-    assert metadata[b"pneumo.subtype_model"] == predictor.subtype.metadata.model_sha256.encode()
+    tables = {}
+    for label in ("pneumonia", "normal"):  # the same films, called each way by the same model
+        predictor = calling_every_film(with_pattern, label)
+        out = tmp_path / f"results_{label}"
+        summary = run_batch(open_source(tmp_path / "archive"), LocalEngine(predictor), out, trail=trail, progress=False)
+        tables[label] = table = read_results(out)
+        assert list(table.columns) == list(RESULT_COLUMNS) and table["error"].notna().sum() == 2
+        scored, errors = table[table["error"].isna()], table[table["error"].notna()]
+        assert (scored["label"] == label).all() and errors[["subtype", "subtype_probability"]].isna().all().all()
+        for path in images:  # predict's pattern, film by film
+            call = predictor.call(DecodedImage.decode(path))
+            row = scored.set_index("file").loc[str(path.resolve())]
+            if label == "pneumonia":
+                assert row["subtype"] == call.subtype and row["subtype"] in PATTERNS
+                assert row["subtype_probability"] == pytest.approx(call.subtype_probability, abs=1e-6)
+            else:
+                assert call.subtype is None and pd.isna(row["subtype"]) and pd.isna(row["subtype_probability"])
+        assert summary.subtypes == scored["subtype"].value_counts().to_dict()
+        assert any(line.startswith("radiographic pattern") for line in summary.lines()) is (label == "pneumonia")
+        metadata = pq.read_schema(next(out.glob("part-*.parquet"))).metadata
+        assert metadata[b"pneumo.results_schema"] == b"2"
+        assert metadata[b"pneumo.subtype_model"] == with_pattern.subtype.metadata.model_sha256.encode()
+    # batch --audit records what RESULTS holds, pattern and all
+    written = pd.concat([table[table["error"].isna()] for table in tables.values()])
+    recorded = sorted((row["image_sha256"], row["label"], row["subtype"] or "", row["subtype_probability"] or -1.0)
+                      for row in trail.trail())
+    assert recorded == sorted(
+        (sha, label, "" if pd.isna(pattern) else pattern, -1.0 if pd.isna(p) else p)
+        for sha, label, pattern, p in zip(written["sha256"], written["label"], written["subtype"], written["subtype_probability"])
+    )
 
 
 def test_results_written_before_the_pattern_columns_are_refused_and_left_as_they_are(predictor, tiny_model, tmp_path, capsys):
