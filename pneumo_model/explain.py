@@ -33,6 +33,7 @@ from skimage.segmentation import find_boundaries, slic
 
 from .bundle import (  # noqa: F401 (the path functions are re-exported)
     HEATMAP_SCALE,
+    SUBTYPE_HEATMAP_SCALE,
     SideFile,
     heatmap_scale_path,
     read_side_json,
