@@ -559,9 +559,19 @@ GRADCAM_BAR_WORDS = (
 PATTERN_TOP_WORDS = "pattern top 1 %"
 PATTERN_BAR_WORDS = (
     "Pattern map colour bar, its own scale (not the pneumonia map's): 1 = as hot as the top 1 % of validation "
-    "map pixels of pneumonia films of the pattern drawn (higher saturates). Dashed: 95 % of validation films of "
-    "the other pattern peak below it. ▼ this image's peak."
+    "map pixels of pneumonia films of the pattern drawn (higher saturates). ▼ this image's peak."
 )
+
+
+def pattern_bar_words(scale: HeatmapScale) -> str:
+    """``PATTERN_BAR_WORDS`` with where the weak cut lies: dashed on the bar, or beyond its end (the
+    bar draws no cut at or above 1)."""
+    cut = scale.weak_fraction
+    if cut < 1.0:
+        return PATTERN_BAR_WORDS + " Dashed: 95 % of validation films of the other pattern peak below it."
+    return PATTERN_BAR_WORDS + (
+        f" The weak cut lies beyond the bar, at {cut:.2f}: maps of films of the other pattern reach the whole bar too."
+    )
 
 
 def lime_colour_bar(half_width: float, small_below: float | None, alpha: float = 0.4, width: int = 640) -> np.ndarray:

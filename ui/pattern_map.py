@@ -15,7 +15,7 @@ import numpy as np
 import streamlit as st
 
 from pneumo_model.errors import ConfigError, PneumoError
-from pneumo_model.explain import PATTERN_BAR_WORDS, PATTERN_TOP_WORDS
+from pneumo_model.explain import PATTERN_TOP_WORDS, pattern_bar_words
 from pneumo_model.prediction import Prediction, Predictor
 from pneumo_model.subtype import BACTERIAL_LIKE, SETTING, UNDETERMINED, VIRAL_LIKE, enabled
 
@@ -33,8 +33,8 @@ CAVEAT = (
 )
 WHAT_IT_SHOWS = {
     VIRAL_LIKE: "Brighter = raised the subtype network's viral score more",
-    BACTERIAL_LIKE: "Brighter = lowered the subtype network's viral score more, i.e. pushed towards the bacterial "
-    "pattern (the map of the negative viral logit)",
+    BACTERIAL_LIKE: "Brighter = pushed more towards the bacterial pattern (lowered the subtype network's viral score: "
+    "the map of its negative viral logit)",
 }
 
 
@@ -80,17 +80,18 @@ def show(image: resources.Image, prediction: Prediction, display: np.ndarray, op
     raw = frame.computed(
         lambda: resources.subtype_heatmap(image, SIGNS[pattern]), image.name, busy="Computing the pattern map..."
     )
+    side = "viral" if pattern == VIRAL_LIKE else "bacterial"
     picture, words = st.columns([1, 2])
     with picture:
         peak = scale.peak(raw)
         drawing.fixed_scale_map(
             display, raw, scale, opacity,
             caption=f"Pattern map, {pattern}: where the subtype network looked, not where the infection is. "
-            f"{WHAT_IT_SHOWS[pattern]} (this image's peak {peak:.2f}). {PATTERN_BAR_WORDS}",
-            bar_words=PATTERN_BAR_WORDS,
-            weak_words=f"**Pattern map: no region pushed towards the {pattern} pattern much.** Peak {peak:.2f}, below "
+            f"{WHAT_IT_SHOWS[pattern]}; this image's peak {peak:.2f}. {pattern_bar_words(scale)}",
+            bar_words=pattern_bar_words(scale),
+            weak_words=f"**Pattern map: no region pushed towards the {side} pattern much.** Peak {peak:.2f}, below "
             f"the {scale.weak_fraction:.2f} that 95 % of validation films of the other pattern stay under, so no map "
-            "is drawn.",
+            "is drawn. The pattern stands as given: no single region carries it.",
             key=f"weak_pattern_map_{image.digest[:16]}",
             top_words=PATTERN_TOP_WORDS,
         )
@@ -99,11 +100,11 @@ def show(image: resources.Image, prediction: Prediction, display: np.ndarray, op
         st.markdown(
             f"**Pattern: {pattern}** (probability of the viral pattern **{prediction.subtype_probability:.2f}**; "
             f"undetermined between {low:.2f} and {high:.2f}). It looks more like the "
-            f"{'viral' if pattern == VIRAL_LIKE else 'bacterial'} pneumonia films the subtype network learned from."
+            f"{side} pneumonia films the subtype network learned from."
         )
         st.markdown(
-            "This map is the **second network's**, on its own scale: the pneumonia map above shows where the "
-            "pneumonia call came from, this one where the pattern came from. Their colours are not comparable."
+            "The pattern map is the **second network's**, on its own scale: the pneumonia map above shows where the "
+            "pneumonia call came from, this one where the pattern came from; their colours are not comparable."
         )
         with st.expander("Why the pattern is not a cause"):
             st.markdown(CAVEAT)
