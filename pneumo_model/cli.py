@@ -777,12 +777,30 @@ def _add_evaluate(commands) -> None:
         "--fullres", type=Path, default=None,
         help="--crop markers: folder of full-size originals whose marker find rate is reported too (default: beside the data)",
     )
+    parser.add_argument(
+        "--subtype", action="store_true",
+        help="the subtype pattern (bacterial-like / viral-like) of the split's pneumonia films, by the network beside "
+        "the model (subtype_evaluation report; docs/subtype_rule.md)",
+    )
     parser.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args) -> int:
     from .data import resolve_data_dir
     from .lab.evaluation import DEFAULT_REPORTS_DIR, evaluate
+
+    if args.subtype:
+        if args.crop != "none":
+            from .errors import ConfigError
+
+            raise ConfigError("--subtype scores the films as they are; leave out --crop.")
+        from .lab.subtype_evaluation import evaluate_subtype
+
+        report = evaluate_subtype(args.model, resolve_data_dir(args.data), args.reports or DEFAULT_REPORTS_DIR, split=args.split)
+        summary = {key: report["metrics"][key] for key in ("roc_auc", "accuracy", "viral_recall", "bacterial_recall", "undetermined_fraction", "viral_recall_outside_band")}
+        summary["must_reach_met"] = report["must_reach_met"]
+        print(json.dumps(summary))
+        return EXIT_OK
 
     if args.crop == "markers":
         from .lab.evaluation import evaluate_markers

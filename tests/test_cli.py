@@ -44,7 +44,7 @@ def test_predict_prints_the_schema_and_exits_0_when_all_are_scored(tiny_model, f
     record = records[0]
     assert set(record) == {
         "schema_version", "file", "probability", "label", "grey_zone", "threshold", "operating_point", "model_sha",
-        "warnings", "ood", "ood_score", "ood_grade", "age_years",
+        "warnings", "ood", "ood_score", "ood_grade", "age_years", "subtype", "subtype_probability",
     }
     from pneumo_model.artifacts import read_metadata
     from pneumo_model.operating_point import OperatingPoint
@@ -103,6 +103,7 @@ MINIMAL_ARGV = {
     "predict": ["predict", "a.png"],
     "batch": ["batch", "archive", "--out", "results"],
     "train": ["train"],
+    "train_subtype": ["train-subtype"],
     "evaluate": ["evaluate"],
     "explain": ["explain", "a.png", "--out", "a_gradcam.png"],
     "crop": ["crop", "a.png"],

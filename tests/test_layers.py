@@ -113,6 +113,9 @@ with contextlib.redirect_stdout(out):
     assert cli.main(["batch", {str(folder)!r}, "--out", {str(tmp_path / "local")!r}]) == 0
 predicted = json.loads(out.getvalue().splitlines()[0])
 assert predicted["label"] in ("normal", "pneumonia") and predicted["ood"] is not None
+# The subtype pattern's network (on by default) runs in the same process, on its own graph.
+assert (predicted["subtype"] is not None) == (predicted["label"] == "pneumonia" and not predicted["ood"])
+assert Predictor.from_file().subtype is not None
 # What a Ray actor runs for the `batch --engine ray` command, in this process.
 import pyarrow as pa
 files = sorted({str(folder)!r} and __import__("pathlib").Path({str(folder)!r}).iterdir())
@@ -133,7 +136,7 @@ scale = HeatmapScale.load(heatmap_scale_path(DEFAULT_MODEL_PATH), predictor.meta
 assert heatmap_picture(predictor, result.image, scale) is not None
 """
     modules = imported_after(code)
-    assert {"onnxruntime", "pneumo_model.batch", "pneumo_model.pacs", "pneumo_model.explain", "lime"} <= set(modules)
+    assert {"onnxruntime", "pneumo_model.batch", "pneumo_model.pacs", "pneumo_model.explain", "lime", "pneumo_model.subtype"} <= set(modules)
     assert tensorflow_and_keras(modules) == []
     assert lab_and_streamlit(modules) == []
 
@@ -167,5 +170,5 @@ def test_the_lab_side_is_all_in_pneumo_model_lab():
     assert {"training", "evaluation", "stress", "shifts", "comparison", "bench", "model_card", "augmentation",
             "attention", "draft_check", "batch_bench", "pacs_files", "orthanc", "pacs_bench",
             "models", "ood_corpus", "ood_fit", "metrics", "plots", "grey_zone", "site_evaluation", "cam_scale", "crop_boxes",
-            "onnx_export", "onnx_bench", "label_free", "monitor_rules"} == lab
+            "onnx_export", "onnx_bench", "label_free", "monitor_rules", "subtype_training", "subtype_evaluation"} == lab
     assert not lab & top

@@ -140,3 +140,77 @@ def test_a_main_model_is_not_taken_for_a_subtype_model(tiny_subtype, tmp_path):
             shutil.copy(side, tmp_path / side.name)
     with pytest.raises(ModelFileError, match="not a subtype pattern model"):
         SubtypeModel.load(tmp_path / tiny_subtype.name)
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_evaluate_subtype_writes_the_report_and_logs_a_test_run(tiny_subtype, synthetic_data, tmp_path, split):
+    from pneumo_model.lab.subtype_evaluation import evaluate_subtype, report_name
+
+    report = evaluate_subtype(tiny_subtype, synthetic_data, tmp_path, split=split, n_resamples=50)
+    written = json.loads((tmp_path / report_name(split)).read_text())
+    assert written["metrics"]["n"] == report["metrics"]["n"] > 0
+    assert written["metrics"]["n"] == written["metrics"]["viral_films"] + written["metrics"]["bacterial_films"]
+    m = written["metrics"]
+    assert 0.0 <= m["undetermined_fraction"] <= 1.0
+    if m["viral_recall_undetermined_as_miss"] is not None and m["viral_recall_outside_band"] is not None:
+        assert m["viral_recall_undetermined_as_miss"] <= m["viral_recall_outside_band"] + 1e-12
+    assert [row["metric"] for row in written["must_reach"]] == ["roc_auc", "viral_recall_outside_band"]
+    assert written["must_reach_met"] == all(row["met"] for row in written["must_reach"])
+    assert (tmp_path / report_name(split).replace(".json", ".md")).read_text().startswith("# The subtype pattern")
+    logged = (tmp_path / "test_evaluations.jsonl")
+    assert logged.is_file() == (split == "test")
+
+
+def test_a_site_operating_point_leaves_the_pattern_of_a_film_untouched(tiny_subtype):
+    from pneumo_model.operating_point import OperatingPoint
+
+    predictor = Predictor.from_file(tiny_subtype, subtype=True)
+    shipped = OperatingPoint.shipped(predictor.metadata)
+    # A site that calls every film pneumonia (threshold 0): the same films, each with the same pattern.
+    everything = dataclasses.replace(shipped, id="site-all", kind="site", threshold=0.0)
+    site = predictor.with_operating_point(everything)
+    assert site.subtype is predictor.subtype
+    films = _films(6, seed=9)
+    for before, after in zip(predictor.calls(films), site.calls(films)):
+        assert after.label == "pneumonia" and after.subtype in PATTERNS
+        if before.subtype is not None:
+            assert after.subtype == before.subtype
+            assert after.subtype_probability == before.subtype_probability
+
+
+def test_the_default_setting_follows_the_committed_reports_verdict():
+    from pneumo_model.paths import REPO_ROOT
+    from pneumo_model.subtype import ENABLED_BY_DEFAULT
+
+    report = json.loads((REPO_ROOT / "reports" / "subtype_evaluation.json").read_text())
+    assert report["split"] == "test"
+    assert report["must_reach_met"] == all(row["met"] for row in report["must_reach"])
+    assert ENABLED_BY_DEFAULT is report["must_reach_met"]
+    assert enabled({}) is ENABLED_BY_DEFAULT
+
+
+@pytest.mark.data
+@pytest.mark.shipped_model
+def test_the_committed_subtype_report_is_what_the_command_gives(tmp_path):
+    from pneumo_model.data import DEFAULT_DATA_DIR
+    from pneumo_model.lab.subtype_evaluation import evaluate_subtype
+    from pneumo_model.paths import DEFAULT_MODEL_PATH, REPO_ROOT
+
+    from helpers import same_report
+
+    committed = json.loads((REPO_ROOT / "reports" / "subtype_evaluation.json").read_text())
+    fresh = evaluate_subtype(DEFAULT_MODEL_PATH, DEFAULT_DATA_DIR, tmp_path)
+    same_report(committed, fresh)
+
+
+@pytest.mark.data
+@pytest.mark.shipped_model
+def test_the_subtype_graph_gives_the_keras_logits(tmp_path):
+    from pneumo_model.data import DEFAULT_DATA_DIR
+    from pneumo_model.paths import DEFAULT_MODEL_PATH
+
+    films = sorted((DEFAULT_DATA_DIR / "test" / "PNEUMONIA").glob("*.jpeg"))[::13]
+    inputs = np.stack([DecodedImage.decode(path.read_bytes()).model_input(128) for path in films])
+    served = SubtypeModel.load(DEFAULT_MODEL_PATH, runtime="onnx").logits(inputs)
+    reference = SubtypeModel.load(DEFAULT_MODEL_PATH, runtime="keras").logits(inputs)
+    assert np.abs(served - reference).max() < 1e-5  # float32 graphs: about 1e-6 apart
