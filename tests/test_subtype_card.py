@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from pneumo_model.artifacts import REPO_ROOT, read_metadata
 from pneumo_model.bundle import subtype_model_path
-from pneumo_model.lab.model_card import SUBTYPE_TEST_FIGURES, subtype_card_facts, write_model_card
+from pneumo_model.lab.model_card import OURS_NOTE, SUBTYPE_TEST_FIGURES, subtype_card_facts, write_model_card
 from pneumo_model.subtype import ENABLED_BY_DEFAULT
 from ui import reports
 
@@ -48,7 +48,9 @@ def test_the_section_reads_the_metadata_and_the_report_key_by_key(tiny_subtype):
     assert test["must_reach_met"] is False and facts["kermany_2018"] == KERMANY
     assert facts["enabled_by_default"] is ENABLED_BY_DEFAULT
     assert "cannot reliably tell bacterial from viral" in facts["what_it_is_not"]
-    assert "test-selected" in facts["kermany_note"] or "selected on the test split" in facts["kermany_note"]
+    assert "selected on the test split" in facts["kermany_note"] and facts["kermany_note"].endswith(OURS_NOTE)
+    with_note = subtype_card_facts(metadata, report | {"kermany_note": "Their words."})
+    assert with_note["kermany_note"] == f"Their words. {OURS_NOTE}"  # the report's own note, when it has one
     # Before the test run, and without a subtype network: the section says so, with nothing made up.
     assert subtype_card_facts(metadata, None)["test"] is None
     assert subtype_card_facts(None, None)["model"] is None
@@ -107,7 +109,8 @@ def test_the_page_shows_the_test_figures_beside_kermany_and_why_it_is_off(tiny_s
     assert cells.loc["AUC (all films)", "Ours, official test split (95 % CI)"] == f"{auc:.3f} ({low:.3f}-{high:.3f})"
     assert cells.loc["AUC (all films)", "Kermany 2018 (test-selected)"] == f"{KERMANY['roc_auc']:.3f}"
     assert cells.loc["bacterial recall (all films)", "Kermany 2018 (test-selected)"] == f"{KERMANY['sensitivity']:.3f}"
-    assert cells.loc["undetermined share", "Ours, official test split (95 % CI)"] == "21.3%"
+    low, high = report["intervals"]["undetermined_fraction"]
+    assert cells.loc["undetermined share", "Ours, official test split (95 % CI)"] == f"21.3% ({low:.1%}-{high:.1%})"
     assert cells.loc["viral recall, undetermined counted as misses", "Ours, official test split (95 % CI)"] == reports.DASH
     assert section["kermany_note"] in [shown(c.value) for c in app.caption]
 

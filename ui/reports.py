@@ -441,6 +441,12 @@ SUBTYPE_FIGURES = (
 )
 
 
+def _share_and_interval(value: float, interval) -> str:
+    if interval and interval[0] is not None:
+        return f"{value:.1%} ({interval[0]:.1%}-{interval[1]:.1%})"
+    return f"{value:.1%}"
+
+
 def subtype_rows(section: dict) -> list[dict]:
     """The pattern's test figures beside Kermany 2018's, one row per figure (``DASH`` where a report
     has no such figure), from the card's "subtype" section; [] before the test run."""
@@ -456,7 +462,7 @@ def subtype_rows(section: dict) -> list[dict]:
         share = "fraction" in key
         rows.append({
             "figure": name,
-            "ours": DASH if value is None else (f"{value:.1%}" if share else _value_and_interval(value, interval)),
+            "ours": DASH if value is None else (_share_and_interval(value, interval) if share else _value_and_interval(value, interval)),
             "published": DASH if published is None else f"{published:.3f}",
         })
     return rows
