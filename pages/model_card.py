@@ -252,8 +252,7 @@ else:
             f"**How it was trained.** A second {trained['architecture']} at {trained['input_size']} px, {start}, on the "
             f"official train split's pneumonia films only (the shipped model's train part; no test image), class "
             f"imbalance handled by {str(trained['imbalance']).replace('_', ' ')}s in the loss; "
-            f"{trained['training_seconds'] / 60:.0f} min of training, finished {trained['created_utc'][:10]} "
-            f"(file `{trained['sha256'][:12]}`). Fixed on its {figures['films']} validation pneumonia films "
+            f"{trained['training_seconds'] / 60:.0f} min of training, finished {trained['created_utc'][:10]}. Fixed on its {figures['films']} validation pneumonia films "
             f"({figures['viral_films']} viral), by rules written before it was trained (`{pattern['rule']}`): "
             f"temperature {trained['temperature']:.3f}, threshold {trained['threshold']:.3f} on the probability of the "
             f"viral pattern, undetermined band [{low:.3f}, {high:.3f})."
@@ -287,12 +286,12 @@ else:
                 "regenerate it (`python -m pneumo_model evaluate --subtype`, then `card`).",
                 icon=":material/warning:",
             )
-        st.table(
-            pd.DataFrame(rows)
-            .rename(columns={"figure": "", "ours": "Ours, official test split (95 % CI)",
-                             "published": "Kermany 2018 (test-selected)"})
-            .set_index("")
-            .map(reports.unbroken)
+        st.dataframe(
+            pd.DataFrame(rows).rename(
+                columns={"ours": "Ours, official test split (95 % CI)", "published": "Kermany 2018 (test-selected)"}
+            ),
+            hide_index=True,
+            width="content",
         )
         st.caption(pattern["kermany_note"])
 

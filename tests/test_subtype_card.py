@@ -103,8 +103,8 @@ def test_the_page_shows_the_test_figures_beside_kermany_and_why_it_is_off(tiny_s
     assert f"AUC {report['metrics']['roc_auc']:.3f}" in markdown
     assert f"temperature {metadata.temperature:.3f}, threshold {metadata.threshold:.3f}" in markdown
     assert any(metadata.command in shown(c.value) for c in app.caption)
-    (table,) = [t for t in app.table if "Kermany 2018 (test-selected)" in t.value.columns]
-    cells = table.value.map(lambda text: str(text).replace("\u00a0", " ").replace("\u2011", "-"))
+    (table,) = [t for t in app.dataframe if "Kermany 2018 (test-selected)" in t.value.columns]
+    cells = table.value.set_index("figure")
     auc, low, high = report["metrics"]["roc_auc"], *report["intervals"]["roc_auc"]
     assert cells.loc["AUC (all films)", "Ours, official test split (95 % CI)"] == f"{auc:.3f} ({low:.3f}-{high:.3f})"
     assert cells.loc["AUC (all films)", "Kermany 2018 (test-selected)"] == f"{KERMANY['roc_auc']:.3f}"
@@ -120,4 +120,22 @@ def test_the_page_says_not_evaluated_yet_before_the_test_run(tiny_subtype, monke
     section = subtype_card_facts(read_metadata(subtype_model_path(tiny_subtype)), None)
     app = open_card_with(monkeypatch, section)
     assert any(shown(info.value).startswith("Not evaluated on the test split yet") for info in app.info)
-    assert not [t for t in app.table if "Kermany 2018 (test-selected)" in t.value.columns]
+    assert not [t for t in app.dataframe if "Kermany 2018 (test-selected)" in t.value.columns]
+
+
+@pytest.mark.shipped_model
+def test_the_committed_card_section_is_the_committed_report_and_the_shipped_subtype_network():
+    section = json.loads((REPO_ROOT / "reports" / "model_card.json").read_text())["subtype"]
+    subtype_path = subtype_model_path(REPO_ROOT / "assets" / "model" / "pneumonet.keras")
+    report_path = REPO_ROOT / "reports" / "subtype_evaluation.json"
+    fresh = subtype_card_facts(
+        read_metadata(subtype_path) if subtype_path.is_file() else None,
+        json.loads(report_path.read_text()) if report_path.is_file() else None,
+    )
+    assert section.keys() == fresh.keys()
+    assert section["enabled_by_default"] is ENABLED_BY_DEFAULT  # `card` was rerun after the setting was decided
+    assert section["model"]["sha256"] == fresh["model"]["sha256"]
+    for key, value in fresh["test"]["metrics"].items():
+        assert section["test"]["metrics"][key] == (None if value is None else pytest.approx(value, rel=1e-6))
+    assert section["test"]["must_reach_met"] == fresh["test"]["must_reach_met"]
+    assert section["kermany_2018"] == fresh["kermany_2018"] and section["kermany_note"] == fresh["kermany_note"]
