@@ -99,8 +99,16 @@ class SubtypeModel:
                 f"`{SUBTYPE_MODEL.command}`, or turn the pattern off ({SETTING}=0)."
             )
         if runtime == "onnx":
-            metadata = check_model_file(path)
-            return cls(OnnxModel.load(path, metadata, threads), metadata)
+            try:
+                metadata = check_model_file(path)
+                return cls(OnnxModel.load(path, metadata, threads), metadata)
+            except ModelFileError as error:
+                # The shared messages name the main model's commands; say which files and which command.
+                raise ModelFileError(
+                    f"The subtype pattern's files are not usable: {error} For the subtype network that is "
+                    f"`python -m pneumo_model export-onnx --model {path}` (or train it again with "
+                    f"`{SUBTYPE_MODEL.command}`); {SETTING}=0 turns the pattern off meanwhile."
+                ) from None
         from .artifacts import load_model
 
         model, metadata = load_model(path)

@@ -75,6 +75,12 @@ def test_the_readme_headline_is_the_committed_reports():
     assert site["config"]["draws"] == label_free["results"]["250|split"]["draws"]
     assert f"over {site['config']['draws']} draws" in readme
     assert sum(not row["met"] for row in site["must_reach"]) == 1, "the README says the site figures miss one item"
+    # The subtype pattern's sentence quotes its committed report.
+    subtype = json.loads((REPO_ROOT / "reports" / "subtype_evaluation.json").read_text())
+    m, ci = subtype["metrics"], subtype["intervals"]["roc_auc"]
+    assert f"{m['n']} pneumonia films: AUC {m['roc_auc']:.3f} (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" in readme
+    assert f"{100 * m['undetermined_fraction']:.1f} % undetermined, viral recall {m['viral_recall_outside_band']:.3f}" in readme
+    assert f"AUC {subtype['kermany_2018']['roc_auc']:.3f}, chosen on the test split" in readme
 
 
 def test_the_readme_test_command_is_what_ci_runs():

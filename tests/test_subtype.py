@@ -214,3 +214,16 @@ def test_the_subtype_graph_gives_the_keras_logits(tmp_path):
     served = SubtypeModel.load(DEFAULT_MODEL_PATH, runtime="onnx").logits(inputs)
     reference = SubtypeModel.load(DEFAULT_MODEL_PATH, runtime="keras").logits(inputs)
     assert np.abs(served - reference).max() < 1e-5  # float32 graphs: about 1e-6 apart
+
+
+def test_an_altered_subtype_graph_is_refused_with_the_command_that_mends_it(tiny_subtype, tmp_path):
+    import shutil
+
+    for side in tiny_subtype.parent.glob(tiny_subtype.stem + ".*"):
+        shutil.copy(side, tmp_path / side.name)
+    model = tmp_path / tiny_subtype.name
+    graph = subtype_model_path(model).with_suffix(".onnx")
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    with pytest.raises(ModelFileError, match=r"does not match its record.*export-onnx --model .*subtype\.keras.*PNEUMO_SUBTYPE=0"):
+        Predictor.from_file(model)
+    assert Predictor.from_file(model, subtype=False).subtype is None  # the pattern off, the rest works
