@@ -473,7 +473,12 @@ def subtype_status(section: dict, running: bool) -> str:
     setting = section.get("setting", "PNEUMO_SUBTYPE")
     here = "on" if running else "off"
     if section.get("enabled_by_default"):
-        return f"**On by default**; on this server: **{here}** (`{setting}=0` turns it off)."
+        met = (section.get("test") or {}).get("must_reach_met") is True
+        return (
+            "**On by default**"
+            + (": it met the must-reach bar fixed before the test run (`docs/subtype_rule.md`)" if met else "")
+            + f"; on this server: **{here}** (`{setting}=0` turns it off)."
+        )
     test = section.get("test")
     if test is None:
         why = "it has not been scored on the test split yet."
