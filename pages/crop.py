@@ -288,6 +288,7 @@ with numbers:
             "where no call is trusted. A change of call is one from a confident normal to a confident pneumonia, "
             "or back."
         )
+        call_view.show_pattern(after, model.subtype, "crop", bar_width="stretch", title=f"Pattern after {edit}")
 
 if crop and suggestion.found:
     st.caption(f"**Suggested crop.** {suggestion.reason} Adjust it with the sliders.")

@@ -8,6 +8,7 @@ from ui import frame
 model = frame.render("Worklist")  # first: the banner shows while the imports below load
 
 from pneumo_model.errors import ConfigError  # noqa: E402
+from pneumo_model import presentation  # noqa: E402
 from pneumo_model.pacs import ENVIRONMENT  # noqa: E402
 from ui import audit, call_view, drawing, pacs_source, resources, state, worklist  # noqa: E402
 from ui.markup import plain  # noqa: E402
@@ -235,12 +236,20 @@ with table_column:
     event = st.dataframe(
         view.style.apply(lambda row: [INDETERMINATE_ROW if row.grey_zone is True else ""] * len(row), axis=1),
         hide_index=True,
-        column_order=["thumbnail", "file", "probability", "call", "flags", "verdict"],
+        # The pattern's column only while the pattern is on: an empty column on every worklist would be noise.
+        column_order=[
+            "thumbnail", "file", "probability", "call", *(["subtype"] if model.subtype else []), "flags", "verdict"
+        ],
         column_config={
             "thumbnail": st.column_config.ImageColumn("image", width=44),
             "file": st.column_config.TextColumn("file", width=185),
             "probability": st.column_config.NumberColumn("probability", format="%.3f", width=72),
             "call": st.column_config.TextColumn("call", width=78, help="hidden: the image does not look like a chest X-ray"),
+            "subtype": st.column_config.TextColumn(
+                "pattern", width=96, help="For films called pneumonia only: the radiographic pattern, bacterial-like, "
+                "viral-like or undetermined. A pattern, not a cause: open the image on Review for what it is and is not. "
+                "Empty for a normal call or a flagged image.",
+            ),
             "flags": st.column_config.TextColumn(
                 "flags", width=100, help="indeterminate: in the grey zone, needs a careful read; unusual: near the "
                 "out-of-distribution check's cut, read with care (call shown); not X-ray-like: far outside it (call "
@@ -302,6 +311,11 @@ with case_column:
                 st.warning(f"**Indeterminate: needs a careful read** (grey zone [{low:.3f}, {high:.3f}))", icon=":material/help:")
             else:
                 st.caption(f"Outside the grey zone [{low:.3f}, {high:.3f}).")
+            if model.subtype is not None and isinstance(row.subtype, str):
+                st.caption(
+                    f"Pattern: {row.subtype} ({presentation.PATTERN_PROBABILITY_LABEL} {row.subtype_probability:.3f}); "
+                    "a pattern, not a cause: Review says what it is and is not."
+                )
     st.caption("Open it on")
     targets = [page for page in frame.PAGES if page.title in ("Review", "Explain", "Crop & rescore")]
     for target, place in zip(targets, st.columns(len(targets))):

@@ -44,6 +44,50 @@ INK = "#1A1A1A"
 MUTED = "#595959"
 
 
+# The subtype pattern (docs/subtype_rule.md), in the words every face uses: a radiographic
+# pattern, never a cause; what it is not is said one click away, wherever it is shown.
+PATTERN_BAR_ENDS = ("bacterial-like", "viral-like")
+UNDETERMINED_BAND = "undetermined"
+# The value over the pattern's bar: not "this image", which the call's bar above says of pneumonia.
+PATTERN_MARKER = "viral pattern"
+PATTERN_KINDS = {"bacterial-like": "bacterial", "viral-like": "viral"}
+PATTERN_CAVEAT = (
+    "A radiographic pattern, not a cause. The radiograph alone cannot reliably tell bacterial from viral "
+    "infection: bacterial infection was found in about half of children with only interstitial infiltrates "
+    "and in most with alveolar ones (Virkki et al., Thorax 2002). The model learned from the hospital's "
+    "diagnoses written on its training films, not from microbiology. Never a basis for a treatment decision, "
+    "such as giving or withholding antibiotics."
+)
+PATTERN_PROBABILITY_LABEL = "probability of the viral pattern (calibrated)"
+
+
+def pattern_words(pattern: str, strong: str = "") -> str:
+    """The pattern in words: "looks more like the viral pneumonia films this model learned from",
+    or "undetermined: between the two patterns".
+
+    Args:
+        pattern: one of ``subtype.PATTERNS``.
+        strong: put around the deciding word ("**" for Markdown bold).
+
+    Raises:
+        ValueError: not a pattern a ``Prediction`` carries.
+    """
+    if pattern == UNDETERMINED_BAND:
+        return f"{strong}undetermined{strong}: between the two patterns"
+    if pattern not in PATTERN_KINDS:
+        raise ValueError(f"A pattern is one of bacterial-like, viral-like, undetermined; got {pattern!r}.")
+    return f"looks more like the {strong}{PATTERN_KINDS[pattern]}{strong} pneumonia films this model learned from"
+
+
+def pattern_absent_reason(label: str, ood: bool | None) -> str:
+    """Why a film that was called has no pattern: it was called normal, or the gate flagged it."""
+    if ood is True:
+        return "the out-of-distribution check flagged this image"
+    if label == "normal":
+        return "the call is normal; a pattern is only read on films called pneumonia"
+    raise ValueError(f"A {label} call the gate did not flag has a pattern when the pattern is on.")
+
+
 def call_word(label: str) -> str:
     """The call as every page and report writes it: ``"Normal"`` or ``"Pneumonia"``.
 
@@ -110,13 +154,44 @@ def draw_probability_bar(ax: Axes, probability: float, point: OperatingPoint, fo
     Raises:
         ValueError: the probability is outside [0, 1].
     """
+    band = (point.grey_zone.low, point.grey_zone.high)
+    _draw_bar(ax, probability, point.threshold, band, ("normal", "pneumonia"), "grey zone", "this image", font_size)
+
+
+def draw_pattern_bar(
+    ax: Axes, probability: float, threshold: float, band: tuple[float, float], font_size: float = 11.0
+) -> None:
+    """Draws the subtype pattern's bar into ``ax``: the pneumonia bar's drawing on the calibrated
+    probability of the viral pattern, from "bacterial-like" to "viral-like", its undetermined band
+    amber and its threshold a black line (``docs/subtype_rule.md``: the band is symmetric around
+    the threshold on the log-odds scale, as the grey zone is, so the same axis draws it symmetric).
+
+    Args:
+        ax: an empty axes, about four times as wide as it is tall.
+        probability: the film's calibrated probability of the viral pattern, in [0, 1].
+        threshold: at or above it the film leans viral (``SubtypeModel.threshold``).
+        band: ``[low, high)`` of the undetermined band (``SubtypeModel.band``).
+        font_size: of the labels, in points.
+
+    Raises:
+        ValueError: the probability is outside [0, 1].
+    """
+    _draw_bar(ax, probability, threshold, band, PATTERN_BAR_ENDS, UNDETERMINED_BAND, PATTERN_MARKER, font_size)
+
+
+def _draw_bar(
+    ax: Axes, probability: float, threshold_p: float, band: tuple[float, float], end_names: tuple[str, str],
+    band_name: str, marker_name: str, font_size: float,
+) -> None:
+    """The one drawing of both bars (see ``draw_probability_bar``): ``end_names`` are the left and
+    right ends' words, ``band_name`` the amber band's in the legend, ``marker_name`` the value's."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
 
     p = _checked(probability)
     left, right = (_position(edge) for edge in BAR_LIMITS)
-    here, threshold = _position(p), _position(point.threshold)
-    low, high = _position(point.grey_zone.low), _position(point.grey_zone.high)
+    here, threshold = _position(p), _position(threshold_p)
+    low, high = (_position(edge) for edge in band)
     margin = 0.06 * (right - left)  # room for the end ticks' labels
     ax.set_xlim(left - margin, right + margin)
     ax.set_ylim(-2.45, 2.95)
@@ -126,8 +201,8 @@ def draw_probability_bar(ax: Axes, probability: float, point: OperatingPoint, fo
     ax.add_patch(Rectangle((low, 0.0), high - low, 1.0, facecolor=AMBER, edgecolor="none"))
     inside = dict(fontsize=font_size * 0.85, color=MUTED, va="center")
     ends = [
-        ax.text(left + 0.2, 0.5, "normal", ha="left", **inside),
-        ax.text(right - 0.2, 0.5, "pneumonia", ha="right", **inside),
+        ax.text(left + 0.2, 0.5, end_names[0], ha="left", **inside),
+        ax.text(right - 0.2, 0.5, end_names[1], ha="right", **inside),
     ]
     ax.plot([threshold, threshold], [-0.2, 1.1], color=INK, linewidth=2.5, solid_capstyle="butt")
     for tick in BAR_TICKS:
@@ -137,18 +212,18 @@ def draw_probability_bar(ax: Axes, probability: float, point: OperatingPoint, fo
 
     ax.plot([here], [1.65], marker="v", markersize=font_size * 1.1, color=INK, linestyle="none")
     value = ax.text(
-        here, 2.05, f"this image: {p:.3f}", va="bottom", ha="center", fontsize=font_size, color=INK, fontweight="bold"
+        here, 2.05, f"{marker_name}: {p:.3f}", va="bottom", ha="center", fontsize=font_size, color=INK, fontweight="bold"
     )
     _keep_inside(ax, value)
     legend = ax.legend(
         handles=[
             Patch(
                 facecolor=AMBER, edgecolor="none",
-                label=f"grey zone {point.grey_zone.low:.3f} to {point.grey_zone.high:.3f}",
+                label=f"{band_name} {band[0]:.3f} to {band[1]:.3f}",
             ),
             Line2D(
                 [], [], color=INK, marker="|", markersize=font_size * 1.2, markeredgewidth=2.5, linestyle="none",
-                label=f"threshold {point.threshold:.3f}",
+                label=f"threshold {threshold_p:.3f}",
             ),
         ],
         loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False, fontsize=font_size * 0.85,
@@ -156,7 +231,21 @@ def draw_probability_bar(ax: Axes, probability: float, point: OperatingPoint, fo
     )
     for text in legend.get_texts():
         text.set_color(INK)
+    _fit_legend(ax, legend)
     _hide_covered_ends(ax, ends, threshold, low, high)
+
+
+def _fit_legend(ax: Axes, legend) -> None:
+    """Shrinks the legend's words until the legend fits the axes' width (the pattern bar's
+    "undetermined 0.306 to 0.569" is longer than "grey zone 0.057 to 0.625"); at most to 70 %."""
+    edges = ax.get_window_extent()
+    texts = legend.get_texts()
+    size = texts[0].get_fontsize()
+    for step in range(1, 7):
+        if legend.get_window_extent().width <= edges.width:
+            return
+        for text in texts:
+            text.set_fontsize(size * (1 - 0.05 * step))
 
 
 def _keep_inside(ax: Axes, label) -> None:
@@ -194,12 +283,26 @@ def probability_bar(
         dpi: pixels per inch; drawn at about twice the size it is shown, so it stays sharp.
         font_size: of the image's value, in points (the other labels are a little smaller).
     """
+    return _bar_picture(lambda ax: draw_probability_bar(ax, probability, point, font_size), width_in, dpi)
+
+
+def pattern_bar(
+    probability: float, threshold: float, band: tuple[float, float], width_in: float = 3.6, dpi: int = 200,
+    font_size: float = 12.0,
+) -> np.ndarray:
+    """The subtype pattern's bar (``draw_pattern_bar``) as a picture for a page: (height, width, 3)
+    uint8 RGB on white, the same size and look as ``probability_bar``'s for the same arguments."""
+    return _bar_picture(lambda ax: draw_pattern_bar(ax, probability, threshold, band, font_size), width_in, dpi)
+
+
+def _bar_picture(draw, width_in: float, dpi: int) -> np.ndarray:
+    """What ``draw(ax)`` draws, on a figure about 2.8 times as wide as it is tall, as RGB pixels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width_in, width_in * 0.36), dpi=dpi)
     canvas = FigureCanvasAgg(figure)
     ax = figure.add_axes((0.0, 0.0, 1.0, 1.0))
-    draw_probability_bar(ax, probability, point, font_size)
+    draw(ax)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()  # (h, w, 3) uint8

@@ -5,7 +5,10 @@ shows the borderline demo image on Review, loads another demo image, runs LIME o
 verdict, rescores a full-size original on the Crop page with the crop and its burned-in markers
 painted out, uploads an inverted X-ray (the out-of-distribution message), fills the worklist with the demo images, that inverted X-ray and one unreadable file,
 fits a site profile on a zip of test-split films (when ../shared/data is there), and saves one
-PNG per page (the Site calibration page whole, not only its first screen).
+PNG per page (the Site calibration page whole, not only its first screen). With a subtype pattern
+model beside the shipped one, a second server (PNEUMO_SUBTYPE=1) shows Review with a viral-like,
+a bacterial-like and an undetermined film and a normal call (``--only review_pattern_viral ...``
+runs that part alone).
 """
 
 from __future__ import annotations
@@ -43,7 +46,17 @@ def wait_until_idle(page: Page) -> None:
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=SLOW_MS)
 
 
-SHOTS = ("review", "explain", "crop", "review_ood", "worklist", "trail", "model_card", "site_calibration", "site_label_free")
+# Review with the subtype pattern on (PNEUMO_SUBTYPE=1), one film per pattern and a normal call.
+PATTERN_SHOTS = {
+    "viral-like": "review_pattern_viral",
+    "bacterial-like": "review_pattern_bacterial",
+    "undetermined": "review_pattern_undetermined",
+    "normal": "review_pattern_normal",
+}
+SHOTS = (
+    "review", "explain", "crop", "review_ood", "worklist", "trail", "model_card", "site_calibration", "site_label_free",
+    *PATTERN_SHOTS.values(),
+)
 # The screenshots this run saves (``--only``); the others are left as they are in docs/screenshots.
 WANTED: set[str] = set(SHOTS)
 
@@ -190,6 +203,59 @@ def explain_page(page: Page, folder: Path) -> None:
     take(page, "explain", folder)
 
 
+def pattern_films(data_dir: Path = DEFAULT_DATA_DIR, searched: int = 80) -> dict[str, Path]:
+    """One film per pattern, each called pneumonia outside the grey zone (so the picture shows the
+    pattern, not the indeterminate call), and a confident normal call: the demo images first, then
+    the training split's first ``searched`` pneumonia films (for screenshots only, never a figure)."""
+    from pneumo_model.prediction import Predictor
+
+    predictor = Predictor.from_file(subtype=True)
+    candidates = [*sorted(SAMPLES_DIR.glob("*.jpeg")), *sorted((data_dir / "train" / "PNEUMONIA").glob("*.jpeg"))[:searched]]
+    found: dict[str, Path] = {}
+    for path in candidates:
+        call = predictor.predict_source(path.read_bytes())
+        kind = call.subtype if call.subtype is not None else "normal" if call.label == "normal" else None
+        if kind is not None and not call.grey_zone and not call.ood and kind not in found:
+            found[kind] = path
+        if len(found) == len(PATTERN_SHOTS):
+            break
+    return found
+
+
+def review_patterns(browser, scratch: Path, folder: Path) -> None:
+    """Review with the subtype pattern on, the whole page (the pattern is under the call, below the
+    first screen): each film of ``pattern_films`` uploaded, on a server of its own started with
+    PNEUMO_SUBTYPE=1."""
+    import os
+    from unittest import mock
+
+    from pneumo_model.bundle import subtype_model_path
+    from pneumo_model.paths import DEFAULT_MODEL_PATH
+
+    if not WANTED & set(PATTERN_SHOTS.values()):
+        return
+    if not subtype_model_path(DEFAULT_MODEL_PATH).is_file():
+        print("No subtype pattern model beside the shipped model: the pattern screenshots are left as they are.")
+        return
+    films = pattern_films()
+    logs = (scratch / "streamlit_pattern.log", scratch / "audit_pattern.sqlite3")
+    # The server's environment is this process's, copied when it starts.
+    with mock.patch.dict(os.environ, {"PNEUMO_SUBTYPE": "1"}), streamlit_app(*logs) as url:
+        page = browser.new_page(viewport=WINDOW)
+        page.goto(url)
+        for kind, name in PATTERN_SHOTS.items():
+            if kind not in films:
+                print(f"No {kind} film among the demo images and the training films searched: {name} is left as it is.")
+                continue
+            page.locator("input[type=file]").first.set_input_files(str(films[kind]))
+            expect(page.get_by_test_id("stSidebar").get_by_text(films[kind].name)).to_be_visible(timeout=SLOW_MS)
+            shown = page.locator(".st-key-review_pattern") if kind != "normal" else page.get_by_text("Pattern: not applicable")
+            expect(shown).to_be_visible(timeout=SLOW_MS)
+            take(page, name, folder, full_page=True)  # the pattern is under the call, below the first screen
+            print(f"{name}: {films[kind].name}")
+        page.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=SCREENSHOTS_DIR)
@@ -200,6 +266,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
+        if WANTED <= set(PATTERN_SHOTS.values()):  # the pattern's alone: its own server, no other page's steps
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+                review_patterns(browser, scratch, args.out)
+                browser.close()
+            print(f"Screenshots in {args.out}")
+            return
         bad_file = scratch / "not-an-xray.png"
         bad_file.write_text("this is a text file, not an image")
         inverted = scratch / "inverted-film.png"
@@ -248,6 +321,7 @@ def main() -> None:
                 site_label_free(page, args.out)
             if "site_calibration" in WANTED:  # it logs a test-split use: only when asked for
                 site_calibration(page, scratch, args.out)
+            review_patterns(browser, scratch, args.out)
             browser.close()
     print(f"Screenshots in {args.out}")
 

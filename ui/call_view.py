@@ -15,18 +15,23 @@ from pneumo_model import presentation
 from pneumo_model.case_report import SHA_PREFIX_DIGITS, case_report_pdf
 from pneumo_model.explain import GRADCAM_BAR_WORDS, gradcam_colour_bar
 from pneumo_model.operating_point import LABEL_FREE, SHIPPED
+from pneumo_model.prediction import Prediction, Predictor
+from pneumo_model.subtype import SubtypeModel
+
+from . import drawing, frame, resources, state
 
 LABEL_FREE_PROBABILITY = (
     "The shipped calibration (temperature-scaled on validation data from the training hospital), read through the "
     "label-free alignment: this site's score distribution mapped onto validation's, without labels (provisional)."
 )
-from pneumo_model.prediction import Prediction, Predictor
-
-from . import drawing, frame, resources, state
-
 INDETERMINATE = presentation.INDETERMINATE
 PROBABILITY_LABEL = "Probability of pneumonia (calibrated)"
 HELP_TITLE = "What these numbers mean"
+PATTERN_TITLE = "Pattern"
+PATTERN_INDETERMINATE = "The call itself is indeterminate"
+PATTERN_CAVEAT_TITLE = "A pattern, not a cause: read before use"
+# The pattern's bar is smaller than the call's (about 380 px in Review's column at 1366 x 768): the call is the headline.
+PATTERN_BAR_WIDTH = 320
 REPORT_LABEL = "Download the case report (PDF)"
 REPORT_BUSY = "Preparing the case report (PDF)..."
 # The Explain page's default opacity: the report shows the overlay a reader first sees there.
@@ -70,6 +75,54 @@ def show_call(result: Prediction, model: Predictor) -> None:
     )
     with st.expander(HELP_TITLE, icon=":material/info:"):
         st.markdown(numbers_help(model))
+    show_pattern(result, model.subtype, "review")
+
+
+def show_pattern(
+    result: Prediction, subtype: SubtypeModel | None, key: str, bar_width: int | str = PATTERN_BAR_WIDTH,
+    title: str = PATTERN_TITLE,
+) -> None:
+    """The subtype pattern under a call that is shown: in words, with its own bar, the caveat one click away.
+
+    A boxed, smaller block under the call, never a heading of its own: the call stays the headline.
+    For a film called normal or flagged by the gate, one grey line says why there is no pattern (a
+    reader who knows the feature would otherwise wonder); with the pattern off (``PNEUMO_SUBTYPE``,
+    or no subtype network beside the model), nothing at all: a line on every film about a feature
+    that is off would be noise.
+
+    Args:
+        result: the call shown above (``Prediction``), with its ``subtype`` fields.
+        subtype: the subtype network that gave it (``Predictor.subtype``: the band and threshold to draw);
+            None when the pattern is off.
+        key: what makes the block's key this page's (``<key>_pattern``; a browser finds it by it).
+        bar_width: screen pixels the bar is shown at ("stretch": the column's width).
+        title: what the block's first words call it ("Pattern after the crop" on Crop & rescore).
+    """
+    if subtype is None:
+        return
+    if result.subtype is None:
+        if not result.subtype_applies:  # one that applies always has one from ``subtype``: nothing to say otherwise
+            st.caption(f"{title}: not applicable ({presentation.pattern_absent_reason(result.label, result.ood)}).")
+        return
+    with st.container(border=True, key=f"{key}_pattern"):
+        words = presentation.pattern_words(result.subtype, strong="**")
+        st.markdown(f"**{title}:** {words}.")
+        if result.grey_zone:
+            st.caption(
+                f"{PATTERN_INDETERMINATE}: the pattern is read as if the film had pneumonia. Weigh it only if "
+                "your own reading finds pneumonia."
+            )
+        bar = presentation.pattern_bar(result.subtype_probability, subtype.threshold, subtype.band)
+        drawing.show(bar, width=bar_width)
+        low, high = subtype.band
+        st.caption(
+            f"{presentation.PATTERN_PROBABILITY_LABEL[0].upper()}{presentation.PATTERN_PROBABILITY_LABEL[1:]}: "
+            f"{result.subtype_probability:.3f}. Bacterial-like below {low:.3f}, viral-like from {high:.3f}, "
+            f"undetermined in between (amber; the black line is the threshold {subtype.threshold:.3f}), all fixed on "
+            "validation films from the training hospital."
+        )
+        with st.expander(PATTERN_CAVEAT_TITLE, icon=":material/info:"):
+            st.markdown(presentation.PATTERN_CAVEAT)
 
 
 def numbers_help(model: Predictor) -> str:

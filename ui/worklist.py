@@ -25,8 +25,8 @@ from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Predictor
 
 COLUMNS = [
-    "file", "probability", "call", "grey_zone", "ood", "ood_score", "ood_grade", "age_years", "operating_point", "error",
-    "sha256", "thumbnail", "upload",
+    "file", "probability", "call", "grey_zone", "subtype", "subtype_probability", "ood", "ood_score", "ood_grade",
+    "age_years", "operating_point", "error", "sha256", "thumbnail", "upload",
 ]
 THUMBNAIL_SIDE = 96
 SESSION_KEY = "worklist"  # the page's ``Worklist`` in ``st.session_state``; the trail reads its thumbnails
@@ -55,7 +55,9 @@ class Worklist:
             files last; ``ood`` is None when the model has no gate; ``ood_grade`` is the gate's grade
             (``ood.OOD_GRADES``: an ``outside`` call is hidden); ``age_years`` the age a DICOM header
             gives (None without one); ``operating_point`` is the id of
-            the operating point that made the call (None for an unreadable file); ``sha256`` is the
+            the operating point that made the call (None for an unreadable file); ``subtype`` and
+            ``subtype_probability`` the radiographic pattern and its calibrated probability of the viral
+            pattern (``Prediction``'s; None when not applicable or off); ``sha256`` is the
             file's digest; ``upload`` its position in the list scored (which file a row is, even
             when two files have the same name or the same bytes).
         records: the audit record of each scored file, made from its ``Prediction`` (the real
@@ -95,6 +97,7 @@ def score_files(
             row |= {
                 "error": None, "thumbnail": thumbnail(image.pixels), "probability": prediction.probability,
                 "call": prediction.label, "grey_zone": prediction.grey_zone, "ood": prediction.ood,
+                "subtype": prediction.subtype, "subtype_probability": prediction.subtype_probability,
                 "ood_score": prediction.ood_score, "operating_point": prediction.operating_point,
                 "ood_grade": known_grade(prediction.ood_grade, prediction.ood_score),
                 "age_years": prediction.info.age_years,
@@ -102,7 +105,8 @@ def score_files(
             del image
         except PneumoError as error:
             row |= {"error": str(error), "thumbnail": None, "probability": np.nan, "call": None, "grey_zone": None,
-                    "ood": None, "ood_score": np.nan, "ood_grade": None, "age_years": None, "operating_point": None}
+                    "subtype": None, "subtype_probability": np.nan, "ood": None, "ood_score": np.nan, "ood_grade": None,
+                    "age_years": None, "operating_point": None}
         rows.append(row)
         if progress is not None:
             progress(index + 1, len(files))
@@ -125,15 +129,18 @@ def hidden_rows(table: pd.DataFrame) -> pd.Series:
 
 def masked(table: pd.DataFrame, show_flagged: bool) -> pd.DataFrame:
     """The table as shown: unless ``show_flagged``, images the out-of-distribution gate grades
-    ``outside`` lose their probability, call and grey-zone flag and move after the scored ones (their place in
+    ``outside`` lose their probability, call, grey-zone flag and pattern and move after the scored ones (their place in
     the order would give their probability away). A new table; ``table`` is not changed."""
-    shown = table.astype({"grey_zone": object, "call": object, "probability": float})
+    shown = table.astype({"grey_zone": object, "call": object, "probability": float, "subtype": object,
+                          "subtype_probability": float})
     if show_flagged:
         return shown
     hidden = hidden_rows(shown)
     shown.loc[hidden, "probability"] = np.nan
     shown.loc[hidden, "call"] = HIDDEN_CALL
     shown.loc[hidden, "grey_zone"] = None
+    shown.loc[hidden, "subtype"] = None  # a flagged film has none (``Prediction.subtype_applies``): hidden anyway
+    shown.loc[hidden, "subtype_probability"] = np.nan
     order = np.select([shown["error"].notna(), hidden], [2, 1], 0)
     return shown.assign(_order=order).sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
 
