@@ -1,4 +1,5 @@
-"""Explain: Grad-CAM and LIME beside the original image, each on one fixed scale with its legend."""
+"""Explain: Grad-CAM and LIME beside the original image, each on one fixed scale with its legend; under
+them, for a film given a radiographic pattern, the subtype network's own map on its own scale."""
 
 import streamlit as st
 
@@ -10,11 +11,10 @@ from pneumo_model.explain import (  # noqa: E402
     GRADCAM_BAR_WORDS,
     LIME_BAR_WORDS,
     LimeConfig,
-    gradcam_colour_bar,
     lime_colour_bar,
     with_legend,
 )
-from ui import attention, call_view, drawing, resources, state  # noqa: E402
+from ui import attention, call_view, drawing, pattern_map, resources, state  # noqa: E402
 from ui.markup import plain  # noqa: E402
 
 image = frame.require_image()
@@ -54,25 +54,16 @@ drawing.show(display, caption=f"Original: {plain(image.name)}", where=original)
 with gradcam:
     raw = frame.computed(lambda: resources.gradcam_heatmap(image), image.name, busy="Computing Grad-CAM...")
     peak = scale.peak(raw)
-    draw_map = True
-    if scale.is_weak(raw):
-        st.info(
-            f"**Grad-CAM: no region raised the pneumonia score much.** Peak {peak:.2f}, below the "
-            f"{scale.weak_fraction:.2f} that 95 % of normal validation films stay under, so no map is drawn."
-            + (" The pneumonia call stands: no single region carries it." if result.label == "pneumonia" else ""),
-            icon=":material/blur_off:",
-        )
-        draw_map = st.checkbox("Show the weak map anyway", key=f"weak_map_{image.digest[:16]}", value=False)
-    # The colour bar is drawn into the picture, under the map: the map is never seen without its scale.
-    bar = gradcam_colour_bar(scale, opacity, peak=peak, width=max(640, display.shape[1]))
-    if draw_map:
-        drawing.show(
-            with_legend(scale.overlay(display, raw, alpha=opacity), bar, grow=True),
-            caption=f"Grad-CAM: {frame.HEATMAP_CAVEAT}. Brighter = raised the pneumonia score more (this "
-            f"image's peak {peak:.2f}). {GRADCAM_BAR_WORDS}",
-        )
-    else:
-        drawing.show(bar, caption=GRADCAM_BAR_WORDS)
+    drawing.fixed_scale_map(
+        display, raw, scale, opacity,
+        caption=f"Grad-CAM: {frame.HEATMAP_CAVEAT}. Brighter = raised the pneumonia score more (this "
+        f"image's peak {peak:.2f}). {GRADCAM_BAR_WORDS}",
+        bar_words=GRADCAM_BAR_WORDS,
+        weak_words=f"**Grad-CAM: no region raised the pneumonia score much.** Peak {peak:.2f}, below the "
+        f"{scale.weak_fraction:.2f} that 95 % of normal validation films stay under, so no map is drawn."
+        + (" The pneumonia call stands: no single region carries it." if result.label == "pneumonia" else ""),
+        key=f"weak_map_{image.digest[:16]}",
+    )
     attention.show_whole(image, display)  # is the heat on the chest? (docs/attention_rule.md)
 
 request = st.session_state.get("lime_request")
@@ -119,5 +110,7 @@ with lime:
                 f"apart poorly on this model: {within} of {facts.get('lime_n_pneumonia', 0)} validation pneumonia "
                 "films stayed within it too."
             )
+
+pattern_map.show(image, result, display, opacity)  # the subtype pattern's own map, on its own scale
 
 call_view.case_report_download(image, result, resources.predictor(), "explain")

@@ -10,6 +10,9 @@ model = frame.render("Model card")  # first: the banner shows while the imports 
 
 import pandas as pd  # noqa: E402
 
+from pneumo_model.artifacts import read_metadata  # noqa: E402
+from pneumo_model.bundle import subtype_model_path  # noqa: E402
+from pneumo_model.paths import DEFAULT_MODEL_PATH  # noqa: E402
 from ui import drawing, reports  # noqa: E402
 
 SITE_SIZE = 200  # local films in the site-calibration headline (reports/site_calibration.json has 100, 200, 300)
@@ -222,6 +225,75 @@ if label_free is not None:
         path = reports.figure(label_free["figure"]) if "figure" in label_free else None
         if path is not None:
             drawing.show(path, width=900)
+
+section("Radiographic pattern (bacterial-like / viral-like)")
+pattern = (card or {}).get("subtype")
+if pattern is None:
+    not_generated("The pattern's section of the model card is", "python -m pneumo_model card")
+else:
+    st.markdown(f"**What it is.** {pattern['what_it_is']}")
+    st.markdown(f"**What it is not.** {pattern['what_it_is_not']}")
+    st.markdown(reports.subtype_status(pattern, running=model.subtype is not None))
+    trained = pattern.get("model")
+    beside = subtype_model_path(DEFAULT_MODEL_PATH)
+    if trained is not None and beside.is_file() and read_metadata(beside).model_sha256 != trained["sha256"]:
+        st.warning(
+            "This section describes another subtype network than the one beside the model: regenerate it "
+            "(`python -m pneumo_model card`).",
+            icon=":material/warning:",
+        )
+    if trained is None:
+        st.markdown("No subtype network lies beside the model (`python -m pneumo_model train-subtype`).")
+    else:
+        figures = trained["validation"]
+        low, high = trained["band"]
+        start = f"from the shipped network's weights ({trained['init_from']})" if trained.get("init_from") else "from scratch"
+        st.markdown(
+            f"**How it was trained.** A second {trained['architecture']} at {trained['input_size']} px, {start}, on the "
+            f"official train split's pneumonia films only (the shipped model's train part; no test image), class "
+            f"imbalance handled by {str(trained['imbalance']).replace('_', ' ')}s in the loss; "
+            f"{trained['training_seconds'] / 60:.0f} min of training, finished {trained['created_utc'][:10]}. Fixed on its {figures['films']} validation pneumonia films "
+            f"({figures['viral_films']} viral), by rules written before it was trained (`{pattern['rule']}`): "
+            f"temperature {trained['temperature']:.3f}, threshold {trained['threshold']:.3f} on the probability of the "
+            f"viral pattern, undetermined band [{low:.3f}, {high:.3f})."
+        )
+        st.markdown(
+            "On those validation films: "
+            + "; ".join(
+                f"{name} {figures[key]:.3f}" if "fraction" not in key else f"{name} {figures[key]:.1%}"
+                for key, name in (
+                    ("roc_auc", "AUC"), ("accuracy", "accuracy"), ("viral_recall", "viral recall"),
+                    ("bacterial_recall", "bacterial recall"), ("undetermined_fraction", "undetermined"),
+                    ("accuracy_outside_band", "accuracy outside the band"),
+                )
+                if figures.get(key) is not None
+            )
+            + "."
+        )
+        st.caption(f"Command: `{trained['command']}`")
+    rows = reports.subtype_rows(pattern)
+    if not rows:
+        st.info(
+            "Not evaluated on the test split yet (`python -m pneumo_model evaluate --subtype`, then "
+            "`python -m pneumo_model card`): no test figure to show.",
+            icon=":material/hourglass_empty:",
+        )
+    else:
+        test_sha = pattern["test"].get("model_sha256")
+        if trained is not None and test_sha and test_sha != trained["sha256"]:
+            st.warning(
+                "The pattern's test report describes another subtype network than the one beside the model: "
+                "regenerate it (`python -m pneumo_model evaluate --subtype`, then `card`).",
+                icon=":material/warning:",
+            )
+        st.dataframe(
+            pd.DataFrame(rows).rename(
+                columns={"ours": "Ours, official test split (95 % CI)", "published": "Kermany 2018 (test-selected)"}
+            ),
+            hide_index=True,
+            width="content",
+        )
+        st.caption(pattern["kermany_note"])
 
 section("Which model, which data")
 st.markdown(

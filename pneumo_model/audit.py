@@ -25,7 +25,11 @@ result it concerns if any, and a small JSON detail that never holds patient data
 alignment and the drift monitor read) and ``results.age_years`` (the age in the DICOM header, in
 years, NULL when it says none), and ``verdicts.submission_id`` with a unique index: the id of the
 one drawing of a verdict form a verdict came from, so that the same submission sent twice (a
-double click, a resend after a lost answer) is one row. Opening an older
+double click, a resend after a lost answer) is one row; 7 adds ``results.subtype`` and
+``results.subtype_probability``: the radiographic pattern of a film called pneumonia
+("bacterial-like", "viral-like", "undetermined"; ``pneumo_model.subtype``) and its calibrated
+probability of the viral pattern, NULL when the pattern does not apply (a film called normal or
+flagged by the gate), when it is off, and in the records written before. Opening an older
 database brings it up to date in one transaction and keeps every record as it was; a database
 written by a newer version is refused and left untouched.
 """
@@ -44,12 +48,13 @@ from typing import TYPE_CHECKING
 
 from .csv_export import write_csv
 from .errors import PneumoError
+from .subtype import PATTERNS
 
 if TYPE_CHECKING:
     from .prediction import Prediction
 
-SCHEMA_VERSION = 6  # 2: reveals; 3: results.operating_point; 4: results.markers_masked; 5: events, reviewer_subject;
-# 6: results.logit and age_years, verdicts.submission_id (unique)
+SCHEMA_VERSION = 7  # 2: reveals; 3: results.operating_point; 4: results.markers_masked; 5: events, reviewer_subject;
+# 6: results.logit and age_years, verdicts.submission_id (unique); 7: results.subtype and subtype_probability
 # What an event records (``AuditTrail.record_event``): a DICOM structured report sent to the PACS,
 # the whole trail opened or exported by an administrator, a sign-out (its detail names the sign-in
 # it ended, by digest, so that a replayed copy of its cookie is refused, even after a restart).
@@ -81,7 +86,9 @@ _SCHEMA = (
     operating_point TEXT,
     markers_masked INTEGER CHECK (markers_masked IN (0, 1)),
     logit REAL,
-    age_years REAL CHECK (age_years >= 0)
+    age_years REAL CHECK (age_years >= 0),
+    subtype TEXT CHECK (subtype IN ('bacterial-like', 'viral-like', 'undetermined')),
+    subtype_probability REAL CHECK (subtype_probability BETWEEN 0.0 AND 1.0)
 )""",
     """CREATE TABLE IF NOT EXISTS verdicts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -131,6 +138,8 @@ TRAIL_COLUMNS = (
     "ood_score",
     "crop_box",
     "markers_masked",
+    "subtype",
+    "subtype_probability",
     "revealed_utc",
     "verdict_id",
     "verdict_utc",
@@ -142,6 +151,7 @@ TRAIL_COLUMNS = (
 _TRAIL_QUERY = """
 SELECT r.id, r.recorded_utc, r.source, r.image_sha256, r.model_sha256, r.threshold, r.operating_point,
        r.probability, r.label, r.grey_zone, r.ood, r.ood_score, r.crop_box, r.markers_masked,
+       r.subtype, r.subtype_probability,
        (SELECT min(x.recorded_utc) FROM reveals AS x WHERE x.result_id = r.id),
        v.id, v.recorded_utc, v.verdict, v.note, v.reviewer, v.reviewer_subject
 FROM results AS r LEFT JOIN verdicts AS v ON v.result_id = r.id
@@ -178,6 +188,8 @@ _ADDED_COLUMNS = (
     ("results", "logit", "REAL"),
     ("results", "age_years", "REAL CHECK (age_years >= 0)"),
     ("verdicts", "submission_id", "TEXT CHECK (length(submission_id) BETWEEN 8 AND 64)"),
+    ("results", "subtype", "TEXT CHECK (subtype IN ('bacterial-like', 'viral-like', 'undetermined'))"),
+    ("results", "subtype_probability", "REAL CHECK (subtype_probability BETWEEN 0.0 AND 1.0)"),
 )
 # After the columns they index exist. Old verdicts have no submission id: NULLs never collide.
 _INDEXES = (
@@ -241,6 +253,9 @@ class ResultRecord:
             before the trail kept it (``scored_films`` then recomputes it where that is exact).
         age_years: the patient's age by the DICOM header (``ImageInfo.age_years``), None when it
             gives none: alignment and monitoring leave out films of another population.
+        subtype: the radiographic pattern (``Prediction.subtype``: "bacterial-like", "viral-like",
+            "undetermined"), None when it does not apply or is off, and in older records.
+        subtype_probability: its calibrated probability of the viral pattern; None with ``subtype``.
     """
 
     image_sha256: str
@@ -257,12 +272,15 @@ class ResultRecord:
     markers_masked: bool = False
     logit: float | None = None
     age_years: float | None = None
+    subtype: str | None = None
+    subtype_probability: float | None = None
 
     def row(self) -> tuple:
         """The values of an INSERT into ``results``, stamped with the current UTC time.
 
         Raises:
-            AuditError: an unknown source, a crop box that is not four numbers, or no operating point.
+            AuditError: an unknown source, a crop box that is not four numbers, no operating point, or
+                a subtype pattern that is unknown or without its probability (or the other way round).
         """
         if self.source not in SOURCES:
             raise AuditError(f"Unknown result source '{self.source}'; one of {SOURCES}.")
@@ -270,6 +288,13 @@ class ResultRecord:
             raise AuditError(
                 "A result must say which operating point made its call: give operating_point (the id in "
                 "Prediction.operating_point), or make the record with ResultRecord.of(prediction, ...)."
+            )
+        if self.subtype is not None and self.subtype not in PATTERNS:
+            raise AuditError(f"A subtype pattern is one of {', '.join(PATTERNS)}; got '{self.subtype}'.")
+        if (self.subtype is None) != (self.subtype_probability is None):
+            raise AuditError(
+                "A subtype pattern is recorded with its probability, or neither is: make the record with "
+                "ResultRecord.of(prediction, ...)."
             )
         return (
             _utc_now(),
@@ -287,6 +312,8 @@ class ResultRecord:
             int(bool(self.markers_masked)),
             None if self.logit is None else float(self.logit),
             None if self.age_years is None else round(float(self.age_years), 2),
+            self.subtype,
+            None if self.subtype_probability is None else float(self.subtype_probability),
         )
 
     @classmethod
@@ -315,6 +342,8 @@ class ResultRecord:
             markers_masked=bool(markers_masked),
             logit=prediction.logit,
             age_years=prediction.info.age_years,
+            subtype=prediction.subtype,
+            subtype_probability=prediction.subtype_probability,
         )
 
 
@@ -389,8 +418,8 @@ class AuditTrail:
         try:
             return self._insert(
                 "INSERT INTO results (recorded_utc, source, image_sha256, model_sha256, threshold, probability, "
-                "label, grey_zone, ood, ood_score, crop_box, operating_point, markers_masked, logit, age_years) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "label, grey_zone, ood, ood_score, crop_box, operating_point, markers_masked, logit, age_years, subtype, "
+                "subtype_probability) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         except sqlite3.IntegrityError as error:

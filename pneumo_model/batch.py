@@ -21,6 +21,9 @@ Three parts, each replaceable:
   audit trail, a part's results are recorded after the part is on disk and before it is renamed,
   and a journal in the folder says which parts were recorded (or, for a part killed while it was
   being recorded, the trail itself is asked), so a part is never recorded twice nor lost.
+  Each part says in its Parquet metadata which version of the columns (``RESULTS_SCHEMA_VERSION``)
+  and which subtype pattern network (or none) wrote it: a folder of an older version, or of
+  another subtype setting, is refused, never mixed.
 
 No file name goes to the log: paths in an archive can carry patient numbers. They are in RESULTS
 (its ``file`` column) and nowhere else.
@@ -49,8 +52,17 @@ from .sources import SourceItem, folder_items, list_items, read_file, unexpected
 # The columns of RESULTS, in order; nothing else is written.
 RESULT_COLUMNS = (
     "file", "sha256", "probability", "label", "grey_zone", "ood", "ood_score", "ood_grade",
-    "operating_point", "model_sha", "warnings", "error",
+    "subtype", "subtype_probability", "operating_point", "model_sha", "warnings", "error",
 )
+# The version of those columns, in each part's Parquet metadata (``SCHEMA_KEY``). Raise it when a
+# column is added, changes meaning or goes away; a RESULTS of another version is refused.
+# History: 1 (no metadata): the columns up to ``ood_grade`` and ``operating_point`` to ``error``;
+# 2: adds ``subtype`` and ``subtype_probability`` (the radiographic pattern of a film called
+# pneumonia; null where it does not apply or is off), and ``SUBTYPE_KEY``.
+RESULTS_SCHEMA_VERSION = 2
+SCHEMA_KEY = b"pneumo.results_schema"
+SUBTYPE_KEY = b"pneumo.subtype_model"  # the subtype network's SHA-256, or "off"
+SUBTYPE_OFF = "off"
 _PART = re.compile(r"^part-(\d{6,})\.parquet$")
 _TEMPORARY = re.compile(r"^\.part-(\d{6,})\.parquet\.tmp$")
 JOURNAL_NAME = "_audited.jsonl"  # parts whose results are in the audit trail
@@ -112,16 +124,25 @@ def open_source(source: str | Path, limits: ImageLimits = ImageLimits()) -> list
 # --- rows ----------------------------------------------------------------------------------
 
 
-def result_schema():
-    """The Arrow schema of RESULTS (``RESULT_COLUMNS``)."""
+def result_schema(subtype_model: str | None = None):
+    """The Arrow schema of RESULTS (``RESULT_COLUMNS``), its metadata saying the columns' version
+    and ``subtype_model``: the SHA-256 of the subtype pattern's network that filled ``subtype``,
+    None when the pattern was off."""
     import pyarrow as pa
 
+    metadata = {SCHEMA_KEY: str(RESULTS_SCHEMA_VERSION).encode(), SUBTYPE_KEY: (subtype_model or SUBTYPE_OFF).encode()}
     return pa.schema([
         ("file", pa.string()), ("sha256", pa.string()), ("probability", pa.float64()), ("label", pa.string()),
         ("grey_zone", pa.bool_()), ("ood", pa.bool_()), ("ood_score", pa.float64()), ("ood_grade", pa.string()),
+        ("subtype", pa.string()), ("subtype_probability", pa.float64()),
         ("operating_point", pa.string()), ("model_sha", pa.string()), ("warnings", pa.list_(pa.string())),
         ("error", pa.string()),
-    ])
+    ], metadata=metadata)
+
+
+def subtype_model_sha(predictor) -> str | None:
+    """The SHA-256 of the subtype pattern's network ``predictor`` asks, None when it asks none."""
+    return None if predictor.subtype is None else predictor.subtype.metadata.model_sha256
 
 
 def scored_row(name: str, digest: str, prediction) -> dict:
@@ -129,7 +150,9 @@ def scored_row(name: str, digest: str, prediction) -> dict:
     return {
         "file": name, "sha256": digest, "probability": float(prediction.probability), "label": prediction.label,
         "grey_zone": bool(prediction.grey_zone), "ood": prediction.ood, "ood_score": prediction.ood_score,
-        "ood_grade": prediction.ood_grade, "operating_point": prediction.operating_point, "model_sha": prediction.model_sha,
+        "ood_grade": prediction.ood_grade, "subtype": prediction.subtype,
+        "subtype_probability": prediction.subtype_probability,
+        "operating_point": prediction.operating_point, "model_sha": prediction.model_sha,
         "warnings": list(prediction.info.warnings), "error": None,
         # For the audit trail only (``_recorder``); RESULTS keeps ``RESULT_COLUMNS``.
         "logit": float(prediction.logit), "age_years": prediction.info.age_years,
@@ -140,7 +163,8 @@ def error_row(name: str, digest: str | None, reason: str, model_sha: str, operat
     """The row of a file that could not be scored: the reason, the score columns null."""
     return {
         "file": name, "sha256": digest, "probability": None, "label": None, "grey_zone": None, "ood": None,
-        "ood_score": None, "ood_grade": None, "operating_point": operating_point, "model_sha": model_sha, "warnings": [],
+        "ood_score": None, "ood_grade": None, "subtype": None, "subtype_probability": None,
+        "operating_point": operating_point, "model_sha": model_sha, "warnings": [],
         "error": reason,
     }
 
@@ -198,6 +222,7 @@ class LocalEngine:
         self.model_sha = predictor.metadata.model_sha256
         self.operating_point = predictor.operating_point.id
         self.threshold = predictor.operating_point.threshold
+        self.subtype_sha = subtype_model_sha(predictor)
 
     def rows(self, items: Sequence[SourceItem]) -> Iterator[dict]:
         """One row per item, in the items' order."""
@@ -242,25 +267,28 @@ class ResultsFolder:
 
     Opening it takes its lock (one run at a time), finishes or discards what a killed run left
     (a temporary part is renamed into place when its results are in the audit trail, else removed
-    and scored again), reads which files it holds, and refuses a folder of another model or
-    operating point.
+    and scored again), reads which files it holds, and refuses a folder of another model,
+    operating point, subtype pattern setting or version of the columns.
 
     Args:
         path: the folder (created when missing).
         model_sha: SHA-256 of the model of this run.
         operating_point: the id of this run's operating point.
         trail: the run's ``audit.AuditTrail``, or None.
+        subtype_sha: SHA-256 of this run's subtype pattern network; None when the pattern is off.
 
     Raises:
         BatchError: the folder cannot be created or written, holds other files, is in use by
-            another run, or holds results of another model or operating point.
+            another run, or holds results of another model, operating point, subtype pattern
+            setting or version of the columns (an older version of this command).
     """
 
-    def __init__(self, path: Path, model_sha: str, operating_point: str, trail=None):
+    def __init__(self, path: Path, model_sha: str, operating_point: str, trail=None, subtype_sha: str | None = None):
         self.path = Path(path)
         self.trail = trail
         self.model_sha = model_sha
         self.operating_point = operating_point
+        self.subtype_sha = subtype_sha
         self._lock_file = None
         # file -> (sha256 or None, errored, part name)
         self.held: dict[str, tuple[str | None, bool, str]] = {}
@@ -370,7 +398,11 @@ class ResultsFolder:
         for part in self.parts():
             self._next = max(self._next, int(_PART.match(part.name).group(1)) + 1)
             try:
+                schema = pq.read_schema(part)
+                self._check_schema(schema)
                 table = pq.read_table(part, columns=["file", "sha256", "model_sha", "operating_point", "error"])
+            except BatchError:
+                raise
             except Exception as error:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
                 raise BatchError(
                     f"A part of RESULTS cannot be read ({type(error).__name__}); move it out of the folder and run again."
@@ -394,6 +426,34 @@ class ResultsFolder:
         self.held = held
         for part, files in duplicates.items():  # what a killed replacement left: the later row wins
             self._drop(self.path / part, files)
+
+    def _check_schema(self, schema) -> None:
+        """Refuses a part written by another version of the columns, or with another subtype
+        pattern setting: rows with and without the pattern, or with two networks' patterns, would
+        sit in one table with nothing to tell them apart.
+
+        Raises:
+            BatchError: the part's columns or metadata are not this run's.
+        """
+        metadata = schema.metadata or {}
+        version = metadata.get(SCHEMA_KEY, b"1").decode(errors="replace")
+        if version != str(RESULTS_SCHEMA_VERSION) or list(schema.names) != list(RESULT_COLUMNS):
+            raise BatchError(
+                f"RESULTS was written by another version of this command (results schema {version}; this one writes "
+                f"{RESULTS_SCHEMA_VERSION}, with the columns subtype and subtype_probability). Results of two schemas "
+                "are never mixed: give a new --out folder to start fresh (or move the old one away)."
+            )
+        held = metadata.get(SUBTYPE_KEY, b"").decode(errors="replace")
+        wanted = self.subtype_sha or SUBTYPE_OFF
+        if held != wanted:
+            def said(sha: str) -> str:
+                return "the subtype pattern off" if sha == SUBTYPE_OFF else f"the subtype pattern of network {sha[:12]}"
+
+            raise BatchError(
+                f"RESULTS holds results with {said(held)}; this run has {said(wanted)} (PNEUMO_SUBTYPE). Results with and "
+                "without the pattern, or of two networks, are never mixed: give a new --out folder to start fresh (or "
+                "move the old one away), or run with the setting RESULTS was written with."
+            )
 
     def _drop(self, part: Path, files: set[str]) -> None:
         """Rewrites ``part`` without the rows of ``files`` (atomically: written beside it, then renamed)."""
@@ -441,7 +501,7 @@ class ResultsFolder:
 
         name = f"part-{self._next:06d}.parquet"
         temporary = self.path / f".{name}.tmp"
-        self._write(pa.Table.from_pylist(rows, schema=result_schema()), temporary)
+        self._write(pa.Table.from_pylist(rows, schema=result_schema(self.subtype_sha)), temporary)
         if record is not None:
             self._append_journal({"part": name, "intent_utc": datetime.now(timezone.utc).isoformat(timespec="microseconds")})
             self._append_journal({"part": name, "ids": record(rows)})
@@ -482,6 +542,7 @@ class BatchSummary:
     flagged: int = 0
     grey_zone: int = 0
     pneumonia: int = 0
+    subtypes: Counter = None  # subtype pattern -> films
     seconds: float = 0.0
     rows_in_results: int = 0
     audited: int = 0
@@ -492,7 +553,8 @@ class BatchSummary:
         return {
             "engine": self.engine, "files": self.files, "skipped": self.skipped, "scored": self.scored,
             "errors": self.errors, "errors_earlier": self.errors_held, "flagged": self.flagged,
-            "grey_zone": self.grey_zone, "pneumonia": self.pneumonia, "audited": self.audited,
+            "grey_zone": self.grey_zone, "pneumonia": self.pneumonia,
+            "subtype": dict(sorted((self.subtypes or {}).items())), "audited": self.audited,
             "rows_in_results": self.rows_in_results, "seconds": round(self.seconds, 3),
             "images_per_s": round(done / self.seconds, 2) if self.seconds > 0 and done else None,
             "errors_by_reason": dict(self.reasons.most_common()) if self.reasons else {},
@@ -508,6 +570,9 @@ class BatchSummary:
             f"{self.flagged} flagged as not like the training X-rays (their calls are not meaningful)",
             f"{self.seconds:.1f} s" + (f", {rate:.1f} images/s" if rate else "") + f", engine {self.engine}",
         ]
+        if self.subtypes:
+            patterns = ", ".join(f"{count} {pattern}" for pattern, count in sorted(self.subtypes.items()))
+            lines.insert(2, f"radiographic pattern of the pneumonia calls the gate passed (not a cause): {patterns}")
         for reason, count in (self.reasons or Counter()).most_common():
             lines.append(f"  {count} x {reason}")
         return lines
@@ -526,7 +591,7 @@ def run_batch(
     Args:
         items: the source's files.
         engine: ``LocalEngine`` or ``batch_ray.RayEngine`` (``rows(items)`` yields one row per item,
-            in any order; ``model_sha``, ``operating_point``, ``threshold``).
+            in any order; ``model_sha``, ``operating_point``, ``threshold``, ``subtype_sha``).
         out: the RESULTS folder.
         trail: an ``audit.AuditTrail`` to append each scored result to, or None.
         progress: draw a progress bar (tqdm) on stderr.
@@ -534,10 +599,13 @@ def run_batch(
     Raises:
         BatchError: RESULTS cannot be used (see ``ResultsFolder``).
     """
-    summary = BatchSummary(engine.name, engine.model_sha, engine.operating_point, files=len(items), reasons=Counter())
+    summary = BatchSummary(
+        engine.name, engine.model_sha, engine.operating_point, files=len(items), reasons=Counter(), subtypes=Counter()
+    )
     start = time.perf_counter()
     try:
-        with ResultsFolder(out, engine.model_sha, engine.operating_point, trail) as folder:
+        subtype_sha = getattr(engine, "subtype_sha", None)  # an engine written before the pattern has none
+        with ResultsFolder(out, engine.model_sha, engine.operating_point, trail, subtype_sha) as folder:
             _run(items, engine, folder, settings, trail, progress, summary)
             summary.rows_in_results = len(folder.held)
     finally:
@@ -594,6 +662,8 @@ def _count(summary: BatchSummary, row: dict) -> None:
     summary.flagged += bool(row["ood"])
     summary.grey_zone += bool(row["grey_zone"])
     summary.pneumonia += row["label"] == "pneumonia"
+    if row.get("subtype") is not None:
+        summary.subtypes[row["subtype"]] += 1
 
 
 def _recorder(trail, threshold: float, summary: BatchSummary) -> Callable[[list[dict]], list[int]]:
@@ -608,6 +678,7 @@ def _recorder(trail, threshold: float, summary: BatchSummary) -> Callable[[list[
                 probability=row["probability"], label=row["label"], grey_zone=row["grey_zone"], source="cli",
                 ood=row["ood"], ood_score=row["ood_score"], operating_point=row["operating_point"],
                 logit=row.get("logit"), age_years=row.get("age_years"),
+                subtype=row.get("subtype"), subtype_probability=row.get("subtype_probability"),
             )
             for row in rows if row["error"] is None
         ]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .batch import BatchError, SourceItem, decode_item, error_row, result_schema, score_decoded
+from .batch import BatchError, SourceItem, decode_item, error_row, result_schema, score_decoded, subtype_model_sha
 from .preprocessing import ImageLimits
 
 # Ray's own share of a CPU for a reading task: reading bytes is I/O, so most of the machine is
@@ -58,9 +58,17 @@ class RaySettings:
 
 class _Scorer:
     """A Ray actor's scorer: the model loaded once, its runtime and the decoding threads on the
-    actor's own CPUs (decoding releases the GIL, as in ``batch.LocalEngine``)."""
+    actor's own CPUs (decoding releases the GIL, as in ``batch.LocalEngine``).
 
-    def __init__(self, model_path: str, site: str | None, threads: int, limits: ImageLimits, runtime: str = "onnx"):
+    ``subtype`` is the driver's decision (True: load the subtype pattern's network, False: none),
+    never the actor's own ``PNEUMO_SUBTYPE``: a worker on another node has another environment.
+    ``subtype_sha`` is the network the driver loaded; an actor that finds another refuses to start.
+    """
+
+    def __init__(
+        self, model_path: str, site: str | None, threads: int, limits: ImageLimits, runtime: str = "onnx",
+        subtype: bool | None = None, subtype_sha: str | None = None,
+    ):
         from concurrent.futures import ThreadPoolExecutor
 
         if runtime == "keras":
@@ -72,8 +80,13 @@ class _Scorer:
         from .prediction import Predictor
 
         self.predictor = Predictor.from_file(
-            Path(model_path), site=None if site is None else Path(site), runtime=runtime, threads=threads
+            Path(model_path), site=None if site is None else Path(site), runtime=runtime, threads=threads, subtype=subtype
         )
+        if subtype is not None and subtype_model_sha(self.predictor) != subtype_sha:
+            raise BatchError(
+                "A Ray worker found another subtype pattern network beside the model than the driver did; give every "
+                "node the same model folder."
+            )
         self.limits = limits
         self.decoders = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
@@ -114,6 +127,8 @@ class RayEngine:
         model_path: the model; every actor loads it (it must be at this path on every node).
         site: a site profile for the operating point, or None for the shipped one.
         settings: ``RaySettings``.
+        subtype: load the subtype pattern's network (``Predictor.from_file``'s argument; None follows
+            ``PNEUMO_SUBTYPE`` here, in the driver). The actors load what the driver loaded.
 
     Raises:
         BatchError: the address does not answer, or Ray cannot start here.
@@ -122,15 +137,18 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, model_path: Path, site: Path | None = None, settings: RaySettings = RaySettings()):
+    def __init__(
+        self, model_path: Path, site: Path | None = None, settings: RaySettings = RaySettings(), subtype: bool | None = None
+    ):
         from .prediction import Predictor
 
         # Loaded here too: a bad model or profile is refused before any cluster work, and the
-        # run's identity (model, operating point) is known to the results folder.
-        predictor = Predictor.from_file(Path(model_path), site=site, runtime=settings.runtime)
+        # run's identity (model, operating point, subtype network) is known to the results folder.
+        predictor = Predictor.from_file(Path(model_path), site=site, runtime=settings.runtime, subtype=subtype)
         self.model_sha = predictor.metadata.model_sha256
         self.operating_point = predictor.operating_point.id
         self.threshold = predictor.operating_point.threshold
+        self.subtype_sha = subtype_model_sha(predictor)
         self.batch_size = settings.batch_size or predictor.batch_size
         del predictor
         self.model_path = str(Path(model_path).resolve())
@@ -185,7 +203,8 @@ class RayEngine:
         scored = dataset.map_batches(
             _Scorer,
             fn_constructor_kwargs={"model_path": self.model_path, "site": self.site, "threads": threads,
-                                   "limits": self.settings.limits, "runtime": self.settings.runtime},
+                                   "limits": self.settings.limits, "runtime": self.settings.runtime,
+                                   "subtype": self.subtype_sha is not None, "subtype_sha": self.subtype_sha},
             batch_size=self.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),

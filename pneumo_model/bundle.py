@@ -48,7 +48,12 @@ REFERENCE = SideFile(".reference.json", "validation reference", "python -m pneum
 ONNX = SideFile(".onnx", "ONNX graph", "python -m pneumo_model export-onnx")
 ONNX_RECORD = SideFile(".onnx.json", "ONNX graph's record", "python -m pneumo_model export-onnx")
 SUBTYPE_MODEL = SideFile(".subtype.keras", "subtype pattern's model", "python -m pneumo_model train-subtype")
-SIDE_FILES = (METADATA, GATE, GRADES, HEATMAP_SCALE, ATTENTION, REFERENCE, ONNX, ONNX_RECORD, SUBTYPE_MODEL)
+SUBTYPE_HEATMAP_SCALE = SideFile(
+    ".subtype.cam.json", "pattern map's heat-map scale", "python -m pneumo_model heatmap-scale --subtype"
+)
+SIDE_FILES = (
+    METADATA, GATE, GRADES, HEATMAP_SCALE, ATTENTION, REFERENCE, ONNX, ONNX_RECORD, SUBTYPE_MODEL, SUBTYPE_HEATMAP_SCALE
+)
 
 
 def side_path(model_path: str | Path, side: SideFile) -> Path:
@@ -103,6 +108,12 @@ def subtype_model_path(model_path: str | Path) -> Path:
     ``<model>.subtype.onnx``, ...), so the main model's SHA and side files stay as they are.
     """
     return side_path(model_path, SUBTYPE_MODEL)
+
+
+def subtype_heatmap_scale_path(model_path: str | Path) -> Path:
+    """The pattern map's heat-map scale beside a ``.keras`` model (``<model>.subtype.cam.json``: the
+    subtype model's own ``explain.HeatmapScale``, recording the subtype model's SHA-256)."""
+    return side_path(model_path, SUBTYPE_HEATMAP_SCALE)
 
 
 def read_side_json(

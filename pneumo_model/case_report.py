@@ -1,6 +1,8 @@
 """A one-page case report (PDF) of one call: for the record, and for demos.
 
-The film, the call, the probability bar, the Grad-CAM overlay, the operating point, the model's
+The film, the call, the probability bar, for a film called pneumonia that the gate passed the
+subtype pattern with its probability and caveat (nothing where it does not apply or is off), the
+Grad-CAM overlay, the operating point, the model's
 and the operating point's ids, the image's SHA-256 prefix and the disclaimer, drawn with
 matplotlib on one A4 page. No identifiers: not the file name (this data set's names carry
 patient numbers, a PACS export's may carry the patient id), no DICOM tag, none of the decoder's
@@ -24,7 +26,7 @@ from .ood import OUTSIDE, UNUSUAL, known_grade
 from .operating_point import SHIPPED, OperatingPoint
 from .prediction import Prediction
 from .presentation import AMBER, BAR_AXIS_NOTE, DISCLAIMER, INDETERMINATE, INK, MUTED, call_sentence, call_word
-from .presentation import draw_probability_bar
+from .presentation import PATTERN_CAVEAT, UNDETERMINED_BAND, draw_probability_bar, pattern_words
 
 A4_INCHES = (8.27, 11.69)
 # Pictures are embedded at most this many pixels a side: sharp on paper, a PDF of about 1 MB.
@@ -140,6 +142,9 @@ def report_figure(
     write.bar(prediction.probability, point)
     write.paragraph(call_sentence(prediction.probability, point), size=10, gap=0.03)
     write.paragraph(f"{BAR_AXIS_NOTE} Amber: the grey zone; black line: the threshold.", size=7.5, color=MUTED)
+    if prediction.subtype is not None:
+        write.paragraph(pattern_line(prediction), size=10, gap=0.02)
+        write.paragraph(PATTERN_CAVEAT, size=7.5, color=MUTED)
 
     info = prediction.info
     site = "none: the operating point shipped with the model" if point.kind == SHIPPED else point.id
@@ -167,6 +172,21 @@ def report_figure(
     write.facts(facts)
     write.footer(footer, size=7)
     return figure
+
+
+def pattern_line(prediction: Prediction) -> str:
+    """The subtype pattern in one line: its name, what it means, its probability of the viral pattern.
+
+    Raises:
+        ValueError: the prediction has no pattern (a normal call, a flagged film, the pattern off).
+    """
+    if prediction.subtype is None or prediction.subtype_probability is None:
+        raise ValueError("This call has no subtype pattern: the line is only written for one that has.")
+    meaning = "between the two patterns" if prediction.subtype == UNDETERMINED_BAND else pattern_words(prediction.subtype)
+    return (
+        f"Radiographic pattern: {prediction.subtype}, {meaning} (probability of the viral pattern "
+        f"{prediction.subtype_probability:.2f}, calibrated)."
+    )
 
 
 def _who_it_is_for() -> str:

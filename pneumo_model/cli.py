@@ -1172,16 +1172,23 @@ def _add_heatmap_scale(commands) -> None:
     _add_data_flag(parser)
     _add_model_flag(parser)
     parser.add_argument("--out", type=Path, default=None, help="where to write it (default: beside the model)")
+    parser.add_argument(
+        "--subtype",
+        action="store_true",
+        help="fit the subtype pattern map's own scale instead, on the subtype model's validation pneumonia films "
+        "(<model>.subtype.cam.json)",
+    )
     parser.set_defaults(handler=_heatmap_scale)
 
 
 def _heatmap_scale(args) -> int:
     from .data import resolve_data_dir
-    from .explain import heatmap_scale_path
-    from .lab.cam_scale import measure_model
+    from .explain import heatmap_scale_path, subtype_heatmap_scale_path
+    from .lab.cam_scale import measure_model, measure_subtype
 
-    scale = measure_model(args.model, resolve_data_dir(args.data), log=lambda line: print(line, file=sys.stderr, flush=True))
-    out = args.out or heatmap_scale_path(args.model)
+    measure = measure_subtype if args.subtype else measure_model
+    scale = measure(args.model, resolve_data_dir(args.data), log=lambda line: print(line, file=sys.stderr, flush=True))
+    out = args.out or (subtype_heatmap_scale_path if args.subtype else heatmap_scale_path)(args.model)
     scale.save(out)
     numbers = {k: v for k, v in scale.to_dict().items() if k not in ("facts", "schema_version")}
     print(json.dumps({"scale": str(out), **numbers, **scale.facts}))

@@ -31,7 +31,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from skimage.segmentation import find_boundaries, slic
 
-from .bundle import HEATMAP_SCALE, heatmap_scale_path, read_side_json  # noqa: F401 (heatmap_scale_path re-exported)
+from .bundle import (  # noqa: F401 (the path functions are re-exported)
+    HEATMAP_SCALE,
+    SUBTYPE_HEATMAP_SCALE,
+    SideFile,
+    heatmap_scale_path,
+    read_side_json,
+    subtype_heatmap_scale_path,
+)
 from .errors import ExplanationError, ModelFileError
 from .onnx_model import OnnxModel
 from .preprocessing import to_unit_range
@@ -131,6 +138,12 @@ class GradCam:
     once per model and reuse it (it is read-only and safe to share). Subclasses may override
     ``channel_weights`` to implement another CAM method.
 
+    ``sign=-1`` maps the *negative* of the logit instead: the same weighted sum with its sign
+    flipped before the ReLU, so it keeps the regions whose contribution lowered the logit (for the
+    subtype network's viral logit, the regions that pushed towards the bacterial pattern; see
+    ``docs/heatmap_scale.md``). The gradient of ``-logit`` is minus the gradient, so this is
+    exactly Grad-CAM of ``-logit`` on both paths.
+
     An ensemble names one target layer per member (``ModelMetadata.gradcam_layer`` is then a
     tuple). The members' weighted activations are summed before the ReLU, which is Grad-CAM on
     the members' feature maps stacked into one layer: each member contributes in proportion to
@@ -146,18 +159,24 @@ class GradCam:
         layer_name: the target layer, or several of the same height and width; a spatial
             (batch, h, w, channels) activation. Take it from the model's metadata.
         epsilon: maps are divided by max(peak, epsilon), so an all-zero map stays zero, never NaN.
+        sign: +1 maps the logit, -1 its negative.
 
     Raises:
         ExplanationError: the model has no such layer, or its output is not spatial, or the
-            layers differ in height and width.
+            layers differ in height and width, or ``sign`` is not +1 or -1.
     """
 
-    def __init__(self, model: keras.Model | OnnxModel, layer_name: str | Sequence[str], epsilon: float = 1e-7):
+    def __init__(
+        self, model: keras.Model | OnnxModel, layer_name: str | Sequence[str], epsilon: float = 1e-7, sign: int = 1
+    ):
         names = (layer_name,) if isinstance(layer_name, str) else tuple(layer_name)
         if not names:
             raise ExplanationError("Grad-CAM needs at least one target layer.")
+        if sign not in (1, -1):
+            raise ExplanationError(f"Grad-CAM's sign is +1 (the logit) or -1 (its negative); got {sign}.")
         self.layer_name = layer_name
         self.epsilon = epsilon
+        self.sign = sign
         if isinstance(model, OnnxModel):
             if model.record.cam_refusal is not None:
                 raise ExplanationError(f"The model's exported graph has no Grad-CAM map: {model.record.cam_refusal}")
@@ -206,7 +225,7 @@ class GradCam:
 
         with tf.GradientTape() as tape:
             *activations, logits = self._grad_model(images, training=False)  # k x (batch, h, w, c), (batch, 1)
-            pneumonia = logits[:, 0]  # (batch,)
+            pneumonia = self.sign * logits[:, 0]  # (batch,): the logit, or its negative
         # Each logit depends on its own image only, so the gradient of the sum is per image.
         gradients = tape.gradient(pneumonia, activations)  # k x (batch, h, w, c)
         weighted = [
@@ -240,7 +259,7 @@ class GradCam:
         return np.maximum(self._raw_heatmaps(tf.constant(images, dtype=tf.float32)).numpy(), 0.0)
 
     def _onnx_heatmaps(self, images: np.ndarray) -> np.ndarray:
-        cells = np.maximum(self._onnx.cam(images.astype(np.float32)), 0.0)  # (n, h, w): the ReLU
+        cells = np.maximum(self.sign * self._onnx.cam(images.astype(np.float32)), 0.0)  # (n, h, w): the ReLU
         height, width = self.input_shape[:2]
         # cv2's bilinear resizing of float maps uses half-pixel centres and clamps at the edges,
         # as tf.image.resize does (``_compute``): the two paths agree to float32 round-off.
@@ -340,22 +359,25 @@ class HeatmapScale:
         gradcam_scale: ``S``, the raw Grad-CAM value drawn at full colour (higher saturates).
         gradcam_weak_below: ``T``, a map whose raw maximum is below it is weak.
         lime_small_below: ``L``, a LIME explanation whose largest absolute weight is below it has
-            all weights small; also the smallest half-width of LIME's colour scale.
+            all weights small; also the smallest half-width of LIME's colour scale. None for a
+            scale with no LIME part (the subtype pattern's map).
         lime_num_samples, lime_n_segments: the LIME settings ``L`` was fitted with (the only ones
-            it judges).
+            it judges); None with it.
         facts: how it was fitted (counts, shares, medians); not used to draw.
     """
 
     model_sha256: str
     gradcam_scale: float
     gradcam_weak_below: float
-    lime_small_below: float
-    lime_num_samples: int
-    lime_n_segments: int
+    lime_small_below: float | None = None
+    lime_num_samples: int | None = None
+    lime_n_segments: int | None = None
     facts: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
-        numbers = (self.gradcam_scale, self.gradcam_weak_below, self.lime_small_below)
+        numbers = (self.gradcam_scale, self.gradcam_weak_below) + (
+            () if self.lime_small_below is None else (self.lime_small_below,)
+        )
         if not all(np.isfinite(numbers)) or self.gradcam_scale <= 0 or min(numbers) < 0:
             raise ModelFileError(
                 f"A heat-map scale needs a positive Grad-CAM scale and non-negative cuts; got {numbers}. "
@@ -405,10 +427,13 @@ class HeatmapScale:
 
     def lime_half_width(self, explanation: "LimeExplanation") -> float:
         """LIME's symmetric colour scale ``±`` this: the largest absolute weight, at least ``L``."""
-        return max(explanation.largest_weight, self.lime_small_below)
+        return max(explanation.largest_weight, self.lime_small_below or 0.0)
 
     def judges_lime(self, config: "LimeConfig") -> bool:
-        """Whether the small-weight cut holds for these settings (the ones it was fitted with)."""
+        """Whether the small-weight cut holds for these settings (the ones it was fitted with; never
+        for a scale with no LIME part)."""
+        if self.lime_small_below is None:
+            return False
         return (config.num_samples, config.n_segments) == (self.lime_num_samples, self.lime_n_segments)
 
     def lime_all_small(self, explanation: "LimeExplanation", config: "LimeConfig") -> bool | None:
@@ -424,32 +449,36 @@ class HeatmapScale:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path, model_sha256: str | None = None) -> "HeatmapScale":
+    def load(cls, path: str | Path, model_sha256: str | None = None, side: SideFile = HEATMAP_SCALE) -> "HeatmapScale":
         """Reads a scale written by ``save``.
 
         Args:
-            path: the ``<model>.cam.json`` file.
-            model_sha256: the model it must belong to; None accepts any.
+            path: the ``<model>.cam.json`` file (or the pattern map's ``<model>.subtype.cam.json``).
+            model_sha256: the model it must belong to (the subtype model's, for the pattern map's);
+                None accepts any.
+            side: which side file it is (``bundle.HEATMAP_SCALE`` or ``bundle.SUBTYPE_HEATMAP_SCALE``),
+                for the messages' words and command.
 
         Raises:
             ModelFileError: the file is missing, unreadable, of another version, or made for
                 another model (the message says how to fit it again).
         """
         path = Path(path)
-        data = read_side_json(path, HEATMAP_SCALE, schemas={HEATMAP_SCALE_SCHEMA_VERSION}, model_sha256=model_sha256)
+        data = read_side_json(path, side, schemas={HEATMAP_SCALE_SCHEMA_VERSION}, model_sha256=model_sha256)
+        lime = data.get("lime_small_below") is not None  # the pattern map's scale has no LIME part
         try:
             return cls(
                 model_sha256=str(data["model_sha256"]),
                 gradcam_scale=float(data["gradcam_scale"]),
                 gradcam_weak_below=float(data["gradcam_weak_below"]),
-                lime_small_below=float(data["lime_small_below"]),
-                lime_num_samples=int(data["lime_num_samples"]),
-                lime_n_segments=int(data["lime_n_segments"]),
+                lime_small_below=float(data["lime_small_below"]) if lime else None,
+                lime_num_samples=int(data["lime_num_samples"]) if lime else None,
+                lime_n_segments=int(data["lime_n_segments"]) if lime else None,
                 facts=dict(data.get("facts", {})),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelFileError(
-                f"The heat-map scale {path.name} cannot be read ({error}). Make it again with `{FIT_COMMAND}`."
+                f"The {side.what} {path.name} cannot be read ({error}). Make it again with `{side.command}`."
             ) from None
 
 
@@ -486,10 +515,12 @@ def gradcam_colour_bar(
     colormap: str = "viridis",
     peak: float | None = None,
     width: int = 640,
+    top_words: str = "pneumonia top 1 %",
 ) -> np.ndarray:
     """The Grad-CAM colour bar: 0 to 1 on the fixed scale, drawn as ``HeatmapScale.overlay`` draws it on a
     mid-grey film at opacity ``alpha``, with the weak cut dashed and, given ``peak``, this image's
-    maximum marked. The words that explain it go in the caption beside it (``GRADCAM_BAR_WORDS``).
+    maximum marked. The words that explain it go in the caption beside it (``GRADCAM_BAR_WORDS``;
+    ``PATTERN_BAR_WORDS`` with ``top_words=PATTERN_TOP_WORDS`` for the pattern's map).
 
     Returns:
         New (h, width, 3) uint8 RGB picture.
@@ -509,7 +540,7 @@ def gradcam_colour_bar(
         axes.axvline(cut, color="white", linewidth=font * 0.16)
         axes.axvline(cut, color="black", linewidth=font * 0.08, linestyle=(0, (2, 1.5)))
     axes.text(0.0, -0.95, "no contribution", ha="left", va="top", fontsize=font * 0.8, transform=axes.transAxes)
-    axes.text(1.0, -0.95, "pneumonia top 1 %", ha="right", va="top", fontsize=font * 0.8, transform=axes.transAxes)
+    axes.text(1.0, -0.95, top_words, ha="right", va="top", fontsize=font * 0.8, transform=axes.transAxes)
     if peak is not None:
         where = min(max(peak, 0.0), 1.0)  # the bar's x is the axes' fraction too
         axes.plot([where], [1.15], marker="v", markersize=font * 0.7, color="black", clip_on=False, transform=axes.transAxes)
@@ -523,6 +554,24 @@ GRADCAM_BAR_WORDS = (
     "Grad-CAM colour bar, one scale for every image: 1 = as hot as the top 1 % of validation pneumonia map "
     "pixels (higher saturates). Dashed: 95 % of normal validation films peak below it. ▼ this image's peak."
 )
+
+
+PATTERN_TOP_WORDS = "pattern top 1 %"
+PATTERN_BAR_WORDS = (
+    "Pattern map colour bar, its own scale (not the pneumonia map's): 1 = as hot as the top 1 % of validation "
+    "map pixels of pneumonia films of the pattern drawn (higher saturates). ▼ this image's peak."
+)
+
+
+def pattern_bar_words(scale: HeatmapScale) -> str:
+    """``PATTERN_BAR_WORDS`` with where the weak cut lies: dashed on the bar, or beyond its end (the
+    bar draws no cut at or above 1)."""
+    cut = scale.weak_fraction
+    if cut < 1.0:
+        return PATTERN_BAR_WORDS + " Dashed: 95 % of validation films of the other pattern peak below it."
+    return PATTERN_BAR_WORDS + (
+        f" The weak cut lies beyond the bar, at {cut:.2f}: maps of films of the other pattern reach the whole bar too."
+    )
 
 
 def lime_colour_bar(half_width: float, small_below: float | None, alpha: float = 0.4, width: int = 640) -> np.ndarray:

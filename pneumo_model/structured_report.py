@@ -9,7 +9,11 @@ the first send was cut off before its answer came back).
 The content tree (built with ``highdicom``): a "Diagnostic imaging report" container holding
 the words "decision support, not a diagnosis", the model's call (coded), the calibrated
 probability and the threshold, the operating point (shipped or site profile, with its id), the
-grey-zone and out-of-distribution flags (SNOMED CT yes/no), the algorithm's name and version,
+grey-zone and out-of-distribution flags (SNOMED CT yes/no), for a film called pneumonia that the
+gate passed the subtype pattern (its own private concept, "Radiographic pattern", with the value
+bacterial-like / viral-like / undetermined, its calibrated probability of the viral pattern and the
+caveat that it is a pattern, never a cause nor a diagnosis; no item at all where the pattern does
+not apply or is off), the algorithm's name and version,
 the model's SHA-256, and an IMAGE item referencing the source image by SOP Class and SOP
 Instance UID. The patient and study modules are copied from the source image's header, as DICOM
 requires: that is the PACS's record of its own patient; nothing of it is kept or logged here.
@@ -32,6 +36,12 @@ SERIES_NUMBER = 9901
 SERIES_DESCRIPTION = "Pneumonia decision support (not a diagnosis)"
 DECISION_SUPPORT = "Decision support, not a diagnosis."
 ALGORITHM_NAME = "pneumo_model PneumoNet (paediatric chest X-ray pneumonia)"
+# The subtype pattern's values (``subtype.PATTERNS``): code value and meaning in ``SCHEME``.
+PATTERN_CODES = {
+    "bacterial-like": ("BACTERIAL-LIKE", "Bacterial-like radiographic pattern"),
+    "viral-like": ("VIRAL-LIKE", "Viral-like radiographic pattern"),
+    "undetermined": ("UNDETERMINED", "Undetermined radiographic pattern"),
+}
 _NAMESPACE = uuid.UUID("5f0c8a4e-2b8d-5a43-9f6e-7d1c3b0a9e21")  # this software's reports; never change it
 
 
@@ -83,6 +93,12 @@ def _codes():
         "grey_zone": private("GREY-ZONE", "In the grey zone (needs a careful read)"),
         "ood": private("OOD", "Unlike the training images (out-of-distribution gate)"),
         "model_sha": private("MODEL-SHA256", "Model SHA-256"),
+        # The subtype pattern: a radiographic pattern the model reads, never a cause or a diagnosis,
+        # so private concepts only (no SNOMED CT bacterial or viral pneumonia code).
+        "pattern": private("PATTERN", "Radiographic pattern (not a cause, not a diagnosis)"),
+        "pattern_probability": private("PATTERN-PROB", "Calibrated probability of the viral-like pattern"),
+        "pattern_note": private("PATTERN-CAVEAT", "What the radiographic pattern is not"),
+        **{pattern: private(code, meaning) for pattern, (code, meaning) in PATTERN_CODES.items()},
     }
 
 
@@ -128,6 +144,8 @@ def build_report(source: "Dataset", prediction: "Prediction", point: "OperatingP
     ]
     if prediction.ood is not None:
         items.append(flag("ood", bool(prediction.ood)))
+    if prediction.subtype is not None:
+        items += _pattern_items(prediction, codes)
     items += [
         TextContentItem(codes["algorithm_name"], ALGORITHM_NAME, relationship_type="CONTAINS"),
         TextContentItem(codes["algorithm_version"], version, relationship_type="CONTAINS"),
@@ -154,6 +172,26 @@ def build_report(source: "Dataset", prediction: "Prediction", point: "OperatingP
     return report
 
 
+def _pattern_items(prediction: "Prediction", codes: dict) -> list:
+    """The subtype pattern's three items: the pattern (coded), its probability, the caveat.
+
+    Raises:
+        ValueError: a pattern the report has no code for, or one without its probability.
+    """
+    from highdicom.sr import CodeContentItem, NumContentItem, TextContentItem
+
+    from .presentation import PATTERN_CAVEAT
+
+    if prediction.subtype not in PATTERN_CODES or prediction.subtype_probability is None:
+        raise ValueError(f"Unknown subtype pattern {prediction.subtype!r}, or one without its probability.")
+    return [
+        CodeContentItem(codes["pattern"], codes[prediction.subtype], relationship_type="CONTAINS"),
+        NumContentItem(codes["pattern_probability"], round(float(prediction.subtype_probability), 6), codes["unit"],
+                       relationship_type="CONTAINS"),
+        TextContentItem(codes["pattern_note"], PATTERN_CAVEAT, relationship_type="CONTAINS"),
+    ]
+
+
 def _disclaimer() -> str:
     from .presentation import DISCLAIMER
 
@@ -163,7 +201,8 @@ def _disclaimer() -> str:
 def read_report(dataset: "Dataset") -> dict:
     """The values of a report this module wrote, read back from its content tree (for checks
     and for showing a report found on the PACS): call, probability, threshold, operating point,
-    flags, model SHA-256, the referenced image and the disclaimer text.
+    flags, the subtype pattern (None where the report has none), model SHA-256, the referenced
+    image and the disclaimer text.
 
     Raises:
         ValueError: it is not such a report.
@@ -197,6 +236,11 @@ def read_report(dataset: "Dataset") -> dict:
         "operating_point": values.get(f"{SCHEME}:OPERATING-POINT"),
         "grey_zone": values.get(f"{SCHEME}:GREY-ZONE") == yes,
         "ood": None if f"{SCHEME}:OOD" not in values else values[f"{SCHEME}:OOD"] == yes,
+        "subtype": {code: pattern for pattern, (code, _) in PATTERN_CODES.items()}.get(
+            values.get(f"{SCHEME}:PATTERN")
+        ),
+        "subtype_probability": values.get(f"{SCHEME}:PATTERN-PROB"),
+        "subtype_note": values.get(f"{SCHEME}:PATTERN-CAVEAT"),
         "model_sha": values.get(f"{SCHEME}:MODEL-SHA256"),
         "comment": values.get("DCM:121106"),
         "image": values.get("image"),

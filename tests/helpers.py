@@ -72,3 +72,16 @@ def same_report(committed, fresh, where="report"):
         assert fresh == pytest.approx(committed, rel=1e-6, abs=1e-9), where
     else:
         assert committed == fresh, where
+
+
+def calling_every_film(predictor, label: str):
+    """``predictor`` (a ``Predictor``) at an operating point that calls every film ``label``
+    ("pneumonia" or "normal"), so that a test gets both calls from a tiny model whatever it learned."""
+    from dataclasses import replace
+
+    from pneumo_model.calibration import GreyZone
+
+    threshold = 0.0 if label == "pneumonia" else 1.5
+    point = replace(predictor.operating_point, id=f"every-{label}", kind="site", threshold=threshold,
+                    grey_zone=GreyZone(threshold, threshold))
+    return predictor.with_operating_point(point)

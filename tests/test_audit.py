@@ -337,11 +337,11 @@ def test_a_version_2_trail_gets_the_operating_point_and_keeps_every_record(tmp_p
 
     trail = AuditTrail(path)
     after = _tables(path)
-    # the new columns, last, NULL: operating_point, markers_masked, logit, age_years
-    assert after["results"] == [row + (None,) * 4 for row in before["results"]]
+    # the new columns, last, NULL: operating_point, markers_masked, logit, age_years, subtype, subtype_probability
+    assert after["results"] == [row + (None,) * 6 for row in before["results"]]
     assert after["verdicts"] == [row + (None, None) for row in before["verdicts"]]  # reviewer_subject, submission_id
     assert after["reveals"] == before["reveals"]
-    assert _pragma(path, "user_version") == SCHEMA_VERSION == 6
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 7
     assert trail.integrity_ok()
 
     rows = trail.trail()
@@ -403,7 +403,7 @@ def test_a_version_1_trail_gets_the_reveals_table_and_the_operating_point(tmp_pa
 
     trail = AuditTrail(path)
     after = _tables(path)
-    assert after["results"] == [row + (None,) * 4 for row in before["results"]]
+    assert after["results"] == [row + (None,) * 6 for row in before["results"]]
     assert after["verdicts"] == [row + (None, None) for row in before["verdicts"]]  # reviewer_subject, submission_id
     assert after["reveals"] == []
     assert _pragma(path, "user_version") == SCHEMA_VERSION
@@ -478,8 +478,8 @@ def test_processes_opening_an_old_trail_at_once_migrate_it_once(tmp_path):
         ids.append(int(out))
     after = _tables(path)
     assert sorted(ids) == [4, 5, 6, 7, 8, 9]
-    assert after["results"][:3] == [row + (None,) * 4 for row in before["results"]]
-    assert [row[-4:-2] for row in after["results"][3:]] == [("0123456789abcdef", 0)] * 6
+    assert after["results"][:3] == [row + (None,) * 6 for row in before["results"]]
+    assert [row[-6:-4] for row in after["results"][3:]] == [("0123456789abcdef", 0)] * 6
     columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(results)")]
     assert columns.count("operating_point") == 1 and columns.count("markers_masked") == 1
     assert _pragma(path, "user_version") == SCHEMA_VERSION
@@ -496,10 +496,10 @@ def test_a_version_3_trail_gets_the_markers_column_and_a_masked_call_says_so(tmp
 
     trail = AuditTrail(path)
     after = _tables(path)
-    assert after["results"] == [row + (None,) * 3 for row in before["results"]]  # markers_masked, logit, age_years
+    assert after["results"] == [row + (None,) * 5 for row in before["results"]]  # markers_masked, ..., subtype_probability
     assert after["verdicts"] == [row + (None, None) for row in before["verdicts"]]  # reviewer_subject, submission_id
     assert after["reveals"] == before["reveals"]
-    assert _pragma(path, "user_version") == SCHEMA_VERSION == 6
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 7
     masked = trail.record_result(
         image_sha256="a" * 64, model_sha256="b" * 64, threshold=0.24, probability=0.3, label="pneumonia",
         grey_zone=True, source="app", operating_point="0123456789abcdef", markers_masked=True,
@@ -556,12 +556,13 @@ def test_events_are_kept_with_their_detail_and_are_append_only(tmp_path):
 
 def test_a_version_4_trail_gets_the_events_table_and_the_subject_column(tmp_path):
     path = _old_copy(tmp_path)
-    AuditTrail(path)  # now version 6: take the version 5 and 6 parts away again to make a version 4 file
+    AuditTrail(path)  # now version 7: take the version 5 to 7 parts away again to make a version 4 file
     connection = sqlite3.connect(path)
     connection.execute("DROP TABLE events")
     for index in ("verdicts_submission", "results_image"):
         connection.execute(f"DROP INDEX {index}")
-    for table, column in (("verdicts", "reviewer_subject"), ("verdicts", "submission_id"), ("results", "logit"), ("results", "age_years")):
+    for table, column in (("verdicts", "reviewer_subject"), ("verdicts", "submission_id"), ("results", "logit"),
+                          ("results", "age_years"), ("results", "subtype"), ("results", "subtype_probability")):
         connection.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     connection.execute("PRAGMA user_version = 4")
     connection.commit()
@@ -571,9 +572,9 @@ def test_a_version_4_trail_gets_the_events_table_and_the_subject_column(tmp_path
 
     trail = AuditTrail(path)
     after = _tables(path)
-    assert after["results"] == [row + (None, None) for row in before["results"]] and after["reveals"] == before["reveals"]
+    assert after["results"] == [row + (None,) * 4 for row in before["results"]] and after["reveals"] == before["reveals"]
     assert after["verdicts"] == [row + (None, None) for row in before["verdicts"]]
-    assert after["events"] == [] and _pragma(path, "user_version") == SCHEMA_VERSION == 6
+    assert after["events"] == [] and _pragma(path, "user_version") == SCHEMA_VERSION == 7
     trail.record_event("trail_exported", subject="admin-7", rows=3)
     assert trail.events()[0]["detail"] == {"rows": 3}
 
@@ -590,10 +591,10 @@ def test_a_trail_written_by_version_5_code_keeps_every_record_and_gains_the_new_
 
     trail = AuditTrail(path)
     after = _tables(path)
-    assert after["results"] == [row + (None, None) for row in before["results"]]  # logit, age_years
+    assert after["results"] == [row + (None,) * 4 for row in before["results"]]  # logit, age_years, subtype(_probability)
     assert after["verdicts"] == [row + (None,) for row in before["verdicts"]]  # submission_id
     assert after["reveals"] == before["reveals"] and after["events"] == before["events"]
-    assert _pragma(path, "user_version") == SCHEMA_VERSION == 6
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 7
     assert trail.integrity_ok()
     # the two verdicts of a double click before submission ids stay two rows: nothing is rewritten
     assert [row["verdict_id"] for row in trail.trail() if row["result_id"] == 1] == [1, 2]
@@ -733,3 +734,90 @@ def test_scored_films_reads_each_film_once_and_recomputes_old_logits_only_where_
     with pytest.raises(AuditError, match="YYYY-MM-DD"):
         trail.scored_films("b" * 64, since="7 Dec")
     assert new > 5
+
+
+# ----------------------------------------------------------------------------- schema 7
+AUDIT_V6 = Path(__file__).parent / "data" / "audit_v6.sqlite3"  # written by commit 675ae6b (tests/data/README.md)
+
+
+def test_the_committed_fixture_is_a_version_6_trail_in_one_file():
+    assert not AUDIT_V6.with_name(AUDIT_V6.name + "-wal").exists()
+    connection = sqlite3.connect(f"file:{AUDIT_V6}?mode=ro&immutable=1", uri=True)  # reads, never writes
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 6
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(results)")]
+        assert columns[-2:] == ["logit", "age_years"] and "subtype" not in columns
+    finally:
+        connection.close()
+
+
+def test_a_trail_written_by_version_6_code_keeps_every_record_and_gains_the_pattern_columns(tmp_path):
+    path = tmp_path / "audit.sqlite3"
+    shutil.copy(AUDIT_V6, path)
+    before = _tables(path)
+    assert [len(before[table]) for table in ("results", "verdicts", "reveals", "events")] == [5, 2, 1, 2]
+
+    trail = AuditTrail(path)
+    after = _tables(path)
+    assert after["results"] == [row + (None, None) for row in before["results"]]  # subtype, subtype_probability
+    assert after["verdicts"] == before["verdicts"]
+    assert after["reveals"] == before["reveals"] and after["events"] == before["events"]
+    assert _pragma(path, "user_version") == SCHEMA_VERSION == 7
+    assert trail.integrity_ok()
+    rows = trail.trail()
+    assert [row["result_id"] for row in rows] == [1, 1, 2, 3, 4, 5]  # result 1 with its two verdicts
+    assert all(row["subtype"] is None and row["subtype_probability"] is None for row in rows)
+    assert rows[1]["note"] == 'looks "viral", to me' and rows[4]["revealed_utc"] is not None
+    (old_csv, *_) = csv.DictReader(io.StringIO(trail.to_csv()))
+    assert old_csv["subtype"] == "" and old_csv["subtype_probability"] == "" and old_csv["probability"] == "0.93"
+    # what the old trail held still works: its submission id is still unique, its records still append-only
+    assert not trail.record_verdict_once("s" * 32, 1, "agree").new
+    connection = sqlite3.connect(path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        connection.execute("UPDATE results SET subtype = 'viral-like' WHERE id = 1")
+    connection.close()
+    new = record(trail, subtype="viral-like", subtype_probability=0.8125)
+    assert new == 6 and trail.trail()[-1]["subtype"] == "viral-like" and trail.trail()[-1]["subtype_probability"] == 0.8125
+    assert AuditTrail(path).counts() == {"results": 6, "verdicts": 2, "reveals": 1}  # reopened: nothing changes
+
+
+def _called(label: str, subtype: str | None, subtype_probability: float | None, ood: bool = False) -> Prediction:
+    info = ImageInfo(width=224, height=224, bit_depth=8, format="PNG")
+    return Prediction(
+        probability=0.9 if label == "pneumonia" else 0.05, label=label, grey_zone=False, threshold=0.24,
+        model_sha=MODEL_SHA, info=info, operating_point=POINT, logit=1.5, ood=ood, ood_score=0.4,
+        subtype=subtype, subtype_probability=subtype_probability, subtype_logit=None if subtype is None else 0.3,
+    )
+
+
+def test_a_result_keeps_the_subtype_pattern_of_a_pneumonia_call_and_null_for_a_normal_one(tmp_path):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    ids = trail.record_results([
+        ResultRecord.of(_called("pneumonia", "viral-like", 0.7734), IMAGE_SHA, "app"),
+        ResultRecord.of(_called("pneumonia", "undetermined", 0.41), IMAGE_SHA, "cli"),
+        ResultRecord.of(_called("normal", None, None), IMAGE_SHA, "cli"),
+    ])
+    rows = {row["result_id"]: row for row in trail.trail()}
+    assert [(rows[i]["subtype"], rows[i]["subtype_probability"]) for i in ids] == [
+        ("viral-like", 0.7734), ("undetermined", 0.41), (None, None)
+    ]
+    header = trail.to_csv().splitlines()[0].split(",")
+    assert header.index("subtype") == header.index("markers_masked") + 1
+    assert header.index("subtype_probability") == header.index("subtype") + 1
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"subtype": "bacterial", "subtype_probability": 0.2}, "one of bacterial-like, viral-like, undetermined"),
+        ({"subtype": "viral-like"}, "with its probability"),
+        ({"subtype_probability": 0.5}, "with its probability"),
+    ],
+)
+def test_a_subtype_pattern_that_is_unknown_or_half_given_is_refused(tmp_path, changes, words):
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    with pytest.raises(AuditError, match=words):
+        record(trail, **changes)
+    with pytest.raises(AuditError, match="not acceptable"):  # the database's own check, whoever writes
+        record(trail, subtype="viral-like", subtype_probability=1.5)
+    assert trail.counts()["results"] == 0

@@ -162,6 +162,90 @@ def test_results_of_another_model_or_operating_point_are_refused_and_left_as_the
     assert len(pd.read_parquet(out)) == 1
 
 
+# --- the subtype pattern's columns ------------------------------------------------------------
+
+# RESULTS as the command wrote it before the subtype columns (results schema 1: no metadata).
+SCHEMA_1 = pa.schema([
+    ("file", pa.string()), ("sha256", pa.string()), ("probability", pa.float64()), ("label", pa.string()),
+    ("grey_zone", pa.bool_()), ("ood", pa.bool_()), ("ood_score", pa.float64()), ("ood_grade", pa.string()),
+    ("operating_point", pa.string()), ("model_sha", pa.string()), ("warnings", pa.list_(pa.string())),
+    ("error", pa.string()),
+])
+
+
+def test_a_pneumonia_call_has_its_pattern_and_a_normal_call_or_a_bad_file_none(tiny_subtype, tmp_path):
+    from helpers import calling_every_film
+    from pneumo_model.subtype import PATTERNS
+
+    images = write_archive(tmp_path / "archive", n=6)
+    with_pattern = Predictor.from_file(tiny_subtype, subtype=True)
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    tables = {}
+    for label in ("pneumonia", "normal"):  # the same films, called each way by the same model
+        predictor = calling_every_film(with_pattern, label)
+        out = tmp_path / f"results_{label}"
+        summary = run_batch(open_source(tmp_path / "archive"), LocalEngine(predictor), out, trail=trail, progress=False)
+        tables[label] = table = read_results(out)
+        assert list(table.columns) == list(RESULT_COLUMNS) and table["error"].notna().sum() == 2
+        scored, errors = table[table["error"].isna()], table[table["error"].notna()]
+        assert (scored["label"] == label).all() and errors[["subtype", "subtype_probability"]].isna().all().all()
+        for path in images:  # predict's pattern, film by film
+            call = predictor.call(DecodedImage.decode(path))
+            row = scored.set_index("file").loc[str(path.resolve())]
+            if label == "pneumonia":
+                assert row["subtype"] == call.subtype and row["subtype"] in PATTERNS
+                assert row["subtype_probability"] == pytest.approx(call.subtype_probability, abs=1e-6)
+            else:
+                assert call.subtype is None and pd.isna(row["subtype"]) and pd.isna(row["subtype_probability"])
+        assert summary.subtypes == scored["subtype"].value_counts().to_dict()
+        assert any(line.startswith("radiographic pattern") for line in summary.lines()) is (label == "pneumonia")
+        metadata = pq.read_schema(next(out.glob("part-*.parquet"))).metadata
+        assert metadata[b"pneumo.results_schema"] == b"2"
+        assert metadata[b"pneumo.subtype_model"] == with_pattern.subtype.metadata.model_sha256.encode()
+    # batch --audit records what RESULTS holds, pattern and all
+    written = pd.concat([table[table["error"].isna()] for table in tables.values()])
+    recorded = sorted((row["image_sha256"], row["label"], row["subtype"] or "", row["subtype_probability"] or -1.0)
+                      for row in trail.trail())
+    assert recorded == sorted(
+        (sha, label, "" if pd.isna(pattern) else pattern, -1.0 if pd.isna(p) else p)
+        for sha, label, pattern, p in zip(written["sha256"], written["label"], written["subtype"], written["subtype_probability"])
+    )
+
+
+def test_results_written_before_the_pattern_columns_are_refused_and_left_as_they_are(predictor, tiny_model, tmp_path, capsys):
+    write_archive(tmp_path / "archive", n=2)
+    out = tmp_path / "results"
+    out.mkdir()
+    old = {column: None for column in SCHEMA_1.names} | {
+        "file": "/x/a.png", "sha256": "b" * 64, "probability": 0.7, "label": "pneumonia", "grey_zone": False,
+        "operating_point": predictor.operating_point.id, "model_sha": predictor.metadata.model_sha256, "warnings": [],
+    }
+    pq.write_table(pa.Table.from_pylist([old], schema=SCHEMA_1), out / "part-000001.parquet")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(BatchError, match=r"results schema 1; this one writes 2.*give a new --out folder"):
+        run_batch(open_source(tmp_path / "archive"), LocalEngine(predictor), out, progress=False)
+    argv = ["batch", str(tmp_path / "archive"), "--out", str(out), "--model", str(tiny_model), "--no-progress"]
+    assert cli.main(argv) == cli.EXIT_ERROR
+    error = capsys.readouterr().err
+    assert error.startswith("error: RESULTS was written by another version") and "give a new --out folder" in error
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.name != "_lock"} == {
+        name: data for name, data in before.items()
+    }
+    assert list(pd.read_parquet(out).columns) == SCHEMA_1.names  # never mixed: the old table as it was
+
+
+def test_results_with_the_pattern_off_are_not_continued_with_it_on_nor_the_other_way(tiny_subtype, tmp_path):
+    write_archive(tmp_path / "archive", n=2)
+    off, on = (Predictor.from_file(tiny_subtype, subtype=flag) for flag in (False, True))
+    run_batch(open_source(tmp_path / "archive"), LocalEngine(off), tmp_path / "off", progress=False)
+    run_batch(open_source(tmp_path / "archive"), LocalEngine(on), tmp_path / "on", progress=False)
+    with pytest.raises(BatchError, match=r"subtype pattern off; this run has the subtype pattern of network .*give a new --out folder"):
+        run_batch(open_source(tmp_path / "archive"), LocalEngine(on), tmp_path / "off", progress=False)
+    with pytest.raises(BatchError, match=r"subtype pattern of network .*; this run has the subtype pattern off"):
+        run_batch(open_source(tmp_path / "archive"), LocalEngine(off), tmp_path / "on", progress=False)
+    assert len(pd.read_parquet(tmp_path / "off")) == len(pd.read_parquet(tmp_path / "on")) == 4
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -261,3 +345,30 @@ def test_the_ray_engine_gives_the_local_rows(local_ray, tiny_model, predictor, t
     for column in ("sha256", "label", "grey_zone", "error", "operating_point", "model_sha"):
         assert on_ray[column].equals(local[column]), column
     assert local_ray.is_initialized()  # a cluster the caller started is left running
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_the_ray_engine_loads_the_pattern_as_the_driver_does_and_gives_the_local_rows(
+    local_ray, tiny_subtype, tmp_path, monkeypatch, setting
+):
+    from pneumo_model.batch_ray import RayEngine, RaySettings
+
+    # Set in the driver only: the Ray workers were started without PNEUMO_SUBTYPE (so with its
+    # default), and must follow the driver whichever way it is set.
+    monkeypatch.setenv("PNEUMO_SUBTYPE", setting)
+    write_archive(tmp_path / "archive", n=24, size=80)
+    items = open_source(tmp_path / "archive")
+    run_batch(items, LocalEngine(Predictor.from_file(tiny_subtype)), tmp_path / "local", progress=False)
+    engine = RayEngine(tiny_subtype, settings=RaySettings(batch_size=8))
+    assert (engine.subtype_sha is not None) == (setting == "1")
+    run_batch(items, engine, tmp_path / "ray", progress=False)
+    local, on_ray = read_results(tmp_path / "local"), read_results(tmp_path / "ray")
+    assert on_ray["file"].tolist() == local["file"].tolist() and on_ray["label"].equals(local["label"])
+    assert on_ray["subtype"].equals(local["subtype"])
+    np.testing.assert_allclose(
+        on_ray["subtype_probability"].to_numpy(float), local["subtype_probability"].to_numpy(float), atol=1e-6, equal_nan=True
+    )
+    if setting == "1":  # no gate here: every pneumonia call has its pattern
+        assert local["subtype"].notna().any() and (local["subtype"].notna() == (local["label"] == "pneumonia")).all()
+    else:
+        assert local["subtype"].isna().all()

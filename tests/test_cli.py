@@ -55,6 +55,42 @@ def test_predict_prints_the_schema_and_exits_0_when_all_are_scored(tiny_model, f
     assert record["label"] == ("pneumonia" if record["probability"] >= record["threshold"] else "normal")
     assert record["ood"] is None and record["ood_score"] is None and record["warnings"] == []
     assert record["ood_grade"] is None and record["age_years"] is None  # no gate; not a DICOM
+    assert record["subtype"] is None and record["subtype_probability"] is None  # no subtype network
+
+
+def test_predict_prints_and_records_the_pattern_of_a_pneumonia_call_and_null_for_a_normal_one(
+    tiny_subtype, tmp_path, capsys, monkeypatch
+):
+    from helpers import calling_every_film
+    from pneumo_model.audit import AuditTrail
+    from pneumo_model.prediction import Predictor
+    from pneumo_model.subtype import PATTERNS
+
+    monkeypatch.setenv("PNEUMO_SUBTYPE", "1")
+    rng = np.random.default_rng(0)
+    films = []
+    for index in range(4):
+        films.append(tmp_path / f"film{index}.png")
+        films[-1].write_bytes(encode(synthetic_xray(rng, 80, lesion=index % 2 == 1)))
+    db = tmp_path / "audit.sqlite3"
+    load = Predictor.from_file
+    for label in ("pneumonia", "normal"):  # the model as the command loads it, calling every film one way
+        monkeypatch.setattr(Predictor, "from_file", lambda *args, **kwargs: calling_every_film(load(*args, **kwargs), label))
+        code, records, _ = _run(capsys, ["predict", *map(str, films), "--model", str(tiny_subtype), "--audit", str(db)])
+        assert code == 0 and [record["label"] for record in records] == [label] * len(films)
+        assert all(record["schema_version"] == PREDICTION_SCHEMA_VERSION == 4 for record in records)
+        for record in records:
+            if label == "pneumonia":
+                assert record["subtype"] in PATTERNS and 0.0 <= record["subtype_probability"] <= 1.0
+            else:
+                assert record["subtype"] is None and record["subtype_probability"] is None
+        rows = {row["result_id"]: row for row in AuditTrail(db).trail()}
+        for record in records:
+            row = rows[record["audit_id"]]
+            assert row["subtype"] == record["subtype"]
+            assert row["subtype_probability"] == pytest.approx(record["subtype_probability"], abs=1e-6) or (
+                row["subtype_probability"] is record["subtype_probability"] is None
+            )
 
 
 def test_predict_with_audit_records_each_scored_file_and_no_file_name(tiny_model, files, capsys, tmp_path):

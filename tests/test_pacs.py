@@ -548,3 +548,23 @@ def test_a_header_with_a_malformed_birth_date_and_no_study_time_still_gets_its_r
         assert "1980-01-01" not in out.out + out.err + logged
     finally:
         server.remove()
+
+
+def test_a_report_with_the_subtype_pattern_goes_back_and_reads_back_with_its_private_codes(tmp_path, tiny_subtype):
+    from helpers import calling_every_film
+
+    predictor = calling_every_film(Predictor.from_file(tiny_subtype, subtype=True), "pneumonia")
+    server, study, _ = one_study_server(tmp_path / "orthanc", n_films=1)
+    try:
+        client = client_for(server)
+        (instance,) = client.instances(study.study_uid)
+        (result,) = score_instances(client, predictor, [instance])
+        assert result.prediction.subtype is not None
+        sent = send_report(client, instance, result.prediction, predictor.operating_point)
+        (stored,) = [i for i in client.instances(study.study_uid) if i.sop_uid == sent.sr_uid]
+        values = read_report(pydicom.dcmread(io.BytesIO(client.retrieve(stored))))  # as the PACS keeps it
+        assert (values["label"], values["subtype"]) == ("pneumonia", result.prediction.subtype)
+        assert values["subtype_probability"] == pytest.approx(result.prediction.subtype_probability, abs=1e-6)
+        assert values["subtype_note"].startswith("A radiographic pattern, not a cause.")
+    finally:
+        server.remove()

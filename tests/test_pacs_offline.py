@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from helpers import calling_every_film
 from pacs_studies import SAMPLES, SENTINELS, grey, sentinel_study
 from pneumo_model import __version__
 from pneumo_model.errors import ConfigError
@@ -149,7 +150,7 @@ def test_a_header_dicom_does_not_allow_is_cleaned_and_the_report_still_builds(sc
     assert cleaned.PatientBirthDate == "" and cleaned.StudyTime == ""
     assert bad.PatientBirthDate == "1980-01-01"  # the image's own header is left as it was
     dataset = saved_and_read(build_report(cleaned, prediction, predictor.operating_point, __version__))
-    assert dataset.PatientBirthDate == "" and "1980" not in str(dataset)
+    assert dataset.PatientBirthDate == "" and "1980-01-01" not in str(dataset)  # (a random UID may hold "1980")
 
 
 @pytest.mark.shipped_model
@@ -171,3 +172,72 @@ def test_the_heat_map_capture_has_not_for_diagnosis_burned_in_and_refuses_anothe
         build_heatmap_capture(_report_header(header), picture, prediction, replace(point, id="another"), __version__)
     with pytest.raises(ValueError, match="uint8 RGB"):
         build_heatmap_capture(_report_header(header), picture[:, :, 0], prediction, point, __version__)
+
+
+def _items(dataset) -> dict[tuple[str, str], object]:
+    return {(str(item.ConceptNameCodeSequence[0].CodingSchemeDesignator), str(item.ConceptNameCodeSequence[0].CodeValue)): item
+            for item in dataset.ContentSequence}
+
+
+def test_the_report_of_a_pneumonia_call_carries_the_pattern_as_its_own_coded_observation_never_a_diagnosis(tiny_subtype):
+    from highdicom.sr import ComprehensiveSR
+
+    from pneumo_model.presentation import PATTERN_CAVEAT
+    from pneumo_model.structured_report import SCHEME
+
+    study = sentinel_study()
+    data = chest_dicom(grey(SAMPLES[1]), study, generate_uid(), modality="CR", photometric="MONOCHROME1")
+    header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    predictor = calling_every_film(Predictor.from_file(tiny_subtype, subtype=True), "pneumonia")
+    prediction = predictor.call(DecodedImage.decode(data))
+    assert prediction.label == "pneumonia" and prediction.subtype is not None
+    dataset = saved_and_read(build_report(_report_header(header), prediction, predictor.operating_point, __version__))
+    values = read_report(dataset)
+    ComprehensiveSR.from_dataset(dataset)  # a valid Comprehensive SR, as highdicom reads one (it converts in place)
+    assert values["label"] == "pneumonia"
+    assert values["subtype"] == prediction.subtype
+    assert values["subtype_probability"] == pytest.approx(prediction.subtype_probability, abs=1e-6)
+    assert values["subtype_note"] == PATTERN_CAVEAT
+    dataset = saved_and_read(build_report(_report_header(header), prediction, predictor.operating_point, __version__))
+    items = _items(dataset)
+    pattern = items[(SCHEME, "PATTERN")]
+    (name,), (value,) = pattern.ConceptNameCodeSequence, pattern.ConceptCodeSequence
+    assert pattern.ValueType == "CODE" and "Radiographic pattern" in name.CodeMeaning and "not a diagnosis" in name.CodeMeaning
+    assert value.CodingSchemeDesignator == SCHEME and value.CodeMeaning.endswith("radiographic pattern")
+    assert prediction.subtype.split("-")[0] in value.CodeMeaning.lower()
+    # Its own concept, not the call's: the call's "Finding" is still the model's pneumonia call alone.
+    (finding,) = items[("DCM", "121071")].ConceptCodeSequence
+    assert finding.CodeValue == "PNEUMONIA"
+    # No standard diagnosis code for a bacterial or viral pneumonia anywhere in the report.
+    codes = [(str(code.CodingSchemeDesignator), str(code.CodeMeaning)) for item in dataset.ContentSequence
+             for code in (*item.ConceptNameCodeSequence, *getattr(item, "ConceptCodeSequence", []))]
+    assert not [meaning for scheme, meaning in codes if scheme in ("SCT", "ICD10", "I10") and "pneumonia" in meaning.lower()]
+    prob = items[(SCHEME, "PATTERN-PROB")]
+    assert float(prob.MeasuredValueSequence[0].NumericValue) == pytest.approx(prediction.subtype_probability, abs=1e-6)
+
+
+def test_the_report_of_a_normal_call_or_with_the_pattern_off_has_no_pattern_item(tiny_subtype):
+    from pneumo_model.structured_report import SCHEME
+
+    study = sentinel_study()
+    data = chest_dicom(grey(SAMPLES[0]), study, generate_uid(), modality="DX")
+    header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    normal = calling_every_film(Predictor.from_file(tiny_subtype, subtype=True), "normal")
+    off = calling_every_film(Predictor.from_file(tiny_subtype, subtype=False), "pneumonia")
+    for predictor in (normal, off):
+        prediction = predictor.call(DecodedImage.decode(data))
+        assert prediction.subtype is None and prediction.subtype_probability is None
+        dataset = saved_and_read(build_report(_report_header(header), prediction, predictor.operating_point, __version__))
+        values = read_report(dataset)
+        assert values["label"] == prediction.label
+        assert values["subtype"] is values["subtype_probability"] is values["subtype_note"] is None
+        assert not [key for key in _items(dataset) if "PATTERN" in key[1]]
+        assert (SCHEME, "PROBABILITY") in _items(dataset)  # the rest of the report as always
+
+
+def test_every_code_of_the_report_fits_a_dicom_code_value():
+    from pneumo_model.structured_report import _codes
+
+    # Code Value is a DICOM short string (16 characters); a longer one goes to Long Code Value,
+    # which read_report and many viewers do not read.
+    assert all(len(code.value) <= 16 for code in _codes().values())

@@ -391,3 +391,64 @@ def test_the_demo_list_stays_open_after_a_pick_and_ticks_the_chosen_demo():
     (chosen,) = [b for b in demos.button if b.key == f"sample-{GREY_ABOVE}"]
     assert chosen.proto.icon == ":material/check:"
     assert all(not b.proto.icon for b in demos.button if b.key != f"sample-{GREY_ABOVE}")
+
+
+# ----------------------------------------------------------------------------- the subtype pattern
+def _metadata():
+    from pneumo_model.artifacts import ModelMetadata
+
+    return ModelMetadata(
+        architecture="pneumonet", input_size=128, gradcam_layer="features", temperature=1.0, threshold=0.241,
+        grey_zone=(0.057, 0.625), protocol="official", keras_version="3", tensorflow_version="2",
+        model_sha256="f" * 64, data_fingerprint="d" * 64, seed=1, training_seconds=1.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "pattern, words",
+    [("viral-like", "looks more like the viral pneumonia"),  # "films": matplotlib draws fi as one glyph
+     ("bacterial-like", "looks more like the bacterial pneumonia"),
+     ("undetermined", "undetermined, between the two patterns")],
+)
+def test_the_report_of_a_pneumonia_call_has_the_pattern_its_probability_and_the_caveat_under_the_call(pattern, words):
+    from pneumo_model.case_report import pattern_line
+
+    at = point()
+    called = dataclasses.replace(prediction(0.9, at), subtype=pattern, subtype_probability=0.7734, subtype_logit=1.2)
+    film, overlay, legend = report_inputs()
+    pdf = case_report_pdf(film, overlay, called, _metadata(), at, bytes_sha256(b"x"), "t", "w", legend)
+    assert pdf_pages(pdf) == 1
+    assert pdf_says(pdf, f"Radiographic pattern: {pattern}") and pdf_says(pdf, words)
+    assert pdf_says(pdf, "probability of the viral pattern 0.77, calibrated")
+    assert pdf_says(pdf, "A radiographic pattern, not a cause. The radiograph alone cannot reliably tell bacterial")
+    assert pdf_says(pdf, "(Virkki et al., Thorax 2002)") and "Virkki" in presentation.PATTERN_CAVEAT
+    text = re.sub(r"\s+", "", pdf_text(pdf))
+    assert text.index("Call:Pneumonia") < text.index("Radiographicpattern:") < text.index("Grad-CAM(right)")
+    assert pattern_line(called).startswith(f"Radiographic pattern: {pattern}, ")
+
+
+def test_the_report_of_a_normal_call_a_flagged_film_or_the_pattern_off_says_nothing_of_a_pattern(tiny_subtype):
+    from helpers import calling_every_film, encode, synthetic_xray
+    from pneumo_model.case_report import pattern_line
+    from pneumo_model.pipeline import DecodedImage
+    from pneumo_model.prediction import Predictor
+
+    film_bytes = encode(synthetic_xray(np.random.default_rng(3), 96, lesion=True))
+    with_pattern = Predictor.from_file(tiny_subtype, subtype=True)
+    called = calling_every_film(with_pattern, "pneumonia")
+    normal = calling_every_film(with_pattern, "normal")
+    off = calling_every_film(Predictor.from_file(tiny_subtype, subtype=False), "pneumonia")
+    film, overlay, legend = report_inputs()
+    image = DecodedImage.decode(film_bytes)
+    for predictor, has in ((called, True), (normal, False), (off, False)):
+        result = predictor.call(image)
+        pdf = case_report_pdf(film, overlay, result, predictor.metadata, predictor.operating_point, image.digest,
+                              "t", "w", legend)
+        assert pdf_says(pdf, "Radiographic pattern") is has and pdf_says(pdf, "Virkki") is has
+        assert result.label == ("normal" if predictor is normal else "pneumonia")
+    flagged = dataclasses.replace(called.call(image), ood=True, ood_score=1.7, ood_grade="outside", subtype=None,
+                                  subtype_probability=None)
+    pdf = case_report_pdf(film, overlay, flagged, called.metadata, called.operating_point, image.digest, "t", "w", legend)
+    assert not pdf_says(pdf, "Radiographic pattern") and pdf_says(pdf, "The out-of-distribution gate")
+    with pytest.raises(ValueError, match="no subtype pattern"):
+        pattern_line(flagged)

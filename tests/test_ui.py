@@ -147,6 +147,26 @@ def test_worklist_csv_escapes_formula_prefixes_like_the_audit_csv():
     assert [row["note"] for row in trail] == [row["file"] for row in rows]  # one rule for both
 
 
+def test_worklist_csv_has_the_pattern_of_a_pneumonia_call_and_empty_cells_for_a_normal_one(tiny_subtype):
+    from helpers import calling_every_film, encode, synthetic_xray
+    from pneumo_model.prediction import Predictor
+    from pneumo_model.subtype import PATTERNS
+
+    rng = np.random.default_rng(4)
+    files = [(f"film{index}.png", encode(synthetic_xray(rng, 96, lesion=index == 0))) for index in range(2)]
+    predictor = Predictor.from_file(tiny_subtype, subtype=True)
+    called = worklist.score_files(files[:1], calling_every_film(predictor, "pneumonia")).table
+    normal = worklist.score_files(files[1:], calling_every_film(predictor, "normal")).table
+    table = pd.concat([called, normal], ignore_index=True)
+    rows = list(csv.DictReader(io.StringIO(worklist.to_csv(worklist.masked(table, False), "m").decode("utf-8"))))
+    pattern = calling_every_film(predictor, "pneumonia").call(worklist.DecodedImage.decode(files[0][1]))  # predict's
+    assert rows[0]["call"] == "pneumonia" and rows[0]["subtype"] in PATTERNS
+    assert rows[0]["subtype"] == called["subtype"][0]
+    assert rows[0]["subtype_probability"] == f"{called['subtype_probability'][0]:.6f}"
+    assert float(rows[0]["subtype_probability"]) == pytest.approx(pattern.subtype_probability, abs=1e-6)
+    assert rows[1]["call"] == "normal" and rows[1]["subtype"] == "" and rows[1]["subtype_probability"] == ""
+
+
 def test_byte_budget_cache_holds_at_most_its_budget_and_freezes_values():
     cache = ByteBudgetCache(max_bytes=10_000_000)
     computed = []

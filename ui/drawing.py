@@ -8,7 +8,9 @@ import cv2
 import numpy as np
 import streamlit as st
 
-from pneumo_model.explain import VERMILLION
+from pneumo_model.explain import VERMILLION, HeatmapScale, gradcam_colour_bar, with_legend
+
+WEAK_MAP_CHECKBOX = "Show the weak map anyway"
 
 
 def show(picture: np.ndarray | Path, caption: str | None = None, width: int | str = "stretch", where=st) -> None:
@@ -110,3 +112,39 @@ def draw_markers(
         far = (min(width - 1, round(x1 * scale_x) + pad), min(height - 1, round(y1 * scale_y) + pad))
         cv2.rectangle(rgb, corner, far, SKY_BLUE, thickness=line)
     return rgb
+
+
+def fixed_scale_map(
+    display: np.ndarray,
+    raw: np.ndarray,
+    scale: HeatmapScale,
+    opacity: float,
+    *,
+    caption: str,
+    bar_words: str,
+    weak_words: str,
+    key: str,
+    top_words: str = "pneumonia top 1 %",
+) -> bool:
+    """A raw Grad-CAM map over the screen copy on its fixed scale, the colour bar drawn into the
+    picture under it, so the map is never seen without its scale (Explain's pneumonia map and
+    pattern map).
+
+    A weak map (``scale.is_weak``) is not drawn unless the reader asks: ``weak_words`` say why in
+    a note, and a checkbox (``key``) draws it anyway on the same scale; until then only the bar is
+    shown, with ``bar_words``. Draws where the caller's ``with`` block is.
+
+    Returns:
+        Whether the map was drawn.
+    """
+    peak = scale.peak(raw)
+    draw = True
+    if scale.is_weak(raw):
+        st.info(weak_words, icon=":material/blur_off:")
+        draw = st.checkbox(WEAK_MAP_CHECKBOX, key=key, value=False)
+    bar = gradcam_colour_bar(scale, opacity, peak=peak, width=max(640, display.shape[1]), top_words=top_words)
+    if draw:
+        show(with_legend(scale.overlay(display, raw, alpha=opacity), bar, grow=True), caption=caption)
+    else:
+        show(bar, caption=bar_words)
+    return draw

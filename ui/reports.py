@@ -424,3 +424,77 @@ def show_where_the_model_looks(metadata, name: str, reports_dir: Path = REPORTS_
         if sheet is not None:
             drawing.show(sheet, caption="The body's outline (white; outside dimmed) on the 36 films it was checked on "
                          "by eye, with each verdict.", width=900)
+
+
+# The radiographic pattern's test figures on the card (``model_card.json``'s "subtype" section), in
+# its report's key names, and the names Kermany 2018's may carry: their sensitivity is for bacterial
+# as the positive class, their specificity is viral recall.
+SUBTYPE_FIGURES = (
+    ("roc_auc", "AUC (all films)", ("roc_auc", "auc")),
+    ("accuracy", "accuracy (all films)", ("accuracy",)),
+    ("viral_recall", "viral recall (all films)", ("viral_recall", "specificity")),
+    ("bacterial_recall", "bacterial recall (all films)", ("bacterial_recall", "sensitivity")),
+    ("undetermined_fraction", "undetermined share", ()),
+    ("accuracy_outside_band", "accuracy outside the undetermined band", ()),
+    ("viral_recall_outside_band", "viral recall outside the undetermined band", ()),
+    ("viral_recall_undetermined_as_miss", "viral recall, undetermined counted as misses", ()),
+)
+
+
+def _share_and_interval(value: float, interval) -> str:
+    if interval and interval[0] is not None:
+        return f"{value:.1%} ({interval[0]:.1%}-{interval[1]:.1%})"
+    return f"{value:.1%}"
+
+
+def subtype_rows(section: dict) -> list[dict]:
+    """The pattern's test figures beside Kermany 2018's, one row per figure (``DASH`` where a report
+    has no such figure), from the card's "subtype" section; [] before the test run."""
+    test = section.get("test")
+    if not test:
+        return []
+    kermany = section.get("kermany_2018") or {}
+    rows = []
+    for key, name, published_keys in SUBTYPE_FIGURES:
+        value = test["metrics"].get(key)
+        interval = test.get("intervals", {}).get(key)
+        published = next((kermany[k] for k in published_keys if isinstance(kermany.get(k), (int, float))), None)
+        share = "fraction" in key
+        rows.append({
+            "figure": name,
+            "ours": DASH if value is None else (_share_and_interval(value, interval) if share else _value_and_interval(value, interval)),
+            "published": DASH if published is None else f"{published:.3f}",
+        })
+    return rows
+
+
+def subtype_status(section: dict, running: bool) -> str:
+    """Whether the pattern is on by default and on this server, and, when it ships off, why."""
+    setting = section.get("setting", "PNEUMO_SUBTYPE")
+    here = "on" if running else "off"
+    if section.get("enabled_by_default"):
+        met = (section.get("test") or {}).get("must_reach_met") is True
+        return (
+            "**On by default**"
+            + (": it met the must-reach bar fixed before the test run (`docs/subtype_rule.md`)" if met else "")
+            + f"; on this server: **{here}** (`{setting}=0` turns it off)."
+        )
+    test = section.get("test")
+    if test is None:
+        why = "it has not been scored on the test split yet."
+    elif test.get("must_reach_met") is False:
+        metrics = test["metrics"]
+        figures = ", ".join(
+            f"{name} {metrics[key]:.3f}" for key, name in (
+                ("roc_auc", "AUC"), ("viral_recall_outside_band", "viral recall outside the undetermined band"),
+            ) if metrics.get(key) is not None
+        )
+        why = (
+            "it missed the must-reach bar fixed before the test run (`docs/subtype_rule.md`)"
+            + (f": {figures}." if figures else ".")
+        )
+    else:
+        why = None
+    return f"**Off by default** (`{setting}=1` turns it on); on this server: **{here}**." + (
+        f" Off because {why}" if why else ""
+    )

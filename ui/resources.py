@@ -27,7 +27,16 @@ import streamlit as st
 from pneumo_model.crop import DiaphragmResult, MarkerResult, edit_pixels, find_diaphragm, find_markers
 from pneumo_model.display import screen_grey
 from pneumo_model.errors import PneumoError, SiteProfileError
-from pneumo_model.explain import GradCam, HeatmapScale, LimeConfig, LimeExplanation, explain_lime, heatmap_scale_path
+from pneumo_model.explain import (
+    SUBTYPE_HEATMAP_SCALE,
+    GradCam,
+    HeatmapScale,
+    LimeConfig,
+    LimeExplanation,
+    explain_lime,
+    heatmap_scale_path,
+    subtype_heatmap_scale_path,
+)
 from pneumo_model.paths import DEFAULT_MODEL_PATH
 from pneumo_model.pipeline import DecodedImage
 from pneumo_model.prediction import Prediction, Predictor
@@ -281,6 +290,44 @@ def gradcam_heatmap(image: Image) -> np.ndarray:
         return gradcam().raw(inputs)
 
     return cache().get_or_compute(("gradcam_raw", image.digest), compute)
+
+
+@st.cache_resource(show_spinner=False)
+def _subtype_gradcam(sign: int, subtype_sha256: str) -> GradCam:
+    # Keyed on the subtype model's SHA-256 as well as the sign: never another network's maps.
+    subtype = predictor().subtype
+    return GradCam(subtype.model, subtype.metadata.gradcam_layer, sign=sign)
+
+
+@st.cache_resource(show_spinner=False)
+def _subtype_heatmap_scale(path: str, subtype_sha256: str) -> HeatmapScale:
+    return HeatmapScale.load(path, subtype_sha256, SUBTYPE_HEATMAP_SCALE)
+
+
+def subtype_heatmap_scale() -> HeatmapScale:
+    """The pattern map's own fixed scale (``<model>.subtype.cam.json``, ``docs/heatmap_scale.md``),
+    fitted for the subtype network the predictor carries (call only when it carries one).
+
+    Raises:
+        ModelFileError: it is missing, unreadable or fitted for another subtype model: the page
+            then draws no pattern map rather than one on another scale.
+    """
+    sha = predictor().subtype.metadata.model_sha256
+    return _subtype_heatmap_scale(str(subtype_heatmap_scale_path(DEFAULT_MODEL_PATH)), sha)
+
+
+def subtype_heatmap(image: Image, sign: int) -> np.ndarray:
+    """The raw Grad-CAM map of the subtype network's viral logit (``sign=1``) or of its negative
+    (``sign=-1``, the bacterial pattern's map) on the model input, (size, size) float32 >= 0;
+    drawn through ``subtype_heatmap_scale``. Call only when the predictor carries a subtype network."""
+    inputs = model_input(image)
+    sha = predictor().subtype.metadata.model_sha256
+
+    def compute() -> np.ndarray:
+        RUNS["subtype_gradcam"] += 1
+        return _subtype_gradcam(sign, sha).raw(inputs)
+
+    return cache().get_or_compute(("subtype_cam_raw", image.digest, sha, sign), compute)
 
 
 def lime_explanation(image: Image, num_samples: int, n_segments: int) -> LimeExplanation:

@@ -13,7 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..artifacts import ModelMetadata, read_metadata
+from ..bundle import subtype_model_path
 from ..data import CLASSES
+from ..paths import DEFAULT_MODEL_PATH
+from ..subtype import ENABLED_BY_DEFAULT, SETTING
 from .evaluation import KERMANY_2018
 
 CITATION = (
@@ -124,13 +128,121 @@ def measured_shortcut(stress_report: dict) -> dict:
     return measured
 
 
-def write_model_card(reports_dir: Path, fullres_dir: Path | None) -> dict:
+SUBTYPE_REPORT = "subtype_evaluation.json"
+# The test report's figures the card shows (``evaluate --subtype``), in its own key names.
+SUBTYPE_TEST_FIGURES = (
+    "roc_auc", "accuracy", "viral_recall", "bacterial_recall", "undetermined_fraction", "accuracy_outside_band",
+    "viral_recall_outside_band", "viral_recall_undetermined_as_miss",
+)
+SUBTYPE_CAVEAT = (
+    "The radiograph alone cannot reliably tell bacterial from viral infection: bacterial infection is found in about "
+    "half of children with only interstitial infiltrates and in most with alveolar ones (Virkki et al., Thorax 2002). "
+    "The labels it learned from are the hospital's diagnoses (the data set's file names), not microbiology. So the "
+    "output is a radiographic pattern, a second look for the reader: never a cause, never a treatment decision."
+)
+KERMANY_SUBTYPE_NOTE = (
+    "Kermany et al. (Cell 2018) report bacterial against viral on the same official test split (242 bacterial, 148 "
+    "viral films), with bacterial as the positive class. As their methods describe, the test partition was evaluated "
+    "during training and the best-performing model kept: their figures were selected on the test split, so they are "
+    "optimistic."
+)
+OURS_NOTE = "Ours were fixed on validation before the test split was scored once."
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def subtype_card_facts(metadata: ModelMetadata | None, report: dict | None) -> dict:
+    """The card's section on the radiographic pattern: what it is and is not, how its network was
+    trained (from its own metadata), its test figures (from ``subtype_evaluation.json``, read key by
+    key: a figure the report lacks is None, never guessed) and Kermany 2018's beside them, and
+    whether the pattern is on by default.
+
+    Args:
+        metadata: the subtype network's metadata; None when the model has none.
+        report: ``evaluate --subtype``'s report; None when it has not been written yet.
+    """
+    facts = {
+        "what_it_is": (
+            "For a film the model calls pneumonia (and the out-of-distribution gate does not flag), a second small "
+            "network says whether it looks more like the bacterial or the viral pneumonia films it learned from: "
+            "\"bacterial-like\", \"viral-like\", or \"undetermined\" inside a band around its threshold. Never "
+            "for a film called normal or flagged by the gate."
+        ),
+        "what_it_is_not": SUBTYPE_CAVEAT,
+        "enabled_by_default": ENABLED_BY_DEFAULT,
+        "setting": SETTING,
+        "rule": "docs/subtype_rule.md",
+        "model": None,
+        "test": None,
+        "kermany_2018": None,
+        "kermany_note": f"{KERMANY_SUBTYPE_NOTE} {OURS_NOTE}",
+    }
+    if metadata is not None:
+        validation = metadata.validation
+        low, high = metadata.grey_zone
+        facts["model"] = {
+            "sha256": metadata.model_sha256,
+            "architecture": metadata.description,
+            "input_size": metadata.input_size,
+            "init_from": metadata.train_config.get("init_from"),
+            "imbalance": metadata.train_config.get("imbalance"),
+            "command": metadata.command,
+            "training_seconds": metadata.training_seconds,
+            "created_utc": metadata.created_utc,
+            "temperature": metadata.temperature,
+            "threshold": metadata.threshold,
+            "band": [low, high],
+            "validation": {
+                "films": validation.get("films"),
+                "viral_films": validation.get("viral_films"),
+                "roc_auc": _number(validation.get("roc_auc")),
+                "accuracy": _number(validation.get("accuracy")),
+                # Viral is the positive class of the subtype network: sensitivity is viral recall.
+                "viral_recall": _number(validation.get("sensitivity")),
+                "bacterial_recall": _number(validation.get("specificity")),
+                "undetermined_fraction": _number(validation.get("undetermined_fraction")),
+                "accuracy_outside_band": _number(validation.get("accuracy_outside_band")),
+                "viral_recall_outside_band": _number(validation.get("viral_recall_outside_band")),
+            },
+        }
+    if report is not None:
+        metrics = report.get("metrics") if isinstance(report.get("metrics"), dict) else {}
+        intervals = report.get("intervals") if isinstance(report.get("intervals"), dict) else {}
+        met = report.get("must_reach_met")
+        facts["test"] = {
+            "model_sha256": report.get("model_sha256"),
+            "metrics": {key: _number(metrics.get(key)) for key in SUBTYPE_TEST_FIGURES},
+            "intervals": {
+                key: [float(v) for v in intervals[key]]
+                for key in SUBTYPE_TEST_FIGURES
+                if isinstance(intervals.get(key), (list, tuple)) and len(intervals[key]) == 2
+                and all(_number(v) is not None for v in intervals[key])
+            },
+            "must_reach_met": met if isinstance(met, bool) else None,
+        }
+        kermany = report.get("kermany_2018")
+        facts["kermany_2018"] = dict(kermany) if isinstance(kermany, dict) else None
+        if isinstance(report.get("kermany_note"), str):  # the report's own words on how they were chosen
+            facts["kermany_note"] = f"{report['kermany_note']} {OURS_NOTE}"
+    return facts
+
+
+def write_model_card(reports_dir: Path, fullres_dir: Path | None, model_path: Path = DEFAULT_MODEL_PATH) -> dict:
     """Writes ``model_card.json``; adds the measured shortcut when ``validation_stress.json`` is there,
-    and redraws the reliability diagrams the card shows from the committed predictions (``redraw_reliability``)."""
+    the radiographic pattern's section (``subtype_card_facts``: from the subtype network beside
+    ``model_path`` and ``subtype_evaluation.json`` when they are there), and redraws the reliability
+    diagrams the card shows from the committed predictions (``redraw_reliability``)."""
     facts = model_card_facts(fullres_dir)
     stress_path = Path(reports_dir) / "validation_stress.json"
     if stress_path.is_file():
         facts["shortcut_measured"] = measured_shortcut(json.loads(stress_path.read_text()))
+    subtype_path, report_path = subtype_model_path(model_path), Path(reports_dir) / SUBTYPE_REPORT
+    facts["subtype"] = subtype_card_facts(
+        read_metadata(subtype_path) if subtype_path.is_file() else None,
+        json.loads(report_path.read_text()) if report_path.is_file() else None,
+    )
     Path(reports_dir).mkdir(parents=True, exist_ok=True)
     reliability = {split: redraw_reliability(reports_dir, split) for split in ("test", "validation")}
     facts["reliability"] = {split: drawn for split, drawn in reliability.items() if drawn is not None}
