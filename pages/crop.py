@@ -288,7 +288,10 @@ with numbers:
             "where no call is trusted. A change of call is one from a confident normal to a confident pneumonia, "
             "or back."
         )
-        call_view.show_pattern(after, model.subtype, "crop", bar_width="stretch", title=f"Pattern after {edit}")
+
+if may_show_after:  # under the pictures and the numbers: the numbers' column is too narrow for a legible bar
+    with st.columns([4, 7], gap="medium")[1]:
+        call_view.show_pattern(after, model.subtype, "crop", title=f"Pattern after {edit}")
 
 if crop and suggestion.found:
     st.caption(f"**Suggested crop.** {suggestion.reason} Adjust it with the sliders.")

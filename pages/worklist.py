@@ -211,7 +211,9 @@ rows = worklist.selected(worklist.for_screen(shown, done), calls, flags, order)
 view, page, pages = worklist.page_of(rows, st.session_state.get(PAGE_KEY, 1))
 st.session_state[PAGE_KEY] = page
 
-table_column, case_column = st.columns([13, 7], gap="small")
+# The pattern's column needs about 90 px more at 1366 x 768: the panel beside gives some, the other
+# columns the rest (a file name longer than its column ends in "…"; the panel shows it whole).
+table_column, case_column = st.columns([14, 6] if model.subtype else [13, 7], gap="small")
 with table_column:
     positions = [int(position) for position in view["upload"]]
     opened = st.session_state.get(OPENED_KEY)
@@ -242,21 +244,21 @@ with table_column:
         ],
         column_config={
             "thumbnail": st.column_config.ImageColumn("image", width=44),
-            "file": st.column_config.TextColumn("file", width=185),
-            "probability": st.column_config.NumberColumn("probability", format="%.3f", width=72),
-            "call": st.column_config.TextColumn("call", width=78, help="hidden: the image does not look like a chest X-ray"),
+            "file": st.column_config.TextColumn("file", width=155),
+            "probability": st.column_config.NumberColumn("probability", format="%.3f", width=70),
+            "call": st.column_config.TextColumn("call", width=76, help="hidden: the image does not look like a chest X-ray"),
             "subtype": st.column_config.TextColumn(
-                "pattern", width=96, help="For films called pneumonia only: the radiographic pattern, bacterial-like, "
+                "pattern", width=92, help="For films called pneumonia only: the radiographic pattern, bacterial-like, "
                 "viral-like or undetermined. A pattern, not a cause: open the image on Review for what it is and is not. "
                 "Empty for a normal call or a flagged image.",
             ),
             "flags": st.column_config.TextColumn(
-                "flags", width=100, help="indeterminate: in the grey zone, needs a careful read; unusual: near the "
+                "flags", width=94, help="indeterminate: in the grey zone, needs a careful read; unusual: near the "
                 "out-of-distribution check's cut, read with care (call shown); not X-ray-like: far outside it (call "
                 "hidden); age over 5: the DICOM header's age is outside the trained population (1-5); unreadable: "
                 "see the reason above",
             ),
-            "verdict": st.column_config.TextColumn("verdict", width=62, help="Your verdict, recorded in this tab"),
+            "verdict": st.column_config.TextColumn("verdict", width=60, help="Your verdict, recorded in this tab"),
         },
         key=TABLE_KEY,
         on_select="rerun",
@@ -292,7 +294,7 @@ with case_column:
         st.error(f"This file could not be read, so it cannot be opened. {plain(row.error)}", icon=":material/error:")
         st.stop()
     image = state.ChosenImage(*pairs[selected], row_source)
-    picture, words = st.columns([1, 1.3])
+    picture, words = st.columns([1, 2.2])  # the words' column wide enough for "Indeterminate:" on one line
     with st.spinner("Reading the image..."):
         pixels = frame.computed(lambda: resources.display_pixels(image), row.file)
     drawing.show(pixels, width=120, where=picture)
@@ -311,11 +313,11 @@ with case_column:
                 st.warning(f"**Indeterminate: needs a careful read** (grey zone [{low:.3f}, {high:.3f}))", icon=":material/help:")
             else:
                 st.caption(f"Outside the grey zone [{low:.3f}, {high:.3f}).")
-            if model.subtype is not None and isinstance(row.subtype, str):
-                st.caption(
-                    f"Pattern: {row.subtype} ({presentation.PATTERN_PROBABILITY_LABEL} {row.subtype_probability:.3f}); "
-                    "a pattern, not a cause: Review says what it is and is not."
-                )
+    if not hidden and model.subtype is not None and isinstance(row.subtype, str):  # under both: the words column is narrow
+        st.caption(
+            f"Pattern: {row.subtype}, {presentation.PATTERN_PROBABILITY_LABEL} {row.subtype_probability:.3f}. "
+            "A pattern, not a cause: open it on Review for what it is and is not."
+        )
     st.caption("Open it on")
     targets = [page for page in frame.PAGES if page.title in ("Review", "Explain", "Crop & rescore")]
     for target, place in zip(targets, st.columns(len(targets))):

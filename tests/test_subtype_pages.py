@@ -251,7 +251,8 @@ def test_review_shows_no_pattern_when_it_is_off(monkeypatch):
 
 @pytest.mark.shipped_model
 def test_the_worklist_has_a_pattern_column_while_the_pattern_is_on(pattern_on):
-    from test_worklist_page import grid, worklist_app
+    from test_review import texts
+    from test_worklist_page import grid, select, worklist_app
 
     app = worklist_app()
     table = grid(app)
@@ -260,6 +261,11 @@ def test_the_worklist_has_a_pattern_column_while_the_pattern_is_on(pattern_on):
         expected = pattern_on.predict_source((REPO_ROOT / "assets" / "samples" / row.file).read_bytes())
         assert row.subtype == expected.subtype if expected.subtype is not None else pd.isna(row.subtype)
     assert table.value["subtype"].notna().any() and table.value["subtype"].isna().any()  # pneumonia and normal
+    name = table.value.dropna(subset=["subtype"])["file"].iloc[0]
+    expected = pattern_on.predict_source((REPO_ROOT / "assets" / "samples" / name).read_bytes())
+    app = select(app, name)  # the row's panel says its pattern, and where the caveat is
+    assert f"Pattern: {expected.subtype}, probability of the viral pattern (calibrated) " in texts(app.caption)
+    assert "A pattern, not a cause: open it on Review" in texts(app.caption)
 
 
 @pytest.mark.shipped_model

@@ -288,7 +288,7 @@ def main() -> None:
             review(page, args.out)
             page.get_by_role("button", name="data set label: normal · IM-0003-0001").click()
             # The previous demo's result stays whole on screen until the new run replaces it: wait for this film's.
-            expect(page.get_by_text("IM-0003-0001.jpeg (demo image")).to_be_visible(timeout=SLOW_MS)
+            expect(page.get_by_test_id("stImageCaption").get_by_text("IM-0003-0001.jpeg (demo image")).to_be_visible(timeout=SLOW_MS)
             wait_until_idle(page)
             page.get_by_test_id("stRadioGroup").get_by_text("agree", exact=True).click()
             page.get_by_role("button", name="Record verdict").click()

@@ -81,7 +81,9 @@ def undetermined_band(
     z = np.asarray(logits, dtype=np.float64) / temperature
     z_t = float(np.log(threshold / (1.0 - threshold)))
     distances = np.sort(np.abs(z - z_t))
-    k = int(np.ceil(max_share * len(distances)))  # films strictly inside: at most k - 1
+    # Films strictly inside: at most k - 1; with the film at the lower edge, which ``[low, high)``
+    # counts inside too, at most k = floor(max_share * n).
+    k = int(np.floor(max_share * len(distances)))
     d = float(distances[k - 1]) if k >= 1 else 0.0
     return float(sigmoid(np.array([z_t - d]), 1.0)[0]), float(sigmoid(np.array([z_t + d]), 1.0)[0])
 
