@@ -68,11 +68,10 @@ print(json.dumps({{"first": first, "call": seen["modules"], "metrics": [metric.l
 
 def test_the_heap_is_frozen_once_the_first_page_is_drawn_and_again_after_a_page_loaded_a_library(audit_db):
     # The freeze keeps full collections short (ui.frame._freeze_heap); a library imported by a page
-    # (matplotlib, by the call's probability bar) is frozen too once that page has run.
+    # (matplotlib, by the call's probability bar) is frozen too, at the start of the next page run.
     code = f"""
-import gc, json, sys, time
+import gc, json, sys
 from streamlit.testing.v1 import AppTest
-from ui import frame
 app = AppTest.from_file({str(REPO / "app.py")!r}, default_timeout=120).run()
 assert not app.exception, app.exception
 first = gc.get_freeze_count()
@@ -80,15 +79,12 @@ demos = [button for button in app.sidebar.button if button.label.startswith("dat
 demos[0].click().run()
 assert not app.exception, app.exception
 bar_loaded = "matplotlib.figure" in sys.modules
-deadline = time.monotonic() + 60
-while gc.get_freeze_count() <= first and time.monotonic() < deadline:  # frozen objects can die too
-    time.sleep(0.1)
+app.run()  # the next run of the page, as the reader's next click makes
+assert not app.exception, app.exception
 print(json.dumps({{"first": first, "after": gc.get_freeze_count(), "bar_loaded": bar_loaded,
-                   "walked": len(gc.get_objects()),
-                   "keepers": [thread.name for thread in frame._KEEPER]}}))
+                   "walked": len(gc.get_objects())}}))
 """
     found = run_fresh(code, audit_db)
-    assert found["keepers"] == ["heap"]  # one per process
     assert found["first"] > 0  # the model and its libraries, frozen once the first page was drawn
-    assert found["bar_loaded"] and found["after"] > found["first"]  # and matplotlib, once the call's page ran
+    assert found["bar_loaded"] and found["after"] > found["first"]  # and matplotlib, at the next run
     assert found["walked"] < found["after"] / 10  # what a full collection still walks

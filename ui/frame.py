@@ -10,8 +10,6 @@ first request to a fresh server), shows the disclaimer. The menu is drawn here w
 from __future__ import annotations
 
 import sys
-import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
@@ -197,8 +195,7 @@ def render(title: str) -> Predictor:
         finally:
             loading.empty()
     _sidebar(model)
-    if not _load_state().get("frozen"):  # once per server, when its first page is usable
-        _after_first_paint()
+    _keep_heap_frozen()
     return model
 
 
@@ -240,47 +237,26 @@ def _predictor(banner) -> Predictor:
     return model
 
 
-def _after_first_paint() -> None:
-    """A cold server's first page is drawn (banner, model, menu, demo images): the heap is frozen
-    (``_freeze_heap``), and kept frozen from then on by a background thread (``_keep_heap_frozen``).
+def _keep_heap_frozen() -> None:
+    """Keeps the heap frozen (``_freeze_heap``) as the pages import what they use; called at every
+    page run, once the page's frame is drawn.
 
-    The freeze used to come before the banner named the model, and every library the pages use was
-    imported on the way to the first call. Now each is imported where it is first used (the
-    probability bar's matplotlib by the first call, once the call is drawn), and frozen once the
-    page that imported it has run (a cold server's first call: ``tools.first_paint --demo``,
-    docs/onnx.md).
+    The first page of a cold server freezes it without a collection (on a fresh server one found
+    about 130 unreachable objects, for 0.1-0.2 s of a 2-core machine, just when the reader's first
+    click comes in). Libraries are imported where they are first used (the probability bar's
+    matplotlib by the first call, once the call is drawn; pandas by the trail), so a later run that
+    finds modules imported since the last freeze freezes again, with a collection: a few times per
+    server, at the start of a run, never in the middle of one and never from another thread
+    (docs/onnx.md: a cold server's first call).
     """
-    # Without a collection first: on a fresh server it found about 130 unreachable objects, for
-    # 0.1-0.2 s of a 2-core machine, just when the reader's first click comes in.
-    _freeze_heap(collect=False)
-    _load_state()["frozen"] = True
-    with _KEEPER_LOCK:
-        if not _KEEPER:
-            keeper = threading.Thread(target=_keep_heap_frozen, args=(len(sys.modules),), name="heap", daemon=True)
-            keeper.start()
-            _KEEPER.append(keeper)
-
-
-# While a page runs, Streamlit runs it in a thread of this name (one per session, ended when its runs
-# are done); if a later Streamlit names it otherwise, the heap is frozen again without waiting.
-PAGE_THREAD = "ScriptRunner.scriptThread"
-HEAP_CHECK_S = 0.5
-_KEEPER: list[threading.Thread] = []
-_KEEPER_LOCK = threading.Lock()
-
-
-def _keep_heap_frozen(modules: int) -> None:
-    """Forever: once modules were imported since the last freeze (``modules`` of them were loaded
-    then) and no page is running, freezes the heap again, so that a library a page loaded (matplotlib,
-    pandas, scikit-image...) is left out of later collections too. Waiting for the pages keeps the
-    collection (of what was made since the last freeze only) out of their runs."""
-    while True:
-        time.sleep(HEAP_CHECK_S)
-        if len(sys.modules) != modules and not any(
-            thread.name == PAGE_THREAD and thread.is_alive() for thread in threading.enumerate()
-        ):
-            modules = len(sys.modules)  # read first: a module imported during the freeze is seen next time
-            _freeze_heap()
+    state = _load_state()
+    modules = len(sys.modules)
+    if not state.get("frozen"):
+        _freeze_heap(collect=False)
+        state.update(frozen=True, modules=modules)
+    elif state.get("modules") != modules:
+        state["modules"] = modules  # read first: a module imported meanwhile is seen next time
+        _freeze_heap()
 
 
 def _freeze_heap(collect: bool = True) -> None:
