@@ -677,6 +677,12 @@ def _add_train_subtype(commands) -> None:
     parser.set_defaults(handler=_train_subtype)
 
 
+def _trained_summary(metadata) -> dict:
+    """What ``train`` and ``train-subtype`` print of the model they wrote."""
+    data = metadata.to_dict()
+    return {k: data[k] for k in ("model_sha256", "temperature", "threshold", "grey_zone", "training_seconds")}
+
+
 def _train_subtype(args) -> int:
     from .bundle import subtype_model_path
     from .data import resolve_data_dir
@@ -685,7 +691,7 @@ def _train_subtype(args) -> int:
     config = train_config_from_args(args)
     out = args.out or subtype_model_path(args.model)
     metadata = train_subtype(config, resolve_data_dir(args.data), out, init_from=args.init_from, command=args.command_line)
-    summary = {k: metadata.to_dict()[k] for k in ("model_sha256", "temperature", "threshold", "grey_zone", "training_seconds")}
+    summary = _trained_summary(metadata)
     summary["validation"] = {k: metadata.validation[k] for k in ("roc_auc", "undetermined_fraction", "viral_recall_outside_band")}
     print(json.dumps(summary))
     return EXIT_OK
@@ -751,7 +757,7 @@ def _train(args) -> int:
 
     config = train_config_from_args(args)
     metadata = train(config, resolve_data_dir(args.data), args.model, command=args.command_line)
-    summary = {k: metadata.to_dict()[k] for k in ("model_sha256", "temperature", "threshold", "grey_zone", "training_seconds")}
+    summary = _trained_summary(metadata)
     summary["validation_auc"] = metadata.validation["roc_auc"]
     print(json.dumps(summary))
     return EXIT_OK

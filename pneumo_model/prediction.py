@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from .crop import (
 from .pipeline import DecodedImage
 from .preprocessing import ImageInfo, ImageLimits, preprocess
 from .schema import PREDICTION_SCHEMA_VERSION
-from .subtype import SubtypeModel, enabled as subtype_enabled
+from .subtype import SubtypeModel
 
 if TYPE_CHECKING:
     import keras
@@ -189,9 +188,7 @@ class Predictor:
                 ``.keras`` file on TensorFlow (the lab). Never one in place of the other.
             threads: ONNX Runtime's threads per pass (None: its default, the cores); "keras" ignores it.
             subtype: load the subtype pattern's network beside the model (``<model>.subtype.keras``);
-                None follows ``PNEUMO_SUBTYPE`` and its default (``subtype.enabled``). Asked for
-                explicitly (True, or ``PNEUMO_SUBTYPE=1``), a missing one is an error; on by default,
-                a model without one simply has no pattern.
+                None follows ``PNEUMO_SUBTYPE`` and its default (``SubtypeModel.beside``).
 
         Raises:
             ModelFileError: the model files (or, for "onnx", its exported graph) are missing or altered.
@@ -212,7 +209,7 @@ class Predictor:
             from .site import SiteProfile
 
             operating_point = SiteProfile.load(site).operating_point()
-        return cls(model, metadata, batch_size, gate, operating_point, _load_subtype(model_path, runtime, threads, subtype))
+        return cls(model, metadata, batch_size, gate, operating_point, SubtypeModel.beside(model_path, runtime, threads, subtype))
 
     def with_operating_point(self, operating_point: OperatingPoint | None) -> "Predictor":
         """The same model and gate (shared, not copied) with another operating point (None: the shipped one).
@@ -441,19 +438,6 @@ class Predictor:
             InvalidImageError: the image cannot be used (see ``load_image``).
         """
         return self.call(DecodedImage.decode(source, limits))
-
-
-def _load_subtype(model_path: Path, runtime: str, threads: int | None, asked: bool | None) -> SubtypeModel | None:
-    """The subtype network ``Predictor.from_file`` loads, or None (see its ``subtype`` argument)."""
-    wanted = subtype_enabled() if asked is None else asked
-    if not wanted:
-        return None
-    from .bundle import subtype_model_path
-
-    explicit = asked is True or os.environ.get("PNEUMO_SUBTYPE", "").strip() == "1"
-    if not explicit and not subtype_model_path(model_path).is_file():
-        return None
-    return SubtypeModel.load(model_path, runtime, threads)
 
 
 class _KerasForward:

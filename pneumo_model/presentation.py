@@ -14,6 +14,7 @@ are labelled in probability, and 0.5 is in the middle as on a linear bar.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -271,6 +272,9 @@ def _hide_covered_ends(ax: Axes, ends, threshold: float, low: float, high: float
             end.set_visible(False)
 
 
+# Every page run draws the call's bar and the pattern's (about 70 ms each with matplotlib on a 2-core
+# machine); the same film at the same operating point gives the same picture, so it is drawn once.
+@functools.lru_cache(maxsize=256)
 def probability_bar(
     probability: float, point: OperatingPoint, width_in: float = 3.6, dpi: int = 200, font_size: float = 12.0
 ) -> np.ndarray:
@@ -286,6 +290,7 @@ def probability_bar(
     return _bar_picture(lambda ax: draw_probability_bar(ax, probability, point, font_size), width_in, dpi)
 
 
+@functools.lru_cache(maxsize=256)
 def pattern_bar(
     probability: float, threshold: float, band: tuple[float, float], width_in: float = 3.6, dpi: int = 200,
     font_size: float = 12.0,
@@ -305,4 +310,6 @@ def _bar_picture(draw, width_in: float, dpi: int) -> np.ndarray:
     ax = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     draw(ax)
     canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()  # (h, w, 3) uint8
+    pixels = np.asarray(canvas.buffer_rgba())[:, :, :3].copy()  # (h, w, 3) uint8
+    pixels.flags.writeable = False  # cached and shared (``probability_bar``, ``pattern_bar``)
+    return pixels

@@ -16,6 +16,7 @@ import numpy as np
 
 from .artifacts import ModelMetadata, check_model_file
 from .bundle import SUBTYPE_MODEL, subtype_model_path
+from .calibration import sigmoid
 from .errors import ConfigError, ModelFileError
 from .onnx_model import OnnxModel
 
@@ -114,6 +115,28 @@ class SubtypeModel:
         model, metadata = load_model(path)
         return cls(model, metadata)
 
+    @classmethod
+    def beside(
+        cls, main_model_path: Path, runtime: str = "onnx", threads: int | None = None, asked: bool | None = None
+    ) -> "SubtypeModel | None":
+        """The subtype network a ``Predictor`` scores with, or None for no pattern.
+
+        Args:
+            asked: True or False forces it on or off; None follows ``PNEUMO_SUBTYPE`` and its default
+                (``enabled``). Asked for explicitly (True, or ``PNEUMO_SUBTYPE=1``), a missing network
+                is an error; on by default, a model without one simply has no pattern.
+
+        Raises:
+            ModelFileError: see ``load``.
+            ConfigError: ``PNEUMO_SUBTYPE`` is neither 1 nor 0.
+        """
+        if not (enabled() if asked is None else asked):
+            return None
+        explicit = asked is True or os.environ.get(SETTING, "").strip() == "1"
+        if not explicit and not subtype_model_path(main_model_path).is_file():
+            return None
+        return cls.load(main_model_path, runtime, threads)
+
     @property
     def threshold(self) -> float:
         return self.metadata.threshold
@@ -151,7 +174,7 @@ class SubtypeModel:
     def calls(self, images: np.ndarray) -> list[SubtypeCall]:
         """The pattern of each model input (the caller decides which films it applies to)."""
         logits = self.logits(images)
-        probabilities = 1.0 / (1.0 + np.exp(-logits / self.metadata.temperature))
+        probabilities = sigmoid(logits, self.metadata.temperature)
         return [
             SubtypeCall(self.pattern_for(float(p)), float(p), float(z)) for p, z in zip(probabilities, logits)
         ]

@@ -25,6 +25,7 @@ from ..prediction import Predictor
 from ..subtype import BACTERIAL_LIKE, UNDETERMINED, VIRAL, VIRAL_LIKE
 from .evaluation import DEFAULT_REPORTS_DIR, call_files, json_safe, record_test_use
 from .metrics import binary_metrics, bootstrap_intervals, expected_calibration_error
+from .subtype_training import pattern_figures
 
 REPORT_SCHEMA_VERSION = 1
 BOOTSTRAP_SEED = 20261207  # docs/subtype_rule.md
@@ -45,30 +46,6 @@ GOAL = (("roc_auc", ">=", 0.94),)
 
 def report_name(split: str) -> str:
     return "subtype_evaluation.json" if split == "test" else f"subtype_evaluation_{split}.json"
-
-
-def pattern_figures(labels: np.ndarray, probabilities: np.ndarray, threshold: float, band: tuple[float, float]) -> dict:
-    """The figures of the three-way pattern (viral = 1): the share undetermined, the figures
-    outside the band, and the recalls with undetermined films counted as misses."""
-    low, high = band
-    inside = (probabilities >= low) & (probabilities < high)
-    outside = ~inside
-    viral_call = probabilities >= threshold
-    viral, bacterial = labels == 1, labels == 0
-
-    def share(mask: np.ndarray, of: np.ndarray) -> float:
-        return float(mask[of].mean()) if of.any() else float("nan")
-
-    return {
-        "undetermined_fraction": float(inside.mean()),
-        "undetermined_fraction_viral": share(inside, viral),
-        "undetermined_fraction_bacterial": share(inside, bacterial),
-        "accuracy_outside_band": share(viral_call == viral, outside),
-        "viral_recall_outside_band": share(viral_call, outside & viral),
-        "bacterial_recall_outside_band": share(~viral_call, outside & bacterial),
-        "viral_recall_undetermined_as_miss": share(viral_call & outside, viral),
-        "bacterial_recall_undetermined_as_miss": share(~viral_call & outside, bacterial),
-    }
 
 
 def grouped_bootstrap(

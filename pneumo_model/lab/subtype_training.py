@@ -23,7 +23,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from ..artifacts import ModelMetadata, load_model, save_model
 from ..calibration import fit_temperature, sigmoid
@@ -33,7 +32,7 @@ from ..prediction import Predictor
 from ..subtype import SUBTYPE_TASK, VIRAL
 from .metrics import binary_metrics, expected_calibration_error
 from .models import get_architecture
-from .training import TrainConfig, _config_dict, _fit_one, _print_progress
+from .training import TrainConfig, _config_dict, _fit_one, _print_progress, provisional_metadata
 
 # docs/subtype_rule.md, rule 3: at most this share of validation pneumonia films is undetermined.
 MAX_UNDETERMINED_SHARE = 0.25
@@ -88,6 +87,30 @@ def undetermined_band(
     return float(sigmoid(np.array([z_t - d]), 1.0)[0]), float(sigmoid(np.array([z_t + d]), 1.0)[0])
 
 
+def pattern_figures(labels: np.ndarray, probabilities: np.ndarray, threshold: float, band: tuple[float, float]) -> dict:
+    """The figures of the three-way pattern (viral = 1): the share undetermined, the figures
+    outside the band, and the recalls with undetermined films counted as misses."""
+    low, high = band
+    inside = (probabilities >= low) & (probabilities < high)
+    outside = ~inside
+    viral_call = probabilities >= threshold
+    viral, bacterial = labels == 1, labels == 0
+
+    def share(mask: np.ndarray, of: np.ndarray) -> float:
+        return float(mask[of].mean()) if of.any() else float("nan")
+
+    return {
+        "undetermined_fraction": float(inside.mean()),
+        "undetermined_fraction_viral": share(inside, viral),
+        "undetermined_fraction_bacterial": share(inside, bacterial),
+        "accuracy_outside_band": share(viral_call == viral, outside),
+        "viral_recall_outside_band": share(viral_call, outside & viral),
+        "bacterial_recall_outside_band": share(~viral_call, outside & bacterial),
+        "viral_recall_undetermined_as_miss": share(viral_call & outside, viral),
+        "bacterial_recall_undetermined_as_miss": share(~viral_call & outside, bacterial),
+    }
+
+
 @dataclass(frozen=True)
 class SubtypeFit:
     """The validation figures of a trained subtype network, under rules 2 and 3."""
@@ -106,13 +129,7 @@ def calibrate(logits: np.ndarray, labels: np.ndarray) -> SubtypeFit:
     low, high = undetermined_band(logits, temperature, threshold)
     metrics = binary_metrics(labels, probabilities, threshold)
     metrics["ece"] = expected_calibration_error(labels, probabilities)
-    inside = (probabilities >= low) & (probabilities < high)
-    metrics["undetermined_fraction"] = float(inside.mean())
-    outside = ~inside
-    calls = probabilities >= threshold
-    metrics["accuracy_outside_band"] = float((calls[outside] == labels[outside].astype(bool)).mean())
-    viral_outside = outside & (labels == 1)
-    metrics["viral_recall_outside_band"] = float(calls[viral_outside].mean())
+    metrics.update(pattern_figures(labels, probabilities, threshold, (low, high)))
     return SubtypeFit(temperature, threshold, (low, high), metrics)
 
 
@@ -172,21 +189,7 @@ def train_subtype(
     network, history = _fit_one(network, x_train, y_train, val_data, config, verbose)
     val_auc = history["val_auc"]
 
-    provisional = ModelMetadata(
-        architecture=config.architecture,
-        input_size=config.input_size,
-        gradcam_layer=architecture.gradcam_layer,
-        temperature=1.0,
-        threshold=0.5,
-        grey_zone=(0.5, 0.5),
-        protocol=config.protocol,
-        keras_version=keras.__version__,
-        tensorflow_version=tf.__version__,
-        model_sha256="",
-        data_fingerprint=split.fingerprint,
-        seed=config.seed,
-        training_seconds=0.0,
-    )
+    provisional = provisional_metadata(config, split.fingerprint, architecture.gradcam_layer)
     # Rules 2 and 3 on float32 inputs through the pipeline, as everything that reports scores.
     from .evaluation import call_files
 

@@ -229,21 +229,7 @@ def train(
         gradcam_layer = tuple(member_layer_name(gradcam_layer, k) for k in range(len(networks)))
 
     # Calibration, threshold and grey zone: validation only.
-    provisional = ModelMetadata(
-        architecture=config.architecture,
-        input_size=config.input_size,
-        gradcam_layer=gradcam_layer,
-        temperature=1.0,
-        threshold=0.5,
-        grey_zone=(0.5, 0.5),
-        protocol=config.protocol,
-        keras_version=keras.__version__,
-        tensorflow_version=tf.__version__,
-        model_sha256="",
-        data_fingerprint=split.fingerprint,
-        seed=config.seed,
-        training_seconds=0.0,
-    )
+    provisional = provisional_metadata(config, split.fingerprint, gradcam_layer)
     val_logits = Predictor(model, provisional).logits(x_val)
     temperature = fit_temperature(val_logits, y_val)
     val_probabilities = sigmoid(val_logits, temperature)
@@ -291,6 +277,26 @@ def train(
 
     export_onnx(Path(model_path), x_val[:16].astype(np.float32) / 255.0)
     return saved
+
+
+def provisional_metadata(config: TrainConfig, data_fingerprint: str, gradcam_layer) -> ModelMetadata:
+    """The metadata a just-trained network is scored with before it is calibrated: temperature 1,
+    threshold 0.5, no grey zone, no SHA-256 yet (``train`` and ``subtype_training`` replace them)."""
+    return ModelMetadata(
+        architecture=config.architecture,
+        input_size=config.input_size,
+        gradcam_layer=gradcam_layer,
+        temperature=1.0,
+        threshold=0.5,
+        grey_zone=(0.5, 0.5),
+        protocol=config.protocol,
+        keras_version=keras.__version__,
+        tensorflow_version=tf.__version__,
+        model_sha256="",
+        data_fingerprint=data_fingerprint,
+        seed=config.seed,
+        training_seconds=0.0,
+    )
 
 
 def _config_dict(config: TrainConfig) -> dict:
